@@ -1,0 +1,33 @@
+# Every target creates or reuses .venv. torch is installed first and pinned,
+# so pip takes the CPU build instead of a CUDA build of several GB.
+PY      := .venv/bin/python
+PIP     := .venv/bin/pip
+STAMP   := .venv/.installed
+TORCH   := torch==2.13.0
+export OMP_NUM_THREADS ?= 2
+
+.PHONY: venv demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH)
+	$(PIP) install -q -e ".[dev,mnist,parquet]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	.venv/bin/implicit-reg demo
+
+lint: $(STAMP)
+	.venv/bin/ruff check implicit_reg tests benchmarks experiments
+
+test: lint
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	for f in benchmarks/bench_*.py; do $(PY) $$f || exit 1; done
+
+clean:
+	rm -rf .venv .pytest_cache .ruff_cache
