@@ -54,7 +54,7 @@ def optimizer_demo(
         if name == "GD":
             opt = GD(model.parameters(), lr=lr)
 
-            def closure():
+            def closure(model=model, opt=opt):  # torch's contract: backward inside
                 opt.zero_grad()
                 loss = loss_fn(model(x), y)
                 loss.backward()
@@ -62,7 +62,7 @@ def optimizer_demo(
         else:
             opt = EGR(model.parameters(), lr=lr, coeff=mu)
 
-            def closure():
+            def closure(model=model):  # EGR's contract: return the loss, no backward
                 return loss_fn(model(x), y)
 
         for _ in range(steps):
