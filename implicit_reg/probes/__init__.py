@@ -1,0 +1,80 @@
+"""Curvature and flatness probes: model + loss + data → numbers.
+
+Everything is computed on the full data set in chunks, through the one HVP
+(:func:`implicit_reg.hvp.grad_and_hvp`), over the trainable parameters only,
+and leaves the model exactly as found (:func:`preserved`). Default
+evaluation mode is ``"eval"``.
+
+Plain PyTorch use::
+
+    from implicit_reg.probes import HessianOperator, lanczos, hutchpp, slq_density
+
+    op = HessianOperator(model, nn.CrossEntropyLoss(), (X, y), chunk_size=1024)
+    top = lanczos(op, k=5)                    # eigenvalues, eigenvectors, residuals
+    bottom = lanczos(op, k=1, which="SA")     # most negative eigenvalue
+    tr = hutchpp(op, n_hvp=99)                # tr.estimate ± tr.stderr
+    dens = slq_density(op)                    # dens.grid, dens.density
+
+For the training engine: :func:`run_probes` with names from :data:`PROBES`.
+"""
+
+from .density import DensityResult, slq_density
+from .eigen import EigResult, arpack_eigsh, default_tol, lanczos, power_iteration, ritz_residuals
+from .flatness import (
+    Estimate,
+    dist_from_init,
+    eps_sharpness,
+    gaussian_sharpness,
+    geometric_complexity,
+    grad_norm_sq,
+    weight_norms,
+)
+from .operator import HessianOperator, MatrixOperator, as_linear_operator
+from .registry import DEFAULT_OPTIONS, PROBES, run_probes
+from .slices import (
+    Slice1D,
+    Slice2D,
+    filter_normalized_direction,
+    loss_slice_1d,
+    loss_slice_2d,
+    top_eigenvector_directions,
+)
+from .state import DEFAULT_MODE, MODES, preserved, seeded_rng
+from .trace import TraceResult, hutchinson, hutchpp
+
+__all__ = [
+    "HessianOperator",
+    "MatrixOperator",
+    "as_linear_operator",
+    "EigResult",
+    "lanczos",
+    "arpack_eigsh",
+    "power_iteration",
+    "ritz_residuals",
+    "default_tol",
+    "TraceResult",
+    "hutchinson",
+    "hutchpp",
+    "DensityResult",
+    "slq_density",
+    "Estimate",
+    "grad_norm_sq",
+    "weight_norms",
+    "dist_from_init",
+    "eps_sharpness",
+    "gaussian_sharpness",
+    "geometric_complexity",
+    "Slice1D",
+    "Slice2D",
+    "filter_normalized_direction",
+    "top_eigenvector_directions",
+    "loss_slice_1d",
+    "loss_slice_2d",
+    "preserved",
+    "seeded_rng",
+    "MODES",
+    "DEFAULT_MODE",
+    "PROBES",
+    "DEFAULT_OPTIONS",
+    "run_probes",
+]

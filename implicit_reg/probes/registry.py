@@ -1,0 +1,184 @@
+"""Named probes for the training engine and the CLI: :func:`run_probes`.
+
+    run_probes(["lambda_max", "trace", "grad_norm_sq"], model, loss_fn, (X, y))
+    -> {"lambda_max": ..., "trace": ..., "grad_norm_sq": ...}
+
+Every probe is a full-data measurement (in chunks of ``chunk_size``) of the
+trainable parameters, leaves the model exactly as found, and draws random
+numbers only from generators seeded with ``seed``. The defaults are meant to
+be cheap enough to run inside sweeps; :data:`DEFAULT_OPTIONS` lists the
+options that tighten them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+from torch import Tensor, nn
+
+from ..fullbatch import Data
+from ..hvp import DEFAULT_METHOD
+from .eigen import lanczos
+from .flatness import (
+    dist_from_init,
+    eps_sharpness,
+    gaussian_sharpness,
+    geometric_complexity,
+    weight_norms,
+)
+from .operator import HessianOperator
+from .state import DEFAULT_MODE, check_mode
+from .trace import hutchinson, hutchpp
+
+__all__ = ["PROBES", "DEFAULT_OPTIONS", "run_probes"]
+
+#: options of :func:`run_probes`, with their defaults
+DEFAULT_OPTIONS: dict[str, object] = {
+    "mode": DEFAULT_MODE,  # "eval" (dropout off, BN running stats) or "train"
+    "method": DEFAULT_METHOD,  # HVP form
+    "lanczos_tol": None,  # residual tol relative to ‖H‖; None: √ε of the dtype
+    "lanczos_max_iter": None,  # None: min(dim, 300)
+    "trace_method": "hutchpp",  # "hutchpp" (fixed budget) or "hutchinson" (adaptive)
+    "trace_hvps": 30,  # Hutch++ budget in HVPs
+    "trace_rtol": 0.05,  # Hutchinson: stop when SE <= rtol·|estimate|
+    "trace_max_samples": 100,  # Hutchinson: at most this many HVPs
+    "eps": 1e-3,  # ε of Keskar's ε-sharpness box
+    "eps_steps": 10,  # projected gradient-ascent steps (one gradient each)
+    "sigma": 1e-2,  # std of the Gaussian weight perturbation
+    "gaussian_samples": 10,  # antithetic pairs (two losses each)
+}
+
+
+class _Context:
+    """Shared state of one :func:`run_probes` call: one operator, cached results."""
+
+    def __init__(self, model, loss_fn, data, chunk_size, seed, init_state, options):
+        self.model, self.loss_fn, self.data = model, loss_fn, data
+        self.chunk_size, self.seed, self.init_state, self.options = chunk_size, seed, init_state, options
+        self.cache: dict[str, object] = {}
+        self._op: HessianOperator | None = None
+
+    @property
+    def op(self) -> HessianOperator:
+        if self._op is None:
+            self._op = HessianOperator(
+                self.model, self.loss_fn, self.data, chunk_size=self.chunk_size,
+                method=self.options["method"], mode=self.options["mode"], seed=self.seed,
+            )
+        return self._op
+
+    def once(self, key: str, fn: Callable[[], object]):
+        if key not in self.cache:
+            self.cache[key] = fn()
+        return self.cache[key]
+
+    def kw(self) -> dict:
+        return {"chunk_size": self.chunk_size, "mode": self.options["mode"]}
+
+
+def _eig(ctx: _Context, which: str) -> float:
+    res = ctx.once(which, lambda: lanczos(
+        ctx.op, 1, which=which, tol=ctx.options["lanczos_tol"],
+        max_iter=ctx.options["lanczos_max_iter"], seed=ctx.seed,
+    ))
+    return float(res.eigenvalues[0])
+
+
+def _trace(ctx: _Context):
+    def run():
+        o = ctx.options
+        if o["trace_method"] == "hutchpp":
+            return hutchpp(ctx.op, n_hvp=o["trace_hvps"], seed=ctx.seed)
+        if o["trace_method"] == "hutchinson":
+            return hutchinson(ctx.op, rtol=o["trace_rtol"], max_samples=o["trace_max_samples"],
+                              min_samples=min(10, o["trace_max_samples"]), seed=ctx.seed)
+        raise ValueError(f"trace_method must be 'hutchpp' or 'hutchinson', got {o['trace_method']!r}")
+
+    return ctx.once("trace", run)
+
+
+def _loss_grad(ctx: _Context):
+    return ctx.once("loss_grad", lambda: ctx.op.loss_and_gradient())
+
+
+def _grad_norm_sq(ctx: _Context) -> float:
+    g = _loss_grad(ctx)[1].double()
+    return float(g @ g)
+
+
+def _dist(ctx: _Context) -> float:
+    if ctx.init_state is None:
+        raise ValueError("probe 'dist_from_init' needs init_state (the initial state_dict)")
+    return dist_from_init(ctx.model, ctx.init_state)
+
+
+def _gaussian(ctx: _Context) -> float:
+    o = ctx.options
+    return gaussian_sharpness(ctx.model, ctx.loss_fn, ctx.data, sigma=o["sigma"],
+                              n_samples=o["gaussian_samples"], seed=ctx.seed, **ctx.kw()).value
+
+
+PROBES: dict[str, Callable[[_Context], float]] = {
+    "loss": lambda ctx: float(_loss_grad(ctx)[0]),
+    "lambda_max": lambda ctx: _eig(ctx, "LA"),
+    "lambda_min": lambda ctx: _eig(ctx, "SA"),
+    "trace": lambda ctx: float(_trace(ctx).estimate),
+    "trace_stderr": lambda ctx: float(_trace(ctx).stderr),
+    "grad_norm_sq": _grad_norm_sq,
+    "weight_norm": lambda ctx: weight_norms(ctx.model)["total"],
+    "dist_from_init": _dist,
+    "eps_sharpness": lambda ctx: eps_sharpness(
+        ctx.model, ctx.loss_fn, ctx.data, eps=ctx.options["eps"], steps=ctx.options["eps_steps"], **ctx.kw()
+    ),
+    "gaussian_sharpness": _gaussian,
+    "geometric_complexity": lambda ctx: geometric_complexity(ctx.model, ctx.data, seed=ctx.seed, **ctx.kw()),
+}
+
+
+def run_probes(
+    names: Sequence[str],
+    model: nn.Module,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    data: Data,
+    *,
+    chunk_size: int | None = None,
+    seed: int = 0,
+    init_state: Mapping[str, Tensor] | None = None,
+    **options,
+) -> dict[str, float]:
+    """Run the named probes and return ``{name: value}`` in the order given.
+
+    Names (see :data:`PROBES`): ``loss``, ``lambda_max``, ``lambda_min``,
+    ``trace``, ``trace_stderr``, ``grad_norm_sq``, ``weight_norm``,
+    ``dist_from_init`` (needs ``init_state``), ``eps_sharpness``,
+    ``gaussian_sharpness``, ``geometric_complexity``. Probes that share work
+    share it (one operator; one trace run for ``trace`` and ``trace_stderr``;
+    one gradient for ``loss`` and ``grad_norm_sq``).
+
+    Only trainable parameters (``requires_grad=True``) are measured. The
+    model, its ``.grad``, modes, buffers and the global RNG are left as found.
+
+    Args:
+        names: probe names; an unknown name raises ``ValueError`` listing the
+            valid ones.
+        model, loss_fn, data: as for :class:`HessianOperator`.
+        chunk_size: rows per chunk (the peak memory), None for one chunk.
+        seed: seeds every random draw (Lanczos start, trace probes, noise).
+        init_state: initial ``state_dict`` for ``dist_from_init``.
+        **options: overrides of :data:`DEFAULT_OPTIONS` (unknown keys raise).
+    """
+    if isinstance(names, str):
+        names = [names]
+    unknown = [n for n in names if n not in PROBES]
+    if unknown:
+        raise ValueError(f"unknown probe name(s) {unknown}; valid: {', '.join(PROBES)}")
+    bad = [k for k in options if k not in DEFAULT_OPTIONS]
+    if bad:
+        raise ValueError(f"unknown probe option(s) {bad}; valid: {', '.join(DEFAULT_OPTIONS)}")
+    opts = {**DEFAULT_OPTIONS, **options}
+    check_mode(opts["mode"])
+    ctx = _Context(model, loss_fn, data, chunk_size, seed, init_state, opts)
+    out = {}
+    for name in names:
+        out[name] = float(PROBES[name](ctx))
+    return out
