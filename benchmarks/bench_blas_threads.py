@@ -38,6 +38,8 @@ def main(sizes: list[tuple[int, int]], repeats: int = 1) -> None:
     print(
         f"BLAS: {[i.get('internal_api') for i in threadpool_info()]}; threads compared: 1 vs {n_threads}"
     )
+    print(f"load average (1 min): {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print("min_norm_fit rows: the columns are the *outer* thread limit; it sets 1 inside")
     print(f"{'call':<28}{'shape':>12}{'1 thread s':>12}{f'{n_threads} threads s':>14}{'ratio':>8}")
     for m, n in sizes:
         a = rng.standard_normal((m, n))
