@@ -50,6 +50,7 @@ __all__ = [
     "count_params",
     "random_features",
     "min_norm_fit",
+    "min_norm_fit_gram",
     "fit_readout_min_norm",
 ]
 
@@ -358,6 +359,78 @@ def min_norm_fit(features, targets, ridge: float = 0.0, *, rcond: float | None =
             inv = np.where(s > cutoff, 1.0 / np.where(s > cutoff, s, 1.0), 0.0)
         coef = vt.T @ (inv[:, None] * (u.T @ y.reshape(len(y), -1)))
     coef = coef.reshape((phi.shape[1],) + y.shape[1:])
+    if is_tensor:
+        return torch.as_tensor(coef, dtype=features.dtype, device=features.device)
+    return coef
+
+
+def min_norm_fit_gram(features, targets, ridge: float = 0.0):
+    """:func:`min_norm_fit` through the smaller Gram matrix: faster, less accurate.
+
+    The same solution, β = Φ⁺y (λ = 0) or the ridge solution (λ > 0), from
+
+        N ≥ n:  β = Φᵀ(ΦΦᵀ + λI)⁻¹ y     (n×n Gram matrix),
+        N < n:  β = (ΦᵀΦ + λI)⁻¹ Φᵀy     (N×N Gram matrix),
+
+    solved by Cholesky, in float64 NumPy with one BLAS thread. When the Gram
+    matrix is not numerically positive definite (a rank-deficient Φ: Cholesky
+    fails or a pivot falls below ``m·eps·max diag``), it falls back to its
+    eigendecomposition with eigenvalues below ``m·eps·λ_max`` treated as
+    zero (m = min(n, N)).
+
+    Cost: one GEMM of n·N·min(n, N) flops and a Cholesky of min(n, N)³/3,
+    against an SVD's ≈ 4·n·N·min(n, N) + 8·min(n, N)³ flops, measured about
+    10× slower at n = N = 4,000. Forming the Gram matrix squares the
+    condition number: the relative error is about cond(Φ)²·eps instead of
+    cond(Φ)·eps, enough for predictions and norms of random-features fits up
+    to cond(Φ) ≈ 1e6 (the interpolation peak of MNIST-1D at n = 4,000 has
+    cond(Φ) ≈ 5e5). Input and output types follow :func:`min_norm_fit`.
+    """
+    import scipy.linalg
+
+    is_tensor = isinstance(features, Tensor)
+    phi = (
+        features.detach().cpu().double().numpy()
+        if is_tensor
+        else np.asarray(features, dtype=np.float64)
+    )
+    y = (
+        targets.detach().cpu().double().numpy()
+        if isinstance(targets, Tensor)
+        else np.asarray(targets, dtype=np.float64)
+    )
+    if phi.ndim != 2:
+        raise ValueError(f"features must be a 2-D (n, N) matrix, got shape {phi.shape}")
+    if y.ndim not in (1, 2) or len(y) != len(phi):
+        raise ValueError(
+            f"targets must have shape (n,) or (n, k) with n = {len(phi)}, got {y.shape}"
+        )
+    if not (isinstance(ridge, (int, float)) and math.isfinite(ridge) and ridge >= 0):
+        raise ValueError(f"ridge must be a finite number >= 0, got {ridge!r}")
+    if not (np.all(np.isfinite(phi)) and np.all(np.isfinite(y))):
+        raise ValueError("features and targets must be finite (no NaN or inf)")
+    n, big_n = phi.shape
+    y2 = y.reshape(n, -1)
+    wide = big_n >= n
+    with threadpool_limits(1):
+        gram = phi @ phi.T if wide else phi.T @ phi  # (m, m), m = min(n, N)
+        rhs = y2 if wide else phi.T @ y2
+        if ridge > 0:
+            gram[np.diag_indices_from(gram)] += ridge
+        cutoff_rel = len(gram) * np.finfo(np.float64).eps
+        try:
+            factor = scipy.linalg.cho_factor(gram)
+            # λ_min ≤ the smallest pivot L_ii²: a tiny pivot means numerically singular
+            if np.min(np.diag(factor[0])) ** 2 <= cutoff_rel * np.max(np.diag(gram)):
+                raise np.linalg.LinAlgError("numerically singular Gram matrix")
+            sol = scipy.linalg.cho_solve(factor, rhs)
+        except np.linalg.LinAlgError:  # not positive definite: pseudo-inverse
+            w, v = np.linalg.eigh(gram)
+            cutoff = cutoff_rel * max(w[-1], 0.0)
+            inv = np.where(w > cutoff, 1.0 / np.where(w > cutoff, w, 1.0), 0.0)
+            sol = v @ (inv[:, None] * (v.T @ rhs))
+        coef = phi.T @ sol if wide else sol
+    coef = coef.reshape((big_n,) + y.shape[1:])
     if is_tensor:
         return torch.as_tensor(coef, dtype=features.dtype, device=features.device)
     return coef
