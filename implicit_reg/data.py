@@ -65,7 +65,7 @@ __all__ = [
 TASKS = ("classification", "regression")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # eq=False: tensors have no truth value
 class Dataset:
     """A train/test split as tensors.
 
@@ -89,6 +89,14 @@ class Dataset:
     noise_mask: Tensor | None = None
     label_noise: float = 0.0
     seed: int = 0
+
+    def __repr__(self) -> str:  # shapes, not the tensors
+        return (
+            f"Dataset(name={self.name!r}, task={self.task!r}, n_train={self.n_train}, "
+            f"n_test={self.n_test}, input_dim={self.input_dim}, output_dim={self.output_dim}, "
+            f"num_classes={self.num_classes}, label_noise={self.label_noise}, seed={self.seed}, "
+            f"dtype={self.x_train.dtype}, device={self.x_train.device})"
+        )
 
     @property
     def n_train(self) -> int:
@@ -429,9 +437,15 @@ def _load_teacher(
     teacher_width: int = 64,
     teacher_depth: int = 2,
     teacher_activation: str = "tanh",
+    **kwargs,
 ) -> Dataset:
     """Teacher data; classes (default 10) for classification, real targets
     (``output_dim``, default 1) for regression unless ``num_classes`` is given."""
+    if kwargs:
+        valid = ["input_dim", "num_classes", "output_dim", "teacher_width", "teacher_depth"]
+        raise ValueError(
+            f"teacher got unknown arguments {sorted(kwargs)}; valid: {valid + ['teacher_activation']}"
+        )
     n_train = 1000 if n_train is None else n_train
     n_test = 1000 if n_test is None else n_test
     big = 10**7

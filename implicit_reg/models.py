@@ -309,6 +309,35 @@ def random_features(model: nn.Module, x: Tensor) -> Tensor:
         return model.features(x.to(model.feature_weight.device, model.feature_weight.dtype))
 
 
+def _least_squares_inputs(features, targets, ridge: float) -> tuple[np.ndarray, np.ndarray]:
+    """Validated float64 NumPy copies of Φ (n, N) and y (n,) or (n, k)."""
+
+    def as_array(a) -> np.ndarray:
+        if isinstance(a, Tensor):
+            return a.detach().cpu().double().numpy()
+        return np.asarray(a, dtype=np.float64)
+
+    phi, y = as_array(features), as_array(targets)
+    if phi.ndim != 2:
+        raise ValueError(f"features must be a 2-D (n, N) matrix, got shape {phi.shape}")
+    if y.ndim not in (1, 2) or len(y) != len(phi):
+        raise ValueError(
+            f"targets must have shape (n,) or (n, k) with n = {len(phi)}, got {y.shape}"
+        )
+    if not (isinstance(ridge, (int, float)) and math.isfinite(ridge) and ridge >= 0):
+        raise ValueError(f"ridge must be a finite number >= 0, got {ridge!r}")
+    if not (np.all(np.isfinite(phi)) and np.all(np.isfinite(y))):
+        raise ValueError("features and targets must be finite (no NaN or inf)")
+    return phi, y
+
+
+def _like(coef: np.ndarray, features):
+    """``coef`` as a tensor with the dtype and device of tensor ``features``, else as is."""
+    if isinstance(features, Tensor):
+        return torch.as_tensor(coef, dtype=features.dtype, device=features.device)
+    return coef
+
+
 def min_norm_fit(features, targets, ridge: float = 0.0, *, rcond: float | None = None):
     """Minimum-norm (ridge) least squares, β = argmin ‖Φβ − y‖² + λ‖β‖².
 
@@ -328,27 +357,7 @@ def min_norm_fit(features, targets, ridge: float = 0.0, *, rcond: float | None =
     one BLAS thread: on small shared machines a threaded LAPACK SVD was
     measured up to 30× slower (``benchmarks/bench_blas_threads.py``).
     """
-    is_tensor = isinstance(features, Tensor)
-    phi = (
-        features.detach().cpu().double().numpy()
-        if is_tensor
-        else np.asarray(features, dtype=np.float64)
-    )
-    y = (
-        targets.detach().cpu().double().numpy()
-        if isinstance(targets, Tensor)
-        else np.asarray(targets, dtype=np.float64)
-    )
-    if phi.ndim != 2:
-        raise ValueError(f"features must be a 2-D (n, N) matrix, got shape {phi.shape}")
-    if y.ndim not in (1, 2) or len(y) != len(phi):
-        raise ValueError(
-            f"targets must have shape (n,) or (n, k) with n = {len(phi)}, got {y.shape}"
-        )
-    if not (isinstance(ridge, (int, float)) and math.isfinite(ridge) and ridge >= 0):
-        raise ValueError(f"ridge must be a finite number >= 0, got {ridge!r}")
-    if not (np.all(np.isfinite(phi)) and np.all(np.isfinite(y))):
-        raise ValueError("features and targets must be finite (no NaN or inf)")
+    phi, y = _least_squares_inputs(features, targets, ridge)
     with threadpool_limits(1):
         u, s, vt = np.linalg.svd(phi, full_matrices=False)
         if ridge > 0:
@@ -359,9 +368,7 @@ def min_norm_fit(features, targets, ridge: float = 0.0, *, rcond: float | None =
             inv = np.where(s > cutoff, 1.0 / np.where(s > cutoff, s, 1.0), 0.0)
         coef = vt.T @ (inv[:, None] * (u.T @ y.reshape(len(y), -1)))
     coef = coef.reshape((phi.shape[1],) + y.shape[1:])
-    if is_tensor:
-        return torch.as_tensor(coef, dtype=features.dtype, device=features.device)
-    return coef
+    return _like(coef, features)
 
 
 def min_norm_fit_gram(features, targets, ridge: float = 0.0):
@@ -388,27 +395,7 @@ def min_norm_fit_gram(features, targets, ridge: float = 0.0):
     """
     import scipy.linalg
 
-    is_tensor = isinstance(features, Tensor)
-    phi = (
-        features.detach().cpu().double().numpy()
-        if is_tensor
-        else np.asarray(features, dtype=np.float64)
-    )
-    y = (
-        targets.detach().cpu().double().numpy()
-        if isinstance(targets, Tensor)
-        else np.asarray(targets, dtype=np.float64)
-    )
-    if phi.ndim != 2:
-        raise ValueError(f"features must be a 2-D (n, N) matrix, got shape {phi.shape}")
-    if y.ndim not in (1, 2) or len(y) != len(phi):
-        raise ValueError(
-            f"targets must have shape (n,) or (n, k) with n = {len(phi)}, got {y.shape}"
-        )
-    if not (isinstance(ridge, (int, float)) and math.isfinite(ridge) and ridge >= 0):
-        raise ValueError(f"ridge must be a finite number >= 0, got {ridge!r}")
-    if not (np.all(np.isfinite(phi)) and np.all(np.isfinite(y))):
-        raise ValueError("features and targets must be finite (no NaN or inf)")
+    phi, y = _least_squares_inputs(features, targets, ridge)
     n, big_n = phi.shape
     y2 = y.reshape(n, -1)
     wide = big_n >= n
@@ -431,9 +418,7 @@ def min_norm_fit_gram(features, targets, ridge: float = 0.0):
             sol = v @ (inv[:, None] * (v.T @ rhs))
         coef = phi.T @ sol if wide else sol
     coef = coef.reshape((big_n,) + y.shape[1:])
-    if is_tensor:
-        return torch.as_tensor(coef, dtype=features.dtype, device=features.device)
-    return coef
+    return _like(coef, features)
 
 
 def fit_readout_min_norm(

@@ -295,6 +295,27 @@ def test_teacher_labels_come_from_the_seeded_teacher():
     assert torch.allclose(ratio, ratio[0].expand_as(ratio), rtol=1e-4)  # a fixed scale
 
 
+def test_teacher_rejects_unknown_arguments_and_bad_sizes():
+    with pytest.raises(ValueError, match="unknown arguments.*width_teacher.*valid.*teacher_width"):
+        load_dataset("teacher", width_teacher=3)
+    with pytest.raises(ValueError, match="num_classes"):
+        load_dataset("teacher", num_classes=1)
+    with pytest.raises(ValueError, match="input_dim"):
+        load_dataset("teacher", input_dim=0)
+    with pytest.raises(ValueError, match="unknown activation"):
+        load_dataset("teacher", teacher_activation="swish2")
+
+
+def test_dataset_repr_shows_shapes_not_tensors():
+    d = load_dataset("teacher", n_train=30, n_test=20, num_classes=3, input_dim=4)
+    text = repr(d)
+    assert "n_train=30" in text and "n_test=20" in text and "num_classes=3" in text
+    assert "tensor(" not in text
+    assert d == d and d != load_dataset(
+        "teacher", n_train=30, n_test=20, num_classes=3, input_dim=4
+    )
+
+
 def test_regression_label_noise_is_gaussian():
     d = load_dataset("teacher", task="regression", n_train=4000, n_test=10, label_noise=0.5)
     eps = d.y_train - d.y_train_clean
