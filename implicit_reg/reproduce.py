@@ -1,0 +1,468 @@
+"""Reproductions of published results: experiment registry, scales and reports.
+
+An *experiment* is one Python file in the ``experiments/`` directory (for
+example ``experiments/igr_toy.py``; its name is the file stem with ``_``
+written as ``-``: ``igr-toy``). It exposes
+
+- ``NAME: str``: the experiment's name, equal to the name derived from its file;
+- ``TITLE: str``: one line saying what is reproduced;
+- ``run(scale: str, out: Path) -> Report``: runs at ``scale`` (one of
+  :data:`SCALES`), writes ``report.md``, its figures (PNG) and its data into
+  the directory ``out``, and returns the written :class:`Report`.
+
+Scales: ``"smoke"`` finishes in seconds and runs in the test suite;
+``"small"`` finishes in at most ten minutes on two CPU cores; ``"full"`` is
+the paper-sized run. Files whose name starts with ``_`` are not experiments:
+they hold helpers that experiments share through relative imports (the
+directory is imported as the package ``implicit_reg_experiments``).
+
+Where ``experiments/`` lives: in a source checkout (editable install, CI) it
+sits next to the ``implicit_reg`` package; in an installed wheel hatch
+force-includes it as ``implicit_reg/experiments`` (see ``pyproject.toml``).
+:func:`find_experiments_dir` looks in the package first, then next to it.
+The directory is imported by path, so neither layout needs ``experiments``
+to be importable as a top-level package.
+
+Usage::
+
+    implicit-reg reproduce igr-toy --scale small --out out/igr-toy
+    implicit-reg reproduce all --scale small --out out/reproduce
+
+or from Python: ``reproduce("igr-toy", "small", Path("out/igr-toy"))``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import io
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+
+__all__ = [
+    "SCALES",
+    "Claim",
+    "Report",
+    "check_scale",
+    "select_scale",
+    "find_experiments_dir",
+    "available_experiments",
+    "load_experiment",
+    "reproduce",
+    "reproduce_all",
+    "reproduce_command",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "mean_std",
+    "plot_band",
+    "fmt",
+    "markdown_table",
+]
+
+SCALES = ("smoke", "small", "full")
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPORT_FILE = "report.md"
+
+C = TypeVar("C")
+
+
+# --------------------------------------------------------------------------- scales
+
+
+def check_scale(scale: str) -> str:
+    """Return ``scale`` if it is one of :data:`SCALES`, else raise ``ValueError``."""
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
+    return scale
+
+
+def select_scale(configs: Mapping[str, C], scale: str) -> C:
+    """The config of ``scale`` from an experiment's ``{scale: config}`` table."""
+    check_scale(scale)
+    missing = [s for s in SCALES if s not in configs]
+    if missing:
+        raise ValueError(f"the experiment defines no config for scale(s) {', '.join(missing)}")
+    return configs[scale]
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def find_experiments_dir(package_dir: Path | None = None) -> Path:
+    """The ``experiments/`` directory of this installation.
+
+    Looks in ``<package_dir>/experiments`` (installed wheel, where hatch
+    force-includes it) and then in ``<package_dir>/../experiments`` (source
+    checkout). ``package_dir`` defaults to the directory of ``implicit_reg``.
+    """
+    package_dir = PACKAGE_DIR if package_dir is None else Path(package_dir)
+    candidates = (package_dir / "experiments", package_dir.parent / "experiments")
+    for path in candidates:
+        if path.is_dir():
+            return path
+    raise FileNotFoundError(
+        "no experiments/ directory found; looked in " + ", ".join(str(p) for p in candidates)
+    )
+
+
+def _name_of(path: Path) -> str:
+    return path.stem.replace("_", "-")
+
+
+def available_experiments(directory: Path | None = None) -> dict[str, Path]:
+    """``{name: file}`` for every experiment file, sorted by name.
+
+    An experiment file is a ``*.py`` in ``directory`` (default
+    :func:`find_experiments_dir`) whose name does not start with ``_``. The
+    files are not imported here, so one broken experiment does not hide the
+    others.
+    """
+    directory = find_experiments_dir() if directory is None else Path(directory)
+    files = sorted(p for p in directory.glob("*.py") if not p.name.startswith("_"))
+    return {_name_of(p): p for p in files}
+
+
+EXPERIMENTS_PACKAGE = "implicit_reg_experiments"
+
+
+def _experiments_package(directory: Path) -> ModuleType:
+    """Import ``directory`` as the package :data:`EXPERIMENTS_PACKAGE`.
+
+    Experiments are imported as its submodules, so one experiment may import
+    shared helpers from a ``_private.py`` file of the same directory with a
+    relative import (``from ._gradient_flow import ...``) in both layouts.
+    """
+    directory = directory.resolve()
+    pkg = sys.modules.get(EXPERIMENTS_PACKAGE)
+    if pkg is not None and list(getattr(pkg, "__path__", [])) == [str(directory)]:
+        return pkg
+    for key in [k for k in sys.modules if k.split(".")[0] == EXPERIMENTS_PACKAGE]:
+        del sys.modules[key]  # another directory was loaded before
+    init = directory / "__init__.py"
+    spec = importlib.util.spec_from_file_location(
+        EXPERIMENTS_PACKAGE,
+        init if init.exists() else None,
+        submodule_search_locations=[str(directory)],
+    )
+    if spec is None:
+        raise ValueError(f"cannot load the experiments directory {directory}")
+    pkg = importlib.util.module_from_spec(spec)
+    sys.modules[EXPERIMENTS_PACKAGE] = pkg
+    if spec.loader is not None:
+        spec.loader.exec_module(pkg)
+    return pkg
+
+
+def load_experiment(name: str, directory: Path | None = None) -> ModuleType:
+    """Import the experiment ``name`` from its file and check its interface.
+
+    Raises:
+        ValueError: ``name`` is not an experiment (the message lists the valid
+            names), or the module lacks ``NAME``/``TITLE``/``run`` or its
+            ``NAME`` differs from its file name.
+    """
+    directory = find_experiments_dir() if directory is None else Path(directory)
+    registry = available_experiments(directory)
+    if name not in registry:
+        raise ValueError(
+            f"unknown experiment {name!r}; choose one of {', '.join(registry) or '(none found)'}"
+        )
+    path = registry[name]
+    _experiments_package(directory)
+    module = importlib.import_module(f"{EXPERIMENTS_PACKAGE}.{path.stem}")
+    for attr in ("NAME", "TITLE"):
+        if not isinstance(getattr(module, attr, None), str):
+            raise ValueError(f"experiment file {path} must define {attr} as a string")
+    if not callable(getattr(module, "run", None)):
+        raise ValueError(f"experiment file {path} must define run(scale, out) -> Report")
+    if module.NAME != name:
+        raise ValueError(f"experiment file {path} defines NAME={module.NAME!r}, expected {name!r}")
+    return module
+
+
+def reproduce(name: str, scale: str, out: Path, directory: Path | None = None) -> Report:
+    """Run the experiment ``name`` at ``scale``, writing its files into ``out``."""
+    check_scale(scale)
+    module = load_experiment(name, directory)
+    report = module.run(scale, Path(out))
+    if not isinstance(report, Report):
+        raise TypeError(f"{name}.run must return a Report, got {type(report).__name__}")
+    return report
+
+
+def reproduce_all(scale: str, out: Path, directory: Path | None = None) -> list[Report]:
+    """Run every experiment at ``scale``, each into ``out/<name>``."""
+    check_scale(scale)
+    return [reproduce(n, scale, Path(out) / n, directory) for n in available_experiments(directory)]
+
+
+def reproduce_command(name: str, scale: str, out: Path | str) -> str:
+    """The command line that reruns one experiment into ``out``."""
+    return f"implicit-reg reproduce {name} --scale {scale} --out {out}"
+
+
+# --------------------------------------------------------------------------- files
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically: a temporary file in the same
+    directory, then ``os.replace``; a reader never sees a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    """:func:`atomic_write_bytes` for UTF-8 text."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def fmt(x: Any, digits: int = 4) -> str:
+    """A number in ``digits`` significant digits (ints and strings as they are)."""
+    if isinstance(x, (bool, np.bool_)):
+        return "yes" if x else "no"
+    if isinstance(x, (int, np.integer)):
+        return f"{int(x):,}"
+    if isinstance(x, (float, np.floating)):
+        x = float(x)
+        if not math.isfinite(x):
+            return str(x)
+        if x != 0 and (abs(x) >= 1e6 or abs(x) < 1e-3):
+            return f"{x:.{digits - 1}e}"
+        if abs(x) >= 10**digits:
+            return f"{x:,.0f}"
+        return f"{x:.{digits}g}"
+    return str(x)
+
+
+def mean_std(values: Sequence[float] | np.ndarray, digits: int = 3) -> str:
+    """``mean ± std`` of seed replicates as text (std with ddof=0; one value: no band)."""
+    v = np.asarray(values, dtype=float)
+    if v.size == 1:
+        return fmt(float(v[0]), digits)
+    return f"{fmt(float(v.mean()), digits)} ± {fmt(float(v.std()), 2)}"
+
+
+def plot_band(ax, x, ys, *, label: str, color=None, geometric: bool = False, **line_kw):
+    """Plot the mean over seeds of ``ys`` (shape ``(seeds, len(x))``) with a ±1 std band.
+
+    ``geometric=True`` takes mean and std of log10(ys), for quantities drawn
+    on a log axis (the band is then a factor, never below zero).
+    """
+    ys = np.atleast_2d(np.asarray(ys, dtype=float))
+    if geometric:
+        logs = np.log10(ys)
+        mid, lo, hi = (10 ** (logs.mean(0) + k * logs.std(0)) for k in (0, -1, 1))
+    else:
+        m, s = ys.mean(0), ys.std(0)
+        mid, lo, hi = m, m - s, m + s
+    (line,) = ax.plot(x, mid, label=label, color=color, **line_kw)
+    if len(ys) > 1:
+        ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+    return line
+
+
+def _md_cell(x: Any) -> str:
+    return fmt(x).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """A GitHub markdown table from a list of dicts (columns: the first row's keys)."""
+    if not rows:
+        return "(no rows)\n"
+    columns = list(rows[0]) if columns is None else list(columns)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_md_cell(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- report
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """One published claim next to our measurement.
+
+    ``reproduced`` is True, False, or None when the comparison is not a yes/no
+    question (then ``verdict`` says what we found).
+    """
+
+    claim: str
+    paper: str
+    ours: str
+    reproduced: bool | None
+    verdict: str = ""
+
+    def row(self) -> dict[str, str]:
+        yes_no = {True: "yes", False: "**no**", None: "partly"}[self.reproduced]
+        verdict = f"{yes_no}: {self.verdict}" if self.verdict else yes_no
+        return {"claim": self.claim, "paper": self.paper, "ours": self.ours, "reproduces?": verdict}
+
+
+class Report:
+    """A reproduction report under construction: ``report.md`` plus its files.
+
+    Create it first thing in ``run`` (the wall time is measured from its
+    creation to :meth:`write`), add claims, text, tables, figures and data in
+    the order they should appear, then call :meth:`write`. Figures and data
+    are written (atomically) into ``out`` as they are added; ``report.md``
+    is written last, so its presence means the run finished.
+
+    Args:
+        name: the experiment's name (``NAME``).
+        title: what is reproduced (``TITLE``).
+        scale: one of :data:`SCALES`.
+        out: the directory that receives the files.
+        config: the resolved configuration (a dataclass or a mapping).
+        paper: the citation of the reproduced result.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        title: str,
+        scale: str,
+        out: Path,
+        config: Any,
+        paper: str,
+    ) -> None:
+        self.name = name
+        self.title = title
+        self.scale = check_scale(scale)
+        self.out = Path(out)
+        self.config = (
+            dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+        )
+        self.paper = paper
+        self.claims: list[Claim] = []
+        self.blocks: list[str] = []
+        self.files: list[Path] = []
+        self.command = reproduce_command(name, scale, out)
+        self.wall_time_s: float | None = None
+        self._t0 = time.perf_counter()
+        self.out.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def path(self) -> Path:
+        """Where ``report.md`` is (or will be) written."""
+        return self.out / REPORT_FILE
+
+    def add_claim(
+        self, claim: str, paper: str, ours: str, reproduced: bool | None, verdict: str = ""
+    ) -> Claim:
+        """Add one row to the claim-vs-ours table at the top of the report."""
+        c = Claim(claim, paper, ours, reproduced, verdict)
+        self.claims.append(c)
+        return c
+
+    def add_text(self, text: str, heading: str | None = None) -> None:
+        """A markdown paragraph, under a ``##`` heading if one is given."""
+        block = (f"## {heading}\n\n" if heading else "") + text.strip() + "\n"
+        self.blocks.append(block)
+
+    def add_table(
+        self,
+        rows: Sequence[Mapping[str, Any]],
+        heading: str | None = None,
+        caption: str = "",
+        columns: Sequence[str] | None = None,
+    ) -> None:
+        """A markdown table of ``rows`` (dicts)."""
+        text = markdown_table(rows, columns)
+        if caption:
+            text = caption.strip() + "\n\n" + text
+        self.add_text(text, heading)
+
+    def add_figure(self, fig, filename: str, caption: str, dpi: int = 100) -> Path:
+        """Save a matplotlib figure as PNG into ``out`` and link it here.
+
+        The figure must have labelled axes and a title saying what was run.
+        """
+        if not filename.endswith(".png"):
+            raise ValueError(f"figure file name must end in .png, got {filename!r}")
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+        path = atomic_write_bytes(self.out / filename, buf.getvalue())
+        self.files.append(path)
+        self.blocks.append(f"![{caption}]({filename})\n\n*{caption}*\n")
+        return path
+
+    def add_data(self, frame, filename: str) -> Path:
+        """Save a results table (``pandas.DataFrame``) as CSV into ``out``."""
+        if not filename.endswith(".csv"):
+            raise ValueError(f"data file name must end in .csv, got {filename!r}")
+        path = atomic_write_text(self.out / filename, frame.to_csv(index=False))
+        self.files.append(path)
+        return path
+
+    def render(self) -> str:
+        """The markdown text of the report."""
+        from . import __version__
+
+        wall = time.perf_counter() - self._t0 if self.wall_time_s is None else self.wall_time_s
+        parts = [
+            f"# {self.title}\n",
+            f"Experiment `{self.name}` at scale `{self.scale}`. Reproduces: {self.paper}.\n",
+        ]
+        if self.claims:
+            parts.append(
+                "## Claims: the paper's and ours\n\n"
+                + markdown_table([c.row() for c in self.claims])
+            )
+        parts += self.blocks
+        data = [p.name for p in self.files if p.suffix == ".csv"]
+        run = [
+            "## Run\n",
+            f"- Command: `{self.command}`",
+            f"- Package version: implicit-reg {__version__}",
+            f"- Wall time: {wall:.1f} s",
+            f"- Environment: Python {platform.python_version()}, torch {torch.__version__}, "
+            f"numpy {np.__version__}, {platform.system()} {platform.machine()}, "
+            f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}",
+        ]
+        if data:
+            run.append("- Data: " + ", ".join(f"[{d}]({d})" for d in data))
+        run += ["- Config:\n", "```json", json.dumps(self.config, indent=2, default=str), "```\n"]
+        parts.append("\n".join(run))
+        return "\n".join(parts)
+
+    def write(self) -> Report:
+        """Stop the clock, write ``config.json`` and ``report.md``; return self."""
+        self.wall_time_s = time.perf_counter() - self._t0
+        atomic_write_text(
+            self.out / "config.json",
+            json.dumps(
+                {"name": self.name, "scale": self.scale, "config": self.config},
+                indent=2,
+                default=str,
+            )
+            + "\n",
+        )
+        atomic_write_text(self.path, self.render())
+        return self
