@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "EGR_METHODS",
     "BASE_METRICS",
     "config_fields",
+    "load_toml",
     "parse_field_value",
 ]
 
@@ -87,6 +89,7 @@ class RunConfig:
     eval_every: int = 50  # steps between evaluations of BASE_METRICS (also at 0 and at the end)
     probes: tuple[str, ...] = ("lambda_max", "trace")  # implicit_reg.probes names
     probe_every: int = 0  # steps between probe evaluations; 0: only at the end
+    probe_options: dict[str, Any] | None = None  # run_probes options, e.g. {"trace_hvps": 60}
     # --- runtime ---
     seed: int = 0  # initialization, minibatch order, probes
     device: str = "cpu"
@@ -166,6 +169,11 @@ class RunConfig:
 
             for name in self.probes:
                 _choice("probe", name, PROBES)
+        if self.probe_options:
+            from .probes import DEFAULT_OPTIONS
+
+            for key in self.probe_options:
+                _choice("probe option", key, DEFAULT_OPTIONS)
         if len(set(self.probes)) != len(self.probes):
             raise ValueError(f"probes are listed twice: {list(self.probes)}")
 
@@ -199,6 +207,35 @@ class RunConfig:
             raise ValueError(f"config is not valid JSON: {err}") from None
         return cls.from_dict(data)
 
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides: Any) -> RunConfig:
+        """Read a config from JSON (``config.json`` of a run) or TOML (top-level
+        fields, or a ``[run]`` table); ``overrides`` replace fields."""
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"config file {str(path)!r} does not exist")
+        text = path.read_text(encoding="utf-8")
+        if path.suffix.lower() == ".json":
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}: not valid JSON: {err}") from None
+        elif path.suffix.lower() == ".toml":
+            try:
+                data = load_toml(text)
+            except ValueError as err:
+                raise ValueError(f"{path}: {err}") from None
+            if isinstance(data.get("run"), dict) and len(data) == 1:
+                data = data["run"]
+        else:
+            raise ValueError(
+                f"{path}: unknown config file type {path.suffix!r}; use .toml or .json"
+            )
+        try:
+            return cls.from_dict({**data, **overrides})
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{path}: {err}") from None
+
     def replace(self, **changes: Any) -> RunConfig:
         """A copy with some fields changed (validated again)."""
         unknown = sorted(set(changes) - set(_FIELD_TYPES))
@@ -207,6 +244,9 @@ class RunConfig:
                 f"unknown config field(s) {', '.join(unknown)}; valid fields: {', '.join(_FIELD_TYPES)}"
             )
         return dataclasses.replace(self, **changes)
+
+    def __hash__(self) -> int:  # probe_options is a dict: hash the canonical form instead
+        return hash(self.config_hash())
 
     def config_hash(self) -> str:
         """First 12 hex characters of SHA-256 over the canonical JSON of non-default fields."""
@@ -245,6 +285,18 @@ _FIELD_TYPES: dict[str, str] = {f.name: str(f.type) for f in dataclasses.fields(
 _DEFAULTS: dict[str, Any] = {}  # filled below, once the class exists
 
 
+def load_toml(text: str) -> dict[str, Any]:
+    """Parse TOML text (``tomllib``, or ``tomli`` on Python 3.10); ``ValueError`` if malformed."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"not valid TOML: {err}") from None
+
+
 def config_fields() -> dict[str, str]:
     """Field name -> declared type (as written in the class), in declaration order."""
     return dict(_FIELD_TYPES)
@@ -277,6 +329,16 @@ def _coerce(name: str, typ: str, value: Any) -> Any:
         if not isinstance(value, str):
             raise ValueError(f"{name} must be a string, got {value!r}")
         return value
+    if base == "dict[str, Any]":
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ValueError(f"{name} must be a table of options, got {value!r}")
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"{name} must hold JSON values (numbers, strings), got {value!r}"
+            ) from None
+        return dict(sorted(value.items())) or None
     if base == "tuple[str, ...]":
         if isinstance(value, str):
             value = [v for v in (s.strip() for s in value.split(",")) if v]
@@ -317,6 +379,13 @@ def parse_field_value(name: str, text: str) -> Any:
         raise ValueError(f"{name} must be true or false, got {text!r}")
     if base == "tuple[str, ...]":
         return tuple(v for v in (s.strip() for s in t.split(",")) if v)
+    if base == "dict[str, Any]":
+        try:
+            return json.loads(t)
+        except json.JSONDecodeError:
+            raise ValueError(
+                f"{name} must be a JSON object, e.g. '{{\"trace_hvps\": 60}}', got {text!r}"
+            ) from None
     return t
 
 

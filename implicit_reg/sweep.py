@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import RunConfig, config_fields, parse_field_value
+from .config import RunConfig, config_fields, load_toml, parse_field_value
 from .store import ResultStore, atomic_write_json
 from .train import RunResult, run
 
@@ -210,13 +210,9 @@ def load_sweep_file(path: str | Path) -> SweepSpec:
     text = path.read_text(encoding="utf-8")
     if suffix == ".toml":
         try:
-            import tomllib
-        except ModuleNotFoundError:  # Python 3.10
-            import tomli as tomllib  # type: ignore[no-redef]
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as err:
-            raise ValueError(f"{path}: not valid TOML: {err}") from None
+            data = load_toml(text)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
     elif suffix in (".yaml", ".yml"):
         try:
             import yaml

@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import RunConfig
+from .config import BASE_METRICS, RunConfig
 from .fullbatch import chunk_loss_fns, full_gradient, iter_chunks, trainable_named_params
 from .hvp import grad_and_hvp
 from .modified_gradient import flat_norm, igr_coeff
@@ -385,14 +385,18 @@ def _train(config: RunConfig) -> RunResult:
 
     last_probe = [None]
 
+    # probes that are also base metrics are logged at every evaluation already
+    probe_names = [p for p in config.probes if p not in BASE_METRICS]
+
     def probe(step: int) -> None:
         last_probe[0] = step
-        if config.probes:
+        if probe_names:
             from .probes import run_probes
 
             values = run_probes(
-                list(config.probes), model, loss_fn, data.train,
+                probe_names, model, loss_fn, data.train,
                 chunk_size=config.chunk_size, seed=config.seed, init_state=init_state,
+                **(config.probe_options or {}),
             )  # fmt: skip
             log(step, values)
 

@@ -36,4 +36,8 @@ def main(
 
 
 from . import demo as _demo  # noqa: E402,F401  (registers the command)
+from . import plot as _plot  # noqa: E402,F401  (registers the command)
 from . import reproduce as _reproduce  # noqa: E402,F401  (registers the command)
+from . import summary as _summary  # noqa: E402,F401  (registers the command)
+from . import sweep as _sweep  # noqa: E402,F401  (registers the command)
+from . import train as _train  # noqa: E402,F401  (registers the command)
