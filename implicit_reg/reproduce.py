@@ -34,6 +34,7 @@ or from Python: ``reproduce("igr-toy", "small", Path("out/igr-toy"))``.
 from __future__ import annotations
 
 import dataclasses
+import importlib.machinery
 import importlib.util
 import io
 import json
@@ -151,11 +152,13 @@ def _experiments_package(directory: Path) -> ModuleType:
     for key in [k for k in sys.modules if k.split(".")[0] == EXPERIMENTS_PACKAGE]:
         del sys.modules[key]  # another directory was loaded before
     init = directory / "__init__.py"
-    spec = importlib.util.spec_from_file_location(
-        EXPERIMENTS_PACKAGE,
-        init if init.exists() else None,
-        submodule_search_locations=[str(directory)],
-    )
+    if init.exists():
+        spec = importlib.util.spec_from_file_location(
+            EXPERIMENTS_PACKAGE, init, submodule_search_locations=[str(directory)]
+        )
+    else:  # a namespace-like package: no __init__.py
+        spec = importlib.machinery.ModuleSpec(EXPERIMENTS_PACKAGE, None, is_package=True)
+        spec.submodule_search_locations = [str(directory)]
     if spec is None:
         raise ValueError(f"cannot load the experiments directory {directory}")
     pkg = importlib.util.module_from_spec(spec)
@@ -365,7 +368,9 @@ class Report:
         self.files: list[Path] = []
         self.command = reproduce_command(name, scale, out)
         self.wall_time_s: float | None = None
+        self.cpu_time_s: float | None = None
         self._t0 = time.perf_counter()
+        self._cpu0 = time.process_time()
         self.out.mkdir(parents=True, exist_ok=True)
 
     @property
@@ -426,6 +431,8 @@ class Report:
         from . import __version__
 
         wall = time.perf_counter() - self._t0 if self.wall_time_s is None else self.wall_time_s
+        cpu = time.process_time() - self._cpu0 if self.cpu_time_s is None else self.cpu_time_s
+        load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
         parts = [
             f"# {self.title}\n",
             f"Experiment `{self.name}` at scale `{self.scale}`. Reproduces: {self.paper}.\n",
@@ -441,7 +448,7 @@ class Report:
             "## Run\n",
             f"- Command: `{self.command}`",
             f"- Package version: implicit-reg {__version__}",
-            f"- Wall time: {wall:.1f} s",
+            f"- Wall time: {wall:.1f} s (CPU time of this process, all threads: {cpu:.1f} s{load})",
             f"- Environment: Python {platform.python_version()}, torch {torch.__version__}, "
             f"numpy {np.__version__}, {platform.system()} {platform.machine()}, "
             f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}",
@@ -455,6 +462,7 @@ class Report:
     def write(self) -> Report:
         """Stop the clock, write ``config.json`` and ``report.md``; return self."""
         self.wall_time_s = time.perf_counter() - self._t0
+        self.cpu_time_s = time.process_time() - self._cpu0
         atomic_write_text(
             self.out / "config.json",
             json.dumps(

@@ -1,0 +1,206 @@
+"""The reproduction framework and every experiment at smoke scale.
+
+Only that the files are produced and well formed is checked here, nothing
+scientific: the experiments' claims are judged in their reports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+import matplotlib.image
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+import implicit_reg
+from implicit_reg.cli import app
+from implicit_reg.reproduce import (
+    EXPERIMENTS_PACKAGE,
+    Report,
+    atomic_write_text,
+    available_experiments,
+    find_experiments_dir,
+    load_experiment,
+    reproduce,
+    reproduce_all,
+    select_scale,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+OURS = ("igr-toy", "igr-order", "double-descent-rf")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def check_report_dir(out: Path, name: str, scale: str = "smoke") -> str:
+    """report.md, config.json, PNGs and CSVs in ``out`` exist and are well formed."""
+    text = (out / "report.md").read_text(encoding="utf-8")
+    assert "## Claims: the paper's and ours" in text
+    assert "| claim | paper | ours | reproduces? |" in text
+    assert f"implicit-reg reproduce {name} --scale {scale} --out {out}" in text
+    assert f"implicit-reg {implicit_reg.__version__}" in text
+    assert "Wall time:" in text and "```json" in text
+    config = json.loads((out / "config.json").read_text())
+    assert config["name"] == name and config["scale"] == scale
+    pngs = sorted(out.glob("*.png"))
+    assert pngs, "no figure written"
+    for png in pngs:
+        data = png.read_bytes()
+        assert data[:8] == PNG_MAGIC and len(data) < 300_000
+        h, w = matplotlib.image.imread(png).shape[:2]
+        assert h > 200 and w > 200
+        assert f"]({png.name})" in text  # linked from the report
+    for csv in out.glob("*.csv"):
+        assert len(pd.read_csv(csv)) > 0
+    assert not list(out.glob(".*.tmp")), "temporary files left behind"
+    return text
+
+
+@pytest.mark.parametrize("name", OURS)
+def test_experiment_smoke_via_plain_function(tmp_path, name):
+    report = reproduce(name, "smoke", tmp_path / name)
+    assert isinstance(report, Report) and report.path == tmp_path / name / "report.md"
+    assert report.wall_time_s is not None and report.claims
+    check_report_dir(tmp_path / name, name)
+
+
+def test_cli_runs_one_experiment(tmp_path):
+    result = CliRunner().invoke(
+        app, ["reproduce", "igr-order", "--scale", "smoke", "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 0, result.output
+    check_report_dir(tmp_path, "igr-order")
+
+
+def test_cli_unknown_name_and_scale_exit_2_with_one_line():
+    runner = CliRunner()
+    result = runner.invoke(app, ["reproduce", "no-such-experiment", "--scale", "smoke"])
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no-such-experiment" in lines[0]
+    assert all(n in lines[0] for n in (*OURS, "all"))
+    result = runner.invoke(app, ["reproduce", "igr-toy", "--scale", "huge"])
+    assert result.exit_code == 2 and "smoke, small, full" in result.stderr
+
+
+def test_registry_lists_our_experiments_and_rejects_unknown_names():
+    names = available_experiments()
+    assert set(OURS) <= set(names)
+    assert not any(n.startswith("-") for n in names)  # _private helpers are not experiments
+    module = load_experiment("igr-toy")
+    assert module.NAME == "igr-toy" and module.__name__ == f"{EXPERIMENTS_PACKAGE}.igr_toy"
+    with pytest.raises(ValueError, match="igr-toy"):
+        load_experiment("nope")
+    with pytest.raises(ValueError, match="scale"):
+        reproduce("igr-toy", "medium", Path("unused"))
+
+
+# ---------------------------------------------------------------- a fake experiments directory
+
+FAKE = '''
+"""A tiny experiment for the framework tests."""
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from implicit_reg.reproduce import Report, select_scale
+
+from ._shared import VALUE
+
+NAME = "{name}"
+TITLE = "Fake experiment"
+CONFIGS = {{"smoke": {{"n": 1}}, "small": {{"n": 2}}, "full": {{"n": 3}}}}
+
+
+def run(scale: str, out: Path) -> Report:
+    cfg = select_scale(CONFIGS, scale)
+    report = Report(NAME, TITLE, scale, out, cfg, "nobody, 2024")
+    report.add_claim("x equals 1", "1", str(VALUE), VALUE == 1)
+    fig = Figure()
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, cfg["n"]])
+    ax.set(xlabel="x", ylabel="y", title="fake")
+    report.add_figure(fig, "fake.png", "a line")
+    return report.write()
+'''
+
+
+@pytest.fixture
+def fake_dir(tmp_path):
+    d = tmp_path / "experiments"
+    d.mkdir()
+    (d / "_shared.py").write_text("VALUE = 1\n")
+    (d / "fake_one.py").write_text(textwrap.dedent(FAKE.format(name="fake-one")))
+    (d / "fake_two.py").write_text(textwrap.dedent(FAKE.format(name="fake-two")))
+    yield d
+    for key in [k for k in sys.modules if k.split(".")[0] == EXPERIMENTS_PACKAGE]:
+        del sys.modules[key]  # the next test loads the real directory afresh
+
+
+def test_registry_discovers_files_and_shared_helpers(fake_dir, tmp_path):
+    assert list(available_experiments(fake_dir)) == ["fake-one", "fake-two"]
+    reports = reproduce_all("smoke", tmp_path / "out", fake_dir)
+    assert [r.name for r in reports] == ["fake-one", "fake-two"]
+    for name in ("fake-one", "fake-two"):
+        text = check_report_dir(tmp_path / "out" / name, name)
+        assert "| x equals 1 | 1 | 1 | yes |" in text and "nobody, 2024" in text
+
+
+def test_registry_checks_the_interface(fake_dir):
+    (fake_dir / "bad_name.py").write_text('NAME = "other"\nTITLE = "t"\ndef run(scale, out): ...\n')
+    (fake_dir / "no_run.py").write_text('NAME = "no-run"\nTITLE = "t"\n')
+    with pytest.raises(ValueError, match="expected 'bad-name'"):
+        load_experiment("bad-name", fake_dir)
+    with pytest.raises(ValueError, match="run"):
+        load_experiment("no-run", fake_dir)
+    with pytest.raises(ValueError, match="smoke, small, full"):
+        select_scale({"smoke": 1}, "tiny")
+    with pytest.raises(ValueError, match="no config for scale"):
+        select_scale({"smoke": 1}, "smoke")
+
+
+def test_find_experiments_dir_prefers_the_package_then_the_checkout(tmp_path):
+    pkg = tmp_path / "site" / "implicit_reg"
+    pkg.mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="experiments"):
+        find_experiments_dir(pkg)
+    (tmp_path / "site" / "experiments").mkdir()  # source-checkout layout
+    assert find_experiments_dir(pkg) == tmp_path / "site" / "experiments"
+    (pkg / "experiments").mkdir()  # wheel layout wins
+    assert find_experiments_dir(pkg) == pkg / "experiments"
+    assert find_experiments_dir() == ROOT / "experiments"  # this checkout
+
+
+def test_atomic_write_replaces_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "sub" / "a.txt"
+    atomic_write_text(path, "one")
+    atomic_write_text(path, "two")
+    assert path.read_text() == "two" and os.listdir(path.parent) == ["a.txt"]
+
+
+def test_wheel_ships_experiments_and_finds_them(tmp_path):
+    """Build the wheel as pip would, unpack it, and look the experiments up in it."""
+    wheel_builder = pytest.importorskip("hatchling.builders.wheel")
+    (wheel,) = wheel_builder.WheelBuilder(str(ROOT)).build(
+        directory=str(tmp_path), versions=["standard"]
+    )
+    with zipfile.ZipFile(wheel) as z:
+        assert {f"implicit_reg/experiments/{f}" for f in ("igr_toy.py", "_flows.py")} <= set(
+            z.namelist()
+        )
+        z.extractall(tmp_path / "site")
+    pkg = tmp_path / "site" / "implicit_reg"  # what Path(implicit_reg.__file__).parent is there
+    exp = find_experiments_dir(pkg)
+    assert exp == pkg / "experiments"
+    assert set(OURS) <= set(available_experiments(exp))
+    try:
+        module = load_experiment("igr-order", exp)
+        assert Path(module.__file__) == exp / "igr_order.py"
+    finally:
+        for key in [k for k in sys.modules if k.split(".")[0] == EXPERIMENTS_PACKAGE]:
+            del sys.modules[key]
