@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -62,6 +62,7 @@ __all__ = [
     "member_sq_norms",
     "ensemble_loss_fns",
     "ensemble_losses",
+    "ensemble_outputs",
     "ensemble_gradient",
     "ensemble_modified_gradient_exact",
     "ensemble_modified_gradient_fd",
@@ -83,36 +84,47 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 
 @dataclass(frozen=True)
 class Architecture:
-    """What the members share: the module structure and their frozen tensors.
+    """What the members share: the module structure; and their constant tensors.
 
     Attributes:
         template: a copy of one member on the ``meta`` device (structure only).
         names: trainable parameter names, in :func:`trainable_named_params` order.
-        frozen: frozen (``requires_grad=False``) parameters, stacked ``[M, …]``.
+        constants: frozen (``requires_grad=False``) parameters and buffers
+            (e.g. the fixed first layer of a random-features model), stacked
+            ``[M, …]``; never updated.
         size: M, the number of members.
     """
 
     template: nn.Module
     names: tuple[str, ...]
-    frozen: dict[str, Tensor]
+    constants: dict[str, Tensor]
     size: int
+
+    def select(self, keep: Tensor) -> Architecture:
+        """The architecture of the members at stack positions ``keep``."""
+        return Architecture(
+            template=self.template,
+            names=self.names,
+            constants={k: v[keep] for k, v in self.constants.items()},
+            size=len(keep),
+        )
 
 
 def check_vectorizable(model: nn.Module) -> None:
     """Raise ``ValueError`` if ``model`` cannot be trained as an ensemble member.
 
-    Members are pure functions of their parameters: buffers (BatchNorm
-    running statistics) would be mutated per member and random layers
-    (dropout in training mode) would draw from one shared RNG, so neither
-    could match the member's serial run. Such runs are trained serially.
+    Members are pure functions of their parameters. Normalization layers
+    with running statistics (BatchNorm) update buffers in every forward
+    pass, and random layers (dropout in training mode) draw from one shared
+    RNG, so neither could match the member's serial run; such runs are
+    trained serially. Constant buffers (random features) are fine.
     """
-    buffers = [name for name, _ in model.named_buffers()]
-    if buffers:
-        raise ValueError(
-            f"vectorized training needs models without buffers, found {', '.join(buffers)}; "
-            "train models with BatchNorm serially"
-        )
     for name, mod in model.named_modules():
+        if isinstance(mod, nn.modules.batchnorm._NormBase) and mod.track_running_stats:
+            raise ValueError(
+                f"vectorized training needs models without running statistics, found "
+                f"{type(mod).__name__} at {name!r}; train models with BatchNorm serially"
+            )
         if isinstance(mod, nn.modules.dropout._DropoutNd) and mod.p > 0 and mod.training:
             raise ValueError(
                 f"vectorized training needs deterministic models, found dropout at {name!r}; "
@@ -120,6 +132,13 @@ def check_vectorizable(model: nn.Module) -> None:
             )
     if not trainable_named_params(model):
         raise ValueError("the model has no trainable parameters")
+
+
+def _signature(model: nn.Module) -> list:
+    return [
+        (k, t.shape, t.dtype, t.device, getattr(t, "requires_grad", False))
+        for k, t in [*model.named_parameters(), *model.named_buffers()]
+    ]
 
 
 def stack_models(models: Sequence[nn.Module]) -> tuple[Architecture, Params]:
@@ -133,18 +152,16 @@ def stack_models(models: Sequence[nn.Module]) -> tuple[Architecture, Params]:
     first = models[0]
     for model in models:
         check_vectorizable(model)
-        if type(model) is not type(first) or [
-            (k, p.shape, p.dtype, p.device, p.requires_grad) for k, p in model.named_parameters()
-        ] != [(k, p.shape, p.dtype, p.device, p.requires_grad) for k, p in first.named_parameters()]:
+        if type(model) is not type(first) or _signature(model) != _signature(first):
             raise ValueError(
-                "all members must share one architecture: same class, parameter names, "
-                "shapes, dtypes, devices and requires_grad flags"
+                "all members must share one architecture: same class, parameter and buffer "
+                "names, shapes, dtypes, devices and requires_grad flags"
             )
-    params, _ = stack_module_state(models)
+    params, buffers = stack_module_state(models)
     names = tuple(trainable_named_params(first))
-    frozen = {k: v.detach() for k, v in params.items() if k not in names}
+    constants = {k: v.detach() for k, v in {**params, **buffers}.items() if k not in names}
     template = copy.deepcopy(first).to("meta")
-    arch = Architecture(template=template, names=names, frozen=frozen, size=len(models))
+    arch = Architecture(template=template, names=names, constants=constants, size=len(models))
     return arch, tuple(params[k].detach().clone() for k in names)
 
 
@@ -207,7 +224,7 @@ def ensemble_loss_fns(
     for t, batched, what in ((x, x_batched, "x"), (y, y_batched, "y")):
         if batched and t.shape[0] != arch.size:
             raise ValueError(f"{what} is per member but has {t.shape[0]} rows for {arch.size} members")
-    names, frozen, template = arch.names, arch.frozen, arch.template
+    names, constants, template = arch.names, arch.constants, arch.template
 
     def member(params: dict[str, Tensor], xc: Tensor, yc: Tensor) -> Tensor:
         loss = loss_fn(functional_call(template, params, (xc,)), yc)
@@ -224,7 +241,7 @@ def ensemble_loss_fns(
         weight = min(step, n - i) / n
 
         def f(params: Params, xc=xc, yc=yc, weight=weight) -> Tensor:
-            state = {**frozen, **dict(zip(names, params))}
+            state = {**constants, **dict(zip(names, params))}
             return weight * batched(state, xc, yc)
 
         fns.append(f)
@@ -235,6 +252,22 @@ def ensemble_losses(loss_fns: Sequence[Callable[[Params], Tensor]], params: Para
     """(L_m(θ_m))_m, shape ``[M]``, without autograd."""
     with torch.no_grad():
         return sum(f(tuple(params)) for f in loss_fns)
+
+
+def ensemble_outputs(
+    arch: Architecture, params: Params, x: Tensor, *, x_batched: bool = False
+) -> Tensor:
+    """Every member's outputs f_{θ_m}(x), shape ``[M, n, …]``, without autograd.
+
+    ``x`` is ``[n, …]`` (shared) or ``[M, n, …]`` with ``x_batched=True``.
+    """
+
+    def member(state: dict[str, Tensor], xc: Tensor) -> Tensor:
+        return functional_call(arch.template, state, (xc,))
+
+    state = {**arch.constants, **dict(zip(arch.names, params))}
+    with torch.no_grad():
+        return vmap(member, in_dims=(0, 0 if x_batched else None))(state, x)
 
 
 def ensemble_gradient(
@@ -426,9 +459,10 @@ def minibatch_indices(
 
 
 def _per_member(name: str, values, size: int, *, allow_none: bool = False) -> list:
+    """One value per member: a scalar is repeated; checked to be finite and >= 0."""
     if values is None and allow_none:
         return [None] * size
-    if isinstance(values, (int, float)) or (values is None and allow_none):
+    if isinstance(values, (int, float)):
         values = [values] * size
     values = list(values)
     if len(values) != size:
@@ -436,7 +470,7 @@ def _per_member(name: str, values, size: int, *, allow_none: bool = False) -> li
     for v in values:
         if v is None and allow_none:
             continue
-        if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
             raise ValueError(f"{name} must be finite numbers >= 0, got {v!r}")
     return values
 
@@ -447,32 +481,36 @@ class VectorizedEnsemble:
     The class holds the stacked state and calls the pure functions of this
     module. Member m follows exactly the update of its serial optimizer
     (``implicit_reg.optim.GD``, ``SGD`` or ``EGR``) with its own step
-    ``lr[m]``, coefficient ``coeff[m]`` (EGR; None is h_m/4), targets
-    (``y[m]`` with ``y_per_member=True``) and minibatch order
-    (``torch.Generator().manual_seed(seeds[m])``; full batch when
-    ``batch_size`` is None).
+    ``lr[m]``, coefficient ``coeff[m]`` (EGR; None is h_m/4), inputs
+    (``x[m]`` with ``x_per_member=True``), targets (``y[m]`` with
+    ``y_per_member=True``, e.g. its own label-noise draw) and minibatch order
+    (:func:`minibatch_indices` with ``torch.Generator().manual_seed(seeds[m])``;
+    full batch when ``batch_size`` is None).
 
-    Each :meth:`step` returns the metrics of the members still training,
-    at the iterate before the update: the loss L_m(θ_t) and ‖∇L_m(θ_t)‖²
-    (on the step's batch). A member whose loss or gradient norm is not
-    finite is marked diverged at that step (:attr:`diverged_at`); its
-    parameters stay at that iterate and it leaves the batched computation.
+    Each :meth:`step` returns the metrics of the members still training, at
+    the iterate before the update: the batch loss L_m(θ_t) and ‖∇L_m(θ_t)‖².
+    A member whose loss is NaN, ±inf or above its ``max_loss`` has diverged
+    at that step (:attr:`diverged_at`): its parameters stay at θ_t and it
+    leaves the batched computation. :meth:`retire` takes members out for
+    other reasons (a reached target), also frozen where they are.
 
     Args:
         models: the M initialized members (not modified).
         loss_fn: mean-reduced loss ``(outputs, targets) -> scalar``.
-        x: training inputs ``[N, …]``, shared.
-        y: targets ``[N, …]``, or ``[M, N, …]`` with ``y_per_member=True``.
+        x: training inputs ``[N, …]`` shared, or ``[M, N, …]`` with ``x_per_member``.
+        y: targets ``[N, …]`` shared, or ``[M, N, …]`` with ``y_per_member``.
         optimizer: one of :data:`OPTIMIZERS`.
         lr: step size h, one per member or one for all.
         coeff: EGR's μ, one per member, one for all, or None (h_m/4).
         momentum, dampening, nesterov, weight_decay: SGD's, shared.
         egr_method: ``"exact"`` or ``"finite_difference"``.
-        fd_radius: finite-difference radius r (None: √ε of the dtype).
+        fd_radius: finite-difference radius r (None:
+            :func:`implicit_reg.modified_gradient.default_fd_radius`).
         hvp_method: HVP form for exact EGR.
         batch_size: minibatch size (None: full batch).
         seeds: minibatch-order seed per member (needed with ``batch_size``).
         chunk_size: samples per physical chunk (None: one chunk).
+        max_loss: divergence bound, one per member or one for all (inf: none).
     """
 
     def __init__(
@@ -494,13 +532,17 @@ class VectorizedEnsemble:
         hvp_method: str = DEFAULT_METHOD,
         batch_size: int | None = None,
         seeds: Sequence[int] | None = None,
+        x_per_member: bool = False,
         y_per_member: bool = False,
         chunk_size: int | None = None,
+        max_loss: float | Sequence[float] = math.inf,
     ) -> None:
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
         if egr_method not in EGR_METHODS:
-            raise ValueError(f"unknown EGR method {egr_method!r}; choose one of {', '.join(EGR_METHODS)}")
+            raise ValueError(
+                f"unknown EGR method {egr_method!r}; choose one of {', '.join(EGR_METHODS)}"
+            )
         check_method(hvp_method)
         for name, value in (("momentum", momentum), ("dampening", dampening), ("weight_decay", weight_decay)):
             if not math.isfinite(value) or value < 0:
@@ -509,6 +551,8 @@ class VectorizedEnsemble:
             raise ValueError("nesterov=True needs momentum > 0 and dampening = 0")
         if fd_radius is not None and (not math.isfinite(fd_radius) or fd_radius <= 0):
             raise ValueError(f"fd_radius must be a finite number > 0 or None, got {fd_radius!r}")
+        if chunk_size is not None and chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}")
         self.arch, self.params = stack_models(models)
         size = self.arch.size
         ref = self.params[0]
@@ -517,13 +561,22 @@ class VectorizedEnsemble:
             igr_coeff(h) if c is None else c
             for h, c in zip(lrs, _per_member("coeff", coeff, size, allow_none=True))
         ]
-        if y_per_member and y.shape[0] != size:
-            raise ValueError(f"y is per member but has {y.shape[0]} rows for {size} members")
-        n = x.shape[0]
-        if (y.shape[1] if y_per_member else y.shape[0]) != n:
-            raise ValueError("inputs and targets differ in length")
+        bounds = _max_losses(max_loss, size)
+        for t, per_member, what in ((x, x_per_member, "x"), (y, y_per_member, "y")):
+            if per_member and t.shape[0] != size:
+                raise ValueError(f"{what} is per member but has {t.shape[0]} rows for {size} members")
+        n = _num_samples(x, x_per_member)
+        if _num_samples(y, y_per_member) != n:
+            raise ValueError(
+                f"inputs and targets differ in length: {n} vs {_num_samples(y, y_per_member)}"
+            )
+        if batch_size is not None and (
+            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+        ):
+            raise ValueError(f"batch_size must be an integer >= 1 or None, got {batch_size!r}")
         self.loss_fn = loss_fn
-        self.x, self.y, self.y_per_member = x, y, y_per_member
+        self.x, self.y = x, y
+        self.x_per_member, self.y_per_member = x_per_member, y_per_member
         self.optimizer, self.egr_method, self.hvp_method = optimizer, egr_method, hvp_method
         self.momentum, self.dampening, self.nesterov = momentum, dampening, nesterov
         self.weight_decay = weight_decay
@@ -531,7 +584,9 @@ class VectorizedEnsemble:
         self.batch_size, self.chunk_size = batch_size, chunk_size
         self.lr = torch.tensor(lrs, dtype=ref.dtype, device=ref.device)
         self.coeff = torch.tensor(coeffs, dtype=ref.dtype, device=ref.device)
+        self.max_loss = torch.tensor(bounds, dtype=torch.float64)
         self.bufs: list[Tensor | None] = [None] * len(self.params)
+        self._orders: list[Iterator[Tensor]] = []
         if batch_size is not None:
             if seeds is None or len(seeds) != size:
                 raise ValueError("minibatch training needs one seed per member (seeds)")
@@ -545,33 +600,29 @@ class VectorizedEnsemble:
 
     @property
     def size(self) -> int:
-        """M, the number of members (diverged ones included)."""
+        """M, the number of members (those no longer training included)."""
         return len(self.diverged_at)
 
     def _batch(self) -> tuple[Tensor, Tensor, bool, bool]:
-        y = self.y
+        """The step's inputs and targets for the live members, and whether each is per member."""
+        x, y = self.x, self.y
         if self.batch_size is None:
-            return self.x, y, False, self.y_per_member
-        idx = torch.stack([next(order) for order in self._orders]).to(self.x.device)
-        xb = self.x[idx]  # [M, B, …]
-        if self.y_per_member:
-            yb = y[torch.arange(len(self.live), device=y.device)[:, None], idx]
-        else:
-            yb = y[idx]
+            return x, y, self.x_per_member, self.y_per_member
+        idx = torch.stack([next(order) for order in self._orders]).to(x.device)  # [M, B]
+        rows = torch.arange(len(self.live), device=x.device)[:, None]
+        xb = x[rows, idx] if self.x_per_member else x[idx]  # [M, B, …]
+        yb = y[rows.to(y.device), idx.to(y.device)] if self.y_per_member else y[idx.to(y.device)]
         return xb, yb, True, True
-
-    def _loss_fns(self, arch: Architecture):
-        x, y, xb, yb = self._batch()
-        return ensemble_loss_fns(
-            arch, self.loss_fn, x, y, chunk_size=self.chunk_size, x_batched=xb, y_batched=yb
-        )
 
     def step(self) -> dict[int, dict[str, float]]:
         """One step for every live member; returns ``{member: {"loss", "grad_norm_sq"}}``."""
         if not self.live:
-            raise ValueError("every member has diverged; nothing left to train")
+            raise ValueError("no member is training any more (all diverged or retired)")
         t = self.steps_done
-        fns = self._loss_fns(self.arch)
+        x, y, xb, yb = self._batch()
+        fns = ensemble_loss_fns(
+            self.arch, self.loss_fn, x, y, chunk_size=self.chunk_size, x_batched=xb, y_batched=yb
+        )
         if self.optimizer == "egr" and self.egr_method == "exact":
             losses, g, d = ensemble_modified_gradient_exact(
                 fns, self.params, self.coeff, method=self.hvp_method
@@ -584,7 +635,8 @@ class VectorizedEnsemble:
             losses, g = ensemble_gradient(fns, self.params)
             d = g
         gsq = member_sq_norms(g)
-        finite = torch.isfinite(losses) & torch.isfinite(gsq)
+        lossd = losses.detach().double().cpu()
+        ok = torch.isfinite(lossd) & (lossd <= self.max_loss)
         new = [p.detach().clone() for p in self.params]
         if self.optimizer == "sgd":
             sgd_update_stacked(
@@ -600,43 +652,48 @@ class VectorizedEnsemble:
         else:
             gd_update_stacked(new, d, lr=self.lr)
         out = {
-            m: {"loss": float(loss), "grad_norm_sq": float(sq)}
-            for m, loss, sq in zip(self.live, losses.tolist(), gsq.tolist())
+            m: {"loss": loss, "grad_norm_sq": sq}
+            for m, loss, sq in zip(self.live, lossd.tolist(), gsq.tolist())
         }
         self.steps_done += 1
-        if bool(finite.all()):
-            self.params = tuple(new)
-            return out
-        # divergence: freeze the members at θ_t and drop them from the stack
-        for i in (~finite).nonzero().flatten().tolist():
-            m = self.live[i]
-            self.diverged_at[m] = t
-            self.final[m] = {k: p[i].detach().clone() for k, p in zip(self.arch.names, self.params)}
-        keep = finite.nonzero().flatten()
-        self._select(keep, new)
+        bad = (~ok).nonzero().flatten().tolist()
+        for i in bad:
+            self.diverged_at[self.live[i]] = t
+        before, self.params = self.params, tuple(new)
+        if bad:  # frozen at θ_t, the iterate whose loss was bad, not at the update just made
+            self._drop(bad, frozen_from=before)
         return out
 
-    def _select(self, keep: Tensor, new: list[Tensor]) -> None:
-        """Keep the members at positions ``keep`` of the stack (updated values ``new``)."""
-        arch = self.arch
-        self.live = [self.live[i] for i in keep.tolist()]
-        self.arch = Architecture(
-            template=arch.template,
-            names=arch.names,
-            frozen={k: v[keep] for k, v in arch.frozen.items()},
-            size=len(self.live),
-        )
-        self.params = tuple(p[keep] for p in new)
+    def retire(self, members: Iterable[int]) -> None:
+        """Stop training ``members`` (they keep their current parameters)."""
+        members = set(members)
+        unknown = members - set(self.live)
+        if unknown:
+            raise ValueError(f"members {sorted(unknown)} are not training; live: {self.live}")
+        self._drop([self.live.index(m) for m in sorted(members)], frozen_from=self.params)
+
+    def _drop(self, positions: list[int], *, frozen_from: Params) -> None:
+        """Take the members at stack ``positions`` out, recording their parameters from ``frozen_from``."""
+        for i in positions:
+            m = self.live[i]
+            self.final[m] = {k: p[i].detach().clone() for k, p in zip(self.arch.names, frozen_from)}
+        keep_pos = [i for i in range(len(self.live)) if i not in set(positions)]
+        keep = torch.tensor(keep_pos, dtype=torch.long, device=self.params[0].device)
+        self.live = [self.live[i] for i in keep_pos]
+        self.arch = self.arch.select(keep)
+        self.params = tuple(p[keep] for p in self.params)
         self.bufs = [None if b is None else b[keep] for b in self.bufs]
         self.lr, self.coeff = self.lr[keep], self.coeff[keep]
+        self.max_loss = self.max_loss[keep.cpu()]
+        if self.x_per_member:
+            self.x = self.x[keep.to(self.x.device)]
         if self.y_per_member:
-            self.y = self.y[keep]
-        if self.batch_size is not None:
-            self._orders = [self._orders[i] for i in keep.tolist()]
+            self.y = self.y[keep.to(self.y.device)]
+        self._orders = [self._orders[i] for i in keep_pos] if self._orders else []
 
     def member_params(self, m: int) -> dict[str, Tensor]:
         """Member ``m``'s trainable parameters by name (its last iterate)."""
-        if not isinstance(m, int) or not 0 <= m < self.size:
+        if isinstance(m, bool) or not isinstance(m, int) or not 0 <= m < self.size:
             raise ValueError(f"no member {m!r}; members are 0..{self.size - 1}")
         if self.final[m] is not None:
             return dict(self.final[m])
@@ -650,6 +707,17 @@ class VectorizedEnsemble:
             for k, p in trainable_named_params(model).items():
                 p.copy_(state[k])
         return model
+
+
+def _max_losses(values, size: int) -> list[float]:
+    if isinstance(values, (int, float)) and not isinstance(values, bool):
+        values = [values] * size
+    values = [float(v) for v in values]
+    if len(values) != size:
+        raise ValueError(f"need one max_loss per member ({size}), got {len(values)}")
+    if any(not v > 0 for v in values):
+        raise ValueError(f"max_loss must be > 0 (inf: no bound), got {values}")
+    return values
 
 
 @dataclass
