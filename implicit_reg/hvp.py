@@ -117,5 +117,15 @@ def grad_and_hvp(
         return tuple(g), tuple(hv)
     # forward-over-reverse; a direction that depends on g needs g first
     v = direction(tuple(grad_fn(*primals))) if vec is None or callable(vec) else direction(())
-    g, hv = jvp(grad_fn, primals, v)
+    try:
+        g, hv = jvp(grad_fn, primals, v)
+    except RuntimeError as err:
+        if "ZeroTensors are immutable" not in str(err):
+            raise
+        raise RuntimeError(
+            "grad_and_hvp(method='jvp') hit a PyTorch bug in forward-over-reverse AD "
+            "(pytorch/pytorch#123996: F.mse_loss/nn.MSELoss with reduction='mean' under "
+            "jvp(grad(f))); use method='double_backward' or 'vjp', or write the loss as "
+            "((out - y) ** 2).mean()"
+        ) from err
     return tuple(g), tuple(hv)

@@ -34,6 +34,7 @@ __all__ = [
     "igr_coeff",
     "coeff_from_paper_rate",
     "paper_rate_from_coeff",
+    "FD_RADIUS_CAP",
     "default_fd_radius",
     "modified_gradient_exact",
     "finite_difference_hvp",
@@ -63,16 +64,47 @@ def paper_rate_from_coeff(coeff: float, num_params: int) -> float:
     return coeff * num_params
 
 
-def default_fd_radius(dtype: torch.dtype) -> float:
-    """Default finite-difference perturbation size r = √(machine ε).
+FD_RADIUS_CAP = 1e-6
+"""Largest default finite-difference radius (see :func:`default_fd_radius`)."""
 
-    The perturbation θ + r·v/‖v‖ has size r in parameter space whatever ‖g‖
-    is. √ε balances truncation error O(r) against round-off O(ε/r) on smooth
-    losses (1.5e-8 in float64, 3.5e-4 in float32), and keeps r small enough
-    that ReLU networks rarely cross an activation kink (see the docs for the
-    measured errors).
+
+def default_fd_radius(dtype: torch.dtype) -> float:
+    """Default finite-difference radius r = min(√ε, 10⁻⁶) for a floating dtype.
+
+    The perturbation θ + r·v/‖v‖ has length r in parameter space whatever
+    ‖v‖ is. Two errors pull r in opposite directions:
+
+    - round-off: the two gradients agree to about ε·‖∇L‖, so the quotient
+      carries an error ∝ ε/r; truncation on a smooth (C³) loss is ∝ r. √ε
+      balances the two (1.5e-8 in float64, the value used there).
+    - ReLU kinks: once θ + r·v/‖v‖ moves any pre-activation across zero,
+      the gradient jumps and the error is O(1) or worse. Measured on
+      ReLU MLPs (``benchmarks/bench_optim_step.py --fd-sweep``, docs in
+      ``docs/optimizers.md``): kinks are first crossed at r ≈ 3e-5
+      (40→128→128→10, 1,000 rows) and r ≈ 3e-6 (40→512→512→10, 4,000
+      rows), with relative errors of 2–18 in H v above that.
+
+    In float64, √ε = 1.5e-8 sits two orders of magnitude below those
+    thresholds and gives relative errors of ~1e-7 (tanh) and ~2e-8 (ReLU).
+    In float32, √ε = 3.5e-4 would be best for a smooth loss (~1e-3) but
+    crosses kinks on every ReLU net measured (errors 2–10), so the radius
+    is capped at 10⁻⁶: ~4% (ReLU) to ~25% (tanh) error from round-off,
+    never the kink catastrophe at the sizes measured. For float32 smooth
+    models, pass ``radius``/``fd_radius`` ≈ 1e-3 (error ~6e-4); for
+    float32 ReLU models prefer the exact method.
+
+    Raises ``ValueError`` for dtypes coarser than float32 (float16,
+    bfloat16), where a forward difference of gradients is meaningless.
     """
-    return math.sqrt(torch.finfo(dtype).eps)
+    if not dtype.is_floating_point:
+        raise ValueError(f"finite differences need a floating dtype, got {dtype}")
+    eps = torch.finfo(dtype).eps
+    if eps > torch.finfo(torch.float32).eps:
+        raise ValueError(
+            f"finite differences need float32 or float64 parameters, got {dtype}; "
+            "use method='exact' (or pass an explicit radius)"
+        )
+    return min(math.sqrt(eps), FD_RADIUS_CAP)
 
 
 def flat_norm(tensors: Sequence[Tensor]) -> Tensor:
