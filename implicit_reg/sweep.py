@@ -388,6 +388,7 @@ def run_sweep(
     retry_failed: bool = False,
     backend: Backend | None = None,
     progress: bool = True,
+    vectorize: bool = False,
 ) -> SweepReport:
     """Run every config of ``spec`` whose result is not already in ``out_dir``.
 
@@ -401,6 +402,10 @@ def run_sweep(
         retry_failed: with ``resume``, redo runs recorded as "failed" too.
         backend: overrides ``workers`` (see the module docstring).
         progress: show a rich progress bar on stderr.
+        vectorize: train the runs that differ only in lr, seed, data seed, label
+            noise, EGR coefficient or stopping thresholds as one ``torch.func``
+            ensemble each (:mod:`implicit_reg.vectorized_sweep`); the other runs
+            go to the backend as before. Results and files are the same.
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
@@ -431,6 +436,10 @@ def run_sweep(
         root=out, total=len(configs), skipped=len(configs) - len(pending), hashes=hashes
     )
     backend = backend or (serial_backend if workers == 1 else process_pool_backend(workers))
+    if vectorize:
+        from .vectorized_sweep import vectorized_backend
+
+        backend = vectorized_backend(backend)
     with _progress(progress) as bar:
         task = bar.add_task(
             getattr(spec, "name", out.name),
