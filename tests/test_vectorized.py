@@ -411,3 +411,56 @@ def test_retire_and_max_loss():
     assert all(torch.equal(kept[k], v) for k, v in ens.member_params(2).items())
     with pytest.raises(ValueError, match="not training"):
         ens.retire([2])
+
+
+def _explicit_hessian(model, loss_fn, x, y):
+    names = [k for k, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+    flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    def loss_flat(f):
+        parts = torch.split(f, [s.numel() for s in shapes])
+        state = {k: v.view(s) for k, v, s in zip(names, parts, shapes)}
+        return loss_fn(torch.func.functional_call(model, state, (x,)), y)
+
+    return torch.func.hessian(loss_flat)(flat)
+
+
+def test_vectorized_probes_against_explicit_hessian_and_serial_probes():
+    """λ_max (Lanczos), Hutchinson trace and ‖∇L‖² for all members in one pass,
+    against eigvalsh/trace of torch.func.hessian and the serial probes."""
+    from implicit_reg.fullbatch import full_gradient
+    from implicit_reg.probes import HessianOperator, hutchinson, lanczos
+    from implicit_reg.vectorized_probes import (
+        ensemble_grad_norm_sq,
+        ensemble_hutchinson,
+        ensemble_lanczos_max,
+    )
+
+    dtype = torch.float64
+    x, _, ys = classification(20, 3, dtype)
+    loss_fn = nn.CrossEntropyLoss()
+    models = [mlp(s, dtype, width=6) for s in (1, 2, 3)]
+    arch, params = stack_models(models)
+    before = [p.clone() for p in params]
+    rng = torch.get_rng_state()
+    seeds = [5, 6, 7]
+    fns = ensemble_loss_fns(arch, loss_fn, x, ys, chunk_size=8, y_batched=True)
+    eig = ensemble_lanczos_max(fns, params, seeds=seeds)
+    tr = ensemble_hutchinson(fns, params, n_samples=10, seeds=seeds)
+    gsq = ensemble_grad_norm_sq(fns, params)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(torch.equal(p, q) for p, q in zip(params, before))
+    assert bool(eig.converged.all())
+    for i, model in enumerate(models):
+        H = _explicit_hessian(model, loss_fn, x, ys[i])
+        assert float(eig.eigenvalues[i]) == pytest.approx(float(torch.linalg.eigvalsh(H)[-1]), rel=1e-9)
+        op = HessianOperator(model, loss_fn, (x, ys[i]), mode="train")
+        serial = lanczos(op, 1, seed=seeds[i])
+        assert float(eig.eigenvalues[i]) == pytest.approx(float(serial.eigenvalues[0]), rel=1e-12)
+        assert int(eig.n_iter[i]) == serial.n_iter
+        hutch = hutchinson(op, min_samples=10, max_samples=10, seed=seeds[i])
+        assert float(tr.estimate[i]) == pytest.approx(hutch.estimate, rel=1e-12)
+        assert float(tr.stderr[i]) == pytest.approx(hutch.stderr, rel=1e-9)
+        _, g = full_gradient(model, loss_fn, (x, ys[i]))
+        assert float(gsq[i]) == pytest.approx(float(flat_norm(g) ** 2), rel=1e-12)

@@ -1,0 +1,263 @@
+"""Curvature probes for every member of an ensemble at once.
+
+The members of a :mod:`implicit_reg.vectorized` ensemble are stacked
+tensors Θ = (θ_1, …, θ_M). The ensemble loss 𝓛(Θ) = Σ_m L_m(θ_m) has the
+block-diagonal Hessian blockdiag(H_1, …, H_M), so one call of the package's
+HVP, :func:`implicit_reg.hvp.grad_and_hvp`, on 𝓛 with the stacked direction
+V = (v_1, …, v_M) returns (H_m v_m)_m: every member's Hessian-vector
+product in one batched pass (:func:`ensemble_hvp`). On top of it:
+
+- :func:`ensemble_lanczos_max`: λ_max(H_m) for all members by Lanczos
+  (Lanczos 1950) with full reorthogonalization, the recurrence of
+  :func:`implicit_reg.probes.lanczos` run for M members side by side (each
+  member its own tridiagonal T_m, own start vector, own stopping test
+  β_j·|s_j| ≤ tol·‖T_j‖). A member that has converged is frozen while the
+  others go on.
+- :func:`ensemble_hutchinson`: Hutchinson's estimate tr(H_m) ≈
+  (1/n)Σ_j z_jᵀH_m z_j with Rademacher z_j (Hutchinson 1989), n HVPs for all
+  members together.
+- :func:`ensemble_grad_norm_sq`: ‖∇L_m‖² for all members from one backward.
+
+Every random draw comes from a private ``torch.Generator`` per member seeded
+with that member's seed, in the order :mod:`implicit_reg.probes` draws them,
+so member m's numbers equal the serial probe's on member m alone (to
+rounding; ``tests/test_vectorized.py``). Nothing is modified: the functions
+take the stacked tensors and return numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .hvp import DEFAULT_METHOD, Params, check_method, grad_and_hvp
+from .vectorized import ensemble_gradient, member_sq_norms
+
+__all__ = [
+    "flatten_members",
+    "unflatten_members",
+    "ensemble_hvp",
+    "ensemble_grad_norm_sq",
+    "EnsembleEig",
+    "ensemble_lanczos_max",
+    "EnsembleTrace",
+    "ensemble_hutchinson",
+]
+
+LossFns = Sequence[Callable[[Params], Tensor]]
+
+
+def flatten_members(tensors: Sequence[Tensor]) -> Tensor:
+    """Stacked tensors ``[M, …]`` as one ``[M, D]`` matrix (member m's flat vector in row m)."""
+    return torch.cat([t.reshape(t.shape[0], -1) for t in tensors], dim=1)
+
+
+def unflatten_members(flat: Tensor, like: Sequence[Tensor]) -> Params:
+    """Inverse of :func:`flatten_members`: ``[M, D]`` back to tensors shaped like ``like``."""
+    sizes = [t[0].numel() for t in like]
+    return tuple(
+        part.reshape(t.shape) for part, t in zip(torch.split(flat, sizes, dim=1), like)
+    )
+
+
+def ensemble_hvp(
+    loss_fns: LossFns, params: Params, vecs: Sequence[Tensor], *, method: str = DEFAULT_METHOD
+) -> Params:
+    """(H_m v_m)_m for every member: the package's HVP on 𝓛(Θ) = Σ_m L_m(θ_m).
+
+    Args:
+        loss_fns: chunk functions from :func:`implicit_reg.vectorized.ensemble_loss_fns`.
+        params: Θ, stacked.
+        vecs: V, stacked like Θ.
+        method: one of :data:`implicit_reg.hvp.HVP_METHODS`.
+    """
+    check_method(method)
+    ps = tuple(p.detach().requires_grad_(True) for p in params)
+    vecs = tuple(v.detach() for v in vecs)
+    total = None
+    for f in loss_fns:
+        _, hv = grad_and_hvp(lambda q, f=f: f(q).sum(), ps, vecs, method=method)
+        total = hv if total is None else tuple(a + b for a, b in zip(total, hv))
+    return total
+
+
+def ensemble_grad_norm_sq(loss_fns: LossFns, params: Params) -> Tensor:
+    """‖∇L_m(θ_m)‖² for every member, float64, shape ``[M]``, from one backward pass."""
+    return member_sq_norms(ensemble_gradient(loss_fns, params)[1])
+
+
+def _generators(seeds: Sequence[int] | int, size: int, device) -> list[torch.Generator]:
+    if isinstance(seeds, int):
+        seeds = [seeds] * size
+    seeds = list(seeds)
+    if len(seeds) != size:
+        raise ValueError(f"need one seed per member ({size}), got {len(seeds)}")
+    return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+
+
+def _flat_hvp(loss_fns: LossFns, params: Params, method: str) -> Callable[[Tensor], Tensor]:
+    """Q ↦ (H_m q_m)_m on ``[M, D]`` float64 matrices (computed in the parameters' dtype)."""
+
+    def apply(q: Tensor) -> Tensor:
+        v = unflatten_members(q.to(params[0].dtype), params)
+        return flatten_members(ensemble_hvp(loss_fns, params, v, method=method)).double()
+
+    return apply
+
+
+@dataclass
+class EnsembleEig:
+    """λ_max per member.
+
+    Attributes:
+        eigenvalues: ``[M]`` float64 largest Ritz value of each member.
+        residual_bounds: ``[M]`` β·|s| (the Lanczos residual estimate ‖Hv − λv‖).
+        converged: ``[M]`` bool, whether the member met its stopping test.
+        n_iter: ``[M]`` Lanczos steps each member took.
+        n_hvp: batched HVP calls (each one HVP for every member).
+    """
+
+    eigenvalues: Tensor
+    residual_bounds: Tensor
+    converged: Tensor
+    n_iter: Tensor
+    n_hvp: int
+
+
+def ensemble_lanczos_max(
+    loss_fns: LossFns,
+    params: Params,
+    *,
+    seeds: Sequence[int] | int = 0,
+    tol: float | None = None,
+    max_iter: int | None = None,
+    method: str = DEFAULT_METHOD,
+) -> EnsembleEig:
+    """Largest Hessian eigenvalue of every member by Lanczos, all members in one pass.
+
+    Member m starts from the unit vector ``randn(D, generator=seed_m)`` (as
+    :func:`implicit_reg.probes.lanczos` does) and stops when its top Ritz
+    pair has β_j·|s_{j,top}| ≤ tol·‖T_j‖ (‖T_j‖ estimated by the running
+    max of |α_i| + β_i + β_{i−1}); the others go on. Basis in float64, full
+    reorthogonalization applied twice.
+
+    Args:
+        loss_fns, params: as :func:`ensemble_hvp`.
+        seeds: start-vector seed per member (or one for all).
+        tol: relative residual tolerance; None: √ε of the parameters' dtype.
+        max_iter: most steps (default min(D, 300)).
+        method: HVP form.
+    """
+    params = tuple(params)
+    size, device = params[0].shape[0], params[0].device
+    dim = sum(p[0].numel() for p in params)
+    if tol is None:
+        tol = math.sqrt(torch.finfo(params[0].dtype).eps)
+    if not math.isfinite(tol) or tol < 0:
+        raise ValueError(f"tol must be a finite number >= 0 or None, got {tol!r}")
+    max_iter = min(dim, 300) if max_iter is None else max_iter
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
+    apply = _flat_hvp(loss_fns, params, method)
+    gens = _generators(seeds, size, device)
+    q0 = torch.stack([torch.randn(dim, generator=g, device=device, dtype=torch.float64) for g in gens])
+    Q = torch.zeros(size, min(max_iter, dim) + 1, dim, dtype=torch.float64, device=device)
+    Q[:, 0] = q0 / q0.norm(dim=1, keepdim=True)
+    alphas, betas = [], []
+    scale = torch.zeros(size, dtype=torch.float64, device=device)
+    done = torch.zeros(size, dtype=torch.bool, device=device)
+    value = torch.full((size,), math.nan, dtype=torch.float64, device=device)
+    bound = torch.full((size,), math.nan, dtype=torch.float64, device=device)
+    steps = torch.zeros(size, dtype=torch.long, device=device)
+    tiny = torch.finfo(torch.float64).eps
+    n_hvp = 0
+    for j in range(min(max_iter, dim)):
+        q = Q[:, j]
+        w = apply(q)
+        n_hvp += 1
+        a = (q * w).sum(1)
+        w = w - a[:, None] * q
+        if j > 0:
+            w = w - betas[-1][:, None] * Q[:, j - 1]
+        basis = Q[:, : j + 1]
+        for _ in range(2):  # twice is enough
+            w = w - torch.einsum("mkd,mk->md", basis, torch.einsum("mkd,md->mk", basis, w))
+        b = w.norm(dim=1)
+        prev = betas[-1] if betas else torch.zeros_like(b)
+        scale = torch.maximum(scale, a.abs() + b + prev)
+        alphas.append(a)
+        betas.append(b)
+        T = torch.diag_embed(torch.stack(alphas, 1))
+        if j > 0:
+            off = torch.stack(betas[:-1], 1)
+            T = T + torch.diag_embed(off, 1) + torch.diag_embed(off, -1)
+        evals, evecs = torch.linalg.eigh(T)
+        theta, res = evals[:, -1], b * evecs[:, -1, -1].abs()
+        breakdown = b <= 1e3 * tiny * torch.clamp(scale, min=torch.finfo(torch.float64).tiny)
+        now = ~done & ((res <= tol * scale) | breakdown | torch.tensor(j + 1 >= dim))
+        live = ~done
+        value = torch.where(live, theta, value)
+        bound = torch.where(live, res, bound)
+        steps = torch.where(live, torch.full_like(steps, j + 1), steps)
+        done = done | now
+        if bool(done.all()):
+            break
+        Q[:, j + 1] = torch.where(
+            (b > 0)[:, None], w / torch.where(b > 0, b, 1.0)[:, None], torch.zeros_like(w)
+        )
+    return EnsembleEig(
+        eigenvalues=value.cpu(),
+        residual_bounds=bound.cpu(),
+        converged=done.cpu(),
+        n_iter=steps.cpu(),
+        n_hvp=n_hvp,
+    )
+
+
+@dataclass
+class EnsembleTrace:
+    """Hutchinson trace per member: ``estimate`` and ``stderr`` ``[M]``, ``n_samples``."""
+
+    estimate: Tensor
+    stderr: Tensor
+    n_samples: int
+
+
+def ensemble_hutchinson(
+    loss_fns: LossFns,
+    params: Params,
+    *,
+    n_samples: int = 30,
+    seeds: Sequence[int] | int = 0,
+    method: str = DEFAULT_METHOD,
+) -> EnsembleTrace:
+    """tr(H_m) ≈ (1/n)·Σ_j z_jᵀ H_m z_j for every member, Rademacher z_j.
+
+    Member m's probes are drawn from its own generator seeded with
+    ``seeds[m]``, in the order :func:`implicit_reg.probes.hutchinson` draws
+    them, so a fixed ``n_samples`` gives that function's estimate (run with
+    ``min_samples = max_samples = n_samples``). SE = std(z_jᵀHz_j)/√n.
+    """
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 2:
+        raise ValueError(f"n_samples must be an integer >= 2, got {n_samples!r}")
+    params = tuple(params)
+    size, device = params[0].shape[0], params[0].device
+    dim = sum(p[0].numel() for p in params)
+    apply = _flat_hvp(loss_fns, params, method)
+    gens = _generators(seeds, size, device)
+    samples = []
+    for _ in range(n_samples):
+        z = torch.stack(
+            [torch.randint(0, 2, (dim,), generator=g, device=device).double() * 2 - 1 for g in gens]
+        )
+        samples.append((z * apply(z)).sum(1))
+    s = torch.stack(samples, 1)  # [M, n]
+    return EnsembleTrace(
+        estimate=s.mean(1).cpu(),
+        stderr=(s.std(1, unbiased=True) / math.sqrt(n_samples)).cpu(),
+        n_samples=n_samples,
+    )
