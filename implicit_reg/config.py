@@ -80,6 +80,9 @@ class RunConfig:
     egr_coeff: float | None = None  # mu; None: h/4, the IGR modified loss
     egr_method: str = "exact"  # or "finite_difference"
     batch_size: int | None = None  # None: full batch (gd, egr); required for sgd
+    # egr only: the penalty is the mean of mu*|grad L_j|^2 over micro-batches of this size
+    # inside each batch (Smith et al. 2021's explicit SGD regularizer); None: the whole batch
+    egr_micro_batch: int | None = None
     # --- stopping rule: the first of these budgets that is reached ends the run ---
     steps: int | None = 1000  # optimizer steps
     epochs: int | None = None  # passes over the training set (1 epoch = 1 step at full batch)
@@ -122,7 +125,9 @@ class RunConfig:
         _choice("egr_method", self.egr_method, EGR_METHODS)
         _positive_int("width", self.width)
         _positive_int("depth", self.depth)
-        for name in ("n_train", "n_test", "batch_size", "steps", "epochs", "chunk_size"):
+        for name in (
+            "n_train", "n_test", "batch_size", "egr_micro_batch", "steps", "epochs", "chunk_size",
+        ):  # fmt: skip
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
         _finite("lr", self.lr, lower=0.0, strict=True)
@@ -158,6 +163,13 @@ class RunConfig:
             )
         if self.optimizer == "egr" and (self.momentum or self.nesterov or self.weight_decay):
             raise ValueError("optimizer 'egr' takes no momentum, nesterov or weight_decay")
+        if self.egr_micro_batch is not None and (
+            self.optimizer != "egr" or self.egr_method != "exact"
+        ):
+            raise ValueError(
+                "egr_micro_batch needs optimizer 'egr' with egr_method 'exact', got "
+                f"optimizer {self.optimizer!r}, egr_method {self.egr_method!r}"
+            )
         if self.nesterov and self.momentum == 0:
             raise ValueError("nesterov=True needs momentum > 0")
         if self.loss == "cross_entropy" and self.task == "regression":

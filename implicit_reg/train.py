@@ -16,7 +16,9 @@ The loop (h = ``lr``, N = training-set size, t = steps done):
   passes: g = Σ_c ∇(w_c L_c), then Hv = Σ_c H_c v with v = μg through
   :func:`implicit_reg.hvp.grad_and_hvp` (``vec=v``), and applies the same
   update as ``EGR.step``. Finite-difference EGR takes the chunked gradient
-  as a torch-style closure.
+  as a torch-style closure. With ``egr_micro_batch`` the penalty is the
+  mean of μ‖∇L_j‖² over micro-batches j of each (mini)batch, Smith et al.'s
+  explicit SGD regularizer (:func:`egr_micro_batch_step`).
 
 Evaluation every ``eval_every`` steps, at step 0 and at the end logs
 :data:`~implicit_reg.config.BASE_METRICS` (train/test loss and error in eval
@@ -53,7 +55,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import BASE_METRICS, RunConfig
-from .fullbatch import chunk_loss_fns, full_gradient, iter_chunks, trainable_named_params
+from .fullbatch import (
+    chunk_loss_fns,
+    full_gradient,
+    iter_chunks,
+    num_samples,
+    trainable_named_params,
+)
 from .hvp import grad_and_hvp
 from .modified_gradient import flat_norm, igr_coeff
 from .optim import EGR, GD, SGD
@@ -69,6 +77,7 @@ __all__ = [
     "evaluate",
     "step_budget",
     "egr_chunked_exact_step",
+    "egr_micro_batch_step",
     "load_run_data",
 ]
 
@@ -234,6 +243,66 @@ def egr_chunked_exact_step(
     return loss
 
 
+def egr_micro_batch_step(
+    opt: EGR,
+    model: nn.Module,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    batch: tuple[Tensor, Tensor],
+    micro_batch: int,
+) -> Tensor:
+    """One EGR step whose penalty is averaged over micro-batches; returns L_B(θ) before the step.
+
+    The explicit SGD regularizer of Smith, Dherin, Barrett & De (ICLR 2021,
+    arXiv 2101.12176): over an epoch of m minibatches SGD follows
+    L + (h/4m)·Σ_k‖∇L_k‖². To add it to training on larger batches, split each
+    batch B into consecutive micro-batches j of ``micro_batch`` rows and step
+    on the gradient of
+
+        L_B(θ) + Σ_j w_j·μ‖∇L_j(θ)‖²,     w_j = n_j/|B|,
+
+    θ ← θ − h·(g_B + 2·Σ_j w_j·H_j(μ⊙g_j)), where L_B is the batch mean loss,
+    L_j the micro-batch mean loss, g_j = ∇L_j and H_j = ∇²L_j (μ per group, h/4
+    by default). With equal micro-batches Σ_j w_j = (1/J)·Σ_j, Smith et al.'s
+    average. One pass: for f_j = w_j·L_j, :func:`implicit_reg.hvp.grad_and_hvp`
+    with the direction μ⊙g_j returns (w_j·g_j, w_j·H_j(μ⊙g_j)). ``.grad`` is
+    left holding g_B.
+    """
+    named = trainable_named_params(model)
+    params = list(named.values())
+    groups = {id(p): g for g in opt.param_groups for p in g["params"]}
+    lrs = [groups[id(p)]["lr"] for p in params]
+    mus = [
+        igr_coeff(groups[id(p)]["lr"]) if groups[id(p)]["coeff"] is None else groups[id(p)]["coeff"]
+        for p in params
+    ]
+    n = num_samples(batch)
+    g = [torch.zeros_like(p) for p in params]
+    hv = [torch.zeros_like(p) for p in params]
+    losses: list[Tensor] = []
+    primal = tuple(p.detach().requires_grad_(True) for p in params)
+    for f, (xj, _) in zip(
+        chunk_loss_fns(model, loss_fn, batch, micro_batch), iter_chunks(batch, micro_batch)
+    ):
+        w = len(xj) / n
+
+        def f_logged(p, f=f):
+            out = f(p)
+            losses.append(out.detach())
+            return out
+
+        gj, hj = grad_and_hvp(
+            f_logged, primal, vec=lambda wg, w=w: tuple(m * x / w for m, x in zip(mus, wg))
+        )
+        for acc_g, acc_h, a, b in zip(g, hv, gj, hj):
+            acc_g.add_(a)
+            acc_h.add_(b)
+    with torch.no_grad():
+        for p, gi, h, lr in zip(params, g, hv, lrs):
+            p.add_(gi + 2.0 * h, alpha=-lr)
+            p.grad = gi.clone()
+    return torch.stack(losses).sum()
+
+
 def _gradient_step(
     config: RunConfig,
     opt: torch.optim.Optimizer,
@@ -257,6 +326,8 @@ def _gradient_step(
         loss = set_grad()
         opt.step()
         return loss
+    if config.egr_micro_batch is not None:
+        return egr_micro_batch_step(opt, model, loss_fn, batch, config.egr_micro_batch)
     if not chunked:
         x, y = batch
         return opt.step(lambda: loss_fn(model(x), y))  # EGR's closure: no backward
