@@ -216,61 +216,62 @@ def simulate(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
 COLORS = {"GD": "C3", "flow of E": "C0", "flow of Ẽ": "C2"}
 
 
+MARKERS = {"GD": "o", "flow of E": "s", "flow of Ẽ": "^"}
+
+
+def _draw_paths(ax, sub: pd.DataFrame, ms: float, labels: bool) -> None:
+    for method in COLORS:
+        for s, (_, g) in enumerate(sub[sub.method == method].groupby("seed")):
+            style = dict(color=COLORS[method], label=method if labels and s == 0 else None)
+            if method == "GD":
+                ax.plot(g.a, g.b, ".", ms=ms, **style)
+            else:
+                ax.plot(g.a, g.b, "--" if method == "flow of E" else "-", lw=1.3, **style)
+
+
 def phase_space_figure(paths: pd.DataFrame, cfg: Config) -> Figure:
-    """Trajectories in the (a, b) plane for h_small and h_moderate."""
-    fig = Figure(figsize=(11, 5))
-    axes = fig.subplots(1, 2, sharey=True)
+    """Trajectories in the (a, b) plane for h_small and h_moderate, and a zoom on
+    the end points at h_moderate."""
+    fig = Figure(figsize=(15, 5.2), layout="constrained")
+    axes = fig.subplots(1, 3, width_ratios=[1, 1, 0.8])
     lo, hi = 0.0, max(cfg.init_center) + cfg.init_halfwidth + 0.3
     grid = np.linspace(lo + 1e-3, hi, 300)
     aa, bb = np.meshgrid(grid, grid)
-    loss = 0.5 * (cfg.y - aa * bb * cfg.x) ** 2
+    log_loss = np.log10(0.5 * (cfg.y - aa * bb * cfg.x) ** 2 + 1e-6)
     a_min = math.sqrt(cfg.y / cfg.x)
-    for ax, h in zip(axes, (cfg.h_small, cfg.h_moderate)):
-        ax.contourf(aa, bb, np.log10(loss + 1e-6), levels=20, cmap="Greys", alpha=0.35)
-        branch = grid[grid > cfg.y / cfg.x / hi]
+    branch = np.linspace(cfg.y / cfg.x / hi, hi, 400)
+    for ax, h in zip(axes[:2], (cfg.h_small, cfg.h_moderate)):
+        ax.contourf(aa, bb, log_loss, levels=20, cmap="Greys", alpha=0.35)
         ax.plot(
             branch, cfg.y / cfg.x / branch, "k-", lw=1.2, label=f"minima: ab = {cfg.y / cfg.x:g}"
         )
         ax.plot([a_min], [a_min], "k*", ms=14, label="minimum-norm point a = b = √0.6")
         sub = paths[paths.h == h]
-        for method in COLORS:
-            for s, (_, g) in enumerate(sub[sub.method == method].groupby("seed")):
-                style = dict(color=COLORS[method], lw=1.3, label=method if s == 0 else None)
-                if method == "GD":
-                    ax.plot(g.a, g.b, ".", ms=3, **style)
-                else:
-                    ax.plot(g.a, g.b, "--" if method == "flow of E" else "-", **style)
-                if method == "flow of E":
-                    ax.plot(g.a.iloc[0], g.b.iloc[0], "o", color="k", ms=4)
-        ax.set(xlim=(lo, hi), ylim=(lo, hi), xlabel="a", aspect="equal")
-        ends = sub.groupby(["seed", "method"]).tail(1)
-        pad_a = 0.15 * (ends.a.max() - ends.a.min()) + 0.01
-        pad_b = 0.15 * (ends.b.max() - ends.b.min()) + 0.01
-        box = (
-            ends.a.min() - pad_a,
-            ends.a.max() + pad_a,
-            ends.b.min() - pad_b,
-            ends.b.max() + pad_b,
+        _draw_paths(ax, sub, ms=3, labels=h == cfg.h_small)
+        starts = sub[sub.t == 0]
+        ax.plot(
+            starts.a, starts.b, "ko", ms=4, label="initial points" if h == cfg.h_small else None
         )
-        inset = ax.inset_axes([0.5, 0.08, 0.46, 0.4])
-        inset.contourf(aa, bb, np.log10(loss + 1e-6), levels=20, cmap="Greys", alpha=0.35)
-        inset.plot(branch, cfg.y / cfg.x / branch, "k-", lw=1.2)
-        for method in COLORS:
-            for _, g in sub[sub.method == method].groupby("seed"):
-                if method == "GD":
-                    inset.plot(g.a, g.b, ".", ms=4, color=COLORS[method])
-                else:
-                    inset.plot(
-                        g.a, g.b, "--" if method == "flow of E" else "-", color=COLORS[method]
-                    )
-        inset.set(xlim=box[:2], ylim=box[2:])
-        inset.set_title("zoom on the end points", fontsize=8)
-        inset.tick_params(labelsize=7)
-        ax.indicate_inset_zoom(inset, edgecolor="0.3")
-        ax.set_title(f"h = {h:g}: {int(round(cfg.t_end / h))} GD steps, T = {cfg.t_end:g}")
-    axes[0].set_ylabel("b")
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=9, bbox_to_anchor=(0.5, -0.04))
+        ax.set(xlim=(lo, hi), ylim=(lo, hi), xlabel="a", ylabel="b", aspect="equal")
+        ax.set_title(f"h = {h:g}: {int(round(cfg.t_end / h))} GD steps to T = {cfg.t_end:g}")
+    # zoom on the end points at h_moderate
+    ax = axes[2]
+    sub = paths[paths.h == cfg.h_moderate]
+    ends = sub.groupby(["seed", "method"]).tail(1)
+    pad_a = 0.3 * (ends.a.max() - ends.a.min()) + 0.01
+    pad_b = 0.1 * (ends.b.max() - ends.b.min()) + 0.02
+    box = (ends.a.min() - pad_a, ends.a.max() + pad_a, ends.b.min() - pad_b, ends.b.max() + pad_b)
+    ax.contourf(aa, bb, log_loss, levels=20, cmap="Greys", alpha=0.35)
+    ax.plot(branch, cfg.y / cfg.x / branch, "k-", lw=1.2)
+    _draw_paths(ax, sub, ms=5, labels=False)
+    for method in COLORS:
+        e = ends[ends.method == method]
+        ax.plot(e.a, e.b, MARKERS[method], color=COLORS[method], ms=9, mec="k",
+                label=f"end point, {method}")  # fmt: skip
+    ax.set(xlim=box[:2], ylim=box[2:], xlabel="a", ylabel="b")
+    ax.set_title(f"zoom on the end points, h = {cfg.h_moderate:g}")
+    ax.legend(fontsize=8, loc="upper right")
+    axes[0].legend(fontsize=8, loc="center right")
     fig.suptitle(
         f"E(a,b) = ½({cfg.y:g} − ab)²: GD, flow of E and flow of Ẽ = E + (h/4)‖∇E‖² "
         f"from {cfg.seeds} initial points"
@@ -279,37 +280,35 @@ def phase_space_figure(paths: pd.DataFrame, cfg: Config) -> Figure:
 
 
 def sweep_figure(ends: pd.DataFrame, cfg: Config) -> Figure:
-    """End-point ‖θ‖ and λ_max against h, mean ± std over seeds."""
-    fig = Figure(figsize=(11, 4.3))
+    """End-point ‖θ‖ and λ_max against h, relative to the flow of E from the same
+    initial point (paired), mean ± std over seeds."""
+    fig = Figure(figsize=(11, 4.3), layout="constrained")
     axes = fig.subplots(1, 2)
-    for ax, col, ref, label in (
-        (axes[0], "norm", math.sqrt(2 * cfg.y / cfg.x), "‖θ‖ at the end point"),
-        (axes[1], "lambda_max", 2 * cfg.x * cfg.y, "λ_max(∇²E) at the end point"),
+    base = ends[ends.method == "flow of E"].set_index(["seed", "h"])
+    for ax, col, label in (
+        (axes[0], "lambda_max", "λ_max(∇²E)"),
+        (axes[1], "norm", "‖θ‖"),
     ):
-        for method in COLORS:
-            piv = ends[ends.method == method].pivot(index="seed", columns="h", values=col)
-            plot_band(
-                ax,
-                piv.columns.values,
-                piv.values,
-                label=method,
-                color=COLORS[method],
-                marker="o" if method == "GD" else None,
-                ms=4,
-            )
-        ax.axhline(ref, color="k", ls=":", label="minimum-norm point")
-        ax.set(xlabel="learning rate h", ylabel=label)
-        ax.set_title(f"{label} vs h (T = {cfg.t_end:g})")
+        for method in ("GD", "flow of Ẽ"):
+            e = ends[ends.method == method].set_index(["seed", "h"])
+            rel = (100 * (e[col] / base.loc[e.index, col] - 1)).rename("rel").reset_index()
+            piv = rel.pivot(index="seed", columns="h", values="rel")
+            plot_band(ax, piv.columns.values, piv.values, label=method, color=COLORS[method],
+                      marker="o", ms=4)  # fmt: skip
+        ax.axhline(0, color=COLORS["flow of E"], ls="--", label="flow of E (reference)")
+        ax.set(xlabel="learning rate h", ylabel=f"{label} at the end point, % vs flow of E")
+        ax.set_title(f"{label} at T = {cfg.t_end:g}, relative to the flow of E")
     axes[0].legend(fontsize=8)
     fig.suptitle(
-        f"Larger h lands on flatter, lower-norm minima (mean ± std over {cfg.seeds} initial points)"
+        "Larger h lands on flatter, lower-norm minima: change against gradient flow from the same "
+        f"initial point (mean ± std over {cfg.seeds} initial points)"
     )
     return fig
 
 
 def grad_norm_figure(paths: pd.DataFrame, cfg: Config) -> Figure:
     """‖∇E‖² along the trajectories at h_moderate, geometric mean ± std over seeds."""
-    fig = Figure(figsize=(6.5, 4.3))
+    fig = Figure(figsize=(6.5, 4.3), layout="constrained")
     ax = fig.subplots()
     sub = paths[paths.h == cfg.h_moderate]
     for method in COLORS:
@@ -321,6 +320,8 @@ def grad_norm_figure(paths: pd.DataFrame, cfg: Config) -> Figure:
         plot_band(ax, piv_a.columns.values, gn, label=method, color=COLORS[method], geometric=True)
     ax.set(yscale="log", xlabel="time t (GD: step k at t = k·h)", ylabel="‖∇E(θ(t))‖²")
     ax.set_ylim(1e-12, None)
+    alive = sub[grad_norm_sq_path(sub[["a", "b"]].to_numpy(), cfg) > 1e-12].t
+    ax.set_xlim(0, 1.05 * alive.max() if len(alive) else cfg.t_end)
     ax.set_title(f"‖∇E‖² along the path, h = {cfg.h_moderate:g} ({cfg.seeds} initial points)")
     ax.legend()
     return fig
@@ -414,19 +415,45 @@ def run(scale: str, out: Path) -> Report:
     report.add_figure(
         sweep_figure(ends, cfg),
         "endpoints_vs_h.png",
-        "End-point norm and sharpness against h; the flow of E does not depend on h.",
+        "Sharpness and norm of the end point against h, as a change against the flow of E from "
+        "the same initial point (the flow of E does not depend on h; absolute values in the "
+        "table and in endpoints.csv).",
     )
     report.add_figure(
         grad_norm_figure(paths, cfg),
         "grad_norm_path.png",
-        f"‖∇E‖² along the trajectories at h = {hm:g} (geometric mean ± std over initial points).",
+        f"‖∇E‖² along the trajectories at h = {hm:g} (geometric mean ± std over initial "
+        "points): GD's first steps cut ‖∇E‖² fastest; later every run converges at a rate set by "
+        "the curvature of the minimum it approaches, slower for the flatter ones.",
     )
+    first = ends[(ends.method == "GD") & (ends.h == hm)]
+    r0 = float(np.mean(np.abs(cfg.y - first.a0 * first.b0 * cfg.x)))
+    share = {
+        h: float(np.mean((at(h, "flow of E", "norm") - at(h, "flow of Ẽ", "norm"))
+                         / (at(h, "flow of E", "norm") - at(h, "GD", "norm"))))
+        for h in (hs, hm)
+    }  # fmt: skip
+    ratio = {
+        h: float(
+            np.mean(at(h, "GD", "max_dev_from_flow_E") / at(h, "GD", "max_dev_from_flow_Emod"))
+        )
+        for h in (hs, hm)
+    }
     report.add_text(
-        "GD keeps the imbalance a² − b² of the flow of E only up to a factor 1 − h²r² per step, "
-        "and r = y − ab is large at the start (ab ≈ 10 vs 0.6), so the early steps pull GD toward "
-        "the balanced, minimum-norm region. The flow of Ẽ captures most of that drift; the rest "
-        "(the distance that remains between GD and the flow of Ẽ at the moderate h) is the "
-        "higher-order O(h³) part that the first-order modified loss leaves out.",
+        "Gradient flow of E keeps the imbalance a² − b² fixed; a GD step multiplies it by "
+        "1 − h²r² with r = y − ab, and r is large at the start (ab ≈ 10 against 0.6), so the "
+        "first steps move GD toward the balanced, flat, low-norm part of the hyperbola. "
+        f"The flow of Ẽ accounts for {100 * share[hs]:.0f}% of GD's reduction of ‖θ‖ at "
+        f"h = {hs:g} and {100 * share[hm]:.0f}% at h = {hm:g}; GD stays {ratio[hs]:.0f}× closer to "
+        f"the flow of Ẽ than to the flow of E over the whole path at h = {hs:g}, but only "
+        f"{ratio[hm]:.1f}× at h = {hm:g}. There h·|r| ≈ {hm * r0:.2f} at the start, too large "
+        "for the first-order modified loss to be accurate: the higher-order terms of the "
+        "backward-error series carry the rest of the implicit regularization. "
+        + (
+            "The qualitative claim (larger h, flatter and lower-norm minimum) holds at every h swept."
+            if monotone
+            else "The end-point sharpness is not monotone in h over the sweep (see the figure)."
+        ),
         heading="Reading",
     )
     return report.write()
