@@ -1,7 +1,7 @@
 """igr-order: one GD step is O(h²) from the flow of L but O(h³) from the flow of L̃.
 
 Barrett & Dherin, "Implicit Gradient Regularization", ICLR 2021 (arXiv
-2009.11162), Sec. 2 (backward error analysis): for θ' = θ − h∇L(θ) and
+2009.11162), backward error analysis: for θ' = θ − h∇L(θ) and
 φ_h the time-h map of a flow,
 
     ‖θ' − φ_h^L(θ)‖ = O(h²),      ‖θ' − φ_h^{L̃}(θ)‖ = O(h³),
@@ -36,7 +36,7 @@ NAME = "igr-order"
 TITLE = "Backward error analysis: GD's one-step error is O(h²) against the flow of L, O(h³) against the flow of L̃"
 PAPER = (
     "Barrett & Dherin, *Implicit Gradient Regularization*, ICLR 2021 "
-    "(arXiv 2009.11162), Sec. 2: GD follows L̃ = L + (h/4)‖∇L‖² to O(h³) per step"
+    "(arXiv 2009.11162): GD follows L̃ = L + (h/4)‖∇L‖² to O(h³) per step"
 )
 EXPECTED = {"flow of L": 2.0, "flow of L̃": 3.0}
 TOLERANCE = 0.15  # |fitted slope − expected| that counts as reproduced

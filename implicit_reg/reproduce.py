@@ -21,7 +21,9 @@ sits next to the ``implicit_reg`` package; in an installed wheel hatch
 force-includes it as ``implicit_reg/experiments`` (see ``pyproject.toml``).
 :func:`find_experiments_dir` looks in the package first, then next to it.
 The directory is imported by path, so neither layout needs ``experiments``
-to be importable as a top-level package.
+to be importable as a top-level package. (An editable install also copies
+the files to ``site-packages/implicit_reg/experiments``; that copy is never
+read, since ``implicit_reg`` itself is imported from the source tree.)
 
 Usage::
 
@@ -64,6 +66,7 @@ __all__ = [
     "reproduce",
     "reproduce_all",
     "reproduce_command",
+    "write_index",
     "atomic_write_bytes",
     "atomic_write_text",
     "mean_std",
@@ -214,6 +217,39 @@ def reproduce_all(scale: str, out: Path, directory: Path | None = None) -> list[
 def reproduce_command(name: str, scale: str, out: Path | str) -> str:
     """The command line that reruns one experiment into ``out``."""
     return f"implicit-reg reproduce {name} --scale {scale} --out {out}"
+
+
+INDEX_FILE = "README.md"
+
+
+def write_index(root: Path) -> Path:
+    """Write ``root/README.md``: a table of the reports in ``root/<name>/``.
+
+    Reads each ``summary.json`` (written by :meth:`Report.write`); one row per
+    experiment with its title, scale, how many claims reproduced and the
+    wall time.
+    """
+    root = Path(root)
+    rows = []
+    for path in sorted(root.glob("*/summary.json")):
+        s = json.loads(path.read_text(encoding="utf-8"))
+        verdicts = [c["reproduced"] for c in s["claims"]]
+        yes, partly = sum(v is True for v in verdicts), sum(v is None for v in verdicts)
+        claims = f"{yes}/{len(verdicts)}" + (f" (+{partly} partly)" if partly else "")
+        rows.append({
+            "experiment": f"[{s['name']}]({path.parent.name}/{REPORT_FILE})",
+            "what": s["title"],
+            "scale": s["scale"],
+            "claims reproduced": claims,
+            "wall time": f"{s['wall_time_s']:.0f} s" if s.get("wall_time_s") is not None else "?",
+        })  # fmt: skip
+    text = (
+        "# Reproduced results\n\n"
+        "Each report quotes our numbers next to the paper's claim, with its figures, the exact "
+        "command, the config, the package version and the wall time. Regenerate them all with "
+        f"`implicit-reg reproduce all --scale small --out {root}`.\n\n" + markdown_table(rows)
+    )
+    return atomic_write_text(root / INDEX_FILE, text)
 
 
 # --------------------------------------------------------------------------- files
@@ -459,10 +495,28 @@ class Report:
         parts.append("\n".join(run))
         return "\n".join(parts)
 
+    def summary(self) -> dict[str, Any]:
+        """What an index of reports needs: name, title, scale, claims, times."""
+        from . import __version__
+
+        return {
+            "name": self.name,
+            "title": self.title,
+            "scale": self.scale,
+            "command": self.command,
+            "version": __version__,
+            "wall_time_s": self.wall_time_s,
+            "cpu_time_s": self.cpu_time_s,
+            "claims": [
+                {"claim": c.claim, "reproduced": c.reproduced, "ours": c.ours} for c in self.claims
+            ],
+        }
+
     def write(self) -> Report:
-        """Stop the clock, write ``config.json`` and ``report.md``; return self."""
+        """Stop the clock, write ``config.json``, ``summary.json`` and ``report.md``; return self."""
         self.wall_time_s = time.perf_counter() - self._t0
         self.cpu_time_s = time.process_time() - self._cpu0
+        atomic_write_text(self.out / "summary.json", json.dumps(self.summary(), indent=2) + "\n")
         atomic_write_text(
             self.out / "config.json",
             json.dumps(

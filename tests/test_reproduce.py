@@ -30,6 +30,7 @@ from implicit_reg.reproduce import (
     reproduce,
     reproduce_all,
     select_scale,
+    write_index,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,6 +48,8 @@ def check_report_dir(out: Path, name: str, scale: str = "smoke") -> str:
     assert "Wall time:" in text and "```json" in text
     config = json.loads((out / "config.json").read_text())
     assert config["name"] == name and config["scale"] == scale
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["name"] == name and summary["claims"] and summary["wall_time_s"] > 0
     pngs = sorted(out.glob("*.png"))
     assert pngs, "no figure written"
     for png in pngs:
@@ -149,6 +152,9 @@ def test_registry_discovers_files_and_shared_helpers(fake_dir, tmp_path):
     for name in ("fake-one", "fake-two"):
         text = check_report_dir(tmp_path / "out" / name, name)
         assert "| x equals 1 | 1 | 1 | yes |" in text and "nobody, 2024" in text
+    index = write_index(tmp_path / "out").read_text()
+    assert "[fake-one](fake-one/report.md) | Fake experiment | smoke | 1/1 |" in index
+    assert "[fake-two](fake-two/report.md)" in index
 
 
 def test_registry_checks_the_interface(fake_dir):

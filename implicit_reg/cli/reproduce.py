@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ..reproduce import SCALES, available_experiments
+from ..reproduce import SCALES, available_experiments, write_index
 from ..reproduce import reproduce as run_experiment
 from . import app
 
@@ -66,6 +66,8 @@ def reproduce(
             failed.append(n)
             continue
         typer.echo(f"{n}: wrote {report.path} in {report.wall_time_s:.1f} s")
+    if name == "all":
+        typer.echo(f"index: {write_index(root)}")
     if failed:
         typer.echo(f"error: {len(failed)} of {len(targets)} failed: {', '.join(failed)}", err=True)
         raise typer.Exit(1)
