@@ -31,15 +31,34 @@ __all__ = ["GD", "SGD", "EGR", "gd_update", "sgd_update"]
 
 
 def _check_lr(lr: float) -> float:
-    if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0:
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0:
         raise ValueError(f"lr must be a finite number >= 0, got {lr!r}")
     return float(lr)
 
 
 def _check_nonneg(name: str, value: float) -> float:
-    if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < 0
+    ):
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     return float(value)
+
+
+def _add_checked_group(opt: Optimizer, group: dict, check: Callable[[dict], None]) -> None:
+    """``Optimizer.add_param_group`` followed by ``check`` on the completed group.
+
+    Runs for the groups given to ``__init__`` and for later
+    ``add_param_group`` calls alike; a group that fails is not kept.
+    """
+    Optimizer.add_param_group(opt, group)
+    try:
+        check(opt.param_groups[-1])
+    except ValueError:
+        opt.param_groups.pop()
+        raise
 
 
 def gd_update(params: list[Tensor], grads: list[Tensor], *, lr: float) -> None:
@@ -97,6 +116,9 @@ class GD(Optimizer):
     def __init__(self, params: Iterable, lr: float) -> None:
         super().__init__(params, {"lr": _check_lr(lr)})
 
+    def add_param_group(self, param_group: dict) -> None:
+        _add_checked_group(self, param_group, lambda g: _check_lr(g["lr"]))
+
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
         """One step. ``closure`` (optional) follows torch's contract."""
@@ -140,9 +162,10 @@ class SGD(Optimizer):
             "nesterov": bool(nesterov),
             "weight_decay": _check_nonneg("weight_decay", weight_decay),
         }
-        if nesterov and (momentum <= 0 or dampening != 0):
-            raise ValueError("nesterov=True needs momentum > 0 and dampening = 0")
         super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict) -> None:
+        _add_checked_group(self, param_group, _check_sgd_group)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
@@ -170,48 +193,82 @@ class SGD(Optimizer):
         return loss
 
 
+def _check_sgd_group(group: dict) -> None:
+    _check_lr(group["lr"])
+    for name in ("momentum", "dampening", "weight_decay"):
+        _check_nonneg(name, group[name])
+    if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
+        raise ValueError(
+            "nesterov=True needs momentum > 0 and dampening = 0, got "
+            f"momentum={group['momentum']!r}, dampening={group['dampening']!r}"
+        )
+
+
 class EGR(Optimizer):
     r"""Explicit gradient regularization: GD on L̃ = L + μ‖∇L‖².
 
-    Update (Barrett & Dherin, "Implicit Gradient Regularization", ICLR 2021):
+    Update (Barrett & Dherin, "Implicit Gradient Regularization", ICLR 2021,
+    arXiv 2009.11162):
 
         θ ← θ − h·(∇L + 2μ·H∇L),       μ = h/4 when ``coeff=None``,
 
     so with the default the step is GD on the IGR modified loss
     L + (h/4)‖∇L‖², whose gradient is ∇L + (h/2)·H∇L. With several param
-    groups the regularizer is Σ_j μ_j‖∇_{θ_j}L‖² and the gradient
-    ∇L + 2H(μ ⊙ ∇L). A ``coeff=None`` group tracks its current lr, so an lr
-    scheduler changes μ too.
+    groups the regularizer is Σ_j μ_j‖∇_{θ_j}L‖² and the gradient is
+    ∇L + 2H(μ ⊙ ∇L), where μ ⊙ g scales group j's block of g by μ_j. A
+    group with ``coeff=None`` reads its *current* lr at every step, so an lr
+    scheduler changes μ = h/4 with h. μ multiplies the unnormalised ‖∇L‖²;
+    the paper's rate is λ = μ·m over m parameters (see
+    :func:`implicit_reg.modified_gradient.paper_rate_from_coeff`).
 
     Methods:
-        ``"exact"``: double backprop, H(μ⊙g) through :func:`implicit_reg.hvp.grad_and_hvp`.
-            Cost: one forward, one backward with graph, one double backward.
+        ``"exact"``: H(μ⊙g) by double backward through
+            :func:`implicit_reg.hvp.grad_and_hvp`: one forward, one backward
+            that records its graph, one backward through that graph.
         ``"finite_difference"``: H v ≈ ‖v‖·[∇L(θ + r·v/‖v‖) − ∇L(θ)]/r with
-            v = μ⊙g: two gradient evaluations, no second-order graph. r is
-            ``fd_radius`` (default √ε of the dtype). θ is restored bit for bit.
-            Inaccurate on ReLU networks when the perturbation crosses kinks.
+            v = μ⊙g: two plain gradient evaluations, no second-order graph.
+            ε = r/‖v‖ is scaled so that the perturbation has length r
+            (``fd_radius``; default
+            :func:`implicit_reg.modified_gradient.default_fd_radius`,
+            1.5e-8 in float64 and 1e-6 in float32). θ is restored bit for
+            bit (copied back, not θ + δ − δ). It is badly wrong on ReLU
+            networks once the perturbation crosses activation kinks; see
+            ``docs/optimizers.md`` for measured errors.
 
-    Closure contract (the math needs the graph of the loss, so it differs
-    from torch's in one point): the closure re-evaluates the model and
-    **returns the loss without calling** ``backward()``; EGR differentiates
-    it. It may zero grads; it need not. With ``"finite_difference"`` a
-    torch-style closure that does call ``backward()`` is also accepted. The
-    finite-difference method calls the closure twice; both calls see the same
-    RNG state (same dropout masks), and if ``module`` is given its buffers
-    (BatchNorm running statistics) are restored after the second call, so a
-    step updates them once.
+    Closure contract. The closure re-evaluates the model on the (full)
+    batch and **returns the scalar loss without calling** ``backward()``:
+    EGR differentiates it itself, because the exact method needs the loss's
+    graph. This is torch's contract minus the ``backward()`` call; calling
+    ``zero_grad()`` inside is allowed and unnecessary. With
+    ``"finite_difference"`` a torch-style closure (``zero_grad()``,
+    ``loss.backward()``, ``return loss``) also works; with ``"exact"`` it
+    raises ``ValueError``. The finite-difference method calls the closure
+    twice: both calls see the same global RNG state (same dropout masks),
+    the RNG state afterwards is the one after the first call, and when
+    ``module`` is given its buffers (BatchNorm running statistics) are
+    restored after the second call, so one step updates them once, as one
+    torch step would. Without ``module`` such buffers are updated twice.
 
-    After ``step``, ``p.grad`` holds the plain gradient ∇L (not ∇L̃), which
-    is what a training loop logs.
+    After ``step``, ``p.grad`` holds the plain gradient ∇L(θ) at the
+    pre-step θ (not ∇L̃), which is what a training loop logs, and ``step``
+    returns the loss at that θ (detached).
 
     Args:
-        params: parameters or param groups (each group may set ``lr``, ``coeff``).
+        params: parameters or param groups; a group may set its own ``lr``
+            and ``coeff``.
         lr: step size h ≥ 0.
-        coeff: μ ≥ 0, or None for h/4.
-        method: ``"exact"`` or ``"finite_difference"``.
-        fd_radius: perturbation size r > 0 for finite differences, or None.
-        module: optional model whose buffers are protected during the second
-            finite-difference evaluation.
+        coeff: μ ≥ 0, or None for μ = h/4 (the IGR coefficient).
+        method: ``"exact"`` or ``"finite_difference"`` (shared by all groups).
+        fd_radius: perturbation length r > 0 for finite differences, or None
+            for the dtype's default (shared by all groups).
+        module: the model the closure evaluates; its buffers are protected
+            during the second finite-difference evaluation.
+
+    Example::
+
+        opt = EGR(model.parameters(), lr=0.1)            # μ = h/4
+        for _ in range(steps):
+            opt.step(lambda: loss_fn(model(x), y))       # no backward()
     """
 
     def __init__(
@@ -225,23 +282,30 @@ class EGR(Optimizer):
     ) -> None:
         if coeff is not None:
             _check_nonneg("coeff", coeff)
-        if method not in EGR_METHODS:
-            raise ValueError(f"unknown method {method!r}; choose one of {', '.join(EGR_METHODS)}")
-        if fd_radius is not None and (
-            not isinstance(fd_radius, (int, float)) or not math.isfinite(fd_radius) or fd_radius <= 0
-        ):
-            raise ValueError(f"fd_radius must be a finite number > 0 or None, got {fd_radius!r}")
+        _check_egr_method(method)
+        _check_fd_radius(fd_radius)
+        if module is not None and not isinstance(module, nn.Module):
+            raise ValueError(f"module must be an nn.Module or None, got {type(module).__name__}")
         defaults = {"lr": _check_lr(lr), "coeff": coeff, "method": method, "fd_radius": fd_radius}
         super().__init__(params, defaults)
-        for group in self.param_groups:
-            if group["coeff"] is not None:
-                _check_nonneg("coeff", group["coeff"])
-            _check_lr(group["lr"])
-            if group["method"] != method:
-                raise ValueError("all param groups of one EGR must share the same method")
         self._module = module
 
-    def _coeff(self, group: dict) -> float:
+    def add_param_group(self, param_group: dict) -> None:
+        _add_checked_group(self, param_group, self._check_group)
+
+    def _check_group(self, group: dict) -> None:
+        _check_lr(group["lr"])
+        if group["coeff"] is not None:
+            _check_nonneg("coeff", group["coeff"])
+        for key in ("method", "fd_radius"):
+            if group[key] != self.defaults[key]:
+                raise ValueError(
+                    f"all param groups of one EGR share {key}={self.defaults[key]!r}; "
+                    f"a group set {key}={group[key]!r} (use a second optimizer instead)"
+                )
+
+    @staticmethod
+    def _coeff(group: dict) -> float:
         return igr_coeff(group["lr"]) if group["coeff"] is None else group["coeff"]
 
     def _gather(self) -> tuple[list[Tensor], list[float], list[float]]:
@@ -255,20 +319,20 @@ class EGR(Optimizer):
         return params, coeffs, lrs
 
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor:  # type: ignore[override]
-        """One EGR step; ``closure`` is required (see the class docstring)."""
+        """One EGR step, θ ← θ − h·(g + 2H(μ⊙g)); ``closure`` is required."""
         if closure is None:
             raise ValueError(
-                "EGR.step needs a closure that re-evaluates the model and returns the loss: "
-                "the modified gradient needs the loss's graph (exact) or a second evaluation "
-                "(finite_difference)"
+                "EGR.step needs a closure that re-evaluates the model and returns the loss "
+                "(without calling backward()): the modified gradient needs the loss's graph "
+                "(method='exact') or a second evaluation (method='finite_difference')"
             )
         params, coeffs, lrs = self._gather()
         if not params:
-            return closure()
+            with torch.no_grad():
+                return closure()
         for p in params:
             p.grad = None
-        method = self.defaults["method"]
-        if method == "exact":
+        if self.defaults["method"] == "exact":
             g, g_mod, loss = self._exact(closure, params, coeffs)
         else:
             g, g_mod, loss = self._finite_difference(closure, params, coeffs)
@@ -286,8 +350,10 @@ class EGR(Optimizer):
             if any(p.grad is not None for p in params):
                 raise ValueError(
                     "EGR(method='exact'): the closure called backward(); it must return the "
-                    "loss without calling backward(), since EGR needs the loss's graph"
+                    "loss without calling backward(), since EGR differentiates the loss twice "
+                    "(torch-style closures are accepted by method='finite_difference')"
                 )
+            _check_loss(loss)
             box.append(loss)
             return loss
 
@@ -298,22 +364,19 @@ class EGR(Optimizer):
         devices = sorted({p.device for p in params if p.device.type == "cuda"}, key=str)
         rng_before = _rng_state(devices)
         loss, g = _closure_grad(closure, params)
-        v = tuple(m * x for m, x in zip(coeffs, g))
-        group = self.param_groups[0]
-        radius = group["fd_radius"] or default_fd_radius(params[0].dtype)
-        saved = [p.detach().clone() for p in params]
-        buffers = (
-            [b.detach().clone() for b in self._module.buffers()] if self._module is not None else []
-        )
         rng_after = _rng_state(devices)
+        v = tuple(m * x for m, x in zip(coeffs, g))
+        radius = self.defaults["fd_radius"] or default_fd_radius(params[0].dtype)
+        saved = [p.detach().clone() for p in params]
+        module = self._module
+        buffers = [b.detach().clone() for b in module.buffers()] if module is not None else []
 
         def grad_at(shifted):
             with torch.no_grad():
                 for p, s in zip(params, shifted):
                     p.copy_(s)
             _set_rng_state(rng_before, devices)  # same dropout masks as the first call
-            _, gs = _closure_grad(closure, params)
-            return gs
+            return _closure_grad(closure, params)[1]
 
         try:
             hv = finite_difference_hvp(grad_at, params, g, v, radius=radius)
@@ -321,11 +384,32 @@ class EGR(Optimizer):
             with torch.no_grad():
                 for p, s in zip(params, saved):
                     p.copy_(s)  # exact restore, not θ + δ − δ
-                if self._module is not None:
-                    for b, s in zip(self._module.buffers(), buffers):
+                if module is not None:  # undo the second call's running-statistics update
+                    for b, s in zip(module.buffers(), buffers):
                         b.copy_(s)
             _set_rng_state(rng_after, devices)
         return g, tuple(gi + 2.0 * h for gi, h in zip(g, hv)), loss
+
+
+def _check_egr_method(method: str) -> None:
+    if method not in EGR_METHODS:
+        raise ValueError(f"unknown EGR method {method!r}; choose one of {', '.join(EGR_METHODS)}")
+
+
+def _check_fd_radius(fd_radius: float | None) -> None:
+    if fd_radius is not None and (
+        isinstance(fd_radius, bool)
+        or not isinstance(fd_radius, (int, float))
+        or not math.isfinite(fd_radius)
+        or fd_radius <= 0
+    ):
+        raise ValueError(f"fd_radius must be a finite number > 0, or None, got {fd_radius!r}")
+
+
+def _check_loss(loss) -> None:
+    if not isinstance(loss, Tensor) or loss.dim() != 0:
+        got = f"shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else type(loss).__name__
+        raise ValueError(f"the closure must return the scalar loss tensor, got {got}")
 
 
 def _closure_grad(closure, params) -> tuple[Tensor, tuple[Tensor, ...]]:
@@ -335,10 +419,9 @@ def _closure_grad(closure, params) -> tuple[Tensor, tuple[Tensor, ...]]:
     with torch.enable_grad():
         loss = closure()
     if any(p.grad is not None for p in params):  # the closure called backward()
-        grads = tuple(torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in params)
+        grads = tuple(torch.zeros_like(p) if p.grad is None else p.grad.detach() for p in params)
     else:
-        if not isinstance(loss, Tensor) or loss.dim() != 0:
-            raise ValueError("the closure must return the scalar loss")
+        _check_loss(loss)
         gs = torch.autograd.grad(loss, params, allow_unused=True)
         grads = tuple(torch.zeros_like(p) if x is None else x for p, x in zip(params, gs))
     for p in params:

@@ -21,20 +21,35 @@ __all__ = ["gradient_norm_penalty", "sgd_implicit_regularizer", "momentum_implic
 def _trainable(params: Iterable[Tensor]) -> list[Tensor]:
     ps = [p for p in params if p.requires_grad]
     if not ps:
-        raise ValueError("no parameter requires grad")
+        raise ValueError("params has no tensor with requires_grad=True; pass the trainable parameters")
     return ps
+
+
+def _check_coeff(name: str, value: float) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
 
 
 def gradient_norm_penalty(loss: Tensor, params: Iterable[Tensor], coeff: float = 1.0) -> Tensor:
     """μ‖∇_θ L‖², differentiable in θ (built with ``create_graph=True``).
 
     With μ = h/4 this is the implicit gradient regularizer of GD
-    (Barrett & Dherin, ICLR 2021); its gradient is 2μ·H∇L.
+    (Barrett & Dherin, ICLR 2021); its gradient is 2μ·H∇L, so
+    ``(loss + gradient_norm_penalty(loss, ps, μ)).backward()`` leaves
+    g + 2μHg in ``.grad``, the EGR gradient, for any optimizer (Adam
+    included). Costs one backward with graph; the final ``backward()`` is
+    the double backward.
     """
     if not isinstance(loss, Tensor) or loss.dim() != 0:
-        raise ValueError("loss must be a scalar tensor")
-    if not math.isfinite(coeff) or coeff < 0:
-        raise ValueError(f"coeff must be a finite number >= 0, got {coeff!r}")
+        got = f"shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else type(loss).__name__
+        raise ValueError(f"loss must be a scalar tensor, got {got}")
+    coeff = _check_coeff("coeff", coeff)
     ps = _trainable(params)
     grads = torch.autograd.grad(loss, ps, create_graph=True, allow_unused=True)
     sq = sum((g * g).sum() for g in grads if g is not None)
@@ -54,7 +69,8 @@ def sgd_implicit_regularizer(
     adds (h/4)‖∇L_k‖² at step k: the epoch average of those is this term.
     """
     if len(batch_losses) == 0:
-        raise ValueError("need at least one minibatch loss")
+        raise ValueError("batch_losses is empty; need the loss of at least one minibatch")
+    lr = _check_coeff("lr", lr)
     ps = _trainable(params)
     m = len(batch_losses)
     total = sum(gradient_norm_penalty(lk, ps, 1.0) for lk in batch_losses)
@@ -64,11 +80,23 @@ def sgd_implicit_regularizer(
 def momentum_implicit_factor(beta: float) -> float:
     """(1+β)/(1−β): how much heavy-ball momentum β strengthens the implicit term.
 
-    Ghosh, Lyu, Zhang & Lee, "Implicit regularization in Heavy-ball momentum
+    Ghosh, Lyu, Zhang & Wang, "Implicit regularization in Heavy-ball momentum
     accelerated stochastic gradient descent", ICLR 2023 (arXiv 2302.00849):
-    the implicit gradient regularizer of GD with momentum β is stronger than
-    that of GD by this factor.
+    the implicit regularizer of GD with heavy-ball momentum (GD+M) is
+    stronger than that of GD by the factor (1+β)/(1−β).
+
+    Precisely (backward error analysis, checked in
+    ``tests/test_regularizers.py`` against the exact iteration on a
+    quadratic): GD+M, θ_{n+1} = θ_n − h∇L(θ_n) + β(θ_n − θ_{n−1}) (which is
+    ``torch.optim.SGD(lr=h, momentum=β)``), moves per step like GD with the
+    effective step h_eff = h/(1−β) on
+
+        L + (1+β)/(1−β) · (h_eff/4)·‖∇L‖² = L + h(1+β)/(4(1−β)²)·‖∇L‖²,
+
+    with a local error O(h³). So the factor compares GD+M with GD at the same
+    effective step h/(1−β); at the same raw h the coefficient is
+    (1+β)/(1−β)² times GD's h/4.
     """
-    if not 0 <= beta < 1:
-        raise ValueError(f"momentum beta must be in [0, 1), got {beta!r}")
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta < 1:
+        raise ValueError(f"momentum beta must be a number in [0, 1), got {beta!r}")
     return (1 + beta) / (1 - beta)
