@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator
 
 __all__ = [
     "LABELS",
@@ -108,6 +109,20 @@ def _categorical_hue(df: pd.DataFrame, hue: str | None) -> tuple[pd.DataFrame, l
     return df, names
 
 
+def _legend(ax, hue: str | None, style: str | None = None, **kwargs) -> None:
+    """Redraw the legend with readable names: seaborn's section headers (the column
+    names of hue and style) become their labels; one section gets a title instead."""
+    handles, names = ax.get_legend_handles_labels()
+    if not handles:
+        return
+    headers = {c: label(c) for c in (hue, style) if c}
+    names = [headers.get(n, n) for n in names]
+    title = None
+    if hue and not style and names and names[0] != headers[hue]:
+        title = headers[hue]
+    ax.legend(handles, names, title=title, **kwargs)
+
+
 def _finite(df: pd.DataFrame, *cols: str) -> pd.DataFrame:
     d = df.replace([np.inf, -np.inf], np.nan)
     return d.dropna(subset=list(cols))
@@ -121,6 +136,10 @@ def _new_axes(figsize=(6.0, 4.2)):
 def _scales(ax, x_values, y_values, logx: bool | None, logy: bool | None) -> None:
     if logx if logx is not None else is_geometric(x_values):
         ax.set_xscale("log")
+        ticks = np.unique(pd.to_numeric(pd.Series(x_values), errors="coerce").dropna())
+        if 1 < len(ticks) <= 8:  # label the swept values themselves
+            ax.set_xticks(ticks, labels=[f"{t:g}" for t in ticks])
+            ax.xaxis.set_minor_locator(NullLocator())
     y = pd.to_numeric(pd.Series(y_values), errors="coerce").dropna()
     if logy if logy is not None else (len(y) and (y > 0).all() and y.max() / y.min() > 100):
         ax.set_yscale("log")
@@ -131,23 +150,24 @@ def plot_vs_lr(
     metric: str = "test_error",
     *,
     hue: str | None = "width",
+    style: str | None = None,
     logx: bool | None = None,
     logy: bool | None = None,
 ) -> Figure:
-    """Final ``metric`` against the learning rate h; one line per ``hue`` value
-    (mean over the other runs, i.e. seeds, ±1 s.d. band)."""
-    _require(summaries, ["lr", metric] + ([hue] if hue else []), "plot_vs_lr")
+    """Final ``metric`` against the learning rate h; one line per ``hue`` (and
+    ``style``) value: the mean over the other runs (seeds) with a ±1 s.d. band."""
+    _require(summaries, ["lr", metric] + [c for c in (hue, style) if c], "plot_vs_lr")
     d, order = _categorical_hue(_finite(summaries, "lr", metric), hue)
+    d, style_order = _categorical_hue(d, style)
     fig, ax = _new_axes()
     sns.lineplot(
-        data=d, x="lr", y=metric, hue=hue, hue_order=order, errorbar="sd",
-        marker="o", palette="viridis" if hue else None, ax=ax,
+        data=d, x="lr", y=metric, hue=hue, hue_order=order, style=style, style_order=style_order,
+        errorbar="sd", marker="o", palette="viridis" if hue else None, ax=ax,
     )  # fmt: skip
     _scales(ax, d["lr"], d[metric], logx, logy)
     ax.set_xlabel(label("lr"))
     ax.set_ylabel(label(metric))
-    if hue and ax.get_legend() is not None:
-        ax.get_legend().set_title(label(hue))
+    _legend(ax, hue, style)
     ax.set_title(f"{label(metric).split(' (')[0]} vs learning rate")
     return fig
 
@@ -157,6 +177,7 @@ def plot_vs_params(
     metric: str = "test_error",
     *,
     hue: str | None = None,
+    style: str | None = None,
     threshold: float | None = None,
     show_n: bool = True,
     logy: bool | None = None,
@@ -165,12 +186,14 @@ def plot_vs_params(
     interpolation threshold n·k as a dashed vertical line (Belkin et al. 2019) and,
     with ``show_n``, n as a dotted one. ``threshold`` overrides n·k (default: from
     the ``n_train`` and ``num_classes`` columns, which must be single-valued)."""
-    _require(summaries, ["n_params", metric] + ([hue] if hue else []), "plot_vs_params")
+    _require(summaries, ["n_params", metric] + [c for c in (hue, style) if c], "plot_vs_params")
     d, order = _categorical_hue(_finite(summaries, "n_params", metric), hue)
+    d, style_order = _categorical_hue(d, style)
     fig, ax = _new_axes()
     sns.lineplot(
-        data=d, x="n_params", y=metric, hue=hue, hue_order=order, errorbar="sd",
-        marker="o", palette="viridis" if hue else None, ax=ax,
+        data=d, x="n_params", y=metric, hue=hue, hue_order=order, style=style,
+        style_order=style_order, errorbar="sd", marker="o",
+        palette="viridis" if hue else None, ax=ax,
     )  # fmt: skip
     ax.set_xscale("log")
     _scales(ax, d["n_params"], d[metric], False, logy)
@@ -182,7 +205,7 @@ def plot_vs_params(
         ax.axvline(threshold, ls="--", color="0.3", label=f"n·k = {threshold:,.0f}")
     if show_n and len(n) == 1:
         ax.axvline(float(n[0]), ls=":", color="0.5", label=f"n = {float(n[0]):,.0f}")
-    ax.legend(title=label(hue) if hue else None)
+    _legend(ax, hue, style)
     ax.set_xlabel(label("n_params"))
     ax.set_ylabel(label(metric))
     ax.set_title(f"{label(metric).split(' (')[0]} vs model size")
@@ -194,6 +217,7 @@ def plot_vs_step(
     metric: str = "lambda_max",
     *,
     hue: str | None = "lr",
+    style: str | None = None,
     stability_lines: bool | None = None,
     logy: bool | None = None,
 ) -> Figure:
@@ -203,18 +227,21 @@ def plot_vs_step(
     gets a dashed horizontal line at 2/h in its line's colour: the edge of
     stability of GD on a quadratic, where Cohen et al. (2021) find λ_max hovers.
     """
-    _require(histories, ["step", "metric", "value"] + ([hue] if hue else []), "plot_vs_step")
+    _require(
+        histories, ["step", "metric", "value"] + [c for c in (hue, style) if c], "plot_vs_step"
+    )
     h = histories[histories["metric"] == metric]
     if h.empty:
         raise ValueError(
             f"metric {metric!r} is not in the history; logged: {', '.join(sorted(histories['metric'].unique()))}"
         )
     d, order = _categorical_hue(_finite(h, "value"), hue)
+    d, style_order = _categorical_hue(d, style)
     fig, ax = _new_axes()
     palette = dict(zip(order, sns.color_palette("viridis", len(order)))) if hue else None
     sns.lineplot(
-        data=d, x="step", y="value", hue=hue, hue_order=order, errorbar="sd",
-        palette=palette, ax=ax,
+        data=d, x="step", y="value", hue=hue, hue_order=order, style=style,
+        style_order=style_order, errorbar="sd", palette=palette, ax=ax,
     )  # fmt: skip
     if stability_lines if stability_lines is not None else metric == "lambda_max":
         if "lr" not in h:
@@ -223,7 +250,7 @@ def plot_vs_step(
             colour = palette[f"{lr:g}"] if hue == "lr" else "0.3"
             ax.axhline(2.0 / lr, ls="--", lw=1, color=colour, label=f"2/h = {2.0 / lr:g}")
     _scales(ax, d["step"], d["value"], False, logy)
-    ax.legend(title=label(hue) if hue else None, fontsize="small")
+    _legend(ax, hue, style, fontsize="small")
     ax.set_xlabel(label("step"))
     ax.set_ylabel(label(metric))
     ax.set_title(f"{label(metric).split(' (')[0]} during training")
@@ -252,8 +279,7 @@ def plot_measure_vs_gap(
         ax.set_xscale("log")
     ax.set_xlabel(label(measure))
     ax.set_ylabel(label(gap))
-    if hue and ax.get_legend() is not None:
-        ax.get_legend().set_title(label(hue))
+    _legend(ax, hue)
     ax.set_title(f"{label(measure).split(' (')[0]} vs generalization gap")
     return fig
 
@@ -282,11 +308,19 @@ _DEFAULT_HUE = {"lr": "width", "params": None, "step": "lr", "gap": "lr"}
 
 
 def plot_sweep(
-    sweep_dir: str | Path, kind: str = "lr", metric: str = "test_error", *, hue: str | None = "auto"
+    sweep_dir: str | Path,
+    kind: str = "lr",
+    metric: str = "test_error",
+    *,
+    hue: str | None = "auto",
+    style: str | None = None,
+    where: dict[str, object] | None = None,
 ) -> Figure:
     """Load a sweep directory and draw figure ``kind`` (one of :data:`FIGURE_KINDS`) of
     ``metric`` (for ``"gap"``, the measure on the x axis). ``hue="auto"``: width for
-    ``lr``, none for ``params``, lr for ``step`` and ``gap``."""
+    ``lr``, none for ``params``, lr for ``step`` and ``gap``. ``style``: a second
+    column told apart by line style (``lr``, ``params``, ``step``). ``where``: keep
+    only the runs whose config fields have these values, e.g. ``{"width": 256}``."""
     from .results import load_histories, load_summaries
 
     if kind not in FIGURE_KINDS:
@@ -299,6 +333,21 @@ def plot_sweep(
         table = load_summaries(sweep_dir)
     if table.empty:
         raise ValueError(f"no complete runs in {str(sweep_dir)!r}")
+    for key, value in (where or {}).items():
+        if key not in table:
+            raise ValueError(f"cannot filter on {key!r}: not a column of the {kind} table")
+        kept = table[table[key].astype(str) == str(value)]
+        if kept.empty:
+            values = ", ".join(map(str, sorted(table[key].astype(str).unique())))
+            raise ValueError(f"no runs with {key} = {value}; values in the sweep: {values}")
+        table = kept
+    if style is not None:
+        if kind == "gap":
+            raise ValueError("style is not available for the gap scatter; use hue")
+        if style not in table:
+            raise ValueError(
+                f"style column {style!r} missing; available: {', '.join(map(str, table.columns))}"
+            )
     if hue is not None and hue not in table:
         raise ValueError(
             f"hue column {hue!r} missing; available: {', '.join(map(str, table.columns))}"
@@ -307,4 +356,5 @@ def plot_sweep(
         raise ValueError(
             f"metric {metric!r} not in the summaries; available: {', '.join(map(str, table.columns))}"
         )
-    return FIGURE_KINDS[kind](table, metric, hue=hue)
+    kwargs = {"style": style} if style is not None else {}
+    return FIGURE_KINDS[kind](table, metric, hue=hue, **kwargs)

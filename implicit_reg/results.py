@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .config import config_fields
+from .config import RunConfig, config_fields
 from .store import CONFIG_FILE, HISTORY_FILE, SUMMARY_FILE, read_json
 from .sweep import MANIFEST_FILE, RUNS_DIR
 
@@ -91,8 +91,10 @@ def _run_dirs(sweep_dir: str | Path, all_runs: bool) -> list[Path]:
 
 
 def _config_row(path: Path) -> dict[str, Any]:
-    cfg = read_json(path / CONFIG_FILE)
-    cfg["probes"] = ",".join(cfg.get("probes", []))
+    """A run's config fields; fields added to RunConfig after the run was written take
+    their default (a default reproduces the old behaviour, see :mod:`implicit_reg.config`)."""
+    cfg = {**RunConfig().to_dict(), **read_json(path / CONFIG_FILE)}
+    cfg["probes"] = ",".join(cfg.get("probes") or [])
     return cfg
 
 

@@ -81,6 +81,9 @@ def test_sweep_summary_plot_end_to_end(tmp_path):
         assert res.exit_code == 0, res.output
         assert (tmp_path / name).stat().st_size > 1000
     assert (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"
+    res = invoke("plot", out, "--kind", "step", "--where", "width=3", "--style", "width")
+    assert res.exit_code == 0, res.output
+    assert (out / "figures" / "step_test_error.png").is_file()
     res = invoke("plot", out)  # default path inside the sweep directory
     assert res.exit_code == 0 and (out / "figures" / "lr_test_error.png").is_file()
 

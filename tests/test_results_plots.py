@@ -105,6 +105,20 @@ def test_histories_are_long_form_with_the_swept_fields(sweep_dir):
     assert not h.duplicated(["config_hash", "step", "metric"]).any()
 
 
+def test_runs_written_before_a_field_existed_load_with_its_default(sweep_dir, tmp_path):
+    import json
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(sweep_dir, old)
+    for cfg in (old / "runs").glob("*/config.json"):
+        data = json.loads(cfg.read_text())
+        del data["probe_options"], data["checkpoint"]  # as if written by an older version
+        cfg.write_text(json.dumps(data))
+    df = load_summaries(old)
+    assert len(df) == 4 and df["probe_options"].isna().all() and (~df["checkpoint"]).all()
+
+
 def test_manifest_limits_the_tables_to_the_sweep(sweep_dir, tmp_path):
     import shutil
 
@@ -238,9 +252,19 @@ def test_measure_vs_gap_scatter(frame, tmp_path):
         plot_measure_vs_gap(frame, "trace")
 
 
-def test_plot_sweep_loads_and_draws(sweep_dir):
+def test_plot_sweep_loads_filters_and_draws(sweep_dir):
     fig = plot_sweep(sweep_dir, "lr", "test_error")
     assert fig.axes[0].get_ylabel() == label("test_error")
+    ax = plot_sweep(sweep_dir, "step", "train_loss", where={"width": 16}, style="width").axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "learning rate h",
+        "0.1",
+        "100",
+        "width (hidden units)",
+        "16",
+    ]
+    with pytest.raises(ValueError, match="no runs with width = 7; values in the sweep: 16, 3"):
+        plot_sweep(sweep_dir, "lr", where={"width": 7})
     with pytest.raises(
         ValueError, match="unknown figure kind 'pie'; choose one of lr, params, step, gap"
     ):

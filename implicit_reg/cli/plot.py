@@ -16,15 +16,20 @@ def plot_to_file(
     metric: str = "test_error",
     out: str | None = None,
     hue: str | None = "auto",
+    style: str | None = None,
+    where: list[str] | None = None,
 ) -> Path:
     """Draw figure ``kind`` of ``metric`` for a sweep and save it (default:
-    SWEEP_DIR/figures/<kind>_<metric>.png)."""
+    SWEEP_DIR/figures/<kind>_<metric>.png). ``where``: ``["width=256", ...]``."""
     from ..plots import plot_sweep, save_figure
+    from ..sweep import parse_set_option
 
     path = Path(out) if out is not None else Path(sweep_dir) / "figures" / f"{kind}_{metric}.png"
     if path.suffix.lower() not in (".png", ".svg", ".pdf"):  # fail before the work
         raise ValueError(f"unknown figure format {path.suffix!r}; use .png, .svg or .pdf")
-    return save_figure(plot_sweep(sweep_dir, kind, metric, hue=hue), path)
+    filters = dict(parse_set_option(w) for w in where or [])
+    fig = plot_sweep(sweep_dir, kind, metric, hue=hue, style=style, where=filters)
+    return save_figure(fig, path)
 
 
 @app.command("plot")
@@ -35,6 +40,10 @@ def plot(
         "test_error", "--metric", "-m", help="Final metric (for gap: the measure on x)."
     ),
     hue: str = typer.Option("auto", "--hue", help="Column for colour; 'none' for one colour."),
+    style: str | None = typer.Option(None, "--style", help="Column told apart by line style."),
+    where: list[str] = typer.Option(
+        [], "--where", help="KEY=VALUE: plot only these runs (repeatable)."
+    ),
     out: str | None = typer.Option(None, "--out", "-o", help="Output file .png/.svg/.pdf."),
 ) -> None:
     """Plot a finished (or partial) sweep.
@@ -47,12 +56,13 @@ def plot(
 
       implicit-reg plot sweeps/lr-width --kind lr --metric test_error --out fig.png
 
-      implicit-reg plot sweeps/lr-width --kind step --metric lambda_max --out eos.svg
+      implicit-reg plot sweeps/lr-width --kind step --metric lambda_max --where width=256 --out eos.svg
 
       implicit-reg plot sweeps/lr-width --kind gap --metric trace --hue width
     """
     with bad_input():
         path = plot_to_file(
-            sweep_dir, kind, metric, out, hue=None if hue.lower() == "none" else hue
-        )
+            sweep_dir, kind, metric, out, hue=None if hue.lower() == "none" else hue,
+            style=style, where=where,
+        )  # fmt: skip
     typer.echo(f"wrote {path}")
