@@ -58,7 +58,7 @@ class Config:
     h_sweep: tuple[float, ...] = (0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.055)
     rtol: float = 1e-10  # solve_ivp tolerances (DOP853, float64)
     atol: float = 1e-12
-    path_points: int = 160  # points per trajectory kept in trajectories.csv
+    path_points: int = 100  # points per trajectory kept in trajectories.csv
 
 
 CONFIGS = {
@@ -256,10 +256,10 @@ def phase_space_figure(paths: pd.DataFrame, cfg: Config) -> Figure:
         ax.set_title(f"h = {h:g}: {int(round(cfg.t_end / h))} GD steps to T = {cfg.t_end:g}")
     # zoom on the end points at h_moderate
     ax = axes[2]
-    sub = paths[paths.h == cfg.h_moderate]
-    ends = sub.groupby(["seed", "method"]).tail(1)
-    pad_a = 0.3 * (ends.a.max() - ends.a.min()) + 0.01
-    pad_b = 0.1 * (ends.b.max() - ends.b.min()) + 0.02
+    sub = paths[(paths.h == cfg.h_moderate) & (paths.seed == 0)]
+    ends = sub.groupby("method").tail(1)
+    pad_a = 0.5 * (ends.a.max() - ends.a.min()) + 0.005
+    pad_b = 0.3 * (ends.b.max() - ends.b.min()) + 0.01
     box = (ends.a.min() - pad_a, ends.a.max() + pad_a, ends.b.min() - pad_b, ends.b.max() + pad_b)
     ax.contourf(aa, bb, log_loss, levels=20, cmap="Greys", alpha=0.35)
     ax.plot(branch, cfg.y / cfg.x / branch, "k-", lw=1.2)
@@ -269,7 +269,9 @@ def phase_space_figure(paths: pd.DataFrame, cfg: Config) -> Figure:
         ax.plot(e.a, e.b, MARKERS[method], color=COLORS[method], ms=9, mec="k",
                 label=f"end point, {method}")  # fmt: skip
     ax.set(xlim=box[:2], ylim=box[2:], xlabel="a", ylabel="b")
-    ax.set_title(f"zoom on the end points, h = {cfg.h_moderate:g}")
+    ax.text(0.03, 0.03, "down the hyperbola = toward a = b:\nlower norm, flatter",
+            transform=ax.transAxes, fontsize=8, va="bottom")  # fmt: skip
+    ax.set_title(f"zoom on the end points from initial point 0, h = {cfg.h_moderate:g}")
     ax.legend(fontsize=8, loc="upper right")
     axes[0].legend(fontsize=8, loc="center right")
     fig.suptitle(

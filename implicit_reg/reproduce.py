@@ -455,10 +455,12 @@ class Report:
         return path
 
     def add_data(self, frame, filename: str) -> Path:
-        """Save a results table (``pandas.DataFrame``) as CSV into ``out``."""
+        """Save a results table (``pandas.DataFrame``) as CSV into ``out`` (8 significant digits)."""
         if not filename.endswith(".csv"):
             raise ValueError(f"data file name must end in .csv, got {filename!r}")
-        path = atomic_write_text(self.out / filename, frame.to_csv(index=False))
+        path = atomic_write_text(
+            self.out / filename, frame.to_csv(index=False, float_format="%.8g")
+        )
         self.files.append(path)
         return path
 
