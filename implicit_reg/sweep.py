@@ -36,6 +36,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -280,9 +281,23 @@ def worker_threads(workers: int, cores: int | None = None) -> int:
 
 
 def _init_worker(threads: int) -> None:
+    """Per worker: its torch thread count, and a watchdog that ends the worker when
+    the sweep process is gone (killed with SIGKILL, say): orphaned workers would
+    otherwise finish their run for nobody and then wait forever."""
+    import threading
+
     import torch
 
     torch.set_num_threads(threads)
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:  # reparented: the sweep process died
+                os._exit(1)
+
+    threading.Thread(target=watch, name="sweep-parent-watchdog", daemon=True).start()
 
 
 def _run_in_worker(config: RunConfig) -> RunResult:

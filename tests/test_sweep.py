@@ -208,12 +208,35 @@ SWEEP_SCRIPT = textwrap.dedent(
                 steps=int(sys.argv[2]), width=32)
     spec = SweepSpec(base=base, grid={"lr": [0.05, 0.1, 0.2], "seed": [0, 1]})
     if __name__ == "__main__":
-        run_sweep(spec, sys.argv[1], progress=False)
+        run_sweep(spec, sys.argv[1], workers=2, progress=False)
     """
 )
 
 
+def children(pid: int) -> list[int]:
+    """Live child processes of ``pid`` (Linux /proc)."""
+    out = []
+    for stat in os.listdir("/proc"):
+        if stat.isdigit():
+            try:
+                fields = open(f"/proc/{stat}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                out.append(int(stat))
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has exited
+
+
 def test_sigkill_mid_sweep_loses_no_complete_run_and_resume_finishes_it(tmp_path):
+    """A real SIGKILL of a 2-worker sweep process, then a resume."""
     script = tmp_path / "sweep_script.py"
     script.write_text(SWEEP_SCRIPT)
     out = tmp_path / "sweep"
@@ -226,12 +249,17 @@ def test_sigkill_mid_sweep_loses_no_complete_run_and_resume_finishes_it(tmp_path
                 break
             time.sleep(0.02)
         assert proc.poll() is None, "the sweep finished before it could be killed; make runs longer"
+        workers = children(proc.pid) if os.path.isdir("/proc") else []
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == -signal.SIGKILL
+    deadline = time.monotonic() + 15  # orphaned workers notice and exit
+    while any(alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [w for w in workers if alive(w)]
     survived = summaries(out)
     assert 2 <= len(survived) < 6
     saved = {h: (out / "runs" / h / "summary.json").read_bytes() for h in survived}
