@@ -56,6 +56,8 @@ __all__ = [
     "ray_backend",
     "run_each",
     "one_per_run",
+    "ensemble_groups",
+    "train_ensemble_or_each",
     "select_backend",
 ]
 
@@ -88,6 +90,29 @@ def run_each(configs: Sequence[RunConfig]) -> list[RunResult]:
 def one_per_run(configs: Sequence[RunConfig]) -> list[list[RunConfig]]:
     """The default grouping: one Ray task per run."""
     return [[c] for c in configs]
+
+
+def ensemble_groups(max_members: int | None = None) -> Grouping:
+    """The grouping of ``vectorize=True``: each ensemble of
+    :func:`implicit_reg.vectorized_sweep.plan_sweep` is one task, each other run one task."""
+    from .vectorized_sweep import DEFAULT_MAX_MEMBERS, plan_sweep
+
+    members = DEFAULT_MAX_MEMBERS if max_members is None else max_members
+
+    def group(configs: Sequence[RunConfig]) -> list[list[RunConfig]]:
+        plan = plan_sweep(configs, max_members=members)
+        return [*plan.groups, *([c] for c in plan.singles)]
+
+    return group
+
+
+def train_ensemble_or_each(configs: Sequence[RunConfig]) -> list[RunResult]:
+    """The task of ``vectorize=True``, on a worker: the group as one ensemble through
+    :func:`implicit_reg.vectorized_sweep.vectorized_backend` (which trains the runs
+    one by one, with a warning, if they cannot be vectorized)."""
+    from .vectorized_sweep import vectorized_backend
+
+    return list(vectorized_backend(max_members=max(2, len(configs)))(configs))
 
 
 def _execute(task: GroupTask, configs: Sequence[RunConfig], threads: int) -> list[RunResult]:
@@ -123,14 +148,15 @@ def _connect(ray, address: str | None, runtime_env: dict[str, Any] | None) -> bo
     if ray.is_initialized():
         return False
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "runtime_env": runtime_env}
-    if address is None:
-        kwargs["include_dashboard"] = False  # a private, short-lived instance
+    if address is None:  # a private, short-lived instance, even if a cluster runs here
+        address, kwargs["include_dashboard"] = "local", False
     try:
         ray.init(address=address, **kwargs)
     except ConnectionError as err:
         raise ValueError(
             f"cannot connect to a Ray cluster at {address!r} ({err}); start one with "
-            "`ray start --head`, or leave the address out to run Ray on this machine"
+            "`ray start --head`, or leave the address out to run Ray on this machine; a "
+            "cluster with token authentication also needs RAY_AUTH_MODE=token here (docs/ray.md)"
         ) from None
     return True
 
@@ -142,14 +168,16 @@ def ray_backend(
     num_gpus: float = 0.0,
     max_retries: int = 3,
     runtime_env: dict[str, Any] | None = None,
-    task: GroupTask = run_each,
-    group: Grouping = one_per_run,
+    vectorize: bool = False,
+    max_members: int | None = None,
+    task: GroupTask | None = None,
+    group: Grouping | None = None,
     poll_s: float = 0.5,
 ) -> Backend:
     """A sweep backend that trains each group of configs (default: each config) as one Ray task.
 
     Args:
-        address: a Ray cluster (``"HOST:6379"``, ``"ray://HOST:10001"``, ``"auto"``);
+        address: a Ray cluster (``"HOST:6379"``, or ``"auto"`` on one of its nodes);
             None starts Ray on this machine for the duration of the sweep.
         num_cpus: CPUs each task reserves (fractions allowed); its torch
             thread count is ``max(1, floor(num_cpus))``.
@@ -160,12 +188,20 @@ def ray_backend(
             an exception raised by the task is never retried.
         runtime_env: passed to ``ray.init`` (e.g. ``{"pip": [...]}``) when this
             backend connects; workers must be able to import ``implicit_reg``.
+        vectorize: one task per vectorized ensemble of
+            :func:`implicit_reg.vectorized_sweep.plan_sweep` (runs that differ
+            only in lr, seed, data seed, label noise, EGR coefficient or
+            thresholds), trained on the worker as one ``torch.func``
+            computation; the other runs one task each. ``run_sweep(...,
+            vectorize=True)`` with this backend does the same (through the
+            returned backend's ``vectorized`` attribute).
+        max_members: with ``vectorize``, the largest ensemble (default:
+            :data:`~implicit_reg.vectorized_sweep.DEFAULT_MAX_MEMBERS`).
         task: what a worker runs, ``configs -> results`` (one per config, in
             order); default :func:`run_each`. It must be importable on the
             workers or picklable by value.
         group: how the pending configs are split into tasks; default
-            :func:`one_per_run`. A vectorized ensemble (several configs trained
-            as one computation) is one group, with a ``task`` that trains it.
+            :func:`one_per_run`.
         poll_s: how often the driver wakes up while waiting (it is then
             interruptible by Ctrl-C).
 
@@ -183,8 +219,22 @@ def ray_backend(
         raise ValueError(f"max_retries must be an integer >= 0, got {max_retries!r}")
     if not poll_s > 0:
         raise ValueError(f"poll_s must be > 0, got {poll_s!r}")
+    if vectorize and (task is not None or group is not None):
+        raise ValueError("vectorize=True sets the task and the grouping; pass neither")
     ray = import_ray()
     threads = max(1, int(num_cpus))
+    options = {
+        "address": address,
+        "num_cpus": num_cpus,
+        "num_gpus": num_gpus,
+        "max_retries": max_retries,
+        "runtime_env": runtime_env,
+        "poll_s": poll_s,
+    }
+    if vectorize:
+        task, group = train_ensemble_or_each, ensemble_groups(max_members)
+    task = task or run_each
+    group = group or one_per_run
 
     def backend(configs: Sequence[RunConfig]) -> Iterator[RunResult]:
         if not configs:
@@ -223,6 +273,11 @@ def ray_backend(
             if started:
                 ray.shutdown()
 
+    # the same backend with vectorize=True: run_sweep(vectorize=True) takes it, so
+    # that the ensembles train on the workers rather than on the driver
+    backend.vectorized = (  # type: ignore[attr-defined]
+        backend if vectorize else ray_backend(vectorize=True, max_members=max_members, **options)
+    )
     return backend
 
 

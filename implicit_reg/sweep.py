@@ -420,7 +420,9 @@ def run_sweep(
         vectorize: train the runs that differ only in lr, seed, data seed, label
             noise, EGR coefficient or stopping thresholds as one ``torch.func``
             ensemble each (:mod:`implicit_reg.vectorized_sweep`); the other runs
-            go to the backend as before. Results and files are the same.
+            go to the backend as before. Results and files are the same. A
+            backend with a ``vectorized`` attribute (the Ray backend) is replaced
+            by that backend, which trains the ensembles where it runs.
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
@@ -454,7 +456,8 @@ def run_sweep(
     if vectorize:
         from .vectorized_sweep import vectorized_backend
 
-        backend = vectorized_backend(backend)
+        # a backend that places the work itself (Ray) offers `vectorized`: ensembles on its workers
+        backend = getattr(backend, "vectorized", None) or vectorized_backend(backend)
     with _progress(progress) as bar:
         task = bar.add_task(
             getattr(spec, "name", out.name),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import _thread
 import functools
+import json
 import os
 import signal
 import subprocess
@@ -31,6 +32,7 @@ from typer.testing import CliRunner  # noqa: E402
 from implicit_reg.cli import app  # noqa: E402
 from implicit_reg.ray_backend import (  # noqa: E402
     RayNotInstalledError,
+    _connect,
     _fetch,
     ray_backend,
     run_each,
@@ -61,14 +63,18 @@ def cluster():
     import logging
 
     ray.init(
-        num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING
+        address="local",  # a new instance, whatever runs on this machine already
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.WARNING,
     )
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
 
 def spec(**grid) -> SweepSpec:
-    return SweepSpec(base=BASE, grid=grid or {"width": [4, 8], "seed": [0, 1]}, name="tiny")
+    return SweepSpec(base=BASE, grid=grid, name="tiny")
 
 
 def table(out: Path) -> pd.DataFrame:
@@ -107,7 +113,7 @@ def slow_unless_seed_0(configs):
 
 # -------------------------------------------------------------------- tests
 def test_ray_matches_local_and_resumes_a_local_sweep(cluster, tmp_path):
-    s = spec()
+    s = spec(width=[4, 8], seed=[0, 1])
     local = run_sweep(s, tmp_path / "local", progress=False)
     on_ray = run_sweep(s, tmp_path / "ray", backend=ray_backend(), progress=False)
     assert local.complete == on_ray.complete == 4
@@ -124,12 +130,29 @@ def test_ray_matches_local_and_resumes_a_local_sweep(cluster, tmp_path):
         ),
     )
 
-    # started on local (2 of 4 runs), finished on ray: same table, nothing redone
+    # started on local (1 of 4 runs), finished on ray: same table, nothing redone
     mixed = tmp_path / "mixed"
-    run_sweep(s.configs()[:2], mixed, progress=False)
+    run_sweep(s.configs()[:1], mixed, progress=False)
     resumed = run_sweep(s, mixed, backend=ray_backend(), progress=False)
-    assert (resumed.skipped, resumed.done) == (2, 2)
+    assert (resumed.skipped, resumed.done) == (1, 3)
     pd.testing.assert_frame_equal(table(mixed), expected)
+
+
+def test_vectorized_ensembles_are_ray_tasks_and_match_local(cluster, tmp_path, monkeypatch):
+    s = spec(lr=[0.05, 0.1], seed=[0, 1], width=[4, 8])  # two ensembles of 4 members
+    local = run_sweep(s, tmp_path / "local", vectorize=True, progress=False)
+    # the driver may no longer train ensembles: only the workers (other processes) can
+    import implicit_reg.vectorized_sweep as vs
+
+    def not_on_the_driver(configs):
+        raise AssertionError("an ensemble was trained on the driver")
+
+    monkeypatch.setattr(vs, "train_runs", not_on_the_driver)
+    on_ray = run_sweep(s, tmp_path / "ray", backend=ray_backend(), vectorize=True, progress=False)
+    assert local.complete == on_ray.complete == 8
+    pd.testing.assert_frame_equal(table(tmp_path / "ray"), table(tmp_path / "local"))
+    for d in ResultStore(tmp_path / "ray" / RUNS_DIR).run_dirs():
+        assert json.loads((d / "meta.json").read_text())["ensemble"]["members"] == 4
 
 
 def test_a_task_that_raises_is_recorded_failed_and_the_sweep_completes(cluster, tmp_path):
@@ -186,7 +209,7 @@ def test_sigkilled_driver_then_resume_gives_one_result_per_grid_point(cluster, t
     out = tmp_path / "sweep"
     args = ["sweep", "--out", str(out), "--no-progress"]
     args += [f"--set={k}={v}" for k, v in {**BASE, "probes": "", "steps": 40}.items()]
-    args += ["--grid", "width=4,8,16", "--grid", "seed=0,1"]
+    args += ["--grid", "width=4,8", "--grid", "seed=0,1"]
     driver = subprocess.Popen(
         [sys.executable, "-c", "from implicit_reg.cli import app; app()", *args,
          "--backend", "ray", "--ray-address", cluster],
@@ -204,16 +227,16 @@ def test_sigkilled_driver_then_resume_gives_one_result_per_grid_point(cluster, t
         if driver.poll() is None:
             driver.kill()
     before = summaries_on_disk(out)
-    assert 1 <= before < 6  # killed mid-sweep
+    assert 1 <= before < 4  # killed mid-sweep
 
     res = CliRunner().invoke(app, [*args, "--backend", "ray"])
     assert res.exit_code == 0, res.output
-    now = 6 - before
-    assert f"6 runs: {before} already done, {now} run now ({now} complete, 0 diverged" in res.output
+    now = 4 - before
+    assert f"4 runs: {before} already done, {now} run now ({now} complete, 0 diverged" in res.output
     df = load_summaries(out)
-    assert len(df) == 6 and df["config_hash"].is_unique
+    assert len(df) == 4 and df["config_hash"].is_unique
     assert set(df["status"]) == {"complete"}
-    assert summaries_on_disk(out) == 6  # nothing written twice under another name
+    assert summaries_on_disk(out) == 4  # nothing written twice under another name
 
 
 def test_ctrl_c_cancels_outstanding_tasks_and_keeps_complete_results(cluster, tmp_path):
@@ -249,6 +272,29 @@ def test_bad_options_raise_value_error():
     gpu = SweepSpec(base={**BASE, "device": "cuda"}, grid={"seed": [0]}).configs()
     with pytest.raises(ValueError, match="need GPUs: set num_gpus > 0"):
         list(ray_backend()(gpu))
+
+
+def test_connect_reuses_a_connection_and_explains_a_failed_one():
+    class FakeRay:  # Ray's connect API, without waiting ~20 s for a real refusal
+        def __init__(self, initialized: bool) -> None:
+            self.initialized, self.calls = initialized, []
+
+        def is_initialized(self) -> bool:
+            return self.initialized
+
+        def init(self, address=None, **kwargs):
+            self.calls.append((address, kwargs))
+            if address == "10.0.0.1:6379":
+                raise ConnectionError("Failed to connect to Ray cluster at 10.0.0.1:6379")
+
+    connected = FakeRay(initialized=True)
+    assert _connect(connected, "10.0.0.1:6379", None) is False and connected.calls == []
+    fresh = FakeRay(initialized=False)
+    assert _connect(fresh, None, None) is True
+    assert fresh.calls[0][0] == "local" and fresh.calls[0][1]["include_dashboard"] is False
+    with pytest.raises(ValueError, match=r"cannot connect to a Ray cluster at '10.0.0.1:6379'.*"
+                       r"ray start --head.*RAY_AUTH_MODE=token"):  # fmt: skip
+        _connect(FakeRay(initialized=False), "10.0.0.1:6379", None)
 
 
 def test_missing_ray_is_one_line_exit_2(monkeypatch, tmp_path):

@@ -6,7 +6,15 @@ from pathlib import Path
 
 import typer
 
-from ..sweep import SweepReport, SweepSpec, load_sweep_file, parse_grid_option, parse_set_option
+from ..ray_backend import select_backend
+from ..sweep import (
+    Backend,
+    SweepReport,
+    SweepSpec,
+    load_sweep_file,
+    parse_grid_option,
+    parse_set_option,
+)
 from . import app
 from .train import bad_input
 
@@ -41,15 +49,18 @@ def sweep_runs(
     resume: bool = True,
     retry_failed: bool = False,
     progress: bool = True,
+    backend: Backend | None = None,
 ) -> SweepReport:
-    """The plain function behind the command (tests call it directly)."""
+    """The plain function behind the command (tests call it directly); ``backend``
+    overrides ``workers`` (e.g. :func:`implicit_reg.ray_backend.ray_backend`)."""
     from ..sweep import run_sweep
 
     spec = build_spec(file, sets, grids)
     out_dir = Path(out) if out is not None else Path("sweeps") / spec.name
     return run_sweep(
-        spec, out_dir, workers=workers, resume=resume, retry_failed=retry_failed, progress=progress
-    )
+        spec, out_dir, workers=workers, resume=resume, retry_failed=retry_failed,
+        progress=progress, backend=backend,
+    )  # fmt: skip
 
 
 @app.command("sweep")
@@ -75,12 +86,29 @@ def sweep(
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Print the grid and the run count, run nothing."
     ),
+    backend: str = typer.Option(
+        "local", "--backend", help="local (this machine, --workers processes) or ray (one Ray "
+        "task per run, here or on a cluster; needs the ray extra, see docs/ray.md)."
+    ),
+    ray_address: str | None = typer.Option(
+        None, "--ray-address", help="Ray cluster to join (HOST:6379 or auto); default: start "
+        "Ray on this machine for the sweep."
+    ),
+    num_cpus: float = typer.Option(1.0, "--num-cpus", help="Ray: CPUs per run."),
+    num_gpus: float = typer.Option(
+        0.0, "--num-gpus", help="Ray: GPUs per run (0.25: four runs share a GPU)."
+    ),
+    max_retries: int = typer.Option(
+        3, "--max-retries", help="Ray: reruns of a run whose worker died."
+    ),
 ) -> None:
     """Run every point of a grid (Cartesian product); rerunning resumes where it stopped.
 
     Examples:
 
       implicit-reg sweep examples/sweep_lr_width.toml --workers 2
+
+      implicit-reg sweep examples/sweep_lr_width.toml --backend ray --ray-address HEAD:6379
 
       implicit-reg sweep --set dataset=teacher --set steps=200 --grid lr=0.01,0.1,1 --grid width=geom:4:1024:9 --out sweeps/quick
 
@@ -96,9 +124,13 @@ def sweep(
             for key, values in spec.grid.items():
                 typer.echo(f"  {key}: {values}")
             return
+        chosen = select_backend(
+            backend, workers=workers, address=ray_address, num_cpus=num_cpus,
+            num_gpus=num_gpus, max_retries=max_retries,
+        )  # fmt: skip
         report = sweep_runs(
             file, out, sets=set_, grids=grid, workers=workers, resume=resume,
-            retry_failed=retry_failed, progress=progress,
+            retry_failed=retry_failed, progress=progress, backend=chosen,
         )  # fmt: skip
     typer.echo(report.line())
     if report.lost:
