@@ -1,0 +1,192 @@
+"""Helpers for the experiments that train on the engine (``implicit_reg.train``).
+
+Where the runs live. Experiment ``X`` keeps its runs in a sweep directory
+(:mod:`implicit_reg.sweep`: ``sweep.json`` + ``runs/<config_hash>/``) at
+``OUT/sweep`` when it runs into ``OUT``. Another experiment that needs X's
+runs (``generalization-measures`` reads ``lr-sweep`` and
+``double-descent-width``; ``double-descent-epochs`` and ``sample-wise`` share
+runs with ``double-descent-width``) looks for them at ``OUT/../X/sweep``,
+which is where ``implicit-reg reproduce all --out ROOT`` puts them
+(``ROOT/X``). Runs missing there are trained there, so whichever experiment
+comes first computes a run and the others read it: the store is keyed by the
+config hash and resumable, so nothing is computed twice.
+
+Results are loaded by config hash, never through the sweep manifest, so
+several experiments may add runs to one sweep directory.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from implicit_reg.config import RunConfig
+from implicit_reg.results import load_summaries
+from implicit_reg.store import HISTORY_FILE
+from implicit_reg.sweep import run_sweep
+
+SWEEP_DIR = "sweep"
+
+__all__ = [
+    "SWEEP_DIR",
+    "sweep_dir",
+    "workers_for",
+    "run_configs",
+    "load_history",
+    "history_matrix",
+    "failed_runs",
+    "seed_band",
+    "geom_ints",
+    "MEASURE_PROBES",
+]
+
+# The probes the runs of lr-sweep and double-descent-width log at their end, so that
+# generalization-measures can rank every measure on them (the base metrics add
+# grad_norm_sq, weight_norm and dist_from_init).
+MEASURE_PROBES = ("lambda_max", "trace", "eps_sharpness", "geometric_complexity")
+
+
+def sweep_dir(out: Path, owner: str, name: str) -> Path:
+    """The sweep directory of experiment ``owner`` as seen by experiment
+    ``name`` writing into ``out``: ``out/sweep`` for the owner itself, else
+    ``out/../owner/sweep``."""
+    out = Path(out)
+    return out / SWEEP_DIR if owner == name else out.parent / owner / SWEEP_DIR
+
+
+def workers_for(scale: str) -> int:
+    """Worker processes for a sweep: 1 at ``smoke`` (no process start-up cost),
+    else ``IMPLICIT_REG_WORKERS`` or 2 (the two cores these runs are sized for)."""
+    if scale == "smoke":
+        return 1
+    env = os.environ.get("IMPLICIT_REG_WORKERS")
+    if env:
+        if not env.isdigit() or int(env) < 1:
+            raise ValueError(f"IMPLICIT_REG_WORKERS must be an integer >= 1, got {env!r}")
+        return int(env)
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+def _cost(config: RunConfig) -> float:
+    """A rough relative cost, to start the longest runs first on the workers."""
+    n = config.n_train or 4000
+    if config.batch_size is None:
+        steps = config.steps or config.epochs or 1
+        if config.epochs is not None and config.steps is not None:
+            steps = min(config.steps, config.epochs)
+        per_step = n
+    else:
+        per_epoch = -(-n // config.batch_size)
+        steps = min(config.steps or 10**12, (config.epochs or 10**12) * per_epoch)
+        per_step = config.batch_size
+    factor = 3.0 if config.optimizer == "egr" else 1.0
+    return steps * (per_step + 50) * factor * (1 + config.width / 100)
+
+
+def run_configs(configs: Sequence[RunConfig], directory: Path, *, workers: int = 1) -> pd.DataFrame:
+    """Train the configs that ``directory`` does not hold yet; return their summaries.
+
+    One row per config, in the order given (columns as
+    :func:`implicit_reg.results.load_summaries`, plus ``run_dir``). A run with
+    status "failed" (an exception, not a divergence) raises ``RuntimeError``
+    with its traceback: it is a bug, not a result.
+    """
+    configs = list({c.config_hash(): c for c in configs}.values())
+    ordered = sorted(configs, key=_cost, reverse=True)  # longest first: the workers finish together
+    workers = max(1, min(workers, len(ordered)))
+    if workers > 1:
+        run_sweep(ordered, directory, workers=workers, progress=False)
+    else:  # in this process, on one torch thread: these models are too small for two
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            run_sweep(ordered, directory, workers=1, progress=False)
+        finally:
+            torch.set_num_threads(threads)
+    table = load_summaries(directory, all_runs=True).set_index("config_hash")
+    hashes = [c.config_hash() for c in configs]
+    missing = [h for h in hashes if h not in table.index]
+    if missing:
+        raise RuntimeError(f"runs {missing} were not written to {directory}")
+    rows = table.loc[hashes].reset_index()
+    bad = rows[rows["status"] == "failed"]
+    if len(bad):
+        raise RuntimeError(
+            f"{len(bad)} run(s) failed in {directory}; first error:\n{bad['error'].iloc[0]}"
+        )
+    return rows
+
+
+def load_history(summaries: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """Long-form history (``step``, ``metric``, ``value``) of every run in
+    ``summaries``, with the given config ``columns`` attached."""
+    frames = []
+    for _, row in summaries.iterrows():
+        h = pd.read_csv(Path(row["run_dir"]) / HISTORY_FILE)
+        for c in columns:
+            h[c] = row[c]
+        h["config_hash"] = row["config_hash"]
+        frames.append(h)
+    return pd.concat(frames, ignore_index=True)
+
+
+def history_matrix(history: pd.DataFrame, metric: str, seeds_col: str = "seed"):
+    """``(steps, values)`` with ``values[s, t]`` the ``metric`` of seed ``s`` at
+    ``steps[t]``, on the steps that every seed logged (NaN-free)."""
+    h = history[history["metric"] == metric]
+    piv = h.pivot_table(index=seeds_col, columns="step", values="value", aggfunc="last")
+    piv = piv.dropna(axis=1)
+    return piv.columns.to_numpy(dtype=float), piv.to_numpy(dtype=float)
+
+
+def failed_runs(summaries: pd.DataFrame) -> pd.DataFrame:
+    """The runs that did not complete (diverged)."""
+    return summaries[summaries["status"] != "complete"]
+
+
+def seed_band(
+    ax,
+    frame: pd.DataFrame,
+    x: str,
+    y: str,
+    *,
+    label: str,
+    color=None,
+    geometric: bool = False,
+    **line_kw,
+):
+    """Mean over seeds of column ``y`` against ``x`` with a ±1 std band (ddof 0).
+
+    Rows whose ``y`` is NaN or inf (diverged runs) are left out of their x's
+    mean. ``geometric=True`` averages log10(y), for quantities on a log axis.
+    Returns the line, or None when nothing is finite.
+    """
+    d = frame[[x, y]].replace([np.inf, -np.inf], np.nan).dropna()
+    if geometric:
+        d = d[d[y] > 0].assign(**{y: lambda f: np.log10(f[y])})
+    if d.empty:
+        return None
+    stats = d.groupby(x)[y].agg(["mean", "std", "count"]).sort_index()
+    std = d.groupby(x)[y].std(ddof=0).reindex(stats.index).fillna(0.0).to_numpy()
+    xs, mid = stats.index.to_numpy(dtype=float), stats["mean"].to_numpy()
+    lo, hi = mid - std, mid + std
+    if geometric:
+        mid, lo, hi = 10**mid, 10**lo, 10**hi
+    (line,) = ax.plot(xs, mid, label=label, color=color, **line_kw)
+    if (stats["count"] > 1).any():
+        ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+    return line
+
+
+def geom_ints(start: float, stop: float, num: int) -> tuple[int, ...]:
+    """``num`` geometrically spaced integers from ``start`` to ``stop`` (duplicates dropped)."""
+    out: list[int] = []
+    for x in np.geomspace(start, stop, num):
+        if int(round(x)) not in out:
+            out.append(int(round(x)))
+    return tuple(out)

@@ -1,0 +1,89 @@
+"""The reproductions that train on the engine, at ``smoke`` scale.
+
+Nothing scientific is asserted: each experiment must write a well-formed
+``report.md`` whose figures exist as readable PNGs (under 300 KB) and whose
+CSV data and ``config.json`` load. All seven run once into one directory, in
+the layout of ``implicit-reg reproduce all``, so the experiments that share
+runs (``generalization-measures``, ``double-descent-epochs``, ``sample-wise``)
+read them from their owners' sweep directories.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from matplotlib.image import imread
+from typer.testing import CliRunner
+
+from implicit_reg.cli import app
+from implicit_reg.reproduce import load_experiment, reproduce
+
+EXPERIMENTS = (
+    "lr-sweep",
+    "edge-of-stability",
+    "double-descent-width",
+    "double-descent-epochs",
+    "sample-wise",
+    "sgd-batch",
+    "generalization-measures",
+)
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("reproduce")
+    for name in EXPERIMENTS:
+        reproduce(name, "smoke", root / name)
+    return root
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_report_and_figures_are_well_formed(root, name):
+    out = root / name
+    text = (out / "report.md").read_text(encoding="utf-8")
+    module = load_experiment(name)
+    assert text.startswith(f"# {module.TITLE}\n")
+    assert "## Claims: the paper's and ours" in text
+    assert f"implicit-reg reproduce {name} --scale smoke" in text
+    figures = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", text)
+    assert figures, "the report links no figure"
+    for fig in figures:
+        path = out / fig
+        data = path.read_bytes()
+        assert data.startswith(PNG_MAGIC)
+        assert len(data) < 300_000
+        image = imread(path)
+        assert image.shape[0] > 200 and image.shape[1] > 300
+    for csv in re.findall(r"\[([^\]]+\.csv)\]", text):
+        assert len(pd.read_csv(out / csv)) > 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["name"] == name and config["scale"] == "smoke"
+
+
+def test_shared_runs_are_read_not_recomputed(root):
+    """generalization-measures, double-descent-epochs and sample-wise keep no runs of
+    their own: they read (and add to) their owners' sweep directories."""
+    for name in ("generalization-measures", "double-descent-epochs", "sample-wise"):
+        assert not (root / name / "sweep").exists()
+    runs = root / "double-descent-width" / "sweep" / "runs"
+    assert len(list(runs.iterdir())) == 5 + 1  # 5 width runs, plus sample-wise's n = 32
+
+
+def test_cli_reruns_from_the_store(root):
+    result = CliRunner().invoke(
+        app, ["reproduce", "sample-wise", "--scale", "smoke", "--out", str(root / "sample-wise")]
+    )
+    assert result.exit_code == 0, result.output
+    assert "wrote" in result.output
+
+
+def test_widths_must_be_shared_with_double_descent_width(tmp_path):
+    epochs = load_experiment("double-descent-epochs")
+    bad = epochs.Config(widths=(3, 8, 32), width_config=epochs.CONFIGS["smoke"].width_config)
+    with pytest.raises(ValueError, match="not run by double-descent-width"):
+        epochs.check_widths(bad)
