@@ -112,12 +112,17 @@ def test_malformed_sweep_files_raise_value_error_with_the_reason(tmp_path, text,
     )
 
 
-def test_sweep_file_types(tmp_path):
+def test_sweep_file_types(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="does not exist"):
         load_sweep_file(tmp_path / "nope.toml")
     (tmp_path / "s.json").write_text("{}")
     with pytest.raises(ValueError, match="use .toml"):
         load_sweep_file(tmp_path / "s.json")
+    (tmp_path / "s.yaml").write_text("grid:\n  seed: [0, 1]\n")
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "yaml", None)  # PyYAML missing
+        with pytest.raises(ValueError, match="need PyYAML"):
+            load_sweep_file(tmp_path / "s.yaml")
     (tmp_path / "s.toml").write_text('name = "demo"\n[base]\nsteps = 3\n[grid]\nseed = [0, 1]\n')
     spec = load_sweep_file(tmp_path / "s.toml")
     assert spec.name == "demo" and [c.seed for c in spec.configs()] == [0, 1]

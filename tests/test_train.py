@@ -268,3 +268,18 @@ def test_one_hot_mse_is_mean_over_samples_and_classes():
     assert float(OneHotMSELoss(3)(out, y)) == pytest.approx(expected)
     with pytest.raises(ValueError, match="needs class labels"):
         make_loss("cross_entropy", num_classes=None)
+
+
+def test_minibatch_egr_follows_egr_on_the_same_batches():
+    """Oracle: implicit_reg.optim.EGR stepped on the batches of one seeded permutation."""
+    from implicit_reg.optim import EGR
+
+    cfg = RunConfig(
+        **TINY, optimizer="egr", batch_size=8, lr=0.3, epochs=1, steps=None, seed=5,
+        activation="tanh", dtype="float64", chunk_size=3, checkpoint=True,
+    )  # fmt: skip
+    model, data = initial_model_and_data(cfg)
+    opt = EGR(model.parameters(), lr=0.3)
+    for idx in torch.randperm(30, generator=torch.Generator().manual_seed(5)).split(8):
+        opt.step(lambda idx=idx: nn.CrossEntropyLoss()(model(data.x_train[idx]), data.y_train[idx]))
+    assert_states_close(final_state(run(cfg, raise_errors=True)), model.state_dict(), 1e-11)
