@@ -83,8 +83,9 @@ DEFAULT_MAX_MEMBERS = 64
 
 def group_key(config: RunConfig) -> str | None:
     """The fields a run must share with the other members of its ensemble, as a
-    canonical string; None when the run is trained serially (``checkpoint=True``)."""
-    if config.checkpoint:
+    canonical string; None when the run is trained serially (``checkpoint=True``, or
+    ``egr_micro_batch``, whose micro-batch penalty the ensemble step does not compute)."""
+    if config.checkpoint or config.egr_micro_batch is not None:
         return None
     shared = {k: v for k, v in config.to_dict().items() if k not in MEMBER_FIELDS}
     return json.dumps(shared, sort_keys=True)

@@ -116,3 +116,16 @@ def test_run_uses_micro_batches():
 def test_config_rejects_bad_micro_batch(changes, message):
     with pytest.raises(ValueError, match=message):
         RunConfig(**changes)
+
+
+def test_vectorized_sweeps_train_micro_batch_runs_serially():
+    """The ensemble step has no micro-batch penalty: such runs must not be grouped."""
+    from implicit_reg.vectorized_sweep import group_key, plan_sweep
+
+    base = RunConfig(optimizer="egr", batch_size=8, egr_micro_batch=2, egr_coeff=0.1)
+    configs = [base.replace(seed=s) for s in range(3)]
+    assert group_key(configs[0]) is None
+    plan = plan_sweep(configs)
+    assert plan.groups == [] and len(plan.singles) == 3
+    plain = [base.replace(egr_micro_batch=None, seed=s) for s in range(3)]
+    assert len(plan_sweep(plain).groups) == 1
