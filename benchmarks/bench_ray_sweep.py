@@ -84,6 +84,7 @@ def main(steps: int) -> None:
                 lambda: run_sweep(spec, root / "ray_cold", backend=ray_backend(), progress=False),
                 rows,
             )
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
             ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
             try:
                 run_sweep(spec, root / "ray_warmup", backend=ray_backend(), progress=False)

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -150,6 +151,7 @@ def _connect(ray, address: str | None, runtime_env: dict[str, Any] | None) -> bo
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "runtime_env": runtime_env}
     if address is None:  # a private, short-lived instance, even if a cluster runs here
         address, kwargs["include_dashboard"] = "local", False
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # it would phone home otherwise
     try:
         ray.init(address=address, **kwargs)
     except ConnectionError as err:

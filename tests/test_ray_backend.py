@@ -41,6 +41,8 @@ from implicit_reg.results import load_histories, load_summaries  # noqa: E402
 from implicit_reg.store import ResultStore  # noqa: E402
 from implicit_reg.sweep import RUNS_DIR, SweepSpec, run_sweep  # noqa: E402
 
+# No usage reports from tests (the subprocess driver inherits this too).
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # The hooks below travel to the workers by value (the tests directory is not importable there).
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
