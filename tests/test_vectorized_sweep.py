@@ -209,3 +209,31 @@ def test_sigkill_mid_ensemble_then_resume_gives_one_result_per_point(tmp_path):
     assert summary["status"] == serial.summary["status"] == "complete"
     for key in ("train_loss", "test_loss", "grad_norm_sq", "weight_norm"):
         assert summary[key] == pytest.approx(serial.summary[key], rel=TOL)
+
+
+def test_cli_vectorizes_by_default_and_no_vectorize_trains_runs_alone(tmp_path):
+    from typer.testing import CliRunner
+
+    from implicit_reg.cli import app
+
+    sets = [f"--set={k}={v}" for k, v in {**BASE, "probes": "", "steps": 3}.items()]
+    grid = ["--grid", "lr=0.1,0.2,0.3", "--grid", "width=4,8"]
+    res = CliRunner().invoke(app, ["sweep", *sets, *grid, "--dry-run"])
+    assert res.exit_code == 0, res.output
+    assert "vectorized: 6 runs in 2 vectorized ensembles (members: 3, 3), 0 single runs" in res.output
+    outputs = {}
+    for flag in ("--vectorize", "--no-vectorize"):
+        out = tmp_path / flag.strip("-")
+        args = ["sweep", *sets, *grid, "--out", str(out), "--no-progress"]
+        res = CliRunner().invoke(app, args if flag == "--vectorize" else [*args, flag])
+        assert res.exit_code == 0, res.output
+        assert "6 runs: 0 already done, 6 run now (6 complete" in res.output
+        runs = sorted((out / "runs").iterdir())
+        outputs[flag] = {d.name: read_json(d / "summary.json") for d in runs}
+        ensembles = {read_json(d / "meta.json").get("ensemble", {}).get("members") for d in runs}
+        assert ensembles == ({3} if flag == "--vectorize" else {None})
+    assert outputs["--vectorize"].keys() == outputs["--no-vectorize"].keys()
+    for h, vec in outputs["--vectorize"].items():
+        ser = outputs["--no-vectorize"][h]
+        assert vec["train_loss"] == pytest.approx(ser["train_loss"], rel=TOL)
+        assert vec["steps_done"] == ser["steps_done"] == 3

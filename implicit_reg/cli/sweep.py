@@ -50,16 +50,18 @@ def sweep_runs(
     retry_failed: bool = False,
     progress: bool = True,
     backend: Backend | None = None,
+    vectorize: bool = False,
 ) -> SweepReport:
     """The plain function behind the command (tests call it directly); ``backend``
-    overrides ``workers`` (e.g. :func:`implicit_reg.ray_backend.ray_backend`)."""
+    overrides ``workers`` (e.g. :func:`implicit_reg.ray_backend.ray_backend`);
+    ``vectorize`` trains groups of runs as ensembles (:mod:`implicit_reg.vectorized_sweep`)."""
     from ..sweep import run_sweep
 
     spec = build_spec(file, sets, grids)
     out_dir = Path(out) if out is not None else Path("sweeps") / spec.name
     return run_sweep(
         spec, out_dir, workers=workers, resume=resume, retry_failed=retry_failed,
-        progress=progress, backend=backend,
+        progress=progress, backend=backend, vectorize=vectorize,
     )  # fmt: skip
 
 
@@ -101,6 +103,12 @@ def sweep(
     max_retries: int = typer.Option(
         3, "--max-retries", help="Ray: reruns of a run whose worker died."
     ),
+    vectorize: bool = typer.Option(
+        True, "--vectorize/--no-vectorize", help="Train runs that differ only in lr, seed, "
+        "data seed, label noise, EGR coefficient or stopping thresholds as one torch.func "
+        "ensemble (same results and files, see docs/vectorized.md); --no-vectorize trains "
+        "every run alone."
+    ),
 ) -> None:
     """Run every point of a grid (Cartesian product); rerunning resumes where it stopped.
 
@@ -123,6 +131,10 @@ def sweep(
             typer.echo(f"sweep {spec.name!r}: {len(configs)} runs")
             for key, values in spec.grid.items():
                 typer.echo(f"  {key}: {values}")
+            if vectorize:
+                from ..vectorized_sweep import plan_sweep
+
+                typer.echo(f"  vectorized: {plan_sweep(configs).line()}")
             return
         chosen = select_backend(
             backend, workers=workers, address=ray_address, num_cpus=num_cpus,
@@ -130,7 +142,7 @@ def sweep(
         )  # fmt: skip
         report = sweep_runs(
             file, out, sets=set_, grids=grid, workers=workers, resume=resume,
-            retry_failed=retry_failed, progress=progress, backend=chosen,
+            retry_failed=retry_failed, progress=progress, backend=chosen, vectorize=vectorize,
         )  # fmt: skip
     typer.echo(report.line())
     if report.lost:
