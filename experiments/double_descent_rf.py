@@ -59,6 +59,8 @@ class Config:
     crosscheck_svd_max_n: int = 1000
     probe_bandwidths: tuple[float, ...] = (3.0, 4.0, 10.0)  # extra σ tried at probe_ratio
     probe_ratio: float = 0.25
+    # σ also run at the reference's N/n (REFERENCE), to compare like with like; None: skip
+    reference_bandwidth: float | None = 4.0
 
 
 CONFIGS = {
@@ -106,8 +108,9 @@ def fit_one(data, width: int, seed: int, cfg: Config, bandwidth: float | None = 
 
 
 def sweep(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The sweep over N (one row per seed and N) and the bandwidth probe at
-    N/n = probe_ratio (one row per seed and bandwidth)."""
+    """The sweep over N (one row per seed and N), and the probe: every bandwidth
+    at N/n = probe_ratio, and reference_bandwidth at the reference's N/n (one
+    row per seed, bandwidth and N)."""
     data = load_dataset(
         "mnist1d", n_train=cfg.n_train, n_test=cfg.n_test, label_noise=cfg.label_noise,
         seed=cfg.data_seed, task="regression",
@@ -117,16 +120,20 @@ def sweep(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
         [fit_one(data, w, s, cfg, cfg.bandwidth) for s in range(cfg.seeds) for w in widths]
     )
     default = cfg.bandwidth if cfg.bandwidth is not None else float(np.sqrt(data.input_dim))
-    width = max(1, int(round(cfg.probe_ratio * cfg.n_train)))
+    if cfg.features != "rf_fourier":
+        return df, pd.DataFrame()
+    runs = {(bw, cfg.probe_ratio) for bw in (*cfg.probe_bandwidths, default)}
+    if cfg.reference_bandwidth is not None:
+        runs |= {(cfg.reference_bandwidth, r) for r in REFERENCE}
     probe = [
-        dict(bandwidth=bw, **fit_one(data, width, s, cfg, bw))
-        for bw in sorted({*cfg.probe_bandwidths, default})
+        dict(bandwidth=bw, **fit_one(data, max(1, int(round(r * cfg.n_train))), s, cfg, bw))
+        for bw, r in sorted(runs)
         for s in range(cfg.seeds)
-    ] if cfg.features == "rf_fourier" else []  # fmt: skip
+    ]
     return df, pd.DataFrame(probe)
 
 
-def curves_figure(df: pd.DataFrame, cfg: Config) -> Figure:
+def curves_figure(df: pd.DataFrame, probe: pd.DataFrame, cfg: Config) -> Figure:
     """Test error, test MSE and ‖β‖ against N/n, mean ± std over feature draws."""
     fig = Figure(figsize=(15, 4.4), layout="constrained")
     axes = fig.subplots(1, 3)
@@ -137,15 +144,27 @@ def curves_figure(df: pd.DataFrame, cfg: Config) -> Figure:
     )
     for ax, (col, label, log) in zip(axes, panels):
         piv = df.pivot(index="seed", columns="ratio", values=col)
-        plot_band(ax, piv.columns.values, piv.values, label=f"ours, n = {cfg.n_train:,}",
+        plot_band(ax, piv.columns.values, piv.values, label=f"ours, σ = √d, n = {cfg.n_train:,}",
                   color="C0", geometric=log, marker="o", ms=3)  # fmt: skip
+        if cfg.reference_bandwidth is not None and len(probe):
+            sel = probe[np.isclose(probe.bandwidth, cfg.reference_bandwidth)]
+            v = sel.pivot(index="seed", columns="ratio", values=col)
+            if log:  # geometric mean ± std, as the bands
+                lv = np.log10(v.values)
+                mid = 10 ** lv.mean(0)
+                yerr = [mid - 10 ** (lv.mean(0) - lv.std(0)), 10 ** (lv.mean(0) + lv.std(0)) - mid]
+            else:
+                mid, yerr = v.values.mean(0), v.values.std(0)
+            ax.errorbar(v.columns.values, mid, yerr=yerr, fmt="D", color="C1", ms=5, capsize=3,
+                        label=f"ours, σ = {cfg.reference_bandwidth:g} (reference's N/n)")  # fmt: skip
         if col in ("test_error", "norm") and cfg.n_train == 4000:
             i = 0 if col == "test_error" else 1
             ax.plot(list(REFERENCE), [v[i] for v in REFERENCE.values()], "kx", ms=9, mew=2,
                     label="reference, n = 4,000 (measured earlier)")  # fmt: skip
         ax.axvline(1.0, color="k", ls="--", lw=1, label="N = n (interpolation threshold)")
         ax.set(xscale="log", xlabel="N / n  (random features per training sample)", ylabel=label)
-        ticks = [t for t in (0.1, 0.25, 0.5, 1, 2, 5, 10) if df.ratio.min() <= t <= df.ratio.max()]
+        lo, hi = df.ratio.min(), max(df.ratio.max(), probe.ratio.max() if len(probe) else 0)
+        ticks = [t for t in (0.1, 0.25, 0.5, 1, 2, 5, 10) if lo <= t <= hi]
         ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
         ax.xaxis.set_minor_formatter(NullFormatter())
         if log:
@@ -195,29 +214,57 @@ def run(scale: str, out: Path) -> Report:
             f"{fmt(over.norm.iloc[-1])} at N/n = {over.index[-1]:g}",
             bool(0.9 <= peak_norm <= 1.1 and np.all(np.diff(over.norm.values) < 0)),
         )
+    comparable = cfg.n_train == 4000
+    sigma0 = cfg.bandwidth if cfg.bandwidth is not None else float(np.sqrt(40))
+    bw_ref = cfg.reference_bandwidth
+
+    def probe_at(bw, ratio, col):
+        if not len(probe):
+            return np.array([])
+        sel = probe[np.isclose(probe.bandwidth, bw) & np.isclose(probe.ratio, ratio)]
+        return sel[col].to_numpy()
+
     rows = []
     for ratio, (err, norm) in REFERENCE.items():
-        have = bool(np.isclose(df.ratio, ratio).any()) and cfg.n_train == 4000
-        rows.append(
-            {
-                "N/n": ratio,
-                "reference test error": err,
-                "our test error": at(ratio, "test_error") if have else "—",
-                "reference ‖β‖": norm,
-                "our ‖β‖": at(ratio, "norm") if have else "—",
-            }
-        )
+        have = bool(np.isclose(df.ratio, ratio).any())
+        row = {"N/n": ratio, "reference test error": err}
+        row[f"ours, σ = {sigma0:.3g}"] = at(ratio, "test_error") if have else "—"
+        if bw_ref is not None:
+            row[f"ours, σ = {bw_ref:g}"] = mean_std(probe_at(bw_ref, ratio, "test_error"))
+        row["reference ‖β‖"] = norm
+        row[f"‖β‖, σ = {sigma0:.3g}"] = at(ratio, "norm") if have else "—"
+        if bw_ref is not None:
+            row[f"‖β‖, σ = {bw_ref:g}"] = mean_std(probe_at(bw_ref, ratio, "norm"))
+        rows.append(row)
+    if bw_ref is not None and len(probe) and comparable:
+        errs = {r: float(np.mean(probe_at(bw_ref, r, "test_error"))) for r in REFERENCE}
+        close = all(abs(errs[r] - REFERENCE[r][0]) <= 0.03 for r in REFERENCE)
+        report.add_claim(
+            "Our numbers match the reference measured here (RFF, n = 4,000)",
+            "test error " + " / ".join(f"{v[0]:g}" for v in REFERENCE.values())
+            + " at N/n = " + " / ".join(f"{r:g}" for r in REFERENCE),
+            f"σ = {bw_ref:g}: " + " / ".join(f"{errs[r]:.3f}" for r in REFERENCE)
+            + "; σ = √d: " + " / ".join(
+                f"{float(np.mean(df[np.isclose(df.ratio, r)].test_error)):.3f}"
+                if np.isclose(df.ratio, r).any() else "—" for r in REFERENCE
+            ),
+            close,
+            (f"with σ = {bw_ref:g}, within 0.03 at every N/n" if close else
+             f"with σ = {bw_ref:g}, off by more than 0.03 somewhere"),
+        )  # fmt: skip
     report.add_table(
         rows,
         heading="Against the reference measured here",
         caption=(
             "Reference: random Fourier features on MNIST-1D at n = 4,000, measured earlier on this "
-            "machine. Ours: mean ± std over feature draws"
-            + ("." if cfg.n_train == 4000 else f" (not comparable: ours use n = {cfg.n_train:,}).")
+            "machine with features we do not know exactly. Ours: mean ± std over feature draws, "
+            f"with the package's default bandwidth σ = √d and with σ = {bw_ref:g} (see the "
+            "bandwidth probe)"
+            + ("." if comparable else f" (not comparable: ours use n = {cfg.n_train:,}).")
         ),
     )
     report.add_figure(
-        curves_figure(df, cfg),
+        curves_figure(df, probe, cfg),
         "double_descent.png",
         "Test error, test MSE and coefficient norm against N/n (log scale); dashed: N = n.",
     )
@@ -252,7 +299,7 @@ def run(scale: str, out: Path) -> Report:
                     "test error": mean_std(g.test_error.values),
                     "‖β‖": mean_std(g.norm.values),
                 }
-                for bw, g in probe.groupby("bandwidth")
+                for bw, g in probe[np.isclose(probe.ratio, cfg.probe_ratio)].groupby("bandwidth")
             ],
             heading=f"Bandwidth probe at N/n = {cfg.probe_ratio:g}",
             caption=(
