@@ -150,8 +150,12 @@ def test_vectorized_ensembles_are_ray_tasks_and_match_local(cluster, tmp_path, m
         raise AssertionError("an ensemble was trained on the driver")
 
     monkeypatch.setattr(vs, "train_runs", not_on_the_driver)
-    on_ray = run_sweep(s, tmp_path / "ray", backend=ray_backend(), vectorize=True, progress=False)
-    assert local.complete == on_ray.complete == 8
+    args = ["sweep", "--out", str(tmp_path / "ray"), "--no-progress", "--vectorize"]
+    args += [f"--set={k}={v}" for k, v in {**BASE, "probes": ""}.items()]
+    args += ["--grid", "lr=0.05,0.1", "--grid", "seed=0,1", "--grid", "width=4,8"]
+    res = CliRunner().invoke(app, [*args, "--backend", "ray"])  # the CLI: run_sweep(vectorize=True)
+    assert res.exit_code == 0, res.output
+    assert local.complete == 8 and "8 runs: 0 already done, 8 run now (8 complete" in res.output
     pd.testing.assert_frame_equal(table(tmp_path / "ray"), table(tmp_path / "local"))
     for d in ResultStore(tmp_path / "ray" / RUNS_DIR).run_dirs():
         assert json.loads((d / "meta.json").read_text())["ensemble"]["members"] == 4
@@ -212,6 +216,7 @@ def test_sigkilled_driver_then_resume_gives_one_result_per_grid_point(cluster, t
     args = ["sweep", "--out", str(out), "--no-progress"]
     args += [f"--set={k}={v}" for k, v in {**BASE, "probes": "", "steps": 40}.items()]
     args += ["--grid", "width=4,8", "--grid", "seed=0,1"]
+    args += ["--no-vectorize"]  # 4 tasks on 2 CPUs: the kill always comes mid-sweep
     driver = subprocess.Popen(
         [sys.executable, "-c", "from implicit_reg.cli import app; app()", *args,
          "--backend", "ray", "--ray-address", cluster],
