@@ -43,6 +43,8 @@ __all__ = [
     "seed_band",
     "geom_ints",
     "MEASURE_PROBES",
+    "tidy_log_axes",
+    "compute_note",
 ]
 
 # The probes the runs of lr-sweep and double-descent-width log at their end, so that
@@ -100,12 +102,12 @@ def run_configs(configs: Sequence[RunConfig], directory: Path, *, workers: int =
     ordered = sorted(configs, key=_cost, reverse=True)  # longest first: the workers finish together
     workers = max(1, min(workers, len(ordered)))
     if workers > 1:
-        run_sweep(ordered, directory, workers=workers, progress=False)
+        sweep = run_sweep(ordered, directory, workers=workers, progress=False)
     else:  # in this process, on one torch thread: these models are too small for two
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            run_sweep(ordered, directory, workers=1, progress=False)
+            sweep = run_sweep(ordered, directory, workers=1, progress=False)
         finally:
             torch.set_num_threads(threads)
     table = load_summaries(directory, all_runs=True).set_index("config_hash")
@@ -114,6 +116,8 @@ def run_configs(configs: Sequence[RunConfig], directory: Path, *, workers: int =
     if missing:
         raise RuntimeError(f"runs {missing} were not written to {directory}")
     rows = table.loc[hashes].reset_index()
+    rows.attrs.update(trained_now=sweep.done, directory=str(directory), workers=workers)
+    rows.attrs["note"] = compute_note(rows)
     bad = rows[rows["status"] == "failed"]
     if len(bad):
         raise RuntimeError(
@@ -190,3 +194,34 @@ def geom_ints(start: float, stop: float, num: int) -> tuple[int, ...]:
         if int(round(x)) not in out:
             out.append(int(round(x)))
     return tuple(out)
+
+
+def tidy_log_axes(fig) -> None:
+    """Readable tick labels on log axes: ticks at 1, 2, 5 × 10^k written plainly
+    (no overlapping minor labels) when an axis spans fewer than three decades."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    for ax in fig.axes:
+        for axis, scale, lim in (
+            (ax.xaxis, ax.get_xscale(), ax.get_xlim()),
+            (ax.yaxis, ax.get_yscale(), ax.get_ylim()),
+        ):
+            if scale != "log" or min(lim) <= 0:
+                continue
+            axis.set_minor_formatter(NullFormatter())
+            if np.log10(max(lim) / min(lim)) < 3:
+                axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+                axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+
+
+def compute_note(rows: pd.DataFrame) -> str:
+    """What the runs of one :func:`run_configs` call cost: how many there are, how
+    many it trained (the rest came from the store) and their summed training time."""
+    t = rows["wall_time_s"].astype(float)
+    return (
+        f"{len(rows)} engine runs (`implicit_reg.train.run`) in `{rows.attrs['directory']}`, "
+        f"{rows.attrs['trained_now']} of them trained by this call, the others read from the "
+        f"result store. Training time of the runs, as each recorded it: {t.sum():.0f} s in total "
+        f"(median {t.median():.1f} s, longest {t.max():.1f} s), on "
+        f"{rows.attrs['workers']} worker process(es) of one torch thread each."
+    )

@@ -29,7 +29,14 @@ from matplotlib.figure import Figure
 from implicit_reg.reproduce import Report, mean_std, plot_band, select_scale
 
 from . import double_descent_width as ddw
-from ._engine import history_matrix, load_history, run_configs, sweep_dir, workers_for
+from ._engine import (
+    history_matrix,
+    load_history,
+    run_configs,
+    sweep_dir,
+    tidy_log_axes,
+    workers_for,
+)
 
 NAME = "double-descent-epochs"
 TITLE = "Epoch-wise double descent with 15% label noise: test error against training time for small, medium and large MLPs on MNIST-1D"
@@ -109,6 +116,7 @@ def epochs_figure(history: pd.DataFrame, cfg: Config, per_epoch: float) -> Figur
         f"MLP 40→w→w→10, SGD lr {setting.lr:g}, momentum {setting.momentum:g}, batch "
         f"{setting.batch_size}; mean ± std over {cfg.width_config.seeds} seed(s)"
     )
+    tidy_log_axes(fig)
     return fig
 
 
@@ -123,6 +131,7 @@ def run(scale: str, out: Path) -> Report:
         setting.run_config(w, s, wc.label_noise) for w in cfg.widths for s in range(wc.seeds)
     ]
     rows = run_configs(configs, sweep_dir(Path(out), ddw.NAME, NAME), workers=workers_for(scale))
+    note = rows.attrs["note"]
     history = load_history(rows, ["width", "seed"])
     per_epoch = -(-setting.n_train // setting.batch_size)
     stats = []
@@ -201,4 +210,5 @@ def run(scale: str, out: Path) -> Report:
         ],
         "trajectories.csv",
     )
+    report.add_text(note, heading="Compute")
     return report.write()

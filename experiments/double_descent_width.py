@@ -42,7 +42,15 @@ from implicit_reg.config import RunConfig
 from implicit_reg.data import load_dataset
 from implicit_reg.reproduce import Report, mean_std, select_scale
 
-from ._engine import MEASURE_PROBES, geom_ints, run_configs, seed_band, sweep_dir, workers_for
+from ._engine import (
+    MEASURE_PROBES,
+    geom_ints,
+    run_configs,
+    seed_band,
+    sweep_dir,
+    tidy_log_axes,
+    workers_for,
+)
 
 NAME = "double-descent-width"
 TITLE = "Model-wise double descent with 15% label noise: MNIST-1D (cross-entropy) and MNIST (squared loss)"
@@ -210,6 +218,7 @@ def ensure_runs(
     for key, cs in configs.items():
         r = by_hash.loc[[c.config_hash() for c in cs]].reset_index()
         r["setting"] = getattr(cfg, key).label
+        r.attrs["note"] = rows.attrs["note"]
         out_rows[key] = r
     return out_rows
 
@@ -291,6 +300,7 @@ def setting_figure(rows: pd.DataFrame, setting: Setting, cfg: Config) -> Figure:
         f"lr {setting.lr:g}, momentum {setting.momentum:g}, batch {setting.batch_size}, "
         f"{setting.epochs} epochs; mean ± std over {cfg.seeds} seed(s)"
     )
+    tidy_log_axes(fig)
     return fig
 
 
@@ -368,6 +378,7 @@ def run(scale: str, out: Path) -> Report:
     cfg = select_scale(CONFIGS, scale)
     report = Report(NAME, TITLE, scale, out, cfg, PAPER)
     runs = ensure_runs(cfg, Path(out), NAME, scale)
+    note = next(iter(runs.values())).attrs["note"]
     summaries = {}
     for key, rows in runs.items():
         setting = getattr(cfg, key)
@@ -412,6 +423,7 @@ def run(scale: str, out: Path) -> Report:
     frames = [r.assign(setting=r["setting"]) for r in runs.values()]
     data = pd.concat(frames, ignore_index=True)
     report.add_data(data[[c for c in DATA_COLUMNS if c in data]], "runs.csv")
+    report.add_text(note, heading="Compute")
     return report.write()
 
 

@@ -30,7 +30,14 @@ from matplotlib.figure import Figure
 from implicit_reg.config import RunConfig
 from implicit_reg.reproduce import Report, fmt, mean_std, plot_band, select_scale
 
-from ._engine import history_matrix, load_history, run_configs, sweep_dir, workers_for
+from ._engine import (
+    history_matrix,
+    load_history,
+    run_configs,
+    sweep_dir,
+    tidy_log_axes,
+    workers_for,
+)
 
 NAME = "edge-of-stability"
 TITLE = "Edge of stability: λ_max under full-batch GD sharpens to about 2/h and hovers there"
@@ -148,6 +155,7 @@ def edge_figure(history: pd.DataFrame, cfg: Config) -> Figure:
         f"Full-batch GD on MNIST-1D (n={n}), MLP 40→{cfg.width}→{cfg.width}→10 ({cfg.activation}), "
         f"squared loss; λ_max every {cfg.probe_every} steps; mean ± std over {cfg.seeds} seed(s)"
     )
+    tidy_log_axes(fig)
     return fig
 
 
@@ -158,6 +166,7 @@ def run(scale: str, out: Path) -> Report:
     rows = run_configs(
         sweep_configs(cfg), sweep_dir(Path(out), NAME, NAME), workers=workers_for(scale)
     )
+    note = rows.attrs["note"]
     history = load_history(rows, ["lr", "seed"])
     stats = edge_stats(history, cfg)
     diverged = rows[rows.status != "complete"]
@@ -241,4 +250,5 @@ def run(scale: str, out: Path) -> Report:
     report.add_data(stats, "edge_stats.csv")
     lam = history[history.metric.isin(["lambda_max", "train_loss"])]
     report.add_data(lam[["lr", "seed", "step", "metric", "value"]], "trajectories.csv")
+    report.add_text(note, heading="Compute")
     return report.write()

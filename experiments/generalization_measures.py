@@ -35,6 +35,7 @@ from implicit_reg.results import kendall_ranking
 
 from . import double_descent_width as ddw
 from . import lr_sweep
+from ._engine import tidy_log_axes
 
 NAME = "generalization-measures"
 TITLE = "Which measure of simplicity tracks generalization? Kendall τ of flatness, norm and complexity measures with the generalization gap"
@@ -61,15 +62,19 @@ CONFIGS = {
 }
 
 
-def sources(cfg: Config, out: Path, scale: str) -> dict[str, pd.DataFrame]:
-    """{source name: summaries} of the runs whose measures are ranked."""
+def sources(cfg: Config, out: Path, scale: str) -> tuple[dict[str, pd.DataFrame], list[str]]:
+    """{source name: summaries} of the runs whose measures are ranked, and the
+    compute notes of the two sweeps they come from."""
     lr = lr_sweep.ensure_runs(cfg.lr_sweep, out, NAME, scale)
+    notes = [lr.attrs["note"]]
     lr = lr[(lr.run == "GD") & lr.reached]
     out_rows = {"lr-sweep (GD over h, MNIST-1D)": lr}
     for key, rows in ddw.ensure_runs(cfg.double_descent_width, out, NAME, scale).items():
         setting = getattr(cfg.double_descent_width, key)
         out_rows[f"double-descent-width ({setting.label})"] = rows[rows.status == "complete"]
-    return out_rows
+        if rows.attrs["note"] not in notes:
+            notes.append(rows.attrs["note"])
+    return out_rows, notes
 
 
 def ranking_table(data: dict[str, pd.DataFrame]) -> pd.DataFrame:
@@ -116,6 +121,7 @@ def ranking_figure(data: dict[str, pd.DataFrame], table: pd.DataFrame) -> Figure
         + "; ".join(f"{name}: {len(rows)} runs" for name, rows in data.items()),
         fontsize=10,
     )
+    tidy_log_axes(fig)
     return fig
 
 
@@ -123,7 +129,7 @@ def run(scale: str, out: Path) -> Report:
     """Run generalization-measures at ``scale`` and write its report into ``out``."""
     cfg = select_scale(CONFIGS, scale)
     report = Report(NAME, TITLE, scale, out, cfg, PAPER)
-    data = sources(cfg, Path(out), scale)
+    data, notes = sources(cfg, Path(out), scale)
     table = ranking_table(data)
     wide = table.pivot(index="measure", columns="source", values="tau").reindex(list(MEASURES))
     wide["mean τ"] = wide.mean(axis=1)
@@ -186,6 +192,7 @@ def run(scale: str, out: Path) -> Report:
     )
     report.add_text(conclusion(wide, data), heading="What tracks generalization here?")
     report.add_data(table, "kendall_tau.csv")
+    report.add_text("\n\n".join(notes), heading="Compute")
     return report.write()
 
 

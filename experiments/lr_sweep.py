@@ -37,7 +37,7 @@ from implicit_reg.config import RunConfig
 from implicit_reg.plots import label
 from implicit_reg.reproduce import Report, fmt, mean_std, select_scale
 
-from ._engine import MEASURE_PROBES, run_configs, seed_band, sweep_dir, workers_for
+from ._engine import MEASURE_PROBES, run_configs, seed_band, sweep_dir, tidy_log_axes, workers_for
 
 NAME = "lr-sweep"
 TITLE = (
@@ -181,6 +181,7 @@ def sweep_figure(rows: pd.DataFrame, cfg: Config) -> Figure:
         f"each run stopped at train loss ≤ {cfg.target_train_loss:g}; mean ± std over "
         f"{cfg.seeds} seed(s)"
     )
+    tidy_log_axes(fig)
     return fig
 
 
@@ -312,6 +313,7 @@ def run(scale: str, out: Path) -> Report:
     cfg = select_scale(CONFIGS, scale)
     report = Report(NAME, TITLE, scale, out, cfg, PAPER)
     rows = ensure_runs(cfg, Path(out), NAME, scale)
+    note = rows.attrs["note"]
     add_claims(report, rows, cfg)
     report.add_figure(
         sweep_figure(rows, cfg),
@@ -343,4 +345,5 @@ def run(scale: str, out: Path) -> Report:
             heading="Runs that missed the threshold",
         )
     report.add_data(rows[[c for c in TABLE_COLUMNS if c in rows]], "runs.csv")
+    report.add_text(note, heading="Compute")
     return report.write()

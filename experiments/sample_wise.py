@@ -28,7 +28,7 @@ from matplotlib.figure import Figure
 from implicit_reg.reproduce import Report, mean_std, select_scale
 
 from . import double_descent_width as ddw
-from ._engine import run_configs, seed_band, sweep_dir, workers_for
+from ._engine import run_configs, seed_band, sweep_dir, tidy_log_axes, workers_for
 
 NAME = "sample-wise"
 TITLE = "Sample-wise non-monotonicity: test error against the number of training samples at a fixed width (MNIST-1D, 15% label noise)"
@@ -79,6 +79,7 @@ def sample_figure(rows: pd.DataFrame, cfg: Config, n_params: int) -> Figure:
         fontsize=10,
     )
     ax.legend(fontsize=8)
+    tidy_log_axes(fig)
     return fig
 
 
@@ -109,6 +110,7 @@ def run(scale: str, out: Path) -> Report:
         for s in range(wc.seeds)
     ]
     rows = run_configs(configs, sweep_dir(Path(out), ddw.NAME, NAME), workers=workers_for(scale))
+    note = rows.attrs["note"]
     rows = rows[rows.status == "complete"].copy()
     rows["n_train"] = rows["n_train"].astype(int)
     n_params = int(rows.n_params.iloc[0])
@@ -166,4 +168,5 @@ def run(scale: str, out: Path) -> Report:
     cols = ["n_train", "seed", "n_params", "steps_done", "train_error", "test_error",
             "train_loss", "test_loss", "weight_norm", "lambda_max"]  # fmt: skip
     report.add_data(rows[cols], "runs.csv")
+    report.add_text(note, heading="Compute")
     return report.write()

@@ -36,7 +36,7 @@ from scipy.stats import kendalltau
 from implicit_reg.config import RunConfig
 from implicit_reg.reproduce import Report, fmt, mean_std, select_scale
 
-from ._engine import run_configs, sweep_dir, workers_for
+from ._engine import run_configs, sweep_dir, tidy_log_axes, workers_for
 
 NAME = "sgd-batch"
 TITLE = (
@@ -158,6 +158,7 @@ def sgd_figure(rows: pd.DataFrame, cfg: Config) -> Figure:
         f"SGD (no momentum) on MNIST-1D (n = {n}), MLP 40→{cfg.width}→{cfg.width}→10, "
         f"cross-entropy, {cfg.steps:,} steps per run; mean ± std over {cfg.seeds} seed(s)"
     )
+    tidy_log_axes(fig)
     return fig
 
 
@@ -168,6 +169,7 @@ def run(scale: str, out: Path) -> Report:
     rows = run_configs(
         sweep_configs(cfg), sweep_dir(Path(out), NAME, NAME), workers=workers_for(scale)
     )
+    note = rows.attrs["note"]
     rows["run"] = np.where(rows.optimizer == "egr", "SGD + explicit regularizer", "SGD")
     rows["test_acc"] = 1 - rows["test_error"]
     rows["h_over_B"] = rows["lr"] / rows["batch_size"]
@@ -268,4 +270,5 @@ def run(scale: str, out: Path) -> Report:
             "train_loss", "test_error", "test_acc", "grad_norm_sq", "lambda_max", "trace",
             "weight_norm"]  # fmt: skip
     report.add_data(rows[[c for c in cols if c in rows]], "runs.csv")
+    report.add_text(note, heading="Compute")
     return report.write()
