@@ -34,7 +34,6 @@ __all__ = [
     "igr_coeff",
     "coeff_from_paper_rate",
     "paper_rate_from_coeff",
-    "FD_RADIUS_CAP",
     "default_fd_radius",
     "modified_gradient_exact",
     "finite_difference_hvp",
@@ -64,34 +63,32 @@ def paper_rate_from_coeff(coeff: float, num_params: int) -> float:
     return coeff * num_params
 
 
-FD_RADIUS_CAP = 1e-6
-"""Largest default finite-difference radius (see :func:`default_fd_radius`)."""
-
-
 def default_fd_radius(dtype: torch.dtype) -> float:
-    """Default finite-difference radius r = min(√ε, 10⁻⁶) for a floating dtype.
+    """Default finite-difference radius r = √ε of the dtype (1.5e-8 in float64,
+    3.5e-4 in float32).
 
     The perturbation θ + r·v/‖v‖ has length r in parameter space whatever
-    ‖v‖ is. Two errors pull r in opposite directions:
+    ‖v‖ is. On a smooth (C³) loss the error of H v is truncation ∝ r plus
+    round-off ∝ ε/r, and √ε balances the two. Measured on a 40→512→512→10
+    MLP, 4,000 rows (``benchmarks/bench_optim_step.py --fd-sweep``, table in
+    ``docs/optimizers.md``): tanh 1.3e-7 (float64) and 1.2e-3 (float32),
+    the best radius in float32 and within 3× of the best in float64.
 
-    - round-off: the two gradients agree to about ε·‖∇L‖, so the quotient
-      carries an error ∝ ε/r; truncation on a smooth (C³) loss is ∝ r. √ε
-      balances the two (1.5e-8 in float64, the value used there).
-    - ReLU kinks: once θ + r·v/‖v‖ moves any pre-activation across zero,
-      the gradient jumps and the error is O(1) or worse. Measured on
-      ReLU MLPs (``benchmarks/bench_optim_step.py --fd-sweep``, docs in
-      ``docs/optimizers.md``): kinks are first crossed at r ≈ 3e-5
-      (40→128→128→10, 1,000 rows) and r ≈ 3e-6 (40→512→512→10, 4,000
-      rows), with relative errors of 2–18 in H v above that.
+    ReLU networks have no safe radius. Moving θ by r flips the sign of about
+    3·10⁵·r pre-activations there (4,000 rows × 1,024 units); each flip
+    makes the gradient jump by a finite amount, an error ∝ 1/r in H v:
 
-    In float64, √ε = 1.5e-8 sits two orders of magnitude below those
-    thresholds and gives relative errors of ~1e-7 (tanh) and ~2e-8 (ReLU).
-    In float32, √ε = 3.5e-4 would be best for a smooth loss (~1e-3) but
-    crosses kinks on every ReLU net measured (errors 2–10), so the radius
-    is capped at 10⁻⁶: ~4% (ReLU) to ~25% (tanh) error from round-off,
-    never the kink catastrophe at the sizes measured. For float32 smooth
-    models, pass ``radius``/``fd_radius`` ≈ 1e-3 (error ~6e-4); for
-    float32 ReLU models prefer the exact method.
+    - sparse (float64, √ε: ~0.005 flips per step): most steps are accurate
+      (2e-8), about 1 in 200 carries an error of order 10²; a smaller r
+      makes such steps rarer and their error larger in the same proportion.
+    - dense (float32, √ε: ~100 flips per step): the error is O(1), about 2
+      there (the difference quotient sees a smoothed Hessian). A smaller
+      float32 radius is worse, not better: at 1e-7 round-off alone gives
+      0.4 (ReLU) and 1.3 (tanh), and from 3e-7 on the flips are sparse and
+      the errors reach 10²–10³.
+
+    So the default serves smooth losses, and for ReLU networks EGR's
+    ``method="exact"`` (its default) is the one to use.
 
     Raises ``ValueError`` for dtypes coarser than float32 (float16,
     bfloat16), where a forward difference of gradients is meaningless.
@@ -104,7 +101,7 @@ def default_fd_radius(dtype: torch.dtype) -> float:
             f"finite differences need float32 or float64 parameters, got {dtype}; "
             "use method='exact' (or pass an explicit radius)"
         )
-    return min(math.sqrt(eps), FD_RADIUS_CAP)
+    return math.sqrt(eps)
 
 
 def flat_norm(tensors: Sequence[Tensor]) -> Tensor:

@@ -228,12 +228,12 @@ class EGR(Optimizer):
         ``"finite_difference"``: H v ≈ ‖v‖·[∇L(θ + r·v/‖v‖) − ∇L(θ)]/r with
             v = μ⊙g: two plain gradient evaluations, no second-order graph.
             ε = r/‖v‖ is scaled so that the perturbation has length r
-            (``fd_radius``; default
-            :func:`implicit_reg.modified_gradient.default_fd_radius`,
-            1.5e-8 in float64 and 1e-6 in float32). θ is restored bit for
-            bit (copied back, not θ + δ − δ). It is badly wrong on ReLU
-            networks once the perturbation crosses activation kinks; see
-            ``docs/optimizers.md`` for measured errors.
+            (``fd_radius``; default √ε of the dtype,
+            :func:`implicit_reg.modified_gradient.default_fd_radius`). θ is
+            restored bit for bit (copied back, not θ + δ − δ). Meant for
+            smooth activations: on ReLU networks the perturbation crosses
+            activation kinks and no radius is safe (measured errors in
+            ``docs/optimizers.md``); use ``"exact"`` there.
 
     Closure contract. The closure re-evaluates the model on the (full)
     batch and **returns the scalar loss without calling** ``backward()``:
