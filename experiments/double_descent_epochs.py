@@ -55,7 +55,7 @@ class Config:
 CONFIGS = {
     "smoke": Config(widths=(2, 8, 32), width_config=ddw.CONFIGS["smoke"]),
     "small": Config(widths=(9, 28, 300), width_config=ddw.CONFIGS["small"]),
-    "full": Config(widths=(9, 54, 300), width_config=ddw.CONFIGS["full"]),
+    "full": Config(widths=(10, 47, 300), width_config=ddw.CONFIGS["full"]),
 }
 ROLES = ("below the threshold", "near the threshold", "above the threshold")
 

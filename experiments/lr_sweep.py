@@ -173,7 +173,8 @@ def sweep_figure(rows: pd.DataFrame, cfg: Config) -> Figure:
             ax.set_yscale("log")
         ax.set_xlabel("learning rate h")
         ax.set_ylabel(PANEL_LABELS.get(metric, label(metric)))
-        ax.set_title(f"{PANEL_LABELS.get(metric, label(metric)).split(' (')[0]} at the stop")
+        name = PANEL_LABELS.get(metric, label(metric)).split(" (")[0]
+        ax.set_title(name if metric == "steps_done" else f"{name} at the stop")
         ax.legend(fontsize=7)
     n = "4,000" if cfg.n_train is None else f"{cfg.n_train:,}"
     fig.suptitle(

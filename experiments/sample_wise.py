@@ -51,7 +51,7 @@ CONFIGS = {
         width_config=ddw.CONFIGS["small"],
     ),  # fmt: skip
     "full": Config(
-        width=54,
+        width=47,
         n_trains=(500, 1000, 1500, 2000, 2500, 3000, 3500, 4000),
         width_config=ddw.CONFIGS["full"],
     ),  # fmt: skip

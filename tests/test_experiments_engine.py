@@ -87,3 +87,15 @@ def test_widths_must_be_shared_with_double_descent_width(tmp_path):
     bad = epochs.Config(widths=(3, 8, 32), width_config=epochs.CONFIGS["smoke"].width_config)
     with pytest.raises(ValueError, match="not run by double-descent-width"):
         epochs.check_widths(bad)
+
+
+@pytest.mark.parametrize("scale", ["smoke", "small", "full"])
+def test_every_scale_shares_runs_with_double_descent_width(scale):
+    """The widths of double-descent-epochs and sample-wise are run by
+    double-descent-width at the same scale, so their runs are shared."""
+    epochs = load_experiment("double-descent-epochs")
+    sample = load_experiment("sample-wise")
+    widths = load_experiment("double-descent-width").CONFIGS[scale].mnist1d.widths
+    epochs.check_widths(epochs.CONFIGS[scale])
+    assert sample.CONFIGS[scale].width in widths
+    assert epochs.CONFIGS[scale].width_config is sample.CONFIGS[scale].width_config
