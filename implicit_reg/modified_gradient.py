@@ -72,7 +72,7 @@ def default_fd_radius(dtype: torch.dtype) -> float:
     round-off ∝ ε/r, and √ε balances the two. Measured on a 40→512→512→10
     MLP, 4,000 rows (``benchmarks/bench_optim_step.py --fd-sweep``, table in
     ``docs/optimizers.md``): tanh 1.3e-7 (float64) and 1.2e-3 (float32),
-    the best radius in float32 and within 3× of the best in float64.
+    within 2–3× of the best radius in either dtype.
 
     ReLU networks have no safe radius. Moving θ by r flips the sign of about
     3·10⁵·r pre-activations there (4,000 rows × 1,024 units); each flip
