@@ -222,7 +222,9 @@ def fd_sweep(rows: int, seeds: int) -> None:
     H g, by radius r, dtype and activation (the data behind default_fd_radius)."""
     x, y = data(rows, seed=1)
     radii = [1e-9, 1e-8, 1.5e-8, 1e-7, 3e-7, 1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3.45e-4, 1e-3, 1e-2]
-    print(f"\nFD error of H·g, 40→512→512→10, {rows} rows, cross-entropy, seeds 0..{seeds - 1} (max)")
+    print(
+        f"\nFD error of H·g, 40→512→512→10, {rows} rows, cross-entropy, seeds 0..{seeds - 1} (max)"
+    )
     print(
         f"{'radius':>9} | {'tanh f64':>9} {'tanh f32':>9} | {'relu f64':>9} {'relu f32':>9}"
         f" | {'ReLU sign flips (mean)':>22}"
@@ -250,7 +252,9 @@ def fd_sweep(rows: int, seeds: int) -> None:
                 g = grad_at(params)
                 for r in radii:
                     hv = finite_difference_hvp(grad_at, params, g, g, radius=r)
-                    err = float(flat_norm([a.double() - b for a, b in zip(hv, hv_ref)]) / flat_norm(hv_ref))
+                    err = float(
+                        flat_norm([a.double() - b for a, b in zip(hv, hv_ref)]) / flat_norm(hv_ref)
+                    )
                     key = (act, dtype, r)
                     table[key] = max(table.get(key, 0.0), err)
     for r in radii:

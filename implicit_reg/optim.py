@@ -142,8 +142,9 @@ class SGD(Optimizer):
     minibatch steps follows, on average, the modified loss
     L + (h/4m)·Σ_k‖∇L_k‖²; see
     :func:`implicit_reg.regularizers.sgd_implicit_regularizer`. With
-    momentum β the implicit term is stronger by (1+β)/(1−β) (Ghosh et al.
-    2023); see :func:`implicit_reg.regularizers.momentum_implicit_factor`.
+    momentum β the implicit term is (1+β)/(1−β) times that of GD at the
+    effective step h/(1−β) (Ghosh, Lyu, Zhang & Wang, ICLR 2023); see
+    :func:`implicit_reg.regularizers.momentum_implicit_factor`.
     """
 
     def __init__(

@@ -21,7 +21,9 @@ __all__ = ["gradient_norm_penalty", "sgd_implicit_regularizer", "momentum_implic
 def _trainable(params: Iterable[Tensor]) -> list[Tensor]:
     ps = [p for p in params if p.requires_grad]
     if not ps:
-        raise ValueError("params has no tensor with requires_grad=True; pass the trainable parameters")
+        raise ValueError(
+            "params has no tensor with requires_grad=True; pass the trainable parameters"
+        )
     return ps
 
 

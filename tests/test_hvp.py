@@ -102,7 +102,9 @@ def test_double_backward_closure_over_leaves_and_linear_loss():
 
 def test_bad_input_raises_value_error():
     _, _, _, _, f, params = _tanh_problem()
-    with pytest.raises(ValueError, match="unknown HVP method 'lanczos'; choose one of double_backward, vjp, jvp"):
+    with pytest.raises(
+        ValueError, match="unknown HVP method 'lanczos'; choose one of double_backward, vjp, jvp"
+    ):
         grad_and_hvp(f, params, method="lanczos")
     with pytest.raises(ValueError, match="unknown HVP method"):
         check_method("exact")

@@ -67,9 +67,16 @@ def test_closed_form_quadratic_exact_and_finite_difference():
 
     r = default_fd_radius(F64)
     v_norm = igr_coeff(h) * float(torch.linalg.norm(a @ theta))
-    bound = 2 * igr_coeff(h) * 4 * torch.finfo(F64).eps * float(
-        torch.linalg.matrix_norm(a, 2) * torch.linalg.norm(theta)
-    ) * v_norm / r * math.sqrt(len(theta))
+    bound = (
+        2
+        * igr_coeff(h)
+        * 4
+        * torch.finfo(F64).eps
+        * float(torch.linalg.matrix_norm(a, 2) * torch.linalg.norm(theta))
+        * v_norm
+        / r
+        * math.sqrt(len(theta))
+    )
     _, g_mod = modified_gradient_fd(grad_at, (theta,), igr_coeff(h))
     err = float(torch.linalg.norm(g_mod[0] - expected))
     assert err <= bound, (err, bound)
@@ -181,7 +188,9 @@ def test_fd_error_at_the_default_radius_smooth_and_relu():
     t64_default, t64_big, t32_default, t32_small = _fd_errors(
         tanh, tx, ty, [(F64, r64), (F64, 1e-2), (f32, r32), (f32, 1e-7)]
     )
-    r64_default, r64_big, r32_default = _fd_errors(relu, rx, ry, [(F64, r64), (F64, 1e-2), (f32, r32)])
+    r64_default, r64_big, r32_default = _fd_errors(
+        relu, rx, ry, [(F64, r64), (F64, 1e-2), (f32, r32)]
+    )
     assert t64_default < 1e-6 and r64_default < 1e-6
     assert t64_big < 1e-2  # smooth: O(r), harmless
     assert r64_big > 0.3  # ReLU: kinks crossed

@@ -99,7 +99,9 @@ def test_egr_step_matches_explicit_hessian(method):
     opt.step(_egr_closure(model, x, y))
     g_mod = g + 2 * mu * H @ g
     tol = 1e-12 if method == "exact" else FD_TOL * float(torch.linalg.norm(h * g_mod))
-    torch.testing.assert_close(_flat(model.parameters()).detach(), theta - h * g_mod, rtol=0, atol=tol)
+    torch.testing.assert_close(
+        _flat(model.parameters()).detach(), theta - h * g_mod, rtol=0, atol=tol
+    )
     torch.testing.assert_close(_flat([p.grad for p in model.parameters()]), g, rtol=0, atol=1e-13)
 
 
@@ -190,7 +192,9 @@ def test_sgd_matches_torch_sgd_for_20_steps(config):
     _assert_equal(model_a.parameters(), model_b.parameters())
     if config.get("momentum"):
         for p_a, p_b in zip(model_a.parameters(), model_b.parameters()):
-            assert torch.equal(ours.state[p_a]["momentum_buffer"], ref.state[p_b]["momentum_buffer"])
+            assert torch.equal(
+                ours.state[p_a]["momentum_buffer"], ref.state[p_b]["momentum_buffer"]
+            )
 
 
 # ----------------------------------------------------- training-loop plumbing
@@ -256,7 +260,9 @@ def test_egr_in_a_dataloader_loop():
             opt.step(lambda xb=xb, yb=yb: _mse(model(xb), yb))
             if epoch == 0 and i == 0:
                 expected = theta - 0.5 * (g + 2 * (0.5 / 4) * H @ g)
-                torch.testing.assert_close(_flat(model.parameters()).detach(), expected, rtol=0, atol=1e-12)
+                torch.testing.assert_close(
+                    _flat(model.parameters()).detach(), expected, rtol=0, atol=1e-12
+                )
         sched.step()
     assert opt.param_groups[0]["lr"] == pytest.approx(0.5 * 0.5**2)
     assert float(_mse(model(x), y).detach()) < 0.6 * start
@@ -369,7 +375,10 @@ BAD_INIT = [
     (lambda ps: GD(ps, lr=float("nan")), "lr must be a finite number >= 0, got nan"),
     (lambda ps: SGD(ps, lr=float("inf")), "lr must be a finite number >= 0, got inf"),
     (lambda ps: SGD(ps, lr=0.1, momentum=-0.9), "momentum must be a finite number >= 0, got -0.9"),
-    (lambda ps: SGD(ps, lr=0.1, nesterov=True), "nesterov=True needs momentum > 0 and dampening = 0"),
+    (
+        lambda ps: SGD(ps, lr=0.1, nesterov=True),
+        "nesterov=True needs momentum > 0 and dampening = 0",
+    ),
     (
         lambda ps: SGD(ps, lr=0.1, momentum=0.9, dampening=0.1, nesterov=True),
         "nesterov=True needs momentum > 0 and dampening = 0",
@@ -422,7 +431,9 @@ def test_bad_closures_raise_value_error(method):
     opt = EGR(model.parameters(), lr=0.1, method=method)
     with pytest.raises(ValueError, match="EGR.step needs a closure that re-evaluates the model"):
         opt.step()
-    with pytest.raises(ValueError, match=r"closure must return the scalar loss tensor, got shape \(32, 3\)"):
+    with pytest.raises(
+        ValueError, match=r"closure must return the scalar loss tensor, got shape \(32, 3\)"
+    ):
         opt.step(lambda: (model(x) - y) ** 2)
     with pytest.raises(ValueError, match="closure must return the scalar loss tensor, got float"):
         opt.step(lambda: 1.0)
@@ -438,7 +449,9 @@ def test_exact_rejects_a_closure_that_calls_backward():
         loss.backward()
         return loss
 
-    with pytest.raises(ValueError, match=r"the closure called backward\(\); it must return the loss"):
+    with pytest.raises(
+        ValueError, match=r"the closure called backward\(\); it must return the loss"
+    ):
         opt.step(torch_style)
 
 

@@ -74,7 +74,9 @@ def test_gradient_norm_penalty_with_adam_gives_the_egr_gradient():
     opt.zero_grad()
     loss = _mse(model(x), y)
     (loss + gradient_norm_penalty(loss, model.parameters(), coeff=mu)).backward()
-    torch.testing.assert_close(_flat([p.grad for p in model.parameters()]), g + 2 * mu * H @ g, rtol=0, atol=1e-13)
+    torch.testing.assert_close(
+        _flat([p.grad for p in model.parameters()]), g + 2 * mu * H @ g, rtol=0, atol=1e-13
+    )
     before = _flat(model.parameters()).detach().clone()
     opt.step()
     assert not torch.equal(before, _flat(model.parameters()).detach())
@@ -96,7 +98,9 @@ def test_sgd_implicit_regularizer_is_smith_et_al_identity():
         float((gk - g_full) @ (gk - g_full)) for gk, _ in oracles
     )
     assert float(reg.detach()) == pytest.approx(identity, rel=1e-12)
-    assert float(reg.detach()) == pytest.approx((h / (4 * m)) * sum(float(gk @ gk) for gk, _ in oracles), rel=1e-12)
+    assert float(reg.detach()) == pytest.approx(
+        (h / (4 * m)) * sum(float(gk @ gk) for gk, _ in oracles), rel=1e-12
+    )
     grad_reg = torch.autograd.grad(reg, params)
     expected = (h / (2 * m)) * sum(Hk @ gk for gk, Hk in oracles)
     torch.testing.assert_close(_flat(grad_reg), expected, rtol=0, atol=1e-13)
