@@ -226,8 +226,8 @@ def write_index(root: Path) -> Path:
     """Write ``root/README.md``: a table of the reports in ``root/<name>/``.
 
     Reads each ``summary.json`` (written by :meth:`Report.write`); one row per
-    experiment with its title, scale, how many claims reproduced and the
-    wall time.
+    experiment with its title, scale, how many claims reproduced, the wall
+    time and the CPU time.
     """
     root = Path(root)
     rows = []
@@ -242,12 +242,15 @@ def write_index(root: Path) -> Path:
             "scale": s["scale"],
             "claims reproduced": claims,
             "wall time": f"{s['wall_time_s']:.0f} s" if s.get("wall_time_s") is not None else "?",
+            "CPU time": f"{s['cpu_time_s']:.0f} s" if s.get("cpu_time_s") is not None else "?",
         })  # fmt: skip
     text = (
         "# Reproduced results\n\n"
         "Each report quotes our numbers next to the paper's claim, with its figures, the exact "
         "command, the config, the package version and the wall time. Regenerate them all with "
-        f"`implicit-reg reproduce all --scale small --out {root}`.\n\n" + markdown_table(rows)
+        f"`implicit-reg reproduce all --scale small --out {root}`. Wall times depend on what "
+        "else the machine runs; the CPU time (all threads of the process) is the steadier "
+        "measure of cost.\n\n" + markdown_table(rows)
     )
     return atomic_write_text(root / INDEX_FILE, text)
 
