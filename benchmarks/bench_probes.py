@@ -239,21 +239,27 @@ def hvp_cost_table(model, X, y, repeats: int) -> None:
 MEMORY_CHILD = "--memory-child"
 
 
+def _status_bytes(field: str) -> int:
+    """VmRSS / VmHWM of this process from /proc/self/status, in bytes. (Not
+    ``getrusage().ru_maxrss``: Linux keeps that across execve, so a child
+    started from a big parent would report the parent's size.)"""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
 def memory_child(n: int, chunk: int | None) -> None:
     """Run in a fresh process: peak RSS growth of 3 full-data HVPs (Lanczos steps)."""
-    import resource
-
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(0)
     X = torch.randn(n, 40, generator=g, dtype=torch.float64)
     y = torch.randint(0, 10, (n,), generator=g)
     op = HessianOperator(mlp(), nn.CrossEntropyLoss(), (X, y), chunk_size=chunk)
-    with open("/proc/self/statm") as f:
-        rss_before = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    base = _status_bytes("VmRSS")
     lanczos(op, 1, max_iter=3, tol=0.0)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(f"{max(peak, peak_before) - rss_before} {peak_before} {rss_before}")
+    print(f"{_status_bytes('VmHWM') - base} {base}")
 
 
 def memory_table(sizes, chunks) -> None:
