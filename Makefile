@@ -17,8 +17,13 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# Every reproduction at smoke scale (seconds each): reports and PNG figures in
+# out/demo/<name>/; the optimizer demo is `.venv/bin/implicit-reg demo`.
 demo: $(STAMP)
-	.venv/bin/implicit-reg demo
+	.venv/bin/implicit-reg reproduce all --scale smoke --out out/demo
+	@echo "Figures:" && ls out/demo/*/*.png
+	@echo "Reports: out/demo/README.md indexes out/demo/<name>/report.md (paper-sized runs: --scale small or full; committed results: docs/results/)"
+	@echo "Optimizer demo: .venv/bin/implicit-reg demo"
 
 lint: $(STAMP)
 	.venv/bin/ruff check implicit_reg tests benchmarks experiments

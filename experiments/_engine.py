@@ -209,9 +209,11 @@ def tidy_log_axes(fig) -> None:
             if scale != "log" or min(lim) <= 0:
                 continue
             axis.set_minor_formatter(NullFormatter())
-            if np.log10(max(lim) / min(lim)) < 3:
-                axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-                axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+            decades = np.log10(max(lim) / min(lim))
+            if decades < 3:
+                subs = (1.0, 2.0, 5.0) if decades >= 1 else tuple(np.arange(1.0, 10.0))
+                axis.set_major_locator(LogLocator(base=10, subs=subs))
+                axis.set_major_formatter(FuncFormatter(_plain_number))
 
 
 def compute_note(rows: pd.DataFrame) -> str:
@@ -225,3 +227,10 @@ def compute_note(rows: pd.DataFrame) -> str:
         f"(median {t.median():.1f} s, longest {t.max():.1f} s), on "
         f"{rows.attrs['workers']} worker process(es) of one torch thread each."
     )
+
+
+def _plain_number(value: float, _pos=None) -> str:
+    """Tick label: 2,000 rather than 2e+03; 0.005 rather than 5e-03."""
+    if value >= 1 and float(value).is_integer():
+        return f"{value:,.0f}"
+    return f"{value:.3g}" if value >= 1e-3 else f"{value:.0e}"

@@ -42,6 +42,7 @@ NAME = "double-descent-epochs"
 TITLE = "Epoch-wise double descent with 15% label noise: test error against training time for small, medium and large MLPs on MNIST-1D"
 PAPER = "Nakkiran et al., *Deep Double Descent*, arXiv 1912.02292, Sec. 6, Fig. 9–10"
 MARGIN = 0.01  # a rise or fall counts when it exceeds one point of test error
+SMOOTH = 5  # evaluations in the running mean of the test-error curve
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,8 +71,12 @@ def check_widths(cfg: Config) -> None:
 
 
 def curve_stats(epochs: np.ndarray, test: np.ndarray) -> dict:
-    """Shape of the mean test-error curve: first minimum, the maximum after it, the end."""
-    m = test.mean(0)
+    """Shape of the mean test-error curve: first minimum, the maximum after it, the end.
+
+    The seed mean is smoothed by a centred running mean over ``SMOOTH``
+    evaluations first, so that evaluation noise does not count as a rise.
+    """
+    m = pd.Series(test.mean(0)).rolling(SMOOTH, center=True, min_periods=1).mean().to_numpy()
     i_min = int(np.argmin(m))
     # the early minimum: the lowest point before the curve's highest point after it
     i_peak = i_min + int(np.argmax(m[i_min:]))
@@ -102,13 +107,15 @@ def epochs_figure(history: pd.DataFrame, cfg: Config, per_epoch: float) -> Figur
         steps, train = history_matrix(h, "train_error")
         keep = steps > 0
         plot_band(ax_r, steps[keep] / per_epoch, train[:, keep], label=lab, color=f"C{i}")
+    ax_r.axhline(
+        cfg.width_config.label_noise, ls=":", color="0.4", label="fraction of flipped labels"
+    )
     for ax in (ax_t, ax_r):
         ax.set_xscale("log")
         ax.set_xlabel("epoch (passes over the training set)")
         ax.legend(fontsize=8)
     ax_t.set_ylabel("test error (fraction misclassified)")
     ax_t.set_title("test error during training")
-    ax_r.axhline(cfg.width_config.label_noise, ls=":", color="0.4", label="noise level")
     ax_r.set_ylabel("train error on the noisy labels (fraction)")
     ax_r.set_title("train error during training (memorizing the noisy labels)")
     fig.suptitle(
@@ -194,7 +201,8 @@ def run(scale: str, out: Path) -> Report:
         heading="Shape of the test-error curves",
         caption=(
             f"Seed means ({wc.seeds} seed(s)), evaluated every {setting.eval_every} steps "
-            f"({setting.eval_every / per_epoch:g} epochs). Runs shared with "
+            f"({setting.eval_every / per_epoch:g} epochs), smoothed by a running mean over "
+            f"{SMOOTH} evaluations. Runs shared with "
             f"`double-descent-width` (same configs, same store). Seeds: "
             + ", ".join(
                 f"w = {w}: {mean_std(rows[rows.width == w].test_error.to_numpy())}"

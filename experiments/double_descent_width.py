@@ -40,7 +40,7 @@ from matplotlib.figure import Figure
 
 from implicit_reg.config import RunConfig
 from implicit_reg.data import load_dataset
-from implicit_reg.reproduce import Report, mean_std, select_scale
+from implicit_reg.reproduce import Report, fmt, mean_std, select_scale
 
 from ._engine import (
     MEASURE_PROBES,
@@ -309,16 +309,42 @@ def add_setting_claims(report: Report, key: str, rows: pd.DataFrame, setting: Se
     rise = s["test_peak"] - s["test_min_before"]
     fall = s["test_peak"] - s["test_last"]
     ok = bool(s["interior"] and rise > 0.01 and fall > 0.01)
+    before = (
+        f"{100 * s['test_min_before']:.1f}% at best before it"
+        if s["interior"]
+        else "it is the smallest width"
+    )
     report.add_claim(
         f"{setting.label}: test error rises to a peak, then falls as the model grows",
         "Belkin et al. 2019; Nakkiran et al. 2019",
-        f"peak {100 * s['test_peak']:.1f}% at w = {s['w_peak']} (N = {s['p_peak']:,.0f}); "
-        f"{100 * s['test_min_before']:.1f}% at best before it, {100 * s['test_last']:.1f}% at "
+        f"highest test error {100 * s['test_peak']:.1f}% at w = {s['w_peak']} "
+        f"(N = {s['p_peak']:,.0f}); {before}; {100 * s['test_last']:.1f}% at "
         f"w = {setting.widths[-1]}",
         ok,
         "a peak ≥ 1 point above both sides"
         if ok
         else "no interior peak ≥ 1 point above both sides",
+    )
+    lm = s["means"]
+    i_loss = int(np.argmax(lm.test_loss.to_numpy()))
+    loss_interior = 0 < i_loss < len(lm) - 1
+    at_fit = loss_interior and s["w_fit"] is not None and s["w_loss_peak"] == s["w_fit"]
+    report.add_claim(
+        f"{setting.label}: the test loss peaks at the interpolation threshold",
+        "Belkin et al. 2019 (the squared-loss peak); Nakkiran et al. 2019",
+        f"test loss peaks at w = {s['w_loss_peak']} (N = {lm.n_params.iloc[i_loss]:,.0f}): "
+        f"{fmt(lm.test_loss.iloc[i_loss])} against {fmt(lm.test_loss.iloc[0])} at "
+        f"w = {lm.index[0]} and {fmt(lm.test_loss.iloc[-1])} at w = {lm.index[-1]}; "
+        f"train error first ≤ {100 * INTERPOLATED:g}% at "
+        + (f"w = {s['w_fit']}" if s["w_fit"] is not None else "no width"),
+        bool(at_fit),
+        "the loss peaks at the first width that fits the training set"
+        if at_fit
+        else (
+            "an interior loss peak, but not at the first fitting width"
+            if loss_interior
+            else "no interior loss peak"
+        ),
     )
     closer = "n" if abs(np.log(s["peak_over_n"])) < abs(np.log(s["peak_over_nk"])) else "n·k"
     expected = "n" if setting.loss == "cross_entropy" else "n·k"
@@ -329,7 +355,13 @@ def add_setting_claims(report: Report, key: str, rows: pd.DataFrame, setting: Se
         f" (closer to {closer} on a log scale); train error first ≤ {100 * INTERPOLATED:g}% at "
         + (f"w = {s['w_fit']} (N = {s['p_fit']:,.0f})" if s["w_fit"] is not None else "no width"),
         (closer == expected) if ok else None,
-        f"the peak is closer to {closer}" + ("" if ok else " (but the peak itself is weak)"),
+        f"the peak is closer to {closer}"
+        if ok
+        else (
+            f"the highest point is closer to {closer}, but it is no clear peak"
+            if s["interior"]
+            else "no interior peak to place"
+        ),
     )
     return s
 
@@ -437,7 +469,8 @@ def threshold_text(cfg: Config, runs: dict, summaries: dict) -> str:
             f"N = {s['p_peak']:,.0f} = {s['peak_over_n']:.2g}·n = {s['peak_over_nk']:.2g}·n·k; "
             + (
                 f"train error first ≤ {100 * INTERPOLATED:g}% at N = {s['p_fit']:,.0f} "
-                f"({s['p_fit'] / setting.n_train:.2g}·n)."
+                f"({s['p_fit'] / setting.n_train:.2g}·n), so the peak sits at "
+                f"{s['p_peak'] / s['p_fit']:.2g}× the smallest model that fits the noisy labels."
                 if s["w_fit"] is not None
                 else "no width fits the noisy training set within the budget."
             )
@@ -446,8 +479,8 @@ def threshold_text(cfg: Config, runs: dict, summaries: dict) -> str:
         "\nThe squared loss on one-hot targets asks the network to fit n·k numbers, so its "
         "threshold should sit near n·k parameters; cross-entropy only needs the right class to "
         "win on each of the n samples, so its effective model complexity (the largest n it "
-        "fits, Nakkiran et al.) is reached near n parameters. In both settings the peak sits "
-        "where the training error first reaches zero within the training budget, which a "
-        "shorter budget (the `small` scale) pushes to larger models."
+        "fits, Nakkiran et al.) is reached near n parameters. Nakkiran et al. place the peak "
+        "where the training error first reaches zero within the training budget; a shorter "
+        "budget (the `small` scale) pushes that point to larger models."
     )
     return "\n".join(lines)
