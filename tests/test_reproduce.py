@@ -210,3 +210,21 @@ def test_wheel_ships_experiments_and_finds_them(tmp_path):
     finally:
         for key in [k for k in sys.modules if k.split(".")[0] == EXPERIMENTS_PACKAGE]:
             del sys.modules[key]
+
+
+def test_cli_all_runs_every_experiment_writes_the_index_and_survives_a_failure(
+    fake_dir, tmp_path, monkeypatch
+):
+    import implicit_reg.reproduce as reproduce_module
+
+    monkeypatch.setattr(reproduce_module, "find_experiments_dir", lambda package_dir=None: fake_dir)
+    (fake_dir / "fake_bad.py").write_text(
+        'NAME = "fake-bad"\nTITLE = "t"\ndef run(scale, out):\n    raise RuntimeError("boom")\n'
+    )
+    result = CliRunner().invoke(app, ["reproduce", "all", "--scale", "smoke", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1
+    assert "fake-bad failed: RuntimeError: boom" in result.stderr
+    for name in ("fake-one", "fake-two"):
+        check_report_dir(tmp_path / "o" / name, name)
+    index = (tmp_path / "o" / "README.md").read_text()
+    assert "fake-one" in index and "fake-two" in index and "fake-bad" not in index
