@@ -452,6 +452,10 @@ def run(scale: str, out: Path) -> Report:
             ),
         )
     report.add_text(threshold_text(cfg, runs, summaries), heading="Where is the threshold?")
+    if scale != "full":
+        report.add_text(
+            shrink_text(cfg, runs, summaries), heading=f"What the `{scale}` scale shrinks"
+        )
     frames = [r.assign(setting=r["setting"]) for r in runs.values()]
     data = pd.concat(frames, ignore_index=True)
     report.add_data(data[[c for c in DATA_COLUMNS if c in data]], "runs.csv")
@@ -464,15 +468,44 @@ def threshold_text(cfg: Config, runs: dict, summaries: dict) -> str:
     lines = []
     for key in runs:
         setting, s = getattr(cfg, key), summaries[key]
+        peak = (
+            f"test-error peak at N = {s['p_peak']:,.0f} = {s['peak_over_n']:.2g}·n = "
+            f"{s['peak_over_nk']:.2g}·n·k"
+            if s["interior"]
+            else "no interior test-error peak (the error is highest at the smallest width)"
+        )
         lines.append(
-            f"- {setting.label} (n = {setting.n_train:,}): test-error peak at "
-            f"N = {s['p_peak']:,.0f} = {s['peak_over_n']:.2g}·n = {s['peak_over_nk']:.2g}·n·k; "
+            f"- {setting.label} (n = {setting.n_train:,}): {peak}; test-loss peak at "
+            f"w = {s['w_loss_peak']}; "
             + (
                 f"train error first ≤ {100 * INTERPOLATED:g}% at N = {s['p_fit']:,.0f} "
-                f"({s['p_fit'] / setting.n_train:.2g}·n), so the peak sits at "
-                f"{s['p_peak'] / s['p_fit']:.2g}× the smallest model that fits the noisy labels."
+                f"({s['p_fit'] / setting.n_train:.2g}·n = "
+                f"{s['p_fit'] / (setting.n_train * NUM_CLASSES):.2g}·n·k)."
                 if s["w_fit"] is not None
                 else "no width fits the noisy training set within the budget."
+            )
+        )
+    for key in runs:
+        setting, s = getattr(cfg, key), summaries[key]
+        if s["w_fit"] is None:
+            continue
+        n, nk = setting.n_train, setting.n_train * NUM_CLASSES
+        fit_closer = "n" if abs(np.log(s["p_fit"] / n)) < abs(np.log(s["p_fit"] / nk)) else "n·k"
+        rule = "n" if setting.loss == "cross_entropy" else "n·k"
+        peak_closer = (
+            "n" if abs(np.log(s["peak_over_n"])) < abs(np.log(s["peak_over_nk"])) else "n·k"
+        )
+        lines.append(
+            f"- So for {setting.label}: the first model that fits the noisy training set is "
+            f"closer to N = {fit_closer} than to the other rule"
+            + (
+                f", and the test-error peak is closer to N = {peak_closer}: the N ≈ {rule} rule "
+                + ("holds" if fit_closer == rule == peak_closer else "does not hold")
+                + " here."
+                if s["interior"]
+                else f"; with no test-error peak the N ≈ {rule} rule cannot be checked on the "
+                "error, only on where the fit happens "
+                + ("(consistent with it)." if fit_closer == rule else "(not where it says).")
             )
         )
     lines.append(
@@ -484,3 +517,34 @@ def threshold_text(cfg: Config, runs: dict, summaries: dict) -> str:
         "budget (the `small` scale) pushes that point to larger models."
     )
     return "\n".join(lines)
+
+
+def shrink_text(cfg: Config, runs: dict, summaries: dict) -> str:
+    """What differs from the paper-sized (``full``) config, and whether the peak still shows."""
+    full = CONFIGS["full"]
+    lines = [f"Seeds: {cfg.seeds} instead of {full.seeds}."]
+    for key in runs:
+        ours, ref, s = getattr(cfg, key), getattr(full, key), summaries[key]
+        changes = [
+            f"{name} {getattr(ours, f) if f != 'widths' else _widths(ours.widths)} instead of "
+            f"{getattr(ref, f) if f != 'widths' else _widths(ref.widths)}"
+            for f, name in (
+                ("n_train", "n ="), ("epochs", "epochs:"), ("widths", "widths"),
+                ("eval_every", "evaluation every (steps)"),
+            )
+            if getattr(ours, f) != getattr(ref, f)
+        ]  # fmt: skip
+        shows = (
+            f"the test-error peak still shows (w = {s['w_peak']}), the test-loss peak at "
+            f"w = {s['w_loss_peak']}"
+            if s["interior"]
+            else "no test-error peak shows at this budget"
+        )
+        lines.append(
+            f"- {ours.label}: " + "; ".join(changes or ["nothing"]) + f". Result: {shows}."
+        )
+    return "\n".join(lines)
+
+
+def _widths(widths: tuple[int, ...]) -> str:
+    return f"{len(widths)} from {widths[0]} to {widths[-1]}"
