@@ -17,19 +17,20 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Every reproduction at smoke scale (seconds each): reports and PNG figures in
-# out/demo/<name>/; the optimizer demo is `.venv/bin/implicit-reg demo`.
+# The optimizer demo (GD against EGR at one lr), then every reproduction at
+# smoke scale (seconds each): reports and PNG figures in out/demo/<name>/.
 demo: $(STAMP)
+	.venv/bin/implicit-reg demo
 	.venv/bin/implicit-reg reproduce all --scale smoke --out out/demo
 	@echo "Figures:" && ls out/demo/*/*.png
 	@echo "Reports: out/demo/README.md indexes out/demo/<name>/report.md (paper-sized runs: --scale small or full; committed results: docs/results/)"
-	@echo "Optimizer demo: .venv/bin/implicit-reg demo"
 
 lint: $(STAMP)
 	.venv/bin/ruff check implicit_reg tests benchmarks experiments
 
+# Tests use tiny problems, for which one BLAS thread is fastest.
 test: lint
-	$(PY) -m pytest -q tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests
 
 bench: $(STAMP)
 	for f in benchmarks/bench_*.py; do $(PY) $$f || exit 1; done
