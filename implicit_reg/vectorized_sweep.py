@@ -25,8 +25,10 @@ ensemble it was trained in.
 
 Not vectorized (trained serially with no user action): runs with
 ``checkpoint=True`` (the optimizer state is per run), models with running
-statistics or dropout (:func:`~implicit_reg.vectorized.check_vectorizable`)
-and groups of one.
+statistics or dropout (:func:`~implicit_reg.vectorized.check_vectorizable`),
+groups of one, and, on CPU, groups whose forward pass costs more than
+:data:`CPU_MAX_STEP_FLOPS` per member and step, where one run at a time is
+faster.
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ from .vectorized import (
 __all__ = [
     "MEMBER_FIELDS",
     "DEFAULT_MAX_MEMBERS",
+    "CPU_MAX_STEP_FLOPS",
+    "step_flops",
     "SweepPlan",
     "group_key",
     "plan_sweep",
@@ -79,6 +83,12 @@ MEMBER_FIELDS = (
 )
 #: members per ensemble (larger groups are split); memory grows with it
 DEFAULT_MAX_MEMBERS = 64
+#: On CPU, a group whose forward pass costs more than this many FLOPs per member
+#: and step (rows per step x FLOPs per sample) is trained one run at a time:
+#: there the serial matmuls are already efficient and the batched ones, with
+#: M times the activations, are slower. Measured crossover on 2 cores: 4-6
+#: MFLOP (``benchmarks/bench_vectorized.py``, table 1b; ``docs/vectorized.md``).
+CPU_MAX_STEP_FLOPS = 4_000_000
 
 
 def group_key(config: RunConfig) -> str | None:
@@ -93,29 +103,63 @@ def group_key(config: RunConfig) -> str | None:
 
 @dataclass
 class SweepPlan:
-    """How a list of runs is executed: ensembles and single runs."""
+    """How a list of runs is executed: ensembles and single runs.
+
+    ``heavy`` counts the singles whose group was too expensive per step to gain
+    from vectorizing on CPU (see :data:`CPU_MAX_STEP_FLOPS`).
+    """
 
     groups: list[list[RunConfig]] = field(default_factory=list)
     singles: list[RunConfig] = field(default_factory=list)
+    heavy: int = 0
 
     def line(self) -> str:
         sizes = ", ".join(str(len(g)) for g in self.groups) or "none"
+        heavy = (
+            f" ({self.heavy} of them in groups too heavy per step to gain on CPU)"
+            if self.heavy
+            else ""
+        )
         return (
             f"{sum(len(g) for g in self.groups)} runs in {len(self.groups)} vectorized "
-            f"ensembles (members: {sizes}), {len(self.singles)} single runs"
+            f"ensembles (members: {sizes}), {len(self.singles)} single runs{heavy}"
         )
 
 
+def step_flops(config: RunConfig) -> int:
+    """FLOPs of one member's forward pass in one step: rows per step (``batch_size``
+    or the training-set size) x the model's FLOPs per sample, counted by
+    ``torch.utils.flop_counter`` on the meta device (no computation)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .models import build_model
+
+    data = load_run_data(config)
+    model = build_model(**config.model_spec(data.input_dim, data.output_dim)).to("meta")
+    sample = torch.empty(1, *data.x_train.shape[1:], device="meta")
+    with FlopCounterMode(display=False) as counter:
+        model(sample)
+    rows = data.n_train if config.batch_size is None else min(config.batch_size, data.n_train)
+    return rows * int(counter.get_total_flops())
+
+
 def plan_sweep(
-    configs: Sequence[RunConfig], *, max_members: int = DEFAULT_MAX_MEMBERS
+    configs: Sequence[RunConfig],
+    *,
+    max_members: int = DEFAULT_MAX_MEMBERS,
+    max_step_flops: float | None = CPU_MAX_STEP_FLOPS,
 ) -> SweepPlan:
     """Group the runs that can be vectorized together; the others run alone.
 
     Groups keep the order in which their first run appears; a group larger
-    than ``max_members`` is split into near-equal ensembles.
+    than ``max_members`` is split into near-equal ensembles. On CPU, a group
+    whose :func:`step_flops` exceeds ``max_step_flops`` runs alone (None: no
+    limit; other devices: no limit).
     """
     if isinstance(max_members, bool) or not isinstance(max_members, int) or max_members < 2:
         raise ValueError(f"max_members must be an integer >= 2, got {max_members!r}")
+    if max_step_flops is not None and not max_step_flops > 0:
+        raise ValueError(f"max_step_flops must be > 0 or None, got {max_step_flops!r}")
     by_key: dict[str, list[RunConfig]] = {}
     plan = SweepPlan()
     for config in configs:
@@ -128,13 +172,23 @@ def plan_sweep(
         if len(group) == 1:
             plan.singles.extend(group)
             continue
+        cpu = torch.device(group[0].device).type == "cpu"
+        if cpu and max_step_flops is not None and step_flops(group[0]) > max_step_flops:
+            plan.singles.extend(group)
+            plan.heavy += len(group)
+            continue
         parts = math.ceil(len(group) / max_members)
         size = math.ceil(len(group) / parts)
         plan.groups.extend(group[i : i + size] for i in range(0, len(group), size))
     return plan
 
 
-def vectorized_backend(fallback=None, *, max_members: int = DEFAULT_MAX_MEMBERS):
+def vectorized_backend(
+    fallback=None,
+    *,
+    max_members: int = DEFAULT_MAX_MEMBERS,
+    max_step_flops: float | None = CPU_MAX_STEP_FLOPS,
+):
     """A sweep backend (``configs -> Iterator[RunResult]``) that trains the
     vectorizable groups of :func:`plan_sweep` as ensembles in this process and
     hands the other runs to ``fallback`` (default: one by one in this process,
@@ -148,7 +202,7 @@ def vectorized_backend(fallback=None, *, max_members: int = DEFAULT_MAX_MEMBERS)
     fallback = fallback or serial_backend
 
     def backend(configs: Sequence[RunConfig]) -> Iterator[RunResult]:
-        plan = plan_sweep(configs, max_members=max_members)
+        plan = plan_sweep(configs, max_members=max_members, max_step_flops=max_step_flops)
         for group in plan.groups:
             try:
                 results = train_runs(group)

@@ -24,7 +24,13 @@ from implicit_reg.config import RunConfig
 from implicit_reg.store import ResultStore, read_json
 from implicit_reg.sweep import SweepSpec, run_sweep
 from implicit_reg.train import run
-from implicit_reg.vectorized_sweep import group_key, plan_sweep, train_runs, vectorized_backend
+from implicit_reg.vectorized_sweep import (
+    group_key,
+    plan_sweep,
+    step_flops,
+    train_runs,
+    vectorized_backend,
+)
 
 TOL = 1e-10  # float64
 BASE = dict(dataset="teacher", n_train=30, n_test=20, width=8, dtype="float64", probes=[])
@@ -75,6 +81,12 @@ def test_plan_groups_what_can_share_an_ensemble():
     assert group_key(configs[-2]) is None
     split = plan_sweep(configs[:6], max_members=4)
     assert [len(g) for g in split.groups] == [3, 3]
+    # on CPU, groups too expensive per step to gain run alone
+    assert step_flops(configs[0]) == 30 * 2 * (20 * 4 + 4 * 4 + 4 * 10)  # teacher: 20-4-4-10
+    heavy = plan_sweep(configs[:6], max_step_flops=step_flops(configs[0]) - 1)
+    assert heavy.groups == [] and len(heavy.singles) == heavy.heavy == 6
+    assert "6 of them in groups too heavy per step to gain on CPU" in heavy.line()
+    assert len(plan_sweep(configs[:6], max_step_flops=None).groups) == 1
     with pytest.raises(ValueError, match="max_members must be an integer >= 2"):
         plan_sweep(configs, max_members=1)
     with pytest.raises(ValueError, match="cannot share an ensemble"):
