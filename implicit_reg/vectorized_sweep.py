@@ -86,8 +86,10 @@ DEFAULT_MAX_MEMBERS = 64
 #: On CPU, a group whose forward pass costs more than this many FLOPs per member
 #: and step (rows per step x FLOPs per sample) is trained one run at a time:
 #: there the serial matmuls are already efficient and the batched ones, with
-#: M times the activations, are slower. Measured crossover on 2 cores: 4-6
-#: MFLOP (``benchmarks/bench_vectorized.py``, table 1b; ``docs/vectorized.md``).
+#: M times the activations, are slower. On 2 cores (``benchmarks/bench_vectorized.py``,
+#: table 1b; ``docs/vectorized.md``) 16-member ensembles were 1.8-3.5x faster
+#: below 2 MFLOP, 0.5-1.9x between 6 and 26 MFLOP (depending on the load) and
+#: 0.4x at 100 MFLOP; the limit keeps the groups where vectorizing clearly pays.
 CPU_MAX_STEP_FLOPS = 4_000_000
 
 

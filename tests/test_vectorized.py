@@ -464,3 +464,24 @@ def test_vectorized_probes_against_explicit_hessian_and_serial_probes():
         assert float(tr.stderr[i]) == pytest.approx(hutch.stderr, rel=1e-9)
         _, g = full_gradient(model, loss_fn, (x, ys[i]))
         assert float(gsq[i]) == pytest.approx(float(flat_norm(g) ** 2), rel=1e-12)
+
+
+def test_compiled_gradients_match_serial():
+    """compile=True (torch.compile'd vmap(grad_and_value)) gives the serial numbers,
+    including the smaller last minibatch of an epoch (a new shape)."""
+    dtype = torch.float64
+    x, _, ys = classification(36, 2, dtype)
+    seeds, lrs = [11, 12], [0.05, 0.1]
+    loss_fn = nn.CrossEntropyLoss()
+    result = train_ensemble(
+        [mlp(s, dtype) for s in seeds], loss_fn, x, ys, steps=12, optimizer="sgd", lr=lrs,
+        momentum=0.9, batch_size=8, seeds=seeds, y_per_member=True, compile=True,
+    )  # fmt: skip
+    for i, seed in enumerate(seeds):
+        model = mlp(seed, dtype)
+        rows = serial_run(
+            model, loss_fn, x, ys[i], optimizer="sgd", lr=lrs[i], steps=12, batch_size=8,
+            seed=seed, momentum=0.9,
+        )  # fmt: skip
+        assert_close_rows(result.history[i], rows, TOL[dtype])
+        assert_close_params(result.params[i], model, TOL[dtype])
