@@ -62,6 +62,7 @@ from .vectorized import (
 __all__ = [
     "MEMBER_FIELDS",
     "DEFAULT_MAX_MEMBERS",
+    "SUPPORTED_FIELDS",
     "CPU_MAX_STEP_FLOPS",
     "step_flops",
     "SweepPlan",
@@ -87,20 +88,43 @@ DEFAULT_MAX_MEMBERS = 64
 #: and step (rows per step x FLOPs per sample) is trained one run at a time:
 #: there the serial matmuls are already efficient and the batched ones, with
 #: M times the activations, are slower. On 2 cores (``benchmarks/bench_vectorized.py``,
-#: table 1b; ``docs/vectorized.md``) 16-member ensembles were 1.8-3.5x faster
-#: below 2 MFLOP, 0.5-1.9x between 6 and 26 MFLOP (depending on the load) and
-#: 0.4x at 100 MFLOP; the limit keeps the groups where vectorizing clearly pays.
+#: table 1b; ``docs/vectorized.md``) 16-member ensembles were 1.6-3.5x faster
+#: up to 2 MFLOP, 0.9-1.9x between 6 and 26 MFLOP (depending on the load) and
+#: 0.4-0.8x at 100 MFLOP; the limit keeps the groups where vectorizing clearly pays.
 CPU_MAX_STEP_FLOPS = 4_000_000
+
+
+#: the config fields whose meaning :func:`train_runs` reproduces; a run that sets
+#: any other field (``egr_micro_batch``, or a field added later) away from its
+#: default trains serially, so a new training option can never be ignored here
+SUPPORTED_FIELDS = frozenset(
+    """model width depth activation dataset n_train n_test label_noise task data_seed
+    loss optimizer lr momentum nesterov weight_decay egr_coeff egr_method batch_size
+    steps epochs target_train_loss max_loss eval_every probes probe_every probe_options
+    seed device dtype chunk_size checkpoint""".split()
+)
 
 
 def group_key(config: RunConfig) -> str | None:
     """The fields a run must share with the other members of its ensemble, as a
-    canonical string; None when the run is trained serially (``checkpoint=True``, or
-    ``egr_micro_batch``, whose micro-batch penalty the ensemble step does not compute)."""
-    if config.checkpoint or config.egr_micro_batch is not None:
+    canonical string; None when the run is trained serially: ``checkpoint=True``, or
+    a non-default field outside :data:`SUPPORTED_FIELDS` (``egr_micro_batch``, whose
+    micro-batch penalty the ensemble step does not compute)."""
+    values = config.to_dict()
+    defaults = RunConfig.__dataclass_fields__
+    unsupported = [
+        k for k, v in values.items()
+        if k not in SUPPORTED_FIELDS and v != _default(defaults[k])
+    ]  # fmt: skip
+    if config.checkpoint or unsupported:
         return None
-    shared = {k: v for k, v in config.to_dict().items() if k not in MEMBER_FIELDS}
+    shared = {k: v for k, v in values.items() if k not in MEMBER_FIELDS}
     return json.dumps(shared, sort_keys=True)
+
+
+def _default(f) -> Any:
+    value = f.default
+    return list(value) if isinstance(value, tuple) else value
 
 
 @dataclass

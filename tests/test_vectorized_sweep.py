@@ -79,6 +79,18 @@ def test_plan_groups_what_can_share_an_ensemble():
         assert len({(c.width, c.depth) for c in g}) == 1
     assert {c.config_hash() for c in plan.singles} == {c.config_hash() for c in configs[-2:]}
     assert group_key(configs[-2]) is None
+    # a field train_runs does not reproduce (here: added after it was written) keeps a run serial
+    import implicit_reg.vectorized_sweep as vs
+
+    assert group_key(configs[0]) is not None
+    assert "width" in vs.SUPPORTED_FIELDS
+    original = vs.SUPPORTED_FIELDS
+    try:
+        vs.SUPPORTED_FIELDS = original - {"width"}
+        assert group_key(configs[0]) is None  # width 4 differs from the default
+        assert group_key(configs[0].replace(width=64)) is not None  # the default: fine
+    finally:
+        vs.SUPPORTED_FIELDS = original
     split = plan_sweep(configs[:6], max_members=4)
     assert [len(g) for g in split.groups] == [3, 3]
     # on CPU, groups too expensive per step to gain run alone
