@@ -9,11 +9,12 @@ Add them to any loss and train with any torch optimizer (Adam included):
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor
+
+from .optim import _check_nonneg
 
 __all__ = ["gradient_norm_penalty", "sgd_implicit_regularizer", "momentum_implicit_factor"]
 
@@ -25,17 +26,6 @@ def _trainable(params: Iterable[Tensor]) -> list[Tensor]:
             "params has no tensor with requires_grad=True; pass the trainable parameters"
         )
     return ps
-
-
-def _check_coeff(name: str, value: float) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value < 0
-    ):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
 
 
 def gradient_norm_penalty(loss: Tensor, params: Iterable[Tensor], coeff: float = 1.0) -> Tensor:
@@ -51,7 +41,7 @@ def gradient_norm_penalty(loss: Tensor, params: Iterable[Tensor], coeff: float =
     if not isinstance(loss, Tensor) or loss.dim() != 0:
         got = f"shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else type(loss).__name__
         raise ValueError(f"loss must be a scalar tensor, got {got}")
-    coeff = _check_coeff("coeff", coeff)
+    coeff = _check_nonneg("coeff", coeff)
     ps = _trainable(params)
     grads = torch.autograd.grad(loss, ps, create_graph=True, allow_unused=True)
     sq = sum((g * g).sum() for g in grads if g is not None)
@@ -72,7 +62,7 @@ def sgd_implicit_regularizer(
     """
     if len(batch_losses) == 0:
         raise ValueError("batch_losses is empty; need the loss of at least one minibatch")
-    lr = _check_coeff("lr", lr)
+    lr = _check_nonneg("lr", lr)
     ps = _trainable(params)
     m = len(batch_losses)
     total = sum(gradient_norm_penalty(lk, ps, 1.0) for lk in batch_losses)
