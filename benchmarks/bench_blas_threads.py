@@ -3,7 +3,7 @@
 On small shared machines OpenBLAS's threaded SVD can run many times slower
 with 2 threads than with 1 (oversubscription against other processes and
 OpenBLAS's own threading overhead in the bidiagonalization). This script
-times the calls `implicit_reg.models.min_norm_fit` makes, side by side in
+times the calls `implicit_reg.workloads.models.min_norm_fit` makes, side by side in
 one run, and prints a table with the ratio against the 1-thread baseline.
 
     .venv/bin/python benchmarks/bench_blas_threads.py            # default sizes
@@ -19,7 +19,7 @@ import time
 import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from implicit_reg.models import min_norm_fit
+from implicit_reg.workloads.models import min_norm_fit
 
 
 def _time(fn, repeats: int) -> float:

@@ -6,7 +6,7 @@ every probe uses), timed side by side with one full-data gradient
 (``HessianOperator.gradient``) in the same process; the best of several
 interleaved rounds of process CPU time is reported, with one thread by
 default: on a shared, loaded machine CPU time tracks the work done far better
-than wall time. The fastest form is ``implicit_reg.hvp.DEFAULT_METHOD``.
+than wall time. The fastest form is ``implicit_reg.core.hvp.DEFAULT_METHOD``.
 
     .venv/bin/python benchmarks/bench_hvp.py [--n 2000] [--repeats 7]
 """
@@ -19,7 +19,7 @@ import time
 import torch
 from torch import nn
 
-from implicit_reg.hvp import DEFAULT_METHOD, HVP_METHODS
+from implicit_reg.core.hvp import DEFAULT_METHOD, HVP_METHODS
 from implicit_reg.probes import HessianOperator
 
 

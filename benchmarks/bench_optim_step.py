@@ -12,7 +12,7 @@ of the matrix products (``FlopCounterMode``), which no machine load changes.
 
 Rows:
     gradient step   baseline: zero_grad, forward, backward, θ ← θ − h·g by hand
-    GD              ``implicit_reg.optim.GD.step`` (torch-style closure)
+    GD              ``implicit_reg.core.optim.GD.step`` (torch-style closure)
     EGR exact       ``EGR(method="exact").step``: double backward
     EGR FD          ``EGR(method="finite_difference").step``: two gradients
     naive           L + μ‖∇L‖² built with create_graph=True, one backward of the sum
@@ -38,16 +38,16 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from implicit_reg.fullbatch import chunk_loss_fns, trainable_named_params
-from implicit_reg.hvp import grad_and_hvp
-from implicit_reg.modified_gradient import (
+from implicit_reg.core.hvp import grad_and_hvp
+from implicit_reg.core.modified_gradient import (
     default_fd_radius,
     finite_difference_hvp,
     flat_norm,
     modified_gradient_exact,
     modified_gradient_fd,
 )
-from implicit_reg.optim import EGR, GD
+from implicit_reg.core.objective import chunk_loss_fns, trainable_named_params
+from implicit_reg.core.optim import EGR, GD
 
 ACTS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 

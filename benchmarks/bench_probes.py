@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from implicit_reg.hvp import HVP_METHODS
+from implicit_reg.core.hvp import HVP_METHODS
 from implicit_reg.probes import HessianOperator, arpack_eigsh, lanczos, power_iteration
 from implicit_reg.probes.eigen import _Krylov, _random_unit
 

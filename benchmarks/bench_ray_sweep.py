@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from implicit_reg.sweep import SweepSpec, run_sweep
+from implicit_reg.engine.sweep import SweepSpec, run_sweep
 
 
 def sweep_spec(steps: int) -> SweepSpec:
@@ -75,7 +75,7 @@ def main(steps: int) -> None:
         try:
             import ray
 
-            from implicit_reg.ray_backend import ray_backend
+            from implicit_reg.engine.ray_backend import ray_backend
         except ImportError:
             print("  ray: not installed (pip install 'implicit-reg[ray]'), rows skipped")
         else:

@@ -2,16 +2,16 @@
 
 1. Training throughput. M members that differ only in the learning rate
    (log-spaced in [0.01, 0.5]), MLP 40→256→10 (ReLU, float32) on MNIST-1D
-   (4,000 training samples generated offline by ``implicit_reg.data``),
-   cross-entropy. Serial: the package's optimizers (``implicit_reg.optim.GD``,
+   (4,000 training samples generated offline by ``implicit_reg.workloads.data``),
+   cross-entropy. Serial: the package's optimizers (``implicit_reg.core.optim.GD``,
    ``SGD``, ``EGR``) on each member in turn, the way a sweep trains runs one
-   by one. Vectorized: one :class:`implicit_reg.vectorized.VectorizedEnsemble`.
+   by one. Vectorized: one :class:`implicit_reg.ensemble.vectorized.VectorizedEnsemble`.
    Both do the same number of steps; they alternate in blocks of steps so
    that both see the same machine load, and the totals are compared.
    1b. Where it pays: serial vs vectorized per member-step over model width
    and rows per step (the sweep planner's CPU rule comes from this table).
 2. Probe throughput. λ_max (Lanczos), Hutchinson trace and ‖∇L‖² of 16
-   members: :mod:`implicit_reg.vectorized_probes` vs the serial probes
+   members: :mod:`implicit_reg.ensemble.probes` vs the serial probes
    (:mod:`implicit_reg.probes`) on each member.
 3. torch.compile. The ensemble's gradient step (``vmap(grad_and_value)``)
    and the ensemble HVP (``grad_and_hvp(method="vjp")``), eager vs compiled:
@@ -42,9 +42,9 @@ import time
 import torch
 from torch import nn
 
-from implicit_reg.data import load_dataset
-from implicit_reg.optim import EGR, GD, SGD
-from implicit_reg.vectorized import VectorizedEnsemble, ensemble_loss_fns, stack_models
+from implicit_reg.core.optim import EGR, GD, SGD
+from implicit_reg.ensemble.vectorized import VectorizedEnsemble, ensemble_loss_fns, stack_models
+from implicit_reg.workloads.data import load_dataset
 
 
 def load() -> float:
@@ -80,7 +80,7 @@ class Clock:
 # ------------------------------------------------------------------ training
 def serial_members(models, lrs, optimizer: str, loss_fn, x, y, batch_size, seeds):
     """Per member: a closure that advances it by k steps with the package's optimizer."""
-    from implicit_reg.vectorized import minibatch_indices
+    from implicit_reg.ensemble.vectorized import minibatch_indices
 
     runners = []
     for model, lr, seed in zip(models, lrs, seeds):
@@ -166,7 +166,7 @@ def bench_training(label, *, members, steps, optimizer, threads, batch_size=None
 # ----------------------------------------------------------------- crossover
 def bench_crossover(threads: int, steps: int) -> None:
     """Serial vs vectorized GD per member-step across model and batch sizes."""
-    from implicit_reg.vectorized_sweep import CPU_MAX_STEP_FLOPS
+    from implicit_reg.engine.vectorized_sweep import CPU_MAX_STEP_FLOPS
 
     torch.set_num_threads(threads)
     x_all, y_all = mnist1d()
@@ -213,13 +213,13 @@ def bench_crossover(threads: int, steps: int) -> None:
 
 # -------------------------------------------------------------------- probes
 def bench_probes(members: int, n: int, threads: int, trace_samples: int) -> None:
-    from implicit_reg.fullbatch import full_gradient
-    from implicit_reg.probes import HessianOperator, hutchinson, lanczos
-    from implicit_reg.vectorized_probes import (
+    from implicit_reg.core.objective import full_gradient
+    from implicit_reg.ensemble.probes import (
         ensemble_grad_norm_sq,
         ensemble_hutchinson,
         ensemble_lanczos_max,
     )
+    from implicit_reg.probes import HessianOperator, hutchinson, lanczos
 
     torch.set_num_threads(threads)
     x, y = mnist1d(n)
@@ -268,7 +268,7 @@ def bench_probes(members: int, n: int, threads: int, trace_samples: int) -> None
 def bench_compile(members: int, threads: int, calls: int) -> None:
     from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 
-    from implicit_reg.hvp import grad_and_hvp
+    from implicit_reg.core.hvp import grad_and_hvp
 
     torch.set_num_threads(threads)
     torch._dynamo.reset()

@@ -2,11 +2,11 @@
 
 Public API (re-exported; the math lives in the submodules):
 
-- :mod:`implicit_reg.optim`: ``GD``, ``SGD``, ``EGR`` (torch.optim optimizers)
-- :mod:`implicit_reg.regularizers`: explicit forms of the implicit regularizers
-- :mod:`implicit_reg.hvp`: the one Hessian-vector product
-- :mod:`implicit_reg.modified_gradient`: the IGR/EGR gradient, exact and finite-difference
-- :mod:`implicit_reg.fullbatch`: full-data losses in chunks
+- :mod:`implicit_reg.core.optim`: ``GD``, ``SGD``, ``EGR`` (torch.optim optimizers)
+- :mod:`implicit_reg.core.regularizers`: explicit forms of the implicit regularizers
+- :mod:`implicit_reg.core.hvp`: the one Hessian-vector product
+- :mod:`implicit_reg.core.modified_gradient`: the IGR/EGR gradient, exact and finite-difference
+- :mod:`implicit_reg.core.objective`: full-data losses in chunks
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -16,10 +16,14 @@ try:
 except PackageNotFoundError:  # running from a source tree without install
     __version__ = "0+unknown"
 
-from .hvp import grad_and_hvp
-from .modified_gradient import coeff_from_paper_rate, igr_coeff, paper_rate_from_coeff
-from .optim import EGR, GD, SGD
-from .regularizers import gradient_norm_penalty, momentum_implicit_factor, sgd_implicit_regularizer
+from .core.hvp import grad_and_hvp
+from .core.modified_gradient import coeff_from_paper_rate, igr_coeff, paper_rate_from_coeff
+from .core.optim import EGR, GD, SGD
+from .core.regularizers import (
+    gradient_norm_penalty,
+    momentum_implicit_factor,
+    sgd_implicit_regularizer,
+)
 
 __all__ = [
     "__version__",

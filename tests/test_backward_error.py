@@ -7,8 +7,8 @@ gradient flows, integrated by SciPy (DOP853, rtol = atol = 1e-13):
     flow of L̃:   θ' = −∇L̃(θ) = −(∇L + (h/2)H∇L)   local error O(h³)
 
 with L̃ = L + (h/4)‖∇L‖², the IGR modified loss. ∇L̃ comes from the
-package's own :func:`implicit_reg.modified_gradient.modified_gradient_exact`
-(μ = ``igr_coeff(h)``), and the GD step from :class:`implicit_reg.optim.GD`.
+package's own :func:`implicit_reg.core.modified_gradient.modified_gradient_exact`
+(μ = ``igr_coeff(h)``), and the GD step from :class:`implicit_reg.core.optim.GD`.
 The fitted log–log slopes of local error against h, over h spanning a decade,
 must be 2 and 3 (± 0.25).
 """
@@ -21,9 +21,9 @@ import torch
 from scipy.integrate import solve_ivp
 from torch import nn
 
-from implicit_reg.fullbatch import chunk_loss_fns, trainable_named_params
-from implicit_reg.modified_gradient import igr_coeff, modified_gradient_exact
-from implicit_reg.optim import GD
+from implicit_reg.core.modified_gradient import igr_coeff, modified_gradient_exact
+from implicit_reg.core.objective import chunk_loss_fns, trainable_named_params
+from implicit_reg.core.optim import GD
 
 F64 = torch.float64
 STEPS = np.geomspace(0.01, 0.12, 5)  # h over more than a decade

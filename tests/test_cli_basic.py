@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from implicit_reg import __version__
 from implicit_reg.cli import app
-from implicit_reg.demo import optimizer_demo
+from implicit_reg.experiments.demo import optimizer_demo
 
 runner = CliRunner()
 

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from implicit_reg.cli import app
 from implicit_reg.cli.sweep import build_spec
-from implicit_reg.store import read_json
+from implicit_reg.engine.store import read_json
 
 runner = CliRunner()
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from implicit_reg.config import BASE_METRICS, RunConfig, config_fields, parse_field_value
+from implicit_reg.engine.config import BASE_METRICS, RunConfig, config_fields, parse_field_value
 
 
 def test_defaults_are_valid_and_round_trip_through_dict_and_json():
@@ -117,8 +117,8 @@ def test_from_file_reads_json_and_toml(tmp_path):
 
 
 def test_specs_are_the_build_model_and_load_dataset_arguments():
-    from implicit_reg.data import load_dataset
-    from implicit_reg.models import build_model
+    from implicit_reg.workloads.data import load_dataset
+    from implicit_reg.workloads.models import build_model
 
     cfg = RunConfig(dataset="teacher", n_train=20, n_test=10, width=5, data_seed=2, seed=4)
     data_spec = cfg.dataset_spec()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from implicit_reg.data import (
+from implicit_reg.workloads.data import (
     DATASETS,
     Dataset,
     flip_labels,
@@ -287,7 +287,7 @@ def test_teacher_labels_come_from_the_seeded_teacher():
     b = load_dataset("teacher", task="regression", n_train=50, n_test=10, seed=2)
     assert not torch.allclose(a.y_train, b.y_train)
     # MLP outputs are smooth in x: nearby inputs give nearby targets
-    from implicit_reg.models import build_model
+    from implicit_reg.workloads.models import build_model
 
     spec = {"input_dim": 20, "output_dim": 1, "width": 64, "activation": "tanh"}
     teacher = build_model("mlp", seed=teacher_seed(1), **spec)

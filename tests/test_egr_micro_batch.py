@@ -1,7 +1,7 @@
 """The engine's explicit SGD regularizer: EGR with the penalty averaged over micro-batches.
 
 Oracle: the modified loss L_B + Σ_j w_j·μ‖∇L_j‖² built with plain autograd
-(``create_graph=True``, through :mod:`implicit_reg.regularizers`), never
+(``create_graph=True``, through :mod:`implicit_reg.core.regularizers`), never
 through ``grad_and_hvp``, in float64.
 """
 
@@ -11,11 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from implicit_reg.config import RunConfig
-from implicit_reg.models import build_model
-from implicit_reg.optim import EGR
-from implicit_reg.regularizers import gradient_norm_penalty, sgd_implicit_regularizer
-from implicit_reg.train import egr_micro_batch_step, run
+from implicit_reg.core.optim import EGR
+from implicit_reg.core.regularizers import gradient_norm_penalty, sgd_implicit_regularizer
+from implicit_reg.engine.config import RunConfig
+from implicit_reg.engine.train import egr_micro_batch_step, run
+from implicit_reg.workloads.models import build_model
 
 
 def _problem(n: int, seed: int = 0):
@@ -120,7 +120,7 @@ def test_config_rejects_bad_micro_batch(changes, message):
 
 def test_vectorized_sweeps_train_micro_batch_runs_serially():
     """The ensemble step has no micro-batch penalty: such runs must not be grouped."""
-    from implicit_reg.vectorized_sweep import group_key, plan_sweep
+    from implicit_reg.engine.vectorized_sweep import group_key, plan_sweep
 
     base = RunConfig(optimizer="egr", batch_size=8, egr_micro_batch=2, egr_coeff=0.1)
     configs = [base.replace(seed=s) for s in range(3)]

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, hessian
 
-from implicit_reg.fullbatch import chunk_loss_fns, trainable_named_params
-from implicit_reg.hvp import HVP_METHODS, check_method, grad_and_hvp
+from implicit_reg.core.hvp import HVP_METHODS, check_method, grad_and_hvp
+from implicit_reg.core.objective import chunk_loss_fns, trainable_named_params
 
 
 def _tanh_problem(seed: int = 0):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from implicit_reg.models import min_norm_fit, min_norm_fit_gram
+from implicit_reg.workloads.models import min_norm_fit, min_norm_fit_gram
 
 
 @pytest.mark.parametrize("n,p,k", [(30, 10, 1), (10, 30, 3), (20, 20, 2)])

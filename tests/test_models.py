@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from implicit_reg.models import (
+from implicit_reg.workloads.models import (
     ACTIVATIONS,
     MODELS,
     RandomFeatures,

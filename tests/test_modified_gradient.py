@@ -11,9 +11,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, hessian
 
-from implicit_reg.fullbatch import chunk_loss_fns, trainable_named_params
-from implicit_reg.hvp import HVP_METHODS, grad_and_hvp
-from implicit_reg.modified_gradient import (
+from implicit_reg.core.hvp import HVP_METHODS, grad_and_hvp
+from implicit_reg.core.modified_gradient import (
     coeff_from_paper_rate,
     default_fd_radius,
     finite_difference_hvp,
@@ -23,6 +22,7 @@ from implicit_reg.modified_gradient import (
     modified_gradient_fd,
     paper_rate_from_coeff,
 )
+from implicit_reg.core.objective import chunk_loss_fns, trainable_named_params
 
 F64 = torch.float64
 

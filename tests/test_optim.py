@@ -11,9 +11,9 @@ from torch import nn
 from torch.func import functional_call, hessian
 from torch.utils.data import DataLoader, TensorDataset
 
-from implicit_reg.fullbatch import chunk_loss_fns, trainable_named_params
-from implicit_reg.modified_gradient import default_fd_radius, modified_gradient_fd
-from implicit_reg.optim import EGR, GD, SGD
+from implicit_reg.core.modified_gradient import default_fd_radius, modified_gradient_fd
+from implicit_reg.core.objective import chunk_loss_fns, trainable_named_params
+from implicit_reg.core.optim import EGR, GD, SGD
 
 F64 = torch.float64
 METHODS = ("exact", "finite_difference")

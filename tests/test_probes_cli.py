@@ -10,10 +10,10 @@ import torch
 from typer.testing import CliRunner
 
 from implicit_reg.cli import app
-from implicit_reg.data import load_dataset
-from implicit_reg.models import build_model
+from implicit_reg.engine.train import make_loss
 from implicit_reg.probes import HessianOperator, lanczos, run_probes
-from implicit_reg.train import make_loss
+from implicit_reg.workloads.data import load_dataset
+from implicit_reg.workloads.models import build_model
 
 runner = CliRunner()
 DATA = {"name": "teacher", "n_train": 60, "label_noise": 0.0, "seed": 1, "task": "classification"}

@@ -10,8 +10,8 @@ from torch import nn
 from torch.func import functional_call, hessian
 from torch.utils.data import DataLoader, TensorDataset
 
-from implicit_reg.fullbatch import trainable_named_params
-from implicit_reg.hvp import HVP_METHODS
+from implicit_reg.core.hvp import HVP_METHODS
+from implicit_reg.core.objective import trainable_named_params
 from implicit_reg.probes import (
     HessianOperator,
     MatrixOperator,
@@ -82,7 +82,7 @@ def case(request):
 def test_matvec_matches_explicit_hessian(case, method):
     model, loss_fn, X, y, H, _ = case
     if method == "jvp" and isinstance(loss_fn, nn.MSELoss):
-        # torch's jvp(grad(mse_loss)) bug (see implicit_reg.hvp): same loss, written out
+        # torch's jvp(grad(mse_loss)) bug (see implicit_reg.core.hvp): same loss, written out
         loss_fn = lambda out, t: ((out - t) ** 2).mean()  # noqa: E731
     op = HessianOperator(model, loss_fn, (X, y), chunk_size=30, method=method)
     v = torch.randn(op.dim, generator=torch.Generator().manual_seed(3), dtype=F64)

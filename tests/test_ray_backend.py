@@ -30,16 +30,16 @@ ray = pytest.importorskip(
 from typer.testing import CliRunner  # noqa: E402
 
 from implicit_reg.cli import app  # noqa: E402
-from implicit_reg.ray_backend import (  # noqa: E402
+from implicit_reg.engine.ray_backend import (  # noqa: E402
     RayNotInstalledError,
     _connect,
     _fetch,
     ray_backend,
     run_each,
 )
-from implicit_reg.results import load_histories, load_summaries  # noqa: E402
-from implicit_reg.store import ResultStore  # noqa: E402
-from implicit_reg.sweep import RUNS_DIR, SweepSpec, run_sweep  # noqa: E402
+from implicit_reg.engine.store import ResultStore  # noqa: E402
+from implicit_reg.engine.sweep import RUNS_DIR, SweepSpec, run_sweep  # noqa: E402
+from implicit_reg.report.results import load_histories, load_summaries  # noqa: E402
 
 # No usage reports from tests (the subprocess driver inherits this too).
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -144,7 +144,7 @@ def test_vectorized_ensembles_are_ray_tasks_and_match_local(cluster, tmp_path, m
     s = spec(lr=[0.05, 0.1], seed=[0, 1], width=[4, 8])  # two ensembles of 4 members
     local = run_sweep(s, tmp_path / "local", vectorize=True, progress=False)
     # the driver may no longer train ensembles: only the workers (other processes) can
-    import implicit_reg.vectorized_sweep as vs
+    import implicit_reg.engine.vectorized_sweep as vs
 
     def not_on_the_driver(configs):
         raise AssertionError("an ensemble was trained on the driver")

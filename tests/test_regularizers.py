@@ -10,9 +10,9 @@ import torch
 from torch import nn
 from torch.func import functional_call, hessian
 
-from implicit_reg.fullbatch import trainable_named_params
-from implicit_reg.optim import SGD
-from implicit_reg.regularizers import (
+from implicit_reg.core.objective import trainable_named_params
+from implicit_reg.core.optim import SGD
+from implicit_reg.core.regularizers import (
     gradient_norm_penalty,
     momentum_implicit_factor,
     sgd_implicit_regularizer,

@@ -20,18 +20,14 @@ from typer.testing import CliRunner
 
 import implicit_reg
 from implicit_reg.cli import app
-from implicit_reg.reproduce import (
-    EXPERIMENTS_PACKAGE,
-    Report,
-    atomic_write_text,
+from implicit_reg.engine.store import atomic_write_text
+from implicit_reg.experiments import (
     available_experiments,
-    find_experiments_dir,
     load_experiment,
     reproduce,
     reproduce_all,
-    select_scale,
-    write_index,
 )
+from implicit_reg.report.report import Report, select_scale, write_index
 
 ROOT = Path(__file__).resolve().parents[1]
 OURS = ("igr-toy", "igr-order", "double-descent-rf")
@@ -96,7 +92,7 @@ def test_registry_lists_our_experiments_and_rejects_unknown_names():
     assert set(OURS) <= set(names)
     assert not any(n.startswith("-") for n in names)  # _private helpers are not experiments
     module = load_experiment("igr-toy")
-    assert module.NAME == "igr-toy" and module.__name__ == f"{EXPERIMENTS_PACKAGE}.igr_toy"
+    assert module.NAME == "igr-toy" and module.__name__ == "implicit_reg.experiments.igr_toy"
     with pytest.raises(ValueError, match="igr-toy"):
         load_experiment("nope")
     with pytest.raises(ValueError, match="scale"):
@@ -111,7 +107,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from implicit_reg.reproduce import Report, select_scale
+from implicit_reg.report.report import Report, select_scale
 
 from ._shared import VALUE
 
@@ -133,21 +129,27 @@ def run(scale: str, out: Path) -> Report:
 '''
 
 
+FAKE_PACKAGE = "fake_experiments"
+
+
 @pytest.fixture
-def fake_dir(tmp_path):
-    d = tmp_path / "experiments"
+def fake_dir(tmp_path, monkeypatch):
+    """A package of experiments of its own, importable as FAKE_PACKAGE."""
+    d = tmp_path / FAKE_PACKAGE
     d.mkdir()
+    (d / "__init__.py").write_text("")
     (d / "_shared.py").write_text("VALUE = 1\n")
     (d / "fake_one.py").write_text(textwrap.dedent(FAKE.format(name="fake-one")))
     (d / "fake_two.py").write_text(textwrap.dedent(FAKE.format(name="fake-two")))
+    monkeypatch.syspath_prepend(str(tmp_path))
     yield d
-    for key in [k for k in sys.modules if k.split(".")[0] == EXPERIMENTS_PACKAGE]:
-        del sys.modules[key]  # the next test loads the real directory afresh
+    for key in [k for k in sys.modules if k.split(".")[0] == FAKE_PACKAGE]:
+        del sys.modules[key]  # the next test loads its own directory afresh
 
 
 def test_registry_discovers_files_and_shared_helpers(fake_dir, tmp_path):
-    assert list(available_experiments(fake_dir)) == ["fake-one", "fake-two"]
-    reports = reproduce_all("smoke", tmp_path / "out", fake_dir)
+    assert list(available_experiments(FAKE_PACKAGE)) == ["fake-one", "fake-two"]
+    reports = reproduce_all("smoke", tmp_path / "out", FAKE_PACKAGE)
     assert [r.name for r in reports] == ["fake-one", "fake-two"]
     for name in ("fake-one", "fake-two"):
         text = check_report_dir(tmp_path / "out" / name, name)
@@ -161,25 +163,22 @@ def test_registry_checks_the_interface(fake_dir):
     (fake_dir / "bad_name.py").write_text('NAME = "other"\nTITLE = "t"\ndef run(scale, out): ...\n')
     (fake_dir / "no_run.py").write_text('NAME = "no-run"\nTITLE = "t"\n')
     with pytest.raises(ValueError, match="expected 'bad-name'"):
-        load_experiment("bad-name", fake_dir)
+        load_experiment("bad-name", FAKE_PACKAGE)
     with pytest.raises(ValueError, match="run"):
-        load_experiment("no-run", fake_dir)
+        load_experiment("no-run", FAKE_PACKAGE)
     with pytest.raises(ValueError, match="smoke, small, full"):
         select_scale({"smoke": 1}, "tiny")
     with pytest.raises(ValueError, match="no config for scale"):
         select_scale({"smoke": 1}, "smoke")
 
 
-def test_find_experiments_dir_prefers_the_package_then_the_checkout(tmp_path):
-    pkg = tmp_path / "site" / "implicit_reg"
-    pkg.mkdir(parents=True)
-    with pytest.raises(FileNotFoundError, match="experiments"):
-        find_experiments_dir(pkg)
-    (tmp_path / "site" / "experiments").mkdir()  # source-checkout layout
-    assert find_experiments_dir(pkg) == tmp_path / "site" / "experiments"
-    (pkg / "experiments").mkdir()  # wheel layout wins
-    assert find_experiments_dir(pkg) == pkg / "experiments"
-    assert find_experiments_dir() == ROOT / "experiments"  # this checkout
+def test_every_entry_point_in_experiments_runs_its_experiment():
+    """experiments/<stem>.py exists for every registered experiment and names it."""
+    names = available_experiments()
+    scripts = {p.stem.replace("_", "-"): p for p in (ROOT / "experiments").glob("*.py")}
+    assert set(scripts) == set(names)
+    for name, path in scripts.items():
+        assert f'main("{name}")' in path.read_text()
 
 
 def test_atomic_write_replaces_and_leaves_no_temporary(tmp_path):
@@ -189,35 +188,24 @@ def test_atomic_write_replaces_and_leaves_no_temporary(tmp_path):
     assert path.read_text() == "two" and os.listdir(path.parent) == ["a.txt"]
 
 
-def test_wheel_ships_experiments_and_finds_them(tmp_path):
-    """Build the wheel as pip would, unpack it, and look the experiments up in it."""
+def test_wheel_ships_the_experiments_package(tmp_path):
+    """Build the wheel as pip would: the experiments are a subpackage inside it."""
     wheel_builder = pytest.importorskip("hatchling.builders.wheel")
     (wheel,) = wheel_builder.WheelBuilder(str(ROOT)).build(
         directory=str(tmp_path), versions=["standard"]
     )
     with zipfile.ZipFile(wheel) as z:
-        assert {f"implicit_reg/experiments/{f}" for f in ("igr_toy.py", "_flows.py")} <= set(
-            z.namelist()
-        )
-        z.extractall(tmp_path / "site")
-    pkg = tmp_path / "site" / "implicit_reg"  # what Path(implicit_reg.__file__).parent is there
-    exp = find_experiments_dir(pkg)
-    assert exp == pkg / "experiments"
-    assert set(OURS) <= set(available_experiments(exp))
-    try:
-        module = load_experiment("igr-order", exp)
-        assert Path(module.__file__) == exp / "igr_order.py"
-    finally:
-        for key in [k for k in sys.modules if k.split(".")[0] == EXPERIMENTS_PACKAGE]:
-            del sys.modules[key]
+        names = set(z.namelist())
+    wanted = {"__init__.py", "igr_toy.py", "_flows.py"}
+    assert {f"implicit_reg/experiments/{f}" for f in wanted} <= names
 
 
 def test_cli_all_runs_every_experiment_writes_the_index_and_survives_a_failure(
     fake_dir, tmp_path, monkeypatch
 ):
-    import implicit_reg.reproduce as reproduce_module
+    import implicit_reg.experiments as registry
 
-    monkeypatch.setattr(reproduce_module, "find_experiments_dir", lambda package_dir=None: fake_dir)
+    monkeypatch.setattr(registry, "PACKAGE", FAKE_PACKAGE)
     (fake_dir / "fake_bad.py").write_text(
         'NAME = "fake-bad"\nTITLE = "t"\ndef run(scale, out):\n    raise RuntimeError("boom")\n'
     )

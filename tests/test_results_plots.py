@@ -12,7 +12,8 @@ import torch
 from matplotlib.figure import Figure
 from scipy.stats import kendalltau
 
-from implicit_reg.plots import (
+from implicit_reg.engine.sweep import SweepSpec, run_sweep
+from implicit_reg.report.plots import (
     is_geometric,
     label,
     plot_measure_vs_gap,
@@ -22,7 +23,7 @@ from implicit_reg.plots import (
     plot_vs_step,
     save_figure,
 )
-from implicit_reg.results import (
+from implicit_reg.report.results import (
     export_table,
     kendall_ranking,
     load_histories,
@@ -30,7 +31,6 @@ from implicit_reg.results import (
     summary_table,
     varying_fields,
 )
-from implicit_reg.sweep import SweepSpec, run_sweep
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,9 @@ import time
 import pytest
 import torch
 
-from implicit_reg.config import RunConfig
-from implicit_reg.store import ResultStore, read_json
-from implicit_reg.sweep import (
+from implicit_reg.engine.config import RunConfig
+from implicit_reg.engine.store import ResultStore, read_json
+from implicit_reg.engine.sweep import (
     SweepSpec,
     expand_grid_value,
     load_sweep_file,
@@ -24,7 +24,7 @@ from implicit_reg.sweep import (
     run_sweep,
     worker_threads,
 )
-from implicit_reg.train import run
+from implicit_reg.engine.train import run
 
 BASE = {
     "dataset": "teacher",
@@ -153,7 +153,7 @@ def test_resume_skips_complete_runs_and_redoes_incomplete_ones(tmp_path):
 
 
 def test_failed_and_diverged_runs_are_recorded_and_the_sweep_goes_on(monkeypatch, tmp_path):
-    import implicit_reg.models as models
+    import implicit_reg.workloads.models as models
 
     real = models.build_model
 
@@ -208,7 +208,7 @@ SWEEP_SCRIPT = textwrap.dedent(
     """
     import sys, torch
     torch.set_num_threads(1)
-    from implicit_reg.sweep import SweepSpec, run_sweep
+    from implicit_reg.engine.sweep import SweepSpec, run_sweep
     base = dict(dataset="teacher", n_train=200, n_test=50, probes=[], eval_every=50,
                 steps=int(sys.argv[2]), width=32)
     spec = SweepSpec(base=base, grid={"lr": [0.05, 0.1, 0.2], "seed": [0, 1]})

@@ -10,11 +10,11 @@ import torch
 from torch import nn
 from torch.func import functional_call, hessian
 
-from implicit_reg.config import RunConfig
-from implicit_reg.data import load_dataset
-from implicit_reg.models import build_model
-from implicit_reg.store import ResultStore, read_json
-from implicit_reg.train import OneHotMSELoss, make_loss, run, step_budget
+from implicit_reg.engine.config import RunConfig
+from implicit_reg.engine.store import ResultStore, read_json
+from implicit_reg.engine.train import OneHotMSELoss, make_loss, run, step_budget
+from implicit_reg.workloads.data import load_dataset
+from implicit_reg.workloads.models import build_model
 
 TINY = dict(dataset="teacher", n_train=30, n_test=20, width=3, probes=(), eval_every=1)
 
@@ -142,7 +142,7 @@ def test_chunked_egr_follows_the_unchunked_egr_optimizer(method):
         **TINY, optimizer="egr", egr_method=method, egr_coeff=0.3, lr=0.5, steps=3,
         dtype="float64", activation="tanh", checkpoint=True,
     )  # fmt: skip
-    whole = final_state(run(base, raise_errors=True))  # implicit_reg.optim.EGR.step
+    whole = final_state(run(base, raise_errors=True))  # implicit_reg.core.optim.EGR.step
     chunked = final_state(run(base.replace(chunk_size=8), raise_errors=True))
     assert_states_close(chunked, whole, 1e-10 if method == "exact" else 1e-6)
 
@@ -207,7 +207,7 @@ def test_target_train_loss_stops_the_run():
 
 
 def test_a_run_that_raises_is_recorded_as_failed_with_its_traceback(monkeypatch, tmp_path):
-    import implicit_reg.train as train_mod
+    import implicit_reg.engine.train as train_mod
 
     def broken(*args, **kwargs):
         raise RuntimeError("evaluation exploded")
@@ -271,8 +271,8 @@ def test_one_hot_mse_is_mean_over_samples_and_classes():
 
 
 def test_minibatch_egr_follows_egr_on_the_same_batches():
-    """Oracle: implicit_reg.optim.EGR stepped on the batches of one seeded permutation."""
-    from implicit_reg.optim import EGR
+    """Oracle: implicit_reg.core.optim.EGR stepped on the batches of one seeded permutation."""
+    from implicit_reg.core.optim import EGR
 
     cfg = RunConfig(
         **TINY, optimizer="egr", batch_size=8, lr=0.3, epochs=1, steps=None, seed=5,

@@ -1,6 +1,6 @@
 """Vectorized ensembles against the package's serial optimizers, member by member.
 
-Oracle: each member trained on its own by ``implicit_reg.optim.GD``, ``SGD``
+Oracle: each member trained on its own by ``implicit_reg.core.optim.GD``, ``SGD``
 or ``EGR`` from the same initialization (same seed), on the same targets and
 in the same minibatch order. Over 100 steps the per-member losses, gradient
 norms and final parameters agree to 1e-10 (relative) in float64 and 1e-5 in
@@ -15,9 +15,9 @@ import pytest
 import torch
 from torch import nn
 
-from implicit_reg.modified_gradient import flat_norm
-from implicit_reg.optim import EGR, GD, SGD
-from implicit_reg.vectorized import (
+from implicit_reg.core.modified_gradient import flat_norm
+from implicit_reg.core.optim import EGR, GD, SGD
+from implicit_reg.ensemble.vectorized import (
     VectorizedEnsemble,
     ensemble_gradient,
     ensemble_loss_fns,
@@ -241,7 +241,7 @@ def _member_grad_fn(model, loss_fn, x, y):
 def test_fd_step_matches_serial_formula(dtype):
     """At the default radius, fed the same gradients, each member's FD step is
     modified_gradient_fd's: ε_m = r/‖μ_m g_m‖ per member, Hv = 0 where μ_m = 0."""
-    from implicit_reg.modified_gradient import default_fd_radius, modified_gradient_fd
+    from implicit_reg.core.modified_gradient import default_fd_radius, modified_gradient_fd
 
     x, _, ys = classification(20, 3, dtype)
     models = [mlp(s, dtype) for s in (1, 2, 3)]
@@ -368,7 +368,7 @@ def test_bad_input_raises_value_error():
 def test_per_member_inputs_and_constant_buffers(batch_size):
     """Each member on its own inputs (x[m]); a model with constant buffers
     (random features: fixed first layer) is stacked too."""
-    from implicit_reg.models import build_model
+    from implicit_reg.workloads.models import build_model
 
     dtype = torch.float64
     seeds = [3, 4]
@@ -429,13 +429,13 @@ def _explicit_hessian(model, loss_fn, x, y):
 def test_vectorized_probes_against_explicit_hessian_and_serial_probes():
     """λ_max (Lanczos), Hutchinson trace and ‖∇L‖² for all members in one pass,
     against eigvalsh/trace of torch.func.hessian and the serial probes."""
-    from implicit_reg.fullbatch import full_gradient
-    from implicit_reg.probes import HessianOperator, hutchinson, lanczos
-    from implicit_reg.vectorized_probes import (
+    from implicit_reg.core.objective import full_gradient
+    from implicit_reg.ensemble.probes import (
         ensemble_grad_norm_sq,
         ensemble_hutchinson,
         ensemble_lanczos_max,
     )
+    from implicit_reg.probes import HessianOperator, hutchinson, lanczos
 
     dtype = torch.float64
     x, _, ys = classification(20, 3, dtype)

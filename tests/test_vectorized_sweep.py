@@ -1,6 +1,6 @@
 """Vectorized sweeps against the serial engine: same files, same numbers, resumable.
 
-Oracle: :func:`implicit_reg.train.run` on each config alone (the serial
+Oracle: :func:`implicit_reg.engine.train.run` on each config alone (the serial
 engine). A vectorized sweep must write the same per-run files through the
 same store, with the same steps, metrics, statuses and values (to rounding:
 1e-10 relative in float64), and survive SIGKILL mid-ensemble.
@@ -20,11 +20,11 @@ import time
 import pytest
 import torch
 
-from implicit_reg.config import RunConfig
-from implicit_reg.store import ResultStore, read_json
-from implicit_reg.sweep import SweepSpec, run_sweep
-from implicit_reg.train import run
-from implicit_reg.vectorized_sweep import (
+from implicit_reg.engine.config import RunConfig
+from implicit_reg.engine.store import ResultStore, read_json
+from implicit_reg.engine.sweep import SweepSpec, run_sweep
+from implicit_reg.engine.train import run
+from implicit_reg.engine.vectorized_sweep import (
     group_key,
     plan_sweep,
     step_flops,
@@ -80,7 +80,7 @@ def test_plan_groups_what_can_share_an_ensemble():
     assert {c.config_hash() for c in plan.singles} == {c.config_hash() for c in configs[-2:]}
     assert group_key(configs[-2]) is None
     # a field train_runs does not reproduce (here: added after it was written) keeps a run serial
-    import implicit_reg.vectorized_sweep as vs
+    import implicit_reg.engine.vectorized_sweep as vs
 
     assert group_key(configs[0]) is not None
     assert "width" in vs.SUPPORTED_FIELDS
@@ -163,7 +163,7 @@ def test_target_loss_and_divergence_at_step_zero_match_serial():
 
 
 def test_a_group_that_cannot_be_vectorized_runs_serially(tmp_path, monkeypatch):
-    import implicit_reg.vectorized_sweep as vs
+    import implicit_reg.engine.vectorized_sweep as vs
 
     def broken(configs):
         raise ValueError("no ensemble today")
@@ -185,7 +185,7 @@ SWEEP_SCRIPT = textwrap.dedent(
     """
     import sys, torch
     torch.set_num_threads(1)
-    from implicit_reg.sweep import SweepSpec, run_sweep
+    from implicit_reg.engine.sweep import SweepSpec, run_sweep
     base = {base}
     spec = SweepSpec(base=base, grid={{"steps": [4, int(sys.argv[2])], "lr": [0.05, 0.1, 0.2]}})
     if __name__ == "__main__":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from ..demo import DemoResult, optimizer_demo
+from ..experiments.demo import DemoResult, optimizer_demo
 from . import app
 
 

@@ -21,8 +21,8 @@ def plot_to_file(
 ) -> Path:
     """Draw figure ``kind`` of ``metric`` for a sweep and save it (default:
     SWEEP_DIR/figures/<kind>_<metric>.png). ``where``: ``["width=256", ...]``."""
-    from ..plots import plot_sweep, save_figure
-    from ..sweep import parse_set_option
+    from ..engine.sweep import parse_set_option
+    from ..report.plots import plot_sweep, save_figure
 
     path = Path(out) if out is not None else Path(sweep_dir) / "figures" / f"{kind}_{metric}.png"
     if path.suffix.lower() not in (".png", ".svg", ".pdf"):  # fail before the work

@@ -46,11 +46,11 @@ def parse_options(items: list[str]) -> dict[str, Any]:
 def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict, dict, str, dict]:
     """(model, model_spec, dataset_spec, loss name, initial state) from a training checkpoint.
 
-    The model is rebuilt with ``implicit_reg.models.build_model(**model_spec)``
+    The model is rebuilt with ``implicit_reg.workloads.models.build_model(**model_spec)``
     in the dtype of the saved weights; the initial state is the same build
     before loading (``build_model`` is deterministic in its seed).
     """
-    from ..models import build_model
+    from ..workloads.models import build_model
 
     path = Path(path)
     if not path.is_file():
@@ -96,10 +96,10 @@ def probe_model(
     ``load_dataset(dataset, ...)``, at initialization. Returns a JSON-ready
     dict with the specs, the options and ``{"probes": {name: value}}``.
     """
-    from ..data import load_dataset
-    from ..models import build_model
+    from ..engine.train import make_loss
     from ..probes import run_probes
-    from ..train import make_loss
+    from ..workloads.data import load_dataset
+    from ..workloads.models import build_model
 
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")

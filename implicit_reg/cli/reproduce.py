@@ -6,8 +6,9 @@ from pathlib import Path
 
 import typer
 
-from ..reproduce import SCALES, available_experiments, write_index
-from ..reproduce import reproduce as run_experiment
+from ..experiments import available_experiments
+from ..experiments import reproduce as run_experiment
+from ..report.report import SCALES, write_index
 from . import app
 
 

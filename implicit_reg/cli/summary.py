@@ -20,7 +20,7 @@ def summarize(
     """``(table, ranking)`` for a sweep; optionally exports the full summaries
     (``csv``/``parquet``) and the long history (``history``, .csv or .parquet).
     ``ranking`` is None when the runs have no train/test errors."""
-    from ..results import (
+    from ..report.results import (
         export_table,
         kendall_ranking,
         load_histories,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
-from ..ray_backend import select_backend
-from ..sweep import (
+from ..engine.ray_backend import select_backend
+from ..engine.sweep import (
     Backend,
     SweepReport,
     SweepSpec,
@@ -53,9 +53,9 @@ def sweep_runs(
     vectorize: bool = False,
 ) -> SweepReport:
     """The plain function behind the command (tests call it directly); ``backend``
-    overrides ``workers`` (e.g. :func:`implicit_reg.ray_backend.ray_backend`);
-    ``vectorize`` trains groups of runs as ensembles (:mod:`implicit_reg.vectorized_sweep`)."""
-    from ..sweep import run_sweep
+    overrides ``workers`` (e.g. :func:`implicit_reg.engine.ray_backend.ray_backend`);
+    ``vectorize`` trains groups of runs as ensembles (:mod:`implicit_reg.engine.vectorized_sweep`)."""
+    from ..engine.sweep import run_sweep
 
     spec = build_spec(file, sets, grids)
     out_dir = Path(out) if out is not None else Path("sweeps") / spec.name
@@ -132,7 +132,7 @@ def sweep(
             for key, values in spec.grid.items():
                 typer.echo(f"  {key}: {values}")
             if vectorize:
-                from ..vectorized_sweep import plan_sweep
+                from ..engine.vectorized_sweep import plan_sweep
 
                 typer.echo(f"  vectorized: {plan_sweep(configs).line()}")
             return

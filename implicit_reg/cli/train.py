@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from ..config import RunConfig
+from ..engine.config import RunConfig
 from . import app
 
 
@@ -26,7 +26,7 @@ def bad_input() -> Iterator[None]:
 
 def parse_sets(items: list[str] | None) -> dict[str, Any]:
     """``["key=value", ...]`` into typed config fields."""
-    from ..sweep import parse_set_option
+    from ..engine.sweep import parse_set_option
 
     return dict(parse_set_option(s) for s in items or [])
 
@@ -98,7 +98,7 @@ def train(
             steps=steps, epochs=epochs, seed=seed, probes=probes, probe_every=probe_every,
             checkpoint=checkpoint, **extra,
         )  # fmt: skip
-    from ..train import run
+    from ..engine.train import run
 
     result = run(cfg, out)
     path = Path(out) / cfg.config_hash()

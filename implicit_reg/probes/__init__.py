@@ -1,7 +1,7 @@
 """Curvature and flatness probes: model + loss + data → numbers.
 
 Everything is computed on the full data set in chunks, through the one HVP
-(:func:`implicit_reg.hvp.grad_and_hvp`), over the trainable parameters only,
+(:func:`implicit_reg.core.hvp.grad_and_hvp`), over the trainable parameters only,
 and leaves the model exactly as found (:func:`preserved`). Default
 evaluation mode is ``"eval"``.
 

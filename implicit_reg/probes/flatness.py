@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..fullbatch import Data, iter_chunks, num_samples, trainable_named_params
+from ..core.objective import Data, iter_chunks, num_samples, trainable_named_params
 from .operator import HessianOperator
 from .state import DEFAULT_MODE, check_mode, preserved, seeded_rng
 

@@ -5,9 +5,9 @@
 
     L(θ) = (1/N)·Σ_i ℓ(f_θ(x_i), y_i) = Σ_c (n_c/N)·L_c(θ),
 
-accumulated over physical chunks with :func:`implicit_reg.fullbatch.chunk_loss_fns`
+accumulated over physical chunks with :func:`implicit_reg.core.objective.chunk_loss_fns`
 and differentiated with the package's one HVP,
-:func:`implicit_reg.hvp.grad_and_hvp`:
+:func:`implicit_reg.core.hvp.grad_and_hvp`:
 
     H v = Σ_c ∇²[(n_c/N)·L_c](θ) v.
 
@@ -35,8 +35,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..fullbatch import Data, _is_pair, chunk_loss_fns, num_samples, trainable_named_params
-from ..hvp import DEFAULT_METHOD, check_method, grad_and_hvp
+from ..core.hvp import DEFAULT_METHOD, check_method, grad_and_hvp
+from ..core.objective import Data, _is_pair, chunk_loss_fns, num_samples, trainable_named_params
 from .state import DEFAULT_MODE, check_mode, preserved, seeded_rng
 
 __all__ = ["HessianOperator", "MatrixOperator", "as_linear_operator"]
@@ -65,7 +65,7 @@ class HessianOperator:
             moved to the parameters' device.
         chunk_size: rows per physical chunk for a tensor pair (None: one
             chunk). Ignored for an iterable, whose batches are the chunks.
-        method: HVP form, one of :data:`implicit_reg.hvp.HVP_METHODS`.
+        method: HVP form, one of :data:`implicit_reg.core.hvp.HVP_METHODS`.
         mode: ``"eval"`` (default: dropout off, BatchNorm running statistics,
             H is one fixed operator) or ``"train"`` (dropout masks re-drawn
             from ``seed`` on every pass, so H is still one fixed operator;

@@ -16,8 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 from torch import Tensor, nn
 
-from ..fullbatch import Data
-from ..hvp import DEFAULT_METHOD
+from ..core.hvp import DEFAULT_METHOD
+from ..core.objective import Data
 from .eigen import lanczos
 from .flatness import (
     dist_from_init,

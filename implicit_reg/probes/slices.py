@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..fullbatch import Data
-from ..hvp import DEFAULT_METHOD
+from ..core.hvp import DEFAULT_METHOD
+from ..core.objective import Data
 from .eigen import lanczos
 from .operator import HessianOperator
 from .state import DEFAULT_MODE

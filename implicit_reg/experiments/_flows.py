@@ -8,7 +8,7 @@ and with the flow of the modified loss
     L̃ = L + μ‖∇L‖²,   μ = h/4,   θ̇ = −∇L̃ = −(∇L + (h/2)·H∇L),
 
 to O(h³). The GD iterates come from the package's ``GD`` optimizer and ∇L̃
-from :func:`implicit_reg.modified_gradient.modified_gradient_exact` (the
+from :func:`implicit_reg.core.modified_gradient.modified_gradient_exact` (the
 package's one HVP); SciPy's ``solve_ivp`` integrates the flows in float64.
 """
 
@@ -21,8 +21,8 @@ import torch
 from scipy.integrate import solve_ivp
 from torch import Tensor
 
-from implicit_reg.modified_gradient import modified_gradient_exact
-from implicit_reg.optim import GD
+from implicit_reg.core.modified_gradient import modified_gradient_exact
+from implicit_reg.core.optim import GD
 
 LossFn = Callable[[tuple[Tensor, ...]], Tensor]
 

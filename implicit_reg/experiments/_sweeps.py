@@ -1,7 +1,7 @@
-"""Helpers for the experiments that train on the engine (``implicit_reg.train``).
+"""Helpers for the experiments that train on the engine (``implicit_reg.engine.train``).
 
 Where the runs live. Experiment ``X`` keeps its runs in a sweep directory
-(:mod:`implicit_reg.sweep`: ``sweep.json`` + ``runs/<config_hash>/``) at
+(:mod:`implicit_reg.engine.sweep`: ``sweep.json`` + ``runs/<config_hash>/``) at
 ``OUT/sweep`` when it runs into ``OUT``. Another experiment that needs X's
 runs (``generalization-measures`` reads ``lr-sweep`` and
 ``double-descent-width``; ``double-descent-epochs`` and ``sample-wise`` share
@@ -25,10 +25,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from implicit_reg.config import RunConfig
-from implicit_reg.results import load_summaries
-from implicit_reg.store import HISTORY_FILE
-from implicit_reg.sweep import run_sweep
+from implicit_reg.engine.config import RunConfig
+from implicit_reg.engine.store import HISTORY_FILE
+from implicit_reg.engine.sweep import run_sweep
+from implicit_reg.report.results import load_summaries
 
 SWEEP_DIR = "sweep"
 
@@ -94,7 +94,7 @@ def run_configs(configs: Sequence[RunConfig], directory: Path, *, workers: int =
     """Train the configs that ``directory`` does not hold yet; return their summaries.
 
     One row per config, in the order given (columns as
-    :func:`implicit_reg.results.load_summaries`, plus ``run_dir``). A run with
+    :func:`implicit_reg.report.results.load_summaries`, plus ``run_dir``). A run with
     status "failed" (an exception, not a divergence) raises ``RuntimeError``
     with its traceback: it is a bug, not a result.
     """
@@ -221,7 +221,7 @@ def compute_note(rows: pd.DataFrame) -> str:
     many it trained (the rest came from the store) and their summed training time."""
     t = rows["wall_time_s"].astype(float)
     return (
-        f"{len(rows)} engine runs (`implicit_reg.train.run`) in `{rows.attrs['directory']}`, "
+        f"{len(rows)} engine runs (`implicit_reg.engine.train.run`) in `{rows.attrs['directory']}`, "
         f"{rows.attrs['trained_now']} of them trained by this call, the others read from the "
         f"result store. Training time of the runs, as each recorded it: {t.sum():.0f} s in total "
         f"(median {t.median():.1f} s, longest {t.max():.1f} s), on "

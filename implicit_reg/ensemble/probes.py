@@ -1,9 +1,9 @@
 """Curvature probes for every member of an ensemble at once.
 
-The members of a :mod:`implicit_reg.vectorized` ensemble are stacked
+The members of a :mod:`implicit_reg.ensemble.vectorized` ensemble are stacked
 tensors Θ = (θ_1, …, θ_M). The ensemble loss 𝓛(Θ) = Σ_m L_m(θ_m) has the
 block-diagonal Hessian blockdiag(H_1, …, H_M), so one call of the package's
-HVP, :func:`implicit_reg.hvp.grad_and_hvp`, on 𝓛 with the stacked direction
+HVP, :func:`implicit_reg.core.hvp.grad_and_hvp`, on 𝓛 with the stacked direction
 V = (v_1, …, v_M) returns (H_m v_m)_m: every member's Hessian-vector
 product in one batched pass (:func:`ensemble_hvp`). On top of it:
 
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .hvp import DEFAULT_METHOD, Params, check_method, grad_and_hvp
+from ..core.hvp import DEFAULT_METHOD, Params, check_method, grad_and_hvp
 from .vectorized import ensemble_gradient, member_sq_norms
 
 __all__ = [
@@ -70,10 +70,10 @@ def ensemble_hvp(
     """(H_m v_m)_m for every member: the package's HVP on 𝓛(Θ) = Σ_m L_m(θ_m).
 
     Args:
-        loss_fns: chunk functions from :func:`implicit_reg.vectorized.ensemble_loss_fns`.
+        loss_fns: chunk functions from :func:`implicit_reg.ensemble.vectorized.ensemble_loss_fns`.
         params: Θ, stacked.
         vecs: V, stacked like Θ.
-        method: one of :data:`implicit_reg.hvp.HVP_METHODS`.
+        method: one of :data:`implicit_reg.core.hvp.HVP_METHODS`.
     """
     check_method(method)
     ps = tuple(p.detach().requires_grad_(True) for p in params)

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .fullbatch import full_gradient
-from .modified_gradient import flat_norm
-from .optim import EGR, GD
+from ..core.modified_gradient import flat_norm
+from ..core.objective import full_gradient
+from ..core.optim import EGR, GD
 
 __all__ = ["DemoResult", "optimizer_demo", "demo_data"]
 

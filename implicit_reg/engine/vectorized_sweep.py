@@ -6,26 +6,26 @@ runs whose configs agree on every field except :data:`MEMBER_FIELDS` (model,
 width, depth, activation, data set, sizes, task, loss, optimizer type,
 momentum, batch size, budget, evaluation and probe schedule, dtype,
 device, chunk size, …); each group of two or more is trained by
-:func:`train_runs` as one :class:`~implicit_reg.vectorized.VectorizedEnsemble`,
+:func:`train_runs` as one :class:`~implicit_reg.ensemble.vectorized.VectorizedEnsemble`,
 the rest one by one. :func:`vectorized_backend` wraps that as a sweep
 backend (``run_sweep(..., vectorize=True)``, ``implicit-reg sweep
 --vectorize``, the CLI default).
 
-:func:`train_runs` reproduces :func:`implicit_reg.train.run` member by
+:func:`train_runs` reproduces :func:`implicit_reg.engine.train.run` member by
 member: the same minibatch order (a ``torch.Generator`` seeded with the
 run's ``seed``, one permutation per epoch), the same evaluations
-(:data:`~implicit_reg.config.BASE_METRICS` at step 0, every
+(:data:`~implicit_reg.engine.config.BASE_METRICS` at step 0, every
 ``eval_every`` steps and at the end, with the same formulas), the same
 stopping rules (budget, ``target_train_loss``, divergence: a NaN/inf loss
 or one above ``max_loss``), the same probes (:func:`implicit_reg.probes.run_probes`
-on the member's own model) and the same :class:`~implicit_reg.train.RunResult`,
+on the member's own model) and the same :class:`~implicit_reg.engine.train.RunResult`,
 written by the same store. The numbers agree with a serial run to rounding
 (``tests/test_vectorized_sweep.py``); ``meta.json`` also records the
 ensemble it was trained in.
 
 Not vectorized (trained serially with no user action): runs with
 ``checkpoint=True`` (the optimizer state is per run), models with running
-statistics or dropout (:func:`~implicit_reg.vectorized.check_vectorizable`),
+statistics or dropout (:func:`~implicit_reg.ensemble.vectorized.check_vectorizable`),
 groups of one, and, on CPU, groups whose forward pass costs more than
 :data:`CPU_MAX_STEP_FLOPS` per member and step, where one run at a time is
 faster.
@@ -48,16 +48,16 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
-from .config import BASE_METRICS, RunConfig
-from .store import versions
-from .train import RunResult, load_run_data, make_loss, step_budget
-from .vectorized import (
+from ..ensemble.vectorized import (
     VectorizedEnsemble,
     ensemble_gradient,
     ensemble_loss_fns,
     ensemble_outputs,
     member_sq_norms,
 )
+from .config import BASE_METRICS, RunConfig
+from .store import versions
+from .train import RunResult, load_run_data, make_loss, step_budget
 
 __all__ = [
     "MEMBER_FIELDS",
@@ -158,7 +158,7 @@ def step_flops(config: RunConfig) -> int:
     ``torch.utils.flop_counter`` on the meta device (no computation)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from .models import build_model
+    from ..workloads.models import build_model
 
     data = load_run_data(config)
     model = build_model(**config.model_spec(data.input_dim, data.output_dim)).to("meta")
@@ -218,7 +218,7 @@ def vectorized_backend(
     """A sweep backend (``configs -> Iterator[RunResult]``) that trains the
     vectorizable groups of :func:`plan_sweep` as ensembles in this process and
     hands the other runs to ``fallback`` (default: one by one in this process,
-    :func:`implicit_reg.sweep.serial_backend`).
+    :func:`implicit_reg.engine.sweep.serial_backend`).
 
     An ensemble that cannot be built or trained (e.g. a model with BatchNorm)
     is trained through ``fallback`` instead, with a warning saying why.
@@ -250,7 +250,7 @@ def vectorized_backend(
 
 # ---------------------------------------------------------------- one ensemble
 def _bad(loss: float, bound: float) -> bool:
-    """The divergence rule of :func:`implicit_reg.train.run`."""
+    """The divergence rule of :func:`implicit_reg.engine.train.run`."""
     return not math.isfinite(loss) or loss > bound
 
 
@@ -288,7 +288,7 @@ def _stack_or_share(tensors: list[Tensor]) -> tuple[Tensor, bool]:
 
 
 class _Evaluator:
-    """:func:`implicit_reg.train.evaluate` for every live member at once, same formulas."""
+    """:func:`implicit_reg.engine.train.evaluate` for every live member at once, same formulas."""
 
     def __init__(self, members: list[_Member], loss_fn, chunk_size: int | None) -> None:
         self.loss_fn, self.chunk_size = loss_fn, chunk_size
@@ -356,7 +356,7 @@ class _Evaluator:
 
 
 def _ensemble_optimizer(config: RunConfig) -> str:
-    """The ensemble's update rule for a config, as :func:`implicit_reg.train.build_optimizer`."""
+    """The ensemble's update rule for a config, as :func:`implicit_reg.engine.train.build_optimizer`."""
     if config.optimizer == "egr":
         return "egr"
     if config.optimizer == "gd" and config.momentum == 0 and config.weight_decay == 0:
@@ -366,12 +366,12 @@ def _ensemble_optimizer(config: RunConfig) -> str:
 
 def train_runs(configs: Sequence[RunConfig]) -> list[RunResult]:
     """Train runs that share :func:`group_key` as one ensemble; one
-    :class:`~implicit_reg.train.RunResult` per config, as :func:`implicit_reg.train.run`
+    :class:`~implicit_reg.engine.train.RunResult` per config, as :func:`implicit_reg.engine.train.run`
     would return it (``run`` writes nothing here either; the sweep's store does).
 
     Raises ``ValueError`` if the configs cannot be vectorized together.
     """
-    from .models import build_model, count_params
+    from ..workloads.models import build_model, count_params
 
     configs = list(configs)
     if not configs:
@@ -415,7 +415,7 @@ def train_runs(configs: Sequence[RunConfig]) -> list[RunResult]:
         member.last_probe = step
         if not probe_names or member.error is not None:
             return
-        from .probes import run_probes
+        from ..probes import run_probes
 
         ens.load_member(i, member.model)
         try:

@@ -1,0 +1,441 @@
+"""``torch.optim`` optimizers that isolate implicit-regularization mechanisms.
+
+- :class:`GD`: plain (full-batch) gradient descent, θ ← θ − h∇L.
+- :class:`SGD`: SGD with heavy-ball/Nesterov momentum and weight decay,
+  identical step for step to ``torch.optim.SGD``.
+- :class:`EGR`: GD on the explicitly regularized loss L + μ‖∇L‖²
+  (Barrett & Dherin, ICLR 2021), with μ = h/4 by default.
+
+The classes only gather tensors and hyperparameters; the math lives in
+:mod:`implicit_reg.core.modified_gradient` and :mod:`implicit_reg.core.hvp`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from .modified_gradient import (
+    EGR_METHODS,
+    default_fd_radius,
+    finite_difference_hvp,
+    igr_coeff,
+    modified_gradient_exact,
+)
+
+__all__ = ["GD", "SGD", "EGR", "gd_update", "sgd_update"]
+
+
+def _check_lr(lr: float) -> float:
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0:
+        raise ValueError(f"lr must be a finite number >= 0, got {lr!r}")
+    return float(lr)
+
+
+def _check_nonneg(name: str, value: float) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def _add_checked_group(opt: Optimizer, group: dict, check: Callable[[dict], None]) -> None:
+    """``Optimizer.add_param_group`` followed by ``check`` on the completed group.
+
+    Runs for the groups given to ``__init__`` and for later
+    ``add_param_group`` calls alike; a group that fails is not kept.
+    """
+    Optimizer.add_param_group(opt, group)
+    try:
+        check(opt.param_groups[-1])
+    except ValueError:
+        opt.param_groups.pop()
+        raise
+
+
+def gd_update(params: list[Tensor], grads: list[Tensor], *, lr: float) -> None:
+    """θ ← θ − h·g, in place."""
+    if params:
+        torch._foreach_add_(params, grads, alpha=-lr)
+
+
+def sgd_update(
+    params: list[Tensor],
+    grads: list[Tensor],
+    momentum_buffers: list[Tensor | None],
+    *,
+    lr: float,
+    momentum: float,
+    dampening: float,
+    nesterov: bool,
+    weight_decay: float,
+) -> None:
+    """The ``torch.optim.SGD`` update, in place (Sutskever et al. 2013 form).
+
+        d = g + λθ
+        b ← d                    (first step)
+        b ← β·b + (1 − τ)·d      (later steps)
+        d = d + β·b  if Nesterov else b
+        θ ← θ − h·d
+
+    ``momentum_buffers`` is updated in place (None entries are created).
+    """
+    for i, (p, g) in enumerate(zip(params, grads)):
+        d = g.add(p, alpha=weight_decay) if weight_decay != 0 else g
+        if momentum != 0:
+            buf = momentum_buffers[i]
+            if buf is None:
+                buf = torch.clone(d).detach()
+                momentum_buffers[i] = buf
+            else:
+                buf.mul_(momentum).add_(d, alpha=1 - dampening)
+            d = d.add(buf, alpha=momentum) if nesterov else buf
+        p.add_(d, alpha=-lr)
+
+
+class GD(Optimizer):
+    """Full-batch gradient descent: θ_{t+1} = θ_t − h·∇L(θ_t).
+
+    The optimizer does not know whether ``.grad`` holds a full-batch
+    gradient; "full batch" is the caller's contract: the loss that the caller
+    (or the closure) differentiates is the mean over the whole data set.
+
+    Args:
+        params: parameters or param groups.
+        lr: step size h ≥ 0.
+    """
+
+    def __init__(self, params: Iterable, lr: float) -> None:
+        super().__init__(params, {"lr": _check_lr(lr)})
+
+    def add_param_group(self, param_group: dict) -> None:
+        _add_checked_group(self, param_group, lambda g: _check_lr(g["lr"]))
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
+        """One step. ``closure`` (optional) follows torch's contract."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            ps = [p for p in group["params"] if p.grad is not None]
+            gd_update(ps, [p.grad for p in ps], lr=group["lr"])
+        return loss
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with momentum; matches ``torch.optim.SGD``.
+
+    Update (as in torch): d = g + λθ; b ← β·b + (1 − τ)·d (b = d at the first
+    step); d = d + β·b with Nesterov, else d = b; θ ← θ − h·d.
+
+    Smith, Dherin, Barrett & De (ICLR 2021) show that one epoch of m
+    minibatch steps follows, on average, the modified loss
+    L + (h/4m)·Σ_k‖∇L_k‖²; see
+    :func:`implicit_reg.core.regularizers.sgd_implicit_regularizer`. With
+    momentum β the implicit term is (1+β)/(1−β) times that of GD at the
+    effective step h/(1−β) (Ghosh, Lyu, Zhang & Wang, ICLR 2023); see
+    :func:`implicit_reg.core.regularizers.momentum_implicit_factor`.
+    """
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+    ) -> None:
+        defaults = {
+            "lr": _check_lr(lr),
+            "momentum": _check_nonneg("momentum", momentum),
+            "dampening": _check_nonneg("dampening", dampening),
+            "nesterov": bool(nesterov),
+            "weight_decay": _check_nonneg("weight_decay", weight_decay),
+        }
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict) -> None:
+        _add_checked_group(self, param_group, _check_sgd_group)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
+        """One step. ``closure`` (optional) follows torch's contract."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            ps = [p for p in group["params"] if p.grad is not None]
+            bufs = [self.state[p].get("momentum_buffer") for p in ps]
+            sgd_update(
+                ps,
+                [p.grad for p in ps],
+                bufs,
+                lr=group["lr"],
+                momentum=group["momentum"],
+                dampening=group["dampening"],
+                nesterov=group["nesterov"],
+                weight_decay=group["weight_decay"],
+            )
+            if group["momentum"] != 0:
+                for p, b in zip(ps, bufs):
+                    self.state[p]["momentum_buffer"] = b
+        return loss
+
+
+def _check_sgd_group(group: dict) -> None:
+    _check_lr(group["lr"])
+    for name in ("momentum", "dampening", "weight_decay"):
+        _check_nonneg(name, group[name])
+    if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
+        raise ValueError(
+            "nesterov=True needs momentum > 0 and dampening = 0, got "
+            f"momentum={group['momentum']!r}, dampening={group['dampening']!r}"
+        )
+
+
+class EGR(Optimizer):
+    r"""Explicit gradient regularization: GD on L̃ = L + μ‖∇L‖².
+
+    Update (Barrett & Dherin, "Implicit Gradient Regularization", ICLR 2021,
+    arXiv 2009.11162):
+
+        θ ← θ − h·(∇L + 2μ·H∇L),       μ = h/4 when ``coeff=None``,
+
+    so with the default the step is GD on the IGR modified loss
+    L + (h/4)‖∇L‖², whose gradient is ∇L + (h/2)·H∇L. With several param
+    groups the regularizer is Σ_j μ_j‖∇_{θ_j}L‖² and the gradient is
+    ∇L + 2H(μ ⊙ ∇L), where μ ⊙ g scales group j's block of g by μ_j. A
+    group with ``coeff=None`` reads its *current* lr at every step, so an lr
+    scheduler changes μ = h/4 with h. μ multiplies the unnormalised ‖∇L‖²;
+    the paper's rate is λ = μ·m over m parameters (see
+    :func:`implicit_reg.core.modified_gradient.paper_rate_from_coeff`).
+
+    Methods:
+        ``"exact"``: H(μ⊙g) by double backward through
+            :func:`implicit_reg.core.hvp.grad_and_hvp`: one forward, one backward
+            that records its graph, one backward through that graph.
+        ``"finite_difference"``: H v ≈ ‖v‖·[∇L(θ + r·v/‖v‖) − ∇L(θ)]/r with
+            v = μ⊙g: two plain gradient evaluations, no second-order graph.
+            ε = r/‖v‖ is scaled so that the perturbation has length r
+            (``fd_radius``; default √ε of the dtype,
+            :func:`implicit_reg.core.modified_gradient.default_fd_radius`). θ is
+            restored bit for bit (copied back, not θ + δ − δ). Meant for
+            smooth activations: on ReLU networks the perturbation crosses
+            activation kinks and no radius is safe (measured errors in
+            ``docs/optimizers.md``); use ``"exact"`` there.
+
+    Closure contract. The closure re-evaluates the model on the (full)
+    batch and **returns the scalar loss without calling** ``backward()``:
+    EGR differentiates it itself, because the exact method needs the loss's
+    graph. This is torch's contract minus the ``backward()`` call; calling
+    ``zero_grad()`` inside is allowed and unnecessary. With
+    ``"finite_difference"`` a torch-style closure (``zero_grad()``,
+    ``loss.backward()``, ``return loss``) also works; with ``"exact"`` it
+    raises ``ValueError``. The finite-difference method calls the closure
+    twice: both calls see the same global RNG state (same dropout masks),
+    the RNG state afterwards is the one after the first call, and when
+    ``module`` is given its buffers (BatchNorm running statistics) are
+    restored after the second call, so one step updates them once, as one
+    torch step would. Without ``module`` such buffers are updated twice.
+
+    After ``step``, ``p.grad`` holds the plain gradient ∇L(θ) at the
+    pre-step θ (not ∇L̃), which is what a training loop logs, and ``step``
+    returns the loss at that θ (detached).
+
+    Args:
+        params: parameters or param groups; a group may set its own ``lr``
+            and ``coeff``.
+        lr: step size h ≥ 0.
+        coeff: μ ≥ 0, or None for μ = h/4 (the IGR coefficient).
+        method: ``"exact"`` or ``"finite_difference"`` (shared by all groups).
+        fd_radius: perturbation length r > 0 for finite differences, or None
+            for the dtype's default (shared by all groups).
+        module: the model the closure evaluates; its buffers are protected
+            during the second finite-difference evaluation.
+
+    Example::
+
+        opt = EGR(model.parameters(), lr=0.1)            # μ = h/4
+        for _ in range(steps):
+            opt.step(lambda: loss_fn(model(x), y))       # no backward()
+    """
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float,
+        coeff: float | None = None,
+        method: str = "exact",
+        fd_radius: float | None = None,
+        module: nn.Module | None = None,
+    ) -> None:
+        if coeff is not None:
+            _check_nonneg("coeff", coeff)
+        _check_egr_method(method)
+        _check_fd_radius(fd_radius)
+        if module is not None and not isinstance(module, nn.Module):
+            raise ValueError(f"module must be an nn.Module or None, got {type(module).__name__}")
+        defaults = {"lr": _check_lr(lr), "coeff": coeff, "method": method, "fd_radius": fd_radius}
+        super().__init__(params, defaults)
+        self._module = module
+
+    def add_param_group(self, param_group: dict) -> None:
+        _add_checked_group(self, param_group, self._check_group)
+
+    def _check_group(self, group: dict) -> None:
+        _check_lr(group["lr"])
+        if group["coeff"] is not None:
+            _check_nonneg("coeff", group["coeff"])
+        for key in ("method", "fd_radius"):
+            if group[key] != self.defaults[key]:
+                raise ValueError(
+                    f"all param groups of one EGR share {key}={self.defaults[key]!r}; "
+                    f"a group set {key}={group[key]!r} (use a second optimizer instead)"
+                )
+
+    @staticmethod
+    def _coeff(group: dict) -> float:
+        return igr_coeff(group["lr"]) if group["coeff"] is None else group["coeff"]
+
+    def _gather(self) -> tuple[list[Tensor], list[float], list[float]]:
+        params, coeffs, lrs = [], [], []
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.requires_grad:
+                    params.append(p)
+                    coeffs.append(self._coeff(group))
+                    lrs.append(group["lr"])
+        return params, coeffs, lrs
+
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor:  # type: ignore[override]
+        """One EGR step, θ ← θ − h·(g + 2H(μ⊙g)); ``closure`` is required."""
+        if closure is None:
+            raise ValueError(
+                "EGR.step needs a closure that re-evaluates the model and returns the loss "
+                "(without calling backward()): the modified gradient needs the loss's graph "
+                "(method='exact') or a second evaluation (method='finite_difference')"
+            )
+        params, coeffs, lrs = self._gather()
+        if not params:
+            with torch.no_grad():
+                return closure()
+        for p in params:
+            p.grad = None
+        if self.defaults["method"] == "exact":
+            g, g_mod, loss = self._exact(closure, params, coeffs)
+        else:
+            g, g_mod, loss = self._finite_difference(closure, params, coeffs)
+        with torch.no_grad():
+            for p, gi, gm, lr in zip(params, g, g_mod, lrs):
+                p.add_(gm, alpha=-lr)
+                p.grad = gi
+        return loss.detach()
+
+    def _exact(self, closure, params, coeffs):
+        box: list[Tensor] = []
+
+        def loss_fn(_):
+            loss = closure()
+            if any(p.grad is not None for p in params):
+                raise ValueError(
+                    "EGR(method='exact'): the closure called backward(); it must return the "
+                    "loss without calling backward(), since EGR differentiates the loss twice "
+                    "(torch-style closures are accepted by method='finite_difference')"
+                )
+            _check_loss(loss)
+            box.append(loss)
+            return loss
+
+        g, g_mod = modified_gradient_exact(loss_fn, params, coeffs)
+        return g, g_mod, box[0]
+
+    def _finite_difference(self, closure, params, coeffs):
+        devices = sorted({p.device for p in params if p.device.type == "cuda"}, key=str)
+        rng_before = _rng_state(devices)
+        loss, g = _closure_grad(closure, params)
+        rng_after = _rng_state(devices)
+        v = tuple(m * x for m, x in zip(coeffs, g))
+        radius = self.defaults["fd_radius"] or default_fd_radius(params[0].dtype)
+        saved = [p.detach().clone() for p in params]
+        module = self._module
+        buffers = [b.detach().clone() for b in module.buffers()] if module is not None else []
+
+        def grad_at(shifted):
+            with torch.no_grad():
+                for p, s in zip(params, shifted):
+                    p.copy_(s)
+            _set_rng_state(rng_before, devices)  # same dropout masks as the first call
+            return _closure_grad(closure, params)[1]
+
+        try:
+            hv = finite_difference_hvp(grad_at, params, g, v, radius=radius)
+        finally:
+            with torch.no_grad():
+                for p, s in zip(params, saved):
+                    p.copy_(s)  # exact restore, not θ + δ − δ
+                if module is not None:  # undo the second call's running-statistics update
+                    for b, s in zip(module.buffers(), buffers):
+                        b.copy_(s)
+            _set_rng_state(rng_after, devices)
+        return g, tuple(gi + 2.0 * h for gi, h in zip(g, hv)), loss
+
+
+def _check_egr_method(method: str) -> None:
+    if method not in EGR_METHODS:
+        raise ValueError(f"unknown EGR method {method!r}; choose one of {', '.join(EGR_METHODS)}")
+
+
+def _check_fd_radius(fd_radius: float | None) -> None:
+    if fd_radius is not None and (
+        isinstance(fd_radius, bool)
+        or not isinstance(fd_radius, (int, float))
+        or not math.isfinite(fd_radius)
+        or fd_radius <= 0
+    ):
+        raise ValueError(f"fd_radius must be a finite number > 0, or None, got {fd_radius!r}")
+
+
+def _check_loss(loss) -> None:
+    if not isinstance(loss, Tensor) or loss.dim() != 0:
+        got = f"shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else type(loss).__name__
+        raise ValueError(f"the closure must return the scalar loss tensor, got {got}")
+
+
+def _closure_grad(closure, params) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """Call the closure and return (loss, ∇loss); accepts torch-style closures."""
+    for p in params:
+        p.grad = None
+    with torch.enable_grad():
+        loss = closure()
+    if any(p.grad is not None for p in params):  # the closure called backward()
+        grads = tuple(torch.zeros_like(p) if p.grad is None else p.grad.detach() for p in params)
+    else:
+        _check_loss(loss)
+        gs = torch.autograd.grad(loss, params, allow_unused=True)
+        grads = tuple(torch.zeros_like(p) if x is None else x for p, x in zip(params, gs))
+    for p in params:
+        p.grad = None
+    return loss, grads
+
+
+def _rng_state(devices) -> tuple:
+    return torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in devices]
+
+
+def _set_rng_state(state, devices) -> None:
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    for d, s in zip(devices, cuda):
+        torch.cuda.set_rng_state(s, d)

@@ -1,0 +1,254 @@
+"""edge-of-stability: under full-batch GD the sharpness rises to about 2/h and hovers there.
+
+Cohen, Kaur, Li, Kolter & Talwalkar, "Gradient Descent on Neural Networks
+Typically Occurs at the Edge of Stability", ICLR 2021 (arXiv 2103.00065):
+GD with step h on a neural network first *sharpens progressively* (the top
+Hessian eigenvalue λ_max grows while it is below 2/h), then λ_max reaches
+about 2/h, the stability limit of GD on a quadratic, and hovers just above
+it while the training loss keeps falling over long times, but not
+monotonically. Their clearest demonstrations use the squared loss.
+
+What is run: an MLP 40 → w → w → 10 (tanh) on MNIST-1D with the squared
+loss on one-hot targets (``RunConfig(loss="mse")``), trained by the engine's
+full-batch GD at 3–4 step sizes for several seeds; λ_max (Lanczos through the
+one HVP) is probed every ``probe_every`` steps, the training loss logged
+every ``eval_every`` steps. Quantified per run: λ_max·h/2 at the start, the
+first step at which λ_max ≥ 0.9·2/h ("at the edge"), and from then on the
+median and maximum of λ_max·h/2 (≈ 1 while it hovers at the edge of
+stability) and the fraction of training spent there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from implicit_reg.engine.config import RunConfig
+from implicit_reg.report.report import Report, fmt, mean_std, plot_band, select_scale
+
+from ._sweeps import (
+    history_matrix,
+    load_history,
+    run_configs,
+    sweep_dir,
+    tidy_log_axes,
+    workers_for,
+)
+
+NAME = "edge-of-stability"
+TITLE = "Edge of stability: λ_max under full-batch GD sharpens to about 2/h and hovers there"
+PAPER = (
+    "Cohen et al., *Gradient Descent on Neural Networks Typically Occurs at the Edge of "
+    "Stability*, ICLR 2021 (arXiv 2103.00065), Fig. 1–2"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    lrs: tuple[float, ...] = (0.5, 1.0, 2.0)
+    seeds: int = 2
+    n_train: int | None = 1000  # MNIST-1D training samples (None: all 4,000)
+    n_test: int | None = 200  # test error is not the point here: a small test set
+    width: int = 64
+    depth: int = 2
+    activation: str = "tanh"
+    steps: int = 2000
+    eval_every: int = 20  # training loss
+    probe_every: int = 20  # λ_max
+    lanczos_max_iter: int = 40
+    reach: float = 0.9  # "reached the edge": λ_max ≥ reach · 2/h
+    min_time_at_edge: float = 0.2  # judge "hovering" only with this fraction of steps left
+
+
+CONFIGS = {
+    "smoke": Config(
+        lrs=(1.0, 2.0),
+        seeds=1,
+        n_train=64,
+        n_test=32,
+        width=8,
+        steps=20,
+        eval_every=5,
+        probe_every=5,
+        lanczos_max_iter=10,
+    ),  # fmt: skip
+    "small": Config(),
+    "full": Config(
+        lrs=(0.25, 0.5, 1.0, 2.0),
+        seeds=3,
+        n_train=None,
+        n_test=None,
+        width=128,
+        steps=6000,
+        eval_every=20,
+        probe_every=20,
+        lanczos_max_iter=80,
+    ),  # fmt: skip
+}
+
+
+def sweep_configs(cfg: Config) -> list[RunConfig]:
+    """Full-batch GD at every h and seed, λ_max probed along the way."""
+    base = RunConfig(
+        model="mlp", width=cfg.width, depth=cfg.depth, activation=cfg.activation,
+        dataset="mnist1d", n_train=cfg.n_train, n_test=cfg.n_test, loss="mse",
+        optimizer="gd", steps=cfg.steps, eval_every=cfg.eval_every, probes=("lambda_max",),
+        probe_every=cfg.probe_every, probe_options={"lanczos_max_iter": cfg.lanczos_max_iter},
+    )  # fmt: skip
+    return [base.replace(lr=h, seed=s) for h in cfg.lrs for s in range(cfg.seeds)]
+
+
+def edge_stats(history: pd.DataFrame, cfg: Config) -> pd.DataFrame:
+    """Per run: λ_max·h/2 at step 0, the first step at the edge, and after it the median
+    and max of λ_max·h/2 and the fraction of steps left."""
+    rows = []
+    for (lr, seed), h in history[history.metric == "lambda_max"].groupby(["lr", "seed"]):
+        h = h.sort_values("step")
+        ratio = h.value.to_numpy() * lr / 2
+        steps = h.step.to_numpy()
+        hit = np.nonzero(ratio >= cfg.reach)[0]
+        after = steps >= steps[hit[0]] if len(hit) else np.zeros_like(steps, dtype=bool)
+        rows.append(
+            {
+                "lr": lr,
+                "seed": seed,
+                "2/h": 2 / lr,
+                "lambda_max_start": float(h.value.iloc[0]),
+                "ratio_start": float(ratio[0]),
+                "ratio_max": float(ratio.max()),
+                "first_step_at_edge": int(steps[hit[0]]) if len(hit) else None,
+                "time_at_edge": float(1 - steps[hit[0]] / steps.max()) if len(hit) else 0.0,
+                "ratio_after_median": float(np.median(ratio[after])) if len(hit) else np.nan,
+                "ratio_after_max": float(ratio[after].max()) if len(hit) else np.nan,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def edge_figure(history: pd.DataFrame, cfg: Config) -> Figure:
+    """λ_max (with the 2/h lines) and the training loss against the step."""
+    fig = Figure(figsize=(13, 4.8), layout="constrained")
+    ax_l, ax_r = fig.subplots(1, 2)
+    colors = [f"C{i}" for i in range(len(cfg.lrs))]
+    for lr, color in zip(sorted(cfg.lrs), colors):
+        h = history[history.lr == lr]
+        steps, lam = history_matrix(h, "lambda_max")
+        if len(steps):
+            plot_band(ax_l, steps, lam, label=f"h = {lr:g}", color=color)
+        ax_l.axhline(2 / lr, ls="--", lw=1, color=color, label=f"2/h = {2 / lr:g}")
+        steps, loss = history_matrix(h, "train_loss")
+        if len(steps):
+            plot_band(ax_r, steps, loss, label=f"h = {lr:g}", color=color, geometric=True)
+    ax_l.set(xlabel="step (GD iterations)", ylabel="λ_max (top Hessian eigenvalue)")
+    ax_l.set_title("sharpness λ_max: progressive sharpening, then hovering at 2/h")
+    ax_l.legend(fontsize=8, ncol=2)
+    ax_r.set(xlabel="step (GD iterations)", ylabel="train loss (MSE on one-hot targets)")
+    ax_r.set_yscale("log")
+    ax_r.set_title("training loss (non-monotone at the edge of stability)")
+    ax_r.legend(fontsize=8)
+    n = "4,000" if cfg.n_train is None else f"{cfg.n_train:,}"
+    fig.suptitle(
+        f"Full-batch GD on MNIST-1D (n={n}), MLP 40→{cfg.width}→{cfg.width}→10 ({cfg.activation}), "
+        f"squared loss; λ_max every {cfg.probe_every} steps; mean ± std over {cfg.seeds} seed(s)"
+    )
+    tidy_log_axes(fig)
+    return fig
+
+
+def run(scale: str, out: Path) -> Report:
+    """Run edge-of-stability at ``scale`` and write its report into ``out``."""
+    cfg = select_scale(CONFIGS, scale)
+    report = Report(NAME, TITLE, scale, out, cfg, PAPER)
+    rows = run_configs(
+        sweep_configs(cfg), sweep_dir(Path(out), NAME, NAME), workers=workers_for(scale)
+    )
+    note = rows.attrs["note"]
+    history = load_history(rows, ["lr", "seed"])
+    stats = edge_stats(history, cfg)
+    diverged = rows[rows.status != "complete"]
+    for lr, g in stats.groupby("lr"):
+        start = g.ratio_start.to_numpy()
+        med = g.ratio_after_median.to_numpy()
+        long_enough = bool(np.all(g.time_at_edge >= cfg.min_time_at_edge))
+        sharpened = bool(np.all(start < cfg.reach) and np.all(g.ratio_max >= cfg.reach))
+        report.add_claim(
+            f"h = {lr:g}: λ_max rises from below 2/h = {2 / lr:g} to about 2/h (progressive sharpening)",
+            "Cohen et al. 2021, Fig. 1",
+            f"λ_max·h/2 at step 0: {mean_std(start)}; max: {mean_std(g.ratio_max.to_numpy())}; "
+            f"first step with λ_max ≥ {cfg.reach:g}·2/h: "
+            + ", ".join("never" if v is None or pd.isna(v) else f"{int(v)}" for v in g.first_step_at_edge),
+            sharpened if np.all(start < cfg.reach) else None,
+            "starts below and reaches the edge" if sharpened else (
+                "λ_max already starts at or above the edge" if not np.all(start < cfg.reach)
+                else "λ_max never reaches the edge in this budget"
+            ),
+        )  # fmt: skip
+        hover = bool(np.all(np.abs(med - 1) <= 0.15))
+        report.add_claim(
+            f"h = {lr:g}: λ_max then hovers at about 2/h",
+            "Cohen et al. 2021, Fig. 1–2 (just above 2/h)",
+            f"after reaching the edge: median λ_max·h/2 {mean_std(med)}, max "
+            f"{mean_std(g.ratio_after_max.to_numpy())}, over the last "
+            f"{mean_std(100 * g.time_at_edge.to_numpy(), 2)}% of the steps",
+            hover if long_enough else None,
+            ("within ±15% of 2/h" if hover else "not within ±15% of 2/h") + (
+                "" if long_enough else
+                f"; reached the edge with less than {100 * cfg.min_time_at_edge:g}% of the steps left"
+            ),
+        )  # fmt: skip
+    if len(diverged):
+        report.add_text(
+            "\n".join(
+                f"- h = {r.lr:g}, seed {r.seed}: diverged at step {r.diverged_at}"
+                for r in diverged.itertuples()
+            ),
+            heading="Diverged runs",
+        )
+    report.add_figure(
+        edge_figure(history, cfg),
+        "edge_of_stability.png",
+        "Left: λ_max against the GD step for each step size h (mean ± std over seeds), dashed "
+        "lines at 2/h in the same colour. Right: the training loss of the same runs (log scale).",
+    )
+    table = (
+        stats.groupby("lr")
+        .agg(
+            seeds=("seed", "count"),
+            lam0=("lambda_max_start", "mean"),
+            start=("ratio_start", "mean"),
+            first=("first_step_at_edge", "mean"),
+            median_after=("ratio_after_median", "mean"),
+            max_after=("ratio_after_max", "mean"),
+        )
+        .reset_index()
+    )
+    report.add_table(
+        [
+            {
+                "h": r.lr,
+                "2/h": 2 / r.lr,
+                "seeds": r.seeds,
+                "λ_max at step 0": r.lam0,
+                "λ_max·h/2 at step 0": r.start,
+                "first step at the edge": r.first,
+                "median λ_max·h/2 from then on": r.median_after,
+                "max λ_max·h/2 from then on": r.max_after,
+            }
+            for r in table.itertuples()
+        ],
+        heading="How close λ_max sits to 2/h",
+        caption=(
+            f'Seed means; "at the edge": λ_max ≥ {cfg.reach:g}·2/h. λ_max from {cfg.lanczos_max_iter} Lanczos iterations at most '
+            f"(`probe_options={{'lanczos_max_iter': {cfg.lanczos_max_iter}}}`), every "
+            f"{cfg.probe_every} steps over the full training set ({fmt(cfg.steps)} steps)."
+        ),
+    )
+    report.add_data(stats, "edge_stats.csv")
+    lam = history[history.metric.isin(["lambda_max", "train_loss"])]
+    report.add_data(lam[["lr", "seed", "step", "metric", "value"]], "trajectories.csv")
+    report.add_text(note, heading="Compute")
+    return report.write()

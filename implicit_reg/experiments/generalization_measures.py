@@ -1,0 +1,217 @@
+"""generalization-measures: which measure of "simplicity" tracks the generalization gap here?
+
+Jiang, Neyshabur, Mobahi, Krishnan & Bengio, "Fantastic Generalization
+Measures and Where to Find Them", ICLR 2020 (arXiv 1912.02178): rank
+candidate measures by Kendall's τ between the measure and the
+generalization gap over many trained models, and by the granulated Ψ (the
+mean over hyperparameter axes of the τ within groups that differ in that
+axis only), so that a measure is not credited for a correlation that one
+hyperparameter drives in both. Keskar et al. (2017) proposed sharpness,
+Barrett & Dherin (2021) the gradient norm, Dherin et al. (2022) geometric
+complexity, Nagarajan & Kolter (2019) the distance from initialization.
+
+What is run: nothing new. The measures are those logged at the end of the
+runs of ``lr-sweep`` (full-batch GD over step sizes, stopped at equal
+training loss; GD runs only) and ``double-descent-width`` (SGD over widths
+with 15% label noise, MNIST-1D and MNIST settings), read from their sweep
+directories (``OUT/../lr-sweep/sweep`` and
+``OUT/../double-descent-width/sweep``) and trained there if missing. The gap
+is test error − train error (train error on the labels trained on, noisy
+ones included). τ and Ψ come from :func:`implicit_reg.report.results.kendall_ranking`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from implicit_reg.report.plots import label
+from implicit_reg.report.report import Report, select_scale
+from implicit_reg.report.results import kendall_ranking
+
+from . import double_descent_width as ddw
+from . import lr_sweep
+from ._sweeps import tidy_log_axes
+
+NAME = "generalization-measures"
+TITLE = "Which measure of simplicity tracks generalization? Kendall τ of flatness, norm and complexity measures with the generalization gap"
+PAPER = (
+    "Jiang et al., *Fantastic Generalization Measures and Where to Find Them*, ICLR 2020 "
+    "(arXiv 1912.02178), Kendall τ and the granulated Ψ; the measures of Keskar et al. 2017, "
+    "Barrett & Dherin 2021, Dherin et al. 2022"
+)
+MEASURES = (
+    "lambda_max", "trace", "eps_sharpness", "grad_norm_sq", "weight_norm", "dist_from_init",
+    "geometric_complexity",
+)  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    lr_sweep: lr_sweep.Config
+    double_descent_width: ddw.Config
+
+
+CONFIGS = {
+    scale: Config(lr_sweep=lr_sweep.CONFIGS[scale], double_descent_width=ddw.CONFIGS[scale])
+    for scale in ("smoke", "small", "full")
+}
+
+
+def sources(cfg: Config, out: Path, scale: str) -> tuple[dict[str, pd.DataFrame], list[str]]:
+    """{source name: summaries} of the runs whose measures are ranked, and the
+    compute notes of the two sweeps they come from."""
+    lr = lr_sweep.ensure_runs(cfg.lr_sweep, out, NAME, scale)
+    notes = [lr.attrs["note"]]
+    lr = lr[(lr.run == "GD") & lr.reached]
+    out_rows = {"lr-sweep (GD over h, MNIST-1D)": lr}
+    for key, rows in ddw.ensure_runs(cfg.double_descent_width, out, NAME, scale).items():
+        setting = getattr(cfg.double_descent_width, key)
+        out_rows[f"double-descent-width ({setting.label})"] = rows[rows.status == "complete"]
+        if rows.attrs["note"] not in notes:
+            notes.append(rows.attrs["note"])
+    return out_rows, notes
+
+
+def ranking_table(data: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Long form: one row per (source, measure) with τ, its p-value and Ψ."""
+    frames = []
+    for name, rows in data.items():
+        present = [m for m in MEASURES if m in rows and rows[m].notna().any()]
+        r = kendall_ranking(rows, present)
+        r.insert(0, "source", name)
+        frames.append(r[["source", "measure", "tau", "p_value", "n_runs", "psi"]])
+    return pd.concat(frames, ignore_index=True)
+
+
+def ranking_figure(data: dict[str, pd.DataFrame], table: pd.DataFrame) -> Figure:
+    """Grouped bars of τ per measure and source, then one scatter per measure."""
+    fig = Figure(figsize=(16, 8.5), layout="constrained")
+    axes = fig.subplots(2, 4).ravel()
+    names = list(data)
+    ax = axes[0]
+    width = 0.8 / len(names)
+    y = np.arange(len(MEASURES))
+    for i, name in enumerate(names):
+        t = table[table.source == name].set_index("measure").reindex(list(MEASURES))
+        ax.barh(y + (i - (len(names) - 1) / 2) * width, t.tau.to_numpy(), height=width,
+                color=f"C{i}", label=name)  # fmt: skip
+    ax.axvline(0, color="0.3", lw=0.8)
+    ax.set_yticks(y, [label(m).split(" (")[0] for m in MEASURES], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(-1, 1)
+    ax.set_xlabel("Kendall τ with the generalization gap")
+    ax.set_title("τ(measure, test − train error)")
+    ax.legend(fontsize=6, loc="lower left")
+    for ax, m in zip(axes[1:], MEASURES):
+        for i, name in enumerate(names):
+            rows = data[name]
+            if m in rows:
+                ax.scatter(rows[m], rows["gen_gap"], s=12, color=f"C{i}", alpha=0.7)
+        ax.set_xscale("log")
+        ax.set_xlabel(label(m))
+        ax.set_ylabel("generalization gap (test − train error)")
+        ax.set_title(label(m).split(" (")[0], fontsize=10)
+    fig.suptitle(
+        "Generalization measures at the end of training against the generalization gap: "
+        + "; ".join(f"{name}: {len(rows)} runs" for name, rows in data.items()),
+        fontsize=10,
+    )
+    tidy_log_axes(fig)
+    return fig
+
+
+def run(scale: str, out: Path) -> Report:
+    """Run generalization-measures at ``scale`` and write its report into ``out``."""
+    cfg = select_scale(CONFIGS, scale)
+    report = Report(NAME, TITLE, scale, out, cfg, PAPER)
+    data, notes = sources(cfg, Path(out), scale)
+    table = ranking_table(data)
+    wide = table.pivot(index="measure", columns="source", values="tau").reindex(list(MEASURES))
+    wide["mean τ"] = wide.mean(axis=1)
+    wide = wide.sort_values("mean τ", ascending=False)
+    best = wide.index[0]
+    consistent = [
+        m
+        for m in wide.index
+        if (np.sign(wide.loc[m, list(data)]) == np.sign(wide.loc[m, "mean τ"])).all()
+    ]
+    report.add_claim(
+        "flatness (sharpness) measures track generalization best (Jiang et al. rank sharpness "
+        "measures among the most predictive)",
+        "Jiang et al. 2020, Table 5; Keskar et al. 2017",
+        f"highest mean τ: {label(best).split(' (')[0]} ({wide.loc[best, 'mean τ']:+.2f}); "
+        f"λ_max {wide.loc['lambda_max', 'mean τ']:+.2f}, ε-sharpness "
+        f"{wide.loc['eps_sharpness', 'mean τ']:+.2f}, tr H {wide.loc['trace', 'mean τ']:+.2f}",
+        best in ("lambda_max", "trace", "eps_sharpness"),
+        f"the best measure here is {best}",
+    )
+    report.add_claim(
+        "a good measure has the same sign of τ in every setting",
+        "Jiang et al. 2020 (robustness across hyperparameters)",
+        "same sign in all sources: " + (", ".join(consistent) if consistent else "none"),
+        None,
+        f"{len(consistent)} of {len(MEASURES)} measures",
+    )
+    report.add_figure(
+        ranking_figure(data, table),
+        "generalization_measures.png",
+        "Top left: Kendall τ between each measure and the generalization gap, per source of "
+        "runs. Other panels: each measure against the gap, one point per run, coloured by "
+        "source as in the bars.",
+    )
+    rows = []
+    for m in wide.index:
+        r = {"measure": m}
+        for name in data:
+            t = table[(table.source == name) & (table.measure == m)]
+            r[f"τ {name}"] = (
+                f"{t.tau.iloc[0]:+.2f} (p {t.p_value.iloc[0]:.1g})"
+                if len(t) and np.isfinite(t.tau.iloc[0])
+                else "n/a"
+            )
+            r[f"Ψ {name}"] = (
+                f"{t.psi.iloc[0]:+.2f}" if len(t) and np.isfinite(t.psi.iloc[0]) else "n/a"
+            )
+        r["mean τ"] = f"{wide.loc[m, 'mean τ']:+.2f}"
+        rows.append(r)
+    report.add_table(
+        rows,
+        heading="Kendall τ and Ψ with the generalization gap",
+        caption=(
+            "τ: Kendall's τ-b between the measure and test − train error over all runs of the "
+            "source (p: its two-sided p-value). Ψ: the granulated coefficient of Jiang et al.; "
+            "each source varies one hyperparameter (h or the width) besides the seed, so Ψ is "
+            "the τ across that hyperparameter within one seed, averaged over seeds. Sorted by "
+            "the mean τ over sources."
+        ),
+    )
+    report.add_text(conclusion(wide, data), heading="What tracks generalization here?")
+    report.add_data(table, "kendall_tau.csv")
+    report.add_text("\n\n".join(notes), heading="Compute")
+    return report.write()
+
+
+def conclusion(wide: pd.DataFrame, data: dict[str, pd.DataFrame]) -> str:
+    lines = []
+    for name in data:
+        col = wide[name].dropna().sort_values(ascending=False)
+        if col.empty:
+            continue
+        lines.append(
+            f"- {name}: best {label(col.index[0]).split(' (')[0]} (τ = {col.iloc[0]:+.2f}), "
+            f"worst {label(col.index[-1]).split(' (')[0]} (τ = {col.iloc[-1]:+.2f})."
+        )
+    lines.append(
+        "\nA positive τ means that a larger value goes with a larger gap, as a complexity "
+        "measure should. Over step sizes at equal training loss the gap is mostly the test "
+        "error; over widths with label noise it is dominated by how much noise the model "
+        "memorizes (train error falls to 0 past the threshold), so measures that grow with "
+        "the fit of the noise rank high there. A measure is only convincing if it ranks high "
+        "in every source."
+    )
+    return "\n".join(lines)

@@ -1,0 +1,256 @@
+"""igr-order: one GD step is O(h²) from the flow of L but O(h³) from the flow of L̃.
+
+Barrett & Dherin, "Implicit Gradient Regularization", ICLR 2021 (arXiv
+2009.11162), backward error analysis: for θ' = θ − h∇L(θ) and
+φ_h the time-h map of a flow,
+
+    ‖θ' − φ_h^L(θ)‖ = O(h²),      ‖θ' − φ_h^{L̃}(θ)‖ = O(h³),
+
+where L̃ = L + (h/4)‖∇L‖² is the modified loss. We measure both local errors
+for h over two decades and fit the slope of log error against log h (expected
+2 and 3), on the two-parameter model of ``igr-toy`` and on a small tanh MLP
+fitted to teacher data. GD is one step of the package's ``GD`` optimizer;
+∇L̃ comes from ``implicit_reg.core.modified_gradient``; the flows are integrated
+by ``solve_ivp`` (DOP853, rtol = atol = 1e-12, float64).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+from torch import nn
+
+from implicit_reg.core.objective import chunk_loss_fns, trainable_named_params
+from implicit_reg.report.report import Report, mean_std, plot_band, select_scale
+from implicit_reg.workloads.data import load_dataset
+from implicit_reg.workloads.models import build_model, count_params
+
+from ._flows import gd_iterates, gradient_flow
+
+NAME = "igr-order"
+TITLE = "Backward error analysis: GD's one-step error is O(h²) against the flow of L, O(h³) against the flow of L̃"
+PAPER = (
+    "Barrett & Dherin, *Implicit Gradient Regularization*, ICLR 2021 "
+    "(arXiv 2009.11162): GD follows L̃ = L + (h/4)‖∇L‖² to O(h³) per step"
+)
+EXPECTED = {"flow of L": 2.0, "flow of L̃": 3.0}
+TOLERANCE = 0.15  # |fitted slope − expected| that counts as reproduced
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    h_min: float = 1e-3
+    h_max: float = 1e-1
+    num_h: int = 9  # log-spaced step sizes
+    seeds: int = 5  # initial points (toy) / teacher data and init (MLP)
+    toy_y: float = 0.6  # E(a, b) = ½(y − ab)², x = 1
+    mlp_width: int = 16  # tanh MLP input_dim → width → 1
+    mlp_depth: int = 1
+    input_dim: int = 4
+    n_train: int = 32  # teacher regression data
+    rtol: float = 1e-12
+    atol: float = 1e-12
+
+
+CONFIGS = {
+    "smoke": Config(num_h=3, seeds=1, h_min=1e-2, mlp_width=4, n_train=8),
+    "small": Config(),
+    "full": Config(num_h=13, seeds=20, h_min=5e-4, mlp_width=32, mlp_depth=2, n_train=64),
+}
+
+
+def toy_problem(seed: int, cfg: Config):
+    """E(a, b) = ½(y − ab)² at a random point (a, b) ~ U([0.5, 2]²)."""
+    rng = np.random.default_rng([seed, 7])
+    theta0 = tuple(torch.tensor(v, dtype=torch.float64) for v in rng.uniform(0.5, 2.0, size=2))
+
+    def loss_fn(p):
+        a, b = p
+        return 0.5 * (cfg.toy_y - a * b) ** 2
+
+    return loss_fn, theta0
+
+
+def mlp_problem(seed: int, cfg: Config):
+    """Mean squared error of a tanh MLP (``build_model("mlp")``) on teacher data,
+    as a function of its parameter tuple (``fullbatch.chunk_loss_fns``)."""
+    data = load_dataset(
+        "teacher",
+        n_train=cfg.n_train,
+        n_test=1,
+        seed=seed,
+        task="regression",
+        input_dim=cfg.input_dim,
+    ).to(dtype=torch.float64)
+    model = build_model(
+        "mlp", input_dim=cfg.input_dim, output_dim=1, width=cfg.mlp_width,
+        depth=cfg.mlp_depth, activation="tanh", seed=seed,
+    ).double()  # fmt: skip
+    fns = list(chunk_loss_fns(model, nn.MSELoss(), data.train))
+
+    def loss_fn(p):
+        return sum(f(p) for f in fns)
+
+    theta0 = tuple(p.detach().clone() for p in trainable_named_params(model).values())
+    return loss_fn, theta0, count_params(model)
+
+
+def local_errors(loss_fn, theta0, hs: np.ndarray, cfg: Config) -> list[dict]:
+    """‖θ₁ − φ_h(θ₀)‖ for one GD step against the flows of L and of L̃_h."""
+    rows = []
+    for h in hs:
+        step = gd_iterates(loss_fn, theta0, float(h), 1)[1]
+        for flow, coeff in (("flow of L", 0.0), ("flow of L̃", h / 4)):
+            sol = gradient_flow(
+                loss_fn,
+                theta0,
+                float(h),
+                coeff=coeff,
+                t_eval=[float(h)],
+                rtol=cfg.rtol,
+                atol=cfg.atol,
+            )
+            rows.append(
+                dict(h=float(h), flow=flow, error=float(np.linalg.norm(step - sol.y[:, -1])))
+            )
+    return rows
+
+
+def fit_slope(h: np.ndarray, err: np.ndarray) -> float:
+    """Least-squares slope of log err against log h."""
+    return float(np.polyfit(np.log(h), np.log(err), 1)[0])
+
+
+def measure(cfg: Config) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Local errors for every model, seed, h and flow; and the parameter counts."""
+    hs = np.geomspace(cfg.h_min, cfg.h_max, cfg.num_h)
+    rows, sizes = [], {"two-parameter model": 2}
+    for seed in range(cfg.seeds):
+        loss_fn, theta0 = toy_problem(seed, cfg)
+        rows += [
+            dict(model="two-parameter model", seed=seed, **r)
+            for r in local_errors(loss_fn, theta0, hs, cfg)
+        ]
+        loss_fn, theta0, m = mlp_problem(seed, cfg)
+        label = f"tanh MLP ({m} params)"
+        sizes[label] = m
+        rows += [dict(model=label, seed=seed, **r) for r in local_errors(loss_fn, theta0, hs, cfg)]
+    return pd.DataFrame(rows), sizes
+
+
+def slopes(errors: pd.DataFrame) -> pd.DataFrame:
+    """Fitted slopes per (model, flow, seed): over all h, and over the smaller half
+    of the h values (closer to the asymptotic order)."""
+    rows = []
+    for (model, flow, seed), g in errors.groupby(["model", "flow", "seed"]):
+        g = g.sort_values("h")
+        small = g.iloc[: max(2, (len(g) + 1) // 2)]
+        rows.append(dict(
+            model=model, flow=flow, seed=seed,
+            slope=fit_slope(g.h.values, g.error.values),
+            slope_small_h=fit_slope(small.h.values, small.error.values),
+            h_small_max=float(small.h.max()),
+        ))  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+COLORS = {"flow of L": "C0", "flow of L̃": "C2"}
+
+
+def order_figure(errors: pd.DataFrame, fits: pd.DataFrame, cfg: Config) -> Figure:
+    """Log–log local error against h, one panel per model."""
+    models = list(dict.fromkeys(errors.model))
+    fig = Figure(figsize=(5.2 * len(models), 4.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(models)))
+    for ax, model in zip(axes, models):
+        sub = errors[errors.model == model]
+        for flow, color in COLORS.items():
+            piv = sub[sub.flow == flow].pivot(index="seed", columns="h", values="error")
+            s = fits[(fits.model == model) & (fits.flow == flow)].slope.values
+            label = f"GD vs {flow}: slope {mean_std(s)}"
+            plot_band(
+                ax,
+                piv.columns.values,
+                piv.values,
+                label=label,
+                color=color,
+                geometric=True,
+                marker="o",
+                ms=4,
+            )
+            h = piv.columns.values
+            mid = np.exp(np.log(piv.values).mean(0))
+            p = EXPECTED[flow]
+            ax.plot(h, mid[0] * (h / h[0]) ** p, ":", color=color, label=f"reference slope {p:g}")
+        ax.set(
+            xscale="log",
+            yscale="log",
+            xlabel="step size h",
+            ylabel=r"one-step error $\|\theta_1 - \varphi_h(\theta_0)\|$",
+        )
+        ax.set_title(f"{model}, {cfg.seeds} seed(s)")
+        ax.legend(fontsize=8)
+    fig.suptitle(
+        "Local error of one GD step against the gradient flows of L and of L̃ = L + (h/4)‖∇L‖²"
+    )
+    return fig
+
+
+def run(scale: str, out: Path) -> Report:
+    """Run igr-order at ``scale`` and write its report into ``out``."""
+    cfg = select_scale(CONFIGS, scale)
+    report = Report(NAME, TITLE, scale, out, cfg, PAPER)
+    errors, sizes = measure(cfg)
+    fits = slopes(errors)
+    report.add_data(errors, "local_errors.csv")
+    report.add_data(fits, "slopes.csv")
+    table = []
+    for model in sizes:
+        for flow, expected in EXPECTED.items():
+            s = fits[(fits.model == model) & (fits.flow == flow)].slope.values
+            e = errors[(errors.model == model) & (errors.flow == flow)]
+            ok = bool(np.all(np.abs(s - expected) < TOLERANCE))
+            report.add_claim(
+                f"{model}: one GD step vs the {flow}",
+                f"local error O(h^{expected:g}), slope {expected:g}",
+                f"fitted slope {mean_std(s)} over h ∈ [{cfg.h_min:g}, {cfg.h_max:g}]",
+                ok,
+                f"every seed within ±{TOLERANCE:g}" if ok else f"some seed off by ≥ {TOLERANCE:g}",
+            )
+            table.append(
+                {
+                    "model": model,
+                    "flow": flow,
+                    "expected slope": expected,
+                    "fitted slope": mean_std(s),
+                    "slope, smaller half of h": mean_std(
+                        fits[(fits.model == model) & (fits.flow == flow)].slope_small_h.values
+                    ),
+                    f"error at h = {cfg.h_min:g}": mean_std(e[e.h == e.h.min()].error.values, 2),
+                    f"error at h = {cfg.h_max:g}": mean_std(e[e.h == e.h.max()].error.values, 2),
+                }
+            )
+    report.add_figure(
+        order_figure(errors, fits, cfg),
+        "local_error_order.png",
+        "One-step error of GD against the flow of L (blue) and of the modified loss L̃ (green), "
+        "geometric mean ± std over seeds; dotted lines have the expected slopes 2 and 3.",
+    )
+    report.add_table(
+        table,
+        heading="Fitted slopes",
+        caption=(
+            f"Slopes of log error against log h, fitted over {cfg.num_h} log-spaced h in "
+            f"[{cfg.h_min:g}, {cfg.h_max:g}] (and over the smaller half, h ≤ "
+            f"{fits.h_small_max.max():.3g}), mean ± std over {cfg.seeds} seed(s). The two-parameter "
+            f"model starts at (a, b) ~ U([0.5, 2]²); the MLP is `build_model('mlp', "
+            f"activation='tanh', width={cfg.mlp_width}, depth={cfg.mlp_depth})` on "
+            f"{cfg.n_train} teacher regression points (`load_dataset('teacher')`), MSE loss, float64."
+        ),
+    )
+    return report.write()

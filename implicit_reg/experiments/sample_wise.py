@@ -1,0 +1,177 @@
+"""sample-wise: at a fixed width near the threshold, test error against the number of samples.
+
+Nakkiran et al., "Deep Double Descent", 2019 (arXiv 1912.02292), Sec. 7 and
+Fig. 11–12: the interpolation threshold depends on n as well as on the
+model, so for a fixed model test error against n can rise where n crosses
+the model's effective complexity (the largest n it fits); there more data
+hurts.
+
+What is run: ``double-descent-width``'s MNIST-1D recipe (MLP 40 → w → w →
+10, cross-entropy, SGD lr 0.01, momentum 0.9, batch 100, 15% label noise, a
+fixed number of epochs, so a larger n gets proportionally more steps) at
+one width w for several training-set sizes n (nested subsets of the
+MNIST-1D training pool, ``load_dataset(n_train=...)``), same test set. The
+run at double-descent-width's own n is the same config, so it is read from
+that experiment's sweep directory (``OUT/../double-descent-width/sweep``),
+where the new runs go too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from implicit_reg.report.report import Report, mean_std, select_scale
+
+from . import double_descent_width as ddw
+from ._sweeps import run_configs, seed_band, sweep_dir, tidy_log_axes, workers_for
+
+NAME = "sample-wise"
+TITLE = "Sample-wise non-monotonicity: test error against the number of training samples at a fixed width (MNIST-1D, 15% label noise)"
+PAPER = "Nakkiran et al., *Deep Double Descent*, arXiv 1912.02292, Sec. 7, Fig. 11–12"
+MARGIN = 0.01  # "more data hurts" needs a rise of more than one point of test error
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    width: int  # one of double-descent-width's MNIST-1D widths
+    n_trains: tuple[int, ...]
+    width_config: ddw.Config
+
+
+CONFIGS = {
+    "smoke": Config(width=8, n_trains=(32, 64), width_config=ddw.CONFIGS["smoke"]),
+    "small": Config(
+        width=28,
+        n_trains=(250, 500, 750, 1000, 1500, 2000, 3000),
+        width_config=ddw.CONFIGS["small"],
+    ),  # fmt: skip
+    "full": Config(
+        width=47,
+        n_trains=(500, 1000, 1500, 2000, 2500, 3000, 3500, 4000),
+        width_config=ddw.CONFIGS["full"],
+    ),  # fmt: skip
+}
+
+
+def sample_figure(rows: pd.DataFrame, cfg: Config, n_params: int) -> Figure:
+    setting = cfg.width_config.mnist1d
+    fig = Figure(figsize=(8, 5), layout="constrained")
+    ax = fig.add_subplot()
+    seed_band(ax, rows, "n_train", "test_error", label="test error", marker="o", color="C3")
+    seed_band(ax, rows, "n_train", "train_error", label="train error (noisy labels)", marker="s",
+              color="C0")  # fmt: skip
+    ax.axvline(n_params, ls=":", color="0.3", label=f"n = N = {n_params:,} parameters")
+    if n_params / 10 >= min(cfg.n_trains) / 2:
+        ax.axvline(n_params / 10, ls="--", color="0.3", label=f"n·k = N (n = {n_params / 10:,.0f})")
+    ax.set_xscale("log")
+    ax.set_xlabel("training samples n")
+    ax.set_ylabel("error (fraction misclassified)")
+    ax.set_title(
+        f"MNIST-1D, MLP 40→{cfg.width}→{cfg.width}→10 (N = {n_params:,}), "
+        f"{100 * cfg.width_config.label_noise:g}% label noise,\nSGD lr {setting.lr:g}, momentum "
+        f"{setting.momentum:g}, batch {setting.batch_size}, {setting.epochs} epochs; mean ± std "
+        f"over {cfg.width_config.seeds} seed(s)",
+        fontsize=10,
+    )
+    ax.legend(fontsize=8)
+    tidy_log_axes(fig)
+    return fig
+
+
+def largest_rise(means: pd.Series) -> tuple[float, int, int]:
+    """The largest increase of the mean test error from a smaller n to a larger n."""
+    ns, v = means.index.to_numpy(), means.to_numpy()
+    best = (0.0, int(ns[0]), int(ns[0]))
+    for i in range(len(v)):
+        for j in range(i + 1, len(v)):
+            if v[j] - v[i] > best[0]:
+                best = (float(v[j] - v[i]), int(ns[i]), int(ns[j]))
+    return best
+
+
+def run(scale: str, out: Path) -> Report:
+    """Run sample-wise at ``scale`` and write its report into ``out``."""
+    cfg = select_scale(CONFIGS, scale)
+    wc = cfg.width_config
+    setting = wc.mnist1d
+    if cfg.width not in setting.widths:
+        raise ValueError(
+            f"width {cfg.width} is not run by double-descent-width; choose from {list(setting.widths)}"
+        )
+    report = Report(NAME, TITLE, scale, out, cfg, PAPER)
+    configs = [
+        setting.run_config(cfg.width, s, wc.label_noise, n_train=n)
+        for n in cfg.n_trains
+        for s in range(wc.seeds)
+    ]
+    rows = run_configs(configs, sweep_dir(Path(out), ddw.NAME, NAME), workers=workers_for(scale))
+    note = rows.attrs["note"]
+    rows = rows[rows.status == "complete"].copy()
+    rows["n_train"] = rows["n_train"].astype(int)
+    n_params = int(rows.n_params.iloc[0])
+    means = rows.groupby("n_train").test_error.mean().sort_index()
+    rise, n_lo, n_hi = largest_rise(means)
+    ok = rise > MARGIN
+    train = rows.groupby("n_train").train_error.mean().sort_index()
+    fits = train[train <= ddw.INTERPOLATED]
+    n_fit = int(fits.index.max()) if len(fits) else None
+    report.add_claim(
+        "near the threshold more data can hurt: test error rises with n somewhere",
+        "Nakkiran et al. 2019, Fig. 11–12",
+        (
+            f"largest rise of the mean test error: {100 * rise:.1f} points from n = {n_lo:,} "
+            f"({100 * means[n_lo]:.1f}%) to n = {n_hi:,} ({100 * means[n_hi]:.1f}%)"
+            if rise > 0
+            else "the mean test error falls at every step in n: "
+            + " → ".join(f"{100 * v:.1f}%" for v in means.to_numpy())
+        ),
+        ok,
+        f"more data hurts between n = {n_lo:,} and n = {n_hi:,}" if ok
+        else f"no rise above {100 * MARGIN:g} point: more data never hurts here",
+    )  # fmt: skip
+    i_peak = int(np.argmax(means.to_numpy()))
+    report.add_claim(
+        "the test error peaks where n crosses what the model can just fit (its effective complexity)",
+        "Nakkiran et al. 2019, Sec. 7",
+        f"peak at n = {int(means.index[i_peak]):,}; the largest n the model fits to ≤ "
+        f"{100 * ddw.INTERPOLATED:g}% train error: "
+        + (f"{n_fit:,}" if n_fit is not None else "none")
+        + f"; N = {n_params:,} parameters",
+        (n_fit is not None and abs(np.log(means.index[i_peak] / n_fit)) <= np.log(2)) if ok else None,
+        "peak within a factor 2 of the largest fitted n" if ok else "no clear peak",
+    )  # fmt: skip
+    report.add_figure(
+        sample_figure(rows, cfg, n_params),
+        "sample_wise.png",
+        "Test and train error against the number of training samples at a fixed width; "
+        "mean ± std over seeds. Dotted: n equal to the parameter count.",
+    )
+    report.add_table(
+        [
+            {
+                "n": n,
+                "steps": int(g.steps_done.iloc[0]),
+                "train error": mean_std(g.train_error.to_numpy()),
+                "test error": mean_std(g.test_error.to_numpy()),
+                "‖θ‖": mean_std(g.weight_norm.to_numpy()),
+                "λ_max": mean_std(g.lambda_max.to_numpy()),
+            }
+            for n, g in rows.groupby("n_train")
+        ],
+        heading="Per training-set size",
+        caption=(
+            f"Width {cfg.width} (N = {n_params:,}), {setting.epochs} epochs each (steps grow with "
+            f"n), the same 1,000 test samples, mean ± std over {wc.seeds} seed(s). The "
+            f"n = {setting.n_train:,} runs are shared with `double-descent-width`."
+        ),
+    )
+    cols = ["n_train", "seed", "n_params", "steps_done", "train_error", "test_error",
+            "train_loss", "test_loss", "weight_norm", "lambda_max"]  # fmt: skip
+    report.add_data(rows[cols], "runs.csv")
+    report.add_text(note, heading="Compute")
+    return report.write()
