@@ -41,6 +41,10 @@ __all__ = [
     "plot_band",
     "fmt",
     "markdown_table",
+    "VERDICT_Z",
+    "seed_effect",
+    "judge",
+    "effect_text",
 ]
 
 SCALES = ("smoke", "small", "full")
@@ -89,7 +93,7 @@ def write_index(root: Path) -> Path:
         s = json.loads(path.read_text(encoding="utf-8"))
         verdicts = [c["reproduced"] for c in s["claims"]]
         yes, partly = sum(v is True for v in verdicts), sum(v is None for v in verdicts)
-        claims = f"{yes}/{len(verdicts)}" + (f" (+{partly} partly)" if partly else "")
+        claims = f"{yes}/{len(verdicts)}" + (f" ({partly} inconclusive)" if partly else "")
         rows.append({
             "experiment": f"[{s['name']}]({path.parent.name}/{REPORT_FILE})",
             "what": s["title"],
@@ -174,6 +178,63 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | N
     return "\n".join(lines) + "\n"
 
 
+# --------------------------------------------------------------------------- verdicts
+
+#: how many standard errors an effect must exceed to count as reproduced (or as reversed)
+VERDICT_Z = 2.0
+
+
+def seed_effect(
+    a: Sequence[float], b: Sequence[float] | None = None, *, paired: bool = False
+) -> tuple[float, float]:
+    """The effect ``mean(a) − mean(b)`` (or ``mean(a)`` alone) and its standard error over seeds.
+
+    Unpaired: SE = sqrt(s_a²/n_a + s_b²/n_b) with sample standard deviations
+    (ddof=1). ``paired=True`` takes the per-seed differences a_i − b_i (same
+    seeds on both sides) and SE = s_d/sqrt(n). One seed gives SE = nan: no
+    uncertainty can be claimed from one run.
+    """
+    a = np.asarray(a, dtype=float)
+    if b is None:
+        return float(a.mean()), _se(a)
+    b = np.asarray(b, dtype=float)
+    if paired:
+        if a.shape != b.shape:
+            raise ValueError(f"paired effect needs equal shapes, got {a.shape} and {b.shape}")
+        d = a - b
+        return float(d.mean()), _se(d)
+    return float(a.mean() - b.mean()), float(np.hypot(_se(a), _se(b)))
+
+
+def _se(x: np.ndarray) -> float:
+    return float(x.std(ddof=1) / np.sqrt(x.size)) if x.size > 1 else float("nan")
+
+
+def judge(effect: float, se: float, *, z: float = VERDICT_Z) -> bool | None:
+    """The verdict of a claim that predicts ``effect > 0``, from the effect and its SE.
+
+    True (reproduced) when effect > z·SE; False (not reproduced) when
+    effect < −z·SE, the opposite beyond the noise; None (inconclusive) when
+    |effect| ≤ z·SE or the SE is unknown (one seed, nan).
+    """
+    if not math.isfinite(effect):
+        return False if math.isnan(effect) else effect > 0
+    if not math.isfinite(se):
+        return None
+    if effect > z * se:
+        return True
+    if effect < -z * se:
+        return False
+    return None
+
+
+def effect_text(effect: float, se: float, digits: int = 3) -> str:
+    """``effect ± SE (k SE)`` as text, the numbers a verdict rests on."""
+    if not math.isfinite(se) or se == 0:
+        return f"{fmt(effect, digits)} (SE n/a)"
+    return f"{fmt(effect, digits)} ± {fmt(se, 2)} SE ({effect / se:+.1f} SE)"
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -181,8 +242,10 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | N
 class Claim:
     """One published claim next to our measurement.
 
-    ``reproduced`` is True, False, or None when the comparison is not a yes/no
-    question (then ``verdict`` says what we found).
+    ``reproduced`` is True (the effect exceeds about two standard errors over
+    seeds, :func:`judge`), False (the opposite holds beyond the noise) or None
+    (inconclusive: inside the noise, or not a yes/no question; ``verdict``
+    says what we found).
     """
 
     claim: str
@@ -192,7 +255,7 @@ class Claim:
     verdict: str = ""
 
     def row(self) -> dict[str, str]:
-        yes_no = {True: "yes", False: "**no**", None: "partly"}[self.reproduced]
+        yes_no = {True: "yes", False: "**no**", None: "inconclusive"}[self.reproduced]
         verdict = f"{yes_no}: {self.verdict}" if self.verdict else yes_no
         return {"claim": self.claim, "paper": self.paper, "ours": self.ours, "reproduces?": verdict}
 
