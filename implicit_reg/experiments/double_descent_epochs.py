@@ -51,12 +51,15 @@ class Config:
         int, int, int
     ]  # below, at and above the threshold; in double-descent-width's list
     width_config: ddw.Config  # the double-descent-width config of the same scale
+    # seeds per width: the first width_config.seeds are shared with double-descent-width
+    seeds: int = 5
 
 
 CONFIGS = {
-    "smoke": Config(widths=(2, 8, 32), width_config=ddw.CONFIGS["smoke"]),
-    "small": Config(widths=(9, 28, 300), width_config=ddw.CONFIGS["small"]),
-    "full": Config(widths=(10, 47, 300), width_config=ddw.CONFIGS["full"]),
+    "smoke": Config(widths=(2, 8, 32), width_config=ddw.CONFIGS["smoke"], seeds=2),
+    # n = 4,000 (the MNIST-1D paper's scale), evaluated every epoch, 5 seeds
+    "small": Config(widths=(10, 47, 300), width_config=ddw.CONFIGS["small"], seeds=5),
+    "full": Config(widths=(10, 47, 300), width_config=ddw.CONFIGS["full"], seeds=8),
 }
 ROLES = ("below the threshold", "near the threshold", "above the threshold")
 
@@ -68,6 +71,14 @@ def check_widths(cfg: Config) -> None:
         raise ValueError(
             f"widths {bad} are not run by double-descent-width; choose from {list(allowed)}"
         )
+
+
+def run_list(cfg: Config) -> list:
+    """The engine configs: each width × ``cfg.seeds`` seeds, on the noisy labels."""
+    wc = cfg.width_config
+    return [
+        wc.mnist1d.run_config(w, s, wc.label_noise) for w in cfg.widths for s in range(cfg.seeds)
+    ]
 
 
 def curve_stats(epochs: np.ndarray, test: np.ndarray) -> dict:
@@ -134,9 +145,7 @@ def run(scale: str, out: Path) -> Report:
     report = Report(NAME, TITLE, scale, out, cfg, PAPER)
     wc = cfg.width_config
     setting = wc.mnist1d
-    configs = [
-        setting.run_config(w, s, wc.label_noise) for w in cfg.widths for s in range(wc.seeds)
-    ]
+    configs = run_list(cfg)
     rows = run_configs(configs, sweep_dir(Path(out), ddw.NAME, NAME), workers=workers_for(scale))
     note = rows.attrs["note"]
     history = load_history(rows, ["width", "seed"])

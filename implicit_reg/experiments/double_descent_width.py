@@ -68,7 +68,7 @@ class Setting:
     """One model family, data set and training recipe; one run per (width, seed)."""
 
     label: str
-    dataset: str  # "mnist1d" or "mnist"
+    dataset: str  # "mnist1d", "mnist1d_large" (12,000 test samples) or "mnist"
     depth: int  # hidden layers of the MLP
     loss: str  # "cross_entropy" or "mse" (on one-hot targets)
     widths: tuple[int, ...]
@@ -79,6 +79,12 @@ class Setting:
     batch_size: int = 100
     eval_every: int = 20  # steps; also the resolution of double-descent-epochs
     n_test: int | None = None  # None: every test sample of the data set
+    # widths whose runs end with the Hessian probes (MEASURE_PROBES); None: every width.
+    # The probes cost more than the training at the large widths of a long sweep.
+    probe_widths: tuple[int, ...] | None = None
+
+    def probes(self, width: int) -> tuple[str, ...]:
+        return MEASURE_PROBES if self.probe_widths is None or width in self.probe_widths else ()
 
     def run_config(self, width: int, seed: int, label_noise: float, **changes) -> RunConfig:
         """The engine config of one run (``changes`` override fields, e.g. n_train)."""
@@ -87,7 +93,7 @@ class Setting:
             dataset=self.dataset, n_train=self.n_train, n_test=self.n_test,
             label_noise=label_noise, loss=self.loss, optimizer="sgd", lr=self.lr,
             momentum=self.momentum, batch_size=self.batch_size, steps=None,
-            epochs=self.epochs, eval_every=self.eval_every, probes=MEASURE_PROBES, seed=seed,
+            epochs=self.epochs, eval_every=self.eval_every, probes=self.probes(width), seed=seed,
         )  # fmt: skip
         return cfg.replace(**changes) if changes else cfg
 
@@ -101,90 +107,71 @@ class Setting:
 class Config:
     mnist1d: Setting
     mnist: Setting
-    seeds: int = 2  # initialization and minibatch-order seeds (the noisy labels are fixed)
+    seeds: int = 3  # initialization and minibatch-order seeds (the noisy labels are fixed)
     label_noise: float = 0.15
+    # the MNIST-1D sweep again on the clean labels (label_noise 0), beside the noisy one
+    clean: bool = True
 
+    def keys(self) -> tuple[str, ...]:
+        """The settings run: "mnist1d", "mnist1d_clean" (when ``clean``) and "mnist"."""
+        return ("mnist1d", "mnist1d_clean", "mnist") if self.clean else ("mnist1d", "mnist")
+
+    def setting(self, key: str) -> Setting:
+        if key == "mnist1d_clean":
+            return dataclasses.replace(self.mnist1d, label=self.mnist1d.label + ", clean labels")
+        if key not in ("mnist1d", "mnist"):
+            raise ValueError(f"unknown setting {key!r}; valid: {list(self.keys())}")
+        return getattr(self, key)
+
+    def noise(self, key: str) -> float:
+        """The label noise of setting ``key`` (0 for the clean MNIST-1D sweep)."""
+        return 0.0 if key == "mnist1d_clean" else self.label_noise
+
+
+MNIST1D_WIDTHS = geom_ints(2, 300, 20)  # the MNIST-1D paper's widths
 
 CONFIGS = {
     "smoke": Config(
         mnist1d=Setting(
-            "MNIST-1D, cross-entropy",
-            "mnist1d",
-            2,
-            "cross_entropy",
-            widths=(2, 8, 32),
-            n_train=64,
-            epochs=2,
-            lr=0.01,
-            batch_size=32,
-            eval_every=1,
-            n_test=64,
+            "MNIST-1D, cross-entropy", "mnist1d", 2, "cross_entropy", widths=(2, 8, 32),
+            n_train=64, epochs=2, lr=0.01, batch_size=32, eval_every=1, n_test=64,
+            probe_widths=(8,),
         ),
         mnist=Setting(
-            "MNIST, squared loss",
-            "mnist",
-            1,
-            "mse",
-            widths=(2, 8),
-            n_train=64,
-            epochs=2,
-            lr=0.1,
-            batch_size=32,
-            eval_every=2,
-            n_test=64,
+            "MNIST, squared loss", "mnist", 1, "mse", widths=(2, 8), n_train=64, epochs=2,
+            lr=0.1, batch_size=32, eval_every=2, n_test=64,
         ),
         seeds=1,
-    ),  # fmt: skip
+    ),
+    # MNIST-1D at the MNIST-1D paper's scale (n = 4,000, 500 epochs, its 20 widths), with
+    # 12,000 test samples; history every epoch (the width × epoch map, double-descent-epochs)
     "small": Config(
         mnist1d=Setting(
-            "MNIST-1D, cross-entropy",
-            "mnist1d",
-            2,
-            "cross_entropy",
-            widths=geom_ints(4, 300, 12),
-            n_train=1000,
-            epochs=500,
-            lr=0.01,
+            "MNIST-1D, cross-entropy", "mnist1d_large", 2, "cross_entropy",
+            widths=MNIST1D_WIDTHS, n_train=4000, epochs=500, lr=0.01, eval_every=40,
+            probe_widths=MNIST1D_WIDTHS[::3],
         ),
         mnist=Setting(
-            "MNIST, squared loss",
-            "mnist",
-            1,
-            "mse",
-            widths=(4, 6, 8, 10, 12, 14, 17, 20, 25, 32, 64, 128),
-            n_train=1000,
-            epochs=300,
+            "MNIST, squared loss", "mnist", 1, "mse",
+            widths=(4, 6, 8, 10, 12, 14, 17, 20, 25, 32, 64, 128), n_train=1000, epochs=300,
             lr=0.1,
         ),
-    ),  # fmt: skip
+    ),
     "full": Config(
         mnist1d=Setting(
-            "MNIST-1D, cross-entropy",
-            "mnist1d",
-            2,
-            "cross_entropy",
-            widths=geom_ints(2, 300, 20),
-            n_train=4000,
-            epochs=500,
-            lr=0.01,
-            eval_every=40,
+            "MNIST-1D, cross-entropy", "mnist1d_large", 2, "cross_entropy",
+            widths=MNIST1D_WIDTHS, n_train=4000, epochs=500, lr=0.01, eval_every=40,
+            probe_widths=MNIST1D_WIDTHS[::3],
         ),
         mnist=Setting(
-            "MNIST, squared loss",
-            "mnist",
-            1,
-            "mse",
-            widths=geom_ints(8, 400, 16),
-            n_train=4000,
-            epochs=1000,
-            lr=0.1,
-            eval_every=40,
+            "MNIST, squared loss", "mnist", 1, "mse", widths=geom_ints(8, 400, 16),
+            n_train=4000, epochs=1000, lr=0.1, eval_every=40,
         ),
-        seeds=3,
-    ),  # fmt: skip
-}
+        seeds=5,
+    ),
+}  # fmt: skip
 
-INPUT_DIM = {"mnist1d": 40, "mnist": 784}
+INPUT_DIM = {"mnist1d": 40, "mnist1d_large": 40, "mnist": 784}
 
 
 def mnist_available() -> str | None:
@@ -196,28 +183,29 @@ def mnist_available() -> str | None:
     return None
 
 
-def setting_configs(setting: Setting, cfg: Config) -> list[RunConfig]:
-    return [
-        setting.run_config(w, s, cfg.label_noise) for w in setting.widths for s in range(cfg.seeds)
-    ]
+def setting_configs(cfg: Config, key: str) -> list[RunConfig]:
+    """The runs of setting ``key``: every width × seed."""
+    setting, noise = cfg.setting(key), cfg.noise(key)
+    return [setting.run_config(w, s, noise) for w in setting.widths for s in range(cfg.seeds)]
 
 
 def ensure_runs(
-    cfg: Config, out: Path, name: str, scale: str, settings: tuple[str, ...] = ("mnist1d", "mnist")
+    cfg: Config, out: Path, name: str, scale: str, settings: tuple[str, ...] | None = None
 ) -> dict[str, pd.DataFrame]:
-    """Summaries per setting key (trained now if missing from the sweep directory)."""
+    """Summaries per setting key (trained now if missing from the sweep directory);
+    ``settings`` None: all of ``cfg.keys()``."""
     configs: dict[str, list[RunConfig]] = {}
-    for key in settings:
+    for key in cfg.keys() if settings is None else settings:
         if key == "mnist" and mnist_available() is not None:
             continue
-        configs[key] = setting_configs(getattr(cfg, key), cfg)
+        configs[key] = setting_configs(cfg, key)
     everything = [c for cs in configs.values() for c in cs]
     rows = run_configs(everything, sweep_dir(out, NAME, name), workers=workers_for(scale))
     by_hash = rows.set_index("config_hash")
     out_rows = {}
     for key, cs in configs.items():
         r = by_hash.loc[[c.config_hash() for c in cs]].reset_index()
-        r["setting"] = getattr(cfg, key).label
+        r["setting"] = cfg.setting(key).label
         r.attrs["note"] = rows.attrs["note"]
         out_rows[key] = r
     return out_rows
@@ -413,14 +401,14 @@ def run(scale: str, out: Path) -> Report:
     note = next(iter(runs.values())).attrs["note"]
     summaries = {}
     for key, rows in runs.items():
-        setting = getattr(cfg, key)
+        setting = cfg.setting(key)
         summaries[key] = add_setting_claims(report, key, rows, setting)
     if "mnist" not in runs:
         report.add_text(
             f"The MNIST setting was skipped: {mnist_available()}", heading="MNIST (squared loss)"
         )
     for key, rows in runs.items():
-        setting = getattr(cfg, key)
+        setting = cfg.setting(key)
         s = summaries[key]
         report.add_figure(
             setting_figure(rows, setting, cfg),
@@ -467,7 +455,7 @@ def threshold_text(cfg: Config, runs: dict, summaries: dict) -> str:
     """The discussion of the N ≈ n·k rule, with our numbers."""
     lines = []
     for key in runs:
-        setting, s = getattr(cfg, key), summaries[key]
+        setting, s = cfg.setting(key), summaries[key]
         peak = (
             f"test-error peak at N = {s['p_peak']:,.0f} = {s['peak_over_n']:.2g}·n = "
             f"{s['peak_over_nk']:.2g}·n·k"
@@ -486,7 +474,7 @@ def threshold_text(cfg: Config, runs: dict, summaries: dict) -> str:
             )
         )
     for key in runs:
-        setting, s = getattr(cfg, key), summaries[key]
+        setting, s = cfg.setting(key), summaries[key]
         if s["w_fit"] is None:
             continue
         n, nk = setting.n_train, setting.n_train * NUM_CLASSES
@@ -524,7 +512,7 @@ def shrink_text(cfg: Config, runs: dict, summaries: dict) -> str:
     full = CONFIGS["full"]
     lines = [f"Seeds: {cfg.seeds} instead of {full.seeds}."]
     for key in runs:
-        ours, ref, s = getattr(cfg, key), getattr(full, key), summaries[key]
+        ours, ref, s = cfg.setting(key), full.setting(key), summaries[key]
         changes = [
             f"{name} {getattr(ours, f) if f != 'widths' else _widths(ours.widths)} instead of "
             f"{getattr(ref, f) if f != 'widths' else _widths(ref.widths)}"

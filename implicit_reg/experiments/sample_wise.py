@@ -45,17 +45,29 @@ class Config:
 
 CONFIGS = {
     "smoke": Config(width=8, n_trains=(32, 64), width_config=ddw.CONFIGS["smoke"]),
+    # w = 21 (N = 1,543): at n = 4,000 the training error first reaches 0 near N ≈ 1.2·n, so
+    # this width's threshold (n ≈ 1,300) lies inside the swept n
     "small": Config(
-        width=28,
-        n_trains=(250, 500, 750, 1000, 1500, 2000, 3000),
+        width=21,
+        n_trains=(250, 500, 750, 1000, 1250, 1500, 2000, 3000, 4000),
         width_config=ddw.CONFIGS["small"],
     ),  # fmt: skip
     "full": Config(
-        width=47,
-        n_trains=(500, 1000, 1500, 2000, 2500, 3000, 3500, 4000),
+        width=21,
+        n_trains=(250, 500, 750, 1000, 1250, 1500, 1750, 2000, 2500, 3000, 4000),
         width_config=ddw.CONFIGS["full"],
     ),  # fmt: skip
 }
+
+
+def run_list(cfg: Config) -> list:
+    """The engine configs: each n × seed at the fixed width, on the noisy labels."""
+    wc = cfg.width_config
+    return [
+        wc.mnist1d.run_config(cfg.width, s, wc.label_noise, n_train=n)
+        for n in cfg.n_trains
+        for s in range(wc.seeds)
+    ]
 
 
 def sample_figure(rows: pd.DataFrame, cfg: Config, n_params: int) -> Figure:
@@ -104,11 +116,7 @@ def run(scale: str, out: Path) -> Report:
             f"width {cfg.width} is not run by double-descent-width; choose from {list(setting.widths)}"
         )
     report = Report(NAME, TITLE, scale, out, cfg, PAPER)
-    configs = [
-        setting.run_config(cfg.width, s, wc.label_noise, n_train=n)
-        for n in cfg.n_trains
-        for s in range(wc.seeds)
-    ]
+    configs = run_list(cfg)
     rows = run_configs(configs, sweep_dir(Path(out), ddw.NAME, NAME), workers=workers_for(scale))
     note = rows.attrs["note"]
     rows = rows[rows.status == "complete"].copy()

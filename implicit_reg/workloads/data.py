@@ -188,6 +188,8 @@ def _cached(path: Path, make: Callable[[], dict[str, np.ndarray]]) -> dict[str, 
 # labels are int64 class indices, or float targets for teacher regression.
 
 MNIST1D_DEFAULTS = {"num_samples": 5000, "train_split": 0.8, "seed": 42}
+#: the pool of "mnist1d_large": 4,000 train / 12,000 test (a test error to ~0.5 point)
+MNIST1D_LARGE = {"num_samples": 16000, "train_split": 0.25}
 
 
 def _mnist1d_pool(cache: Path, **overrides) -> tuple[np.ndarray, ...]:
@@ -482,8 +484,18 @@ def _load_teacher(
     )  # fmt: skip
 
 
+def _load_mnist1d_large(**kwargs) -> Dataset:
+    """MNIST-1D at the MNIST-1D paper's double-descent scale with a large test set:
+    the pool of ``num_samples=16000, train_split=0.25``, 4,000 train / 12,000 test."""
+    extra = set(kwargs) & {"num_samples", "train_split"}
+    if extra:
+        raise ValueError(f"mnist1d_large fixes {sorted(extra)}; use 'mnist1d' to set them")
+    return _load_mnist1d(**kwargs, **MNIST1D_LARGE)
+
+
 DATASETS: dict[str, Callable[..., Dataset]] = {
     "mnist1d": _load_mnist1d,
+    "mnist1d_large": _load_mnist1d_large,
     "mnist": _load_mnist,
     "teacher": _load_teacher,
 }
