@@ -284,3 +284,32 @@ def test_fit_readout_checks_output_width():
     with pytest.raises(ValueError, match="columns"):
         fit_readout_min_norm(model, torch.randn(4, 3), torch.randn(4, 3))
     assert isinstance(model, RandomFeatures)
+
+
+def test_mlp_zero_readout_and_hidden_bias_options():
+    m = build_model(
+        "mlp", input_dim=5, output_dim=3, width=4, depth=2, seed=1,
+        zero_readout=True, hidden_bias=0.1,
+    )  # fmt: skip
+    lin = [mod for mod in m.modules() if isinstance(mod, nn.Linear)]
+    assert len(lin) == 3
+    for layer in lin[:-1]:
+        assert torch.equal(layer.bias, torch.full((4,), 0.1))
+        assert layer.weight.abs().sum() > 0  # hidden weights keep their random init
+    assert torch.count_nonzero(lin[-1].weight) == 0 and torch.count_nonzero(lin[-1].bias) == 0
+    x = torch.rand(7, 5)
+    assert torch.equal(m(x), torch.zeros(7, 3))
+    # the hidden weights are the default init's: only biases and readout changed
+    d = build_model("mlp", input_dim=5, output_dim=3, width=4, depth=2, seed=1)
+    d_lin = [mod for mod in d.modules() if isinstance(mod, nn.Linear)]
+    for a, b in zip(lin[:-1], d_lin[:-1]):
+        assert torch.equal(a.weight, b.weight)
+
+
+def test_mlp_options_are_validated():
+    with pytest.raises(ValueError, match="unknown arguments.*valid.*zero_readout.*hidden_bias"):
+        build_model("mlp", input_dim=4, output_dim=2, width=3, gamma=1.0)
+    with pytest.raises(ValueError, match="hidden_bias"):
+        build_model("mlp", input_dim=4, output_dim=2, width=3, hidden_bias=float("nan"))
+    with pytest.raises(ValueError, match="zero_readout"):
+        build_model("mlp", input_dim=4, output_dim=2, width=3, zero_readout=1)

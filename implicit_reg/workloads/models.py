@@ -93,19 +93,49 @@ class MLP(nn.Module):
 
     Trainable parameters (d inputs, h = width, k outputs, D = depth ≥ 1):
     ``(d+1)h + (D−1)(h+1)h + (h+1)k``; for D = 0 the net is linear, ``(d+1)k``.
-    Default PyTorch (Kaiming-uniform) initialization.
+    Default PyTorch (Kaiming-uniform) initialization, changed by two options:
+
+    - ``zero_readout``: the last layer (weights and bias) starts at 0, so the
+      network starts as f ≡ 0. Gradient descent still moves it: the readout's
+      gradient is nonzero at once, the hidden layers' from the second step.
+    - ``hidden_bias``: every hidden layer's bias starts at this constant. A
+      small positive value (e.g. 0.1) keeps ReLU units active on nonnegative
+      inputs such as MNIST pixels, so that a network of a few hidden units
+      is not left with dead units (Belkin et al. 2019 train such nets, from
+      H = 1 upwards, with the squared loss).
     """
 
     def __init__(
-        self, input_dim: int, output_dim: int, width: int, depth: int = 2, activation: str = "relu"
+        self,
+        input_dim: int,
+        output_dim: int,
+        width: int,
+        depth: int = 2,
+        activation: str = "relu",
+        *,
+        zero_readout: bool = False,
+        hidden_bias: float | None = None,
     ):
         super().__init__()
+        if not isinstance(zero_readout, bool):
+            raise ValueError(f"zero_readout must be true or false, got {zero_readout!r}")
+        if hidden_bias is not None and (
+            isinstance(hidden_bias, bool)
+            or not isinstance(hidden_bias, (int, float))
+            or not math.isfinite(hidden_bias)
+        ):
+            raise ValueError(f"hidden_bias must be a finite number or None, got {hidden_bias!r}")
         layers: list[nn.Module] = []
         fan_in = input_dim
         for _ in range(depth):
             layers += [nn.Linear(fan_in, width), _activation(activation)]
             fan_in = width
+            if hidden_bias is not None:
+                nn.init.constant_(layers[-2].bias, float(hidden_bias))
         layers.append(nn.Linear(fan_in, output_dim))
+        if zero_readout:
+            nn.init.zeros_(layers[-1].weight)
+            nn.init.zeros_(layers[-1].bias)
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, d) -> (B, k)
@@ -218,11 +248,15 @@ class RandomFeatures(nn.Module):
         return self.readout(self.features(x))
 
 
+MLP_OPTIONS = ("zero_readout", "hidden_bias")
+
+
 def _build_mlp(*, input_dim, output_dim, width, depth, activation, seed, **kwargs) -> nn.Module:
     _check_int("depth", depth, 0)
-    if kwargs:
-        raise ValueError(f"mlp takes no extra arguments, got {sorted(kwargs)}")
-    return MLP(input_dim, output_dim, width, depth, activation)
+    unknown = sorted(set(kwargs) - set(MLP_OPTIONS))
+    if unknown:
+        raise ValueError(f"mlp got unknown arguments {unknown}; valid: {list(MLP_OPTIONS)}")
+    return MLP(input_dim, output_dim, width, depth, activation, **kwargs)
 
 
 def _build_cnn1d(*, input_dim, output_dim, width, depth, activation, seed, **kwargs) -> nn.Module:
@@ -274,7 +308,8 @@ def build_model(
     number of random features N (rf_relu, rf_fourier); ``depth`` is the
     number of hidden layers (mlp) or convolutions (cnn1d) and is ignored by
     the rf models, as is ``activation``. Extra keyword arguments go to the
-    model (rf models: ``bandwidth``, ``bias``, ``zero_readout``).
+    model (mlp: ``zero_readout``, ``hidden_bias``; rf models: ``bandwidth``,
+    ``bias``, ``zero_readout``).
 
     The global torch RNG is left as it was (the model is built under
     ``torch.random.fork_rng`` seeded with ``seed``).
