@@ -102,7 +102,8 @@ class Config:
 
 
 CONFIGS = {
-    "smoke": Config(n_train=100, widths=(1, 2, 4, 16), epochs=3, seeds=2, batch_size=50,
+    # n·k = 4,000: H = 1, 2, 4 below (a reuse chain of three), H = 16 above
+    "smoke": Config(n_train=400, widths=(1, 2, 4, 16), epochs=2, seeds=2, batch_size=100,
                     decay_epochs=1, eval_every_epochs=1, n_test=200),
     # n = 1,000: n·k = 10,000, the threshold at H ≈ 12.6
     "small": Config(n_train=1000, widths=(2, 4, 6, 8, 10, 11, 12, 13, 14, 16, 20, 25, 32, 50, 100),
