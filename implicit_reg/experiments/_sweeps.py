@@ -28,6 +28,7 @@ import torch
 from implicit_reg.engine.config import RunConfig
 from implicit_reg.engine.store import HISTORY_FILE
 from implicit_reg.engine.sweep import run_sweep
+from implicit_reg.report.report import judge, seed_effect
 from implicit_reg.report.results import load_summaries
 
 SWEEP_DIR = "sweep"
@@ -45,6 +46,8 @@ __all__ = [
     "MEASURE_PROBES",
     "tidy_log_axes",
     "compute_note",
+    "peak_effects",
+    "verdict_of",
 ]
 
 # The probes the runs of lr-sweep and double-descent-width log at their end, so that
@@ -234,3 +237,43 @@ def _plain_number(value: float, _pos=None) -> str:
     if value >= 1 and float(value).is_integer():
         return f"{value:,.0f}"
     return f"{value:.3g}" if value >= 1e-3 else f"{value:.0e}"
+
+
+def verdict_of(*verdicts: bool | None) -> bool | None:
+    """All of several :func:`~implicit_reg.report.report.judge` verdicts: False if any is
+    False (the opposite beyond the noise), True if all are True, else None."""
+    if any(v is False for v in verdicts):
+        return False
+    return True if all(v is True for v in verdicts) else None
+
+
+def peak_effects(table: pd.DataFrame) -> dict:
+    """Is there a peak in a (seed × x) table, beyond the seed noise?
+
+    The peak is the x of the highest seed mean; ``left`` is the x of the lowest
+    seed mean before it and ``last`` the largest x. ``rise`` = value(peak) −
+    value(left) and ``fall`` = value(peak) − value(last) are paired over seeds
+    (:func:`~implicit_reg.report.report.seed_effect`), each ``(effect, SE)``; the
+    verdict (:func:`verdict_of`) needs both beyond 2 SE. Peak and ``left`` are
+    chosen on the same means the effects are measured on, which favours a peak
+    (the SEs do not include that choice). Columns with a NaN (a diverged seed)
+    are dropped. ``seed_peaks``: the x of each seed's own highest value.
+    """
+    table = table.dropna(axis=1).sort_index(axis=1)
+    means = table.mean(0)
+    xs = means.index.to_numpy()
+    i = int(np.argmax(means.to_numpy()))
+    nan = (float("nan"), float("nan"))
+    out = {
+        "peak": xs[i].item(), "means": means, "interior": 0 < i < len(xs) - 1,
+        "left": None, "last": xs[-1].item(), "rise": nan, "fall": nan, "verdict": False,
+        "seed_peaks": [table.columns[int(np.argmax(r))].item() for r in table.to_numpy()],
+    }  # fmt: skip
+    if not out["interior"]:
+        return out
+    left = means.iloc[:i].idxmin()
+    out["left"] = left.item() if hasattr(left, "item") else left
+    out["rise"] = seed_effect(table[xs[i]], table[left], paired=True)
+    out["fall"] = seed_effect(table[xs[i]], table[xs[-1]], paired=True)
+    out["verdict"] = verdict_of(judge(*out["rise"]), judge(*out["fall"]))
+    return out

@@ -51,15 +51,21 @@ class Config:
         int, int, int
     ]  # below, at and above the threshold; in double-descent-width's list
     width_config: ddw.Config  # the double-descent-width config of the same scale
-    # seeds per width: the first width_config.seeds are shared with double-descent-width
-    seeds: int = 5
+    seeds: int = 5  # per width, on the noisy labels
+    eval_every: int = 40  # steps between evaluations (40 = one epoch at n = 4,000, batch 100)
+    # the widest width again on the clean labels, a control without memorization
+    control_seeds: int = 2
 
 
 CONFIGS = {
-    "smoke": Config(widths=(2, 8, 32), width_config=ddw.CONFIGS["smoke"], seeds=2),
+    "smoke": Config(
+        widths=(2, 8, 32), width_config=ddw.CONFIGS["smoke"], seeds=2, eval_every=1, control_seeds=1
+    ),
     # n = 4,000 (the MNIST-1D paper's scale), evaluated every epoch, 5 seeds
     "small": Config(widths=(10, 47, 300), width_config=ddw.CONFIGS["small"], seeds=5),
-    "full": Config(widths=(10, 47, 300), width_config=ddw.CONFIGS["full"], seeds=8),
+    "full": Config(
+        widths=(10, 47, 300), width_config=ddw.CONFIGS["full"], seeds=8, control_seeds=3
+    ),
 }
 ROLES = ("below the threshold", "near the threshold", "above the threshold")
 
@@ -73,11 +79,21 @@ def check_widths(cfg: Config) -> None:
         )
 
 
-def run_list(cfg: Config) -> list:
-    """The engine configs: each width × ``cfg.seeds`` seeds, on the noisy labels."""
+def run_list(cfg: Config, control: bool = False) -> list:
+    """The engine configs: each width × ``cfg.seeds`` seeds on the noisy labels, or
+    (``control``) the widest width × ``cfg.control_seeds`` on the clean labels; all
+    evaluated every ``cfg.eval_every`` steps."""
     wc = cfg.width_config
+    if control:
+        w = cfg.widths[-1]
+        return [
+            wc.mnist1d.run_config(w, s, 0.0, eval_every=cfg.eval_every)
+            for s in range(cfg.control_seeds)
+        ]
     return [
-        wc.mnist1d.run_config(w, s, wc.label_noise) for w in cfg.widths for s in range(cfg.seeds)
+        wc.mnist1d.run_config(w, s, wc.label_noise, eval_every=cfg.eval_every)
+        for w in cfg.widths
+        for s in range(cfg.seeds)
     ]
 
 
