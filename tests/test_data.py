@@ -333,4 +333,32 @@ def test_regression_label_noise_is_gaussian():
 
 
 def test_registry_is_complete():
-    assert sorted(DATASETS) == ["mnist", "mnist1d", "teacher"]
+    assert sorted(DATASETS) == ["mnist", "mnist1d", "mnist1d_large", "teacher"]
+
+
+def test_clean_labels_are_the_generated_ones_even_after_a_noisy_load(cache):
+    """The MNIST-1D notebook's label-noise code copies its arrays shallowly, so its
+    "clean" run trains on noisy labels. Here the clean load must equal the labels
+    mnist1d generated (read from the raw cache file, not from another load), also
+    right after a noisy load of the same subset."""
+    (f,) = cache.glob("mnist1d-*.npz")
+    raw = np.load(f)
+    idx = subset_indices(len(raw["y"]), 800, 0)
+    noisy = load_dataset("mnist1d", n_train=800, label_noise=0.15, cache_dir=cache)
+    clean = load_dataset("mnist1d", n_train=800, label_noise=0.0, cache_dir=cache)
+    assert np.array_equal(clean.y_train.numpy(), raw["y"][idx])
+    assert np.array_equal(noisy.y_train_clean.numpy(), raw["y"][idx])
+    flipped = noisy.y_train.numpy() != raw["y"][idx]
+    assert flipped.sum() == round(0.15 * 800)
+    assert np.array_equal(flipped, noisy.noise_mask.numpy())
+    assert np.array_equal(clean.y_test.numpy(), raw["y_test"])  # the test set is never noised
+
+
+def test_mnist1d_large_has_4000_train_and_12000_test_samples(tmp_path):
+    d = load_dataset("mnist1d_large", cache_dir=tmp_path)
+    assert (d.n_train, d.n_test, d.input_dim, d.num_classes) == (4000, 12000, 40, 10)
+    # every class is present in both splits, in roughly equal shares
+    counts = np.bincount(d.y_test.numpy(), minlength=10)
+    assert counts.min() > 0.7 * 1200
+    with pytest.raises(ValueError, match="mnist1d_large fixes.*num_samples"):
+        load_dataset("mnist1d_large", cache_dir=tmp_path, num_samples=100)

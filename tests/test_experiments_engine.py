@@ -71,7 +71,9 @@ def test_shared_runs_are_read_not_recomputed(root):
     for name in ("generalization-measures", "double-descent-epochs", "sample-wise"):
         assert not (root / name / "sweep").exists()
     runs = root / "double-descent-width" / "sweep" / "runs"
-    assert len(list(runs.iterdir())) == 5 + 1  # 5 width runs, plus sample-wise's n = 32
+    # double-descent-width: 3 noisy + 3 clean MNIST-1D widths and 2 MNIST widths, 1 seed;
+    # double-descent-epochs adds seed 1 of its 3 widths; sample-wise adds n = 32
+    assert len(list(runs.iterdir())) == 3 + 3 + 2 + 3 + 1
 
 
 def test_cli_reruns_from_the_store(root):

@@ -26,7 +26,15 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from implicit_reg.report.report import Report, mean_std, plot_band, select_scale
+from implicit_reg.report.report import (
+    Report,
+    effect_text,
+    judge,
+    mean_std,
+    plot_band,
+    seed_effect,
+    select_scale,
+)
 
 from . import double_descent_width as ddw
 from ._sweeps import (
@@ -35,6 +43,7 @@ from ._sweeps import (
     run_configs,
     sweep_dir,
     tidy_log_axes,
+    verdict_of,
     workers_for,
 )
 
@@ -97,30 +106,60 @@ def run_list(cfg: Config, control: bool = False) -> list:
     ]
 
 
-def curve_stats(epochs: np.ndarray, test: np.ndarray) -> dict:
-    """Shape of the mean test-error curve: first minimum, the maximum after it, the end.
+def smooth(test: np.ndarray) -> np.ndarray:
+    """Each seed's curve (rows) smoothed by a centred running mean over ``SMOOTH`` evaluations."""
+    return (
+        pd.DataFrame(np.atleast_2d(test).T)
+        .rolling(SMOOTH, center=True, min_periods=1)
+        .mean()
+        .to_numpy()
+        .T
+    )
 
-    The seed mean is smoothed by a centred running mean over ``SMOOTH``
-    evaluations first, so that evaluation noise does not count as a rise.
+
+def curve_stats(epochs: np.ndarray, test: np.ndarray, at: tuple[int, int] | None = None) -> dict:
+    """Shape of the test-error curves (seeds × evaluations): early minimum, bump, end.
+
+    Each seed's curve is smoothed by a centred running mean over ``SMOOTH``
+    evaluations, so that evaluation noise does not count as a rise. On the seed
+    mean m, the bump is the evaluation i that maximizes min(m_i − min_{j≤i} m_j,
+    m_i − m_end) (the highest point with a fall on both sides), the early minimum
+    the lowest point before it; ``at=(i_early, i_peak)`` fixes them instead (to
+    measure a second set of runs at the same epochs). ``rise`` = s(peak) −
+    s(early) and ``second_descent`` = s(peak) − s(end) are per-seed effects with
+    their SE over seeds (``seed_effect``), as (effect, SE).
     """
-    m = pd.Series(test.mean(0)).rolling(SMOOTH, center=True, min_periods=1).mean().to_numpy()
-    i_min = int(np.argmin(m))
-    # the early minimum: the lowest point before the curve's highest point after it
-    i_peak = i_min + int(np.argmax(m[i_min:]))
-    i_early = int(np.argmin(m[: i_peak + 1]))
+    sm = smooth(test)
+    m = sm.mean(0)
+    if at is None:
+        run_min = np.minimum.accumulate(m)
+        score = np.minimum(m - run_min, m - m[-1])
+        i_peak = int(np.argmax(score))
+        i_early = int(np.argmin(m[: i_peak + 1]))
+    else:
+        i_early, i_peak = at
+    rise = seed_effect(sm[:, i_peak] - sm[:, i_early])
+    fall = seed_effect(sm[:, i_peak] - sm[:, -1])
     return {
+        "i_early": i_early,
+        "i_peak": i_peak,
         "epoch_min": float(epochs[i_early]),
         "test_min": float(m[i_early]),
         "epoch_peak": float(epochs[i_peak]),
         "test_peak": float(m[i_peak]),
         "test_final": float(m[-1]),
         "test_best": float(m.min()),
-        "rise": float(m[i_peak] - m[i_early]),
-        "second_descent": float(m[i_peak] - m[-1]),
+        "rise": rise[0],
+        "rise_se": rise[1],
+        "second_descent": fall[0],
+        "second_descent_se": fall[1],
+        "seeds": int(sm.shape[0]),
     }
 
 
-def epochs_figure(history: pd.DataFrame, cfg: Config, per_epoch: float) -> Figure:
+def epochs_figure(
+    history: pd.DataFrame, cfg: Config, per_epoch: float, control: pd.DataFrame | None = None
+) -> Figure:
     fig = Figure(figsize=(13, 4.8), layout="constrained")
     ax_t, ax_r = fig.subplots(1, 2)
     setting = cfg.width_config.mnist1d
@@ -134,6 +173,12 @@ def epochs_figure(history: pd.DataFrame, cfg: Config, per_epoch: float) -> Figur
         steps, train = history_matrix(h, "train_error")
         keep = steps > 0
         plot_band(ax_r, steps[keep] / per_epoch, train[:, keep], label=lab, color=f"C{i}")
+    if control is not None:
+        for ax, metric in ((ax_t, "test_error"), (ax_r, "train_error")):
+            steps, v = history_matrix(control, metric)
+            keep = steps > 0
+            plot_band(ax, steps[keep] / per_epoch, v[:, keep], color="0.3", ls="--",
+                      label=f"w = {cfg.widths[-1]}, clean labels (control)")  # fmt: skip
     ax_r.axhline(
         cfg.width_config.label_noise, ls=":", color="0.4", label="fraction of flipped labels"
     )
@@ -148,10 +193,14 @@ def epochs_figure(history: pd.DataFrame, cfg: Config, per_epoch: float) -> Figur
     fig.suptitle(
         f"MNIST-1D, n = {setting.n_train:,}, {100 * cfg.width_config.label_noise:g}% label noise: "
         f"MLP 40→w→w→10, SGD lr {setting.lr:g}, momentum {setting.momentum:g}, batch "
-        f"{setting.batch_size}; mean ± std over {cfg.width_config.seeds} seed(s)"
+        f"{setting.batch_size}; mean ± std over {cfg.seeds} seed(s)"
     )
     tidy_log_axes(fig)
     return fig
+
+
+def _pts(effect: float, se: float) -> str:
+    return effect_text(100 * effect, 100 * se) + " points"
 
 
 def run(scale: str, out: Path) -> Report:
@@ -162,51 +211,82 @@ def run(scale: str, out: Path) -> Report:
     wc = cfg.width_config
     setting = wc.mnist1d
     configs = run_list(cfg)
-    rows = run_configs(configs, sweep_dir(Path(out), ddw.NAME, NAME), workers=workers_for(scale))
+    control = run_list(cfg, control=True) if cfg.control_seeds else []
+    directory = sweep_dir(Path(out), ddw.NAME, NAME)
+    rows = run_configs(configs + control, directory, workers=workers_for(scale))
     note = rows.attrs["note"]
-    history = load_history(rows, ["width", "seed"])
+    rows["label_noise"] = [c.label_noise for c in configs + control]
+    noisy, clean = rows[rows.label_noise > 0], rows[rows.label_noise == 0]
+    history = load_history(noisy, ["width", "seed"])
     per_epoch = -(-setting.n_train // setting.batch_size)
-    stats = []
+    stats, curves = [], {}
     for w, role in zip(cfg.widths, ROLES):
         steps, test = history_matrix(history[history.width == w], "test_error")
+        curves[w] = (steps, test)
         s = curve_stats(steps / per_epoch, test)
         _, train = history_matrix(history[history.width == w], "train_error")
         s.update(width=w, role=role, train_final=float(train.mean(0)[-1]))
         stats.append(s)
     big, mid, small = stats[2], stats[1], stats[0]
-    ok = bool(big["rise"] > MARGIN and big["second_descent"] > MARGIN)
+    ok = verdict_of(judge(big["rise"], big["rise_se"]),
+                    judge(big["second_descent"], big["second_descent_se"]))  # fmt: skip
     report.add_claim(
         f"a large model (w = {big['width']}) shows epoch-wise double descent: test error falls, "
         "rises while it memorizes the noise, then falls again",
         "Nakkiran et al. 2019, Fig. 9–10",
         f"test error {100 * big['test_min']:.1f}% at epoch {big['epoch_min']:.3g}, "
         f"{100 * big['test_peak']:.1f}% at epoch {big['epoch_peak']:.3g}, "
-        f"{100 * big['test_final']:.1f}% at the end",
+        f"{100 * big['test_final']:.1f}% at the end ({big['seeds']} seeds); rise "
+        f"{_pts(big['rise'], big['rise_se'])}, second descent "
+        f"{_pts(big['second_descent'], big['second_descent_se'])}",
         ok,
-        f"rise {100 * big['rise']:.1f} points, second descent {100 * big['second_descent']:.1f} points"
-        + ("" if ok else f" (needs both > {100 * MARGIN:g})"),
-    )
-    u = bool(mid["rise"] > MARGIN)
+        "rise and second descent both beyond 2 SE" if ok
+        else "rise or second descent inside 2 SE" if ok is None else "reversed beyond 2 SE",
+    )  # fmt: skip
+    u = judge(mid["rise"], mid["rise_se"])
     report.add_claim(
         f"a medium model (w = {mid['width']}) overfits: its test error rises after an early minimum",
         "Nakkiran et al. 2019, Fig. 9",
         f"{100 * mid['test_min']:.1f}% at epoch {mid['epoch_min']:.3g} → "
         f"{100 * mid['test_peak']:.1f}% at epoch {mid['epoch_peak']:.3g} → "
-        f"{100 * mid['test_final']:.1f}% at the end",
+        f"{100 * mid['test_final']:.1f}% at the end; rise {_pts(mid['rise'], mid['rise_se'])}",
         u,
-        f"rise {100 * mid['rise']:.1f} points",
     )
-    mono = bool(small["rise"] <= MARGIN)
+    mono = judge(MARGIN - small["rise"], small["rise_se"])
     report.add_claim(
-        f"a small model (w = {small['width']}) that cannot fit the noise improves (nearly) monotonically",
+        f"a small model (w = {small['width']}) that cannot fit the noise improves (nearly) "
+        "monotonically",
         "Nakkiran et al. 2019, Fig. 9",
-        f"final train error {100 * small['train_final']:.1f}%; largest rise of test error after "
-        f"its minimum {100 * small['rise']:.1f} points",
+        f"final train error {100 * small['train_final']:.1f}%; largest bump of its test error "
+        f"{_pts(small['rise'], small['rise_se'])}",
         mono,
-        "no rise above one point" if mono else "its test error rises too",
-    )
+        f"the bump is below {100 * MARGIN:g} point beyond 2 SE" if mono
+        else f"a bump above {100 * MARGIN:g} point" if mono is False else "not decided",
+    )  # fmt: skip
+    if len(clean):
+        ch = load_history(clean, ["width", "seed"])
+        steps_c, test_c = history_matrix(ch, "test_error")
+        steps_b, test_b = curves[big["width"]]
+        if np.array_equal(steps_c, steps_b):
+            i0, i1 = big["i_early"], big["i_peak"]
+            c = curve_stats(steps_c / per_epoch, test_c, at=(i0, i1))
+            sb, sc = smooth(test_b), smooth(test_c)
+            eff = seed_effect(sb[:, i1] - sb[:, i0], sc[:, i1] - sc[:, i0])
+            report.add_claim(
+                f"the bump comes from the label noise: on clean labels w = {big['width']} rises "
+                "less between the same epochs",
+                "Nakkiran et al. 2019, Sec. 6 (epoch-wise double descent with label noise)",
+                f"rise from epoch {big['epoch_min']:.3g} to {big['epoch_peak']:.3g}: "
+                f"{100 * big['rise']:.1f} points with noise, {100 * c['rise']:.1f} points clean "
+                f"({c['seeds']} seeds); difference {_pts(*eff)}",
+                judge(*eff),
+            )
+            stats.append({**c, "width": big["width"], "role": "control: clean labels",
+                          "train_final": float("nan")})  # fmt: skip
     report.add_figure(
-        epochs_figure(history, cfg, per_epoch),
+        epochs_figure(
+            history, cfg, per_epoch, load_history(clean, ["width", "seed"]) if len(clean) else None
+        ),
         "double_descent_epochs.png",
         "Test error (left) and train error on the noisy labels (right) against the epoch, "
         "log scale, for three widths; mean ± std over seeds.",
@@ -225,15 +305,16 @@ def run(scale: str, out: Path) -> Report:
         ],
         heading="Shape of the test-error curves",
         caption=(
-            f"Seed means ({wc.seeds} seed(s)), evaluated every {setting.eval_every} steps "
-            f"({setting.eval_every / per_epoch:g} epochs), smoothed by a running mean over "
-            f"{SMOOTH} evaluations. Runs shared with "
-            f"`double-descent-width` (same configs, same store). Seeds: "
+            f"Seed means ({cfg.seeds} seeds on the noisy labels, {cfg.control_seeds} on the "
+            f"clean ones), evaluated every {cfg.eval_every} steps "
+            f"({cfg.eval_every / per_epoch:g} epochs), smoothed by a running mean over "
+            f"{SMOOTH} evaluations. The runs live in `double-descent-width`'s store. Final test "
+            "error per width (mean ± std over seeds): "
             + ", ".join(
-                f"w = {w}: {mean_std(rows[rows.width == w].test_error.to_numpy())}"
+                f"w = {w}: {mean_std(noisy[noisy.width == w].test_error.to_numpy())}"
                 for w in cfg.widths
             )
-            + " final test error."
+            + "."
         ),
     )
     report.add_data(pd.DataFrame(stats), "curve_stats.csv")

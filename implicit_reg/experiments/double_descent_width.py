@@ -39,12 +39,24 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from implicit_reg.engine.config import RunConfig
-from implicit_reg.report.report import Report, fmt, mean_std, select_scale
+from implicit_reg.report.report import (
+    VERDICT_Z,
+    Report,
+    effect_text,
+    fmt,
+    judge,
+    markdown_table,
+    mean_std,
+    seed_effect,
+    select_scale,
+)
 from implicit_reg.workloads.data import load_dataset
 
 from ._sweeps import (
     MEASURE_PROBES,
     geom_ints,
+    load_history,
+    peak_effects,
     run_configs,
     seed_band,
     sweep_dir,
@@ -213,45 +225,53 @@ def ensure_runs(
     return out_rows
 
 
+def seed_table(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """``metric`` of the complete runs as a (seed × width) table."""
+    ok = rows[rows.status == "complete"]
+    return ok.pivot_table(index="seed", columns="width", values=metric, aggfunc="first")
+
+
 def peak_summary(rows: pd.DataFrame, setting: Setting) -> dict:
-    """Where the mean test error peaks and where the mean train error first reaches ~0."""
+    """Where the mean test error peaks (judged over seeds by :func:`peak_effects`) and
+    where the mean train error first reaches ~0."""
     ok = rows[rows.status == "complete"]
     m = ok.groupby("width")[["test_error", "train_error", "n_params", "test_loss"]].mean()
     m = m.sort_index()
     n, nk = setting.n_train, setting.n_train * NUM_CLASSES
-    i_peak = int(np.argmax(m.test_error.to_numpy()))
-    w_peak = int(m.index[i_peak])
+    err = peak_effects(seed_table(rows, "test_error"))
+    loss = peak_effects(seed_table(rows, "test_loss"))
+    w_peak = int(err["peak"])
     fitted = m[m.train_error <= INTERPOLATED]
     w_fit = int(fitted.index[0]) if len(fitted) else None
-    p_peak = float(m.n_params.iloc[i_peak])
-    before = m.test_error.iloc[:i_peak]
+    p_peak = float(m.n_params.loc[w_peak])
     return {
         "means": m,
+        "err": err,
+        "loss": loss,
         "w_peak": w_peak,
         "p_peak": p_peak,
-        "test_peak": float(m.test_error.iloc[i_peak]),
-        "test_min_before": float(before.min()) if len(before) else float("nan"),
+        "test_peak": float(m.test_error.loc[w_peak]),
         "test_last": float(m.test_error.iloc[-1]),
-        "interior": 0 < i_peak < len(m) - 1,
+        "interior": err["interior"],
         "w_fit": w_fit,
         "p_fit": float(m.n_params.loc[w_fit]) if w_fit is not None else float("nan"),
         "peak_over_n": p_peak / n,
         "peak_over_nk": p_peak / nk,
-        "w_loss_peak": int(m.index[int(np.argmax(m.test_loss.to_numpy()))]),
+        "w_loss_peak": int(loss["peak"]),
     }
 
 
-def setting_figure(rows: pd.DataFrame, setting: Setting, cfg: Config) -> Figure:
+def setting_figure(rows: pd.DataFrame, setting: Setting, cfg: Config, noise: float) -> Figure:
     """Errors and test loss against the parameter count (n and n·k marked);
-    ‖θ‖ and λ_max against the width."""
+    ‖θ‖, ‖θ − θ₀‖ and λ_max against the width."""
     ok = rows[rows.status == "complete"]
     n, nk = setting.n_train, setting.n_train * NUM_CLASSES
     fig = Figure(figsize=(15, 4.6), layout="constrained")
     ax_e, ax_l, ax_n = fig.subplots(1, 3)
     seed_band(ax_e, ok, "n_params", "test_error", label="test error", marker="o", ms=4, color="C3")
-    seed_band(ax_e, ok, "n_params", "train_error", label="train error (noisy labels)", marker="s",
-              ms=3, color="C0")  # fmt: skip
-    if "train_error_clean" in ok:
+    seed_band(ax_e, ok, "n_params", "train_error", label="train error (labels trained on)",
+              marker="s", ms=3, color="C0")  # fmt: skip
+    if "train_error_clean" in ok and noise > 0:
         seed_band(ax_e, ok, "n_params", "train_error_clean", label="train error (clean labels)",
                   ls=":", color="C0")  # fmt: skip
     seed_band(ax_l, ok, "n_params", "test_loss", label="test loss", marker="o", ms=4,
@@ -271,22 +291,26 @@ def setting_figure(rows: pd.DataFrame, setting: Setting, cfg: Config) -> Figure:
     ax_l.set_ylabel(f"{loss_name} (mean per sample)")
     ax_l.set_title("train and test loss against model size")
     seed_band(ax_n, ok, "width", "weight_norm", label="‖θ‖₂", marker="o", ms=4, color="C2")
+    seed_band(ax_n, ok, "width", "dist_from_init", label="‖θ − θ₀‖₂", marker="v", ms=4,
+              color="C1")  # fmt: skip
     ax_n.set_xscale("log")
     ax_n.set_xlabel("width w (hidden units)")
-    ax_n.set_ylabel("‖θ‖₂ (weight norm)", color="C2")
-    twin = ax_n.twinx()
-    seed_band(twin, ok, "width", "lambda_max", label="λ_max", marker="^", ms=4, color="C4",
-              geometric=True)  # fmt: skip
-    twin.set_yscale("log")
-    twin.set_ylabel("λ_max (top Hessian eigenvalue)", color="C4")
-    ax_n.set_title("weight norm and sharpness at the end of training")
-    lines = ax_n.get_lines()[:1] + twin.get_lines()[:1]
+    ax_n.set_ylabel("norm at the end of training")
+    lines = ax_n.get_lines()[:2]
+    if "lambda_max" in ok and ok.lambda_max.notna().any():
+        twin = ax_n.twinx()
+        seed_band(twin, ok, "width", "lambda_max", label="λ_max (probed widths)", marker="^",
+                  ms=4, color="C4", geometric=True)  # fmt: skip
+        twin.set_yscale("log")
+        twin.set_ylabel("λ_max (top Hessian eigenvalue)", color="C4")
+        lines = lines + twin.get_lines()[:1]
+    ax_n.set_title("norms and sharpness at the end of training")
     ax_n.legend(lines, [ln.get_label() for ln in lines], fontsize=7)
     arch = (
         f"MLP {INPUT_DIM[setting.dataset]}→" + "→".join(["w"] * setting.depth) + f"→{NUM_CLASSES}"
     )
     fig.suptitle(
-        f"{setting.label}: {arch} (ReLU), n = {n:,}, {100 * cfg.label_noise:g}% label noise, SGD "
+        f"{setting.label}: {arch} (ReLU), n = {n:,}, {100 * noise:g}% label noise, SGD "
         f"lr {setting.lr:g}, momentum {setting.momentum:g}, batch {setting.batch_size}, "
         f"{setting.epochs} epochs; mean ± std over {cfg.seeds} seed(s)"
     )
@@ -294,48 +318,47 @@ def setting_figure(rows: pd.DataFrame, setting: Setting, cfg: Config) -> Figure:
     return fig
 
 
+_STATE = {True: "yes", None: "inside the noise", False: "no"}
+
+
+def peak_text(p: dict, what: str, unit: float = 100.0, suffix: str = "%") -> str:
+    """One sentence: where a judged peak sits, its rise and fall with SEs."""
+    m = p["means"]
+    if not p["interior"]:
+        return f"{what} is highest at w = {p['peak']}, an end of the sweep: no interior peak"
+    return (
+        f"{what} peaks at w = {p['peak']} ({fmt(unit * m[p['peak']])}{suffix}); "
+        f"rise from w = {p['left']} ({fmt(unit * m[p['left']])}{suffix}) "
+        f"{effect_text(unit * p['rise'][0], unit * p['rise'][1])}, fall to w = {p['last']} "
+        f"({fmt(unit * m[p['last']])}{suffix}) {effect_text(unit * p['fall'][0], unit * p['fall'][1])}"
+        f"; per-seed peaks at w = {', '.join(map(str, p['seed_peaks']))}"
+    )
+
+
 def add_setting_claims(report: Report, key: str, rows: pd.DataFrame, setting: Setting) -> dict:
     s = peak_summary(rows, setting)
-    rise = s["test_peak"] - s["test_min_before"]
-    fall = s["test_peak"] - s["test_last"]
-    ok = bool(s["interior"] and rise > 0.01 and fall > 0.01)
-    before = (
-        f"{100 * s['test_min_before']:.1f}% at best before it"
-        if s["interior"]
-        else "it is the smallest width"
-    )
+    err, loss = s["err"], s["loss"]
     report.add_claim(
         f"{setting.label}: test error rises to a peak, then falls as the model grows",
         "Belkin et al. 2019; Nakkiran et al. 2019",
-        f"highest test error {100 * s['test_peak']:.1f}% at w = {s['w_peak']} "
-        f"(N = {s['p_peak']:,.0f}); {before}; {100 * s['test_last']:.1f}% at "
-        f"w = {setting.widths[-1]}",
-        ok,
-        "a peak ≥ 1 point above both sides"
-        if ok
-        else "no interior peak ≥ 1 point above both sides",
-    )
-    lm = s["means"]
-    i_loss = int(np.argmax(lm.test_loss.to_numpy()))
-    loss_interior = 0 < i_loss < len(lm) - 1
-    at_fit = loss_interior and s["w_fit"] is not None and s["w_loss_peak"] == s["w_fit"]
+        peak_text(err, "test error"),
+        err["verdict"],
+        "rise and fall both beyond 2 SE (paired over seeds)" if err["verdict"]
+        else ("no interior peak" if not err["interior"] else
+              "rise or fall inside 2 SE" if err["verdict"] is None else "reversed beyond 2 SE"),
+    )  # fmt: skip
+    at_fit = loss["interior"] and s["w_fit"] is not None and loss["peak"] == s["w_fit"]
     report.add_claim(
         f"{setting.label}: the test loss peaks at the interpolation threshold",
         "Belkin et al. 2019 (the squared-loss peak); Nakkiran et al. 2019",
-        f"test loss peaks at w = {s['w_loss_peak']} (N = {lm.n_params.iloc[i_loss]:,.0f}): "
-        f"{fmt(lm.test_loss.iloc[i_loss])} against {fmt(lm.test_loss.iloc[0])} at "
-        f"w = {lm.index[0]} and {fmt(lm.test_loss.iloc[-1])} at w = {lm.index[-1]}; "
-        f"train error first ≤ {100 * INTERPOLATED:g}% at "
+        peak_text(loss, "test loss", unit=1.0, suffix="")
+        + f"; train error first ≤ {100 * INTERPOLATED:g}% at "
         + (f"w = {s['w_fit']}" if s["w_fit"] is not None else "no width"),
-        bool(at_fit),
-        "the loss peaks at the first width that fits the training set"
-        if at_fit
-        else (
-            "an interior loss peak, but not at the first fitting width"
-            if loss_interior
-            else "no interior loss peak"
-        ),
-    )
+        (bool(at_fit) if loss["verdict"] else loss["verdict"]),
+        ("a peak beyond 2 SE at the first width that fits the training set" if at_fit
+         else "a peak beyond 2 SE, but not at the first fitting width") if loss["verdict"]
+        else ("no interior peak" if not loss["interior"] else "rise or fall inside 2 SE"),
+    )  # fmt: skip
     closer = "n" if abs(np.log(s["peak_over_n"])) < abs(np.log(s["peak_over_nk"])) else "n·k"
     expected = "n" if setting.loss == "cross_entropy" else "n·k"
     report.add_claim(
@@ -344,29 +367,54 @@ def add_setting_claims(report: Report, key: str, rows: pd.DataFrame, setting: Se
         f"peak at N = {s['p_peak']:,.0f} = {s['peak_over_n']:.2g}·n = {s['peak_over_nk']:.2g}·n·k"
         f" (closer to {closer} on a log scale); train error first ≤ {100 * INTERPOLATED:g}% at "
         + (f"w = {s['w_fit']} (N = {s['p_fit']:,.0f})" if s["w_fit"] is not None else "no width"),
-        (closer == expected) if ok else None,
-        f"the peak is closer to {closer}"
-        if ok
-        else (
-            f"the highest point is closer to {closer}, but it is no clear peak"
-            if s["interior"]
-            else "no interior peak to place"
-        ),
-    )
+        (closer == expected) if err["verdict"] else None,
+        f"the peak is closer to {closer}" if err["verdict"]
+        else f"the highest point is closer to {closer}, but it is no peak beyond 2 SE",
+    )  # fmt: skip
     return s
 
 
+def add_noise_claim(report: Report, noisy: pd.DataFrame, clean: pd.DataFrame, s: dict) -> None:
+    """Nakkiran et al.: label noise makes the peak; on clean labels it is smaller or gone.
+    Effect: the noisy sweep's rise (peak − best width before it, per seed) minus the
+    clean sweep's rise between the same two widths, unpaired over seeds."""
+    err = s["err"]
+    if not err["interior"]:
+        report.add_claim(
+            "label noise makes the peak: on clean labels the rise is smaller",
+            "Nakkiran et al. 2019, Fig. 4 and Sec. 5", "the noisy sweep has no interior peak",
+            None, "nothing to compare",
+        )  # fmt: skip
+        return
+    wp, wl = err["peak"], err["left"]
+    tn, tc = seed_table(noisy, "test_error"), seed_table(clean, "test_error")
+    rise_n, rise_c = tn[wp] - tn[wl], tc[wp] - tc[wl]
+    eff = seed_effect(rise_n, rise_c)
+    pc = peak_effects(tc)
+    report.add_claim(
+        "label noise makes the peak: on clean labels the test error rises less (or not at all) "
+        "between the same widths",
+        "Nakkiran et al. 2019, Fig. 4 and Sec. 5",
+        f"rise from w = {wl} to w = {wp}: {fmt(100 * rise_n.mean())} points with 15% noise, "
+        f"{fmt(100 * rise_c.mean())} points clean; difference "
+        f"{effect_text(100 * eff[0], 100 * eff[1])} points. Clean sweep alone: "
+        + peak_text(pc, "test error"),
+        judge(*eff),
+    )  # fmt: skip
+
+
 def reference_rows(rows: pd.DataFrame) -> list[dict]:
-    """Our MNIST-1D test error at the widths nearest to the paper's reference widths."""
+    """Our MNIST-1D test error at the widths nearest to the reference widths (numbers
+    re-measured in an earlier run of the MNIST-1D notebook's recipe, DESIGN.md)."""
     ok = rows[rows.status == "complete"]
     widths = np.array(sorted(ok.width.unique()))
     out = []
-    for ref_w, ref in ((16, "47.8%"), (54, "53–54% (w ≈ 47–61)"), (300, "45.5–45.8%")):
+    for ref_w, ref in ((16, "47.8%"), (54, "53–54% (w ≈ 47–61)"), (300, "45.5%")):
         w = int(widths[np.argmin(np.abs(np.log(widths / ref_w)))])
         v = ok[ok.width == w].test_error.to_numpy()
         out.append(
-            {"reference width": ref_w, "paper (n = 4,000)": ref, "our nearest width": w,
-             "ours": mean_std(100 * v) + "%"}
+            {"reference width": ref_w, "re-measured here earlier (n = 4,000)": ref,
+             "our nearest width": w, "ours": mean_std(100 * v) + "%"}
         )  # fmt: skip
     return out
 
@@ -382,16 +430,41 @@ def table_rows(rows: pd.DataFrame) -> list[dict]:
                 "test error": mean_std(g.test_error.to_numpy()),
                 "test loss": mean_std(g.test_loss.to_numpy()),
                 "‖θ‖": mean_std(g.weight_norm.to_numpy()),
-                "λ_max": mean_std(g.lambda_max.to_numpy()),
+                "‖θ − θ₀‖": mean_std(g.dist_from_init.to_numpy()),
+                "λ_max": mean_std(g.lambda_max.to_numpy()) if "lambda_max" in g else "",
             }
         )
     return out
 
 
+def norm_text(runs: dict, cfg: Config) -> str:
+    """Does ‖θ‖ or ‖θ − θ₀‖ peak at the threshold (Belkin et al.'s norm argument)?"""
+    lines = []
+    for key, rows in runs.items():
+        setting = cfg.setting(key)
+        s_fit = peak_summary(rows, setting)["w_fit"]
+        for metric, what in (("weight_norm", "‖θ‖"), ("dist_from_init", "‖θ − θ₀‖")):
+            p = peak_effects(seed_table(rows, metric))
+            state = _STATE[p["verdict"]] if p["interior"] else "no"
+            lines.append(
+                f"- {setting.label}: {peak_text(p, what, unit=1.0, suffix='')}. A peak beyond "
+                f"2 SE: {state}"
+                + (f" (the first width fitting the training set is w = {s_fit})."
+                   if s_fit is not None else ".")
+            )  # fmt: skip
+    lines.append(
+        "\nBelkin et al.'s explanation of the peak is a norm: the minimum-norm interpolant's "
+        "norm peaks at the threshold (the random-features coefficient norm does, in "
+        "`double-descent-rf`). For these networks trained by SGD from a random start the "
+        "lines above say whether ‖θ‖ or the distance travelled ‖θ − θ₀‖ behaves the same way."
+    )
+    return "\n".join(lines)
+
+
 DATA_COLUMNS = (
-    "setting", "width", "seed", "n_params", "status", "train_error", "train_error_clean",
-    "test_error", "train_loss", "test_loss", "grad_norm_sq", "weight_norm", "dist_from_init",
-    "lambda_max", "trace", "eps_sharpness", "geometric_complexity",
+    "setting", "label_noise", "width", "seed", "n_params", "status", "train_error",
+    "train_error_clean", "test_error", "train_loss", "test_loss", "grad_norm_sq", "weight_norm",
+    "dist_from_init", "lambda_max", "trace", "eps_sharpness", "geometric_complexity",
 )  # fmt: skip
 
 
@@ -403,8 +476,12 @@ def run(scale: str, out: Path) -> Report:
     note = next(iter(runs.values())).attrs["note"]
     summaries = {}
     for key, rows in runs.items():
-        setting = cfg.setting(key)
-        summaries[key] = add_setting_claims(report, key, rows, setting)
+        summaries[key] = add_setting_claims(report, key, rows, cfg.setting(key))
+    if "mnist1d_clean" in runs:
+        add_noise_claim(report, runs["mnist1d"], runs["mnist1d_clean"], summaries["mnist1d"])
+    emc = emc_analysis(runs["mnist1d"], cfg.setting("mnist1d"))
+    if emc is not None:
+        add_emc_claim(report, emc)
     if "mnist" not in runs:
         report.add_text(
             f"The MNIST setting was skipped: {mnist_available()}", heading="MNIST (squared loss)"
@@ -413,34 +490,49 @@ def run(scale: str, out: Path) -> Report:
         setting = cfg.setting(key)
         s = summaries[key]
         report.add_figure(
-            setting_figure(rows, setting, cfg),
+            setting_figure(rows, setting, cfg, cfg.noise(key)),
             f"double_descent_{key}.png",
             f"{setting.label}: left, train and test error against the parameter count N with "
-            "N = n (dotted) and N = n·k (dashed); middle, the losses; right, ‖θ‖ and λ_max "
-            "against the width. Mean ± std over seeds.",
+            "N = n (dotted) and N = n·k (dashed); middle, the losses; right, ‖θ‖, ‖θ − θ₀‖ and "
+            "λ_max (on the probed widths) against the width. Mean ± std over seeds.",
         )
         report.add_table(
             table_rows(rows),
             heading=f"{setting.label}: per width",
             caption=(
                 f"n = {setting.n_train:,}, k = {NUM_CLASSES}, so n·k = "
-                f"{setting.n_train * NUM_CLASSES:,}. Test error peaks at w = {s['w_peak']} "
-                f"(N = {s['p_peak']:,.0f}, {s['peak_over_n']:.2g}·n, {s['peak_over_nk']:.2g}·n·k); "
-                f"the test loss peaks at w = {s['w_loss_peak']}; the train error first reaches "
+                f"{setting.n_train * NUM_CLASSES:,}; {100 * cfg.noise(key):g}% label noise. Test "
+                f"error peaks at w = {s['w_peak']} (N = {s['p_peak']:,.0f}, "
+                f"{s['peak_over_n']:.2g}·n, {s['peak_over_nk']:.2g}·n·k); the test loss peaks at "
+                f"w = {s['w_loss_peak']}; the train error first reaches "
                 f"≤ {100 * INTERPOLATED:g}% at "
                 + (f"w = {s['w_fit']} (N = {s['p_fit']:,.0f})." if s["w_fit"] else "no width.")
             ),
         )
-    if "mnist1d" in runs:
-        report.add_table(
-            reference_rows(runs["mnist1d"]),
-            heading="MNIST-1D: the paper's reference numbers next to ours",
-            caption=(
-                "The reference was run at n = 4,000 (scale `full`); at a smaller n the whole "
-                "curve sits higher and the peak moves to smaller widths, so only the shape "
-                "compares."
-            ),
+    if emc is not None:
+        report.add_figure(
+            emc_figure(emc, cfg.setting("mnist1d"), cfg),
+            "width_epoch_heatmap.png",
+            "Left: test error over width and epoch (seed mean), with the contour where the "
+            "training error first reaches ≤ 1% (EMC = n) in white and the width of highest test "
+            "error at each epoch (black dots). Right: the fitted count n·(1 − train error), a "
+            "proxy of the effective model complexity, over width and epoch.",
         )
+        report.add_text(
+            emc_text(emc), heading="Effective model complexity and the width × epoch map"
+        )
+    report.add_table(
+        reference_rows(runs["mnist1d"]),
+        heading="MNIST-1D: reference numbers re-measured here earlier, next to ours",
+        caption=(
+            "The reference column is not the MNIST-1D paper's figure: it holds numbers "
+            "re-measured in an earlier run of the MNIST-1D notebook's recipe (DESIGN.md, "
+            '"Where is the threshold?"), n = 4,000, 1,000 test samples.'
+        ),
+    )
+    report.add_text(
+        norm_text(runs, cfg), heading="Norms: does a network norm peak at the threshold?"
+    )
     report.add_text(threshold_text(cfg, runs, summaries), heading="Where is the threshold?")
     if scale != "full":
         report.add_text(
@@ -449,8 +541,173 @@ def run(scale: str, out: Path) -> Report:
     frames = [r.assign(setting=r["setting"]) for r in runs.values()]
     data = pd.concat(frames, ignore_index=True)
     report.add_data(data[[c for c in DATA_COLUMNS if c in data]], "runs.csv")
+    if emc is not None:
+        report.add_data(emc["long"], "width_epoch.csv")
     report.add_text(note, heading="Compute")
     return report.write()
+
+
+# ------------------------------------------------------- effective model complexity
+def emc_analysis(rows: pd.DataFrame, setting: Setting) -> dict | None:
+    """The width × epoch maps of the seed-mean test and train error, and per seed the
+    epochs' peak widths against the first fitting widths.
+
+    Nakkiran et al. (2019, Def. 1): the effective model complexity EMC(T) of a training
+    procedure T is the largest n at which it reaches ≈ 0 training error (here ≤ 1%).
+    With runs at one n, EMC(w, epoch) ≥ n holds exactly where the train error is
+    ≤ 1%, so the EMC = n contour is where the train error first reaches ≤ 1%; the
+    fitted count n·(1 − train error) is shown as a proxy below it. The prediction: at
+    every epoch the test error peaks near the width on that contour.
+    """
+    ok = rows[rows.status == "complete"]
+    if ok.width.nunique() < 3:
+        return None
+    h = load_history(ok, ["width", "seed"])
+    h = h[h.metric.isin(["test_error", "train_error"])]
+    per_epoch = -(-setting.n_train // setting.batch_size)
+    h = h.assign(epoch=h.step / per_epoch)
+    piv = h.pivot_table(index=["metric", "seed", "epoch"], columns="width", values="value")
+    test_mean = piv.loc["test_error"].groupby(level="epoch").mean()
+    train_mean = piv.loc["train_error"].groupby(level="epoch").mean()
+    common = test_mean.dropna().index.intersection(train_mean.dropna().index)
+    test_mean, train_mean = test_mean.loc[common], train_mean.loc[common]
+    widths = test_mean.columns.to_numpy()
+    n_params = {int(w): setting.params(int(w), INPUT_DIM[setting.dataset]) for w in widths}
+
+    def fit_width(train_row: pd.Series) -> float:
+        fits = train_row[train_row <= INTERPOLATED]
+        return float(fits.index[0]) if len(fits) else float("nan")
+
+    # per seed: log2(N_peak / N_fit) averaged over the epochs where some width fits
+    gaps = []
+    for seed in piv.loc["test_error"].index.get_level_values("seed").unique():
+        te, tr = piv.loc[("test_error", seed)], piv.loc[("train_error", seed)]
+        te, tr = te.loc[te.index.intersection(common)], tr.loc[tr.index.intersection(common)]
+        logs = []
+        for ep in te.index:
+            if ep < 1:
+                continue
+            wf = fit_width(tr.loc[ep])
+            if np.isnan(wf):
+                continue
+            wp = int(te.loc[ep].idxmax())
+            logs.append(np.log2(n_params[wp] / n_params[int(wf)]))
+        if logs:
+            gaps.append(float(np.mean(logs)))
+    rows_out = []
+    for ep in common:
+        if ep < 1:
+            continue
+        wf = fit_width(train_mean.loc[ep])
+        wp = int(test_mean.loc[ep].idxmax())
+        rows_out.append({"epoch": ep, "w_peak": wp, "N_peak": n_params[wp],
+                         "w_fit": wf, "N_fit": n_params[int(wf)] if not np.isnan(wf) else np.nan,
+                         "test_peak": float(test_mean.loc[ep, wp])})  # fmt: skip
+    track = pd.DataFrame(rows_out)
+    long = h.groupby(["metric", "width", "epoch"]).value.agg(["mean", "std", "count"]).reset_index()
+    return {"test": test_mean, "train": train_mean, "track": track, "gaps": gaps,
+            "n": setting.n_train, "n_params": n_params, "long": long}  # fmt: skip
+
+
+def add_emc_claim(report: Report, emc: dict) -> None:
+    """The test-error peak follows EMC ≈ n: per seed, the mean over epochs of
+    log2(N_peak(epoch)/N_fit(epoch)); reproduced when |mean| + 2 SE < 1 (within a
+    factor 2 beyond the noise), not reproduced when |mean| − 2 SE > 1."""
+    gaps = np.asarray(emc["gaps"])
+    track = emc["track"].dropna()
+    if len(gaps) == 0 or track.empty:
+        report.add_claim(
+            "the test-error peak follows EMC ≈ n over training time",
+            "Nakkiran et al. 2019, Sec. 4 and Fig. 2", "no width fits the training set", None,
+            "nothing to track",
+        )  # fmt: skip
+        return
+    mean, se = seed_effect(gaps)
+    verdict = (
+        True if abs(mean) + VERDICT_Z * se < 1
+        else False if abs(mean) - VERDICT_Z * se > 1 else None
+    ) if np.isfinite(se) else None  # fmt: skip
+    early, late = track.iloc[0], track.iloc[-1]
+    report.add_claim(
+        "the test-error peak follows EMC ≈ n: at each epoch the worst width is the one that "
+        "just fits the training set",
+        "Nakkiran et al. 2019, Sec. 4 and Fig. 2",
+        f"log2(N_peak / N_fit) averaged over epochs: {effect_text(mean, se)} (0: the same "
+        f"width); at epoch {early.epoch:g} the peak is at w = {int(early.w_peak)} and the first "
+        f"fitting width w = {int(early.w_fit)}, at epoch {late.epoch:g} w = {int(late.w_peak)} "
+        f"and w = {int(late.w_fit)}",
+        verdict,
+        "within a factor 2 of the EMC = n contour beyond 2 SE" if verdict
+        else ("more than a factor 2 away" if verdict is False else "not decided by the seeds"),
+    )  # fmt: skip
+
+
+def emc_figure(emc: dict, setting: Setting, cfg: Config) -> Figure:
+    test, train = emc["test"], emc["train"]
+    test, train = test[test.index >= 1], train[train.index >= 1]
+    widths = test.columns.to_numpy(dtype=float)
+    epochs = test.index.to_numpy(dtype=float)
+    fig = Figure(figsize=(14, 5), layout="constrained")
+    ax, ax2 = fig.subplots(1, 2)
+    mesh = ax.pcolormesh(widths, epochs, test.to_numpy(), shading="nearest", cmap="viridis")
+    fig.colorbar(mesh, ax=ax, label="test error (fraction)")
+    ax.contour(widths, epochs, train.to_numpy(), levels=[INTERPOLATED], colors="white",
+               linewidths=1.5)  # fmt: skip
+    tr = emc["track"]
+    ax.plot(tr.w_peak, tr.epoch, "k.", ms=3, label="width of the highest test error")
+    ax.plot([], [], color="white", label=f"train error = {100 * INTERPOLATED:g}% (EMC = n)")
+    ax.legend(fontsize=7, loc="upper right", facecolor="0.7")
+    fitted = emc["n"] * (1 - train.to_numpy())
+    mesh2 = ax2.pcolormesh(widths, epochs, fitted, shading="nearest", cmap="magma")
+    fig.colorbar(mesh2, ax=ax2, label="fitted count n·(1 − train error) (samples)")
+    ax2.contour(widths, epochs, train.to_numpy(), levels=[INTERPOLATED], colors="cyan",
+                linewidths=1.5)  # fmt: skip
+    for a in (ax, ax2):
+        a.set_xscale("log")
+        a.set_yscale("log")
+        a.set_xlabel("width w (hidden units)")
+        a.set_ylabel("epoch")
+    ax.set_title("test error over width and epoch")
+    ax2.set_title("EMC proxy: training samples fitted (n = EMC contour in cyan)")
+    fig.suptitle(
+        f"{setting.label}, n = {setting.n_train:,}, {100 * cfg.label_noise:g}% label noise; seed "
+        f"mean of {cfg.seeds} seed(s), evaluated every {setting.eval_every} steps"
+    )
+    tidy_log_axes(fig)
+    return fig
+
+
+def emc_text(emc: dict) -> str:
+    tr = emc["track"]
+    pick = [e for e in (1, 2, 5, 10, 20, 50, 100, 200, 500) if e in set(tr.epoch)]
+    if not pick:
+        pick = list(tr.epoch.iloc[:: max(1, len(tr) // 8)])
+    lines = [
+        "Effective model complexity (Nakkiran et al. 2019, Def. 1): the largest n at which a "
+        "training procedure reaches ≈ 0 training error. All these runs have n = "
+        f"{emc['n']:,}, so EMC(w, epoch) ≥ n exactly where the train error is ≤ "
+        f"{100 * INTERPOLATED:g}%: the contour in the figure is EMC = n. Below it the fitted "
+        "count n·(1 − train error) is a proxy (a lower bound on how many samples the model "
+        "fits, not EMC itself, which would need runs at other n; `sample-wise` has those at "
+        "one width).",
+        "",
+        markdown_table(
+            [
+                {
+                    "epoch": f"{r.epoch:g}",
+                    "width of highest test error": int(r.w_peak),
+                    "N at the peak": f"{int(r.N_peak):,}",
+                    f"first width with train error ≤ {100 * INTERPOLATED:g}%": "none"
+                    if np.isnan(r.w_fit)
+                    else int(r.w_fit),
+                    "N of the first fit": "" if np.isnan(r.w_fit) else f"{int(r.N_fit):,}",
+                    "highest test error": f"{100 * r.test_peak:.1f}%",
+                }
+                for r in tr[tr.epoch.isin(pick)].itertuples()
+            ]
+        ),  # fmt: skip
+    ]
+    return "\n".join(lines)
 
 
 def threshold_text(cfg: Config, runs: dict, summaries: dict) -> str:
