@@ -9,7 +9,9 @@ hurts.
 What is run: ``double-descent-width``'s MNIST-1D recipe (MLP 40 → w → w →
 10, cross-entropy, SGD lr 0.01, momentum 0.9, batch 100, 15% label noise, a
 fixed number of epochs, so a larger n gets proportionally more steps) at
-one width w for several training-set sizes n (nested subsets of the
+one width w (``small``: w = 21, N = 1,543; if it fits up to n ≈ N/1.2, as
+the fit at N ≈ 4,700 for n = 4,000 suggests, its threshold n ≈ 1,300 lies
+inside the swept n) for several training-set sizes n (nested subsets of the
 MNIST-1D training pool, ``load_dataset(n_train=...)``), same test set. The
 run at double-descent-width's own n is the same config, so it is read from
 that experiment's sweep directory (``OUT/../double-descent-width/sweep``),
