@@ -93,6 +93,19 @@ def _cost(config: RunConfig) -> float:
     return steps * (per_step + 50) * factor * (1 + config.width / 100)
 
 
+#: environment variable: "1" makes :func:`run_configs` read the store only, training
+#: nothing (a report of what a long sweep has finished so far; the rest is listed)
+STORE_ONLY_ENV = "IMPLICIT_REG_STORE_ONLY"
+
+
+def store_only() -> bool:
+    """True when ``IMPLICIT_REG_STORE_ONLY=1``: reports read finished runs, train none."""
+    value = os.environ.get(STORE_ONLY_ENV, "")
+    if value not in ("", "0", "1"):
+        raise ValueError(f"{STORE_ONLY_ENV} must be 0 or 1, got {value!r}")
+    return value == "1"
+
+
 def run_configs(configs: Sequence[RunConfig], directory: Path, *, workers: int = 1) -> pd.DataFrame:
     """Train the configs that ``directory`` does not hold yet; return their summaries.
 
@@ -100,8 +113,14 @@ def run_configs(configs: Sequence[RunConfig], directory: Path, *, workers: int =
     :func:`implicit_reg.report.results.load_summaries`, plus ``run_dir``). A run with
     status "failed" (an exception, not a divergence) raises ``RuntimeError``
     with its traceback: it is a bug, not a result.
+
+    With ``IMPLICIT_REG_STORE_ONLY=1`` (:func:`store_only`) nothing is trained: the
+    rows are those of the configs already in the store, and ``attrs["missing"]``
+    counts the others (the compute note says so).
     """
     configs = list({c.config_hash(): c for c in configs}.values())
+    if store_only():
+        return _stored_rows(configs, Path(directory))
     ordered = sorted(configs, key=_cost, reverse=True)  # longest first: the workers finish together
     workers = max(1, min(workers, len(ordered)))
     if workers > 1:
@@ -126,6 +145,22 @@ def run_configs(configs: Sequence[RunConfig], directory: Path, *, workers: int =
         raise RuntimeError(
             f"{len(bad)} run(s) failed in {directory}; first error:\n{bad['error'].iloc[0]}"
         )
+    return rows
+
+
+def _stored_rows(configs: list[RunConfig], directory: Path) -> pd.DataFrame:
+    """The summaries of the configs found in ``directory`` (store-only mode)."""
+    table = (
+        load_summaries(directory, all_runs=True).set_index("config_hash")
+        if (directory / "runs").is_dir()
+        else pd.DataFrame()
+    )
+    hashes = [c.config_hash() for c in configs if c.config_hash() in table.index]
+    rows = table.loc[hashes].reset_index() if hashes else pd.DataFrame({"config_hash": []})
+    rows.attrs.update(
+        trained_now=0, directory=str(directory), workers=0, missing=len(configs) - len(hashes)
+    )
+    rows.attrs["note"] = compute_note(rows) if len(rows) else "no run of this plan is stored yet"
     return rows
 
 
@@ -223,6 +258,15 @@ def compute_note(rows: pd.DataFrame) -> str:
     """What the runs of one :func:`run_configs` call cost: how many there are, how
     many it trained (the rest came from the store) and their summed training time."""
     t = rows["wall_time_s"].astype(float)
+    missing = rows.attrs.get("missing", 0)
+    if missing:
+        return (
+            f"{len(rows)} engine runs (`implicit_reg.engine.train.run`) read from "
+            f"`{rows.attrs['directory']}` (a store-only report, `{STORE_ONLY_ENV}=1`): "
+            f"**{missing} runs of the plan are not finished yet** and are left out. Training "
+            f"time of the runs read, as each recorded it: {t.sum():.0f} s in total (median "
+            f"{t.median():.1f} s, longest {t.max():.1f} s), one torch thread each."
+        )
     return (
         f"{len(rows)} engine runs (`implicit_reg.engine.train.run`) in `{rows.attrs['directory']}`, "
         f"{rows.attrs['trained_now']} of them trained by this call, the others read from the "
@@ -256,10 +300,14 @@ def peak_effects(table: pd.DataFrame) -> dict:
     (:func:`~implicit_reg.report.report.seed_effect`), each ``(effect, SE)``; the
     verdict (:func:`verdict_of`) needs both beyond 2 SE. Peak and ``left`` are
     chosen on the same means the effects are measured on, which favours a peak
-    (the SEs do not include that choice). Columns with a NaN (a diverged seed)
-    are dropped. ``seed_peaks``: the x of each seed's own highest value.
+    (the SEs do not include that choice). Seeds (rows) with a NaN (a diverged or
+    not yet finished run) are dropped while at least two complete seeds remain;
+    otherwise the columns with a NaN are. ``seed_peaks``: the x of each seed's
+    own highest value.
     """
-    table = table.dropna(axis=1).sort_index(axis=1)
+    complete = table.dropna(axis=0)
+    table = complete if len(complete) >= 2 else table.dropna(axis=1)
+    table = table.sort_index(axis=1)
     means = table.mean(0)
     xs = means.index.to_numpy()
     i = int(np.argmax(means.to_numpy()))

@@ -41,7 +41,6 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
@@ -57,7 +56,7 @@ from implicit_reg.report.report import (
     select_scale,
 )
 
-from ._sweeps import run_configs, seed_band, sweep_dir, tidy_log_axes
+from ._sweeps import peak_effects, run_configs, seed_band, store_only, sweep_dir, tidy_log_axes
 
 NAME = "belkin-network"
 TITLE = "Belkin et al.'s network double descent: the squared-loss peak at N ≈ n·k on MNIST, with and without weight reuse"
@@ -161,8 +160,11 @@ def ensure_runs(cfg: Config, directory: Path) -> pd.DataFrame:
         above = [c for c in fresh if not cfg.below(c.width)]
         for condition, configs in (("with reuse", chain + above), ("without reuse", fresh)):
             rows = run_configs(configs, directory)
+            if not len(rows):  # a store-only report before this seed's runs exist
+                continue
+            reused = {c.config_hash(): c.init_from is not None for c in configs}
             rows = rows.assign(condition=condition, seed=seed)
-            rows["reused"] = [c.init_from is not None for c in configs]
+            rows["reused"] = rows.config_hash.map(reused).astype(bool)
             frames.append(rows)
     data = pd.concat(frames, ignore_index=True)
     data["N"] = [cfg.n_params(int(w)) for w in data.width]
@@ -182,34 +184,12 @@ def per_seed(data: pd.DataFrame, condition: str, metric: str) -> pd.DataFrame:
 
 
 def peak_test(table: pd.DataFrame, cfg: Config) -> dict:
-    """Where the seed-mean of a (seed × width) table peaks, and the paired effects
-    that make it a peak: rise = value(peak) − value(best width below it) and
-    fall = value(peak) − value(widest), each with its SE over seeds.
-
-    The peak and the best width below it are chosen on the same seed means the
-    effects are measured on, which favours a peak; the SEs do not include that
-    selection, so a verdict needs both effects beyond 2 SE.
-    """
-    table = table.dropna(axis=1)
-    means = table.mean(0)
-    widths = means.index.to_numpy()
-    i = int(np.argmax(means.to_numpy()))
-    w_peak = int(widths[i])
-    out = {"w_peak": w_peak, "N_peak": cfg.n_params(w_peak), "means": means,
-           "interior": 0 < i < len(widths) - 1}  # fmt: skip
-    if not out["interior"]:
-        out.update(rise=(float("nan"), float("nan")), fall=(float("nan"), float("nan")),
-                   w_left=None, verdict=False)  # fmt: skip
-        return out
-    w_left = int(means.iloc[:i].idxmin())
-    w_last = int(widths[-1])
-    rise = seed_effect(table[w_peak], table[w_left], paired=True)
-    fall = seed_effect(table[w_peak], table[w_last], paired=True)
-    a, b = judge(*rise), judge(*fall)
-    verdict = False if (a is False or b is False) else (True if (a and b) else None)
-    out.update(rise=rise, fall=fall, w_left=w_left, w_last=w_last, verdict=verdict)
-    out["seed_peaks"] = [int(table.columns[int(np.argmax(r))]) for r in table.to_numpy()]
-    return out
+    """:func:`~implicit_reg.experiments._sweeps.peak_effects` of a (seed × width) table,
+    with the widths under the names this report uses and N at the peak."""
+    p = peak_effects(table)
+    p.update(w_peak=int(p["peak"]), N_peak=cfg.n_params(int(p["peak"])), w_left=p["left"],
+             w_last=int(p["last"]))  # fmt: skip
+    return p
 
 
 def peak_sentence(p: dict, cfg: Config, what: str) -> str:
@@ -415,11 +395,18 @@ def run(scale: str, out: Path) -> Report:
         heading="Protocol",
     )
     report.add_data(data[[c for c in DATA_COLUMNS if c in data]], "runs.csv")
+    seeds_done = sorted(data.seed.unique())
     report.add_text(
         f"{data.attrs['runs']} engine runs (`implicit_reg.engine.train.run`) in "
         f"`{data.attrs['directory']}`; their training time, as each recorded it: "
         f"{data.attrs['train_time_s']:.0f} s in total, one torch thread, one process (the "
-        "reuse chain is sequential).",
+        "reuse chain is sequential)."
+        + (
+            f" **A store-only report (`IMPLICIT_REG_STORE_ONLY=1`): seeds "
+            f"{', '.join(map(str, seeds_done))} of {cfg.seeds}, only the runs finished so far.**"
+            if store_only()
+            else ""
+        ),
         heading="Compute",
     )
     return report.write()

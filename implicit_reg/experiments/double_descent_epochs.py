@@ -220,7 +220,8 @@ def run(scale: str, out: Path) -> Report:
     directory = sweep_dir(Path(out), ddw.NAME, NAME)
     rows = run_configs(configs + control, directory, workers=workers_for(scale))
     note = rows.attrs["note"]
-    rows["label_noise"] = [c.label_noise for c in configs + control]
+    noise_of = {c.config_hash(): c.label_noise for c in configs + control}
+    rows["label_noise"] = rows.config_hash.map(noise_of)
     noisy, clean = rows[rows.label_noise > 0], rows[rows.label_noise == 0]
     history = load_history(noisy, ["width", "seed"])
     per_epoch = -(-setting.n_train // setting.batch_size)

@@ -230,7 +230,9 @@ def ensure_runs(
     by_hash = rows.set_index("config_hash")
     out_rows = {}
     for key, cs in configs.items():
-        r = by_hash.loc[[c.config_hash() for c in cs]].reset_index()
+        # every config, or (store-only reports) those already finished
+        r = by_hash.loc[[c.config_hash() for c in cs if c.config_hash() in by_hash.index]]
+        r = r.reset_index()
         r["setting"] = cfg.setting(key).label
         r.attrs["note"] = rows.attrs["note"]
         out_rows[key] = r
