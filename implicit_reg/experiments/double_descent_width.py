@@ -233,9 +233,13 @@ def ensure_runs(
         # every config, or (store-only reports) those already finished
         r = by_hash.loc[[c.config_hash() for c in cs if c.config_hash() in by_hash.index]]
         r = r.reset_index()
+        if not len(r):  # store-only: nothing of this setting has finished yet
+            continue
         r["setting"] = cfg.setting(key).label
         r.attrs["note"] = rows.attrs["note"]
         out_rows[key] = r
+    if not out_rows:
+        raise ValueError(f"no finished runs of {name} in {sweep_dir(out, NAME, name)}")
     return out_rows
 
 
