@@ -46,7 +46,6 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -62,10 +61,12 @@ from ..core.objective import (
     num_samples,
     trainable_named_params,
 )
-from ..core.optim import EGR, GD, SGD
+from ..core.optim import EGR
 from ..workloads.losses import OneHotMSELoss, make_loss
 from .config import BASE_METRICS, RunConfig
+from .optimizers import build_optimizer
 from .store import ResultStore, versions
+from .workload import build_run_model, load_run_data
 
 __all__ = [
     "RunResult",
@@ -109,49 +110,6 @@ class RunResult:
     def metric(self, name: str) -> list[tuple[int, float]]:
         """``[(step, value), ...]`` of one metric."""
         return [(r["step"], r["value"]) for r in self.history if r["metric"] == name]
-
-
-# ---------------------------------------------------------------------- data
-@lru_cache(maxsize=4)
-def _cached_dataset(name, n_train, n_test, label_noise, seed, task):
-    from ..workloads.data import load_dataset
-
-    return load_dataset(
-        name, n_train=n_train, n_test=n_test, label_noise=label_noise, seed=seed, task=task
-    )
-
-
-def load_run_data(config: RunConfig):
-    """The config's data set on its device and dtype (memoized per process; the
-    tensors are never modified by training)."""
-    spec = config.dataset_spec()
-    data = _cached_dataset(
-        spec["name"],
-        spec["n_train"],
-        spec["n_test"],
-        spec["label_noise"],
-        spec["seed"],
-        spec["task"],
-    )
-    return data.to(torch.device(config.device), getattr(torch, config.dtype))
-
-
-# ----------------------------------------------------------------- optimizer
-def build_optimizer(config: RunConfig, params: list[Tensor], model: nn.Module | None = None):
-    """The torch optimizer for ``config.optimizer``."""
-    if config.optimizer == "egr":
-        return EGR(
-            params, lr=config.lr, coeff=config.egr_coeff, method=config.egr_method, module=model
-        )
-    if config.optimizer == "gd" and config.momentum == 0 and config.weight_decay == 0:
-        return GD(params, lr=config.lr)
-    return SGD(
-        params,
-        lr=config.lr,
-        momentum=config.momentum,
-        nesterov=config.nesterov,
-        weight_decay=config.weight_decay,
-    )
 
 
 def step_budget(config: RunConfig, n_train: int) -> tuple[int, int]:
@@ -393,13 +351,11 @@ def run(
 
 
 def _train(config: RunConfig) -> RunResult:
-    from ..workloads.models import build_model, count_params
+    from ..workloads.models import count_params
 
     data = load_run_data(config)
-    dtype = getattr(torch, config.dtype)
     spec = config.model_spec(data.input_dim, data.output_dim)
-    model = build_model(**spec).to(device=torch.device(config.device), dtype=dtype)
-    model.train()
+    model = build_run_model(config, data)
     loss_fn = make_loss(config.loss, num_classes=data.num_classes)
     params = list(trainable_named_params(model).values())
     init_params = [p.detach().clone() for p in params]
@@ -462,6 +418,9 @@ def _train(config: RunConfig) -> RunResult:
             status, stop_reason, diverged_at, diverged_loss = "diverged", "diverged", step, loss
             break
         step += 1
+        if config.lr_decay_every and step % config.lr_decay_every == 0:
+            for group in opt.param_groups:
+                group["lr"] *= config.lr_decay_factor
         reached = (
             config.batch_size is None
             and config.target_train_loss is not None

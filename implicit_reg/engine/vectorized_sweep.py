@@ -56,8 +56,10 @@ from ..ensemble.vectorized import (
     member_sq_norms,
 )
 from .config import BASE_METRICS, RunConfig
+from .optimizers import update_rule
 from .store import versions
-from .train import RunResult, load_run_data, make_loss, step_budget
+from .train import RunResult, make_loss, step_budget
+from .workload import build_run_model, load_run_data
 
 __all__ = [
     "MEMBER_FIELDS",
@@ -98,7 +100,7 @@ CPU_MAX_STEP_FLOPS = 4_000_000
 #: any other field (``egr_micro_batch``, or a field added later) away from its
 #: default trains serially, so a new training option can never be ignored here
 SUPPORTED_FIELDS = frozenset(
-    """model width depth activation dataset n_train n_test label_noise task data_seed
+    """model width depth activation model_options init_from dataset n_train n_test label_noise task data_seed
     loss optimizer lr momentum nesterov weight_decay egr_coeff egr_method batch_size
     steps epochs target_train_loss max_loss eval_every probes probe_every probe_options
     seed device dtype chunk_size checkpoint""".split()
@@ -355,15 +357,6 @@ class _Evaluator:
         return out
 
 
-def _ensemble_optimizer(config: RunConfig) -> str:
-    """The ensemble's update rule for a config, as :func:`implicit_reg.engine.train.build_optimizer`."""
-    if config.optimizer == "egr":
-        return "egr"
-    if config.optimizer == "gd" and config.momentum == 0 and config.weight_decay == 0:
-        return "gd"
-    return "sgd"  # SGD's update; full batch when batch_size is None
-
-
 def train_runs(configs: Sequence[RunConfig]) -> list[RunResult]:
     """Train runs that share :func:`group_key` as one ensemble; one
     :class:`~implicit_reg.engine.train.RunResult` per config, as :func:`implicit_reg.engine.train.run`
@@ -371,7 +364,7 @@ def train_runs(configs: Sequence[RunConfig]) -> list[RunResult]:
 
     Raises ``ValueError`` if the configs cannot be vectorized together.
     """
-    from ..workloads.models import build_model, count_params
+    from ..workloads.models import count_params
 
     configs = list(configs)
     if not configs:
@@ -385,12 +378,10 @@ def train_runs(configs: Sequence[RunConfig]) -> list[RunResult]:
     started = time.perf_counter()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     cfg = configs[0]
-    device, dtype = torch.device(cfg.device), getattr(torch, cfg.dtype)
     members = []
     for c in configs:
         data = load_run_data(c)
-        model = build_model(**c.model_spec(data.input_dim, data.output_dim))
-        model = model.to(device=device, dtype=dtype).train()
+        model = build_run_model(c, data)
         init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         members.append(_Member(config=c, data=data, model=model, init_state=init_state))
     n = members[0].data.n_train
@@ -400,7 +391,7 @@ def train_runs(configs: Sequence[RunConfig]) -> list[RunResult]:
     evaluate = _Evaluator(members, loss_fn, cfg.chunk_size)
     ens = VectorizedEnsemble(
         [m.model for m in members], loss_fn, evaluate.x_train, evaluate.y_train,
-        optimizer=_ensemble_optimizer(cfg), lr=[c.lr for c in configs],
+        optimizer=update_rule(cfg), lr=[c.lr for c in configs],
         coeff=[c.egr_coeff for c in configs], momentum=cfg.momentum, nesterov=cfg.nesterov,
         weight_decay=cfg.weight_decay, egr_method=cfg.egr_method, batch_size=cfg.batch_size,
         seeds=[c.seed for c in configs], x_per_member=evaluate.xb_train, y_per_member=True,
