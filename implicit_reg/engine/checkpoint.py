@@ -43,6 +43,12 @@ def read_checkpoint(path: str | Path, *, what: str = "checkpoint") -> dict[str, 
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file is bad input here
         raise ValueError(f"cannot read {what} {path}: {type(err).__name__}: {err}") from None
+    if (
+        isinstance(ckpt, dict)
+        and "state_dict" not in ckpt
+        and "state_dict" in ckpt.get("stepper", {})
+    ):
+        ckpt["state_dict"] = ckpt["stepper"]["state_dict"]  # a serial run's mid-run checkpoint
     missing = [k for k in _REQUIRED if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         raise ValueError(f"{path} is not an implicit-reg checkpoint (missing {missing})")

@@ -10,7 +10,8 @@ Hash convention: the SHA-256 of the canonical JSON of the fields that differ
 from their defaults (keys sorted, floats as Python's shortest repr), first
 12 hex characters. Leaving defaults out means a field added later with a
 default does not change the hashes of existing runs; the price is that a
-default's meaning must never change.
+default's meaning must never change. :data:`RUNTIME_FIELDS` (how often to
+checkpoint) never change a run's numbers and are left out of the hash.
 """
 
 from __future__ import annotations
@@ -36,12 +37,16 @@ __all__ = [
     "TASKS",
     "EGR_METHODS",
     "BASE_METRICS",
+    "RUNTIME_FIELDS",
     "config_fields",
     "load_toml",
     "parse_field_value",
 ]
 
 DTYPES = ("float32", "float64")
+#: fields that change how a run is executed, never its numbers: not part of the hash,
+#: so a sweep that adds checkpoints finds its finished runs where they were
+RUNTIME_FIELDS = ("checkpoint_every", "keep_checkpoints")
 # Logged at every evaluation step, whatever the probe schedule.
 BASE_METRICS = (
     "train_loss",
@@ -110,6 +115,10 @@ class RunConfig:
     dtype: str = "float32"
     chunk_size: int | None = None  # rows per forward pass for full-data losses; None: all
     checkpoint: bool = False  # save model + optimizer state at the end
+    # save the whole training state every K steps (atomically) so that a killed run
+    # resumes from there and ends bit-identical to an uninterrupted one; None: never
+    checkpoint_every: int | None = None
+    keep_checkpoints: int = 1  # mid-run checkpoints kept once the run has ended (0: none)
 
     def __post_init__(self) -> None:
         self._normalise()
@@ -138,7 +147,7 @@ class RunConfig:
         _positive_int("depth", self.depth)
         for name in (
             "n_train", "n_test", "batch_size", "egr_micro_batch", "steps", "epochs", "chunk_size",
-            "lr_decay_every",
+            "lr_decay_every", "checkpoint_every",
         ):  # fmt: skip
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
@@ -170,6 +179,8 @@ class RunConfig:
             _finite("target_train_loss", self.target_train_loss, lower=0.0)
         if not (self.max_loss > 0):  # inf is allowed: no bound
             raise ValueError(f"max_loss must be > 0 (inf: no bound), got {self.max_loss}")
+        if self.keep_checkpoints < 0:
+            raise ValueError(f"keep_checkpoints must be >= 0, got {self.keep_checkpoints}")
         if self.eval_every < 1:
             raise ValueError(f"eval_every must be >= 1, got {self.eval_every}")
         if self.probe_every < 0:
@@ -287,9 +298,12 @@ class RunConfig:
         return hash(self.config_hash())
 
     def config_hash(self) -> str:
-        """First 12 hex characters of SHA-256 over the canonical JSON of non-default fields."""
+        """First 12 hex characters of SHA-256 over the canonical JSON of non-default fields
+        (:data:`RUNTIME_FIELDS`, which never change the numbers, left out)."""
         defaults = _DEFAULTS
-        diff = {k: v for k, v in self.to_dict().items() if v != defaults[k]}
+        diff = {
+            k: v for k, v in self.to_dict().items() if v != defaults[k] and k not in RUNTIME_FIELDS
+        }
         canon = json.dumps(diff, sort_keys=True, separators=(",", ":"), allow_nan=True)
         return hashlib.sha256(canon.encode()).hexdigest()[:12]
 
