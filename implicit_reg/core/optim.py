@@ -30,26 +30,40 @@ from .modified_gradient import (
     finite_difference_hvp,
     igr_coeff,
 )
-from .updates import egr_update, gd_update, sgd_update
+from .updates import egr_update, gd_update, sgd_update, sgd_update_fused
 
 __all__ = ["GD", "SGD", "EGR", "gd_update", "sgd_update"]
 
 
-def _check_lr(lr: float) -> float:
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0:
-        raise ValueError(f"lr must be a finite number >= 0, got {lr!r}")
-    return float(lr)
+_LABELS = {
+    "lr": "learning rate",
+    "momentum": "momentum value",
+    "weight_decay": "weight_decay value",
+}
 
 
-def _check_nonneg(name: str, value: float) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value < 0
-    ):
+def _check_nonneg(name: str, value, *, tensor: bool = False):
+    """``value`` if it is a finite number ≥ 0 (or, with ``tensor``, a one-element
+    tensor holding one), else ``ValueError``; messages carry torch's wording."""
+    label = _LABELS.get(name, f"{name} value")
+    if tensor and isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"Tensor {name} must be 1-element, got shape {tuple(value.shape)}")
+        number = value.detach().reshape(()).item()
+        if isinstance(number, complex) or not math.isfinite(number) or number < 0:
+            raise ValueError(f"Invalid {label}: {value} ({name} must be a finite number >= 0)")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(
+            f"Invalid {label}: {value} ({name} must be a finite number >= 0, got {value!r})"
+        )
+    return value if tensor else float(value)
+
+
+def _check_lr(lr, *, tensor: bool = False):
+    return _check_nonneg("lr", lr, tensor=tensor)
 
 
 def _add_checked_group(opt: Optimizer, group: dict, check: Callable[[dict], None]) -> None:
@@ -66,42 +80,127 @@ def _add_checked_group(opt: Optimizer, group: dict, check: Callable[[dict], None
         raise
 
 
-class GD(Optimizer):
-    """Full-batch gradient descent: θ_{t+1} = θ_t − h·∇L(θ_t).
+_FLAGS = {"maximize": False, "foreach": None, "differentiable": False, "fused": None}
+
+
+class _FirstOrder(Optimizer):
+    """What GD and SGD share with ``torch.optim.SGD``: the flags, the closure, the
+    fused check and the step loop; subclasses name their update in ``_update``."""
+
+    def _check_flags(self) -> None:
+        fused, foreach, differentiable = (
+            self.defaults[k] for k in ("fused", "foreach", "differentiable")
+        )
+        if fused and differentiable:
+            raise RuntimeError("`fused` does not support `differentiable`")
+        if fused and foreach:
+            raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
+
+    def __setstate__(self, state: dict) -> None:  # checkpoints saved before a flag existed
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for key, value in _FLAGS.items():
+                group.setdefault(key, False if key == "fused" else value)
+
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
+        """One step. ``closure`` (optional) follows torch's contract: it may call
+        ``backward()`` and returns the loss."""
+        differentiable = any(g["differentiable"] for g in self.param_groups)
+        with torch.set_grad_enabled(differentiable):
+            loss = None
+            if closure is not None:
+                with torch.enable_grad():
+                    loss = closure()
+            for group in self.param_groups:
+                ps = [p for p in group["params"] if p.grad is not None]
+                if group["fused"]:
+                    for p in ps:
+                        _check_fused(p)
+                self._update(group, ps, [p.grad for p in ps])
+        return loss
+
+    def _update(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> None:
+        raise NotImplementedError
+
+
+def _check_fused(p: Tensor) -> None:
+    devices = ("cpu", "cuda", "xpu", "mps", "hpu", "mtia")
+    if p.device.type not in devices or not torch.is_floating_point(p):
+        raise RuntimeError(
+            "`fused=True` requires all the params to be floating point Tensors of supported "
+            f"devices ({', '.join(devices)}), got {p.dtype} on {p.device.type}; "
+            "use fused=None/False"
+        )
+
+
+class GD(_FirstOrder):
+    """Full-batch gradient descent: θ_{t+1} = θ_t − h·∇L(θ_t) (θ_t + h·∇L with ``maximize``).
 
     The optimizer does not know whether ``.grad`` holds a full-batch
     gradient; "full batch" is the caller's contract: the loss that the caller
     (or the closure) differentiates is the mean over the whole data set.
+    The step is :func:`implicit_reg.core.updates.gd_update`; it equals
+    ``torch.optim.SGD(params, lr)`` with momentum 0 bit for bit.
 
-    Args:
+    Args (those of ``torch.optim.SGD`` that apply to GD, same meaning):
         params: parameters or param groups.
-        lr: step size h ≥ 0.
+        lr: step size h ≥ 0, a float or a one-element tensor (default 1e-3).
+        maximize: ascend instead of descend.
+        foreach, differentiable, fused: as in ``torch.optim.SGD``; ``fused``
+            runs ATen's fused SGD kernel (rounding as torch's fused path does).
     """
 
-    def __init__(self, params: Iterable, lr: float) -> None:
-        super().__init__(params, {"lr": _check_lr(lr)})
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float | Tensor = 1e-3,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        differentiable: bool = False,
+        fused: bool | None = None,
+    ) -> None:
+        defaults = {
+            "lr": _check_lr(lr, tensor=True),
+            "maximize": maximize,
+            "foreach": foreach,
+            "differentiable": differentiable,
+            "fused": fused,
+        }
+        super().__init__(params, defaults)
+        self._check_flags()
 
     def add_param_group(self, param_group: dict) -> None:
-        _add_checked_group(self, param_group, lambda g: _check_lr(g["lr"]))
+        _add_checked_group(self, param_group, lambda g: _check_lr(g["lr"], tensor=True))
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
-        """One step. ``closure`` (optional) follows torch's contract."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            ps = [p for p in group["params"] if p.grad is not None]
-            gd_update(ps, [p.grad for p in ps], lr=group["lr"])
-        return loss
+    def _update(self, group, params, grads):
+        if group["fused"]:
+            sgd_update_fused(
+                params,
+                grads,
+                [],
+                lr=group["lr"],
+                momentum=0.0,
+                dampening=0.0,
+                nesterov=False,
+                weight_decay=0.0,
+                maximize=group["maximize"],
+            )
+        else:
+            gd_update(params, grads, lr=group["lr"], maximize=group["maximize"])
 
 
-class SGD(Optimizer):
-    """Stochastic gradient descent with momentum; matches ``torch.optim.SGD``.
+class SGD(_FirstOrder):
+    """Stochastic gradient descent with momentum; a drop-in for ``torch.optim.SGD``.
 
-    Update (as in torch): d = g + λθ; b ← β·b + (1 − τ)·d (b = d at the first
-    step); d = d + β·b with Nesterov, else d = b; θ ← θ − h·d.
+    Same signature, positional order, defaults, state and step as torch 2.13's
+    ``torch.optim.SGD``: ``SGD(params, lr=1e-3, momentum=0, dampening=0,
+    weight_decay=0, nesterov=False, *, maximize=False, foreach=None,
+    differentiable=False, fused=None)``. Update
+    (:func:`implicit_reg.core.updates.sgd_update`): d = ±g + λθ; b ← β·b +
+    (1 − τ)·d (b = d at the first step); d = d + β·b with Nesterov, else
+    d = b; θ ← θ − h·d. ``state[p]`` holds ``momentum_buffer`` only when
+    β ≠ 0.
 
     Smith, Dherin, Barrett & De (ICLR 2021) show that one epoch of m
     minibatch steps follows, on average, the modified loss
@@ -115,58 +214,70 @@ class SGD(Optimizer):
     def __init__(
         self,
         params: Iterable,
-        lr: float,
-        momentum: float = 0.0,
-        dampening: float = 0.0,
+        lr: float | Tensor = 1e-3,
+        momentum: float = 0,
+        dampening: float = 0,
+        weight_decay: float | Tensor = 0,
         nesterov: bool = False,
-        weight_decay: float = 0.0,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        differentiable: bool = False,
+        fused: bool | None = None,
     ) -> None:
         defaults = {
-            "lr": _check_lr(lr),
-            "momentum": _check_nonneg("momentum", momentum),
-            "dampening": _check_nonneg("dampening", dampening),
-            "nesterov": bool(nesterov),
-            "weight_decay": _check_nonneg("weight_decay", weight_decay),
+            "lr": _check_lr(lr, tensor=True),
+            "momentum": _check_nonneg("momentum", momentum, tensor=True),
+            "dampening": dampening,
+            "weight_decay": _check_nonneg("weight_decay", weight_decay, tensor=True),
+            "nesterov": nesterov,
+            "maximize": maximize,
+            "foreach": foreach,
+            "differentiable": differentiable,
+            "fused": fused,
         }
+        _check_nesterov(defaults)
         super().__init__(params, defaults)
+        self._check_flags()
 
     def add_param_group(self, param_group: dict) -> None:
         _add_checked_group(self, param_group, _check_sgd_group)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
-        """One step. ``closure`` (optional) follows torch's contract."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            ps = [p for p in group["params"] if p.grad is not None]
-            bufs = [self.state[p].get("momentum_buffer") for p in ps]
-            sgd_update(
-                ps,
-                [p.grad for p in ps],
-                bufs,
-                lr=group["lr"],
-                momentum=group["momentum"],
-                dampening=group["dampening"],
-                nesterov=group["nesterov"],
-                weight_decay=group["weight_decay"],
-            )
-            if group["momentum"] != 0:
-                for p, b in zip(ps, bufs):
-                    self.state[p]["momentum_buffer"] = b
-        return loss
+    def _update(self, group, params, grads):
+        momentum = group["momentum"]
+        bufs = [self.state[p].get("momentum_buffer") for p in params] if momentum != 0 else []
+        kw = dict(
+            lr=group["lr"],
+            momentum=momentum,
+            dampening=group["dampening"],
+            nesterov=group["nesterov"],
+            weight_decay=group["weight_decay"],
+            maximize=group["maximize"],
+        )
+        if group["fused"]:
+            sgd_update_fused(params, grads, bufs, **kw)
+        else:
+            sgd_update(params, grads, bufs if momentum != 0 else [None] * len(params), **kw)
+        if momentum != 0:
+            for p, b in zip(params, bufs):
+                self.state[p]["momentum_buffer"] = b
 
 
 def _check_sgd_group(group: dict) -> None:
-    _check_lr(group["lr"])
-    for name in ("momentum", "dampening", "weight_decay"):
-        _check_nonneg(name, group[name])
-    if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
+    """Signs of a group's lr, momentum and weight decay. The Nesterov condition is
+    checked on the constructor's arguments only, as torch does: a group with
+    ``nesterov=True`` and β = 0 takes plain steps there and here."""
+    _check_lr(group["lr"], tensor=True)
+    for name in ("momentum", "weight_decay"):
+        _check_nonneg(name, group[name], tensor=True)
+
+
+def _check_nesterov(defaults: dict) -> None:
+    if defaults["nesterov"] and (defaults["momentum"] <= 0 or defaults["dampening"] != 0):
         raise ValueError(
-            "nesterov=True needs momentum > 0 and dampening = 0, got "
-            f"momentum={group['momentum']!r}, dampening={group['dampening']!r}"
+            "Nesterov momentum requires a momentum and zero dampening: nesterov=True needs "
+            f"momentum > 0 and dampening = 0, got momentum={defaults['momentum']!r}, "
+            f"dampening={defaults['dampening']!r}"
         )
 
 

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["gd_update", "sgd_update", "egr_update", "apply_step"]
+__all__ = ["gd_update", "sgd_update", "sgd_update_fused", "egr_update", "apply_step"]
 
 Lr = float | Tensor
 
@@ -57,15 +57,17 @@ def apply_step(p: Tensor, d: Tensor, lr: Lr) -> None:
         p.add_(d, alpha=-lr)
 
 
-def gd_update(params: list[Tensor], grads: Sequence[Tensor], *, lr: Lr) -> None:
-    """Gradient descent, in place: θ ← θ − h·g."""
+def gd_update(
+    params: list[Tensor], grads: Sequence[Tensor], *, lr: Lr, maximize: bool = False
+) -> None:
+    """Gradient descent, in place: θ ← θ − h·g (θ ← θ + h·g with ``maximize``)."""
     if not params:
         return
     if isinstance(lr, Tensor):
         for p, g in zip(params, grads):
-            apply_step(p, g, lr)
-    else:
-        torch._foreach_add_(params, list(grads), alpha=-lr)
+            apply_step(p, -g if maximize else g, lr)
+    else:  # −h·(−g) = h·g exactly: the sign flips are exact
+        torch._foreach_add_(params, list(grads), alpha=lr if maximize else -lr)
 
 
 def sgd_update(
@@ -110,6 +112,51 @@ def sgd_update(
                 buf.mul_(momentum).add_(d, alpha=1 - dampening)
             d = d.add(buf, alpha=momentum) if nesterov else buf
         apply_step(p, d, lr)
+
+
+def sgd_update_fused(
+    params: list[Tensor],
+    grads: Sequence[Tensor],
+    momentum_buffers: list[Tensor | None],
+    *,
+    lr: Lr,
+    momentum: float,
+    dampening: float,
+    nesterov: bool,
+    weight_decay: float | Tensor,
+    maximize: bool = False,
+) -> None:
+    """:func:`sgd_update` in one ATen kernel per (device, dtype), ``torch._fused_sgd_``.
+
+    The same equations; the kernel rounds differently (fused multiply-adds),
+    exactly as ``torch.optim.SGD(fused=True)`` does. The buffers are created
+    (uninitialised, filled by the kernel) when all are None, the kernel's
+    first step. ``momentum_buffers`` may be empty when β = 0.
+    """
+    if not params:
+        return
+    first = momentum != 0 and all(b is None for b in momentum_buffers)
+    if momentum != 0:
+        for i, (g, b) in enumerate(zip(grads, momentum_buffers)):
+            if b is None:
+                momentum_buffers[i] = torch.empty_like(g)
+    wd = weight_decay.item() if isinstance(weight_decay, Tensor) else weight_decay
+    by_kind: dict[tuple, list[int]] = {}
+    for i, p in enumerate(params):
+        by_kind.setdefault((p.device, p.dtype), []).append(i)
+    for (device, _), idx in by_kind.items():
+        torch._fused_sgd_(
+            [params[i] for i in idx],
+            [grads[i] for i in idx],
+            [momentum_buffers[i] for i in idx] if momentum != 0 else [],
+            weight_decay=float(wd),
+            momentum=float(momentum),
+            lr=lr.to(device) if isinstance(lr, Tensor) else float(lr),
+            dampening=float(dampening),
+            nesterov=bool(nesterov),
+            maximize=bool(maximize),
+            is_first_step=first,
+        )
 
 
 def egr_update(
