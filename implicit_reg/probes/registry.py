@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from ..core.hvp import DEFAULT_METHOD
 from ..core.objective import Data
+from .curvature import FisherOperator, GGNOperator
 from .eigen import lanczos
 from .flatness import (
     dist_from_init,
@@ -35,14 +36,19 @@ from .flatness import (
     geometric_complexity,
     weight_norms,
 )
-from .operator import HessianOperator
+from .operator import CurvatureOperator, HessianOperator
 from .state import DEFAULT_MODE, check_mode
 from .trace import hutchinson, hutchpp
 
 __all__ = ["PROBES", "DEFAULT_OPTIONS", "WARM_KEYS", "run_probes", "warm_start_vector"]
 
 #: keys of the ``state`` dict of :func:`run_probes`: probe name -> the entry it keeps
-WARM_KEYS = {"lambda_max": "lambda_max.vec", "lambda_min": "lambda_min.vec"}
+WARM_KEYS = {
+    "lambda_max": "lambda_max.vec",
+    "lambda_min": "lambda_min.vec",
+    "ggn_lambda_max": "ggn_lambda_max.vec",
+    "fisher_lambda_max": "fisher_lambda_max.vec",
+}
 
 #: weight of the seeded random direction mixed into a warm start vector; it
 #: keeps every eigenvector in the Krylov space even when the previous vector
@@ -63,37 +69,47 @@ DEFAULT_OPTIONS: dict[str, object] = {
     "eps_steps": 10,  # projected gradient-ascent steps (one gradient each)
     "sigma": 1e-2,  # std of the Gaussian weight perturbation
     "gaussian_samples": 10,  # antithetic pairs (two losses each)
+    "params": None,  # parameters the curvature probes measure (see probes.selection); None: all
+    "block_size": None,  # vectors per batched product; None: operator.DEFAULT_BLOCK_SIZE
+    "batch_loss": None,  # (model, batch) -> (mean loss, batch size) for batches not (x, y)
+    "fisher_kind": "exact",  # "exact", "mc" or "empirical" for the fisher_* probes
+    "fisher_mc_samples": 1,  # targets drawn per sample when fisher_kind="mc"
 }
 
 
 class _Context:
-    """Shared state of one :func:`run_probes` call: one operator, cached results."""
+    """Shared state of one :func:`run_probes` call: one operator per curvature, cached results."""
 
     def __init__(self, model, loss_fn, data, chunk_size, seed, init_state, options, state=None):
         self.model, self.loss_fn, self.data = model, loss_fn, data
         self.state = state
-        self.chunk_size, self.seed, self.init_state, self.options = (
-            chunk_size,
-            seed,
-            init_state,
-            options,
-        )
+        self.chunk_size, self.seed = chunk_size, seed
+        self.init_state, self.options = init_state, options
         self.cache: dict[str, object] = {}
-        self._op: HessianOperator | None = None
+        self._ops: dict[str, CurvatureOperator] = {}
+
+    def operator(self, curvature: str = "hessian") -> CurvatureOperator:
+        if curvature not in self._ops:
+            o = self.options
+            kw = dict(
+                chunk_size=self.chunk_size, mode=o["mode"], seed=self.seed, params=o["params"],
+                block_size=o["block_size"], batch_loss=o["batch_loss"],
+            )  # fmt: skip
+            if curvature == "hessian":
+                op = HessianOperator(self.model, self.loss_fn, self.data, method=o["method"], **kw)
+            elif curvature == "ggn":
+                op = GGNOperator(self.model, self.loss_fn, self.data, **kw)
+            else:
+                op = FisherOperator(
+                    self.model, self.loss_fn, self.data, kind=o["fisher_kind"],
+                    mc_samples=o["fisher_mc_samples"], **kw,
+                )  # fmt: skip
+            self._ops[curvature] = op
+        return self._ops[curvature]
 
     @property
     def op(self) -> HessianOperator:
-        if self._op is None:
-            self._op = HessianOperator(
-                self.model,
-                self.loss_fn,
-                self.data,
-                chunk_size=self.chunk_size,
-                method=self.options["method"],
-                mode=self.options["mode"],
-                seed=self.seed,
-            )
-        return self._op
+        return self.operator("hessian")
 
     def once(self, key: str, fn: Callable[[], object]):
         if key not in self.cache:
@@ -123,48 +139,45 @@ def warm_start_vector(prev: Tensor | None, dim: int, *, seed: int, device, mix: 
     return v / norm + mix * r / r.norm()
 
 
-def _eig_result(ctx: _Context, which: str, name: str):
+def _eig_result(ctx: _Context, which: str, name: str, curvature: str = "hessian"):
     def run():
+        op = ctx.operator(curvature)
         key = WARM_KEYS[name]
         v0 = None
         if ctx.state is not None:
-            v0 = warm_start_vector(
-                ctx.state.get(key), ctx.op.dim, seed=ctx.seed, device=ctx.op.device
-            )
+            v0 = warm_start_vector(ctx.state.get(key), op.dim, seed=ctx.seed, device=op.device)
         res = lanczos(
-            ctx.op, 1, which=which, tol=ctx.options["lanczos_tol"],
+            op, 1, which=which, tol=ctx.options["lanczos_tol"],
             max_iter=ctx.options["lanczos_max_iter"], seed=ctx.seed, v0=v0,
         )  # fmt: skip
         if ctx.state is not None and res.eigenvectors is not None:
-            ctx.state[key] = res.eigenvectors.detach().to("cpu", ctx.op.dtype).clone()
+            ctx.state[key] = res.eigenvectors.detach().to("cpu", op.dtype).clone()
         return res
 
-    return ctx.once(which, run)
+    return ctx.once(name, run)
 
 
-def _eig(ctx: _Context, which: str) -> float:
-    name = "lambda_max" if which == "LA" else "lambda_min"
-    return float(_eig_result(ctx, which, name).eigenvalues[0])
+def _eig(ctx: _Context, which: str, curvature: str = "hessian") -> float:
+    prefix = "" if curvature == "hessian" else curvature + "_"
+    name = prefix + ("lambda_max" if which == "LA" else "lambda_min")
+    return float(_eig_result(ctx, which, name, curvature).eigenvalues[0])
 
 
-def _trace(ctx: _Context):
+def _trace(ctx: _Context, curvature: str = "hessian"):
     def run():
-        o = ctx.options
+        o, op = ctx.options, ctx.operator(curvature)
         if o["trace_method"] == "hutchpp":
-            return hutchpp(ctx.op, n_hvp=o["trace_hvps"], seed=ctx.seed)
+            return hutchpp(op, n_hvp=o["trace_hvps"], seed=ctx.seed)
         if o["trace_method"] == "hutchinson":
             return hutchinson(
-                ctx.op,
-                rtol=o["trace_rtol"],
-                max_samples=o["trace_max_samples"],
-                min_samples=min(10, o["trace_max_samples"]),
-                seed=ctx.seed,
-            )
+                op, rtol=o["trace_rtol"], max_samples=o["trace_max_samples"],
+                min_samples=min(10, o["trace_max_samples"]), seed=ctx.seed,
+            )  # fmt: skip
         raise ValueError(
             f"trace_method must be 'hutchpp' or 'hutchinson', got {o['trace_method']!r}"
         )
 
-    return ctx.once("trace", run)
+    return ctx.once("trace:" + curvature, run)
 
 
 def _loss_grad(ctx: _Context):
@@ -200,6 +213,10 @@ PROBES: dict[str, Callable[[_Context], float]] = {
     "lambda_max": lambda ctx: _eig(ctx, "LA"),
     "lambda_min": lambda ctx: _eig(ctx, "SA"),
     "lambda_max_hvps": lambda ctx: _eig_result(ctx, "LA", "lambda_max").n_hvp,
+    "ggn_lambda_max": lambda ctx: _eig(ctx, "LA", "ggn"),
+    "ggn_trace": lambda ctx: float(_trace(ctx, "ggn").estimate),
+    "fisher_lambda_max": lambda ctx: _eig(ctx, "LA", "fisher"),
+    "fisher_trace": lambda ctx: float(_trace(ctx, "fisher").estimate),
     "trace": lambda ctx: float(_trace(ctx).estimate),
     "trace_stderr": lambda ctx: float(_trace(ctx).stderr),
     "grad_norm_sq": _grad_norm_sq,
@@ -241,7 +258,16 @@ def run_probes(
     share it (one operator; one trace run for ``trace`` and ``trace_stderr``;
     one gradient for ``loss`` and ``grad_norm_sq``). ``lambda_max_hvps`` is
     the number of HVPs the ``lambda_max`` probe spent (its cost, for tracking
-    what warm starts save).
+    what warm starts save). ``ggn_lambda_max``, ``ggn_trace``,
+    ``fisher_lambda_max`` and ``fisher_trace`` measure the Gauss–Newton
+    matrix and the Fisher (``fisher_kind``: exact, mc or empirical) with the
+    same estimators and options as the Hessian ones.
+
+    With the option ``params`` (a selection as in
+    :mod:`implicit_reg.probes.selection`, e.g. ``"layers.0.*"``) the
+    curvature probes and ``grad_norm_sq`` measure only those parameters, the
+    others held constant; ``eps_sharpness``, ``gaussian_sharpness``,
+    ``weight_norm`` and ``dist_from_init`` always see the whole model.
 
     Only trainable parameters (``requires_grad=True``) are measured. The
     model, its ``.grad``, modes, buffers and the global RNG are left as found.
