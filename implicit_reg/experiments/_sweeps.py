@@ -308,7 +308,7 @@ def peak_effects(table: pd.DataFrame) -> dict:
     complete = table.dropna(axis=0)
     table = complete if len(complete) >= 2 else table.dropna(axis=1)
     table = table.sort_index(axis=1)
-    means = table.mean(0)
+    means = table.mean(axis=0)
     xs = means.index.to_numpy()
     i = int(np.argmax(means.to_numpy()))
     nan = (float("nan"), float("nan"))

@@ -70,7 +70,7 @@ def sources(cfg: Config, out: Path, scale: str) -> tuple[dict[str, pd.DataFrame]
     lr = lr[(lr.run == "GD") & lr.reached]
     out_rows = {"lr-sweep (GD over h, MNIST-1D)": lr}
     for key, rows in ddw.ensure_runs(cfg.double_descent_width, out, NAME, scale).items():
-        setting = getattr(cfg.double_descent_width, key)
+        setting = cfg.double_descent_width.setting(key)
         out_rows[f"double-descent-width ({setting.label})"] = rows[rows.status == "complete"]
         if rows.attrs["note"] not in notes:
             notes.append(rows.attrs["note"])
