@@ -241,7 +241,7 @@ def add_claims(report: Report, data: pd.DataFrame, cfg: Config) -> dict:
         small = [w for w in t.columns if cfg.below(int(w))]
         if not small:
             continue
-        w_best = int(t[small].mean(0).idxmin())
+        w_best = int(t[small].mean(axis=0).idxmin())
         w_last = int(t.columns[-1])
         eff = seed_effect(t[w_best], t[w_last], paired=True)
         report.add_claim(
