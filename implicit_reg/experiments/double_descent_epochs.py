@@ -91,6 +91,14 @@ def check_widths(cfg: Config) -> None:
         raise ValueError(
             f"widths {bad} are not run by double-descent-width; choose from {list(allowed)}"
         )
+    setting = cfg.width_config.mnist1d
+    sparse = [w for w in cfg.widths if setting.eval_every_at(w) != cfg.eval_every]
+    if sparse:
+        raise ValueError(
+            f"double-descent-width evaluates widths {sparse} every "
+            f"{setting.eval_every_at(sparse[0])} steps, not every {cfg.eval_every}: its runs "
+            "would not be shared (set dense_widths/dense_eval_every there)"
+        )
 
 
 def run_list(cfg: Config, control: bool = False) -> list:
