@@ -291,37 +291,62 @@ def verdict_of(*verdicts: bool | None) -> bool | None:
     return True if all(v is True for v in verdicts) else None
 
 
+def bump_index(values) -> int | None:
+    """The index of the highest *bump* of a curve: the i that maximizes
+    min(v_i − min_{j<i} v_j, v_i − min_{j>i} v_j), the height above the lowest point on
+    each side (a double-descent peak, not the underfitting edge); None if no point
+    rises above both sides."""
+    v = np.asarray(values, dtype=float)
+    if len(v) < 3:
+        return None
+    left = np.minimum.accumulate(v)  # min over j <= i
+    right = np.minimum.accumulate(v[::-1])[::-1]  # min over j >= i
+    score = np.full(len(v), -np.inf)
+    score[1:-1] = np.minimum(v[1:-1] - left[:-2], v[1:-1] - right[2:])
+    i = int(np.argmax(score))
+    return i if score[i] > 0 else None
+
+
 def peak_effects(table: pd.DataFrame) -> dict:
     """Is there a peak in a (seed × x) table, beyond the seed noise?
 
-    The peak is the x of the highest seed mean; ``left`` is the x of the lowest
-    seed mean before it and ``last`` the largest x. ``rise`` = value(peak) −
-    value(left) and ``fall`` = value(peak) − value(last) are paired over seeds
+    The peak is the highest bump of the seed mean (:func:`bump_index`), ``left``
+    the x of the lowest seed mean before it and ``right`` the lowest after it
+    (``last``: the largest x). ``rise`` = value(peak) − value(left) and ``fall`` =
+    value(peak) − value(right) are paired over seeds
     (:func:`~implicit_reg.report.report.seed_effect`), each ``(effect, SE)``; the
-    verdict (:func:`verdict_of`) needs both beyond 2 SE. Peak and ``left`` are
-    chosen on the same means the effects are measured on, which favours a peak
-    (the SEs do not include that choice). Seeds (rows) with a NaN (a diverged or
-    not yet finished run) are dropped while at least two complete seeds remain;
-    otherwise the columns with a NaN are. ``seed_peaks``: the x of each seed's
-    own highest value.
+    verdict (:func:`verdict_of`) needs both beyond 2 SE. Peak, ``left`` and
+    ``right`` are chosen on the same means the effects are measured on, which
+    favours a peak (the SEs do not include that choice). Seeds (rows) with a NaN
+    (a diverged or not yet finished run) are dropped while one complete seed
+    remains; otherwise the columns with a NaN are. ``seed_peaks``: the x of each
+    seed's own highest bump (None where it has none); ``top``: the x of the
+    highest mean (an edge, when the smallest model underfits most).
     """
     complete = table.dropna(axis=0)
-    table = complete if len(complete) >= 2 else table.dropna(axis=1)
+    table = complete if len(complete) >= 1 else table.dropna(axis=1)
     table = table.sort_index(axis=1)
     means = table.mean(axis=0)
     xs = means.index.to_numpy()
-    i = int(np.argmax(means.to_numpy()))
     nan = (float("nan"), float("nan"))
+
+    def x_at(i):
+        return None if i is None else xs[i].item()
+
+    i = bump_index(means.to_numpy())
     out = {
-        "peak": xs[i].item(), "means": means, "interior": 0 < i < len(xs) - 1,
-        "left": None, "last": xs[-1].item(), "rise": nan, "fall": nan, "verdict": False,
-        "seed_peaks": [table.columns[int(np.argmax(r))].item() for r in table.to_numpy()],
+        "peak": x_at(i) if i is not None else x_at(int(np.argmax(means.to_numpy()))),
+        "top": x_at(int(np.argmax(means.to_numpy()))), "means": means,
+        "interior": i is not None, "left": None, "right": None, "last": xs[-1].item(),
+        "rise": nan, "fall": nan, "verdict": False, "seeds": len(table),
+        "seed_peaks": [x_at(bump_index(r)) for r in table.to_numpy()],
     }  # fmt: skip
-    if not out["interior"]:
+    if i is None:
         return out
-    left = means.iloc[:i].idxmin()
-    out["left"] = left.item() if hasattr(left, "item") else left
-    out["rise"] = seed_effect(table[xs[i]], table[left], paired=True)
-    out["fall"] = seed_effect(table[xs[i]], table[xs[-1]], paired=True)
+    left = int(np.argmin(means.to_numpy()[:i]))
+    right = i + 1 + int(np.argmin(means.to_numpy()[i + 1 :]))
+    out["left"], out["right"] = x_at(left), x_at(right)
+    out["rise"] = seed_effect(table[xs[i]], table[xs[left]], paired=True)
+    out["fall"] = seed_effect(table[xs[i]], table[xs[right]], paired=True)
     out["verdict"] = verdict_of(judge(*out["rise"]), judge(*out["fall"]))
     return out

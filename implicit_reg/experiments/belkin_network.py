@@ -188,20 +188,24 @@ def peak_test(table: pd.DataFrame, cfg: Config) -> dict:
     with the widths under the names this report uses and N at the peak."""
     p = peak_effects(table)
     p.update(w_peak=int(p["peak"]), N_peak=cfg.n_params(int(p["peak"])), w_left=p["left"],
-             w_last=int(p["last"]))  # fmt: skip
+             w_last=p["right"])  # fmt: skip
     return p
 
 
 def peak_sentence(p: dict, cfg: Config, what: str) -> str:
     if not p["interior"]:
-        return f"{what} is highest at the edge of the sweep (w = {p['w_peak']}): no interior peak"
+        return (
+            f"{what} has no bump (a point above the lowest on both sides); highest at "
+            f"H = {p['top']}"
+        )
     m = p["means"]
     return (
         f"{what} peaks at H = {p['w_peak']} (N = {p['N_peak']:,} = "
         f"{p['N_peak'] / cfg.threshold:.2f}·n·k): {fmt(m[p['w_peak']])} against "
         f"{fmt(m[p['w_left']])} at H = {p['w_left']} (rise {effect_text(*p['rise'])}) and "
-        f"{fmt(m[p['w_last']])} at H = {p['w_last']} (fall {effect_text(*p['fall'])}); "
-        f"per-seed peaks at H = {', '.join(map(str, p['seed_peaks']))}"
+        f"{fmt(m[p['w_last']])} at H = {p['w_last']}, the lowest beyond it (fall "
+        f"{effect_text(*p['fall'])}); {p['seeds']} seeds, per-seed peaks at H = "
+        f"{', '.join(map(str, p['seed_peaks']))}"
     )
 
 
@@ -225,7 +229,7 @@ def add_claims(report: Report, data: pd.DataFrame, cfg: Config) -> dict:
         if p["interior"]:
             ratio = p["N_peak"] / cfg.threshold
             near = 0.5 <= ratio <= 2.0
-            seed_ratios = [cfg.n_params(w) / cfg.threshold for w in p["seed_peaks"]]
+            seed_ratios = [cfg.n_params(w) / cfg.threshold for w in p["seed_peaks"] if w]
             report.add_claim(
                 f"the test-loss peak sits at N ≈ n·k = {cfg.threshold:,} ({condition})",
                 "Belkin et al. 2019 (N ≈ n·k for the squared loss)",

@@ -66,6 +66,7 @@ from implicit_reg.workloads.data import load_dataset
 
 from ._sweeps import (
     MEASURE_PROBES,
+    bump_index,
     geom_ints,
     load_history,
     peak_effects,
@@ -355,13 +356,17 @@ def peak_text(p: dict, what: str, unit: float = 100.0, suffix: str = "%") -> str
     """One sentence: where a judged peak sits, its rise and fall with SEs."""
     m = p["means"]
     if not p["interior"]:
-        return f"{what} is highest at w = {p['peak']}, an end of the sweep: no interior peak"
+        return (
+            f"{what} has no bump (a point above the lowest on both sides); highest at "
+            f"w = {p['top']}"
+        )
     return (
         f"{what} peaks at w = {p['peak']} ({fmt(unit * m[p['peak']])}{suffix}); "
         f"rise from w = {p['left']} ({fmt(unit * m[p['left']])}{suffix}) "
-        f"{effect_text(unit * p['rise'][0], unit * p['rise'][1])}, fall to w = {p['last']} "
-        f"({fmt(unit * m[p['last']])}{suffix}) {effect_text(unit * p['fall'][0], unit * p['fall'][1])}"
-        f"; per-seed peaks at w = {', '.join(map(str, p['seed_peaks']))}"
+        f"{effect_text(unit * p['rise'][0], unit * p['rise'][1])}, fall to w = {p['right']} "
+        f"({fmt(unit * m[p['right']])}{suffix}) "
+        f"{effect_text(unit * p['fall'][0], unit * p['fall'][1])}; {p['seeds']} seeds, "
+        f"per-seed peaks at w = {', '.join(map(str, p['seed_peaks']))}"
     )
 
 
@@ -513,9 +518,8 @@ def run(scale: str, out: Path) -> Report:
     if emc is not None:
         add_emc_claim(report, emc)
     if "mnist" not in runs:
-        report.add_text(
-            f"The MNIST setting was skipped: {mnist_available()}", heading="MNIST (squared loss)"
-        )
+        reason = mnist_available() or "none of its runs has finished yet (a store-only report)"
+        report.add_text(f"The MNIST setting was skipped: {reason}", heading="MNIST (squared loss)")
     for key, rows in runs.items():
         setting = cfg.setting(key)
         s = summaries[key]
@@ -620,7 +624,10 @@ def emc_analysis(rows: pd.DataFrame, setting: Setting) -> dict | None:
             wf = fit_width(tr.loc[ep])
             if np.isnan(wf):
                 continue
-            wp = int(te.loc[ep].idxmax())
+            ib = bump_index(te.loc[ep].to_numpy())
+            if ib is None:
+                continue
+            wp = int(te.columns[ib])
             logs.append(np.log2(n_params[wp] / n_params[int(wf)]))
         if logs:
             gaps.append(float(np.mean(logs)))
@@ -629,7 +636,10 @@ def emc_analysis(rows: pd.DataFrame, setting: Setting) -> dict | None:
         if ep < 1:
             continue
         wf = fit_width(train_mean.loc[ep])
-        wp = int(test_mean.loc[ep].idxmax())
+        ib = bump_index(test_mean.loc[ep].to_numpy())
+        if ib is None:
+            continue
+        wp = int(widths[ib])
         rows_out.append({"epoch": ep, "w_peak": wp, "N_peak": n_params[wp],
                          "w_fit": wf, "N_fit": n_params[int(wf)] if not np.isnan(wf) else np.nan,
                          "test_peak": float(test_mean.loc[ep, wp])})  # fmt: skip
@@ -684,7 +694,7 @@ def emc_figure(emc: dict, setting: Setting, cfg: Config) -> Figure:
     ax.contour(widths, epochs, train.to_numpy(), levels=[INTERPOLATED], colors="white",
                linewidths=1.5)  # fmt: skip
     tr = emc["track"]
-    ax.plot(tr.w_peak, tr.epoch, "k.", ms=3, label="width of the highest test error")
+    ax.plot(tr.w_peak, tr.epoch, "k.", ms=3, label="width of the test-error bump (peak)")
     ax.plot([], [], color="white", label=f"train error = {100 * INTERPOLATED:g}% (EMC = n)")
     ax.legend(fontsize=7, loc="upper right", facecolor="0.7")
     fitted = emc["n"] * (1 - train.to_numpy())
@@ -725,13 +735,13 @@ def emc_text(emc: dict) -> str:
             [
                 {
                     "epoch": f"{r.epoch:g}",
-                    "width of highest test error": int(r.w_peak),
+                    "width of the test-error peak": int(r.w_peak),
                     "N at the peak": f"{int(r.N_peak):,}",
                     f"first width with train error ≤ {100 * INTERPOLATED:g}%": "none"
                     if np.isnan(r.w_fit)
                     else int(r.w_fit),
                     "N of the first fit": "" if np.isnan(r.w_fit) else f"{int(r.N_fit):,}",
-                    "highest test error": f"{100 * r.test_peak:.1f}%",
+                    "test error at the peak": f"{100 * r.test_peak:.1f}%",
                 }
                 for r in tr[tr.epoch.isin(pick)].itertuples()
             ]
