@@ -206,7 +206,9 @@ def epochs_figure(
     fig.suptitle(
         f"MNIST-1D, n = {setting.n_train:,}, {100 * cfg.width_config.label_noise:g}% label noise: "
         f"MLP 40→w→w→10, SGD lr {setting.lr:g}, momentum {setting.momentum:g}, batch "
-        f"{setting.batch_size}; mean ± std over {cfg.seeds} seed(s)"
+        f"{setting.batch_size}; mean ± std over "
+        + ", ".join(f"{history[history.width == w].seed.nunique()}" for w in cfg.widths)
+        + " seeds (by width)"
     )
     tidy_log_axes(fig)
     return fig
@@ -319,8 +321,9 @@ def run(scale: str, out: Path) -> Report:
         ],
         heading="Shape of the test-error curves",
         caption=(
-            f"Seed means ({cfg.seeds} seeds on the noisy labels, {cfg.control_seeds} on the "
-            f"clean ones), evaluated every {cfg.eval_every} steps "
+            f"Seed means ({', '.join(str(s['seeds']) for s in stats)} seeds; planned "
+            f"{cfg.seeds} on the noisy labels and {cfg.control_seeds} on the clean ones), "
+            "evaluated every {cfg.eval_every} steps "
             f"({cfg.eval_every / per_epoch:g} epochs), smoothed by a running mean over "
             f"{SMOOTH} evaluations. The runs live in `double-descent-width`'s store. Final test "
             "error per width (mean ± std over seeds): "
