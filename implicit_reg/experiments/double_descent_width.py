@@ -652,7 +652,9 @@ def emc_analysis(rows: pd.DataFrame, setting: Setting) -> dict | None:
         rows_out.append({"epoch": ep, "w_peak": wp, "N_peak": n_params[wp],
                          "w_fit": wf, "N_fit": n_params[int(wf)] if not np.isnan(wf) else np.nan,
                          "test_peak": float(test_mean.loc[ep, wp])})  # fmt: skip
-    track = pd.DataFrame(rows_out)
+    track = pd.DataFrame(
+        rows_out, columns=["epoch", "w_peak", "N_peak", "w_fit", "N_fit", "test_peak"]
+    )
     long = h.groupby(["metric", "width", "epoch"]).value.agg(["mean", "std", "count"]).reset_index()
     return {"test": test_mean, "train": train_mean, "track": track, "gaps": gaps,
             "n": setting.n_train, "n_params": n_params, "long": long,
