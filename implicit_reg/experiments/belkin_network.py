@@ -241,7 +241,8 @@ def add_claims(report: Report, data: pd.DataFrame, cfg: Config) -> dict:
             )  # fmt: skip
     # the large networks beat the best small one (the "modern" regime)
     for condition in CONDITIONS:
-        t = per_seed(data, condition, "test_error").dropna(axis=1)
+        t = per_seed(data, condition, "test_error")
+        t = t.dropna(axis=0) if len(t.dropna(axis=0)) else t.dropna(axis=1)  # finished seeds
         small = [w for w in t.columns if cfg.below(int(w))]
         if not small:
             continue
