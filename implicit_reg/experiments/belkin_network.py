@@ -330,7 +330,7 @@ def sweep_figure(data: pd.DataFrame, cfg: Config) -> Figure:
         f"MNIST, n = {cfg.n_train:,} (clean labels), 784→H→10 ReLU, squared loss summed over the "
         f"10 outputs, SGD lr {cfg.lr:g}, momentum {cfg.momentum:g}, batch {cfg.batch_size}, "
         f"{cfg.epochs} epochs (×{cfg.decay_factor:g} every {cfg.decay_epochs} epochs below n·k); "
-        f"mean ± std over {cfg.seeds} seeds"
+        f"mean ± std over {data.seed.nunique()} of {cfg.seeds} seeds"
     )
     tidy_log_axes(fig)
     return fig
