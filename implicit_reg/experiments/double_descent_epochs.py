@@ -323,7 +323,7 @@ def run(scale: str, out: Path) -> Report:
         caption=(
             f"Seed means ({', '.join(str(s['seeds']) for s in stats)} seeds; planned "
             f"{cfg.seeds} on the noisy labels and {cfg.control_seeds} on the clean ones), "
-            "evaluated every {cfg.eval_every} steps "
+            f"evaluated every {cfg.eval_every} steps "
             f"({cfg.eval_every / per_epoch:g} epochs), smoothed by a running mean over "
             f"{SMOOTH} evaluations. The runs live in `double-descent-width`'s store. Final test "
             "error per width (mean ± std over seeds): "

@@ -181,7 +181,11 @@ def run(scale: str, out: Path) -> Report:
                 "train error": mean_std(g.train_error.to_numpy()),
                 "test error": mean_std(g.test_error.to_numpy()),
                 "‖θ‖": mean_std(g.weight_norm.to_numpy()),
-                "λ_max": mean_std(g.lambda_max.to_numpy()),
+                **(
+                    {"λ_max": mean_std(g.lambda_max.to_numpy())}
+                    if "lambda_max" in g and g.lambda_max.notna().any()
+                    else {}
+                ),
             }
             for n, g in rows.groupby("n_train")
         ],
