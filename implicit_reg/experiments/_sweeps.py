@@ -254,6 +254,30 @@ def tidy_log_axes(fig) -> None:
                 axis.set_major_formatter(FuncFormatter(_plain_number))
 
 
+def wall_span(rows: pd.DataFrame) -> str:
+    """When the runs were trained: the first start and the last finish (``meta.json``),
+    and the wall-clock span between them (other jobs may have shared the machine)."""
+    import json
+    from datetime import datetime
+
+    starts, ends = [], []
+    for d in rows.get("run_dir", pd.Series(dtype=str)):
+        meta = Path(d) / "meta.json"
+        if meta.is_file():
+            m = json.loads(meta.read_text())
+            if m.get("started_at") and m.get("finished_at"):
+                starts.append(datetime.fromisoformat(m["started_at"]))
+                ends.append(datetime.fromisoformat(m["finished_at"]))
+    if not starts:
+        return ""
+    a, b = min(starts), max(ends)
+    minutes = (b - a).total_seconds() / 60
+    return (
+        f" The runs were trained between {a:%Y-%m-%d %H:%M} and {b:%H:%M} UTC, a wall-clock "
+        f"span of {minutes:.0f} min (one or more processes, sharing the machine with other jobs)."
+    )
+
+
 def compute_note(rows: pd.DataFrame) -> str:
     """What the runs of one :func:`run_configs` call cost: how many there are, how
     many it trained (the rest came from the store) and their summed training time."""
@@ -266,13 +290,19 @@ def compute_note(rows: pd.DataFrame) -> str:
             f"**{missing} runs of the plan are not finished yet** and are left out. Training "
             f"time of the runs read, as each recorded it: {t.sum():.0f} s in total (median "
             f"{t.median():.1f} s, longest {t.max():.1f} s), one torch thread each."
+            + wall_span(rows)
         )
     return (
         f"{len(rows)} engine runs (`implicit_reg.engine.train.run`) in `{rows.attrs['directory']}`, "
         f"{rows.attrs['trained_now']} of them trained by this call, the others read from the "
         f"result store. Training time of the runs, as each recorded it: {t.sum():.0f} s in total "
-        f"(median {t.median():.1f} s, longest {t.max():.1f} s), on "
-        f"{rows.attrs['workers']} worker process(es) of one torch thread each."
+        f"(median {t.median():.1f} s, longest {t.max():.1f} s), one torch thread each"
+        + (
+            f", on {rows.attrs['workers']} worker process(es)."
+            if rows.attrs["trained_now"]
+            else "."
+        )
+        + wall_span(rows)
     )
 
 

@@ -56,7 +56,15 @@ from implicit_reg.report.report import (
     select_scale,
 )
 
-from ._sweeps import peak_effects, run_configs, seed_band, store_only, sweep_dir, tidy_log_axes
+from ._sweeps import (
+    peak_effects,
+    run_configs,
+    seed_band,
+    store_only,
+    sweep_dir,
+    tidy_log_axes,
+    wall_span,
+)
 
 NAME = "belkin-network"
 TITLE = "Belkin et al.'s network double descent: the squared-loss peak at N ≈ n·k on MNIST, with and without weight reuse"
@@ -172,6 +180,7 @@ def ensure_runs(cfg: Config, directory: Path) -> pd.DataFrame:
     unique = data.drop_duplicates("config_hash")
     data.attrs["train_time_s"] = float(unique.wall_time_s.astype(float).sum())
     data.attrs["runs"] = len(unique)
+    data.attrs["span"] = wall_span(unique)
     data.attrs["directory"] = str(directory)
     return data
 
@@ -406,6 +415,7 @@ def run(scale: str, out: Path) -> Report:
         f"`{data.attrs['directory']}`; their training time, as each recorded it: "
         f"{data.attrs['train_time_s']:.0f} s in total, one torch thread, one process (the "
         "reuse chain is sequential)."
+        + data.attrs["span"]
         + (
             f" **A store-only report (`IMPLICIT_REG_STORE_ONLY=1`): seeds "
             f"{', '.join(map(str, seeds_done))} of {cfg.seeds}, only the runs finished so far.**"
