@@ -63,6 +63,7 @@ from ..core.objective import (
     trainable_named_params,
 )
 from ..core.optim import EGR, GD, SGD
+from ..core.sam import ASAM, SAM, GradNormPenalty
 from ..workloads.losses import OneHotMSELoss, make_loss
 from .config import BASE_METRICS, RunConfig
 from .store import ResultStore, versions
@@ -143,6 +144,20 @@ def build_optimizer(config: RunConfig, params: list[Tensor], model: nn.Module | 
         return EGR(
             params, lr=config.lr, coeff=config.egr_coeff, method=config.egr_method, module=model
         )
+    if config.optimizer in ("sam", "asam", "penalty"):  # around GD, or SGD with its settings
+        plain = config.momentum == 0 and config.weight_decay == 0
+        base = {"lr": config.lr} if plain else {
+            "lr": config.lr, "momentum": config.momentum, "nesterov": config.nesterov,
+            "weight_decay": config.weight_decay,
+        }  # fmt: skip
+        cls, extra = {
+            "sam": (SAM, {}),
+            "asam": (ASAM, {} if config.asam_eta is None else {"eta": config.asam_eta}),
+            "penalty": (
+                GradNormPenalty, {} if config.sam_alpha is None else {"alpha": config.sam_alpha}
+            ),
+        }[config.optimizer]  # fmt: skip
+        return cls(params, GD if plain else SGD, config.rho, module=model, **extra, **base)
     if config.optimizer == "gd" and config.momentum == 0 and config.weight_decay == 0:
         return GD(params, lr=config.lr)
     return SGD(
@@ -283,6 +298,8 @@ def _gradient_step(
             p.grad = gi
         return loss
 
+    if config.optimizer in ("sam", "asam", "penalty"):
+        return opt.step(set_grad)  # two gradients per step through the torch-style closure
     if config.optimizer != "egr":
         loss = set_grad()
         opt.step()
