@@ -61,7 +61,7 @@ PAPER = (
 class Config:
     lr_small: float = 0.1  # h_s: GD, EGR and SAM
     lr_large: float = 1.14  # h_ℓ: the GD step whose implicit term EGR mimics
-    rhos: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2)  # SAM's radius sweep at h_s
+    rhos: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.5)  # SAM's radius sweep at h_s
     seeds: int = 3  # initialization seeds 0..seeds-1 (data fixed: data_seed 0)
     n_train: int | None = 1000
     n_test: int | None = None
@@ -71,7 +71,8 @@ class Config:
     max_steps: int = 6000
     eval_every: int = 100
     probe_options: tuple[tuple[str, object], ...] = (("trace_hvps", 30),)
-    timing_steps: int = 20  # optimizer steps timed per optimizer for the cost column
+    timing_rounds: int = 15  # cost column: rounds, each timing a block of steps of every arm
+    timing_block: int = 10  # optimizer steps per timed block
 
 
 CONFIGS = {
@@ -87,7 +88,7 @@ CONFIGS = {
         max_steps=20,
         eval_every=5,
         probe_options=(("trace_hvps", 6),),
-        timing_steps=2,
+        timing_rounds=2, timing_block=2,
     ),  # fmt: skip
     "small": Config(),
     "full": Config(
@@ -156,15 +157,17 @@ def time_steps(cfg: Config) -> dict[str, float]:
 
     The optimizer comes from the engine's ``build_optimizer``; one full-batch
     step as the engine takes it (GD: one gradient; EGR: its exact closure;
-    SAM: the torch-style closure, two gradients), same model and data,
-    median of ``timing_steps`` steps after one warm-up step, arms interleaved.
+    SAM: the torch-style closure, two gradients), same model and data, one
+    thread. After one warm-up block, ``timing_rounds`` rounds each time a
+    block of ``timing_block`` steps of every arm, in rotating order (so all
+    arms see the same machine load); the result is the median block time
+    divided by the block length.
     """
     from implicit_reg.workloads.models import build_model
 
     configs = arms(cfg)
     data = load_run_data(next(iter(configs.values())))
     x, y = data.x_train, data.y_train
-    times: dict[str, list[float]] = {arm: [] for arm in configs}
     steppers = {}
     for arm, c in configs.items():
         torch.manual_seed(0)
@@ -172,16 +175,20 @@ def time_steps(cfg: Config) -> dict[str, float]:
         loss_fn = make_loss(c.loss, num_classes=data.num_classes)
         opt = build_optimizer(c, list(model.parameters()), model)
         steppers[arm] = _stepper(c, opt, model, loss_fn, x, y)
+    names = list(configs)
+    times: dict[str, list[float]] = {arm: [] for arm in names}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        for arm in configs:
-            steppers[arm]()  # warm-up
-        for _ in range(cfg.timing_steps):
-            for arm in configs:
-                t0 = time.perf_counter()
+        for arm in names:
+            for _ in range(cfg.timing_block):  # warm-up
                 steppers[arm]()
-                times[arm].append(time.perf_counter() - t0)
+        for r in range(cfg.timing_rounds):
+            for arm in names[r % len(names) :] + names[: r % len(names)]:
+                t0 = time.perf_counter()
+                for _ in range(cfg.timing_block):
+                    steppers[arm]()
+                times[arm].append((time.perf_counter() - t0) / cfg.timing_block)
     finally:
         torch.set_num_threads(threads)
     return {arm: float(np.median(t)) for arm, t in times.items()}
@@ -389,9 +396,11 @@ def run(scale: str, out: Path) -> Report:
         caption=(
             f"Mean ± std over seeds that reached train loss ≤ {cfg.target_train_loss:g}. EGR: GD "
             f"on L + μ‖∇L‖² (exact Hessian-gradient products) with μ = {egr_coeff(cfg):.4g}. "
-            "SAM: SAM around GD at the same step (two gradients per step). 'step (ms)': median "
-            f"of {cfg.timing_steps} full-batch optimizer steps timed here, one thread, against "
-            "GD's step in the same run ('step / GD step'). 'run wall time': each run's own, "
+            "SAM: SAM around GD at the same step (two gradients per step; its arms differ only in "
+            "ρ, so their step costs differ only by timing noise). 'step (ms)': median over "
+            f"{cfg.timing_rounds} rounds of a block of {cfg.timing_block} full-batch optimizer "
+            "steps timed here, one thread, arms interleaved, against GD's step in the same run "
+            "('step / GD step'). 'run wall time': each run's own, "
             f"including the evaluations every {cfg.eval_every} steps and the final probes."
         ),
     )
