@@ -295,9 +295,9 @@ def test_engine_trains_sharpness_optimizers_serially_as_a_plain_loop(optimizer, 
     state = torch.load(io.BytesIO(result.checkpoint), weights_only=True)["state_dict"]
     for k, v in model.state_dict().items():
         torch.testing.assert_close(state[k], v, rtol=1e-12, atol=1e-12)
-    with pytest.raises(ValueError, match="rho is set exactly for optimizers"):
+    with pytest.raises(ValueError, match="optimizer 'sam' needs rho"):
         RunConfig(optimizer="sam")
-    with pytest.raises(ValueError, match="rho is set exactly for optimizers"):
+    with pytest.raises(ValueError, match="rho applies only to optimizers sam, asam, penalty"):
         RunConfig(optimizer="gd", rho=0.1)
     with pytest.raises(ValueError, match="sam_alpha needs optimizer 'penalty'"):
         RunConfig(optimizer="sam", rho=0.1, sam_alpha=0.5)

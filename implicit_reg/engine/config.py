@@ -213,9 +213,14 @@ class RunConfig:
                 f"optimizer {self.optimizer!r}, egr_method {self.egr_method!r}"
             )
         sharp = self.optimizer in SHARPNESS_OPTIMIZERS
-        if sharp != (self.rho is not None):
+        if sharp and self.rho is None:
             raise ValueError(
-                f"rho is set exactly for optimizers {', '.join(SHARPNESS_OPTIMIZERS)}; got "
+                f"optimizer {self.optimizer!r} needs rho, the radius of its ascent step "
+                "(e.g. rho=0.05)"
+            )
+        if not sharp and self.rho is not None:
+            raise ValueError(
+                f"rho applies only to optimizers {', '.join(SHARPNESS_OPTIMIZERS)}; got "
                 f"optimizer {self.optimizer!r} with rho={self.rho!r}"
             )
         if self.rho is not None:
