@@ -54,7 +54,7 @@ from ..core.objective import trainable_named_params
 from ..core.optim import gd_update, sgd_update
 
 __all__ = [
-    "OPTIMIZERS",
+    "UPDATE_RULES",
     "Architecture",
     "check_vectorizable",
     "stack_models",
@@ -76,7 +76,8 @@ __all__ = [
     "train_ensemble",
 ]
 
-OPTIMIZERS = ("gd", "sgd", "egr")
+#: the update rules an ensemble applies (engine.optimizers.update_rule maps a config to one)
+UPDATE_RULES = ("gd", "sgd", "egr")
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -587,7 +588,7 @@ class VectorizedEnsemble:
         loss_fn: mean-reduced loss ``(outputs, targets) -> scalar``.
         x: training inputs ``[N, …]`` shared, or ``[M, N, …]`` with ``x_per_member``.
         y: targets ``[N, …]`` shared, or ``[M, N, …]`` with ``y_per_member``.
-        optimizer: one of :data:`OPTIMIZERS`.
+        optimizer: one of :data:`UPDATE_RULES`.
         lr: step size h, one per member or one for all.
         coeff: EGR's μ, one per member, one for all, or None (h_m/4).
         momentum, dampening, nesterov, weight_decay: SGD's, shared.
@@ -629,9 +630,9 @@ class VectorizedEnsemble:
         max_loss: float | Sequence[float] = math.inf,
         compile: bool = False,
     ) -> None:
-        if optimizer not in OPTIMIZERS:
+        if optimizer not in UPDATE_RULES:
             raise ValueError(
-                f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"
+                f"unknown optimizer {optimizer!r}; choose one of {', '.join(UPDATE_RULES)}"
             )
         if egr_method not in EGR_METHODS:
             raise ValueError(
