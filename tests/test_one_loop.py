@@ -79,24 +79,30 @@ def test_loop_with_the_ensemble_stepper_follows_explicit_hessian_egr():
     stepper, _, datas = ensemble(configs)
     for m, (c, data) in enumerate(zip(configs, datas)):
         model = build_run_model(c, data)
-        loss_fn = run_loss(c, data)
-        names = [n for n, _ in model.named_parameters()]
-        flat = torch.cat([p.detach().flatten() for p in model.parameters()])
-        shapes = [p.shape for p in model.parameters()]
-
-        def loss(theta):
-            parts, i = {}, 0
-            for n, s in zip(names, shapes):
-                parts[n] = theta[i : i + s.numel()].view(s)
-                i += s.numel()
-            return loss_fn(functional_call(model, parts, (data.x_train,)), data.y_train)
-
         mu = c.egr_coeff if c.egr_coeff is not None else c.lr / 4
-        for _ in range(c.steps):
-            g = torch.func.grad(loss)(flat)
-            flat = flat - c.lr * (g + 2 * mu * hessian(loss)(flat) @ g)
+        names = [n for n, _ in model.named_parameters()]
+        flat = explicit_hessian_egr(model, run_loss(c, data), data, lr=c.lr, mu=mu, steps=c.steps)
         got = torch.cat([stepper.ens.member_params(m)[n].flatten() for n in names])
         torch.testing.assert_close(got, flat, rtol=1e-10, atol=1e-12)
+
+
+def explicit_hessian_egr(model, loss_fn, data, *, lr, mu, steps):
+    """``steps`` of θ ← θ − h·(g + 2μ·H g) on the flat parameter vector, H explicit."""
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+    flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    def loss(theta):
+        parts, i = {}, 0
+        for n, s in zip(names, shapes):
+            parts[n] = theta[i : i + s.numel()].view(s)
+            i += s.numel()
+        return loss_fn(functional_call(model, parts, (data.x_train,)), data.y_train)
+
+    for _ in range(steps):
+        g = torch.func.grad(loss)(flat)
+        flat = flat - lr * (g + 2 * mu * hessian(loss)(flat) @ g)
+    return flat
 
 
 #: float64: ensemble members and serial runs agree to HORIZON_TOL (relative) in every
