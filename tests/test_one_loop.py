@@ -19,12 +19,7 @@ BASE = dict(dataset="teacher", n_train=30, n_test=20, width=5, probes=(), dtype=
             eval_every=10)  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def ensemble(configs):
