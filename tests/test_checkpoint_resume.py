@@ -144,3 +144,30 @@ def test_checkpoint_fields_leave_the_hash_alone():
     )
     with pytest.raises(ValueError, match="checkpoint_every"):
         RunConfig(checkpoint_every=0)
+
+
+def test_a_serial_sweep_resumes_an_unfinished_run_from_its_checkpoint(tmp_path, monkeypatch):
+    from implicit_reg.engine import steppers
+
+    configs = [RunConfig(**{**BASE, "steps": 35, "lr": lr}) for lr in (0.1, 0.2)]
+    run_sweep(configs, tmp_path, vectorize=False, progress=False)
+    store = ResultStore(tmp_path / "runs")
+    first = store.path_for(configs[0])
+    before = (first / "history.csv").read_text(), read_json(first / "summary.json")
+    assert [p.name for p in store.checkpoint_dir(configs[0]).iterdir()] == ["step_000000030.pt"]
+    (first / "summary.json").unlink()  # as if killed after its last checkpoint
+    steps = [0]
+    original = steppers.SerialStepper.step
+
+    def counted(self):
+        steps[0] += 1
+        return original(self)
+
+    monkeypatch.setattr(steppers.SerialStepper, "step", counted)
+    report = run_sweep(configs, tmp_path, vectorize=False, progress=False)
+    assert report.skipped == 1 and report.done == 1 and steps[0] == 5  # steps 31..35 only
+    after = (first / "history.csv").read_text(), read_json(first / "summary.json")
+    assert after[0] == before[0]
+    assert {k: v for k, v in after[1].items() if k != "wall_time_s"} == {
+        k: v for k, v in before[1].items() if k != "wall_time_s"
+    }
