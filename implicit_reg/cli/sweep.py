@@ -115,6 +115,9 @@ def sweep(
 ) -> None:
     """Run every point of a grid (Cartesian product); rerunning resumes where it stopped.
 
+    Complete runs are skipped; a run with --set checkpoint_every=K continues
+    from its last mid-run checkpoint instead of step 0.
+
     Examples:
 
       implicit-reg sweep examples/sweep_lr_width.toml --workers 2
