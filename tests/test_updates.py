@@ -212,3 +212,22 @@ def test_scalar_tensor_lr_is_the_float_step():
     gd_update([a], [g], lr=0.37)
     gd_update([b], [g], lr=torch.tensor(0.37))
     assert torch.equal(a, b)
+
+
+def test_finite_difference_chunks_approximate_the_explicit_step():
+    """method='finite_difference' with chunks: the forward difference of the chunked gradient."""
+    model = _model()
+    x, y = _data()
+    lr, coeff = 0.2, 0.07
+    expected, _, _ = _explicit_egr(model, x, y, lr, [coeff] * 4)
+    before = _flat(model)
+    opt = EGR(model.parameters(), lr=lr, coeff=coeff, method="finite_difference", fd_radius=1e-6)
+    chunks = [
+        (a.numel() / x.numel(), lambda a=a, b=b: ((model(a) - b) ** 2).mean())
+        for a, b in zip(x.split(5), y.split(5))
+    ]
+    opt.step(chunks=chunks)
+    step, want = _flat(model) - before, expected - before
+    assert float((step - want).norm() / want.norm()) < 1e-5
+    with pytest.raises(ValueError, match="penalty='per_chunk' needs method='exact'"):
+        opt.step(chunks=chunks, penalty="per_chunk")

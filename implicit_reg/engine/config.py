@@ -32,6 +32,7 @@ __all__ = [
     "RunConfig",
     "LOSSES",
     "OPTIMIZERS",
+    "SHARPNESS_OPTIMIZERS",
     "DTYPES",
     "TASKS",
     "EGR_METHODS",
@@ -43,7 +44,10 @@ __all__ = [
 ]
 
 #: the optimizer names a config may use (built by engine.optimizers.build_optimizer)
-OPTIMIZERS = ("gd", "sgd", "egr")
+#: the sharpness-aware optimizers (two gradients per step; config field ``rho`` required)
+SHARPNESS_OPTIMIZERS = ("sam", "asam", "penalty")
+#: the optimizer names a config may use
+OPTIMIZERS = ("gd", "sgd", "egr", *SHARPNESS_OPTIMIZERS)
 DTYPES = ("float32", "float64")
 #: fields that change how a run is executed, never its numbers: not part of the hash,
 #: so a sweep that adds checkpoints finds its finished runs where they were
@@ -100,6 +104,11 @@ class RunConfig:
     # egr only: the penalty is the mean of mu*|grad L_j|^2 over micro-batches of this size
     # inside each batch (Smith et al. 2021's explicit SGD regularizer); None: the whole batch
     egr_micro_batch: int | None = None
+    # sam/asam/penalty only (required there): radius rho (r of the penalty); None elsewhere.
+    # A non-default rho keeps these runs serial in the vectorized planner.
+    rho: float | None = None
+    sam_alpha: float | None = None  # penalty only: alpha = lambda/r; None: 0.8
+    asam_eta: float | None = None  # asam only: eta of T = |theta| + eta; None: 0.01
     # --- stopping rule: the first of these budgets that is reached ends the run ---
     steps: int | None = 1000  # optimizer steps
     epochs: int | None = None  # passes over the training set (1 epoch = 1 step at full batch)
@@ -208,6 +217,25 @@ class RunConfig:
                 "egr_micro_batch needs optimizer 'egr' with egr_method 'exact', got "
                 f"optimizer {self.optimizer!r}, egr_method {self.egr_method!r}"
             )
+        sharp = self.optimizer in SHARPNESS_OPTIMIZERS
+        if sharp and self.rho is None:
+            raise ValueError(
+                f"optimizer {self.optimizer!r} needs rho, the radius of its ascent step "
+                "(e.g. rho=0.05)"
+            )
+        if not sharp and self.rho is not None:
+            raise ValueError(
+                f"rho applies only to optimizers {', '.join(SHARPNESS_OPTIMIZERS)}; got "
+                f"optimizer {self.optimizer!r} with rho={self.rho!r}"
+            )
+        if self.rho is not None:
+            _finite("rho", self.rho, lower=0.0)
+        for name, owner in (("sam_alpha", "penalty"), ("asam_eta", "asam")):
+            value = getattr(self, name)
+            if value is not None and self.optimizer != owner:
+                raise ValueError(f"{name} needs optimizer {owner!r}, got {self.optimizer!r}")
+            if value is not None:
+                _finite(name, value, lower=0.0)
         if self.nesterov and self.momentum == 0:
             raise ValueError("nesterov=True needs momentum > 0")
         if self.loss == "cross_entropy" and self.task == "regression":

@@ -30,6 +30,8 @@ The serial update (h = ``lr``, N = the batch's size):
   ``egr_micro_batch`` the penalty is averaged over micro-batches
   (``penalty="per_chunk"``, Smith et al. 2021). The update itself is always
   ``EGR.step``'s (:func:`implicit_reg.core.updates.egr_update`).
+- ``sam``/``asam``/``penalty``: :mod:`implicit_reg.core.sam` around GD (or SGD),
+  ``opt.step`` with the chunked gradient as a torch-style closure (called twice).
 - minibatches (``batch_size``): a fresh permutation of the N samples each
   epoch from a ``torch.Generator`` seeded with ``seed``
   (:class:`~implicit_reg.ensemble.vectorized.MinibatchOrder`).
@@ -62,7 +64,7 @@ from ..ensemble.vectorized import (
     member_sq_norms,
 )
 from .config import RunConfig
-from .optimizers import build_optimizer, update_rule
+from .optimizers import SHARPNESS_OPTIMIZERS, build_optimizer, update_rule
 
 __all__ = ["SerialStepper", "EnsembleStepper", "evaluate", "batch_chunks"]
 
@@ -175,12 +177,21 @@ def _gradient_step(
     ``opt.step(chunks=...)`` (exact: the two-pass g, then H(μ⊙g); finite
     difference: the chunked gradient); with ``egr_micro_batch``,
     ``opt.step(chunks=..., penalty="per_chunk")``, Smith et al.'s micro-batch penalty.
+    SAM/ASAM/penalty: ``opt.step(closure)`` with the torch-style chunked-gradient closure,
+    which the optimizer calls twice (at θ and at the ascent point).
     """
     chunk = config.chunk_size
-    if config.optimizer != "egr":
+
+    def set_grad() -> Tensor:  # torch-style closure: .grad = the batch-mean gradient, in chunks
         loss, g = full_gradient(model, loss_fn, batch, chunk)
         for p, gi in zip(trainable_named_params(model).values(), g):
             p.grad = gi
+        return loss
+
+    if config.optimizer in SHARPNESS_OPTIMIZERS:
+        return opt.step(set_grad)  # two gradients per step through the torch-style closure
+    if config.optimizer != "egr":
+        loss = set_grad()
         opt.step()
         return loss
     if config.egr_micro_batch is not None:
