@@ -209,19 +209,24 @@ def eos_table(steps=2000, every=100, lr=1.48):
     cold = {k: 0 for k in tols}
     warm = {k: 0 for k in tols}
     worst = {k: 0.0 for k in tols}
-    lams = []
+    lams, ggn, sines = [], [], []
     names = ["lambda_max", "lambda_max_hvps"]
     for step in range(steps + 1):
         if step % every == 0:
             for k, tol in tols.items():
                 c = run_probes(names, model, loss_fn, (X, Y), lanczos_tol=tol)
+                prev = states[k].get("lambda_max.vec")
                 w = run_probes(names, model, loss_fn, (X, Y), lanczos_tol=tol, state=states[k])
+                if tol is None and prev is not None:  # how far the top eigenvector moved
+                    cos = float(prev[:, 0].double() @ states[k]["lambda_max.vec"][:, 0].double())
+                    sines.append(max(0.0, 1 - cos * cos) ** 0.5)
                 cold[k] += int(c["lambda_max_hvps"])
                 warm[k] += int(w["lambda_max_hvps"])
                 worst[k] = max(
                     worst[k], abs(c["lambda_max"] - w["lambda_max"]) / abs(c["lambda_max"])
                 )
             lams.append(c["lambda_max"])
+            ggn.append(run_probes(["ggn_lambda_max"], model, loss_fn, (X, Y))["ggn_lambda_max"])
         if step == steps:
             break
         model.zero_grad()
@@ -233,7 +238,8 @@ def eos_table(steps=2000, every=100, lr=1.48):
         f"\nSharpness tracking: MLP 10-32-32-4 tanh, MSE on a teacher, N=512, full-batch GD lr={lr} "
         f"(2/h = {2 / lr:.4f}), {steps} steps, λ_max every {every} ({len(lams)} probes)"
     )
-    print("λ_max along the run: " + " ".join(f"{v:.3f}" for v in lams))
+    print("λ_max(H) along the run:   " + " ".join(f"{v:.3f}" for v in lams))
+    print("λ_max(GGN) along the run: " + " ".join(f"{v:.3f}" for v in ggn))
     print(
         f"{'Lanczos tol':<16}{'cold HVPs':>10}{'warm HVPs':>10}{'warm/cold':>10}{'max |Δλ|/λ':>13}"
     )
