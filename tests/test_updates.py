@@ -122,37 +122,6 @@ def test_per_chunk_penalty_matches_explicit_hessians():
     )
 
 
-@pytest.mark.parametrize("penalty", ["full", "per_chunk"])
-def test_chunked_forms_equal_todays_engine_steps(penalty):
-    """Bit for bit against ``engine.train.egr_chunked_exact_step``/``egr_micro_batch_step``."""
-    train = pytest.importorskip("implicit_reg.engine.train")
-    engine_fn = {
-        "full": getattr(train, "egr_chunked_exact_step", None),
-        "per_chunk": getattr(train, "egr_micro_batch_step", None),
-    }[penalty]
-    if engine_fn is None:
-        pytest.skip("the engine's chunked EGR steps were replaced by EGR.step(chunks=...)")
-    x, y = _data(n=11)
-    a, b = _model(), _model()
-    loss_fn = nn.MSELoss()
-    groups = lambda m: [  # noqa: E731
-        {"params": m[0].parameters(), "lr": 0.1},
-        {"params": m[2].parameters(), "lr": 0.2, "coeff": 0.03},
-    ]
-    opt_a, opt_b = EGR(groups(a), lr=0.1), EGR(groups(b), lr=0.1)
-    for _ in range(3):
-        ref = engine_fn(opt_a, a, loss_fn, (x, y), 4)
-        chunks = [
-            (len(x[i : i + 4]) / len(x), lambda i=i: loss_fn(b(x[i : i + 4]), y[i : i + 4]))
-            for i in range(0, 11, 4)
-        ]
-        got = opt_b.step(chunks=chunks, penalty=penalty)
-        torch.testing.assert_close(got, ref, rtol=1e-14, atol=1e-15)
-    for p, q in zip(a.parameters(), b.parameters()):
-        assert torch.equal(p, q)
-        assert torch.equal(p.grad, q.grad)
-
-
 def test_direction_chunked_checks_its_input():
     p = torch.zeros(2, requires_grad=True)
     f = lambda ps: (ps[0] ** 2).sum()  # noqa: E731

@@ -17,6 +17,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # help texts are plain text: "[base]" is a TOML table, not rich markup to be eaten
+    rich_markup_mode=None,
 )
 
 

@@ -54,7 +54,7 @@ def sweep_runs(
 ) -> SweepReport:
     """The plain function behind the command (tests call it directly); ``backend``
     overrides ``workers`` (e.g. :func:`implicit_reg.engine.ray_backend.ray_backend`);
-    ``vectorize`` trains groups of runs as ensembles (:mod:`implicit_reg.engine.vectorized_sweep`)."""
+    ``vectorize`` trains groups of runs as ensembles (:mod:`implicit_reg.engine.plan`)."""
     from ..engine.sweep import run_sweep
 
     spec = build_spec(file, sets, grids)
@@ -106,11 +106,17 @@ def sweep(
     vectorize: bool = typer.Option(
         True, "--vectorize/--no-vectorize", help="Train runs that differ only in lr, seed, "
         "data seed, label noise, EGR coefficient or stopping thresholds as one torch.func "
-        "ensemble (same results and files, see docs/vectorized.md); --no-vectorize trains "
-        "every run alone."
+        "ensemble (the same files; meta.json says how each run was trained). The numbers "
+        "equal serial runs to rounding: in float64 to 1e-13 over 100 steps, in float32 the "
+        "typical loss to 1e-7 but the largest steps (SGD lr 0.5, momentum 0.9) drift by "
+        "up to 7e-2 after 100 steps (docs/vectorized.md). --no-vectorize trains every run "
+        "alone."
     ),
 ) -> None:
     """Run every point of a grid (Cartesian product); rerunning resumes where it stopped.
+
+    Complete runs are skipped; a run with --set checkpoint_every=K continues
+    from its last mid-run checkpoint instead of step 0.
 
     Examples:
 
@@ -132,7 +138,7 @@ def sweep(
             for key, values in spec.grid.items():
                 typer.echo(f"  {key}: {values}")
             if vectorize:
-                from ..engine.vectorized_sweep import plan_sweep
+                from ..engine.plan import plan_sweep
 
                 typer.echo(f"  vectorized: {plan_sweep(configs).line()}")
             return

@@ -33,13 +33,7 @@ from .record import (
     trained_alone,
     trained_in_ensemble,
 )
-from .steppers import (
-    EnsembleStepper,
-    SerialStepper,
-    egr_chunked_exact_step,
-    egr_micro_batch_step,
-    evaluate,
-)
+from .steppers import EnsembleStepper, SerialStepper, batch_chunks, evaluate
 from .store import ResultStore
 from .workload import build_run_model, load_run_data, run_loss
 
@@ -54,8 +48,7 @@ __all__ = [
     "build_optimizer",
     "evaluate",
     "step_budget",
-    "egr_chunked_exact_step",
-    "egr_micro_batch_step",
+    "batch_chunks",
     "load_run_data",
 ]
 
