@@ -95,7 +95,8 @@ def _data():
     return torch.randn(12, 3, generator=g, dtype=F64), torch.randn(12, 2, generator=g, dtype=F64)
 
 
-def test_two_steps_on_a_small_net_equal_the_papers_formulas_in_both_apis():
+@pytest.mark.parametrize("alpha", [1.0, 0.7], ids=["sam", "penalty"])
+def test_two_steps_on_a_small_net_equal_the_papers_formulas_in_both_apis(alpha):
     x, y = _data()
     model = _net()
     names = [k for k, _ in model.named_parameters()]
@@ -104,8 +105,8 @@ def test_two_steps_on_a_small_net_equal_the_papers_formulas_in_both_apis():
         return ((functional_call(model, dict(zip(names, ps)), (x,)) - y) ** 2).mean()
 
     theta = [p.detach().clone() for p in model.parameters()]
-    h, rho, alpha = 0.1, 0.05, 0.7
-    for _ in range(2):  # penalty: g̃ = (1−α)g + α∇L(θ + ρ g/‖g‖), θ ← θ − h g̃
+    h, rho = 0.1, 0.05
+    for _ in range(2):  # penalty (SAM at α = 1): g̃ = (1−α)g + α∇L(θ + ρ g/‖g‖), θ ← θ − h g̃
         g = grad(f)(theta)
         norm = torch.sqrt(sum((gi**2).sum() for gi in g))
         ge = grad(f)([t + rho * gi / norm for t, gi in zip(theta, g)])
