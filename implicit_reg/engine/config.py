@@ -27,6 +27,7 @@ from typing import Any
 from ..core.modified_gradient import EGR_METHODS
 from ..workloads.data import TASKS
 from ..workloads.losses import LOSSES
+from .optimizers import OPTIMIZERS
 
 __all__ = [
     "RunConfig",
@@ -42,8 +43,6 @@ __all__ = [
     "parse_field_value",
 ]
 
-#: the optimizer names a config may use (built by engine.optimizers.build_optimizer)
-OPTIMIZERS = ("gd", "sgd", "egr")
 DTYPES = ("float32", "float64")
 #: fields that change how a run is executed, never its numbers: not part of the hash,
 #: so a sweep that adds checkpoints finds its finished runs where they were

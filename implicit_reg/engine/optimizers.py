@@ -15,12 +15,19 @@ applies the update functions of :mod:`implicit_reg.core.optim` to stacked tensor
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from torch import Tensor, nn
 
 from ..core.optim import EGR, GD, SGD
-from .config import OPTIMIZERS, RunConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .config import RunConfig
 
 __all__ = ["OPTIMIZERS", "build_optimizer", "update_rule"]
+
+#: the optimizer names a config may use
+OPTIMIZERS = ("gd", "sgd", "egr")
 
 
 def update_rule(config: RunConfig) -> str:
