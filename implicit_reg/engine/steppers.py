@@ -177,10 +177,16 @@ def _gradient_step(
     ``opt.step(chunks=..., penalty="per_chunk")``, Smith et al.'s micro-batch penalty.
     """
     chunk = config.chunk_size
-    if config.optimizer != "egr":
+    params = list(trainable_named_params(model).values())
+
+    def set_grad() -> Tensor:  # torch-style: gradient of the batch mean, in chunks
         loss, g = full_gradient(model, loss_fn, batch, chunk)
-        for p, gi in zip(trainable_named_params(model).values(), g):
+        for p, gi in zip(params, g):
             p.grad = gi
+        return loss
+
+    if config.optimizer != "egr":
+        loss = set_grad()
         opt.step()
         return loss
     if config.egr_micro_batch is not None:
