@@ -53,7 +53,9 @@ def main() -> None:
     members, steps = (4, 50) if args.quick else (16, 200)
     horizons = [h for h in (50, 100, 200) if h <= steps]
     torch.set_num_threads(1)
-    print(f"{members} members, MLP 40-256-10, SGD B=64 momentum 0.9, lr in [0.01, 0.5], {steps} steps")
+    print(
+        f"{members} members, MLP 40-256-10, SGD B=64 momentum 0.9, lr in [0.01, 0.5], {steps} steps"
+    )
     print(f"{'dtype':<8}{'horizon':>8}{'median |dL|':>14}{'max |dL|':>12}{'max rel |theta|':>17}"
           f"{'max rel |g|^2':>15}{'worst lr':>10}")  # fmt: skip
     for dtype in ("float64", "float32"):

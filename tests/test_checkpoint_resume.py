@@ -171,3 +171,25 @@ def test_a_serial_sweep_resumes_an_unfinished_run_from_its_checkpoint(tmp_path, 
     assert {k: v for k, v in after[1].items() if k != "wall_time_s"} == {
         k: v for k, v in before[1].items() if k != "wall_time_s"
     }
+
+
+def test_rerunning_a_finished_run_starts_from_step_zero(tmp_path, monkeypatch):
+    """A finished run's kept checkpoint continues nothing: a rerun trains it all again."""
+    from implicit_reg.engine import steppers
+
+    cfg = RunConfig(**{**BASE, "steps": 25})
+    first = run(cfg, tmp_path, raise_errors=True)
+    steps = [0]
+    original = steppers.SerialStepper.step
+
+    def counted(self):
+        steps[0] += 1
+        return original(self)
+
+    monkeypatch.setattr(steppers.SerialStepper, "step", counted)
+    again = run(cfg, tmp_path, raise_errors=True)
+    assert steps[0] == 25 and again.history == first.history
+    report = run_sweep([cfg], tmp_path / "sweep", vectorize=False, progress=False)
+    steps[0] = 0
+    run_sweep([cfg], tmp_path / "sweep", resume=False, vectorize=False, progress=False)
+    assert report.done == 1 and steps[0] == 25

@@ -13,13 +13,29 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def _runtime_nodes(tree: ast.AST):
+    """Every node of the module except those under ``if TYPE_CHECKING:`` (imports for
+    annotations only, never executed)."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            test = getattr(child, "test", None)
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(test):
+                stack.extend(child.orelse)
+                continue
+            stack.append(child)
+
+
 def imports_of(path: Path, modules: set[str]) -> set[str]:
-    """The package modules ``path`` imports, at any depth of the file (function-level
-    imports count: a circle through a lazy import is still a circle in the design)."""
+    """The package modules ``path`` imports when it runs, at any depth of the file
+    (function-level imports count: a circle through a lazy import is still a circle
+    in the design; ``if TYPE_CHECKING:`` imports, which never run, do not)."""
     name = module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in _runtime_nodes(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -87,6 +103,25 @@ def test_relative_imports_resolve_to_package_modules(tmp_path):
     edges = graph()
     assert "implicit_reg.engine.config" in edges["implicit_reg.engine.train"]
     assert "implicit_reg.core.optim" in edges["implicit_reg.engine.optimizers"]
+    assert "implicit_reg.engine.store" in edges["implicit_reg.engine.loop"]  # a lazy import
+
+
+def test_type_checking_imports_are_not_edges(tmp_path):
+    pkg = tmp_path / "implicit_reg"
+    pkg.mkdir()
+    source = (
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from .b import B\n"
+        "def f():\n    from .c import C\n"
+    )
+    (pkg / "a.py").write_text(source)
+    modules = {"implicit_reg.a", "implicit_reg.b", "implicit_reg.c"}
+    global PACKAGE
+    saved, PACKAGE = PACKAGE, pkg
+    try:
+        assert imports_of(pkg / "a.py", modules) == {"implicit_reg.c"}
+    finally:
+        PACKAGE = saved
 
 
 def test_no_import_circle_in_the_package():

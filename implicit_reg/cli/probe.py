@@ -20,8 +20,10 @@ from . import app
 
 def format_table(result: dict[str, Any]) -> str:
     spec = result["model_spec"]
-    head = (f"{spec['name']} width={spec['width']} depth={spec['depth']} on "
-            f"{result['dataset_spec']['name']} ({result['loss']}, {result['dtype']})")
+    head = (
+        f"{spec['name']} width={spec['width']} depth={spec['depth']} on "
+        f"{result['dataset_spec']['name']} ({result['loss']}, {result['dtype']})"
+    )
     lines = [head, f"  {'probe':<24}{'value':>16}"]
     for k, v in result["probes"].items():
         lines.append(f"  {k:<24}{v:>16.8g}" if math.isfinite(v) else f"  {k:<24}{v!s:>16}")
@@ -45,11 +47,15 @@ def probe(
     seed: int = typer.Option(0, help="Seed of the model, the data and every probe."),
     dtype: str = typer.Option("float64", help="float64 or float32 (no checkpoint)."),
     probes: str = typer.Option(DEFAULT_PROBES, help="Comma-separated probe names."),
-    chunk_size: int | None = typer.Option(None, help="Rows per chunk (peak memory); default one chunk."),
+    chunk_size: int | None = typer.Option(
+        None, help="Rows per chunk (peak memory); default one chunk."
+    ),
     set_: list[str] = typer.Option(
         [], "--set", help="Probe option KEY=VALUE, e.g. trace_hvps=99 or mode=train (repeatable)."
     ),
-    json_path: str | None = typer.Option(None, "--json", help="Also write the results as JSON here."),
+    json_path: str | None = typer.Option(
+        None, "--json", help="Also write the results as JSON here."
+    ),
 ) -> None:
     """Measure sharpness, trace, gradient norm and flatness of a model on its training data.
 

@@ -296,6 +296,8 @@ class _Schedule:
             "stepper": self.stepper.state_dict(),
             "tracks": [t.state_dict() for t in self.tracks],
             "rng": torch.get_rng_state(),
+            # CUDA generators too, where CUDA is in use (dropout masks on a GPU)
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
         }
 
     def resume(self, saved: dict[str, Any]) -> None:
@@ -303,6 +305,8 @@ class _Schedule:
         for track, state in zip(self.tracks, saved["tracks"]):
             track.load_state_dict(state)
         torch.set_rng_state(saved["rng"])
+        if saved.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state_all(saved["cuda_rng"])
         self.step = int(saved["step"])
 
 

@@ -19,13 +19,22 @@ applies the update functions of :mod:`implicit_reg.core.optim` to stacked tensor
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from torch import Tensor, nn
 
 from ..core.optim import EGR, GD, SGD
 from ..core.sam import ASAM, SAM, GradNormPenalty
-from .config import OPTIMIZERS, SHARPNESS_OPTIMIZERS, RunConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .config import RunConfig
 
 __all__ = ["OPTIMIZERS", "SHARPNESS_OPTIMIZERS", "build_optimizer", "update_rule"]
+
+#: the sharpness-aware optimizers (two gradients per step; config field ``rho`` required)
+SHARPNESS_OPTIMIZERS = ("sam", "asam", "penalty")
+#: the optimizer names a config may use
+OPTIMIZERS = ("gd", "sgd", "egr", *SHARPNESS_OPTIMIZERS)
 
 
 def update_rule(config: RunConfig) -> str:

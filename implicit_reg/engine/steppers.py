@@ -181,10 +181,11 @@ def _gradient_step(
     which the optimizer calls twice (at θ and at the ascent point).
     """
     chunk = config.chunk_size
+    params = list(trainable_named_params(model).values())
 
-    def set_grad() -> Tensor:  # torch-style closure: .grad = the batch-mean gradient, in chunks
+    def set_grad() -> Tensor:  # torch-style: gradient of the batch mean, in chunks
         loss, g = full_gradient(model, loss_fn, batch, chunk)
-        for p, gi in zip(trainable_named_params(model).values(), g):
+        for p, gi in zip(params, g):
             p.grad = gi
         return loss
 
