@@ -50,7 +50,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from ..core.hvp import DEFAULT_METHOD, Params, check_method, grad_and_hvp
+from ..core.hvp import DEFAULT_METHOD, Params, check_method, check_scalar_loss, grad_and_hvp
 from ..core.modified_gradient import EGR_METHODS, default_fd_radius, igr_coeff
 from ..core.objective import trainable_named_params
 from ..core.updates import egr_update, gd_update, sgd_update
@@ -235,9 +235,7 @@ def ensemble_loss_fns(
 
     def member(params: dict[str, Tensor], xc: Tensor, yc: Tensor) -> Tensor:
         loss = loss_fn(functional_call(template, params, (xc,)), yc)
-        if not isinstance(loss, Tensor) or loss.dim() != 0:
-            raise ValueError("loss_fn must return a scalar (mean-reduced) loss per member")
-        return loss
+        return check_scalar_loss(loss, "loss_fn's (mean-reduced) loss per member")
 
     batched = vmap(member, in_dims=(0, 0 if x_batched else None, 0 if y_batched else None))
     step = n if chunk_size is None else chunk_size
