@@ -30,7 +30,7 @@ from implicit_reg.experiments import (
 from implicit_reg.report.report import Report, select_scale, write_index
 
 ROOT = Path(__file__).resolve().parents[1]
-OURS = ("igr-toy", "igr-order", "double-descent-rf")
+OURS = ("igr-toy", "igr-order", "double-descent-rf", "epoch-wise-linear", "sample-wise-linear")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -209,7 +209,9 @@ def test_cli_all_runs_every_experiment_writes_the_index_and_survives_a_failure(
     (fake_dir / "fake_bad.py").write_text(
         'NAME = "fake-bad"\nTITLE = "t"\ndef run(scale, out):\n    raise RuntimeError("boom")\n'
     )
-    result = CliRunner().invoke(app, ["reproduce", "all", "--scale", "smoke", "--out", str(tmp_path / "o")])
+    result = CliRunner().invoke(
+        app, ["reproduce", "all", "--scale", "smoke", "--out", str(tmp_path / "o")]
+    )
     assert result.exit_code == 1
     assert "fake-bad failed: RuntimeError: boom" in result.stderr
     for name in ("fake-one", "fake-two"):

@@ -199,7 +199,7 @@ def figure(lin: pd.DataFrame, rf: pd.DataFrame, cfg: Config) -> Figure:
                   geometric=col == "test_mse")  # fmt: skip
         ax.axvline(cfg.features, color="k", ls="--", lw=0.8, label="n = N")
         ax.set(xscale="log", xlabel="training samples n (log)", ylabel=ylabel,
-               title=f"(b) random Fourier features on MNIST-1D: {ylabel.split(',')[0]}")  # fmt: skip
+               title=f"({'b' if col == 'test_error' else 'c'}) RF on MNIST-1D: {ylabel.split(',')[0]}")  # fmt: skip
         if col == "test_mse":
             ax.set_yscale("log")
         ax.legend(fontsize=7)
