@@ -218,3 +218,23 @@ def test_cli_all_runs_every_experiment_writes_the_index_and_survives_a_failure(
         check_report_dir(tmp_path / "o" / name, name)
     index = (tmp_path / "o" / "README.md").read_text()
     assert "fake-one" in index and "fake-two" in index and "fake-bad" not in index
+
+
+def test_showcase_experiments_define_a_demo_scale_and_lines_say_the_verdicts(tmp_path):
+    """Every experiment of ``make demo`` has a demo config; the printed lines carry each verdict."""
+    from implicit_reg.experiments._showcase import SHOWCASE, showcase, summary_lines
+
+    for name in SHOWCASE:
+        assert "demo" in load_experiment(name).CONFIGS, name
+    with pytest.raises(ValueError, match="not in the showcase"):
+        showcase(tmp_path, ("no-such",))
+    report = Report("x", "t", "demo", tmp_path, {"a": 1}, "p")
+    report.add_claim("rises", "paper", "ours", True)
+    report.add_claim("falls", "paper", "ours", None)
+    report.write()
+    lines = summary_lines(report)
+    assert lines[0].startswith("x: 1/2 claims reproduced") and "yes" in lines[1]
+    assert "n.c." in lines[2]
+    assert "python -m implicit_reg.experiments._showcase x --out" in report.path.read_text()
+    with pytest.raises(ValueError, match="no config for scale"):
+        select_scale({"smoke": 1, "small": 2, "full": 3}, "demo")

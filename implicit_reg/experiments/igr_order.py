@@ -67,6 +67,7 @@ class Config:
 
 CONFIGS = {
     "smoke": Config(num_h=3, seeds=1, h_min=1e-2, mlp_width=4, n_train=8),
+    "demo": Config(num_h=5, seeds=3, h_min=3e-3, mlp_width=8),
     "small": Config(),
     "full": Config(num_h=13, seeds=20, h_min=5e-4, mlp_width=32, mlp_depth=2, n_train=64),
 }

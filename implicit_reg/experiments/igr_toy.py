@@ -73,6 +73,7 @@ class Config:
 
 CONFIGS = {
     "smoke": Config(t_end=2.0, seeds=2, h_small=0.02, h_sweep=(0.02, 0.05), rtol=1e-7, atol=1e-9),
+    "demo": Config(seeds=4, h_sweep=(0.005, 0.02, 0.035, 0.05), rtol=1e-8, atol=1e-10),
     "small": Config(),
     "full": Config(
         seeds=20,
