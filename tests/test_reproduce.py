@@ -238,3 +238,13 @@ def test_showcase_experiments_define_a_demo_scale_and_lines_say_the_verdicts(tmp
     assert "python -m implicit_reg.experiments._showcase x --out" in report.path.read_text()
     with pytest.raises(ValueError, match="no config for scale"):
         select_scale({"smoke": 1, "small": 2, "full": 3}, "demo")
+
+
+def test_index_puts_the_hand_written_summary_first_and_notes_last(fake_dir, tmp_path):
+    reproduce_all("smoke", tmp_path / "out", FAKE_PACKAGE)
+    root = tmp_path / "out"
+    (root / "SUMMARY.md").write_text("# What we saw\n\nOne line.\n")
+    (root / "NOTES.md").write_text("¹ a footnote\n")
+    text = write_index(root).read_text()
+    assert text.startswith("# What we saw\n\nOne line.\n\n## Every report\n")
+    assert text.index("[fake-one]") < text.index("¹ a footnote") and text.endswith("¹ a footnote\n")

@@ -98,6 +98,8 @@ def reproduce_command(name: str, scale: str, out: Path | str) -> str:
 
 
 INDEX_FILE = "README.md"
+SUMMARY_FILE = "SUMMARY.md"
+NOTES_FILE = "NOTES.md"
 
 
 def write_index(root: Path) -> Path:
@@ -105,7 +107,10 @@ def write_index(root: Path) -> Path:
 
     Reads each ``summary.json`` (written by :meth:`Report.write`); one row per
     experiment with its title, scale, how many claims reproduced, the wall
-    time and the CPU time.
+    time and the CPU time. A hand-written ``root/SUMMARY.md`` (the one-page
+    summary of what the reports show), if there is one, goes first, and the
+    table follows under its own heading; ``root/NOTES.md``, if there is one,
+    goes after the table (footnotes to it).
     """
     root = Path(root)
     rows = []
@@ -122,13 +127,17 @@ def write_index(root: Path) -> Path:
             "wall time": f"{s['wall_time_s']:.0f} s" if s.get("wall_time_s") is not None else "?",
             "CPU time": f"{s['cpu_time_s']:.0f} s" if s.get("cpu_time_s") is not None else "?",
         })  # fmt: skip
+    summary, notes = root / SUMMARY_FILE, root / NOTES_FILE
+    head = summary.read_text(encoding="utf-8").rstrip() + "\n\n" if summary.exists() else ""
+    tail = "\n" + notes.read_text(encoding="utf-8").strip() + "\n" if notes.exists() else ""
     text = (
-        "# Reproduced results\n\n"
-        "Each report quotes our numbers next to the paper's claim, with its figures, the exact "
+        head
+        + ("## Every report\n\n" if head else "# Reproduced results\n\n")
+        + "Each report quotes our numbers next to the paper's claim, with its figures, the exact "
         "command, the config, the package version and the wall time. Regenerate them all with "
         f"`implicit-reg reproduce all --scale small --out {root}`. Wall times depend on what "
         "else the machine runs; the CPU time (all threads of the process) is the steadier "
-        "measure of cost.\n\n" + markdown_table(rows)
+        "measure of cost.\n\n" + markdown_table(rows) + tail
     )
     return atomic_write_text(root / INDEX_FILE, text)
 
