@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from implicit_reg.experiments import load_experiment, reproduce
 from matplotlib.image import imread
 from typer.testing import CliRunner
 
 from implicit_reg.cli import app
+from implicit_reg.experiments import load_experiment, reproduce
 
 EXPERIMENTS = (
     "lr-sweep",

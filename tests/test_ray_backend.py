@@ -144,9 +144,9 @@ def test_vectorized_ensembles_are_ray_tasks_and_match_local(cluster, tmp_path, m
     s = spec(lr=[0.05, 0.1], seed=[0, 1], width=[4, 8])  # two ensembles of 4 members
     local = run_sweep(s, tmp_path / "local", vectorize=True, progress=False)
     # the driver may no longer train ensembles: only the workers (other processes) can
-    import implicit_reg.engine.vectorized_sweep as vs
+    import implicit_reg.engine.train as vs
 
-    def not_on_the_driver(configs):
+    def not_on_the_driver(configs, **kwargs):
         raise AssertionError("an ensemble was trained on the driver")
 
     monkeypatch.setattr(vs, "train_runs", not_on_the_driver)

@@ -207,12 +207,12 @@ def test_target_train_loss_stops_the_run():
 
 
 def test_a_run_that_raises_is_recorded_as_failed_with_its_traceback(monkeypatch, tmp_path):
-    import implicit_reg.engine.train as train_mod
+    import implicit_reg.engine.steppers as steppers_mod
 
     def broken(*args, **kwargs):
         raise RuntimeError("evaluation exploded")
 
-    monkeypatch.setattr(train_mod, "evaluate", broken)
+    monkeypatch.setattr(steppers_mod, "evaluate", broken)
     cfg = RunConfig(**TINY, steps=2)
     res = run(cfg, tmp_path)
     assert res.status == "failed"

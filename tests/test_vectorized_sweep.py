@@ -80,7 +80,7 @@ def test_plan_groups_what_can_share_an_ensemble():
     assert {c.config_hash() for c in plan.singles} == {c.config_hash() for c in configs[-2:]}
     assert group_key(configs[-2]) is None
     # a field train_runs does not reproduce (here: added after it was written) keeps a run serial
-    import implicit_reg.engine.vectorized_sweep as vs
+    import implicit_reg.engine.plan as vs
 
     assert group_key(configs[0]) is not None
     assert "width" in vs.SUPPORTED_FIELDS
@@ -163,9 +163,9 @@ def test_target_loss_and_divergence_at_step_zero_match_serial():
 
 
 def test_a_group_that_cannot_be_vectorized_runs_serially(tmp_path, monkeypatch):
-    import implicit_reg.engine.vectorized_sweep as vs
+    import implicit_reg.engine.train as vs
 
-    def broken(configs):
+    def broken(configs, **kwargs):
         raise ValueError("no ensemble today")
 
     monkeypatch.setattr(vs, "train_runs", broken)

@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["HVP_METHODS", "DEFAULT_METHOD", "grad_and_hvp", "check_method"]
+__all__ = ["HVP_METHODS", "DEFAULT_METHOD", "grad_and_hvp", "hvp_of_graph", "check_method"]
 
 HVP_METHODS = ("double_backward", "vjp", "jvp")
 DEFAULT_METHOD = "double_backward"
@@ -48,6 +48,30 @@ def _check_scalar(loss: Tensor) -> Tensor:
         shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
         raise ValueError(f"the loss must be a scalar tensor, got shape {shape}")
     return loss
+
+
+def hvp_of_graph(
+    grads: Sequence[Tensor], params: Sequence[Tensor], vec: Sequence[Tensor]
+) -> Params:
+    """H v from gradients g = ∇L that still carry their graph: H v = ∇_θ(g·v).
+
+    The second half of :func:`grad_and_hvp`'s ``"double_backward"``, also used
+    when the caller already ran ``loss.backward(create_graph=True)`` and
+    ``.grad`` holds g with its graph. A g without a graph is constant in θ
+    (its rows of H are zero). Returns detached tensors shaped like ``params``.
+    """
+    params = tuple(params)
+    needs = [g.requires_grad for g in grads]
+    if not any(needs):  # loss is linear in params: H = 0
+        return tuple(torch.zeros_like(p) for p in params)
+    with torch.enable_grad():
+        hv = torch.autograd.grad(
+            [g for g, n in zip(grads, needs) if n],
+            params,
+            grad_outputs=[x.detach() for x, n in zip(vec, needs) if n],
+            allow_unused=True,
+        )
+    return tuple(torch.zeros_like(p) if h is None else h.detach() for h, p in zip(hv, params))
 
 
 def grad_and_hvp(
@@ -92,17 +116,8 @@ def grad_and_hvp(
             grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
             grads = tuple(torch.zeros_like(p) if g is None else g for g, p in zip(grads, params))
             v = direction(tuple(g.detach() for g in grads))
-            needs = [g.requires_grad for g in grads]
-            if not any(needs):  # loss is linear in params: H = 0
-                return tuple(g.detach() for g in grads), tuple(torch.zeros_like(p) for p in params)
-            hv = torch.autograd.grad(
-                [g for g, n in zip(grads, needs) if n],
-                params,
-                grad_outputs=[x for x, n in zip(v, needs) if n],
-                allow_unused=True,
-            )
-        hv = tuple(torch.zeros_like(p) if h is None else h for h, p in zip(hv, params))
-        return tuple(g.detach() for g in grads), tuple(h.detach() for h in hv)
+            hv = hvp_of_graph(grads, params, v)
+        return tuple(g.detach() for g in grads), hv
 
     from torch.func import grad, jvp, vjp
 

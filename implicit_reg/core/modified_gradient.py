@@ -36,12 +36,17 @@ __all__ = [
     "paper_rate_from_coeff",
     "default_fd_radius",
     "modified_gradient_exact",
+    "egr_direction_exact",
+    "egr_direction_chunked",
+    "EGR_PENALTIES",
+    "check_chunks",
     "finite_difference_hvp",
     "modified_gradient_fd",
     "flat_norm",
 ]
 
 EGR_METHODS = ("exact", "finite_difference")
+EGR_PENALTIES = ("full", "per_chunk")
 
 
 def igr_coeff(lr: float) -> float:
@@ -132,6 +137,129 @@ def modified_gradient_exact(
         loss_fn, params, lambda g: tuple(m * x for m, x in zip(mus, g)), method=method
     )
     return g, tuple(gi + 2.0 * h for gi, h in zip(g, hv))
+
+
+def egr_direction_exact(
+    loss_fn: Callable[[Params], Tensor],
+    params: Sequence[Tensor],
+    coeffs: Sequence[float] | float,
+    *,
+    method: str = DEFAULT_METHOD,
+) -> tuple[Params, Params]:
+    """(g, H(μ ⊙ g)) with g = ∇L, through the package's one HVP.
+
+    The pair that :func:`implicit_reg.core.updates.egr_update` turns into the
+    step θ ← θ − h·(g + 2H(μ⊙g)) (Barrett & Dherin, ICLR 2021).
+    """
+    params = tuple(params)
+    mus = _per_tensor(coeffs, len(params))
+    return grad_and_hvp(
+        loss_fn, params, lambda g: tuple(m * x for m, x in zip(mus, g)), method=method
+    )
+
+
+def check_chunks(chunks) -> None:
+    """``ValueError`` unless ``chunks`` is a non-empty sequence of ``(w_c, closure)``
+    pairs with finite weights w_c > 0 summing to 1."""
+    if not chunks:
+        raise ValueError("chunks is empty: give at least one (weight, closure) pair")
+    for item in chunks:
+        if not isinstance(item, (tuple, list)) or len(item) != 2 or not callable(item[1]):
+            raise ValueError(f"each chunk is a (weight, closure) pair, got {item!r}")
+        w = item[0]
+        if (
+            isinstance(w, bool)
+            or not isinstance(w, (int, float))
+            or not w > 0
+            or not math.isfinite(w)
+        ):
+            raise ValueError(f"chunk weights must be finite numbers > 0, got {w!r}")
+    total = sum(w for w, _ in chunks)
+    if abs(total - 1.0) > 1e-6:
+        raise ValueError(
+            f"chunk weights must sum to 1 (w_c = n_c/N, each closure returning its chunk's mean "
+            f"loss), got {total!r}"
+        )
+
+
+def egr_direction_chunked(
+    chunks: Sequence[tuple[float, Callable[[Params], Tensor]]],
+    params: Sequence[Tensor],
+    coeffs: Sequence[float] | float,
+    *,
+    penalty: str = "full",
+    method: str = DEFAULT_METHOD,
+) -> tuple[Tensor, Params, Params]:
+    """EGR's (L, g, Hv) from a loss split into weighted chunks, L = Σ_c w_c L_c.
+
+    ``chunks`` holds ``(w_c, L_c)`` pairs: L_c maps ``params`` to chunk c's
+    *mean* loss and w_c = n_c/N (the weights sum to 1), so Σ_c w_c L_c is the
+    mean loss over all N rows whatever the chunking.
+
+    ``penalty="full"``: the penalty μ‖∇L‖² of the whole loss (Barrett &
+    Dherin, ICLR 2021). Its gradient g + 2H(μ⊙g) needs the full g before any
+    Hessian product, so two passes:
+
+        pass 1:  g  = Σ_c w_c ∇L_c
+        pass 2:  Hv = Σ_c w_c ∇²L_c (μ⊙g)
+
+    The result equals the unchunked one up to floating-point summation order.
+
+    ``penalty="per_chunk"``: the micro-batch penalty Σ_c w_c μ‖∇L_c‖² of Smith,
+    Dherin, Barrett & De ("On the Origin of Implicit Regularization in
+    Stochastic Gradient Descent", ICLR 2021, arXiv 2101.12176), which SGD with
+    micro-batches c follows on average (with equal chunks Σ_c w_c = (1/J)Σ_c,
+    their L + (h/4J)Σ_c‖∇L_c‖²). Its gradient is g + 2·Σ_c w_c H_c(μ⊙g_c) with
+    g_c = ∇L_c; one pass, since each chunk's product needs only its own g_c.
+    This *does* depend on the chunking, by definition.
+
+    Returns:
+        ``(L, g, Hv)``, all detached; ``egr_update(params, g, Hv, lr=h)`` steps.
+    """
+    if penalty not in EGR_PENALTIES:
+        raise ValueError(
+            f"unknown EGR penalty {penalty!r}; choose one of {', '.join(EGR_PENALTIES)}"
+        )
+    check_chunks(chunks)
+    params = tuple(params)
+    mus = _per_tensor(coeffs, len(params))
+    g = [torch.zeros_like(p) for p in params]
+    hv = [torch.zeros_like(p) for p in params]
+    losses: list[Tensor] = []
+
+    def weighted(fn, w):
+        def f(ps):
+            out = w * fn(ps)
+            losses.append(out.detach())
+            return out
+
+        return f
+
+    if penalty == "full":
+        for w, fn in chunks:  # pass 1: g = Σ_c w_c ∇L_c
+            with torch.enable_grad():
+                loss = weighted(fn, w)(params)
+                gs = torch.autograd.grad(loss, params, allow_unused=True)
+            for acc, x in zip(g, gs):
+                if x is not None:
+                    acc.add_(x)
+        v = tuple(m * x for m, x in zip(mus, g))
+        for w, fn in chunks:  # pass 2: Hv = Σ_c w_c H_c (μ⊙g)
+            _, hv_c = grad_and_hvp(lambda ps, fn=fn, w=w: w * fn(ps), params, vec=v, method=method)
+            for acc, x in zip(hv, hv_c):
+                acc.add_(x)
+    else:
+        for w, fn in chunks:  # (w_c g_c, w_c H_c(μ⊙g_c)) from one grad_and_hvp
+            gc, hc = grad_and_hvp(
+                weighted(fn, w),
+                params,
+                vec=lambda wg, w=w: tuple(m * x / w for m, x in zip(mus, wg)),
+                method=method,
+            )
+            for acc_g, acc_h, a, b in zip(g, hv, gc, hc):
+                acc_g.add_(a)
+                acc_h.add_(b)
+    return torch.stack(losses).sum(), tuple(g), tuple(hv)
 
 
 def finite_difference_hvp(

@@ -13,38 +13,57 @@ The classes only gather tensors and hyperparameters; the math lives in
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from .hvp import hvp_of_graph
 from .modified_gradient import (
     EGR_METHODS,
+    EGR_PENALTIES,
+    check_chunks,
     default_fd_radius,
+    egr_direction_chunked,
+    egr_direction_exact,
     finite_difference_hvp,
     igr_coeff,
-    modified_gradient_exact,
 )
+from .updates import egr_update, gd_update, sgd_update, sgd_update_fused
 
 __all__ = ["GD", "SGD", "EGR", "gd_update", "sgd_update"]
 
 
-def _check_lr(lr: float) -> float:
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0:
-        raise ValueError(f"lr must be a finite number >= 0, got {lr!r}")
-    return float(lr)
+_LABELS = {
+    "lr": "learning rate",
+    "momentum": "momentum value",
+    "weight_decay": "weight_decay value",
+}
 
 
-def _check_nonneg(name: str, value: float) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value < 0
-    ):
+def _check_nonneg(name: str, value, *, tensor: bool = False):
+    """``value`` if it is a finite number ≥ 0 (or, with ``tensor``, a one-element
+    tensor holding one), else ``ValueError``; messages carry torch's wording."""
+    label = _LABELS.get(name, f"{name} value")
+    if tensor and isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"Tensor {name} must be 1-element, got shape {tuple(value.shape)}")
+        number = value.detach().reshape(()).item()
+        if isinstance(number, complex) or not math.isfinite(number) or number < 0:
+            raise ValueError(f"Invalid {label}: {value} ({name} must be a finite number >= 0)")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(
+            f"Invalid {label}: {value} ({name} must be a finite number >= 0, got {value!r})"
+        )
+    return value if tensor else float(value)
+
+
+def _check_lr(lr, *, tensor: bool = False):
+    return _check_nonneg("lr", lr, tensor=tensor)
 
 
 def _add_checked_group(opt: Optimizer, group: dict, check: Callable[[dict], None]) -> None:
@@ -61,82 +80,127 @@ def _add_checked_group(opt: Optimizer, group: dict, check: Callable[[dict], None
         raise
 
 
-def gd_update(params: list[Tensor], grads: list[Tensor], *, lr: float) -> None:
-    """θ ← θ − h·g, in place."""
-    if params:
-        torch._foreach_add_(params, grads, alpha=-lr)
+_FLAGS = {"maximize": False, "foreach": None, "differentiable": False, "fused": None}
 
 
-def sgd_update(
-    params: list[Tensor],
-    grads: list[Tensor],
-    momentum_buffers: list[Tensor | None],
-    *,
-    lr: float,
-    momentum: float,
-    dampening: float,
-    nesterov: bool,
-    weight_decay: float,
-) -> None:
-    """The ``torch.optim.SGD`` update, in place (Sutskever et al. 2013 form).
+class _FirstOrder(Optimizer):
+    """What GD and SGD share with ``torch.optim.SGD``: the flags, the closure, the
+    fused check and the step loop; subclasses name their update in ``_update``."""
 
-        d = g + λθ
-        b ← d                    (first step)
-        b ← β·b + (1 − τ)·d      (later steps)
-        d = d + β·b  if Nesterov else b
-        θ ← θ − h·d
+    def _check_flags(self) -> None:
+        fused, foreach, differentiable = (
+            self.defaults[k] for k in ("fused", "foreach", "differentiable")
+        )
+        if fused and differentiable:
+            raise RuntimeError("`fused` does not support `differentiable`")
+        if fused and foreach:
+            raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
 
-    ``momentum_buffers`` is updated in place (None entries are created).
-    """
-    for i, (p, g) in enumerate(zip(params, grads)):
-        d = g.add(p, alpha=weight_decay) if weight_decay != 0 else g
-        if momentum != 0:
-            buf = momentum_buffers[i]
-            if buf is None:
-                buf = torch.clone(d).detach()
-                momentum_buffers[i] = buf
-            else:
-                buf.mul_(momentum).add_(d, alpha=1 - dampening)
-            d = d.add(buf, alpha=momentum) if nesterov else buf
-        p.add_(d, alpha=-lr)
+    def __setstate__(self, state: dict) -> None:  # checkpoints saved before a flag existed
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for key, value in _FLAGS.items():
+                group.setdefault(key, False if key == "fused" else value)
+
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
+        """One step. ``closure`` (optional) follows torch's contract: it may call
+        ``backward()`` and returns the loss."""
+        differentiable = any(g["differentiable"] for g in self.param_groups)
+        with torch.set_grad_enabled(differentiable):
+            loss = None
+            if closure is not None:
+                with torch.enable_grad():
+                    loss = closure()
+            for group in self.param_groups:
+                ps = [p for p in group["params"] if p.grad is not None]
+                if group["fused"]:
+                    for p in ps:
+                        _check_fused(p)
+                self._update(group, ps, [p.grad for p in ps])
+        return loss
+
+    def _update(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> None:
+        raise NotImplementedError
 
 
-class GD(Optimizer):
-    """Full-batch gradient descent: θ_{t+1} = θ_t − h·∇L(θ_t).
+def _check_fused(p: Tensor) -> None:
+    devices = ("cpu", "cuda", "xpu", "mps", "hpu", "mtia")
+    if p.device.type not in devices or not torch.is_floating_point(p):
+        raise RuntimeError(
+            "`fused=True` requires all the params to be floating point Tensors of supported "
+            f"devices ({', '.join(devices)}), got {p.dtype} on {p.device.type}; "
+            "use fused=None/False"
+        )
+
+
+class GD(_FirstOrder):
+    """Full-batch gradient descent: θ_{t+1} = θ_t − h·∇L(θ_t) (θ_t + h·∇L with ``maximize``).
 
     The optimizer does not know whether ``.grad`` holds a full-batch
     gradient; "full batch" is the caller's contract: the loss that the caller
     (or the closure) differentiates is the mean over the whole data set.
+    The step is :func:`implicit_reg.core.updates.gd_update`; it equals
+    ``torch.optim.SGD(params, lr)`` with momentum 0 bit for bit.
 
-    Args:
+    Args (those of ``torch.optim.SGD`` that apply to GD, same meaning):
         params: parameters or param groups.
-        lr: step size h ≥ 0.
+        lr: step size h ≥ 0, a float or a one-element tensor (default 1e-3).
+        maximize: ascend instead of descend.
+        foreach, differentiable, fused: as in ``torch.optim.SGD``; ``fused``
+            runs ATen's fused SGD kernel (rounding as torch's fused path does).
     """
 
-    def __init__(self, params: Iterable, lr: float) -> None:
-        super().__init__(params, {"lr": _check_lr(lr)})
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float | Tensor = 1e-3,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        differentiable: bool = False,
+        fused: bool | None = None,
+    ) -> None:
+        defaults = {
+            "lr": _check_lr(lr, tensor=True),
+            "maximize": maximize,
+            "foreach": foreach,
+            "differentiable": differentiable,
+            "fused": fused,
+        }
+        super().__init__(params, defaults)
+        self._check_flags()
 
     def add_param_group(self, param_group: dict) -> None:
-        _add_checked_group(self, param_group, lambda g: _check_lr(g["lr"]))
+        _add_checked_group(self, param_group, lambda g: _check_lr(g["lr"], tensor=True))
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
-        """One step. ``closure`` (optional) follows torch's contract."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            ps = [p for p in group["params"] if p.grad is not None]
-            gd_update(ps, [p.grad for p in ps], lr=group["lr"])
-        return loss
+    def _update(self, group, params, grads):
+        if group["fused"]:
+            sgd_update_fused(
+                params,
+                grads,
+                [],
+                lr=group["lr"],
+                momentum=0.0,
+                dampening=0.0,
+                nesterov=False,
+                weight_decay=0.0,
+                maximize=group["maximize"],
+            )
+        else:
+            gd_update(params, grads, lr=group["lr"], maximize=group["maximize"])
 
 
-class SGD(Optimizer):
-    """Stochastic gradient descent with momentum; matches ``torch.optim.SGD``.
+class SGD(_FirstOrder):
+    """Stochastic gradient descent with momentum; a drop-in for ``torch.optim.SGD``.
 
-    Update (as in torch): d = g + λθ; b ← β·b + (1 − τ)·d (b = d at the first
-    step); d = d + β·b with Nesterov, else d = b; θ ← θ − h·d.
+    Same signature, positional order, defaults, state and step as torch 2.13's
+    ``torch.optim.SGD``: ``SGD(params, lr=1e-3, momentum=0, dampening=0,
+    weight_decay=0, nesterov=False, *, maximize=False, foreach=None,
+    differentiable=False, fused=None)``. Update
+    (:func:`implicit_reg.core.updates.sgd_update`): d = ±g + λθ; b ← β·b +
+    (1 − τ)·d (b = d at the first step); d = d + β·b with Nesterov, else
+    d = b; θ ← θ − h·d. ``state[p]`` holds ``momentum_buffer`` only when
+    β ≠ 0.
 
     Smith, Dherin, Barrett & De (ICLR 2021) show that one epoch of m
     minibatch steps follows, on average, the modified loss
@@ -150,59 +214,81 @@ class SGD(Optimizer):
     def __init__(
         self,
         params: Iterable,
-        lr: float,
-        momentum: float = 0.0,
-        dampening: float = 0.0,
+        lr: float | Tensor = 1e-3,
+        momentum: float = 0,
+        dampening: float = 0,
+        weight_decay: float | Tensor = 0,
         nesterov: bool = False,
-        weight_decay: float = 0.0,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        differentiable: bool = False,
+        fused: bool | None = None,
     ) -> None:
         defaults = {
-            "lr": _check_lr(lr),
-            "momentum": _check_nonneg("momentum", momentum),
-            "dampening": _check_nonneg("dampening", dampening),
-            "nesterov": bool(nesterov),
-            "weight_decay": _check_nonneg("weight_decay", weight_decay),
+            "lr": _check_lr(lr, tensor=True),
+            "momentum": _check_nonneg("momentum", momentum, tensor=True),
+            "dampening": dampening,
+            "weight_decay": _check_nonneg("weight_decay", weight_decay, tensor=True),
+            "nesterov": nesterov,
+            "maximize": maximize,
+            "foreach": foreach,
+            "differentiable": differentiable,
+            "fused": fused,
         }
+        _check_nesterov(defaults)
         super().__init__(params, defaults)
+        self._check_flags()
 
     def add_param_group(self, param_group: dict) -> None:
         _add_checked_group(self, param_group, _check_sgd_group)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
-        """One step. ``closure`` (optional) follows torch's contract."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            ps = [p for p in group["params"] if p.grad is not None]
-            bufs = [self.state[p].get("momentum_buffer") for p in ps]
-            sgd_update(
-                ps,
-                [p.grad for p in ps],
-                bufs,
-                lr=group["lr"],
-                momentum=group["momentum"],
-                dampening=group["dampening"],
-                nesterov=group["nesterov"],
-                weight_decay=group["weight_decay"],
-            )
-            if group["momentum"] != 0:
-                for p, b in zip(ps, bufs):
-                    self.state[p]["momentum_buffer"] = b
-        return loss
+    def _update(self, group, params, grads):
+        momentum = group["momentum"]
+        bufs = [self.state[p].get("momentum_buffer") for p in params] if momentum != 0 else []
+        kw = dict(
+            lr=group["lr"],
+            momentum=momentum,
+            dampening=group["dampening"],
+            nesterov=group["nesterov"],
+            weight_decay=group["weight_decay"],
+            maximize=group["maximize"],
+        )
+        if group["fused"]:
+            sgd_update_fused(params, grads, bufs, **kw)
+        else:
+            sgd_update(params, grads, bufs if momentum != 0 else [None] * len(params), **kw)
+        if momentum != 0:
+            for p, b in zip(params, bufs):
+                self.state[p]["momentum_buffer"] = b
 
 
 def _check_sgd_group(group: dict) -> None:
-    _check_lr(group["lr"])
-    for name in ("momentum", "dampening", "weight_decay"):
-        _check_nonneg(name, group[name])
-    if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
+    """Signs of a group's lr, momentum and weight decay. The Nesterov condition is
+    checked on the constructor's arguments only, as torch does: a group with
+    ``nesterov=True`` and β = 0 takes plain steps there and here."""
+    _check_lr(group["lr"], tensor=True)
+    for name in ("momentum", "weight_decay"):
+        _check_nonneg(name, group[name], tensor=True)
+
+
+def _check_nesterov(defaults: dict) -> None:
+    if defaults["nesterov"] and (defaults["momentum"] <= 0 or defaults["dampening"] != 0):
         raise ValueError(
-            "nesterov=True needs momentum > 0 and dampening = 0, got "
-            f"momentum={group['momentum']!r}, dampening={group['dampening']!r}"
+            "Nesterov momentum requires a momentum and zero dampening: nesterov=True needs "
+            f"momentum > 0 and dampening = 0, got momentum={defaults['momentum']!r}, "
+            f"dampening={defaults['dampening']!r}"
         )
+
+
+_WAYS = (
+    "EGR(method='exact') needs the gradient's graph to form H(μ⊙g); give it one of three ways: "
+    "(1) step(closure) with a closure that returns the loss WITHOUT calling backward(); "
+    "(2) step(closure) with a torch-style closure that calls loss.backward(create_graph=True); "
+    "(3) loss.backward(create_graph=True) before step() with no closure. "
+    "In Lightning (automatic optimization) override LightningModule.backward: "
+    "def backward(self, loss, *args, **kwargs): loss.backward(create_graph=True)"
+)
 
 
 class EGR(Optimizer):
@@ -220,7 +306,8 @@ class EGR(Optimizer):
     group with ``coeff=None`` reads its *current* lr at every step, so an lr
     scheduler changes μ = h/4 with h. μ multiplies the unnormalised ‖∇L‖²;
     the paper's rate is λ = μ·m over m parameters (see
-    :func:`implicit_reg.core.modified_gradient.paper_rate_from_coeff`).
+    :func:`implicit_reg.core.modified_gradient.paper_rate_from_coeff`). The
+    step itself is :func:`implicit_reg.core.updates.egr_update`.
 
     Methods:
         ``"exact"``: H(μ⊙g) by double backward through
@@ -236,23 +323,44 @@ class EGR(Optimizer):
             activation kinks and no radius is safe (measured errors in
             ``docs/optimizers.md``); use ``"exact"`` there.
 
-    Closure contract. The closure re-evaluates the model on the (full)
-    batch and **returns the scalar loss without calling** ``backward()``:
-    EGR differentiates it itself, because the exact method needs the loss's
-    graph. This is torch's contract minus the ``backward()`` call; calling
-    ``zero_grad()`` inside is allowed and unnecessary. With
-    ``"finite_difference"`` a torch-style closure (``zero_grad()``,
-    ``loss.backward()``, ``return loss``) also works; with ``"exact"`` it
-    raises ``ValueError``. The finite-difference method calls the closure
+    Ways to call ``step`` (all give the same step; see ``docs/optimizers.md``):
+
+    1. ``step(closure)``, the closure returning the loss **without**
+       ``backward()``; EGR differentiates it itself.
+    2. ``step(closure)`` with a torch-style closure that calls
+       ``loss.backward(create_graph=True)`` (what Lightning's automatic
+       optimization runs once ``LightningModule.backward`` is overridden to
+       pass ``create_graph=True``); ``.grad`` then carries the graph.
+    3. ``loss.backward(create_graph=True)`` first, then ``step()`` with no
+       closure (the convention of AdaHessian-style optimizers).
+    4. ``step(chunks=[(w_c, closure_c), ...])``: the loss split into chunks,
+       each closure returning its chunk's *mean* loss without backward,
+       weights w_c = n_c/N summing to 1. ``penalty="full"`` (default) gives
+       the same step as the unchunked loss (two passes,
+       :func:`implicit_reg.core.modified_gradient.egr_direction_chunked`);
+       ``penalty="per_chunk"`` the micro-batch penalty Σ_c w_c μ‖∇L_c‖² of
+       Smith et al. (ICLR 2021).
+
+    A gradient without its graph (a closure or a prior ``backward()``
+    without ``create_graph=True``) is a ``ValueError`` with ``"exact"``,
+    never a silent first-order step. (A loss linear in every parameter has
+    no graph either; EGR is then GD, use :class:`GD`.) Whatever the form,
+    ``p.grad`` holds the plain, detached gradient ∇L(θ) at the pre-step θ
+    after the step (the graph a ``create_graph`` backward left in ``.grad``
+    is released), and ``step`` returns the loss at that θ (detached; None in
+    form 3).
+
+    ``"finite_difference"`` takes forms 1, 2 (with or without
+    ``create_graph``) and 4 with ``penalty="full"``; it calls the closure
     twice: both calls see the same global RNG state (same dropout masks),
     the RNG state afterwards is the one after the first call, and when
     ``module`` is given its buffers (BatchNorm running statistics) are
     restored after the second call, so one step updates them once, as one
     torch step would. Without ``module`` such buffers are updated twice.
 
-    After ``step``, ``p.grad`` holds the plain gradient ∇L(θ) at the
-    pre-step θ (not ∇L̃), which is what a training loop logs, and ``step``
-    returns the loss at that θ (detached).
+    Every setting (``lr``, ``coeff``, ``method``, ``fd_radius``) is read from
+    the param groups at each step, so ``load_state_dict`` restores them;
+    ``method`` and ``fd_radius`` must agree across groups.
 
     Args:
         params: parameters or param groups; a group may set its own ``lr``
@@ -275,7 +383,7 @@ class EGR(Optimizer):
     def __init__(
         self,
         params: Iterable,
-        lr: float,
+        lr: float = 1e-3,
         coeff: float | None = None,
         method: str = "exact",
         fd_radius: float | None = None,
@@ -298,76 +406,141 @@ class EGR(Optimizer):
         _check_lr(group["lr"])
         if group["coeff"] is not None:
             _check_nonneg("coeff", group["coeff"])
+        _check_egr_method(group["method"])
+        _check_fd_radius(group["fd_radius"])
+        first = self.param_groups[0]
         for key in ("method", "fd_radius"):
-            if group[key] != self.defaults[key]:
+            if group[key] != first[key]:
                 raise ValueError(
-                    f"all param groups of one EGR share {key}={self.defaults[key]!r}; "
+                    f"all param groups of one EGR share {key}={first[key]!r}; "
                     f"a group set {key}={group[key]!r} (use a second optimizer instead)"
                 )
+
+    def _shared(self, key: str):
+        """``method`` or ``fd_radius``, read from the groups (as loaded), which must agree."""
+        values = {repr(g[key]) for g in self.param_groups}
+        if len(values) > 1:
+            raise ValueError(f"all param groups of one EGR share {key}; got {sorted(values)}")
+        return self.param_groups[0][key]
 
     @staticmethod
     def _coeff(group: dict) -> float:
         return igr_coeff(group["lr"]) if group["coeff"] is None else group["coeff"]
 
-    def _gather(self) -> tuple[list[Tensor], list[float], list[float]]:
-        params, coeffs, lrs = [], [], []
+    def _gather(self) -> tuple[list[Tensor], list[float]]:
+        params, coeffs = [], []
         for group in self.param_groups:
             for p in group["params"]:
                 if p.requires_grad:
                     params.append(p)
                     coeffs.append(self._coeff(group))
-                    lrs.append(group["lr"])
-        return params, coeffs, lrs
+        return params, coeffs
 
-    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor:  # type: ignore[override]
-        """One EGR step, θ ← θ − h·(g + 2H(μ⊙g)); ``closure`` is required."""
-        if closure is None:
+    def step(  # type: ignore[override]
+        self,
+        closure: Callable[[], Tensor] | None = None,
+        *,
+        chunks: Sequence[tuple[float, Callable[[], Tensor]]] | None = None,
+        penalty: str = "full",
+    ) -> Tensor | None:
+        """One EGR step, θ ← θ − h·(g + 2H(μ⊙g)); the ways to call it are in the class doc."""
+        if penalty not in EGR_PENALTIES:
             raise ValueError(
-                "EGR.step needs a closure that re-evaluates the model and returns the loss "
-                "(without calling backward()): the modified gradient needs the loss's graph "
-                "(method='exact') or a second evaluation (method='finite_difference')"
+                f"unknown EGR penalty {penalty!r}; choose one of {', '.join(EGR_PENALTIES)}"
             )
-        params, coeffs, lrs = self._gather()
+        if chunks is not None and closure is not None:
+            raise ValueError("give EGR.step a closure or chunks, not both")
+        if penalty != "full" and chunks is None:
+            raise ValueError(f"penalty={penalty!r} needs chunks=[(weight, closure), ...]")
+        method = self._shared("method")
+        params, coeffs = self._gather()
         if not params:
+            if closure is None:
+                return None
             with torch.no_grad():
                 return closure()
-        for p in params:
-            p.grad = None
-        if self.defaults["method"] == "exact":
-            g, g_mod, loss = self._exact(closure, params, coeffs)
+        if chunks is not None:
+            chunks = list(chunks)
+            if method == "exact":
+                loss, g, hv = egr_direction_chunked(
+                    [(w, lambda _, fn=fn: fn()) for w, fn in chunks],
+                    params,
+                    coeffs,
+                    penalty=penalty,
+                )
+            elif penalty == "full":
+                loss, g, hv = self._finite_difference(
+                    lambda: _chunks_grad(chunks, params), params, coeffs
+                )
+            else:
+                raise ValueError(
+                    "penalty='per_chunk' needs method='exact' (one HVP per chunk and gradient)"
+                )
+        elif method == "exact":
+            loss, g, hv = self._exact(closure, params, coeffs)
         else:
-            g, g_mod, loss = self._finite_difference(closure, params, coeffs)
+            if closure is None:
+                raise ValueError(
+                    "EGR(method='finite_difference') needs a closure: it evaluates the "
+                    "gradient a second time at θ + r·v/‖v‖"
+                )
+            loss, g, hv = self._finite_difference(
+                lambda: _closure_grad(closure, params), params, coeffs
+            )
         with torch.no_grad():
-            for p, gi, gm, lr in zip(params, g, g_mod, lrs):
-                p.add_(gm, alpha=-lr)
-                p.grad = gi
-        return loss.detach()
+            index = {id(p): i for i, p in enumerate(params)}
+            for group in self.param_groups:
+                ids = [index[id(p)] for p in group["params"] if id(p) in index]
+                egr_update(
+                    [params[i] for i in ids],
+                    [g[i] for i in ids],
+                    [hv[i] for i in ids],
+                    lr=group["lr"],
+                )
+            for p, gi in zip(params, g):
+                p.grad = gi  # the plain gradient, detached: releases any create_graph graph
+        return None if loss is None else loss.detach()
 
     def _exact(self, closure, params, coeffs):
-        box: list[Tensor] = []
-
-        def loss_fn(_):
+        mus = coeffs
+        if closure is None:  # form 3: the caller ran backward(create_graph=True)
+            grads = [p.grad for p in params]
+            if all(x is None for x in grads):
+                raise ValueError(f"EGR.step() without a closure found no .grad. {_WAYS}")
+            return None, *self._from_graph(grads, params, mus)
+        for p in params:
+            p.grad = None
+        with torch.enable_grad():
             loss = closure()
-            if any(p.grad is not None for p in params):
-                raise ValueError(
-                    "EGR(method='exact'): the closure called backward(); it must return the "
-                    "loss without calling backward(), since EGR differentiates the loss twice "
-                    "(torch-style closures are accepted by method='finite_difference')"
-                )
-            _check_loss(loss)
-            box.append(loss)
-            return loss
+        grads = [p.grad for p in params]
+        if any(x is not None for x in grads):  # form 2: torch-style closure
+            return loss, *self._from_graph(grads, params, mus)
+        _check_loss(loss)  # form 1: EGR differentiates the loss
+        g, hv = egr_direction_exact(lambda _: loss, params, mus)
+        return loss, g, hv
 
-        g, g_mod = modified_gradient_exact(loss_fn, params, coeffs)
-        return g, g_mod, box[0]
+    @staticmethod
+    def _from_graph(grads, params, mus):
+        if not any(x is not None and x.requires_grad for x in grads):
+            raise ValueError(
+                f"EGR(method='exact'): .grad has no graph (backward() ran without "
+                f"create_graph=True), so H(μ⊙g) cannot be formed. {_WAYS}"
+            )
+        grads = [torch.zeros_like(p) if x is None else x for p, x in zip(params, grads)]
+        v = [m * x.detach() for m, x in zip(mus, grads)]
+        hv = hvp_of_graph(grads, params, v)
+        for p in params:
+            p.grad = None  # drop the graph before the update
+        return tuple(x.detach() for x in grads), hv
 
-    def _finite_difference(self, closure, params, coeffs):
+    def _finite_difference(self, evaluate, params, coeffs):
+        """(L, g, H(μ⊙g)) by a forward difference; ``evaluate()`` returns (L, ∇L) at the current θ."""
         devices = sorted({p.device for p in params if p.device.type == "cuda"}, key=str)
         rng_before = _rng_state(devices)
-        loss, g = _closure_grad(closure, params)
+        loss, g = evaluate()
         rng_after = _rng_state(devices)
         v = tuple(m * x for m, x in zip(coeffs, g))
-        radius = self.defaults["fd_radius"] or default_fd_radius(params[0].dtype)
+        radius = self._shared("fd_radius") or default_fd_radius(params[0].dtype)
         saved = [p.detach().clone() for p in params]
         module = self._module
         buffers = [b.detach().clone() for b in module.buffers()] if module is not None else []
@@ -377,7 +550,7 @@ class EGR(Optimizer):
                 for p, s in zip(params, shifted):
                     p.copy_(s)
             _set_rng_state(rng_before, devices)  # same dropout masks as the first call
-            return _closure_grad(closure, params)[1]
+            return evaluate()[1]
 
         try:
             hv = finite_difference_hvp(grad_at, params, g, v, radius=radius)
@@ -389,7 +562,23 @@ class EGR(Optimizer):
                     for b, s in zip(module.buffers(), buffers):
                         b.copy_(s)
             _set_rng_state(rng_after, devices)
-        return g, tuple(gi + 2.0 * h for gi, h in zip(g, hv)), loss
+        return loss, g, hv
+
+
+def _chunks_grad(chunks, params) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """(Σ_c w_c L_c, Σ_c w_c ∇L_c) from (weight, closure) chunks returning mean losses."""
+    check_chunks(chunks)
+    total = None
+    grads = [torch.zeros_like(p) for p in params]
+    for w, fn in chunks:
+        with torch.enable_grad():
+            loss = w * fn()
+            gs = torch.autograd.grad(loss, params, allow_unused=True)
+        for acc, x in zip(grads, gs):
+            if x is not None:
+                acc.add_(x)
+        total = loss.detach() if total is None else total + loss.detach()
+    return total, tuple(grads)
 
 
 def _check_egr_method(method: str) -> None:

@@ -10,7 +10,8 @@ Hash convention: the SHA-256 of the canonical JSON of the fields that differ
 from their defaults (keys sorted, floats as Python's shortest repr), first
 12 hex characters. Leaving defaults out means a field added later with a
 default does not change the hashes of existing runs; the price is that a
-default's meaning must never change.
+default's meaning must never change. :data:`RUNTIME_FIELDS` (how often to
+checkpoint) never change a run's numbers and are left out of the hash.
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..core.modified_gradient import EGR_METHODS
+from ..workloads.data import TASKS
+from ..workloads.losses import LOSSES
+from .optimizers import OPTIMIZERS
+
 __all__ = [
     "RunConfig",
     "LOSSES",
@@ -31,16 +37,16 @@ __all__ = [
     "TASKS",
     "EGR_METHODS",
     "BASE_METRICS",
+    "RUNTIME_FIELDS",
     "config_fields",
     "load_toml",
     "parse_field_value",
 ]
 
-LOSSES = ("cross_entropy", "mse")
-OPTIMIZERS = ("gd", "sgd", "egr")
 DTYPES = ("float32", "float64")
-TASKS = ("classification", "regression")
-EGR_METHODS = ("exact", "finite_difference")
+#: fields that change how a run is executed, never its numbers: not part of the hash,
+#: so a sweep that adds checkpoints finds its finished runs where they were
+RUNTIME_FIELDS = ("checkpoint_every", "keep_checkpoints")
 # Logged at every evaluation step, whatever the probe schedule.
 BASE_METRICS = (
     "train_loss",
@@ -62,6 +68,12 @@ class RunConfig:
     width: int = 64  # hidden units / channels / random features N
     depth: int = 2  # hidden layers (mlp, cnn1d)
     activation: str = "relu"
+    # extra keyword arguments of build_model (e.g. {"readout_init": "zero"}); part of the hash
+    model_options: dict[str, Any] | None = None
+    # a run's checkpoint file (checkpoint.pt): its weights initialize this model; a smaller
+    # tensor fills the leading block of the new one, the rest keeps this model's seeded
+    # init (Belkin et al. 2019's weight reuse across widths)
+    init_from: str | None = None
     # --- data (implicit_reg.workloads.data.load_dataset) ---
     dataset: str = "mnist1d"  # "mnist1d", "teacher", "mnist"
     n_train: int | None = None  # None: the data set's default size
@@ -70,10 +82,14 @@ class RunConfig:
     task: str = "classification"  # "regression": real targets (teacher) or one-hot floats
     data_seed: int = 0  # subset, label noise (and the teacher); fixed while `seed` varies
     # --- loss ---
-    loss: str = "cross_entropy"  # or "mse" (on one-hot targets for classification)
+    loss: str = "cross_entropy"  # a name of implicit_reg.workloads.losses.LOSSES
     # --- optimizer ---
     optimizer: str = "gd"  # "gd" full batch, "sgd" minibatch, "egr" GD on L + mu*|grad L|^2
     lr: float = 0.1  # step size h
+    # step decay: every lr_decay_every steps each parameter group's lr is multiplied by
+    # lr_decay_factor (EGR's default mu = h/4 follows the decayed h); None: constant lr
+    lr_decay_every: int | None = None
+    lr_decay_factor: float = 1.0
     momentum: float = 0.0  # heavy ball beta (gd, sgd)
     nesterov: bool = False
     weight_decay: float = 0.0
@@ -99,6 +115,10 @@ class RunConfig:
     dtype: str = "float32"
     chunk_size: int | None = None  # rows per forward pass for full-data losses; None: all
     checkpoint: bool = False  # save model + optimizer state at the end
+    # save the whole training state every K steps (atomically) so that a killed run
+    # resumes from there and ends bit-identical to an uninterrupted one; None: never
+    checkpoint_every: int | None = None
+    keep_checkpoints: int = 1  # mid-run checkpoints kept once the run has ended (0: none)
 
     def __post_init__(self) -> None:
         self._normalise()
@@ -127,6 +147,7 @@ class RunConfig:
         _positive_int("depth", self.depth)
         for name in (
             "n_train", "n_test", "batch_size", "egr_micro_batch", "steps", "epochs", "chunk_size",
+            "lr_decay_every", "checkpoint_every",
         ):  # fmt: skip
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
@@ -135,6 +156,20 @@ class RunConfig:
         if self.momentum >= 1:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         _finite("weight_decay", self.weight_decay, lower=0.0)
+        _finite("lr_decay_factor", self.lr_decay_factor, lower=0.0, strict=True)
+        if self.lr_decay_factor != 1.0 and self.lr_decay_every is None:
+            raise ValueError(
+                f"lr_decay_factor={self.lr_decay_factor} needs lr_decay_every (steps between decays)"
+            )
+        if self.model_options:
+            reserved = sorted(set(self.model_options) & set(_MODEL_SPEC_KEYS))
+            if reserved:
+                raise ValueError(
+                    f"model_options may not set {', '.join(reserved)}: they are config fields "
+                    "of their own (model, width, depth, activation, seed)"
+                )
+        if self.init_from is not None and not self.init_from.strip():
+            raise ValueError("init_from must be a checkpoint path or None, got ''")
         _finite("label_noise", self.label_noise, lower=0.0)
         if self.label_noise >= 1:
             raise ValueError(f"label_noise must be in [0, 1), got {self.label_noise}")
@@ -144,6 +179,8 @@ class RunConfig:
             _finite("target_train_loss", self.target_train_loss, lower=0.0)
         if not (self.max_loss > 0):  # inf is allowed: no bound
             raise ValueError(f"max_loss must be > 0 (inf: no bound), got {self.max_loss}")
+        if self.keep_checkpoints < 0:
+            raise ValueError(f"keep_checkpoints must be >= 0, got {self.keep_checkpoints}")
         if self.eval_every < 1:
             raise ValueError(f"eval_every must be >= 1, got {self.eval_every}")
         if self.probe_every < 0:
@@ -261,15 +298,19 @@ class RunConfig:
         return hash(self.config_hash())
 
     def config_hash(self) -> str:
-        """First 12 hex characters of SHA-256 over the canonical JSON of non-default fields."""
+        """First 12 hex characters of SHA-256 over the canonical JSON of non-default fields
+        (:data:`RUNTIME_FIELDS`, which never change the numbers, left out)."""
         defaults = _DEFAULTS
-        diff = {k: v for k, v in self.to_dict().items() if v != defaults[k]}
+        diff = {
+            k: v for k, v in self.to_dict().items() if v != defaults[k] and k not in RUNTIME_FIELDS
+        }
         canon = json.dumps(diff, sort_keys=True, separators=(",", ":"), allow_nan=True)
         return hashlib.sha256(canon.encode()).hexdigest()[:12]
 
     # ------------------------------------------------------------- derived
     def model_spec(self, input_dim: int, output_dim: int) -> dict[str, Any]:
-        """Keyword arguments of ``implicit_reg.workloads.models.build_model`` (with ``name``)."""
+        """Keyword arguments of ``implicit_reg.workloads.models.build_model`` (with ``name``),
+        ``model_options`` included."""
         return {
             "name": self.model,
             "input_dim": int(input_dim),
@@ -278,6 +319,7 @@ class RunConfig:
             "depth": self.depth,
             "activation": self.activation,
             "seed": self.seed,
+            **(self.model_options or {}),
         }
 
     def dataset_spec(self) -> dict[str, Any]:
@@ -293,6 +335,8 @@ class RunConfig:
 
 
 # ---------------------------------------------------------------- field types
+#: build_model arguments that come from fields of their own, not from model_options
+_MODEL_SPEC_KEYS = ("name", "input_dim", "output_dim", "width", "depth", "activation", "seed")
 _FIELD_TYPES: dict[str, str] = {f.name: str(f.type) for f in dataclasses.fields(RunConfig)}
 _DEFAULTS: dict[str, Any] = {}  # filled below, once the class exists
 

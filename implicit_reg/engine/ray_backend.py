@@ -25,7 +25,7 @@ Failures, per run:
   stored like any other (``--retry-failed`` redoes them).
 - its worker dies (killed, out of memory, node lost): Ray reruns the task up
   to ``max_retries`` times; after that the run is reported failed and
-  ``lost`` (:func:`implicit_reg.engine.sweep._lost`): counted, not stored, so a
+  ``lost`` (:func:`implicit_reg.engine.record.failed_result` with ``lost=True``): counted, not stored, so a
   resumed sweep tries it again, exactly as with the process pool.
 - Ctrl-C (``KeyboardInterrupt``) or any other exit of the driver loop cancels
   every outstanding task (``ray.cancel(force=True)``); the results already
@@ -45,9 +45,10 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from .backends import Backend, call_backend, serial_backend
 from .config import RunConfig
-from .sweep import Backend, _lost
-from .train import RunResult
+from .record import RunResult, failed_result
+from .store import ResultStore
 
 __all__ = [
     "BACKENDS",
@@ -81,11 +82,10 @@ def import_ray():
     return ray
 
 
-def run_each(configs: Sequence[RunConfig]) -> list[RunResult]:
-    """The default task: :func:`implicit_reg.engine.train.run` on each config of the group."""
-    from .train import run
-
-    return [run(c) for c in configs]
+def run_each(configs: Sequence[RunConfig], store: ResultStore | None = None) -> list[RunResult]:
+    """The default task: :func:`implicit_reg.engine.train.run` on each config of the group
+    (mid-run checkpoints in ``store``, a path the workers share with the driver)."""
+    return list(serial_backend(configs, store=store))
 
 
 def one_per_run(configs: Sequence[RunConfig]) -> list[list[RunConfig]]:
@@ -95,8 +95,8 @@ def one_per_run(configs: Sequence[RunConfig]) -> list[list[RunConfig]]:
 
 def ensemble_groups(max_members: int | None = None) -> Grouping:
     """The grouping of ``vectorize=True``: each ensemble of
-    :func:`implicit_reg.engine.vectorized_sweep.plan_sweep` is one task, each other run one task."""
-    from .vectorized_sweep import DEFAULT_MAX_MEMBERS, plan_sweep
+    :func:`implicit_reg.engine.plan.plan_sweep` is one task, each other run one task."""
+    from .plan import DEFAULT_MAX_MEMBERS, plan_sweep
 
     members = DEFAULT_MAX_MEMBERS if max_members is None else max_members
 
@@ -107,41 +107,35 @@ def ensemble_groups(max_members: int | None = None) -> Grouping:
     return group
 
 
-def train_ensemble_or_each(configs: Sequence[RunConfig]) -> list[RunResult]:
+def train_ensemble_or_each(
+    configs: Sequence[RunConfig], store: ResultStore | None = None
+) -> list[RunResult]:
     """The task of ``vectorize=True``, on a worker: the group as one ensemble through
-    :func:`implicit_reg.engine.vectorized_sweep.vectorized_backend` (which trains the runs
+    :func:`implicit_reg.engine.backends.vectorized_backend` (which trains the runs
     one by one, with a warning, if they cannot be vectorized)."""
-    from .vectorized_sweep import vectorized_backend
+    from .backends import vectorized_backend
 
-    return list(vectorized_backend(max_members=max(2, len(configs)))(configs))
+    return list(vectorized_backend(max_members=max(2, len(configs)))(configs, store=store))
 
 
-def _execute(task: GroupTask, configs: Sequence[RunConfig], threads: int) -> list[RunResult]:
+def _execute(
+    task: GroupTask, configs: Sequence[RunConfig], threads: int, root: str | None = None
+) -> list[RunResult]:
     """The body of one Ray task, on a worker: ``threads`` torch threads (the task's
-    CPU share, so parallel tasks never oversubscribe a node), then ``task(configs)``.
+    CPU share, so parallel tasks never oversubscribe a node), then ``task(configs)``
+    (with ``store=`` the sweep's store at ``root`` if the task takes it).
     An exception becomes a "failed" result per config, with the worker's traceback."""
     import torch
 
     torch.set_num_threads(threads)
     try:
-        results = list(task(configs))
+        store = ResultStore(root) if root is not None else None
+        results = list(call_backend(task, configs, store))
         if [r.config.config_hash() for r in results] != [c.config_hash() for c in configs]:
             raise RuntimeError("the task must return one result per config, in order")
     except Exception:
-        return [_failed(c, traceback.format_exc()) for c in configs]
+        return [failed_result(c, traceback.format_exc()) for c in configs]
     return results
-
-
-def _failed(config: RunConfig, error: str) -> RunResult:
-    """A run whose task raised: stored as "failed" with the error (the remote
-    traceback), like :func:`~implicit_reg.engine.train.run`'s own failures."""
-    summary = {
-        "config_hash": config.config_hash(),
-        "status": "failed",
-        "stop_reason": "failed",
-        "error": error,
-    }
-    return RunResult(config=config, summary=summary)
 
 
 def _connect(ray, address: str | None, runtime_env: dict[str, Any] | None) -> bool:
@@ -191,14 +185,14 @@ def ray_backend(
         runtime_env: passed to ``ray.init`` (e.g. ``{"pip": [...]}``) when this
             backend connects; workers must be able to import ``implicit_reg``.
         vectorize: one task per vectorized ensemble of
-            :func:`implicit_reg.engine.vectorized_sweep.plan_sweep` (runs that differ
+            :func:`implicit_reg.engine.plan.plan_sweep` (runs that differ
             only in lr, seed, data seed, label noise, EGR coefficient or
             thresholds), trained on the worker as one ``torch.func``
             computation; the other runs one task each. ``run_sweep(...,
             vectorize=True)`` with this backend does the same (through the
             returned backend's ``vectorized`` attribute).
         max_members: with ``vectorize``, the largest ensemble (default:
-            :data:`~implicit_reg.engine.vectorized_sweep.DEFAULT_MAX_MEMBERS`).
+            :data:`~implicit_reg.engine.plan.DEFAULT_MAX_MEMBERS`).
         task: what a worker runs, ``configs -> results`` (one per config, in
             order); default :func:`run_each`. It must be importable on the
             workers or picklable by value.
@@ -238,7 +232,9 @@ def ray_backend(
     task = task or run_each
     group = group or one_per_run
 
-    def backend(configs: Sequence[RunConfig]) -> Iterator[RunResult]:
+    def backend(
+        configs: Sequence[RunConfig], store: ResultStore | None = None
+    ) -> Iterator[RunResult]:
         if not configs:
             return
         on_gpu = sorted({c.device for c in configs if c.device.startswith("cuda")})
@@ -259,7 +255,8 @@ def ray_backend(
             max_retries=max_retries,
             retry_exceptions=False,  # a task that raises fails the same way every time
         )
-        refs = {remote.remote(task, g, threads): g for g in groups}
+        root = str(store.root) if store is not None else None
+        refs = {remote.remote(task, g, threads, root): g for g in groups}
         pending = list(refs)
         try:
             while pending:
@@ -289,13 +286,15 @@ def _fetch(ray, ref, configs: list[RunConfig], max_retries: int) -> list[RunResu
         return ray.get(ref)
     except ray.exceptions.RayTaskError as err:  # raised outside the task (e.g. unpickling it)
         remote = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # the remote traceback, uncoloured
-        return [_failed(c, f"Traceback (most recent call last), in {remote}") for c in configs]
+        return [
+            failed_result(c, f"Traceback (most recent call last), in {remote}") for c in configs
+        ]
     except ray.exceptions.RayError as err:  # the worker or node died: lost, not stored
         why = (
             f"its Ray worker died on all {max_retries + 1} tries: "
             + "".join(traceback.format_exception_only(type(err), err)).strip()
         )
-        return [_lost(c, why) for c in configs]
+        return [failed_result(c, why, lost=True) for c in configs]
 
 
 BACKENDS = ("local", "ray")

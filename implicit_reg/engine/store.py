@@ -3,27 +3,35 @@
 Layout of a store root::
 
     ROOT/<config_hash>/config.json    the resolved RunConfig
-                       meta.json      package, torch, python versions, host, times
+                       meta.json      package, torch, python versions, host, times,
+                                      how it was trained (alone or in an ensemble)
                        history.csv    long form: step, metric, value
                        checkpoint.pt  optional: model + optimizer state
+                       checkpoints/   optional: mid-run checkpoints (checkpoint_every)
                        summary.json   the wide final summary, written LAST
+    ROOT/.ensembles/<id>/             mid-run checkpoints of a vectorized ensemble
+
+A sweep directory holds ``sweep.json`` (:data:`MANIFEST_FILE`: the spec and
+its run hashes) and a store root ``runs/`` (:data:`RUNS_DIR`);
+:func:`store_root` and :func:`complete_run_dirs` find the runs of either.
 
 Every file is written atomically (a temporary file in the same directory,
 then ``os.replace``), so a reader never sees half a file, and a run counts as
 complete only when its ``summary.json`` exists: a process killed at any
 moment leaves either a complete run or an incomplete one, which a resumed
-sweep redoes. Every backend (local, process pool, and later vectorized or
-Ray) hands its :class:`~implicit_reg.engine.train.RunResult` objects to
-:meth:`ResultStore.write`, the store's only writer.
+sweep redoes (from its last mid-run checkpoint, if it has one). Every backend
+(serial, process pool, vectorized, Ray) hands its
+:class:`~implicit_reg.engine.record.RunResult` objects to :meth:`ResultStore.write`,
+the store's only writer.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
 import os
-import platform
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -31,9 +39,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import RunConfig
+from .record import versions
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .train import RunResult
+    from .record import RunResult
 
 __all__ = [
     "CONFIG_FILE",
@@ -41,7 +50,13 @@ __all__ = [
     "HISTORY_FILE",
     "SUMMARY_FILE",
     "CHECKPOINT_FILE",
+    "CHECKPOINTS_DIR",
+    "RUNS_DIR",
+    "MANIFEST_FILE",
     "ResultStore",
+    "store_root",
+    "complete_run_dirs",
+    "read_json",
     "atomic_write_bytes",
     "atomic_write_text",
     "atomic_write_json",
@@ -53,6 +68,10 @@ META_FILE = "meta.json"
 HISTORY_FILE = "history.csv"
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_FILE = "checkpoint.pt"
+CHECKPOINTS_DIR = "checkpoints"
+ENSEMBLES_DIR = ".ensembles"
+RUNS_DIR = "runs"
+MANIFEST_FILE = "sweep.json"
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -128,22 +147,6 @@ def _restore_floats(obj: Any) -> Any:
     return obj
 
 
-def versions() -> dict[str, str]:
-    """Versions of the software that produced a run (written to meta.json)."""
-    import numpy
-    import torch
-
-    from .. import __version__
-
-    return {
-        "implicit_reg": __version__,
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
-
-
 def history_csv(rows: Iterable[dict[str, Any]]) -> str:
     """Long-form rows ``{step, metric, value}`` as CSV text (``repr`` floats: lossless)."""
     buf = io.StringIO()
@@ -177,15 +180,32 @@ class ResultStore:
             return None
         return read_json(path).get("status")
 
+    def checkpoint_dir(self, config: RunConfig) -> Path:
+        """Where a run's mid-run checkpoints live (``<run>/checkpoints/``)."""
+        return self.path_for(config) / CHECKPOINTS_DIR
+
+    def ensemble_checkpoint_dir(self, configs: Iterable[RunConfig]) -> Path:
+        """Where the mid-run checkpoints of a vectorized ensemble of ``configs`` live:
+        named by the hash of the members' config hashes, in order."""
+        key = ",".join(c.config_hash() for c in configs)
+        return self.root / ENSEMBLES_DIR / hashlib.sha256(key.encode()).hexdigest()[:12]
+
     def prepare(self, config: RunConfig) -> Path:
-        """Create the run directory, clearing what an incomplete earlier attempt left there.
+        """Create the run directory, clearing what an incomplete earlier attempt left
+        there except its mid-run checkpoints.
 
         A complete run's directory is never cleared here; rerunning it
         (``resume=False``) overwrites each file atomically instead.
         """
         d = self.path_for(config)
         if d.exists() and not (d / SUMMARY_FILE).exists():
-            shutil.rmtree(d, ignore_errors=True)
+            for item in d.iterdir():
+                if item.name == CHECKPOINTS_DIR:
+                    continue
+                if item.is_dir():
+                    shutil.rmtree(item, ignore_errors=True)
+                else:
+                    item.unlink(missing_ok=True)
         d.mkdir(parents=True, exist_ok=True)
         return d
 
@@ -219,5 +239,27 @@ class ResultStore:
         if not self.root.is_dir():
             return []
         return [
-            d for d in sorted(self.root.iterdir()) if d.is_dir() and not (d / SUMMARY_FILE).exists()
+            d
+            for d in sorted(self.root.iterdir())
+            if d.is_dir() and not d.name.startswith(".") and not (d / SUMMARY_FILE).exists()
         ]
+
+
+def store_root(sweep_dir: str | Path) -> Path:
+    """The directory holding the run directories: ``sweep_dir/runs`` for a sweep,
+    else ``sweep_dir`` itself (a store written by ``implicit-reg train --out``)."""
+    d = Path(sweep_dir)
+    if not d.is_dir():
+        raise ValueError(f"directory {str(d)!r} does not exist")
+    return d / RUNS_DIR if (d / RUNS_DIR).is_dir() else d
+
+
+def complete_run_dirs(sweep_dir: str | Path, *, all_runs: bool = False) -> list[Path]:
+    """The complete run directories of a sweep (only those its ``sweep.json`` lists,
+    unless ``all_runs``) or of a plain store root."""
+    dirs = list(ResultStore(store_root(sweep_dir)).run_dirs())
+    manifest = Path(sweep_dir) / MANIFEST_FILE
+    if not all_runs and manifest.is_file():
+        wanted = set(read_json(manifest).get("runs", []))
+        dirs = [p for p in dirs if p.name in wanted]
+    return dirs

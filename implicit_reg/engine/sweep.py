@@ -20,37 +20,36 @@ Execution (:func:`run_sweep`): the sweep directory holds ``sweep.json``
 (:mod:`implicit_reg.engine.store`). With ``resume=True`` complete runs are skipped
 and incomplete ones redone, so a sweep killed at any moment (even by
 SIGKILL) is finished by running it again, with exactly one result per grid
-point.
+point; runs with ``checkpoint_every`` continue from their last mid-run
+checkpoint instead of step 0.
 
-Backends: a backend is a function ``backend(configs) -> Iterator[RunResult]``
-that trains the pending configs and yields each result as it finishes; it
-never writes. :func:`run_sweep` writes each yielded result through
-:class:`~implicit_reg.engine.store.ResultStore`, the one atomic writer, so any
-backend (the in-process :func:`serial_backend`, the spawn process pool of
-:func:`process_pool_backend`, later a vectorized ``torch.func.vmap`` or a
-Ray backend) gets resumability for free.
+Backends (:mod:`implicit_reg.engine.backends`, re-exported here) train the pending
+configs and yield each result; :func:`run_sweep` writes each through
+:class:`~implicit_reg.engine.store.ResultStore`, the one atomic writer.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-import os
-import time
-import traceback
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .backends import (
+    Backend,
+    call_backend,
+    process_pool_backend,
+    serial_backend,
+    vectorized_backend,
+    worker_threads,
+)
 from .config import RunConfig, config_fields, load_toml, parse_field_value
-from .store import ResultStore, atomic_write_json
-from .train import RunResult, run
+from .record import now
+from .store import MANIFEST_FILE, RUNS_DIR, ResultStore, atomic_write_json
 
 __all__ = [
     "SweepSpec",
@@ -62,17 +61,14 @@ __all__ = [
     "expand_grid_value",
     "serial_backend",
     "process_pool_backend",
+    "vectorized_backend",
     "run_sweep",
     "worker_threads",
     "RUNS_DIR",
     "MANIFEST_FILE",
 ]
 
-RUNS_DIR = "runs"
-MANIFEST_FILE = "sweep.json"
 _TOP_LEVEL = ("name", "description", "base", "grid")
-
-Backend = Callable[[Sequence[RunConfig]], Iterator[RunResult]]
 
 
 # ------------------------------------------------------------------ the grid
@@ -262,89 +258,6 @@ def parse_grid_option(text: str) -> tuple[str, list[Any]]:
     return key, [parse_field_value(key, v) for v in value.split(",")]
 
 
-# ------------------------------------------------------------------ backends
-def serial_backend(configs: Sequence[RunConfig]) -> Iterator[RunResult]:
-    """Train the configs one after another in this process."""
-    for config in configs:
-        yield run(config)
-
-
-def worker_threads(workers: int, cores: int | None = None) -> int:
-    """Torch threads per worker, ``max(1, cores // workers)``: workers never oversubscribe."""
-    if cores is None:
-        cores = (
-            len(os.sched_getaffinity(0))
-            if hasattr(os, "sched_getaffinity")
-            else os.cpu_count() or 1
-        )
-    return max(1, cores // max(1, workers))
-
-
-def _init_worker(threads: int) -> None:
-    """Per worker: its torch thread count, and a watchdog that ends the worker when
-    the sweep process is gone (killed with SIGKILL, say): orphaned workers would
-    otherwise finish their run for nobody and then wait forever."""
-    import threading
-
-    import torch
-
-    torch.set_num_threads(threads)
-    parent = os.getppid()
-
-    def watch() -> None:
-        while True:
-            time.sleep(0.5)
-            if os.getppid() != parent:  # reparented: the sweep process died
-                os._exit(1)
-
-    threading.Thread(target=watch, name="sweep-parent-watchdog", daemon=True).start()
-
-
-def _run_in_worker(config: RunConfig) -> RunResult:
-    return run(config)
-
-
-def process_pool_backend(workers: int) -> Backend:
-    """A backend that trains on ``workers`` spawned processes, each with
-    :func:`worker_threads` torch threads. A worker that dies (a crash, the OOM
-    killer) makes its runs "failed" with the reason; the others go on."""
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
-
-    def backend(configs: Sequence[RunConfig]) -> Iterator[RunResult]:
-        if not configs:
-            return
-        threads = worker_threads(workers)
-        with ProcessPoolExecutor(
-            max_workers=min(workers, len(configs)),
-            mp_context=get_context("spawn"),
-            initializer=_init_worker,
-            initargs=(threads,),
-        ) as pool:
-            futures = {pool.submit(_run_in_worker, c): c for c in configs}
-            try:
-                pending = set(futures)
-                while pending:
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        try:
-                            yield fut.result()
-                        except Exception:  # the worker process itself died
-                            yield _lost(futures[fut], traceback.format_exc())
-            finally:
-                for fut in futures:
-                    fut.cancel()
-
-    return backend
-
-
-def _lost(config: RunConfig, error: str) -> RunResult:
-    """A run the backend could not execute (its worker died): reported, not stored,
-    so a resumed sweep tries it again."""
-    summary = {"config_hash": config.config_hash(), "status": "failed", "stop_reason": "lost"}
-    return RunResult(config=config, summary={**summary, "error": error, "lost": True})
-
-
 # ------------------------------------------------------------------ executor
 @dataclass
 class SweepReport:
@@ -419,10 +332,14 @@ def run_sweep(
         progress: show a rich progress bar on stderr.
         vectorize: train the runs that differ only in lr, seed, data seed, label
             noise, EGR coefficient or stopping thresholds as one ``torch.func``
-            ensemble each (:mod:`implicit_reg.engine.vectorized_sweep`); the other runs
-            go to the backend as before. Results and files are the same. A
-            backend with a ``vectorized`` attribute (the Ray backend) is replaced
-            by that backend, which trains the ensembles where it runs.
+            ensemble each (:func:`implicit_reg.engine.plan.plan_sweep`,
+            :func:`implicit_reg.engine.train.train_runs`); the other runs go to the
+            backend as before. The files are the same; the numbers agree with
+            serial runs to rounding, which float32 training can amplify over long
+            runs (``docs/vectorized.md``), and each run's ``meta.json`` says how
+            it was trained. A backend with a ``vectorized`` attribute (the Ray
+            backend) is replaced by that backend, which trains the ensembles
+            where it runs.
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
@@ -436,9 +353,7 @@ def run_sweep(
         configs, manifest = list(unique.values()), {"name": out.name, "base": {}, "grid": {}}
     store = ResultStore(out / RUNS_DIR)
     hashes = [c.config_hash() for c in configs]
-    manifest.update(
-        runs=hashes, updated_at=datetime.now(timezone.utc).isoformat(timespec="seconds")
-    )
+    manifest.update(runs=hashes, updated_at=now())
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / MANIFEST_FILE, manifest)
 
@@ -454,8 +369,6 @@ def run_sweep(
     )
     backend = backend or (serial_backend if workers == 1 else process_pool_backend(workers))
     if vectorize:
-        from .vectorized_sweep import vectorized_backend
-
         # a backend that places the work itself (Ray) offers `vectorized`: ensembles on its workers
         backend = getattr(backend, "vectorized", None) or vectorized_backend(backend)
     with _progress(progress) as bar:
@@ -466,7 +379,7 @@ def run_sweep(
             diverged=0,
             failed=0,
         )
-        for result in backend(pending):
+        for result in call_backend(backend, pending, store):
             report.done += 1
             status = result.status
             if result.summary.get("lost"):

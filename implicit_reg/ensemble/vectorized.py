@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -69,6 +69,7 @@ __all__ = [
     "ensemble_modified_gradient_fd",
     "gd_update_stacked",
     "sgd_update_stacked",
+    "MinibatchOrder",
     "minibatch_indices",
     "VectorizedEnsemble",
     "EnsembleResult",
@@ -224,7 +225,9 @@ def ensemble_loss_fns(
         )
     for t, batched, what in ((x, x_batched, "x"), (y, y_batched, "y")):
         if batched and t.shape[0] != arch.size:
-            raise ValueError(f"{what} is per member but has {t.shape[0]} rows for {arch.size} members")
+            raise ValueError(
+                f"{what} is per member but has {t.shape[0]} rows for {arch.size} members"
+            )
     names, constants, template = arch.names, arch.constants, arch.template
 
     def member(params: dict[str, Tensor], xc: Tensor, yc: Tensor) -> Tensor:
@@ -498,19 +501,46 @@ def sgd_update_stacked(
 # --------------------------------------------------------------------------- data order
 
 
-def minibatch_indices(
-    n: int, batch_size: int, generator: torch.Generator
-) -> Iterator[Tensor]:
+class MinibatchOrder:
     """Endless minibatch indices: each epoch one ``torch.randperm(n, generator=generator)``
     cut into consecutive batches of ``batch_size`` (the last one may be smaller).
+
+    An iterator whose position can be saved and restored (:meth:`state_dict`):
+    the generator's state and the batches left in the current epoch, so a
+    resumed run draws exactly the batches the uninterrupted one would.
     """
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    if n < 1:
-        raise ValueError("the data set is empty")
-    while True:
-        perm = torch.randperm(n, generator=generator)
-        yield from perm.split(batch_size)
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        if n < 1:
+            raise ValueError("the data set is empty")
+        self.n, self.batch_size, self.generator = n, batch_size, generator
+        self._pending: list[Tensor] = []  # the batches left in this epoch
+
+    def __iter__(self) -> MinibatchOrder:
+        return self
+
+    def __next__(self) -> Tensor:
+        if not self._pending:
+            perm = torch.randperm(self.n, generator=self.generator)
+            self._pending = list(perm.split(self.batch_size))
+        return self._pending.pop(0)
+
+    def state_dict(self) -> dict:
+        return {
+            "generator": self.generator.get_state(),
+            "pending": [t.clone() for t in self._pending],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self._pending = [t.clone() for t in state["pending"]]
+
+
+def minibatch_indices(n: int, batch_size: int, generator: torch.Generator) -> MinibatchOrder:
+    """The :class:`MinibatchOrder` of ``n`` samples in batches of ``batch_size``."""
+    return MinibatchOrder(n, batch_size, generator)
 
 
 # --------------------------------------------------------------------------- ensemble
@@ -600,13 +630,19 @@ class VectorizedEnsemble:
         compile: bool = False,
     ) -> None:
         if optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+            raise ValueError(
+                f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"
+            )
         if egr_method not in EGR_METHODS:
             raise ValueError(
                 f"unknown EGR method {egr_method!r}; choose one of {', '.join(EGR_METHODS)}"
             )
         check_method(hvp_method)
-        for name, value in (("momentum", momentum), ("dampening", dampening), ("weight_decay", weight_decay)):
+        for name, value in (
+            ("momentum", momentum),
+            ("dampening", dampening),
+            ("weight_decay", weight_decay),
+        ):
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if nesterov and (momentum <= 0 or dampening != 0):
@@ -626,7 +662,9 @@ class VectorizedEnsemble:
         bounds = _max_losses(max_loss, size)
         for t, per_member, what in ((x, x_per_member, "x"), (y, y_per_member, "y")):
             if per_member and t.shape[0] != size:
-                raise ValueError(f"{what} is per member but has {t.shape[0]} rows for {size} members")
+                raise ValueError(
+                    f"{what} is per member but has {t.shape[0]} rows for {size} members"
+                )
         n = _num_samples(x, x_per_member)
         if _num_samples(y, y_per_member) != n:
             raise ValueError(
@@ -648,14 +686,17 @@ class VectorizedEnsemble:
         self.coeff = torch.tensor(coeffs, dtype=ref.dtype, device=ref.device)
         self.max_loss = torch.tensor(bounds, dtype=torch.float64)
         self.bufs: list[Tensor | None] = [None] * len(self.params)
-        self._orders: list[Iterator[Tensor]] = []
+        self._orders: list[MinibatchOrder] = []
         if batch_size is not None:
             if seeds is None or len(seeds) != size:
                 raise ValueError("minibatch training needs one seed per member (seeds)")
             self._orders = [
-                minibatch_indices(n, batch_size, torch.Generator().manual_seed(int(s))) for s in seeds
+                minibatch_indices(n, batch_size, torch.Generator().manual_seed(int(s)))
+                for s in seeds
             ]
-        self._compiled = CompiledGradient(self.arch.template, self.arch.names, loss_fn) if compile else None
+        self._compiled = (
+            CompiledGradient(self.arch.template, self.arch.names, loss_fn) if compile else None
+        )
         self.live = list(range(size))  # member ids still training, in stacked order
         self.diverged_at: list[int | None] = [None] * size
         self.final: list[dict[str, Tensor] | None] = [None] * size
@@ -764,6 +805,38 @@ class VectorizedEnsemble:
         if self.y_per_member:
             self.y = self.y[keep.to(self.y.device)]
         self._orders = [self._orders[i] for i in keep_pos] if self._orders else []
+
+    def state_dict(self) -> dict:
+        """Everything :meth:`step` depends on besides the constructor's arguments: the
+        live members' stacked parameters and momentum buffers, their data order, the
+        retired members' last parameters, and the step count (for checkpoints)."""
+        return {
+            "live": list(self.live),
+            "params": [p.clone() for p in self.params],
+            "bufs": [None if b is None else b.clone() for b in self.bufs],
+            "orders": [o.state_dict() for o in self._orders],
+            "final": [None if f is None else dict(f) for f in self.final],
+            "diverged_at": list(self.diverged_at),
+            "steps_done": self.steps_done,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` into an ensemble built with the same arguments."""
+        if len(state["final"]) != self.size or self.live != list(range(self.size)):
+            raise ValueError("load_state_dict needs a freshly built ensemble of the same members")
+        gone = [i for i in range(self.size) if i not in set(state["live"])]
+        if gone:
+            self._drop(gone, frozen_from=self.params)
+        if self.live != list(state["live"]):
+            raise ValueError("the saved live members do not match this ensemble")
+        like = self.params[0]
+        self.params = tuple(p.to(device=like.device) for p in state["params"])
+        self.bufs = [None if b is None else b.to(device=like.device) for b in state["bufs"]]
+        for order, saved in zip(self._orders, state["orders"]):
+            order.load_state_dict(saved)
+        self.final = [None if f is None else dict(f) for f in state["final"]]
+        self.diverged_at = list(state["diverged_at"])
+        self.steps_done = int(state["steps_done"])
 
     def member_params(self, m: int) -> dict[str, Tensor]:
         """Member ``m``'s trainable parameters by name (its last iterate)."""

@@ -15,6 +15,11 @@ evaluated on a grid and renormalized to integrate to 1 (trapezoid rule).
 The extreme nodes θ converge to λ_min and λ_max first. The tridiagonal
 eigenproblem is solved with ``scipy.linalg.eigh_tridiagonal``; the Lanczos
 basis is fully reorthogonalized (PyHessian's SLQ does the same).
+
+The ``n_runs`` recurrences run side by side (:class:`_Runs`): each step is one
+batched product ``op.matmat`` of the live runs' current vectors, one pass over
+the data for all of them. Each run's arithmetic is that of a lone Lanczos
+run, so the nodes and weights equal the one-run-at-a-time ones to rounding.
 """
 
 from __future__ import annotations
@@ -24,8 +29,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import Tensor
 
-from .eigen import _Krylov
+from .operator import apply_block
 
 __all__ = ["DensityResult", "slq_density"]
 
@@ -75,7 +81,11 @@ def slq_density(
             [θ_min − 5σ, θ_max + 5σ].
         seed: seeds a private ``torch.Generator``.
     """
-    for name, val, low in (("n_steps", n_steps, 1), ("n_runs", n_runs, 1), ("grid_size", grid_size, 2)):
+    for name, val, low in (
+        ("n_steps", n_steps, 1),
+        ("n_runs", n_runs, 1),
+        ("grid_size", grid_size, 2),
+    ):
         if not isinstance(val, int) or isinstance(val, bool) or val < low:
             raise ValueError(f"{name} must be an int >= {low}, got {val!r}")
     if sigma is not None and (not math.isfinite(sigma) or sigma <= 0):
@@ -84,13 +94,13 @@ def slq_density(
         raise ValueError(f"rel_sigma must be positive, got {rel_sigma!r}")
     gen = torch.Generator(device=op.device).manual_seed(int(seed))
     start = op.n_hvp
+    v0 = [
+        torch.randint(0, 2, (op.dim,), generator=gen, device=op.device).double() * 2 - 1
+        for _ in range(n_runs)
+    ]
+    runs = _Runs(op, torch.stack(v0, dim=1), min(n_steps, op.dim))
     nodes, weights = [], []
-    for _ in range(n_runs):
-        v0 = torch.randint(0, 2, (op.dim,), generator=gen, device=op.device).double() * 2 - 1
-        kr = _Krylov(op, v0, gen)
-        while kr.m < min(n_steps, op.dim) and kr.step(restart_on_breakdown=False):
-            pass
-        theta, S = kr.ritz()
+    for theta, S in runs.ritz():
         nodes.append(theta)
         weights.append(S[0] ** 2)
     lo = min(float(t.min()) for t in nodes)
@@ -106,3 +116,63 @@ def slq_density(
     density /= n_runs * sigma * math.sqrt(2 * math.pi)
     density /= _trapezoid(density, grid)
     return DensityResult(grid, density, nodes, weights, float(sigma), op.n_hvp - start)
+
+
+class _Runs:
+    """Independent Lanczos recurrences (full reorthogonalization, float64), stepped together.
+
+    Run r stops after ``steps`` steps or at breakdown (its Krylov space is
+    invariant: its quadrature is exact), as a lone run would.
+    """
+
+    def __init__(self, op, V0: Tensor, steps: int):
+        self.op = op
+        dim, r = V0.shape
+        self.Q = torch.zeros(r, steps + 1, dim, dtype=torch.float64, device=V0.device)
+        self.Q[:, 0] = (V0 / V0.norm(dim=0, keepdim=True)).T
+        self.alpha = [[] for _ in range(r)]
+        self.beta = [[] for _ in range(r)]
+        self.scale = [0.0] * r
+        live = list(range(r))
+        for j in range(steps):
+            if not live:
+                break
+            q = self.Q[live, j]  # (l, dim)
+            W = apply_block(op, q.T.contiguous()).T
+            a = (q * W).sum(1)
+            W = W - a[:, None] * q
+            if j > 0:
+                prev = torch.tensor(
+                    [self.beta[i][-1] for i in live], dtype=torch.float64, device=W.device
+                )
+                W = W - prev[:, None] * self.Q[live, j - 1]
+            basis = self.Q[live, : j + 1]  # (l, j+1, dim)
+            for _ in range(2):  # twice is enough
+                W = W - torch.einsum("lkd,lk->ld", basis, torch.einsum("lkd,ld->lk", basis, W))
+            b = W.norm(dim=1)
+            still = []
+            for pos, i in enumerate(live):
+                ai, bi = float(a[pos]), float(b[pos])
+                self.alpha[i].append(ai)
+                self.scale[i] = max(
+                    self.scale[i], abs(ai) + bi + (self.beta[i][-1] if self.beta[i] else 0.0)
+                )
+                self.beta[i].append(bi)
+                tiny = (
+                    1e3 * np.finfo(np.float64).eps * max(self.scale[i], np.finfo(np.float64).tiny)
+                )
+                if j + 1 < steps and j + 1 < dim and bi > tiny:
+                    self.Q[i, j + 1] = W[pos] / bi
+                    still.append(i)
+            live = still
+
+    def ritz(self):
+        """Per run: Ritz values (ascending) and eigenvectors of its tridiagonal T."""
+        from scipy.linalg import eigh_tridiagonal
+
+        for a, b in zip(self.alpha, self.beta):
+            a = np.asarray(a)
+            if len(a) == 1:
+                yield a.copy(), np.ones((1, 1))
+            else:
+                yield eigh_tridiagonal(a, np.asarray(b[: len(a) - 1]))

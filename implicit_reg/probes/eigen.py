@@ -41,7 +41,7 @@ import torch
 from scipy.linalg import eigh_tridiagonal
 from torch import Tensor
 
-from .operator import as_linear_operator
+from .operator import apply_block, as_linear_operator
 
 __all__ = [
     "EigResult",
@@ -50,6 +50,7 @@ __all__ = [
     "power_iteration",
     "ritz_residuals",
     "default_tol",
+    "default_block_size",
 ]
 
 WHICH = ("LA", "SA")
@@ -115,10 +116,9 @@ def _apply(op, v: Tensor) -> Tensor:
 
 
 def ritz_residuals(op, values: Tensor, vectors: Tensor) -> Tensor:
-    """‖H v_i − λ_i v_i‖ for each column v_i, one HVP each."""
-    return torch.stack(
-        [(_apply(op, vectors[:, i]) - values[i] * vectors[:, i]).norm() for i in range(len(values))]
-    )
+    """‖H v_i − λ_i v_i‖ for each column v_i, one HVP each (one block)."""
+    values = values.to(device=vectors.device, dtype=torch.float64)
+    return (apply_block(op, vectors) - vectors * values[None, :]).norm(dim=0)
 
 
 class _Krylov:
@@ -200,6 +200,124 @@ class _Krylov:
         return eigh_tridiagonal(a, b)
 
 
+class _BlockKrylov:
+    """Block Lanczos (Golub & Underwood 1977) with full reorthogonalization, float64.
+
+    After m block steps with blocks Q_0..Q_{m-1} (orthonormal columns),
+    H Q_j = Q_{j−1} B_{j−1}ᵀ + Q_j A_j + Q_{j+1} B_j, so Qᵀ H Q = T_m is block
+    tridiagonal and a Ritz pair (θ_i, Q s_i) has residual
+    ‖H Q s_i − θ_i Q s_i‖ = ‖B_{m−1} s_i^{(m−1)}‖, with s_i^{(m−1)} the rows of s_i
+    belonging to the last block (the block analogue of β_m·|s_{m,i}|).
+    """
+
+    def __init__(self, op, V0: Tensor, gen: torch.Generator):
+        self.op, self.gen, self.device = op, gen, V0.device
+        self.Q = torch.empty(0, op.dim, dtype=torch.float64, device=self.device)  # rows
+        self.A: list[Tensor] = []
+        self.B: list[Tensor] = []  # B[j] couples block j and block j+1
+        self.sizes: list[int] = []
+        self.scale = 0.0
+        self.exhausted = False
+        self.next = self._orthonormal(V0.T.contiguous())
+
+    @property
+    def m(self) -> int:
+        """Basis vectors so far (= products spent in the recurrence)."""
+        return int(self.Q.shape[0])
+
+    def _orth_against(self, W: Tensor, basis: Tensor) -> Tensor:
+        for _ in range(2):  # twice is enough
+            if basis.shape[0]:
+                W = W - (W @ basis.T) @ basis
+        return W
+
+    def _orthonormal(self, W: Tensor) -> Tensor:
+        """Orthonormal rows spanning the rows of W, orthogonal to the basis; rows
+        that W does not reach are filled with seeded random directions."""
+        W = self._orth_against(W, self.Q)
+        room = self.op.dim - self.m
+        W = W[:room]
+        rows = []
+        ref = max(float(W.norm(dim=1).max()) if W.numel() else 0.0, self.scale, 1e-300)
+        for w in W:
+            for _ in range(4):
+                basis = torch.cat([self.Q, *[r[None] for r in rows]]) if rows else self.Q
+                w = self._orth_against(w[None], basis)[0]
+                nw = float(w.norm())
+                if nw > 1e3 * np.finfo(np.float64).eps * ref:
+                    rows.append(w / nw)
+                    break
+                w = _random_unit(self.op.dim, self.gen, self.device)
+                ref = 1.0
+        return torch.stack(rows) if rows else W[:0]
+
+    def step(self) -> bool:
+        """One block step; returns False when the whole space has been spanned."""
+        Qj = self.next
+        self.Q = torch.cat([self.Q, Qj])
+        W = apply_block(self.op, Qj.T.contiguous()).T  # rows: (H q)ᵀ
+        A = Qj @ W.T
+        A = 0.5 * (A + A.T)
+        W = W - A @ Qj
+        if self.B:
+            W = (
+                W
+                - self.B[-1] @ self.Q[self.m - Qj.shape[0] - self.sizes[-1] : self.m - Qj.shape[0]]
+            )
+        W = self._orth_against(W, self.Q)
+        self.A.append(A)
+        self.sizes.append(Qj.shape[0])
+        if self.m >= self.op.dim:
+            self.B.append(torch.zeros(0, Qj.shape[0], dtype=torch.float64, device=self.device))
+            self.exhausted = True
+            return False
+        size = min(Qj.shape[0], self.op.dim - self.m)
+        Qn = self._orthonormal(W[:size] if size < W.shape[0] else W)
+        if Qn.shape[0] < size:  # W lost rank and random fill failed: treat as exhausted
+            self.B.append(torch.zeros(0, Qj.shape[0], dtype=torch.float64, device=self.device))
+            self.exhausted = True
+            return False
+        Bj = Qn @ W.T  # (size, p_j): W = Bjᵀ Qn on the span
+        prev = (
+            float(torch.linalg.matrix_norm(self.B[-1], ord=2))
+            if self.B and self.B[-1].numel()
+            else 0.0
+        )
+        self.B.append(Bj)
+        self.scale = max(
+            self.scale,
+            float(torch.linalg.matrix_norm(A, ord=2))
+            + float(torch.linalg.matrix_norm(Bj, ord=2))
+            + prev,
+        )
+        self.next = Qn
+        return True
+
+    def ritz(self) -> tuple[np.ndarray, np.ndarray]:
+        """Eigen-decomposition of the block tridiagonal T: values ascending, vectors as columns."""
+        n = self.m
+        T = torch.zeros(n, n, dtype=torch.float64)
+        off = 0
+        for j, (A, p) in enumerate(zip(self.A, self.sizes)):
+            T[off : off + p, off : off + p] = A.cpu()
+            if j + 1 < len(self.A):
+                q = self.sizes[j + 1]
+                Bj = self.B[j].cpu()
+                T[off + p : off + p + q, off : off + p] = Bj
+                T[off : off + p, off + p : off + p + q] = Bj.T
+            off += p
+        theta, S = np.linalg.eigh(T.numpy())
+        return theta, S
+
+    def bounds(self, S: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        """‖B_last s_i^{last}‖ for the selected Ritz vectors."""
+        last = self.sizes[-1]
+        Bl = self.B[-1].cpu().numpy()
+        if Bl.size == 0:
+            return np.zeros(len(idx))
+        return np.linalg.norm(Bl @ S[-last:, idx], axis=0)
+
+
 def _select(theta: np.ndarray, k: int, which: str) -> np.ndarray:
     return np.arange(k) if which == "SA" else np.arange(len(theta) - 1, len(theta) - 1 - k, -1)
 
@@ -214,11 +332,17 @@ def lanczos(
     seed: int = 0,
     v0: Tensor | None = None,
     return_eigenvectors: bool = True,
+    block_size: int | None = None,
 ) -> EigResult:
-    """Top-k (``which="LA"``) or bottom-k (``"SA"``) eigenpairs by Lanczos.
+    """Top-k (``which="LA"``) or bottom-k (``"SA"``) eigenpairs by (block) Lanczos.
 
     Stops after m steps when every wanted Ritz pair has
-    β_m·|s_{m,i}| ≤ tol·‖T_m‖ (the exact residual in exact arithmetic).
+    β_m·|s_{m,i}| ≤ tol·‖T_m‖ (the exact residual in exact arithmetic). With
+    ``block_size`` p > 1 it runs block Lanczos (Golub & Underwood 1977): p
+    vectors per step through ``op.matmat`` (one pass over the data for all
+    p), residual estimate ‖B_m s_i^{(m)}‖ against the same tolerance, the
+    same explicit residual check at the end, and eigenvalues of multiplicity
+    up to p found with their multiplicity.
 
     Args:
         op: operator with ``matvec``, ``dim``, ``dtype``, ``device``.
@@ -229,11 +353,17 @@ def lanczos(
             exhausted or ``max_iter``.
         max_iter: most Lanczos steps (default min(dim, max(300, 20k))).
         seed: seeds the random start vector (a private ``torch.Generator``).
-        v0: start vector instead of a random one.
+        v0: start vector ``(dim,)`` instead of a random one, or a start
+            block ``(dim, j)`` (block Lanczos; columns beyond p are dropped,
+            missing ones drawn at random), e.g. last probe's eigenvectors.
         return_eigenvectors: keep the Ritz vectors in the result.
+        block_size: vectors per step; None: 1 for k = 1, else min(k, 8)
+            (:func:`default_block_size`). With p > 1, ``max_iter`` bounds
+            the basis vectors (products), not the block steps.
 
     Returns:
-        :class:`EigResult`; ``n_hvp`` = steps + k residual checks.
+        :class:`EigResult`; ``n_hvp`` = products in the recurrence + k
+        residual checks.
     """
     _check_k(op, k)
     _check_which(which)
@@ -242,13 +372,25 @@ def lanczos(
         max_iter = min(op.dim, max(300, 20 * k))
     if max_iter < k:
         raise ValueError(f"max_iter must be >= k = {k}, got {max_iter}")
+    p = default_block_size(k) if block_size is None else block_size
+    if isinstance(p, bool) or not isinstance(p, (int, np.integer)) or p < 1:
+        raise ValueError(f"block_size must be a positive int or None, got {block_size!r}")
+    p = int(min(p, op.dim))
     start = op.n_hvp
     gen = _generator(seed, op.device)
+    if v0 is not None:
+        if not isinstance(v0, Tensor) or v0.dim() not in (1, 2) or v0.shape[0] != op.dim:
+            shape = tuple(v0.shape) if hasattr(v0, "shape") else type(v0).__name__
+            raise ValueError(f"v0 must have shape ({op.dim},) or ({op.dim}, j), got {shape}")
+        v0 = v0.to(device=op.device, dtype=torch.float64)
+        if not bool(torch.isfinite(v0).all()) or not v0.norm() > 0:
+            raise ValueError("v0 must be a finite, non-zero vector")
+    if p > 1:
+        return _block_lanczos(op, k, which, tol, max_iter, gen, v0, p, start, return_eigenvectors)
     if v0 is None:
         v0 = _random_unit(op.dim, gen, op.device)
-    else:
-        v0 = op._check_vec(v0) if hasattr(op, "_check_vec") else v0
-        v0 = v0.to(device=op.device, dtype=torch.float64)
+    elif v0.dim() == 2:
+        v0 = v0[:, 0]
         if not v0.norm() > 0:
             raise ValueError("v0 must be a non-zero vector")
     kr = _Krylov(op, v0, gen)
@@ -278,6 +420,46 @@ def lanczos(
     )
 
 
+def default_block_size(k: int) -> int:
+    """Block size of :func:`lanczos` for k wanted pairs: 1 for k = 1, else min(k, 8)."""
+    return 1 if k == 1 else min(k, 8)
+
+
+def _block_lanczos(
+    op, k, which, tol, max_iter, gen, v0, p, start, return_eigenvectors
+) -> EigResult:
+    cols = []
+    if v0 is not None:
+        cols = list((v0[:, None] if v0.dim() == 1 else v0)[:, :p].T)
+    while len(cols) < p:
+        cols.append(_random_unit(op.dim, gen, op.device))
+    kr = _BlockKrylov(op, torch.stack(cols, dim=1), gen)
+    converged = False
+    while True:
+        more = kr.step()
+        if kr.m >= k:
+            theta, S = kr.ritz()
+            idx = _select(theta, k, which)
+            bounds = kr.bounds(S, idx)
+            if not more or np.all(bounds <= tol * kr.scale):
+                converged = True
+                break
+        if kr.m >= k and kr.m + p > max_iter:
+            break
+    values = torch.as_tensor(theta[idx].copy(), dtype=torch.float64)
+    Y = kr.Q.T @ torch.as_tensor(S[:, idx].copy(), dtype=torch.float64, device=op.device)
+    Y = Y / Y.norm(dim=0, keepdim=True)
+    residuals = ritz_residuals(op, values, Y).cpu()
+    return EigResult(
+        eigenvalues=values,
+        eigenvectors=Y if return_eigenvectors else None,
+        residuals=residuals,
+        converged=converged,
+        n_hvp=op.n_hvp - start,
+        n_iter=len(kr.sizes),
+    )
+
+
 def arpack_eigsh(
     op,
     k: int = 1,
@@ -300,15 +482,23 @@ def arpack_eigsh(
     _check_k(op, k)
     _check_which(which)
     if k >= op.dim:  # ARPACK needs k < dim: fall back to a complete Lanczos
-        return lanczos(op, k, which=which, tol=0.0, max_iter=op.dim, seed=seed,
-                       return_eigenvectors=return_eigenvectors)
+        return lanczos(
+            op,
+            k,
+            which=which,
+            tol=0.0,
+            max_iter=op.dim,
+            seed=seed,
+            return_eigenvectors=return_eigenvectors,
+        )
     start = op.n_hvp
     rng = np.random.default_rng(seed)
     v0 = rng.standard_normal(op.dim)
     converged = True
     try:
-        vals, vecs = eigsh(as_linear_operator(op), k=k, which=which, tol=tol, maxiter=max_iter,
-                           ncv=ncv, v0=v0)
+        vals, vecs = eigsh(
+            as_linear_operator(op), k=k, which=which, tol=tol, maxiter=max_iter, ncv=ncv, v0=v0
+        )
     except ArpackNoConvergence as err:
         vals, vecs, converged = err.eigenvalues, err.eigenvectors, False
         if len(vals) == 0:
@@ -319,8 +509,9 @@ def arpack_eigsh(
     Y = torch.as_tensor(vecs[:, order].copy(), dtype=torch.float64, device=op.device)
     n_iter = op.n_hvp - start
     residuals = ritz_residuals(op, values.to(op.device), Y).cpu()
-    return EigResult(values, Y if return_eigenvectors else None, residuals, converged,
-                     op.n_hvp - start, n_iter)
+    return EigResult(
+        values, Y if return_eigenvectors else None, residuals, converged, op.n_hvp - start, n_iter
+    )
 
 
 def power_iteration(

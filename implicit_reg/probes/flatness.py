@@ -102,15 +102,21 @@ def dist_from_init(model: nn.Module, init_state: Mapping[str, Tensor]) -> float:
             name to tensor) holding every trainable parameter.
     """
     if not isinstance(init_state, Mapping):
-        raise ValueError(f"init_state must be a state dict (mapping), got {type(init_state).__name__}")
+        raise ValueError(
+            f"init_state must be a state dict (mapping), got {type(init_state).__name__}"
+        )
     total = 0.0
     with preserved(model):
         for name, p in trainable_named_params(model).items():
             if name not in init_state:
-                raise ValueError(f"init_state has no entry {name!r}; it must hold every trainable parameter")
+                raise ValueError(
+                    f"init_state has no entry {name!r}; it must hold every trainable parameter"
+                )
             p0 = init_state[name]
             if tuple(p0.shape) != tuple(p.shape):
-                raise ValueError(f"init_state[{name!r}] has shape {tuple(p0.shape)}, the model's is {tuple(p.shape)}")
+                raise ValueError(
+                    f"init_state[{name!r}] has shape {tuple(p0.shape)}, the model's is {tuple(p.shape)}"
+                )
             total += float((p.detach().double() - p0.detach().to(p.device).double()).pow(2).sum())
     return math.sqrt(total)
 
@@ -228,6 +234,8 @@ def geometric_complexity(
             with torch.enable_grad():
                 out = model(x).reshape(len(x), -1)
                 for j in range(out.shape[1]):
-                    (gx,) = torch.autograd.grad(out[:, j].sum(), x, retain_graph=j + 1 < out.shape[1])
+                    (gx,) = torch.autograd.grad(
+                        out[:, j].sum(), x, retain_graph=j + 1 < out.shape[1]
+                    )
                     total += float(gx.double().pow(2).sum())
     return total / n

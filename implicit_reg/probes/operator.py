@@ -1,26 +1,36 @@
-"""The Hessian of the full-data loss as a linear operator on flat vectors.
+"""Curvature of the full-data loss as linear operators on flat vectors.
 
-:class:`HessianOperator` turns (model, mean-reduced loss, data set) into
-``H = ∇²L(θ)`` with
+:class:`CurvatureOperator` owns what every curvature shares: the measured
+parameters θ_S (:func:`implicit_reg.probes.selection.select_params`; the rest
+held constant), the loop over the data in chunks
+(:func:`implicit_reg.probes.batches.loss_terms`), the mode and the promise
+to leave the model as found (:func:`implicit_reg.probes.state.preserved`),
+flat vectors, and the blocked product ``matmat``. A curvature only adds its
+product with one block of vectors on one chunk. :class:`HessianOperator` is
 
-    L(θ) = (1/N)·Σ_i ℓ(f_θ(x_i), y_i) = Σ_c (n_c/N)·L_c(θ),
+    H = ∇²L(θ),   L(θ) = (1/N)·Σ_c n_c·L_c(θ),   H v = (1/N)·Σ_c ∇²[n_c·L_c](θ) v,
 
-accumulated over physical chunks with :func:`implicit_reg.core.objective.chunk_loss_fns`
-and differentiated with the package's one HVP,
-:func:`implicit_reg.core.hvp.grad_and_hvp`:
-
-    H v = Σ_c ∇²[(n_c/N)·L_c](θ) v.
+differentiated with the package's one HVP,
+:func:`implicit_reg.core.hvp.grad_and_hvp`. The Gauss–Newton and Fisher
+matrices live in :mod:`implicit_reg.probes.curvature`.
 
 Chunks may have any sizes (a DataLoader with a short last batch, or
-``chunk_size`` not dividing N); the result equals one full-batch HVP. Only
-parameters with ``requires_grad=True`` are measured: θ is the concatenation
-of the trainable parameters in ``model.named_parameters()`` order, frozen
-parameters are constants. Peak memory is set by the chunk size, not by N.
+``chunk_size`` not dividing N); the result equals one full-batch product.
+Only parameters with ``requires_grad=True`` are ever measured.
+
+Batched products. ``matmat(V)`` for V of shape ``(dim, b)`` splits the
+columns into blocks of at most ``block_size`` and computes each block in one
+pass over the data: :func:`torch.func.vmap` over the one HVP (its ``"vjp"``
+form, reverse-over-reverse like ``"double_backward"``; ``"jvp"`` when that
+is the operator's method). Inside the vmap the forward pass and the first
+backward do not depend on the vectors and run once; only the second backward
+is batched. Peak memory is set by chunk size × block size, never by N.
+``n_hvp`` counts products per vector (a block of b costs b).
 
 Lanczos, Hutchinson and the density see only the flat-vector interface
-(``matvec``, ``dim``, ``dtype``, ``device``, ``n_hvp``); they never see the
-model. :class:`MatrixOperator` offers the same interface for an explicit
-symmetric matrix.
+(``matvec``, ``matmat``, ``dim``, ``dtype``, ``device``, ``n_hvp``); they
+never see the model. :class:`MatrixOperator` offers the same interface for
+an explicit symmetric matrix.
 
 The operator never changes the model: every pass over the data runs inside
 :func:`implicit_reg.probes.state.preserved` in the chosen ``mode``.
@@ -28,89 +38,117 @@ The operator never changes the model: every pass over the data runs inside
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from contextlib import ExitStack
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.func import vmap
 
 from ..core.hvp import DEFAULT_METHOD, check_method, grad_and_hvp
-from ..core.objective import Data, _is_pair, chunk_loss_fns, num_samples, trainable_named_params
+from .batches import BatchLoss, Term, check_data, loss_terms
+from .selection import Selection, select_params
 from .state import DEFAULT_MODE, check_mode, preserved, seeded_rng
 
-__all__ = ["HessianOperator", "MatrixOperator", "as_linear_operator"]
+__all__ = [
+    "CurvatureOperator",
+    "HessianOperator",
+    "MatrixOperator",
+    "as_linear_operator",
+    "apply_block",
+    "DEFAULT_BLOCK_SIZE",
+]
+
+#: vectors per batched pass of ``matmat`` (peak memory ∝ chunk size × block size)
+DEFAULT_BLOCK_SIZE = 32
 
 
-class _OnDevice:
-    """Re-iterable view of a batch iterable that moves each batch to ``device``."""
+def _check_positive_int(name: str, value, allow_none: bool = True):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"{name} must be a positive int{' or None' if allow_none else ''}, got {value!r}"
+        )
+    return value
 
-    def __init__(self, data: Iterable[tuple[Tensor, Tensor]], device: torch.device):
-        self.data, self.device = data, device
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        for x, y in self.data:
-            yield x.to(self.device), y.to(self.device)
+def apply_block(op, V: Tensor) -> Tensor:
+    """H V for a ``(dim, b)`` float64 block, in float64: ``op.matmat`` when the
+    operator has one, else one ``matvec`` per column."""
+    if V.shape[1] == 0:
+        return V.clone()
+    if hasattr(op, "matmat"):
+        return op.matmat(V.to(op.dtype)).to(torch.float64)
+    return torch.stack([op.matvec(c.to(op.dtype)).to(torch.float64) for c in V.T], dim=1)
 
 
-class HessianOperator:
-    """H = ∇²L(θ) of the full-data mean loss, on flat vectors of length ``dim``.
+class CurvatureOperator:
+    """A symmetric curvature matrix of the full-data loss on flat vectors of length ``dim``.
 
     Args:
-        model: any ``nn.Module``; only its trainable parameters
-            (``requires_grad=True``) are measured.
-        loss_fn: mean-reduced loss ``loss_fn(output, target) -> scalar``.
-        data: a pair of tensors ``(X, y)`` or a re-iterable of ``(x, y)``
-            batches (e.g. a ``DataLoader`` without shuffling). Batches are
+        model: any ``nn.Module``.
+        loss_fn: mean-reduced loss ``loss_fn(output, target) -> scalar``; None
+            when ``batch_loss`` is given.
+        data: a pair of tensors ``(X, y)``, or a re-iterable of
+            ``(inputs, targets)`` batches (inputs a tensor, tuple or dict),
+            or with ``batch_loss`` a re-iterable of any batches. Batches are
             moved to the parameters' device.
+        params: the parameters to measure (see
+            :mod:`implicit_reg.probes.selection`); None: all trainable ones.
         chunk_size: rows per physical chunk for a tensor pair (None: one
-            chunk). Ignored for an iterable, whose batches are the chunks.
-        method: HVP form, one of :data:`implicit_reg.core.hvp.HVP_METHODS`.
-        mode: ``"eval"`` (default: dropout off, BatchNorm running statistics,
-            H is one fixed operator) or ``"train"`` (dropout masks re-drawn
-            from ``seed`` on every pass, so H is still one fixed operator;
-            BatchNorm uses chunk statistics).
-        seed: seeds the dropout masks in ``mode="train"``.
+            chunk). An iterable's batches are the chunks.
+        block_size: most vectors per batched pass of :meth:`matmat`
+            (default :data:`DEFAULT_BLOCK_SIZE`).
+        mode: ``"eval"`` (default: dropout off, BatchNorm running statistics)
+            or ``"train"`` (dropout masks re-drawn from ``seed`` on every pass,
+            so the matrix is still one fixed operator; BatchNorm uses chunk
+            statistics).
+        seed: seeds the dropout masks in ``mode="train"`` (and Monte-Carlo
+            targets of the Fisher).
+        batch_loss: ``(model, batch) -> (mean loss, batch size)`` for batches
+            that are not ``(inputs, targets)``.
 
     Attributes:
-        dim: number of trainable scalars.
+        dim: number of measured scalars; names: their parameter names.
         dtype, device: those of the parameters.
-        n_hvp: full-data HVPs computed so far (one per :meth:`matvec`).
-        n_grad: full-data gradients computed so far.
+        n_hvp: products computed so far, counted per vector.
+        n_grad, n_loss: full-data gradients and losses computed so far.
     """
 
     def __init__(
         self,
         model: nn.Module,
-        loss_fn: Callable[[Tensor, Tensor], Tensor],
-        data: Data,
+        loss_fn: Callable[[Tensor, Tensor], Tensor] | None,
+        data,
         *,
+        params: Selection = None,
         chunk_size: int | None = None,
-        method: str = DEFAULT_METHOD,
+        block_size: int | None = None,
         mode: str = DEFAULT_MODE,
         seed: int = 0,
+        batch_loss: BatchLoss | None = None,
     ):
-        check_method(method)
         check_mode(mode)
-        if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-            raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
-        named = trainable_named_params(model)
-        if not named:
-            raise ValueError("the model has no trainable parameters (requires_grad=True)")
+        _check_positive_int("chunk_size", chunk_size)
+        _check_positive_int("block_size", block_size)
+        if (loss_fn is None) == (batch_loss is None):
+            raise ValueError(
+                "give exactly one of loss_fn (for (inputs, targets) data) and batch_loss"
+            )
+        if batch_loss is not None and not callable(batch_loss):
+            raise ValueError(
+                "batch_loss must be a function (model, batch) -> (mean loss, batch size)"
+            )
+        named = select_params(model, params)
         first = next(iter(named.values()))
         if any(p.dtype != first.dtype or p.device != first.device for p in named.values()):
-            raise ValueError("all trainable parameters must share one dtype and device")
-        if _is_pair(data):
-            data = (data[0].to(first.device), data[1].to(first.device))
-        elif isinstance(data, Iterable):
-            data = _OnDevice(data, first.device)
-        else:
-            raise ValueError(
-                f"data must be a pair of tensors (X, y) or an iterable of (x, y) batches, got {type(data).__name__}"
-            )
-        self.n_samples = num_samples(data)  # raises ValueError on an empty data set
-        self.model, self.loss_fn, self.data = model, loss_fn, data
-        self.chunk_size, self.method, self.mode, self.seed = chunk_size, method, mode, seed
+            raise ValueError("all measured parameters must share one dtype and device")
+        self.model, self.loss_fn, self.batch_loss = model, loss_fn, batch_loss
+        self.data = check_data(data, first.device, batch_loss)
+        self.chunk_size, self.mode, self.seed = chunk_size, mode, seed
+        self.block_size = DEFAULT_BLOCK_SIZE if block_size is None else block_size
         self.names = list(named)
         self.shapes = [p.shape for p in named.values()]
         self.numels = [p.numel() for p in named.values()]
@@ -119,27 +157,44 @@ class HessianOperator:
         self.n_hvp = 0
         self.n_grad = 0
         self.n_loss = 0
+        self.sizes = None
+        with self._passes():
+            self.sizes = [t.size for t in self._terms()]
+        self.n_samples = sum(self.sizes)
+        if self.n_samples == 0:
+            raise ValueError("the data set is empty")
 
     # ----------------------------------------------------------- flat vectors
     def params(self) -> tuple[Tensor, ...]:
-        """The model's current trainable parameters, detached (shared storage)."""
-        named = trainable_named_params(self.model)
-        if list(named) != self.names:
-            raise ValueError("the model's trainable parameters changed since the operator was built")
-        return tuple(p.detach() for p in named.values())
+        """The model's current measured parameters, detached (shared storage)."""
+        named = dict(self.model.named_parameters())
+        try:
+            ps = [named[k] for k in self.names]
+        except KeyError as err:
+            raise ValueError("the model's parameters changed since the operator was built") from err
+        if not all(p.requires_grad for p in ps):
+            raise ValueError(
+                "the model's trainable parameters changed since the operator was built"
+            )
+        return tuple(p.detach() for p in ps)
 
     def theta(self) -> Tensor:
-        """θ as one flat vector (a copy)."""
+        """θ_S as one flat vector (a copy)."""
         return self.flatten(self.params())
 
     def flatten(self, tensors) -> Tensor:
-        """Concatenate one tensor per trainable parameter into a flat vector."""
+        """Concatenate one tensor per measured parameter into a flat vector."""
         return torch.cat([t.reshape(-1) for t in tensors])
 
     def unflatten(self, vec: Tensor) -> tuple[Tensor, ...]:
-        """Split a flat vector into tensors shaped like the trainable parameters."""
+        """Split a flat vector into tensors shaped like the measured parameters."""
         vec = self._check_vec(vec).to(self.dtype)
         return tuple(c.view(s) for c, s in zip(vec.split(self.numels), self.shapes))
+
+    def _unflatten_block(self, mat: Tensor) -> tuple[Tensor, ...]:
+        """``(dim, b)`` → one ``(b, *shape)`` tensor per parameter."""
+        rows = mat.T.contiguous().split(self.numels, dim=1)
+        return tuple(r.reshape(-1, *s) for r, s in zip(rows, self.shapes))
 
     def _check_vec(self, vec: Tensor) -> Tensor:
         if not isinstance(vec, Tensor) or vec.shape != (self.dim,):
@@ -154,64 +209,143 @@ class HessianOperator:
         stack.enter_context(preserved(self.model, self.mode))
         if self.mode == "train":
             stack.enter_context(seeded_rng(self.seed))
+        self._pass_gen = torch.Generator(device=self.device).manual_seed(int(self.seed) + 104729)
         return stack
 
-    def _chunks(self):
-        return chunk_loss_fns(self.model, self.loss_fn, self.data, self.chunk_size)
-
-    def matvec(self, vec: Tensor) -> Tensor:
-        """H v for a flat ``v``; returns a flat vector in the parameters' dtype."""
-        vs = self.unflatten(vec)
-        with self._passes():
-            params = self._leaves(self.params())
-            acc = [torch.zeros_like(p) for p in params]
-            for f in self._chunks():
-                _, hv = grad_and_hvp(f, params, vs, method=self.method)
-                for a, h in zip(acc, hv):
-                    a.add_(h)
-        self.n_hvp += 1
-        return self.flatten(acc)
-
-    def matmat(self, mat: Tensor) -> Tensor:
-        """H V for a ``(dim, m)`` matrix, one HVP per column."""
-        if mat.dim() != 2 or mat.shape[0] != self.dim:
-            raise ValueError(f"expected a matrix of shape ({self.dim}, m), got {tuple(mat.shape)}")
-        return torch.stack([self.matvec(c) for c in mat.T], dim=1)
+    def _terms(self):
+        return loss_terms(
+            self.model, self.names, self.data, loss_fn=self.loss_fn, batch_loss=self.batch_loss,
+            chunk_size=self.chunk_size, sizes=self.sizes,
+        )  # fmt: skip
 
     def _leaves(self, params: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-        if self.method == "double_backward":
-            return tuple(p.detach().requires_grad_(True) for p in params)
         return tuple(p.detach() for p in params)
 
+    def _block_product(self, term: Term, params: tuple[Tensor, ...], vs: tuple[Tensor, ...]):
+        """Σ over the chunk: the (unnormalized) product with a block ``vs`` of ``(b, *shape)``."""
+        raise NotImplementedError
+
+    def matmat(self, mat: Tensor) -> Tensor:
+        """M V for a ``(dim, b)`` matrix, in blocks of at most ``block_size`` columns.
+
+        Each block costs one pass over the data; the result is in the
+        parameters' dtype and counts b products in ``n_hvp``.
+        """
+        if not isinstance(mat, Tensor) or mat.dim() != 2 or mat.shape[0] != self.dim:
+            shape = tuple(mat.shape) if hasattr(mat, "shape") else type(mat).__name__
+            raise ValueError(f"expected a matrix of shape ({self.dim}, b), got {shape}")
+        mat = mat.to(device=self.device, dtype=self.dtype)
+        out = []
+        for start in range(0, mat.shape[1], self.block_size):
+            block = mat[:, start : start + self.block_size]
+            vs = self._unflatten_block(block)
+            with self._passes():
+                params = self._leaves(self.params())
+                acc = [torch.zeros_like(v) for v in vs]
+                for term in self._terms():
+                    for a, h in zip(acc, self._block_product(term, params, vs)):
+                        a.add_(h)
+            out.append(
+                torch.cat([a.reshape(a.shape[0], -1) for a in acc], dim=1).T / self.n_samples
+            )
+            self.n_hvp += block.shape[1]
+        if not out:
+            return mat.clone()
+        return torch.cat(out, dim=1)
+
+    def matvec(self, vec: Tensor) -> Tensor:
+        """M v for a flat ``v``; returns a flat vector in the parameters' dtype."""
+        return self.matmat(self._check_vec(vec)[:, None])[:, 0]
+
+    # ------------------------------------------------------- loss and gradient
     def loss_and_gradient(self, theta: Tensor | None = None) -> tuple[float, Tensor]:
-        """(L, ∇L) at θ (default: the model's current θ), ∇L as a flat vector."""
+        """(L, ∇L) at θ_S (default: the model's current θ_S), ∇L as a flat vector."""
         params = self.params() if theta is None else self.unflatten(theta)
         with self._passes():
             params = tuple(p.detach().requires_grad_(True) for p in params)
             total = 0.0
             acc = [torch.zeros_like(p) for p in params]
-            for f in self._chunks():
+            for term in self._terms():
                 with torch.enable_grad():
-                    loss = f(params)
+                    loss = term.loss(params)
                     gs = torch.autograd.grad(loss, params, allow_unused=True)
                 total += float(loss.detach())
                 for a, g in zip(acc, gs):
                     if g is not None:
                         a.add_(g)
         self.n_grad += 1
-        return total, self.flatten(acc)
+        return total / self.n_samples, self.flatten(acc) / self.n_samples
 
     def gradient(self, theta: Tensor | None = None) -> Tensor:
-        """∇L at θ (default: the model's θ) as a flat vector."""
+        """∇L at θ_S (default: the model's θ_S) as a flat vector."""
         return self.loss_and_gradient(theta)[1]
 
     def loss(self, theta: Tensor | None = None) -> float:
-        """L at θ (default: the model's θ), without autograd."""
+        """L at θ_S (default: the model's θ_S), without autograd."""
         params = self.params() if theta is None else self.unflatten(theta)
         with self._passes(), torch.no_grad():
-            total = sum(float(f(params)) for f in self._chunks())
+            total = sum(float(t.loss(params)) for t in self._terms())
         self.n_loss += 1
-        return total
+        return total / self.n_samples
+
+
+class HessianOperator(CurvatureOperator):
+    """H = ∇²L(θ_S) of the full-data mean loss, on flat vectors of length ``dim``.
+
+    Takes the arguments of :class:`CurvatureOperator` and ``method``, the HVP
+    form (one of :data:`implicit_reg.core.hvp.HVP_METHODS`) used by
+    :meth:`matvec`; :meth:`matmat` runs the same HVP under ``vmap`` in its
+    ``"vjp"`` form (``"jvp"`` when ``method="jvp"``), equal to stacked
+    ``matvec`` to rounding (``tests/test_probes_batched.py``).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Callable[[Tensor, Tensor], Tensor] | None,
+        data,
+        *,
+        chunk_size: int | None = None,
+        method: str = DEFAULT_METHOD,
+        mode: str = DEFAULT_MODE,
+        seed: int = 0,
+        params: Selection = None,
+        block_size: int | None = None,
+        batch_loss: BatchLoss | None = None,
+    ):
+        check_method(method)
+        self.method = method
+        super().__init__(
+            model, loss_fn, data, params=params, chunk_size=chunk_size, block_size=block_size,
+            mode=mode, seed=seed, batch_loss=batch_loss,
+        )  # fmt: skip
+
+    def _leaves(self, params: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        if self.method == "double_backward":
+            return tuple(p.detach().requires_grad_(True) for p in params)
+        return tuple(p.detach() for p in params)
+
+    def matvec(self, vec: Tensor) -> Tensor:
+        """H v for a flat ``v`` by the one HVP; a flat vector in the parameters' dtype."""
+        vs = self.unflatten(vec)
+        with self._passes():
+            params = self._leaves(self.params())
+            acc = [torch.zeros_like(p) for p in params]
+            for term in self._terms():
+                _, hv = grad_and_hvp(term.loss, params, vs, method=self.method)
+                for a, h in zip(acc, hv):
+                    a.add_(h)
+        self.n_hvp += 1
+        return self.flatten(acc) / self.n_samples
+
+    def _block_product(self, term: Term, params, vs):
+        method = "jvp" if self.method == "jvp" else "vjp"
+        primals = tuple(p.detach() for p in params)
+
+        def one(*v):
+            return grad_and_hvp(term.loss, primals, v, method=method)[1]
+
+        return vmap(one, randomness="same")(*vs)
 
 
 class MatrixOperator:
@@ -227,17 +361,30 @@ class MatrixOperator:
 
     def matvec(self, vec: Tensor) -> Tensor:
         if vec.shape != (self.dim,):
-            raise ValueError(f"expected a flat vector of shape ({self.dim},), got {tuple(vec.shape)}")
+            raise ValueError(
+                f"expected a flat vector of shape ({self.dim},), got {tuple(vec.shape)}"
+            )
         self.n_hvp += 1
         return self.matrix @ vec.to(self.dtype)
 
+    def matmat(self, mat: Tensor) -> Tensor:
+        if mat.dim() != 2 or mat.shape[0] != self.dim:
+            raise ValueError(f"expected a matrix of shape ({self.dim}, b), got {tuple(mat.shape)}")
+        self.n_hvp += mat.shape[1]
+        return self.matrix @ mat.to(self.dtype)
+
 
 def as_linear_operator(op):
-    """A ``scipy.sparse.linalg.LinearOperator`` in float64 wrapping ``op.matvec``."""
+    """A ``scipy.sparse.linalg.LinearOperator`` in float64 wrapping ``op.matvec``
+    (and ``op.matmat`` for blocks, when the operator has one)."""
     from scipy.sparse.linalg import LinearOperator
 
     def mv(x: np.ndarray) -> np.ndarray:
         v = torch.as_tensor(np.asarray(x, dtype=np.float64).reshape(-1), device=op.device)
         return op.matvec(v.to(op.dtype)).detach().to("cpu", torch.float64).numpy()
 
-    return LinearOperator((op.dim, op.dim), matvec=mv, dtype=np.float64)
+    def mm(x: np.ndarray) -> np.ndarray:
+        V = torch.as_tensor(np.asarray(x, dtype=np.float64), device=op.device)
+        return apply_block(op, V).detach().cpu().numpy()
+
+    return LinearOperator((op.dim, op.dim), matvec=mv, matmat=mm, dtype=np.float64)

@@ -8,16 +8,26 @@ trainable parameters, leaves the model exactly as found, and draws random
 numbers only from generators seeded with ``seed``. The defaults are meant to
 be cheap enough to run inside sweeps; :data:`DEFAULT_OPTIONS` lists the
 options that tighten them.
+
+Warm starts. A training run that probes λ_max again and again keeps one dict
+``state`` between calls (``run_probes(..., state=state)``). The eigenvalue
+probes read their previous eigenvector from it as Lanczos's start vector and
+write the new one back (:data:`WARM_KEYS`; tensors only, so the dict can be
+``torch.save``-d in a checkpoint). The answer is the same to the certified
+tolerance; only the number of HVPs falls when the top eigenvector has moved
+little since the last probe.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
+import torch
 from torch import Tensor, nn
 
 from ..core.hvp import DEFAULT_METHOD
 from ..core.objective import Data
+from .curvature import FisherOperator, GGNOperator
 from .eigen import lanczos
 from .flatness import (
     dist_from_init,
@@ -26,11 +36,24 @@ from .flatness import (
     geometric_complexity,
     weight_norms,
 )
-from .operator import HessianOperator
+from .operator import CurvatureOperator, HessianOperator
 from .state import DEFAULT_MODE, check_mode
 from .trace import hutchinson, hutchpp
 
-__all__ = ["PROBES", "DEFAULT_OPTIONS", "run_probes"]
+__all__ = ["PROBES", "DEFAULT_OPTIONS", "WARM_KEYS", "run_probes", "warm_start_vector"]
+
+#: keys of the ``state`` dict of :func:`run_probes`: probe name -> the entry it keeps
+WARM_KEYS = {
+    "lambda_max": "lambda_max.vec",
+    "lambda_min": "lambda_min.vec",
+    "ggn_lambda_max": "ggn_lambda_max.vec",
+    "fisher_lambda_max": "fisher_lambda_max.vec",
+}
+
+#: weight of the seeded random direction mixed into a warm start vector; it
+#: keeps every eigenvector in the Krylov space even when the previous vector
+#: is (by symmetry, say) exactly orthogonal to the new top eigenvector
+WARM_MIX = 1e-3
 
 #: options of :func:`run_probes`, with their defaults
 DEFAULT_OPTIONS: dict[str, object] = {
@@ -46,26 +69,47 @@ DEFAULT_OPTIONS: dict[str, object] = {
     "eps_steps": 10,  # projected gradient-ascent steps (one gradient each)
     "sigma": 1e-2,  # std of the Gaussian weight perturbation
     "gaussian_samples": 10,  # antithetic pairs (two losses each)
+    "params": None,  # parameters the curvature probes measure (see probes.selection); None: all
+    "block_size": None,  # vectors per batched product; None: operator.DEFAULT_BLOCK_SIZE
+    "batch_loss": None,  # (model, batch) -> (mean loss, batch size) for batches not (x, y)
+    "fisher_kind": "exact",  # "exact", "mc" or "empirical" for the fisher_* probes
+    "fisher_mc_samples": 1,  # targets drawn per sample when fisher_kind="mc"
 }
 
 
 class _Context:
-    """Shared state of one :func:`run_probes` call: one operator, cached results."""
+    """Shared state of one :func:`run_probes` call: one operator per curvature, cached results."""
 
-    def __init__(self, model, loss_fn, data, chunk_size, seed, init_state, options):
+    def __init__(self, model, loss_fn, data, chunk_size, seed, init_state, options, state=None):
         self.model, self.loss_fn, self.data = model, loss_fn, data
-        self.chunk_size, self.seed, self.init_state, self.options = chunk_size, seed, init_state, options
+        self.state = state
+        self.chunk_size, self.seed = chunk_size, seed
+        self.init_state, self.options = init_state, options
         self.cache: dict[str, object] = {}
-        self._op: HessianOperator | None = None
+        self._ops: dict[str, CurvatureOperator] = {}
+
+    def operator(self, curvature: str = "hessian") -> CurvatureOperator:
+        if curvature not in self._ops:
+            o = self.options
+            kw = dict(
+                chunk_size=self.chunk_size, mode=o["mode"], seed=self.seed, params=o["params"],
+                block_size=o["block_size"], batch_loss=o["batch_loss"],
+            )  # fmt: skip
+            if curvature == "hessian":
+                op = HessianOperator(self.model, self.loss_fn, self.data, method=o["method"], **kw)
+            elif curvature == "ggn":
+                op = GGNOperator(self.model, self.loss_fn, self.data, **kw)
+            else:
+                op = FisherOperator(
+                    self.model, self.loss_fn, self.data, kind=o["fisher_kind"],
+                    mc_samples=o["fisher_mc_samples"], **kw,
+                )  # fmt: skip
+            self._ops[curvature] = op
+        return self._ops[curvature]
 
     @property
     def op(self) -> HessianOperator:
-        if self._op is None:
-            self._op = HessianOperator(
-                self.model, self.loss_fn, self.data, chunk_size=self.chunk_size,
-                method=self.options["method"], mode=self.options["mode"], seed=self.seed,
-            )
-        return self._op
+        return self.operator("hessian")
 
     def once(self, key: str, fn: Callable[[], object]):
         if key not in self.cache:
@@ -76,25 +120,64 @@ class _Context:
         return {"chunk_size": self.chunk_size, "mode": self.options["mode"]}
 
 
-def _eig(ctx: _Context, which: str) -> float:
-    res = ctx.once(which, lambda: lanczos(
-        ctx.op, 1, which=which, tol=ctx.options["lanczos_tol"],
-        max_iter=ctx.options["lanczos_max_iter"], seed=ctx.seed,
-    ))
-    return float(res.eigenvalues[0])
+def warm_start_vector(prev: Tensor | None, dim: int, *, seed: int, device, mix: float = WARM_MIX):
+    """Start vector for Lanczos from a previous eigenvector, or None for a cold start.
+
+    Returns ``v/‖v‖ + mix·r/‖r‖`` with ``v = prev[:, 0]`` (or ``prev`` when it is
+    one vector) and ``r`` a standard normal vector from a generator seeded with
+    ``seed``; None when ``prev`` is None, not a tensor, not finite or of the wrong
+    length (e.g. the measured parameters changed), so that the caller starts cold.
+    """
+    if not isinstance(prev, Tensor) or prev.dim() not in (1, 2) or prev.shape[0] != dim:
+        return None
+    v = (prev if prev.dim() == 1 else prev[:, 0]).to(device=device, dtype=torch.float64)
+    norm = v.norm()
+    if not torch.isfinite(norm) or norm == 0:
+        return None
+    gen = torch.Generator(device=device).manual_seed(int(seed) + 7919)
+    r = torch.randn(dim, generator=gen, device=device, dtype=torch.float64)
+    return v / norm + mix * r / r.norm()
 
 
-def _trace(ctx: _Context):
+def _eig_result(ctx: _Context, which: str, name: str, curvature: str = "hessian"):
     def run():
-        o = ctx.options
-        if o["trace_method"] == "hutchpp":
-            return hutchpp(ctx.op, n_hvp=o["trace_hvps"], seed=ctx.seed)
-        if o["trace_method"] == "hutchinson":
-            return hutchinson(ctx.op, rtol=o["trace_rtol"], max_samples=o["trace_max_samples"],
-                              min_samples=min(10, o["trace_max_samples"]), seed=ctx.seed)
-        raise ValueError(f"trace_method must be 'hutchpp' or 'hutchinson', got {o['trace_method']!r}")
+        op = ctx.operator(curvature)
+        key = WARM_KEYS[name]
+        v0 = None
+        if ctx.state is not None:
+            v0 = warm_start_vector(ctx.state.get(key), op.dim, seed=ctx.seed, device=op.device)
+        res = lanczos(
+            op, 1, which=which, tol=ctx.options["lanczos_tol"],
+            max_iter=ctx.options["lanczos_max_iter"], seed=ctx.seed, v0=v0,
+        )  # fmt: skip
+        if ctx.state is not None and res.eigenvectors is not None:
+            ctx.state[key] = res.eigenvectors.detach().to("cpu", op.dtype).clone()
+        return res
 
-    return ctx.once("trace", run)
+    return ctx.once(name, run)
+
+
+def _eig(ctx: _Context, which: str, curvature: str = "hessian") -> float:
+    prefix = "" if curvature == "hessian" else curvature + "_"
+    name = prefix + ("lambda_max" if which == "LA" else "lambda_min")
+    return float(_eig_result(ctx, which, name, curvature).eigenvalues[0])
+
+
+def _trace(ctx: _Context, curvature: str = "hessian"):
+    def run():
+        o, op = ctx.options, ctx.operator(curvature)
+        if o["trace_method"] == "hutchpp":
+            return hutchpp(op, n_hvp=o["trace_hvps"], seed=ctx.seed)
+        if o["trace_method"] == "hutchinson":
+            return hutchinson(
+                op, rtol=o["trace_rtol"], max_samples=o["trace_max_samples"],
+                min_samples=min(10, o["trace_max_samples"]), seed=ctx.seed,
+            )  # fmt: skip
+        raise ValueError(
+            f"trace_method must be 'hutchpp' or 'hutchinson', got {o['trace_method']!r}"
+        )
+
+    return ctx.once("trace:" + curvature, run)
 
 
 def _loss_grad(ctx: _Context):
@@ -114,24 +197,43 @@ def _dist(ctx: _Context) -> float:
 
 def _gaussian(ctx: _Context) -> float:
     o = ctx.options
-    return gaussian_sharpness(ctx.model, ctx.loss_fn, ctx.data, sigma=o["sigma"],
-                              n_samples=o["gaussian_samples"], seed=ctx.seed, **ctx.kw()).value
+    return gaussian_sharpness(
+        ctx.model,
+        ctx.loss_fn,
+        ctx.data,
+        sigma=o["sigma"],
+        n_samples=o["gaussian_samples"],
+        seed=ctx.seed,
+        **ctx.kw(),
+    ).value
 
 
 PROBES: dict[str, Callable[[_Context], float]] = {
     "loss": lambda ctx: float(_loss_grad(ctx)[0]),
     "lambda_max": lambda ctx: _eig(ctx, "LA"),
     "lambda_min": lambda ctx: _eig(ctx, "SA"),
+    "lambda_max_hvps": lambda ctx: _eig_result(ctx, "LA", "lambda_max").n_hvp,
+    "ggn_lambda_max": lambda ctx: _eig(ctx, "LA", "ggn"),
+    "ggn_trace": lambda ctx: float(_trace(ctx, "ggn").estimate),
+    "fisher_lambda_max": lambda ctx: _eig(ctx, "LA", "fisher"),
+    "fisher_trace": lambda ctx: float(_trace(ctx, "fisher").estimate),
     "trace": lambda ctx: float(_trace(ctx).estimate),
     "trace_stderr": lambda ctx: float(_trace(ctx).stderr),
     "grad_norm_sq": _grad_norm_sq,
     "weight_norm": lambda ctx: weight_norms(ctx.model)["total"],
     "dist_from_init": _dist,
     "eps_sharpness": lambda ctx: eps_sharpness(
-        ctx.model, ctx.loss_fn, ctx.data, eps=ctx.options["eps"], steps=ctx.options["eps_steps"], **ctx.kw()
+        ctx.model,
+        ctx.loss_fn,
+        ctx.data,
+        eps=ctx.options["eps"],
+        steps=ctx.options["eps_steps"],
+        **ctx.kw(),
     ),
     "gaussian_sharpness": _gaussian,
-    "geometric_complexity": lambda ctx: geometric_complexity(ctx.model, ctx.data, seed=ctx.seed, **ctx.kw()),
+    "geometric_complexity": lambda ctx: geometric_complexity(
+        ctx.model, ctx.data, seed=ctx.seed, **ctx.kw()
+    ),
 }
 
 
@@ -144,6 +246,7 @@ def run_probes(
     chunk_size: int | None = None,
     seed: int = 0,
     init_state: Mapping[str, Tensor] | None = None,
+    state: dict[str, Tensor] | None = None,
     **options,
 ) -> dict[str, float]:
     """Run the named probes and return ``{name: value}`` in the order given.
@@ -153,7 +256,18 @@ def run_probes(
     ``dist_from_init`` (needs ``init_state``), ``eps_sharpness``,
     ``gaussian_sharpness``, ``geometric_complexity``. Probes that share work
     share it (one operator; one trace run for ``trace`` and ``trace_stderr``;
-    one gradient for ``loss`` and ``grad_norm_sq``).
+    one gradient for ``loss`` and ``grad_norm_sq``). ``lambda_max_hvps`` is
+    the number of HVPs the ``lambda_max`` probe spent (its cost, for tracking
+    what warm starts save). ``ggn_lambda_max``, ``ggn_trace``,
+    ``fisher_lambda_max`` and ``fisher_trace`` measure the Gauss–Newton
+    matrix and the Fisher (``fisher_kind``: exact, mc or empirical) with the
+    same estimators and options as the Hessian ones.
+
+    With the option ``params`` (a selection as in
+    :mod:`implicit_reg.probes.selection`, e.g. ``"layers.0.*"``) the
+    curvature probes and ``grad_norm_sq`` measure only those parameters, the
+    others held constant; ``eps_sharpness``, ``gaussian_sharpness``,
+    ``weight_norm`` and ``dist_from_init`` always see the whole model.
 
     Only trainable parameters (``requires_grad=True``) are measured. The
     model, its ``.grad``, modes, buffers and the global RNG are left as found.
@@ -165,6 +279,11 @@ def run_probes(
         chunk_size: rows per chunk (the peak memory), None for one chunk.
         seed: seeds every random draw (Lanczos start, trace probes, noise).
         init_state: initial ``state_dict`` for ``dist_from_init``.
+        state: a dict the caller keeps between probe calls of one run, or
+            None. The eigenvalue probes read their previous eigenvector from
+            it as a warm start and write the new one back (keys in
+            :data:`WARM_KEYS`, CPU tensors in the parameters' dtype). An
+            entry of the wrong length is ignored (cold start).
         **options: overrides of :data:`DEFAULT_OPTIONS` (unknown keys raise).
     """
     if isinstance(names, str):
@@ -177,7 +296,11 @@ def run_probes(
         raise ValueError(f"unknown probe option(s) {bad}; valid: {', '.join(DEFAULT_OPTIONS)}")
     opts = {**DEFAULT_OPTIONS, **options}
     check_mode(opts["mode"])
-    ctx = _Context(model, loss_fn, data, chunk_size, seed, init_state, opts)
+    if state is not None and not isinstance(state, dict):
+        raise ValueError(
+            f"state must be a dict (kept by the caller between calls) or None, got {type(state).__name__}"
+        )
+    ctx = _Context(model, loss_fn, data, chunk_size, seed, init_state, opts, state)
     out = {}
     for name in names:
         out[name] = float(PROBES[name](ctx))

@@ -174,5 +174,7 @@ def loss_slice_2d(
             raise ValueError("directions must be a pair of flat tensors")
         d1, d2 = (_direction(op, model, d, seed) for d in directions)
     theta = op.theta()
-    losses = np.array([[op.loss(theta + float(a) * d1 + float(b) * d2) for a in alphas] for b in betas])
+    losses = np.array(
+        [[op.loss(theta + float(a) * d1 + float(b) * d2) for a in alphas] for b in betas]
+    )
     return Slice2D(alphas, betas, losses, (d1, d2))

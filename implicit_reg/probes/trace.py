@@ -8,6 +8,9 @@ Both take an operator with the flat-vector interface (``matvec``, ``dim``,
   The sample mean comes with its standard error s/√n. Sampling stops when
   SE ≤ rtol·|mean| + atol (absolute values, so a negative trace stops like a
   positive one) after at least ``min_samples``, or at ``max_samples``.
+- Both apply their products in blocks (``op.matmat``; one pass over the data
+  per block): Hutchinson ``block_size`` probes at a time, Hutch++ three
+  blocks (sketch, its range, the remainder probes).
 - :func:`hutchpp` (Meyer, Musco, Musco, Woodruff, SOSA 2021): spend a third
   of the budget on a sketch Q = orth(H S), take tr(QᵀHQ) exactly and apply
   Hutchinson only to the deflated remainder (I − QQᵀ)H(I − QQᵀ). Unbiased;
@@ -23,6 +26,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from .operator import apply_block
 
 __all__ = ["TraceResult", "hutchinson", "hutchpp", "rademacher"]
 
@@ -47,10 +52,6 @@ class TraceResult:
 def rademacher(shape, gen: torch.Generator, device, dtype=torch.float64) -> Tensor:
     """Entries ±1 with equal probability, drawn from ``gen``."""
     return torch.randint(0, 2, shape, generator=gen, device=device).to(dtype).mul_(2).sub_(1)
-
-
-def _apply(op, v: Tensor) -> Tensor:
-    return op.matvec(v.to(op.dtype)).to(torch.float64)
 
 
 def _check_int(name: str, value, low: int) -> int:
@@ -81,11 +82,16 @@ def hutchinson(
     min_samples: int = 10,
     max_samples: int = 1000,
     seed: int = 0,
+    block_size: int = 10,
 ) -> TraceResult:
     """Hutchinson's estimate of tr(H) with Rademacher probes.
 
     tr(H) ≈ (1/n)·Σ_j z_jᵀ H z_j, SE = std(z_jᵀHz_j)/√n. Stops when
     SE ≤ rtol·|estimate| + atol and n ≥ ``min_samples``, or at ``max_samples``.
+    Probes are applied ``block_size`` at a time (the first block fills
+    ``min_samples``) and the rule is checked after each block, so n is the
+    first block boundary where it holds; ``block_size=1`` checks after
+    every probe. The probes are the same for every block size.
 
     Args:
         op: operator with ``matvec`` and ``dim``.
@@ -93,21 +99,27 @@ def hutchinson(
         min_samples: at least this many probes (≥ 2, for a standard error).
         max_samples: at most this many probes (one HVP each).
         seed: seeds a private ``torch.Generator``.
+        block_size: probes per batched product.
     """
     rtol, atol = _check_nonneg("rtol", rtol), _check_nonneg("atol", atol)
     _check_int("min_samples", min_samples, 2)
     _check_int("max_samples", max_samples, min_samples)
+    _check_int("block_size", block_size, 1)
     gen = torch.Generator(device=op.device).manual_seed(int(seed))
     start = op.n_hvp
     samples: list[float] = []
     while len(samples) < max_samples:
-        z = rademacher((op.dim,), gen, op.device)
-        samples.append(float(z @ _apply(op, z)))
+        want = max(block_size, min_samples - len(samples))
+        b = min(want, max_samples - len(samples))
+        Z = rademacher((b, op.dim), gen, op.device).T  # rows drawn in order: z_1, z_2, …
+        samples.extend((Z * apply_block(op, Z)).sum(0).tolist())
         if len(samples) >= min_samples:
             mean = sum(samples) / len(samples)
             if _stderr(samples) <= rtol * abs(mean) + atol:
                 break
-    return TraceResult(sum(samples) / len(samples), _stderr(samples), len(samples), op.n_hvp - start)
+    return TraceResult(
+        sum(samples) / len(samples), _stderr(samples), len(samples), op.n_hvp - start
+    )
 
 
 def hutchpp(op, *, n_hvp: int = 99, seed: int = 0) -> TraceResult:
@@ -119,7 +131,7 @@ def hutchpp(op, *, n_hvp: int = 99, seed: int = 0) -> TraceResult:
         tr(H) ≈ tr(QᵀHQ) + (1/g)·Σ_j z_jᵀ(I − QQᵀ)H(I − QQᵀ)z_j.
 
     The first term is exact for the sketched subspace; the standard error is
-    that of the second. When s ≥ dim the sketch spans the whole space and
+    that of the second. Three batched products: H S, H Q and H Z. When s ≥ dim the sketch spans the whole space and
     the estimate is exact (SE = 0).
 
     Args:
@@ -133,19 +145,16 @@ def hutchpp(op, *, n_hvp: int = 99, seed: int = 0) -> TraceResult:
     s = min(n_hvp // 3, op.dim)
     g = n_hvp - 2 * s
     S = rademacher((op.dim, s), gen, op.device)
-    HS = torch.stack([_apply(op, S[:, i]) for i in range(s)], dim=1)
+    HS = apply_block(op, S)
     Q, R = torch.linalg.qr(HS)
     # drop directions that H S does not reach (rank-deficient sketch)
     diag = R.diagonal().abs()
     Q = Q[:, diag > 1e-12 * max(float(diag.max()), 1e-300)] if s > 0 else Q
-    HQ = [_apply(op, Q[:, i]) for i in range(Q.shape[1])]
-    top = sum(float(Q[:, i] @ HQ[i]) for i in range(Q.shape[1]))
+    top = float((Q * apply_block(op, Q)).sum())
     if Q.shape[1] == op.dim:
         return TraceResult(top, 0.0, 0, op.n_hvp - start)
-    samples = []
-    for _ in range(g):
-        z = rademacher((op.dim,), gen, op.device)
-        z = z - Q @ (Q.T @ z)
-        samples.append(float(z @ _apply(op, z)))
+    Z = rademacher((g, op.dim), gen, op.device).T  # probes drawn in order, as columns
+    Z = Z - Q @ (Q.T @ Z)
+    samples = (Z * apply_block(op, Z)).sum(0).tolist()
     rest = sum(samples) / len(samples)
     return TraceResult(top + rest, _stderr(samples), g, op.n_hvp - start)

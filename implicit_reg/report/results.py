@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 
 from ..engine.config import RunConfig, config_fields
-from ..engine.store import CONFIG_FILE, HISTORY_FILE, SUMMARY_FILE, read_json
-from ..engine.sweep import MANIFEST_FILE, RUNS_DIR
+from ..engine.store import CONFIG_FILE, HISTORY_FILE, SUMMARY_FILE, complete_run_dirs, read_json
+from ..engine.store import store_root as store_root
 
 __all__ = [
     "MEASURES",
@@ -67,29 +67,6 @@ _SUMMARY_META = (
 )
 
 
-def store_root(sweep_dir: str | Path) -> Path:
-    """The directory holding the run directories: ``sweep_dir/runs`` for a sweep,
-    else ``sweep_dir`` itself (a store written by ``implicit-reg train --out``)."""
-    d = Path(sweep_dir)
-    if not d.is_dir():
-        raise ValueError(f"directory {str(d)!r} does not exist")
-    return d / RUNS_DIR if (d / RUNS_DIR).is_dir() else d
-
-
-def _run_dirs(sweep_dir: str | Path, all_runs: bool) -> list[Path]:
-    root = store_root(sweep_dir)
-    dirs = [
-        p
-        for p in sorted(root.iterdir())
-        if p.is_dir() and (p / SUMMARY_FILE).is_file() and (p / CONFIG_FILE).is_file()
-    ]
-    manifest = Path(sweep_dir) / MANIFEST_FILE
-    if not all_runs and manifest.is_file():
-        wanted = set(read_json(manifest).get("runs", []))
-        dirs = [p for p in dirs if p.name in wanted]
-    return dirs
-
-
 def _config_row(path: Path) -> dict[str, Any]:
     """A run's config fields; fields added to RunConfig after the run was written take
     their default (a default reproduces the old behaviour, see :mod:`implicit_reg.engine.config`)."""
@@ -105,7 +82,7 @@ def load_summaries(sweep_dir: str | Path, *, all_runs: bool = False) -> pd.DataF
     unless ``all_runs``. Raises ``ValueError`` if the directory is missing.
     """
     rows = []
-    for d in _run_dirs(sweep_dir, all_runs):
+    for d in complete_run_dirs(sweep_dir, all_runs=all_runs):
         summary = read_json(d / SUMMARY_FILE)
         cfg = _config_row(d)
         if "n_train" in summary:  # the actual size (config may say None: the data set default)

@@ -1,0 +1,299 @@
+"""The one training loop: the schedule of every run, alone or as an ensemble member.
+
+:func:`train_loop` drives a stepper (:mod:`implicit_reg.engine.steppers`) through
+the schedule its runs share:
+
+- evaluation of :data:`~implicit_reg.engine.config.BASE_METRICS` at step 0, every
+  ``eval_every`` steps and at the end;
+- the probes of ``probes`` (:func:`implicit_reg.probes.run_probes`) every
+  ``probe_every`` steps (0: never during training) and always at the end, on
+  each member's own model, with one warm-start ``state`` dict per member when
+  ``run_probes`` takes one;
+- stopping, per member: the step budget (``steps`` and/or ``epochs``, the
+  smaller wins); ``target_train_loss``, checked against the full training
+  loss at every full-batch step (the loss L(θ_t) that step computed) and at
+  every evaluation; divergence (:func:`is_diverged`): a NaN/inf loss or one
+  above ``max_loss`` ends the member with status ``"diverged"`` and
+  ``diverged_at`` = the step whose loss it was. A probe that raises fails its
+  member only (status ``"failed"``), unless ``raise_errors``.
+- checkpoints (:class:`Checkpoints`): every ``checkpoint_every`` steps the
+  stepper's state (model, optimizer, data order), every member's record so
+  far (history, status, probe state) and the global RNG state are saved
+  atomically. :func:`train_loop` called again with the same checkpoints
+  continues from the last one, and the run ends exactly as an uninterrupted
+  one would (same floating-point operations on the same values).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+import re
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import BASE_METRICS, RunConfig
+from .record import RunResult, build_summary, failed_result
+
+__all__ = [
+    "Track",
+    "Checkpoints",
+    "is_diverged",
+    "step_budget",
+    "train_loop",
+    "results_of",
+]
+
+
+def is_diverged(loss: float, bound: float) -> bool:
+    """The divergence rule: a NaN or infinite loss, or one above ``bound`` (``max_loss``)."""
+    return not math.isfinite(loss) or loss > bound
+
+
+def step_budget(config: RunConfig, n_train: int) -> tuple[int, int]:
+    """``(total steps, steps per epoch)``: the smaller of ``steps`` and
+    ``epochs × ⌈N/B⌉`` (full batch: one step per epoch)."""
+    per_epoch = 1 if config.batch_size is None else math.ceil(n_train / config.batch_size)
+    budgets = []
+    if config.steps is not None:
+        budgets.append(config.steps)
+    if config.epochs is not None:
+        budgets.append(config.epochs * per_epoch)
+    return min(budgets), per_epoch
+
+
+@dataclass
+class Track:
+    """One run's record inside the loop."""
+
+    config: RunConfig
+    history: list[dict[str, Any]] = field(default_factory=list)
+    status: str = "complete"
+    stop_reason: str = "budget"
+    diverged_at: int | None = None
+    diverged_loss: float | None = None
+    step: int = 0
+    last_probe: int | None = None
+    error: str | None = None
+    probe_state: dict[str, Any] = field(default_factory=dict)  # run_probes' warm starts
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        self.history.extend(
+            {"step": step, "metric": k, "value": float(v)} for k, v in values.items()
+        )
+
+    def diverge(self, step: int, loss: float) -> None:
+        self.status = self.stop_reason = "diverged"
+        self.diverged_at, self.diverged_loss = step, loss
+
+    def fail(self, error: str) -> None:
+        self.status = self.stop_reason = "failed"
+        self.error = error
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "config"
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+class Checkpoints:
+    """Mid-run checkpoints in one directory: ``step_<step>.pt``, written atomically.
+
+    ``keep`` files are kept while training (two: a kill while one is being
+    written leaves the other); :meth:`prune` leaves the last ``keep_last`` once
+    the run has ended (``keep_checkpoints``, 1 by default; 0 removes them).
+    """
+
+    PATTERN = re.compile(r"step_(\d+)\.pt$")
+
+    def __init__(self, directory: str | Path, every: int, *, keep: int = 2) -> None:
+        self.dir, self.every, self.keep = Path(directory), int(every), keep
+
+    def files(self) -> list[Path]:
+        if not self.dir.is_dir():
+            return []
+        found = [
+            (int(m.group(1)), p) for p in self.dir.iterdir() if (m := self.PATTERN.match(p.name))
+        ]
+        return [p for _, p in sorted(found)]
+
+    def save(self, step: int, payload: dict[str, Any]) -> Path:
+        from .checkpoint import to_bytes
+        from .store import atomic_write_bytes
+
+        path = atomic_write_bytes(self.dir / f"step_{step:09d}.pt", to_bytes(payload))
+        self.prune(self.keep)
+        return path
+
+    def latest(self, hashes: list[str]) -> dict[str, Any] | None:
+        """The newest readable checkpoint of these runs (by config hash), or None."""
+        for path in reversed(self.files()):
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception:  # noqa: BLE001 - a damaged file: try the one before
+                continue
+            if isinstance(state, dict) and state.get("hashes") == hashes:
+                return state
+        return None
+
+    def prune(self, keep: int) -> None:
+        files = self.files()
+        for path in files[: max(0, len(files) - keep)]:
+            path.unlink(missing_ok=True)
+
+
+def _probes_take_state() -> bool:
+    from ..probes import run_probes
+
+    return "state" in inspect.signature(run_probes).parameters
+
+
+def train_loop(
+    stepper,
+    tracks: Sequence[Track],
+    *,
+    budget: int,
+    loss_fn,
+    checkpoints: Checkpoints | None = None,
+    checkpoint_extra: dict[str, Any] | None = None,
+    raise_errors: bool = False,
+) -> None:
+    """Train the stepper's members for at most ``budget`` steps through their shared
+    schedule, filling ``tracks`` (one per member, in member order); see the module
+    docstring. ``checkpoint_extra`` is stored in every checkpoint beside the state."""
+    cfg = tracks[0].config
+    probe_names = [p for p in cfg.probes if p not in BASE_METRICS]
+    with_state = bool(probe_names) and _probes_take_state()
+
+    def probe(i: int, step: int) -> None:
+        track = tracks[i]
+        track.last_probe = step
+        if not probe_names or track.error is not None:
+            return
+        from ..probes import run_probes
+
+        model, train, init_state = stepper.probe_target(i)
+        extra = {"state": track.probe_state} if with_state else {}
+        try:
+            values = run_probes(
+                probe_names, model, loss_fn, train, chunk_size=cfg.chunk_size,
+                seed=track.config.seed, init_state=init_state, **extra,
+                **(cfg.probe_options or {}),
+            )  # fmt: skip
+        except Exception:  # this run fails, as it would alone; the others go on
+            if raise_errors:
+                raise
+            track.fail(traceback.format_exc())
+            stepper.retire([i])
+            return
+        track.log(step, values)
+
+    def check(i: int, step: int, loss: float, reached: set[int]) -> bool:
+        """Divergence and target of member i at an evaluated loss; True if it stops."""
+        c = tracks[i].config
+        if is_diverged(loss, c.max_loss):
+            tracks[i].diverge(step, loss)
+            return True
+        if c.target_train_loss is not None and loss <= c.target_train_loss:
+            reached.add(i)
+        return False
+
+    hashes = [t.config.config_hash() for t in tracks]
+    saved = checkpoints.latest(hashes) if checkpoints is not None else None
+    if saved is not None:
+        stepper.load_state_dict(saved["stepper"])
+        for track, state in zip(tracks, saved["tracks"]):
+            track.load_state_dict(state)
+        torch.set_rng_state(saved["rng"])
+        step = int(saved["step"])
+    else:
+        step, reached, stopped = 0, set(), []
+        for i, values in stepper.evaluate(list(stepper.live)).items():
+            tracks[i].log(0, values)
+            if cfg.probe_every:
+                probe(i, 0)
+            if tracks[i].status != "failed" and check(i, 0, values["train_loss"], reached):
+                stopped.append(i)
+        for i in reached:
+            tracks[i].stop_reason = "target_train_loss"
+        stepper.retire([*stopped, *reached])
+
+    full_batch = cfg.batch_size is None
+    while stepper.live and step < budget:
+        losses = stepper.step()
+        step += 1
+        reached, stopped = set(), []
+        for i, loss in losses.items():
+            if is_diverged(loss, tracks[i].config.max_loss):
+                tracks[i].diverge(step - 1, loss)  # the step whose loss it was
+                stopped.append(i)
+                continue
+            tracks[i].step = step
+            target = tracks[i].config.target_train_loss
+            if full_batch and target is not None and loss <= target:
+                reached.add(i)
+        stepper.retire(stopped)
+        due = step % cfg.eval_every == 0 or step == budget
+        to_eval = [i for i in stepper.live if due or i in reached]
+        if to_eval:
+            stopped = []
+            for i, values in stepper.evaluate(to_eval).items():
+                tracks[i].log(step, values)
+                if check(i, step, values["train_loss"], reached):
+                    stopped.append(i)
+            reached -= set(stopped)
+            stepper.retire(stopped)
+        if cfg.probe_every and step % cfg.probe_every == 0:
+            for i in list(stepper.live):
+                probe(i, step)
+        done = [i for i in reached if i in stepper.live]
+        for i in done:
+            tracks[i].stop_reason = "target_train_loss"
+        stepper.retire(done)
+        if checkpoints is not None and step % checkpoints.every == 0 and stepper.live:
+            checkpoints.save(
+                step,
+                {
+                    "hashes": hashes,
+                    "step": step,
+                    "stepper": stepper.state_dict(),
+                    "tracks": [t.state_dict() for t in tracks],
+                    "rng": torch.get_rng_state(),
+                    **(checkpoint_extra or {}),
+                },
+            )
+    for i, track in enumerate(tracks):
+        if track.status == "complete" and track.last_probe != track.step:
+            probe(i, track.step)  # the probes always run at the end
+
+
+def results_of(
+    stepper, tracks: Sequence[Track], data: Sequence, meta: list[dict]
+) -> list[RunResult]:
+    """One :class:`~implicit_reg.engine.record.RunResult` per member, from its track."""
+    results = []
+    for i, track in enumerate(tracks):
+        config = track.config
+        if track.status == "failed":
+            results.append(failed_result(config, track.error or "", meta=meta[i]))
+            continue
+        _, per_epoch = step_budget(config, data[i].n_train)
+        summary = build_summary(
+            config, status=track.status, stop_reason=track.stop_reason, steps_done=track.step,
+            per_epoch=per_epoch, diverged_at=track.diverged_at, diverged_loss=track.diverged_loss,
+            history=track.history, n_params=stepper.n_params(i), data=data[i],
+        )  # fmt: skip
+        results.append(
+            RunResult(config=config, summary=summary, history=track.history, meta=meta[i])
+        )
+    return results

@@ -1,0 +1,178 @@
+"""Sweep planning: which runs train together as one vectorized ensemble.
+
+A sweep over learning rate, seed, label noise or EGR coefficient trains many
+runs of one architecture on one data set. :func:`plan_sweep` groups the runs
+whose configs agree on every field except :data:`MEMBER_FIELDS` (model,
+width, depth, activation, data set, sizes, task, loss, optimizer type,
+momentum, batch size, budget, evaluation and probe schedule, dtype, device,
+chunk size, …); each group of two or more is trained as one ensemble
+(:func:`implicit_reg.engine.train.train_runs`), the rest one by one.
+
+Not vectorized (trained serially with no user action): runs with
+``checkpoint=True`` (the optimizer state is per run), runs that set a field
+outside :data:`SUPPORTED_FIELDS` (``egr_micro_batch``, ``lr_decay_every``),
+models with running statistics or dropout
+(:func:`~implicit_reg.ensemble.vectorized.check_vectorizable`), groups of one, and,
+on CPU, groups whose forward pass costs more than :data:`CPU_MAX_STEP_FLOPS`
+per member and step, where one run at a time is faster.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .config import RunConfig
+from .workload import load_run_data
+
+__all__ = [
+    "MEMBER_FIELDS",
+    "DEFAULT_MAX_MEMBERS",
+    "SUPPORTED_FIELDS",
+    "CPU_MAX_STEP_FLOPS",
+    "step_flops",
+    "SweepPlan",
+    "group_key",
+    "plan_sweep",
+]
+
+#: config fields that may differ between the members of one ensemble
+MEMBER_FIELDS = (
+    "lr",
+    "egr_coeff",
+    "seed",
+    "data_seed",
+    "label_noise",
+    "target_train_loss",
+    "max_loss",
+)
+#: members per ensemble (larger groups are split); memory grows with it
+DEFAULT_MAX_MEMBERS = 64
+#: On CPU, a group whose forward pass costs more than this many FLOPs per member
+#: and step (rows per step x FLOPs per sample) is trained one run at a time:
+#: there the serial matmuls are already efficient and the batched ones, with
+#: M times the activations, are slower. On 2 cores (``benchmarks/bench_vectorized.py``,
+#: table 1b; ``docs/vectorized.md``) 16-member ensembles were 1.6-3.5x faster
+#: up to 2 MFLOP, 0.9-1.9x between 6 and 26 MFLOP (depending on the load) and
+#: 0.4-0.8x at 100 MFLOP; the limit keeps the groups where vectorizing clearly pays.
+CPU_MAX_STEP_FLOPS = 4_000_000
+
+
+#: the config fields whose meaning the ensemble stepper reproduces; a run that sets
+#: any other field (``egr_micro_batch``, ``lr_decay_every``, or a field added later)
+#: away from its default trains serially, so a new training option is never ignored
+SUPPORTED_FIELDS = frozenset(
+    """model width depth activation model_options init_from dataset n_train n_test label_noise task data_seed
+    loss optimizer lr momentum nesterov weight_decay egr_coeff egr_method batch_size
+    steps epochs target_train_loss max_loss eval_every probes probe_every probe_options
+    seed device dtype chunk_size checkpoint checkpoint_every keep_checkpoints""".split()
+)
+
+
+def group_key(config: RunConfig) -> str | None:
+    """The fields a run must share with the other members of its ensemble, as a
+    canonical string; None when the run is trained serially: ``checkpoint=True``, or
+    a non-default field outside :data:`SUPPORTED_FIELDS` (``egr_micro_batch``, whose
+    micro-batch penalty the ensemble step does not compute)."""
+    values = config.to_dict()
+    defaults = RunConfig.__dataclass_fields__
+    unsupported = [
+        k for k, v in values.items()
+        if k not in SUPPORTED_FIELDS and v != _default(defaults[k])
+    ]  # fmt: skip
+    if config.checkpoint or unsupported:
+        return None
+    shared = {k: v for k, v in values.items() if k not in MEMBER_FIELDS}
+    return json.dumps(shared, sort_keys=True)
+
+
+def _default(f) -> Any:
+    value = f.default
+    return list(value) if isinstance(value, tuple) else value
+
+
+@dataclass
+class SweepPlan:
+    """How a list of runs is executed: ensembles and single runs.
+
+    ``heavy`` counts the singles whose group was too expensive per step to gain
+    from vectorizing on CPU (see :data:`CPU_MAX_STEP_FLOPS`).
+    """
+
+    groups: list[list[RunConfig]] = field(default_factory=list)
+    singles: list[RunConfig] = field(default_factory=list)
+    heavy: int = 0
+
+    def line(self) -> str:
+        sizes = ", ".join(str(len(g)) for g in self.groups) or "none"
+        heavy = (
+            f" ({self.heavy} of them in groups too heavy per step to gain on CPU)"
+            if self.heavy
+            else ""
+        )
+        return (
+            f"{sum(len(g) for g in self.groups)} runs in {len(self.groups)} vectorized "
+            f"ensembles (members: {sizes}), {len(self.singles)} single runs{heavy}"
+        )
+
+
+def step_flops(config: RunConfig) -> int:
+    """FLOPs of one member's forward pass in one step: rows per step (``batch_size``
+    or the training-set size) x the model's FLOPs per sample, counted by
+    ``torch.utils.flop_counter`` on the meta device (no computation)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ..workloads.models import build_model
+
+    data = load_run_data(config)
+    model = build_model(**config.model_spec(data.input_dim, data.output_dim)).to("meta")
+    sample = torch.empty(1, *data.x_train.shape[1:], device="meta")
+    with FlopCounterMode(display=False) as counter:
+        model(sample)
+    rows = data.n_train if config.batch_size is None else min(config.batch_size, data.n_train)
+    return rows * int(counter.get_total_flops())
+
+
+def plan_sweep(
+    configs: Sequence[RunConfig],
+    *,
+    max_members: int = DEFAULT_MAX_MEMBERS,
+    max_step_flops: float | None = CPU_MAX_STEP_FLOPS,
+) -> SweepPlan:
+    """Group the runs that can be vectorized together; the others run alone.
+
+    Groups keep the order in which their first run appears; a group larger
+    than ``max_members`` is split into near-equal ensembles. On CPU, a group
+    whose :func:`step_flops` exceeds ``max_step_flops`` runs alone (None: no
+    limit; other devices: no limit).
+    """
+    if isinstance(max_members, bool) or not isinstance(max_members, int) or max_members < 2:
+        raise ValueError(f"max_members must be an integer >= 2, got {max_members!r}")
+    if max_step_flops is not None and not max_step_flops > 0:
+        raise ValueError(f"max_step_flops must be > 0 or None, got {max_step_flops!r}")
+    by_key: dict[str, list[RunConfig]] = {}
+    plan = SweepPlan()
+    for config in configs:
+        key = group_key(config)
+        if key is None:
+            plan.singles.append(config)
+        else:
+            by_key.setdefault(key, []).append(config)
+    for group in by_key.values():
+        if len(group) == 1:
+            plan.singles.extend(group)
+            continue
+        cpu = torch.device(group[0].device).type == "cpu"
+        if cpu and max_step_flops is not None and step_flops(group[0]) > max_step_flops:
+            plan.singles.extend(group)
+            plan.heavy += len(group)
+            continue
+        parts = math.ceil(len(group) / max_members)
+        size = math.ceil(len(group) / parts)
+        plan.groups.extend(group[i : i + size] for i in range(0, len(group), size))
+    return plan

@@ -1,0 +1,484 @@
+"""Steppers: what the one training loop (:mod:`implicit_reg.engine.loop`) drives.
+
+A stepper trains M ≥ 1 runs of one schedule and answers, for its live
+members (ids ``0..M-1`` still training):
+
+- :meth:`step`: one optimizer step each; the batch loss L(θ_t) at the
+  iterate before the step, per member;
+- :meth:`evaluate`: the base metrics (:data:`~implicit_reg.engine.config.BASE_METRICS`)
+  at the current iterate: train/test loss and error in eval mode, ‖∇L‖² over
+  the full training set, ‖θ‖, ‖θ − θ₀‖ over the trainable parameters (and
+  ``train_error_clean`` with label noise);
+- :meth:`retire`: stop training members (they keep their parameters);
+- :meth:`probe_target`: a model holding member i's parameters, its training
+  data and initial state, for :func:`implicit_reg.probes.run_probes`;
+- :meth:`state_dict` / :meth:`load_state_dict`: all the state a checkpoint needs.
+
+:class:`SerialStepper` wraps one model and its ``torch.optim`` optimizer
+(:func:`~implicit_reg.engine.optimizers.build_optimizer`); :class:`EnsembleStepper`
+wraps a :class:`~implicit_reg.ensemble.vectorized.VectorizedEnsemble`.
+
+The serial update (h = ``lr``, N = the batch's size):
+
+- ``gd``/``sgd``: the gradient of the batch mean, accumulated over chunks of
+  ``chunk_size`` rows by :func:`implicit_reg.core.objective.full_gradient` (the
+  result does not depend on the chunk size), then ``opt.step()``.
+- ``egr``: :class:`implicit_reg.core.optim.EGR`, GD on L + μ‖∇L‖² with the
+  gradient g + 2μ·Hg (Barrett & Dherin, ICLR 2021), μ = h/4 by default.
+  Over several chunks exact EGR needs the full g before Hg, so it runs two
+  passes (:func:`egr_chunked_exact_step`); finite-difference EGR takes the
+  chunked gradient as a torch-style closure; with ``egr_micro_batch`` the
+  penalty is averaged over micro-batches (:func:`egr_micro_batch_step`).
+- minibatches (``batch_size``): a fresh permutation of the N samples each
+  epoch from a ``torch.Generator`` seeded with ``seed``
+  (:class:`~implicit_reg.ensemble.vectorized.MinibatchOrder`).
+- ``lr_decay_every``: every K steps each parameter group's ``lr`` is
+  multiplied by ``lr_decay_factor``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import vmap
+
+from ..core.hvp import grad_and_hvp
+from ..core.modified_gradient import flat_norm, igr_coeff
+from ..core.objective import (
+    chunk_loss_fns,
+    full_gradient,
+    iter_chunks,
+    num_samples,
+    trainable_named_params,
+)
+from ..core.optim import EGR
+from ..ensemble.vectorized import (
+    MinibatchOrder,
+    VectorizedEnsemble,
+    ensemble_gradient,
+    ensemble_loss_fns,
+    ensemble_outputs,
+    member_sq_norms,
+)
+from .config import RunConfig
+from .optimizers import build_optimizer, update_rule
+
+__all__ = [
+    "SerialStepper",
+    "EnsembleStepper",
+    "evaluate",
+    "egr_chunked_exact_step",
+    "egr_micro_batch_step",
+]
+
+
+def _initial(model: nn.Module) -> tuple[list[Tensor], dict[str, Tensor]]:
+    """θ₀ (trainable parameters) and the initial ``state_dict`` of ``model``."""
+    params = [p.detach().clone() for p in trainable_named_params(model).values()]
+    return params, {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+# ------------------------------------------------------------------ serial
+class SerialStepper:
+    """One run: a model and its optimizer, through the optimizer's public API."""
+
+    def __init__(self, config: RunConfig, data, model: nn.Module, loss_fn: nn.Module) -> None:
+        self.config, self.data, self.model, self.loss_fn = config, data, model, loss_fn
+        self.init_params, self.init_state = _initial(model)
+        self.params = list(trainable_named_params(model).values())
+        self.opt = build_optimizer(config, self.params, model)
+        self.order = None
+        if config.batch_size is not None:
+            gen = torch.Generator().manual_seed(config.seed)  # minibatch order only
+            self.order = MinibatchOrder(data.n_train, config.batch_size, gen)
+        self.live = [0]
+        self.steps_done = 0
+
+    size = 1
+
+    def _batch(self) -> tuple[Tensor, Tensor]:
+        if self.order is None:
+            return self.data.train
+        idx = next(self.order).to(self.data.x_train.device)
+        return self.data.x_train[idx], self.data.y_train[idx]
+
+    def step(self) -> dict[int, float]:
+        loss = float(_gradient_step(self.config, self.opt, self.model, self.loss_fn, self._batch()))
+        self.steps_done += 1
+        every = self.config.lr_decay_every
+        if every and self.steps_done % every == 0:
+            for group in self.opt.param_groups:
+                group["lr"] *= self.config.lr_decay_factor
+        return {0: loss}
+
+    def evaluate(self, members: Sequence[int]) -> dict[int, dict[str, float]]:
+        metrics = evaluate(
+            self.model, self.loss_fn, self.data, chunk_size=self.config.chunk_size,
+            init_params=self.init_params,
+        )  # fmt: skip
+        return {0: metrics} if 0 in members else {}
+
+    def retire(self, members) -> None:
+        self.live = [m for m in self.live if m not in set(members)]
+
+    def probe_target(self, member: int):
+        return self.model, self.data.train, self.init_state
+
+    def n_params(self, member: int) -> int:
+        from ..workloads.models import count_params
+
+        return count_params(self.model)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "state_dict": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "order": None if self.order is None else self.order.state_dict(),
+            "init_params": self.init_params,
+            "init_state": self.init_state,
+            "steps_done": self.steps_done,
+            "live": list(self.live),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["state_dict"])
+        self.opt.load_state_dict(state["optimizer"])
+        if self.order is not None:
+            self.order.load_state_dict(state["order"])
+        self.init_params = [t.clone() for t in state["init_params"]]
+        self.init_state = {k: v.clone() for k, v in state["init_state"].items()}
+        self.steps_done, self.live = int(state["steps_done"]), list(state["live"])
+
+
+def egr_chunked_exact_step(
+    opt: EGR,
+    model: nn.Module,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    batch: tuple[Tensor, Tensor],
+    chunk_size: int | None,
+) -> Tensor:
+    """One exact EGR step over a batch processed in chunks; returns L(θ) before the step.
+
+    The modified gradient g̃ = g + 2H(μ ⊙ g) needs the full-batch g before any
+    Hessian product, so: pass 1 accumulates g = Σ_c ∇(w_c L_c) with
+    w_c = n_c/N; pass 2 accumulates H(μ⊙g) = Σ_c ∇²(w_c L_c)(μ⊙g) through
+    :func:`implicit_reg.core.hvp.grad_and_hvp` with ``vec = μ⊙g``. The update is
+    ``EGR.step``'s: θ ← θ − h·g̃, and ``.grad`` is left holding g.
+    """
+    params, lrs, mus = _egr_groups(opt, model)
+    loss, g = full_gradient(model, loss_fn, batch, chunk_size)  # pass 1
+    v = tuple(m * gi for m, gi in zip(mus, g))
+    hv = [torch.zeros_like(p) for p in params]
+    primal = tuple(p.detach().requires_grad_(True) for p in params)
+    for f in chunk_loss_fns(model, loss_fn, batch, chunk_size):  # pass 2
+        _, hv_c = grad_and_hvp(f, primal, vec=v)
+        for acc, h in zip(hv, hv_c):
+            acc.add_(h)
+    _egr_apply(params, g, hv, lrs)
+    return loss
+
+
+def egr_micro_batch_step(
+    opt: EGR,
+    model: nn.Module,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    batch: tuple[Tensor, Tensor],
+    micro_batch: int,
+) -> Tensor:
+    """One EGR step whose penalty is averaged over micro-batches; returns L_B(θ) before the step.
+
+    The explicit SGD regularizer of Smith, Dherin, Barrett & De (ICLR 2021,
+    arXiv 2101.12176): over an epoch of m minibatches SGD follows
+    L + (h/4m)·Σ_k‖∇L_k‖². To add it to training on larger batches, split each
+    batch B into consecutive micro-batches j of ``micro_batch`` rows and step
+    on the gradient of
+
+        L_B(θ) + Σ_j w_j·μ‖∇L_j(θ)‖²,     w_j = n_j/|B|,
+
+    θ ← θ − h·(g_B + 2·Σ_j w_j·H_j(μ⊙g_j)), where L_B is the batch mean loss,
+    L_j the micro-batch mean loss, g_j = ∇L_j and H_j = ∇²L_j (μ per group, h/4
+    by default). With equal micro-batches Σ_j w_j = (1/J)·Σ_j, Smith et al.'s
+    average. One pass: for f_j = w_j·L_j, :func:`implicit_reg.core.hvp.grad_and_hvp`
+    with the direction μ⊙g_j returns (w_j·g_j, w_j·H_j(μ⊙g_j)). ``.grad`` is
+    left holding g_B.
+    """
+    params, lrs, mus = _egr_groups(opt, model)
+    n = num_samples(batch)
+    g = [torch.zeros_like(p) for p in params]
+    hv = [torch.zeros_like(p) for p in params]
+    losses: list[Tensor] = []
+    primal = tuple(p.detach().requires_grad_(True) for p in params)
+    for f, (xj, _) in zip(
+        chunk_loss_fns(model, loss_fn, batch, micro_batch), iter_chunks(batch, micro_batch)
+    ):
+        w = len(xj) / n
+
+        def f_logged(p, f=f):
+            out = f(p)
+            losses.append(out.detach())
+            return out
+
+        gj, hj = grad_and_hvp(
+            f_logged, primal, vec=lambda wg, w=w: tuple(m * x / w for m, x in zip(mus, wg))
+        )
+        for acc_g, acc_h, a, b in zip(g, hv, gj, hj):
+            acc_g.add_(a)
+            acc_h.add_(b)
+    _egr_apply(params, g, hv, lrs)
+    return torch.stack(losses).sum()
+
+
+def _egr_groups(opt: EGR, model: nn.Module) -> tuple[list[Tensor], list[float], list[float]]:
+    """The trainable parameters of ``model`` with the step h and coefficient μ of each
+    one's optimizer group (μ = h/4 where the group's coeff is None)."""
+    params = list(trainable_named_params(model).values())
+    groups = {id(p): g for g in opt.param_groups for p in g["params"]}
+    lrs = [groups[id(p)]["lr"] for p in params]
+    mus = [
+        igr_coeff(groups[id(p)]["lr"]) if groups[id(p)]["coeff"] is None else groups[id(p)]["coeff"]
+        for p in params
+    ]
+    return params, lrs, mus
+
+
+def _egr_apply(params, g, hv, lrs) -> None:
+    """θ ← θ − h·(g + 2·Hv), leaving ``.grad`` = g (``EGR.step``'s update)."""
+    with torch.no_grad():
+        for p, gi, h, lr in zip(params, g, hv, lrs):
+            p.add_(gi + 2.0 * h, alpha=-lr)
+            p.grad = gi.clone()
+
+
+def _gradient_step(
+    config: RunConfig,
+    opt: torch.optim.Optimizer,
+    model: nn.Module,
+    loss_fn: nn.Module,
+    batch: tuple[Tensor, Tensor],
+) -> Tensor:
+    """One optimizer step on ``batch`` (full data or a minibatch); returns the
+    batch loss at the parameters before the step."""
+    chunk = config.chunk_size
+    chunked = chunk is not None and chunk < len(batch[0])
+    params = list(trainable_named_params(model).values())
+
+    def set_grad() -> Tensor:  # torch-style: gradient of the batch mean, in chunks
+        loss, g = full_gradient(model, loss_fn, batch, chunk)
+        for p, gi in zip(params, g):
+            p.grad = gi
+        return loss
+
+    if config.optimizer != "egr":
+        loss = set_grad()
+        opt.step()
+        return loss
+    if config.egr_micro_batch is not None:
+        return egr_micro_batch_step(opt, model, loss_fn, batch, config.egr_micro_batch)
+    if not chunked:
+        x, y = batch
+        return opt.step(lambda: loss_fn(model(x), y))  # EGR's closure: no backward
+    if config.egr_method == "finite_difference":
+        return opt.step(set_grad)  # EGR accepts a torch-style closure for finite differences
+    return egr_chunked_exact_step(opt, model, loss_fn, batch, chunk)
+
+
+def _loss_and_error(model, loss_fn, x, y, chunk_size, classes: bool) -> tuple[float, float]:
+    """Mean loss and error rate over (x, y), in chunks, without autograd."""
+    n = len(x)
+    total, wrong = 0.0, 0
+    with torch.no_grad():
+        for xc, yc in iter_chunks((x, y), chunk_size):
+            out = model(xc)
+            total += float(loss_fn(out, yc)) * len(xc)
+            if classes:
+                truth = yc if not yc.is_floating_point() else yc.argmax(1)
+                wrong += int((out.argmax(1) != truth).sum())
+    return total / n, wrong / n
+
+
+def evaluate(model, loss_fn, data, *, chunk_size, init_params) -> dict[str, float]:
+    """The base metrics at the current parameters (model left as found).
+
+    Losses and errors in eval mode; ‖∇L‖² in the mode the model is in
+    (train, for the training objective), via
+    :func:`implicit_reg.core.objective.full_gradient`, which leaves ``.grad`` and
+    the buffers untouched.
+    """
+    classes = data.num_classes is not None
+    was_training = model.training
+    model.eval()
+    try:
+        tr_loss, tr_err = _loss_and_error(model, loss_fn, *data.train, chunk_size, classes)
+        te_loss, te_err = _loss_and_error(model, loss_fn, *data.test, chunk_size, classes)
+        clean = None
+        if classes and data.label_noise > 0:
+            _, clean = _loss_and_error(
+                model, loss_fn, data.x_train, data.y_train_clean, chunk_size, classes
+            )
+    finally:
+        model.train(was_training)
+    _, g = full_gradient(model, loss_fn, data.train, chunk_size)
+    params = list(trainable_named_params(model).values())
+    out = {"train_loss": tr_loss, "test_loss": te_loss}
+    if classes:
+        out.update(train_error=tr_err, test_error=te_err)
+    out.update(
+        grad_norm_sq=float(flat_norm(g)) ** 2,
+        weight_norm=float(flat_norm(params)),
+        dist_from_init=float(flat_norm([p.detach() - p0 for p, p0 in zip(params, init_params)])),
+    )
+    if clean is not None:
+        out["train_error_clean"] = clean
+    return out
+
+
+# ---------------------------------------------------------------- ensemble
+class EnsembleStepper:
+    """Runs that share one schedule and architecture, as one
+    :class:`~implicit_reg.ensemble.vectorized.VectorizedEnsemble`: member m follows
+    its serial run's update (:func:`~implicit_reg.engine.optimizers.update_rule`) with
+    its own lr, EGR coefficient, seed (initialization and minibatch order) and
+    targets. Divergence is the loop's call: the ensemble itself never drops a member
+    (``max_loss=inf``); the loop retires it."""
+
+    def __init__(
+        self, configs: Sequence[RunConfig], datas: Sequence, models: Sequence[nn.Module],
+        loss_fn: nn.Module,
+    ) -> None:  # fmt: skip
+        cfg = configs[0]
+        self.configs, self.datas, self.models, self.loss_fn = (
+            list(configs),
+            list(datas),
+            list(models),
+            loss_fn,
+        )
+        initial = [_initial(m) for m in self.models]
+        self.init_states = [s for _, s in initial]
+        self._eval = _Evaluator(self.datas, loss_fn, cfg.chunk_size)
+        self.ens = VectorizedEnsemble(
+            self.models, loss_fn, self._eval.x_train, self._eval.y_train,
+            optimizer=update_rule(cfg), lr=[c.lr for c in configs],
+            coeff=[c.egr_coeff for c in configs], momentum=cfg.momentum, nesterov=cfg.nesterov,
+            weight_decay=cfg.weight_decay, egr_method=cfg.egr_method, batch_size=cfg.batch_size,
+            seeds=[c.seed for c in configs], x_per_member=self._eval.xb_train, y_per_member=True,
+            chunk_size=cfg.chunk_size,
+        )  # fmt: skip
+        self.init = tuple(p.clone() for p in self.ens.params)
+
+    @property
+    def size(self) -> int:
+        return self.ens.size
+
+    @property
+    def live(self) -> list[int]:
+        return self.ens.live
+
+    def step(self) -> dict[int, float]:
+        return {m: row["loss"] for m, row in self.ens.step().items()}
+
+    def evaluate(self, members: Sequence[int]) -> dict[int, dict[str, float]]:
+        metrics = self._eval(self.ens, self.init)
+        return {m: metrics[m] for m in members}
+
+    def retire(self, members) -> None:
+        members = [m for m in members if m in self.ens.live]
+        if members:
+            self.ens.retire(members)
+
+    def probe_target(self, member: int):
+        model = self.ens.load_member(member, self.models[member])
+        return model, self.datas[member].train, self.init_states[member]
+
+    def n_params(self, member: int) -> int:
+        from ..workloads.models import count_params
+
+        return count_params(self.models[member])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"ensemble": self.ens.state_dict(), "init": [p.clone() for p in self.init]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.ens.load_state_dict(state["ensemble"])
+        self.init = tuple(p.clone() for p in state["init"])
+
+
+def _stack_or_share(tensors: list[Tensor]) -> tuple[Tensor, bool]:
+    """One tensor if all members have the same, else the stack ``[M, …]``; and which."""
+    first = tensors[0]
+    if all(t.shape == first.shape and torch.equal(t, first) for t in tensors[1:]):
+        return first, False
+    if any(t.shape != first.shape for t in tensors):
+        raise ValueError("the members' data sets differ in shape; they cannot be vectorized")
+    return torch.stack(tensors), True
+
+
+class _Evaluator:
+    """:func:`evaluate` for every live member of an ensemble at once, same formulas."""
+
+    def __init__(self, datas: list, loss_fn, chunk_size: int | None) -> None:
+        if any(d.n_train != datas[0].n_train for d in datas):
+            raise ValueError("the members' training sets differ in size")
+        self.loss_fn, self.chunk_size = loss_fn, chunk_size
+        self.classes = datas[0].num_classes is not None
+        self.x_train, self.xb_train = _stack_or_share([d.x_train for d in datas])
+        self.x_test, self.xb_test = _stack_or_share([d.x_test for d in datas])
+        self.y_train = torch.stack([d.y_train for d in datas])
+        self.y_test = torch.stack([d.y_test for d in datas])
+        self.y_clean = torch.stack([d.y_train_clean for d in datas])
+        self.noisy = [self.classes and d.label_noise > 0 for d in datas]
+
+    def _loss_and_error(self, arch, params, rows, x, x_batched, y) -> tuple[list, list]:
+        """Per member: Σ_c float(L_c)·n_c / n and the error rate, as :func:`_loss_and_error`."""
+        n = y.shape[1]
+        step = n if self.chunk_size is None else self.chunk_size
+        k = len(rows)
+        total, wrong = [0.0] * k, [0] * k
+        x = x[rows] if x_batched else x
+        y = y[rows]
+        for i in range(0, n, step):
+            xc = x[:, i : i + step] if x_batched else x[i : i + step]
+            yc = y[:, i : i + step]
+            out = ensemble_outputs(arch, params, xc, x_batched=x_batched)
+            with torch.no_grad():
+                losses = vmap(self.loss_fn)(out, yc).tolist()
+            for j in range(k):
+                total[j] += float(losses[j]) * yc.shape[1]
+            if self.classes:
+                truth = yc if not yc.is_floating_point() else yc.argmax(-1)
+                for j, w in enumerate((out.argmax(-1) != truth).sum(1).tolist()):
+                    wrong[j] += int(w)
+        return [t / n for t in total], [w / n for w in wrong]
+
+    def __call__(self, ens: VectorizedEnsemble, init: tuple[Tensor, ...]) -> dict[int, dict]:
+        rows = torch.tensor(ens.live, dtype=torch.long, device=self.y_train.device)
+        arch, params = ens.arch, ens.params
+        tr = self._loss_and_error(arch, params, rows, self.x_train, self.xb_train, self.y_train)
+        te = self._loss_and_error(arch, params, rows, self.x_test, self.xb_test, self.y_test)
+        clean = None
+        if any(self.noisy[m] for m in ens.live):
+            clean = self._loss_and_error(
+                arch, params, rows, self.x_train, self.xb_train, self.y_clean
+            )[1]
+        x = self.x_train[rows] if self.xb_train else self.x_train
+        fns = ensemble_loss_fns(
+            arch, self.loss_fn, x, self.y_train[rows], chunk_size=self.chunk_size,
+            x_batched=self.xb_train, y_batched=True,
+        )  # fmt: skip
+        _, g = ensemble_gradient(fns, params)
+        gsq = member_sq_norms(g).sqrt().tolist()
+        wnorm = member_sq_norms(params).sqrt().tolist()
+        init_live = tuple(p0[rows.to(p0.device)] for p0 in init)
+        dist = member_sq_norms([p - p0 for p, p0 in zip(params, init_live)]).sqrt().tolist()
+        out = {}
+        for j, m in enumerate(ens.live):
+            values = {"train_loss": tr[0][j], "test_loss": te[0][j]}
+            if self.classes:
+                values.update(train_error=tr[1][j], test_error=te[1][j])
+            values.update(grad_norm_sq=gsq[j] ** 2, weight_norm=wnorm[j], dist_from_init=dist[j])
+            if clean is not None and self.noisy[m]:
+                values["train_error_clean"] = clean[j]
+            out[m] = values
+        return out
