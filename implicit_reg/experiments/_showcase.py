@@ -56,9 +56,14 @@ def showcase(out: Path, names: tuple[str, ...] = SHOWCASE, echo=print) -> list[R
             f"not in the showcase: {', '.join(unknown)}; choose from {', '.join(SHOWCASE)}"
         )
     out = Path(out)
-    reports, t0 = [], time.perf_counter()
+    reports, failed, t0 = [], [], time.perf_counter()
     for name in names:
-        report = reproduce(name, DEMO_SCALE, out / name)
+        try:
+            report = reproduce(name, DEMO_SCALE, out / name)
+        except Exception as e:  # one broken experiment does not hide the others
+            echo(f"{name}: FAILED: {type(e).__name__}: {e}")
+            failed.append(name)
+            continue
         reports.append(report)
         for line in summary_lines(report):
             echo(line)
@@ -69,6 +74,10 @@ def showcase(out: Path, names: tuple[str, ...] = SHOWCASE, echo=print) -> list[R
         "Network double descent (model-, epoch- and sample-wise), SGD and the learning-rate "
         "sweep need --scale small or full: committed results in docs/results/README.md"
     )
+    if failed:
+        raise RuntimeError(
+            f"{len(failed)} of {len(names)} demo experiments failed: {', '.join(failed)}"
+        )
     return reports
 
 

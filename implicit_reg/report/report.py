@@ -331,8 +331,10 @@ def seed_trend(
 
 def effect_text(effect: float, se: float, digits: int = 3) -> str:
     """``effect ± SE (k SE)`` as text, the numbers a verdict rests on."""
-    if not math.isfinite(se) or se == 0:
+    if not math.isfinite(se):
         return f"{fmt(effect, digits)} (SE n/a)"
+    if se == 0:
+        return f"{fmt(effect, digits)} ± 0 SE (the same on every seed)"
     return f"{fmt(effect, digits)} ± {fmt(se, 2)} SE ({effect / se:+.1f} SE)"
 
 
