@@ -226,7 +226,7 @@ class CurvatureOperator:
         raise NotImplementedError
 
     def matmat(self, mat: Tensor) -> Tensor:
-        """M V for a ``(dim, b)`` matrix, in blocks of at most ``block_size`` columns.
+        """M V for a ``(dim, b)`` matrix, in ⌈b/block_size⌉ blocks of (nearly) equal width.
 
         Each block costs one pass over the data; the result is in the
         parameters' dtype and counts b products in ``n_hvp``.
@@ -236,8 +236,10 @@ class CurvatureOperator:
             raise ValueError(f"expected a matrix of shape ({self.dim}, b), got {shape}")
         mat = mat.to(device=self.device, dtype=self.dtype)
         out = []
-        for start in range(0, mat.shape[1], self.block_size):
-            block = mat[:, start : start + self.block_size]
+        b = mat.shape[1]
+        n_blocks = -(-b // self.block_size)  # equal blocks: 33 columns at 32 are 17 + 16, not 32 + 1
+        for start in range(0, b, -(-b // max(n_blocks, 1)) if b else 1):
+            block = mat[:, start : start + -(-b // n_blocks)]
             vs = self._unflatten_block(block)
             with self._passes():
                 params = self._leaves(self.params())
