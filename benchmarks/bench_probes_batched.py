@@ -240,6 +240,11 @@ def eos_table(steps=2000, every=100, lr=1.48):
     )
     print("λ_max(H) along the run:   " + " ".join(f"{v:.3f}" for v in lams))
     print("λ_max(GGN) along the run: " + " ".join(f"{v:.3f}" for v in ggn))
+    sines.sort()
+    print(
+        f"sin∠(previous, new top eigenvector) between probes: median {sines[len(sines) // 2]:.2g}, "
+        f"min {sines[0]:.2g}, max {sines[-1]:.2g}"
+    )
     print(
         f"{'Lanczos tol':<16}{'cold HVPs':>10}{'warm HVPs':>10}{'warm/cold':>10}{'max |Δλ|/λ':>13}"
     )
