@@ -14,7 +14,7 @@ SLQ (10 start vectors × 50 steps) and the top-5 eigenvalues, for
 
 - "one-vector": today's path, every product a separate ``matvec`` (the
   operator is wrapped so that the estimators cannot see ``matmat``);
-- "batched": ``matmat`` (vmap over the one HVP, block_size 32) and, for
+- "batched": ``matmat`` (vmap over the one HVP, default block_size 8) and, for
   top-5, block Lanczos with block sizes 2 and 5;
 - "curvlinops": ``HessianLinearOperator`` with its own ``hutchinson_trace``,
   ``hutchpp_trace``, ``lanczos_approximate_spectrum`` (given the spectrum's
@@ -31,7 +31,7 @@ on a teacher, small MLP; 2,000 steps, λ_max probed every 100), HVPs of cold
 Lanczos against Lanczos warm-started from the previous probe's eigenvector
 (``run_probes(..., state=...)``), at the default tolerance and at 1e-4.
 
-Table 3: peak memory of ``matmat`` of 32 vectors at two block sizes and two
+Table 3: peak memory of ``matmat`` of 32 vectors at two block sizes (4, 32) and two
 data-set sizes (chunk 250), each in a fresh process.
 
     PYTHONPATH=$PWD /work/bench-venv/bin/python benchmarks/bench_probes_batched.py
@@ -119,7 +119,7 @@ def timed(fn):
 
 def estimator_table(name, model, X, y, repeats, exact_trace):
     loss_fn = nn.CrossEntropyLoss()
-    op = HessianOperator(model, loss_fn, (X, y), block_size=32)
+    op = HessianOperator(model, loss_fn, (X, y))  # default block_size
     one = OneAtATime(HessianOperator(model, loss_fn, (X, y)))
     ref = arpack_eigsh(HessianOperator(model, loss_fn, (X, y)), 5, tol=0.0).eigenvalues
     lo = arpack_eigsh(HessianOperator(model, loss_fn, (X, y)), 1, which="SA", tol=1e-4).eigenvalues
@@ -240,6 +240,11 @@ def eos_table(steps=2000, every=100, lr=1.48):
     )
     print("λ_max(H) along the run:   " + " ".join(f"{v:.3f}" for v in lams))
     print("λ_max(GGN) along the run: " + " ".join(f"{v:.3f}" for v in ggn))
+    sines.sort()
+    print(
+        f"sin∠(previous, new top eigenvector) between probes: median {sines[len(sines) // 2]:.2g}, "
+        f"min {sines[0]:.2g}, max {sines[-1]:.2g}"
+    )
     print(
         f"{'Lanczos tol':<16}{'cold HVPs':>10}{'warm HVPs':>10}{'warm/cold':>10}{'max |Δλ|/λ':>13}"
     )

@@ -50,6 +50,11 @@ def probe(
     chunk_size: int | None = typer.Option(
         None, help="Rows per chunk (peak memory); default one chunk."
     ),
+    params: str | None = typer.Option(
+        None,
+        help="Measure only these parameters: comma-separated module names or globs, "
+        "e.g. 'net.0.*' (the first layer of the package's mlp).",
+    ),
     set_: list[str] = typer.Option(
         [], "--set", help="Probe option KEY=VALUE, e.g. trace_hvps=99 or mode=train (repeatable)."
     ),
@@ -62,13 +67,14 @@ def probe(
     Examples:
       implicit-reg probe runs/ab12cd34ef56/checkpoint.pt --json probes.json
       implicit-reg probe --model mlp --width 64 --dataset mnist1d --probes lambda_max,trace
+      implicit-reg probe runs/ab12cd34ef56/checkpoint.pt --params 'net.0.*'
     """
     try:
         result = probe_model(
             checkpoint=checkpoint, model=model, width=width, depth=depth, activation=activation,
             dataset=dataset, n_train=n_train, label_noise=label_noise, task=task, loss=loss,
             seed=seed, dtype=dtype, probes=probes, chunk_size=chunk_size,
-            options=parse_options(set_),
+            options={**parse_options(set_), **({"params": params.split(",")} if params else {})},
         )  # fmt: skip
         if json_path is not None:
             out = Path(json_path)
