@@ -18,6 +18,11 @@ Rows:
     naive           L + μ‖∇L‖² built with create_graph=True, one backward of the sum
     func: <m>       ``modified_gradient_exact(method=m)`` on the functional loss
                     (``chunk_loss_fns``), the three HVP forms of ``grad_and_hvp``
+    torch SGD       ``torch.optim.SGD(momentum=0.9)``, torch-style closure
+    SGD             ``implicit_reg.core.optim.SGD(momentum=0.9)``, the same call
+    EGR create_graph  EGR exact through a torch closure calling backward(create_graph=True)
+    EGR chunks x4   EGR exact through ``step(chunks=...)``, 4 chunks (two passes)
+    SAM / ASAM / penalty  ``core.sam`` around GD, torch-style closure (two gradients)
 
 Accuracy: on ``--acc-rows`` rows the modified gradient g̃ = g + 2μHg of each
 method, computed in float32 as timed, against the exact one in float64 (the
@@ -47,7 +52,8 @@ from implicit_reg.core.modified_gradient import (
     modified_gradient_fd,
 )
 from implicit_reg.core.objective import chunk_loss_fns, trainable_named_params
-from implicit_reg.core.optim import EGR, GD
+from implicit_reg.core.optim import EGR, GD, SGD
+from implicit_reg.core.sam import ASAM, SAM, GradNormPenalty
 
 ACTS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
@@ -124,6 +130,41 @@ def make_steps(base: nn.Module, x, y, lr: float, mu: float) -> dict:
                 torch._foreach_add_(list(params), list(g_mod), alpha=-lr)
 
         steps[f"func: {method}"] = func_step
+
+    def torch_closure(model, opt, create_graph=False):
+        def closure():
+            opt.zero_grad()
+            loss = loss_fn(model(x), y)
+            loss.backward(create_graph=create_graph)
+            return loss
+
+        return closure
+
+    for name, make in (
+        ("torch SGD", lambda ps: torch.optim.SGD(ps, lr=lr, momentum=0.9)),
+        ("SGD", lambda ps: SGD(ps, lr=lr, momentum=0.9)),
+    ):
+        m = copy.deepcopy(base)
+        opt = make(m.parameters())
+        steps[name] = lambda opt=opt, c=torch_closure(m, opt): opt.step(c)
+
+    m = copy.deepcopy(base)
+    egr_cg = EGR(m.parameters(), lr=lr, coeff=mu)
+    steps["EGR create_graph"] = lambda c=torch_closure(m, egr_cg, True): egr_cg.step(c)
+
+    m = copy.deepcopy(base)
+    egr_ch = EGR(m.parameters(), lr=lr, coeff=mu)
+    n, k = len(x), (len(x) + 3) // 4
+    chunks = [
+        (len(x[i : i + k]) / n, lambda m=m, i=i: loss_fn(m(x[i : i + k]), y[i : i + k]))
+        for i in range(0, n, k)
+    ]
+    steps["EGR chunks x4"] = lambda: egr_ch.step(chunks=chunks)
+
+    for name, cls in (("SAM", SAM), ("ASAM", ASAM), ("penalty", GradNormPenalty)):
+        m = copy.deepcopy(base)
+        opt = cls(m.parameters(), GD, lr=lr)
+        steps[name] = lambda opt=opt, c=torch_closure(m, opt): opt.step(c)
     return steps
 
 

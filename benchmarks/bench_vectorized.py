@@ -166,7 +166,7 @@ def bench_training(label, *, members, steps, optimizer, threads, batch_size=None
 # ----------------------------------------------------------------- crossover
 def bench_crossover(threads: int, steps: int) -> None:
     """Serial vs vectorized GD per member-step across model and batch sizes."""
-    from implicit_reg.engine.vectorized_sweep import CPU_MAX_STEP_FLOPS
+    from implicit_reg.engine.plan import CPU_MAX_STEP_FLOPS
 
     torch.set_num_threads(threads)
     x_all, y_all = mnist1d()

@@ -17,3 +17,36 @@ def _restore_torch_globals():
     yield
     torch.set_default_dtype(dtype)
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: 2-thread BLAS on a shared 2-core machine is up to 10x slower
+    for tiny sizes (restored by ``_restore_torch_globals``)."""
+    torch.set_num_threads(1)
+
+
+@pytest.fixture
+def sigkill_when():
+    """``sigkill_when(proc, ready, timeout=180)``: SIGKILL the subprocess ``proc`` as soon
+    as ``ready()`` is true; fails if it ended first or did not die by SIGKILL."""
+    import os
+    import signal
+    import time
+
+    def kill(proc, ready, timeout: float = 180) -> None:
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and proc.poll() is None:
+                if ready():
+                    break
+                time.sleep(0.01)
+            assert proc.poll() is None, "the process finished before it could be killed"
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == -signal.SIGKILL
+
+    return kill

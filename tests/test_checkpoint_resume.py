@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -56,12 +54,7 @@ print("steps", counted[0])
 """
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def child(tmp_path, mode: str, out: Path, delay: float, configs: list[RunConfig]):
@@ -73,22 +66,14 @@ def child(tmp_path, mode: str, out: Path, delay: float, configs: list[RunConfig]
     return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, text=True)
 
 
-def kill_after_checkpoint(proc, folder: Path, min_step: int) -> None:
-    """SIGKILL the child once a checkpoint of step >= min_step is in ``folder``."""
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and proc.poll() is None:
-            steps = [int(p.stem.split("_")[1]) for p in folder.glob("**/step_*.pt")]
-            if steps and max(steps) >= min_step:
-                break
-            time.sleep(0.01)
-        assert proc.poll() is None, "the run finished before it could be killed"
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL
+def checkpoint_at(folder: Path, min_step: int):
+    """True once a checkpoint of step >= min_step is in ``folder`` (or below it)."""
+
+    def ready() -> bool:
+        steps = [int(p.stem.split("_")[1]) for p in folder.glob("**/step_*.pt")]
+        return bool(steps) and max(steps) >= min_step
+
+    return ready
 
 
 def steps_trained(proc) -> int:
@@ -105,13 +90,13 @@ def same_result(a: Path, b: Path) -> None:
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_a_killed_run_resumes_bit_identical(case, tmp_path):
+def test_a_killed_run_resumes_bit_identical(case, tmp_path, sigkill_when):
     cfg = RunConfig(**{**BASE, **CASES[case], "checkpoint": True})
     whole = tmp_path / "whole"
     run(cfg, whole, raise_errors=True)
     out = tmp_path / "killed"
     proc = child(tmp_path, "run", out, 0.005, [cfg])
-    kill_after_checkpoint(proc, out, min_step=40)
+    sigkill_when(proc, checkpoint_at(out, 40))
     run_dir = ResultStore(out).path_for(cfg)
     assert not (run_dir / "summary.json").exists()
     resumed = steps_trained(child(tmp_path, "run", out, 0.0, [cfg]))
@@ -125,13 +110,13 @@ def test_a_killed_run_resumes_bit_identical(case, tmp_path):
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_a_killed_ensemble_member_resumes_bit_identical(case, tmp_path):
+def test_a_killed_ensemble_member_resumes_bit_identical(case, tmp_path, sigkill_when):
     configs = [RunConfig(**{**BASE, **CASES[case], "lr": lr}) for lr in (0.05, 0.1, 0.15)]
     whole = tmp_path / "whole"
     run_sweep(configs, whole, vectorize=True, progress=False)
     out = tmp_path / "killed"
     proc = child(tmp_path, "sweep", out, 0.005, configs)
-    kill_after_checkpoint(proc, out / "runs" / ".ensembles", min_step=40)
+    sigkill_when(proc, checkpoint_at(out / "runs" / ".ensembles", 40))
     assert not list((out / "runs").glob("*/summary.json"))
     resumed = steps_trained(child(tmp_path, "sweep", out, 0.0, configs))
     assert 0 < resumed < BASE["steps"] - 30
@@ -159,3 +144,52 @@ def test_checkpoint_fields_leave_the_hash_alone():
     )
     with pytest.raises(ValueError, match="checkpoint_every"):
         RunConfig(checkpoint_every=0)
+
+
+def test_a_serial_sweep_resumes_an_unfinished_run_from_its_checkpoint(tmp_path, monkeypatch):
+    from implicit_reg.engine import steppers
+
+    configs = [RunConfig(**{**BASE, "steps": 35, "lr": lr}) for lr in (0.1, 0.2)]
+    run_sweep(configs, tmp_path, vectorize=False, progress=False)
+    store = ResultStore(tmp_path / "runs")
+    first = store.path_for(configs[0])
+    before = (first / "history.csv").read_text(), read_json(first / "summary.json")
+    assert [p.name for p in store.checkpoint_dir(configs[0]).iterdir()] == ["step_000000030.pt"]
+    (first / "summary.json").unlink()  # as if killed after its last checkpoint
+    steps = [0]
+    original = steppers.SerialStepper.step
+
+    def counted(self):
+        steps[0] += 1
+        return original(self)
+
+    monkeypatch.setattr(steppers.SerialStepper, "step", counted)
+    report = run_sweep(configs, tmp_path, vectorize=False, progress=False)
+    assert report.skipped == 1 and report.done == 1 and steps[0] == 5  # steps 31..35 only
+    after = (first / "history.csv").read_text(), read_json(first / "summary.json")
+    assert after[0] == before[0]
+    assert {k: v for k, v in after[1].items() if k != "wall_time_s"} == {
+        k: v for k, v in before[1].items() if k != "wall_time_s"
+    }
+
+
+def test_rerunning_a_finished_run_starts_from_step_zero(tmp_path, monkeypatch):
+    """A finished run's kept checkpoint continues nothing: a rerun trains it all again."""
+    from implicit_reg.engine import steppers
+
+    cfg = RunConfig(**{**BASE, "steps": 25})
+    first = run(cfg, tmp_path, raise_errors=True)
+    steps = [0]
+    original = steppers.SerialStepper.step
+
+    def counted(self):
+        steps[0] += 1
+        return original(self)
+
+    monkeypatch.setattr(steppers.SerialStepper, "step", counted)
+    again = run(cfg, tmp_path, raise_errors=True)
+    assert steps[0] == 25 and again.history == first.history
+    report = run_sweep([cfg], tmp_path / "sweep", vectorize=False, progress=False)
+    steps[0] = 0
+    run_sweep([cfg], tmp_path / "sweep", resume=False, vectorize=False, progress=False)
+    assert report.done == 1 and steps[0] == 25

@@ -158,3 +158,16 @@ def test_help_has_examples(command):
     assert (
         res.exit_code == 0 and "Example" in res.output and f"implicit-reg {command}" in res.output
     )
+
+
+def test_train_takes_a_field_from_set_unless_it_is_also_an_option(tmp_path):
+    runner = CliRunner()
+    base = ["train", "--dataset", "teacher", "--n-train", "16", "--width", "4", "--steps", "2",
+            "--set", "probes=", "--out", str(tmp_path)]  # fmt: skip
+    result = runner.invoke(app, [*base, "--set", "optimizer=sam", "--set", "rho=0.05"])
+    assert result.exit_code == 0, result.output
+    (cfg,) = tmp_path.glob("*/config.json")
+    assert '"optimizer": "sam"' in cfg.read_text()
+    result = runner.invoke(app, [*base, "--optimizer", "gd", "--set", "optimizer=sam"])
+    assert result.exit_code == 2
+    assert "--optimizer given both as an option and with --set" in result.stderr

@@ -14,8 +14,14 @@ from torch import nn
 from implicit_reg.core.optim import EGR
 from implicit_reg.core.regularizers import gradient_norm_penalty, sgd_implicit_regularizer
 from implicit_reg.engine.config import RunConfig
-from implicit_reg.engine.train import egr_micro_batch_step, run
+from implicit_reg.engine.steppers import batch_chunks
+from implicit_reg.engine.train import run
 from implicit_reg.workloads.models import build_model
+
+
+def egr_micro_batch_step(opt, model, loss_fn, batch, micro_batch):
+    """The serial stepper's micro-batch step: EGR.step over the engine's chunks."""
+    return opt.step(chunks=batch_chunks(model, loss_fn, batch, micro_batch), penalty="per_chunk")
 
 
 def _problem(n: int, seed: int = 0):

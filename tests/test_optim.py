@@ -435,10 +435,10 @@ def test_bad_closures_raise_value_error(method):
     with pytest.raises(ValueError, match=message):
         opt.step()
     with pytest.raises(
-        ValueError, match=r"closure must return the scalar loss tensor, got shape \(32, 3\)"
+        ValueError, match=r"the closure's loss must be a scalar tensor, got shape \(32, 3\)"
     ):
         opt.step(lambda: (model(x) - y) ** 2)
-    with pytest.raises(ValueError, match="closure must return the scalar loss tensor, got float"):
+    with pytest.raises(ValueError, match="the closure's loss must be a scalar tensor, got float"):
         opt.step(lambda: 1.0)
 
 

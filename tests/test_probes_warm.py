@@ -110,3 +110,31 @@ def test_warm_start_finds_top_even_from_an_exact_other_eigenvector():
     v0 = warm_start_vector(Q[:, -2], 30, seed=0, device="cpu")
     res = lanczos(op, 1, v0=v0)
     assert abs(float(res.eigenvalues[0]) - 3.0) <= 1e-8
+
+
+def test_ensemble_lanczos_returns_eigenvectors_and_warm_starts_from_them():
+    from implicit_reg.ensemble.probes import ensemble_lanczos_max
+    from implicit_reg.ensemble.vectorized import ensemble_loss_fns, stack_models
+
+    X, y = _data(n=40)
+    loss_fn = nn.CrossEntropyLoss()
+    models = [_model(s) for s in (1, 2)]
+    for m in models:
+        _gd(m, X, y, 200)
+    arch, params = stack_models(models)
+    fns = ensemble_loss_fns(arch, loss_fn, X, y, chunk_size=16)
+    cold = ensemble_lanczos_max(fns, params, seeds=[3, 4])
+    for i, m in enumerate(models):  # the returned vectors are the serial top eigenvectors
+        serial = lanczos(HessianOperator(m, loss_fn, (X, y), mode="train"), 1, seed=3 + i)
+        cos = float(cold.eigenvectors[i] @ serial.eigenvectors[:, 0])
+        assert abs(abs(cos) - 1) <= 1e-6
+    for m in models:
+        _gd(m, X, y, 20)
+    arch, params = stack_models(models)
+    fns = ensemble_loss_fns(arch, loss_fn, X, y, chunk_size=16)
+    again = ensemble_lanczos_max(fns, params, seeds=[3, 4])
+    warm = ensemble_lanczos_max(fns, params, seeds=[3, 4], v0=cold.eigenvectors)
+    torch.testing.assert_close(warm.eigenvalues, again.eigenvalues, rtol=1e-7, atol=0)
+    assert bool((warm.n_iter < again.n_iter).all()), (warm.n_iter, again.n_iter)
+    with pytest.raises(ValueError, match="v0 must have shape"):
+        ensemble_lanczos_max(fns, params, v0=torch.ones(3))

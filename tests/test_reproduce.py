@@ -30,7 +30,7 @@ from implicit_reg.experiments import (
 from implicit_reg.report.report import Report, select_scale, write_index
 
 ROOT = Path(__file__).resolve().parents[1]
-OURS = ("igr-toy", "igr-order", "double-descent-rf")
+OURS = ("igr-toy", "igr-order", "double-descent-rf", "epoch-wise-linear", "sample-wise-linear")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -209,10 +209,42 @@ def test_cli_all_runs_every_experiment_writes_the_index_and_survives_a_failure(
     (fake_dir / "fake_bad.py").write_text(
         'NAME = "fake-bad"\nTITLE = "t"\ndef run(scale, out):\n    raise RuntimeError("boom")\n'
     )
-    result = CliRunner().invoke(app, ["reproduce", "all", "--scale", "smoke", "--out", str(tmp_path / "o")])
+    result = CliRunner().invoke(
+        app, ["reproduce", "all", "--scale", "smoke", "--out", str(tmp_path / "o")]
+    )
     assert result.exit_code == 1
     assert "fake-bad failed: RuntimeError: boom" in result.stderr
     for name in ("fake-one", "fake-two"):
         check_report_dir(tmp_path / "o" / name, name)
     index = (tmp_path / "o" / "README.md").read_text()
     assert "fake-one" in index and "fake-two" in index and "fake-bad" not in index
+
+
+def test_showcase_experiments_define_a_demo_scale_and_lines_say_the_verdicts(tmp_path):
+    """Every experiment of ``make demo`` has a demo config; the printed lines carry each verdict."""
+    from implicit_reg.experiments._showcase import SHOWCASE, showcase, summary_lines
+
+    for name in SHOWCASE:
+        assert "demo" in load_experiment(name).CONFIGS, name
+    with pytest.raises(ValueError, match="not in the showcase"):
+        showcase(tmp_path, ("no-such",))
+    report = Report("x", "t", "demo", tmp_path, {"a": 1}, "p")
+    report.add_claim("rises", "paper", "ours", True)
+    report.add_claim("falls", "paper", "ours", None)
+    report.write()
+    lines = summary_lines(report)
+    assert lines[0].startswith("x: 1/2 claims reproduced") and "yes" in lines[1]
+    assert "n.c." in lines[2]
+    assert "python -m implicit_reg.experiments._showcase x --out" in report.path.read_text()
+    with pytest.raises(ValueError, match="no config for scale"):
+        select_scale({"smoke": 1, "small": 2, "full": 3}, "demo")
+
+
+def test_index_puts_the_hand_written_summary_first_and_notes_last(fake_dir, tmp_path):
+    reproduce_all("smoke", tmp_path / "out", FAKE_PACKAGE)
+    root = tmp_path / "out"
+    (root / "SUMMARY.md").write_text("# What we saw\n\nOne line.\n")
+    (root / "NOTES.md").write_text("¹ a footnote\n")
+    text = write_index(root).read_text()
+    assert text.startswith("# What we saw\n\nOne line.\n\n## Every report\n")
+    assert text.index("[fake-one]") < text.index("¹ a footnote") and text.endswith("¹ a footnote\n")

@@ -16,12 +16,7 @@ from implicit_reg.workloads.models import build_model
 TINY = dict(dataset="teacher", n_train=30, n_test=20, probes=(), eval_every=5, steps=10)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def final_state(result) -> dict[str, torch.Tensor]:

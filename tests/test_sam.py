@@ -95,7 +95,8 @@ def _data():
     return torch.randn(12, 3, generator=g, dtype=F64), torch.randn(12, 2, generator=g, dtype=F64)
 
 
-def test_two_steps_on_a_small_net_equal_the_papers_formulas_in_both_apis():
+@pytest.mark.parametrize("alpha", [1.0, 0.7], ids=["sam", "penalty"])
+def test_two_steps_on_a_small_net_equal_the_papers_formulas_in_both_apis(alpha):
     x, y = _data()
     model = _net()
     names = [k for k, _ in model.named_parameters()]
@@ -104,8 +105,8 @@ def test_two_steps_on_a_small_net_equal_the_papers_formulas_in_both_apis():
         return ((functional_call(model, dict(zip(names, ps)), (x,)) - y) ** 2).mean()
 
     theta = [p.detach().clone() for p in model.parameters()]
-    h, rho, alpha = 0.1, 0.05, 0.7
-    for _ in range(2):  # penalty: g̃ = (1−α)g + α∇L(θ + ρ g/‖g‖), θ ← θ − h g̃
+    h, rho = 0.1, 0.05
+    for _ in range(2):  # penalty (SAM at α = 1): g̃ = (1−α)g + α∇L(θ + ρ g/‖g‖), θ ← θ − h g̃
         g = grad(f)(theta)
         norm = torch.sqrt(sum((gi**2).sum() for gi in g))
         ge = grad(f)([t + rho * gi / norm for t, gi in zip(theta, g)])
@@ -251,3 +252,53 @@ def test_pure_functions_and_errors():
         opt.step()
     with pytest.raises(ValueError, match="second_step\\(\\) without first_step"):
         opt.second_step()
+
+
+@pytest.mark.parametrize(
+    "optimizer, extra",
+    [("sam", {}), ("asam", {"asam_eta": 0.02}), ("penalty", {"sam_alpha": 0.6})],
+)
+def test_engine_trains_sharpness_optimizers_serially_as_a_plain_loop(optimizer, extra):
+    """RunConfig(optimizer='sam', rho=...) through build_optimizer equals the class in a loop."""
+    from implicit_reg.engine.config import RunConfig
+    from implicit_reg.engine.train import run
+    from implicit_reg.engine.vectorized_sweep import group_key
+    from implicit_reg.workloads.data import load_dataset
+    from implicit_reg.workloads.models import build_model
+
+    torch.set_num_threads(1)
+    cfg = RunConfig(
+        dataset="teacher", n_train=30, n_test=20, width=3, probes=(), eval_every=1,
+        optimizer=optimizer, rho=0.1, lr=0.2, steps=3, dtype="float64", chunk_size=11,
+        checkpoint=True, **extra,
+    )  # fmt: skip
+    assert group_key(cfg) is None  # serial
+    spec = cfg.dataset_spec()
+    data = load_dataset(spec.pop("name"), **spec).to("cpu", F64)
+    mspec = cfg.model_spec(data.input_dim, data.output_dim)
+    model = build_model(mspec.pop("name"), **mspec).to(dtype=F64)
+    cls, kw = {
+        "sam": (SAM, {}),
+        "asam": (ASAM, {"eta": 0.02}),
+        "penalty": (GradNormPenalty, {"alpha": 0.6}),
+    }[optimizer]
+    opt = cls(model.parameters(), GD, rho=0.1, lr=0.2, **kw)
+
+    def closure():
+        opt.zero_grad()
+        loss = nn.CrossEntropyLoss()(model(data.x_train), data.y_train)
+        loss.backward()
+        return loss
+
+    for _ in range(3):
+        opt.step(closure)
+    result = run(cfg, raise_errors=True)
+    state = torch.load(io.BytesIO(result.checkpoint), weights_only=True)["state_dict"]
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(state[k], v, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="optimizer 'sam' needs rho"):
+        RunConfig(optimizer="sam")
+    with pytest.raises(ValueError, match="rho applies only to optimizers sam, asam, penalty"):
+        RunConfig(optimizer="gd", rho=0.1)
+    with pytest.raises(ValueError, match="sam_alpha needs optimizer 'penalty'"):
+        RunConfig(optimizer="sam", rho=0.1, sam_alpha=0.5)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -240,28 +239,23 @@ def alive(pid: int) -> bool:
     return state != "Z"  # a zombie has exited
 
 
-def test_sigkill_mid_sweep_loses_no_complete_run_and_resume_finishes_it(tmp_path):
+def test_sigkill_mid_sweep_loses_no_complete_run_and_resume_finishes_it(tmp_path, sigkill_when):
     """A real SIGKILL of a 2-worker sweep process, then a resume."""
     script = tmp_path / "sweep_script.py"
     script.write_text(SWEEP_SCRIPT)
     out = tmp_path / "sweep"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, str(script), str(out), "150"], env=env)
-    try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and proc.poll() is None:
-            if len(summaries(out)) >= 2 if (out / "runs").is_dir() else False:
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, "the sweep finished before it could be killed; make runs longer"
-        workers = children(proc.pid) if os.path.isdir("/proc") else []
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL
-    deadline = time.monotonic() + 15  # orphaned workers notice and exit
+    workers: list[int] = []
+
+    def ready() -> bool:  # two runs stored: note the workers, then kill
+        if not ((out / "runs").is_dir() and len(summaries(out)) >= 2):
+            return False
+        workers.extend(children(proc.pid) if os.path.isdir("/proc") else [])
+        return True
+
+    sigkill_when(proc, ready, 90)
+    deadline = time.monotonic() + 60  # orphaned workers notice and exit (seconds when idle; generous under load)
     while any(alive(w) for w in workers) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [w for w in workers if alive(w)]

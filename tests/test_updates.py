@@ -122,37 +122,6 @@ def test_per_chunk_penalty_matches_explicit_hessians():
     )
 
 
-@pytest.mark.parametrize("penalty", ["full", "per_chunk"])
-def test_chunked_forms_equal_todays_engine_steps(penalty):
-    """Bit for bit against ``engine.train.egr_chunked_exact_step``/``egr_micro_batch_step``."""
-    train = pytest.importorskip("implicit_reg.engine.train")
-    engine_fn = {
-        "full": getattr(train, "egr_chunked_exact_step", None),
-        "per_chunk": getattr(train, "egr_micro_batch_step", None),
-    }[penalty]
-    if engine_fn is None:
-        pytest.skip("the engine's chunked EGR steps were replaced by EGR.step(chunks=...)")
-    x, y = _data(n=11)
-    a, b = _model(), _model()
-    loss_fn = nn.MSELoss()
-    groups = lambda m: [  # noqa: E731
-        {"params": m[0].parameters(), "lr": 0.1},
-        {"params": m[2].parameters(), "lr": 0.2, "coeff": 0.03},
-    ]
-    opt_a, opt_b = EGR(groups(a), lr=0.1), EGR(groups(b), lr=0.1)
-    for _ in range(3):
-        ref = engine_fn(opt_a, a, loss_fn, (x, y), 4)
-        chunks = [
-            (len(x[i : i + 4]) / len(x), lambda i=i: loss_fn(b(x[i : i + 4]), y[i : i + 4]))
-            for i in range(0, 11, 4)
-        ]
-        got = opt_b.step(chunks=chunks, penalty=penalty)
-        torch.testing.assert_close(got, ref, rtol=1e-14, atol=1e-15)
-    for p, q in zip(a.parameters(), b.parameters()):
-        assert torch.equal(p, q)
-        assert torch.equal(p.grad, q.grad)
-
-
 def test_direction_chunked_checks_its_input():
     p = torch.zeros(2, requires_grad=True)
     f = lambda ps: (ps[0] ** 2).sum()  # noqa: E731
@@ -212,3 +181,22 @@ def test_scalar_tensor_lr_is_the_float_step():
     gd_update([a], [g], lr=0.37)
     gd_update([b], [g], lr=torch.tensor(0.37))
     assert torch.equal(a, b)
+
+
+def test_finite_difference_chunks_approximate_the_explicit_step():
+    """method='finite_difference' with chunks: the forward difference of the chunked gradient."""
+    model = _model()
+    x, y = _data()
+    lr, coeff = 0.2, 0.07
+    expected, _, _ = _explicit_egr(model, x, y, lr, [coeff] * 4)
+    before = _flat(model)
+    opt = EGR(model.parameters(), lr=lr, coeff=coeff, method="finite_difference", fd_radius=1e-6)
+    chunks = [
+        (a.numel() / x.numel(), lambda a=a, b=b: ((model(a) - b) ** 2).mean())
+        for a, b in zip(x.split(5), y.split(5))
+    ]
+    opt.step(chunks=chunks)
+    step, want = _flat(model) - before, expected - before
+    assert float((step - want).norm() / want.norm()) < 1e-5
+    with pytest.raises(ValueError, match="penalty='per_chunk' needs method='exact'"):
+        opt.step(chunks=chunks, penalty="per_chunk")

@@ -11,11 +11,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 import torch
@@ -114,10 +112,21 @@ CASES = {
     # SGD with momentum, per-member data seed and label noise, physical chunks,
     # and per-member stopping thresholds (target loss, max_loss)
     "sgd": dict(
-        base={**BASE, "steps": 10, "eval_every": 4, "optimizer": "sgd", "batch_size": 7,
-              "momentum": 0.9, "chunk_size": 8},
-        grid={"lr": [0.02, 0.05], "data_seed": [0, 1], "label_noise": [0.0, 0.2],
-              "max_loss": [1e6, 1.0]},
+        base={
+            **BASE,
+            "steps": 10,
+            "eval_every": 4,
+            "optimizer": "sgd",
+            "batch_size": 7,
+            "momentum": 0.9,
+            "chunk_size": 8,
+        },
+        grid={
+            "lr": [0.02, 0.05],
+            "data_seed": [0, 1],
+            "label_noise": [0.0, 0.2],
+            "max_loss": [1e6, 1.0],
+        },
     ),  # fmt: skip
 }
 
@@ -194,7 +203,7 @@ SWEEP_SCRIPT = textwrap.dedent(
 ).format(base=repr(KILL_BASE))
 
 
-def test_sigkill_mid_ensemble_then_resume_gives_one_result_per_point(tmp_path):
+def test_sigkill_mid_ensemble_then_resume_gives_one_result_per_point(tmp_path, sigkill_when):
     """Two ensembles (steps=4 and a long one); SIGKILL once the first is stored,
     while the second trains; resuming trains exactly the second again."""
     script = tmp_path / "sweep_script.py"
@@ -203,19 +212,7 @@ def test_sigkill_mid_ensemble_then_resume_gives_one_result_per_point(tmp_path):
     runs = out / "runs"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, str(script), str(out), str(KILL_STEPS)], env=env)
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            if runs.is_dir() and len(list(runs.glob("*/summary.json"))) >= 3:
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, "the sweep finished before it could be killed"
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL
+    sigkill_when(proc, lambda: runs.is_dir() and len(list(runs.glob("*/summary.json"))) >= 3, 120)
     survived = {p.parent.name for p in runs.glob("*/summary.json")}
     assert len(survived) == 3  # the first ensemble, whole; nothing of the second
     saved = {h: (runs / h / "summary.json").read_bytes() for h in survived}
@@ -244,7 +241,9 @@ def test_cli_vectorizes_by_default_and_no_vectorize_trains_runs_alone(tmp_path):
     grid = ["--grid", "lr=0.1,0.2,0.3", "--grid", "width=4,8"]
     res = CliRunner().invoke(app, ["sweep", *sets, *grid, "--dry-run"])
     assert res.exit_code == 0, res.output
-    assert "vectorized: 6 runs in 2 vectorized ensembles (members: 3, 3), 0 single runs" in res.output
+    assert (
+        "vectorized: 6 runs in 2 vectorized ensembles (members: 3, 3), 0 single runs" in res.output
+    )
     outputs = {}
     for flag in ("--vectorize", "--no-vectorize"):
         out = tmp_path / flag.strip("-")

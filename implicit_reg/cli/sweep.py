@@ -54,7 +54,7 @@ def sweep_runs(
 ) -> SweepReport:
     """The plain function behind the command (tests call it directly); ``backend``
     overrides ``workers`` (e.g. :func:`implicit_reg.engine.ray_backend.ray_backend`);
-    ``vectorize`` trains groups of runs as ensembles (:mod:`implicit_reg.engine.vectorized_sweep`)."""
+    ``vectorize`` trains groups of runs as ensembles (:mod:`implicit_reg.engine.plan`)."""
     from ..engine.sweep import run_sweep
 
     spec = build_spec(file, sets, grids)
@@ -89,12 +89,16 @@ def sweep(
         False, "--dry-run", help="Print the grid and the run count, run nothing."
     ),
     backend: str = typer.Option(
-        "local", "--backend", help="local (this machine, --workers processes) or ray (one Ray "
-        "task per run, here or on a cluster; needs the ray extra, see docs/ray.md)."
+        "local",
+        "--backend",
+        help="local (this machine, --workers processes) or ray (one Ray "
+        "task per run, here or on a cluster; needs the ray extra, see docs/ray.md).",
     ),
     ray_address: str | None = typer.Option(
-        None, "--ray-address", help="Ray cluster to join (HOST:6379 or auto); default: start "
-        "Ray on this machine for the sweep."
+        None,
+        "--ray-address",
+        help="Ray cluster to join (HOST:6379 or auto); default: start "
+        "Ray on this machine for the sweep.",
     ),
     num_cpus: float = typer.Option(1.0, "--num-cpus", help="Ray: CPUs per run."),
     num_gpus: float = typer.Option(
@@ -104,13 +108,21 @@ def sweep(
         3, "--max-retries", help="Ray: reruns of a run whose worker died."
     ),
     vectorize: bool = typer.Option(
-        True, "--vectorize/--no-vectorize", help="Train runs that differ only in lr, seed, "
+        True,
+        "--vectorize/--no-vectorize",
+        help="Train runs that differ only in lr, seed, "
         "data seed, label noise, EGR coefficient or stopping thresholds as one torch.func "
-        "ensemble (same results and files, see docs/vectorized.md); --no-vectorize trains "
-        "every run alone."
+        "ensemble (the same files; meta.json says how each run was trained). The numbers "
+        "equal serial runs to rounding: in float64 to 1e-13 over 100 steps, in float32 the "
+        "typical loss to 1e-7 but the largest steps (SGD lr 0.5, momentum 0.9) drift by "
+        "up to 7e-2 after 100 steps (docs/vectorized.md). --no-vectorize trains every run "
+        "alone.",
     ),
 ) -> None:
     """Run every point of a grid (Cartesian product); rerunning resumes where it stopped.
+
+    Complete runs are skipped; a run with --set checkpoint_every=K continues
+    from its last mid-run checkpoint instead of step 0.
 
     Examples:
 
@@ -132,7 +144,7 @@ def sweep(
             for key, values in spec.grid.items():
                 typer.echo(f"  {key}: {values}")
             if vectorize:
-                from ..engine.vectorized_sweep import plan_sweep
+                from ..engine.plan import plan_sweep
 
                 typer.echo(f"  vectorized: {plan_sweep(configs).line()}")
             return

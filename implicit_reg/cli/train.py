@@ -9,7 +9,8 @@ from typing import Any
 
 import typer
 
-from ..engine.config import RunConfig
+from ..engine.config import OPTIMIZERS, RunConfig
+from ..workloads.losses import LOSSES
 from . import app
 
 
@@ -29,6 +30,15 @@ def parse_sets(items: list[str] | None) -> dict[str, Any]:
     from ..engine.sweep import parse_set_option
 
     return dict(parse_set_option(s) for s in items or [])
+
+
+def merge_sets(options: dict[str, Any], sets: dict[str, Any]) -> dict[str, Any]:
+    """The named options with the ``--set`` fields added; a field given both ways is an error."""
+    twice = sorted(k for k, v in sets.items() if options.get(k) is not None)
+    if twice:
+        names = ", ".join(f"--{k.replace('_', '-')}" for k in twice)
+        raise ValueError(f"{names} given both as an option and with --set; give it once")
+    return {**options, **sets}
 
 
 def build_config(config_file: str | None = None, **overrides: Any) -> RunConfig:
@@ -61,8 +71,8 @@ def train(
     dataset: str | None = typer.Option(None, help="mnist1d, teacher or mnist."),
     n_train: int | None = typer.Option(None, help="Training-set size (default: the data set's)."),
     label_noise: float | None = typer.Option(None, help="Fraction of flipped training labels."),
-    loss: str | None = typer.Option(None, help="cross_entropy or mse."),
-    optimizer: str | None = typer.Option(None, help="gd (full batch), sgd or egr."),
+    loss: str | None = typer.Option(None, help=", ".join(LOSSES) + "."),
+    optimizer: str | None = typer.Option(None, help=", ".join(OPTIMIZERS) + " (gd: full batch)."),
     lr: float | None = typer.Option(None, help="Step size h > 0."),
     batch_size: int | None = typer.Option(None, help="Minibatch size (sgd)."),
     steps: int | None = typer.Option(None, help="Step budget."),
@@ -91,13 +101,13 @@ def train(
       implicit-reg train --config runs/1a2b3c4d5e6f/config.json --set seed=1
     """
     with bad_input():
-        extra = parse_sets(set_)
-        cfg = build_config(
-            config, model=model, width=width, depth=depth, dataset=dataset, n_train=n_train,
+        options = dict(
+            model=model, width=width, depth=depth, dataset=dataset, n_train=n_train,
             label_noise=label_noise, loss=loss, optimizer=optimizer, lr=lr, batch_size=batch_size,
             steps=steps, epochs=epochs, seed=seed, probes=probes, probe_every=probe_every,
-            checkpoint=checkpoint, **extra,
+            checkpoint=checkpoint,
         )  # fmt: skip
+        cfg = build_config(config, **merge_sets(options, parse_sets(set_)))
     from ..engine.train import run
 
     result = run(cfg, out)

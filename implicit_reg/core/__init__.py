@@ -1,6 +1,8 @@
 """The math: the one HVP, the modified gradient, the chunked objective, update rules and optimizers.
 
 Imports nothing else of the package. Submodules: :mod:`.hvp`,
-:mod:`.modified_gradient`, :mod:`.objective` (full-data loss in chunks),
-:mod:`.optim` (``GD``, ``SGD``, ``EGR``), :mod:`.regularizers`.
+:mod:`.modified_gradient`, :mod:`.sharpness` (SAM/ASAM/penalty gradients),
+:mod:`.objective` (full-data loss in chunks), :mod:`.updates` (update rules as
+pure functions), :mod:`.optim` (``GD``, ``SGD``, ``EGR``), :mod:`.sam` (``SAM``,
+``ASAM``, ``GradNormPenalty``), :mod:`.regularizers`.
 """

@@ -28,7 +28,14 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["HVP_METHODS", "DEFAULT_METHOD", "grad_and_hvp", "hvp_of_graph", "check_method"]
+__all__ = [
+    "HVP_METHODS",
+    "DEFAULT_METHOD",
+    "grad_and_hvp",
+    "hvp_of_graph",
+    "check_method",
+    "check_scalar_loss",
+]
 
 HVP_METHODS = ("double_backward", "vjp", "jvp")
 DEFAULT_METHOD = "double_backward"
@@ -43,10 +50,12 @@ def check_method(method: str) -> str:
     return method
 
 
-def _check_scalar(loss: Tensor) -> Tensor:
+def check_scalar_loss(loss: Tensor, what: str = "the loss") -> Tensor:
+    """Return ``loss`` if it is a 0-dim tensor, else raise ``ValueError`` naming ``what``
+    and what it got (a shape or a type). The one such check of the package."""
     if not isinstance(loss, Tensor) or loss.dim() != 0:
-        shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
-        raise ValueError(f"the loss must be a scalar tensor, got shape {shape}")
+        got = f"shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else type(loss).__name__
+        raise ValueError(f"{what} must be a scalar tensor, got {got}")
     return loss
 
 
@@ -112,7 +121,7 @@ def grad_and_hvp(
 
     if method == "double_backward":
         with torch.enable_grad():
-            loss = _check_scalar(loss_fn(params))
+            loss = check_scalar_loss(loss_fn(params))
             grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
             grads = tuple(torch.zeros_like(p) if g is None else g for g, p in zip(grads, params))
             v = direction(tuple(g.detach() for g in grads))
@@ -122,7 +131,7 @@ def grad_and_hvp(
     from torch.func import grad, jvp, vjp
 
     def scalar(*ps: Tensor) -> Tensor:
-        return _check_scalar(loss_fn(ps))
+        return check_scalar_loss(loss_fn(ps))
 
     primals = tuple(p.detach() for p in params)
     grad_fn = grad(scalar, argnums=tuple(range(len(primals))))

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .hvp import Params
+from .hvp import Params, check_scalar_loss
 
 __all__ = [
     "Data",
@@ -103,12 +103,7 @@ def chunk_loss_fns(
             state = {**frozen, **{k: b.clone() for k, b in buffers.items()}}
             state.update(zip(names, params))
             out = functional_call(model, state, (x,))
-            loss = loss_fn(out, y)
-            if not isinstance(loss, Tensor) or loss.dim() != 0:
-                raise ValueError(
-                    "loss_fn must return a scalar (mean-reduced) loss, got shape "
-                    f"{tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__}"
-                )
+            loss = check_scalar_loss(loss_fn(out, y), "loss_fn's (mean-reduced) loss")
             return weight * loss
 
         yield f

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from .hvp import hvp_of_graph
+from .hvp import check_scalar_loss, hvp_of_graph
 from .modified_gradient import (
     EGR_METHODS,
     EGR_PENALTIES,
@@ -597,9 +597,7 @@ def _check_fd_radius(fd_radius: float | None) -> None:
 
 
 def _check_loss(loss) -> None:
-    if not isinstance(loss, Tensor) or loss.dim() != 0:
-        got = f"shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else type(loss).__name__
-        raise ValueError(f"the closure must return the scalar loss tensor, got {got}")
+    check_scalar_loss(loss, "the closure's loss")
 
 
 def _closure_grad(closure, params) -> tuple[Tensor, tuple[Tensor, ...]]:

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor
 
+from .hvp import check_scalar_loss
 from .optim import _check_nonneg
 
 __all__ = ["gradient_norm_penalty", "sgd_implicit_regularizer", "momentum_implicit_factor"]
@@ -38,9 +39,7 @@ def gradient_norm_penalty(loss: Tensor, params: Iterable[Tensor], coeff: float =
     included). Costs one backward with graph; the final ``backward()`` is
     the double backward.
     """
-    if not isinstance(loss, Tensor) or loss.dim() != 0:
-        got = f"shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else type(loss).__name__
-        raise ValueError(f"loss must be a scalar tensor, got {got}")
+    check_scalar_loss(loss, "loss")
     coeff = _check_nonneg("coeff", coeff)
     ps = _trainable(params)
     grads = torch.autograd.grad(loss, ps, create_graph=True, allow_unused=True)

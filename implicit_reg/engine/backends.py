@@ -57,7 +57,9 @@ def call_backend(
 
 
 def _checkpoint_dir(store: ResultStore | None, config: RunConfig) -> Path | None:
-    return store.checkpoint_dir(config) if store is not None and config.checkpoint_every else None
+    if store is None or not config.checkpoint_every:
+        return None
+    return store.resumable_checkpoint_dir([config])
 
 
 def serial_backend(

@@ -27,12 +27,13 @@ from typing import Any
 from ..core.modified_gradient import EGR_METHODS
 from ..workloads.data import TASKS
 from ..workloads.losses import LOSSES
-from .optimizers import OPTIMIZERS
+from .optimizers import OPTIMIZERS, SHARPNESS_OPTIMIZERS
 
 __all__ = [
     "RunConfig",
     "LOSSES",
     "OPTIMIZERS",
+    "SHARPNESS_OPTIMIZERS",
     "DTYPES",
     "TASKS",
     "EGR_METHODS",
@@ -99,6 +100,11 @@ class RunConfig:
     # egr only: the penalty is the mean of mu*|grad L_j|^2 over micro-batches of this size
     # inside each batch (Smith et al. 2021's explicit SGD regularizer); None: the whole batch
     egr_micro_batch: int | None = None
+    # sam/asam/penalty only (required there): radius rho (r of the penalty); None elsewhere.
+    # A non-default rho keeps these runs serial in the vectorized planner.
+    rho: float | None = None
+    sam_alpha: float | None = None  # penalty only: alpha = lambda/r; None: 0.8
+    asam_eta: float | None = None  # asam only: eta of T = |theta| + eta; None: 0.01
     # --- stopping rule: the first of these budgets that is reached ends the run ---
     steps: int | None = 1000  # optimizer steps
     epochs: int | None = None  # passes over the training set (1 epoch = 1 step at full batch)
@@ -207,6 +213,25 @@ class RunConfig:
                 "egr_micro_batch needs optimizer 'egr' with egr_method 'exact', got "
                 f"optimizer {self.optimizer!r}, egr_method {self.egr_method!r}"
             )
+        sharp = self.optimizer in SHARPNESS_OPTIMIZERS
+        if sharp and self.rho is None:
+            raise ValueError(
+                f"optimizer {self.optimizer!r} needs rho, the radius of its ascent step "
+                "(e.g. rho=0.05)"
+            )
+        if not sharp and self.rho is not None:
+            raise ValueError(
+                f"rho applies only to optimizers {', '.join(SHARPNESS_OPTIMIZERS)}; got "
+                f"optimizer {self.optimizer!r} with rho={self.rho!r}"
+            )
+        if self.rho is not None:
+            _finite("rho", self.rho, lower=0.0)
+        for name, owner in (("sam_alpha", "penalty"), ("asam_eta", "asam")):
+            value = getattr(self, name)
+            if value is not None and self.optimizer != owner:
+                raise ValueError(f"{name} needs optimizer {owner!r}, got {self.optimizer!r}")
+            if value is not None:
+                _finite(name, value, lower=0.0)
         if self.nesterov and self.momentum == 0:
             raise ValueError("nesterov=True needs momentum > 0")
         if self.loss == "cross_entropy" and self.task == "regression":

@@ -171,110 +171,143 @@ def train_loop(
     """Train the stepper's members for at most ``budget`` steps through their shared
     schedule, filling ``tracks`` (one per member, in member order); see the module
     docstring. ``checkpoint_extra`` is stored in every checkpoint beside the state."""
-    cfg = tracks[0].config
-    probe_names = [p for p in cfg.probes if p not in BASE_METRICS]
-    with_state = bool(probe_names) and _probes_take_state()
+    _Schedule(stepper, list(tracks), budget, loss_fn, raise_errors).run(
+        checkpoints, checkpoint_extra or {}
+    )
 
-    def probe(i: int, step: int) -> None:
-        track = tracks[i]
-        track.last_probe = step
-        if not probe_names or track.error is not None:
-            return
-        from ..probes import run_probes
 
-        model, train, init_state = stepper.probe_target(i)
-        extra = {"state": track.probe_state} if with_state else {}
-        try:
-            values = run_probes(
-                probe_names, model, loss_fn, train, chunk_size=cfg.chunk_size,
-                seed=track.config.seed, init_state=init_state, **extra,
-                **(cfg.probe_options or {}),
-            )  # fmt: skip
-        except Exception:  # this run fails, as it would alone; the others go on
-            if raise_errors:
-                raise
-            track.fail(traceback.format_exc())
-            stepper.retire([i])
-            return
-        track.log(step, values)
+class _Schedule:
+    """The state of one :func:`train_loop` call: the stepper, the tracks, the step."""
 
-    def check(i: int, step: int, loss: float, reached: set[int]) -> bool:
-        """Divergence and target of member i at an evaluated loss; True if it stops."""
-        c = tracks[i].config
+    def __init__(self, stepper, tracks: list[Track], budget: int, loss_fn, raise_errors: bool):
+        self.stepper, self.tracks, self.budget = stepper, tracks, budget
+        self.loss_fn, self.raise_errors = loss_fn, raise_errors
+        self.cfg = tracks[0].config  # the schedule's fields are shared by all members
+        self.probe_names = [p for p in self.cfg.probes if p not in BASE_METRICS]
+        self.with_state = bool(self.probe_names) and _probes_take_state()
+        self.hashes = [t.config.config_hash() for t in tracks]
+        self.step = 0
+
+    def run(self, checkpoints: Checkpoints | None, extra: dict[str, Any]) -> None:
+        saved = checkpoints.latest(self.hashes) if checkpoints is not None else None
+        if saved is not None:
+            self.resume(saved)
+        else:
+            self.start()
+        while self.stepper.live and self.step < self.budget:
+            self.advance()
+            if checkpoints is not None and self.step % checkpoints.every == 0 and self.stepper.live:
+                checkpoints.save(self.step, {**self.state(), **extra})
+        for i, track in enumerate(self.tracks):
+            if track.status == "complete" and track.last_probe != track.step:
+                self.probe(i, track.step)  # the probes always run at the end
+
+    def start(self) -> None:
+        """Step 0: evaluate (and probe, with ``probe_every``) every member."""
+        reached: set[int] = set()
+        stopped = []
+        for i, values in self.stepper.evaluate(list(self.stepper.live)).items():
+            self.tracks[i].log(0, values)
+            if self.cfg.probe_every:
+                self.probe(i, 0)
+            if self.tracks[i].status != "failed" and self.check(
+                i, 0, values["train_loss"], reached
+            ):
+                stopped.append(i)
+        self.stop_at_target(reached)
+        self.stepper.retire(stopped)
+
+    def advance(self) -> None:
+        """One step of every live member, then its evaluation, probes and stopping rules."""
+        losses = self.stepper.step()
+        self.step += 1
+        step, reached, stopped = self.step, set(), []
+        for i, loss in losses.items():
+            track = self.tracks[i]
+            if is_diverged(loss, track.config.max_loss):
+                track.diverge(step - 1, loss)  # the step whose loss it was
+                stopped.append(i)
+                continue
+            track.step = step
+            target = track.config.target_train_loss
+            if self.cfg.batch_size is None and target is not None and loss <= target:
+                reached.add(i)  # the full-batch loss L(θ_t) reached the target
+        self.stepper.retire(stopped)
+        due = step % self.cfg.eval_every == 0 or step == self.budget
+        to_eval = [i for i in self.stepper.live if due or i in reached]
+        if to_eval:
+            stopped = []
+            for i, values in self.stepper.evaluate(to_eval).items():
+                self.tracks[i].log(step, values)
+                if self.check(i, step, values["train_loss"], reached):
+                    stopped.append(i)
+            reached -= set(stopped)
+            self.stepper.retire(stopped)
+        if self.cfg.probe_every and step % self.cfg.probe_every == 0:
+            for i in list(self.stepper.live):
+                self.probe(i, step)
+        self.stop_at_target(reached)
+
+    def check(self, i: int, step: int, loss: float, reached: set[int]) -> bool:
+        """Divergence and target of member i at an evaluated loss; True if it diverged."""
+        c = self.tracks[i].config
         if is_diverged(loss, c.max_loss):
-            tracks[i].diverge(step, loss)
+            self.tracks[i].diverge(step, loss)
             return True
         if c.target_train_loss is not None and loss <= c.target_train_loss:
             reached.add(i)
         return False
 
-    hashes = [t.config.config_hash() for t in tracks]
-    saved = checkpoints.latest(hashes) if checkpoints is not None else None
-    if saved is not None:
-        stepper.load_state_dict(saved["stepper"])
-        for track, state in zip(tracks, saved["tracks"]):
+    def stop_at_target(self, reached: set[int]) -> None:
+        done = [i for i in reached if i in self.stepper.live]
+        for i in done:
+            self.tracks[i].stop_reason = "target_train_loss"
+        self.stepper.retire(done)
+
+    def probe(self, i: int, step: int) -> None:
+        """The probes of member i at ``step``; a probe that raises fails the member."""
+        track = self.tracks[i]
+        track.last_probe = step
+        if not self.probe_names or track.error is not None:
+            return
+        from ..probes import run_probes
+
+        model, train, init_state = self.stepper.probe_target(i)
+        extra = {"state": track.probe_state} if self.with_state else {}
+        try:
+            values = run_probes(
+                self.probe_names, model, self.loss_fn, train, chunk_size=self.cfg.chunk_size,
+                seed=track.config.seed, init_state=init_state, **extra,
+                **(self.cfg.probe_options or {}),
+            )  # fmt: skip
+        except Exception:  # this run fails, as it would alone; the others go on
+            if self.raise_errors:
+                raise
+            track.fail(traceback.format_exc())
+            self.stepper.retire([i])
+            return
+        track.log(step, values)
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint holds: enough to continue bit for bit."""
+        return {
+            "hashes": self.hashes,
+            "step": self.step,
+            "stepper": self.stepper.state_dict(),
+            "tracks": [t.state_dict() for t in self.tracks],
+            "rng": torch.get_rng_state(),
+            # CUDA generators too, where CUDA is in use (dropout masks on a GPU)
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
+        }
+
+    def resume(self, saved: dict[str, Any]) -> None:
+        self.stepper.load_state_dict(saved["stepper"])
+        for track, state in zip(self.tracks, saved["tracks"]):
             track.load_state_dict(state)
         torch.set_rng_state(saved["rng"])
-        step = int(saved["step"])
-    else:
-        step, reached, stopped = 0, set(), []
-        for i, values in stepper.evaluate(list(stepper.live)).items():
-            tracks[i].log(0, values)
-            if cfg.probe_every:
-                probe(i, 0)
-            if tracks[i].status != "failed" and check(i, 0, values["train_loss"], reached):
-                stopped.append(i)
-        for i in reached:
-            tracks[i].stop_reason = "target_train_loss"
-        stepper.retire([*stopped, *reached])
-
-    full_batch = cfg.batch_size is None
-    while stepper.live and step < budget:
-        losses = stepper.step()
-        step += 1
-        reached, stopped = set(), []
-        for i, loss in losses.items():
-            if is_diverged(loss, tracks[i].config.max_loss):
-                tracks[i].diverge(step - 1, loss)  # the step whose loss it was
-                stopped.append(i)
-                continue
-            tracks[i].step = step
-            target = tracks[i].config.target_train_loss
-            if full_batch and target is not None and loss <= target:
-                reached.add(i)
-        stepper.retire(stopped)
-        due = step % cfg.eval_every == 0 or step == budget
-        to_eval = [i for i in stepper.live if due or i in reached]
-        if to_eval:
-            stopped = []
-            for i, values in stepper.evaluate(to_eval).items():
-                tracks[i].log(step, values)
-                if check(i, step, values["train_loss"], reached):
-                    stopped.append(i)
-            reached -= set(stopped)
-            stepper.retire(stopped)
-        if cfg.probe_every and step % cfg.probe_every == 0:
-            for i in list(stepper.live):
-                probe(i, step)
-        done = [i for i in reached if i in stepper.live]
-        for i in done:
-            tracks[i].stop_reason = "target_train_loss"
-        stepper.retire(done)
-        if checkpoints is not None and step % checkpoints.every == 0 and stepper.live:
-            checkpoints.save(
-                step,
-                {
-                    "hashes": hashes,
-                    "step": step,
-                    "stepper": stepper.state_dict(),
-                    "tracks": [t.state_dict() for t in tracks],
-                    "rng": torch.get_rng_state(),
-                    **(checkpoint_extra or {}),
-                },
-            )
-    for i, track in enumerate(tracks):
-        if track.status == "complete" and track.last_probe != track.step:
-            probe(i, track.step)  # the probes always run at the end
+        if saved.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state_all(saved["cuda_rng"])
+        self.step = int(saved["step"])
 
 
 def results_of(

@@ -8,6 +8,10 @@
 - ``"sgd"``: :class:`~implicit_reg.core.optim.SGD` on minibatches.
 - ``"egr"``: :class:`~implicit_reg.core.optim.EGR`, GD on L + μ‖∇L‖² with
   μ = ``egr_coeff`` (None: h/4, Barrett & Dherin 2021).
+- ``"sam"``, ``"asam"``, ``"penalty"``: :class:`~implicit_reg.core.sam.SAM`,
+  :class:`~implicit_reg.core.sam.ASAM`, :class:`~implicit_reg.core.sam.GradNormPenalty`
+  with radius ``rho`` (``asam_eta``, ``sam_alpha``) around GD, or around SGD when
+  momentum or weight decay is set; trained serially (the ensemble has no such step).
 
 :func:`update_rule` names the same choice for the vectorized ensemble, which
 applies the update functions of :mod:`implicit_reg.core.optim` to stacked tensors.
@@ -20,20 +24,24 @@ from typing import TYPE_CHECKING
 from torch import Tensor, nn
 
 from ..core.optim import EGR, GD, SGD
+from ..core.sam import ASAM, SAM, GradNormPenalty
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import RunConfig
 
-__all__ = ["OPTIMIZERS", "build_optimizer", "update_rule"]
+__all__ = ["OPTIMIZERS", "SHARPNESS_OPTIMIZERS", "build_optimizer", "update_rule"]
 
+#: the sharpness-aware optimizers (two gradients per step; config field ``rho`` required)
+SHARPNESS_OPTIMIZERS = ("sam", "asam", "penalty")
 #: the optimizer names a config may use
-OPTIMIZERS = ("gd", "sgd", "egr")
+OPTIMIZERS = ("gd", "sgd", "egr", *SHARPNESS_OPTIMIZERS)
 
 
 def update_rule(config: RunConfig) -> str:
-    """``"gd"``, ``"sgd"`` or ``"egr"``: the update :func:`build_optimizer` applies."""
-    if config.optimizer == "egr":
-        return "egr"
+    """``"gd"``, ``"sgd"`` or ``"egr"``: the update :func:`build_optimizer` applies
+    (a sharpness-aware optimizer's own name, which no ensemble step implements)."""
+    if config.optimizer in ("egr", *SHARPNESS_OPTIMIZERS):
+        return config.optimizer
     if config.optimizer == "gd" and config.momentum == 0 and config.weight_decay == 0:
         return "gd"
     return "sgd"  # SGD's update; full batch when batch_size is None
@@ -43,6 +51,8 @@ def build_optimizer(config: RunConfig, params: list[Tensor], model: nn.Module | 
     """The torch optimizer for ``config.optimizer`` over ``params`` (``model``: EGR's module,
     whose train/eval state and RNG its closure evaluations respect)."""
     rule = update_rule(config)
+    if rule in SHARPNESS_OPTIMIZERS:
+        return _sharpness_optimizer(config, params, model)
     if rule == "egr":
         return EGR(
             params, lr=config.lr, coeff=config.egr_coeff, method=config.egr_method, module=model
@@ -56,3 +66,18 @@ def build_optimizer(config: RunConfig, params: list[Tensor], model: nn.Module | 
         nesterov=config.nesterov,
         weight_decay=config.weight_decay,
     )
+
+
+def _sharpness_optimizer(config: RunConfig, params: list[Tensor], model: nn.Module | None):
+    """SAM/ASAM/penalty around GD (or SGD with its momentum and weight decay)."""
+    plain = config.momentum == 0 and config.weight_decay == 0
+    base = {"lr": config.lr} if plain else {
+        "lr": config.lr, "momentum": config.momentum, "nesterov": config.nesterov,
+        "weight_decay": config.weight_decay,
+    }  # fmt: skip
+    cls, extra = {
+        "sam": (SAM, {}),
+        "asam": (ASAM, {} if config.asam_eta is None else {"eta": config.asam_eta}),
+        "penalty": (GradNormPenalty, {} if config.sam_alpha is None else {"alpha": config.sam_alpha}),
+    }[config.optimizer]  # fmt: skip
+    return cls(params, GD if plain else SGD, config.rho, module=model, **extra, **base)

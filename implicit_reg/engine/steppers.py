@@ -25,10 +25,13 @@ The serial update (h = ``lr``, N = the batch's size):
   result does not depend on the chunk size), then ``opt.step()``.
 - ``egr``: :class:`implicit_reg.core.optim.EGR`, GD on L + μ‖∇L‖² with the
   gradient g + 2μ·Hg (Barrett & Dherin, ICLR 2021), μ = h/4 by default.
-  Over several chunks exact EGR needs the full g before Hg, so it runs two
-  passes (:func:`egr_chunked_exact_step`); finite-difference EGR takes the
-  chunked gradient as a torch-style closure; with ``egr_micro_batch`` the
-  penalty is averaged over micro-batches (:func:`egr_micro_batch_step`).
+  Over several chunks the stepper hands EGR the chunks (:func:`batch_chunks`;
+  exact EGR then needs the full g before Hg and runs two passes); with
+  ``egr_micro_batch`` the penalty is averaged over micro-batches
+  (``penalty="per_chunk"``, Smith et al. 2021). The update itself is always
+  ``EGR.step``'s (:func:`implicit_reg.core.updates.egr_update`).
+- ``sam``/``asam``/``penalty``: :mod:`implicit_reg.core.sam` around GD (or SGD),
+  ``opt.step`` with the chunked gradient as a torch-style closure (called twice).
 - minibatches (``batch_size``): a fresh permutation of the N samples each
   epoch from a ``torch.Generator`` seeded with ``seed``
   (:class:`~implicit_reg.ensemble.vectorized.MinibatchOrder`).
@@ -45,16 +48,13 @@ import torch
 from torch import Tensor, nn
 from torch.func import vmap
 
-from ..core.hvp import grad_and_hvp
-from ..core.modified_gradient import flat_norm, igr_coeff
+from ..core.modified_gradient import flat_norm
 from ..core.objective import (
-    chunk_loss_fns,
     full_gradient,
     iter_chunks,
     num_samples,
     trainable_named_params,
 )
-from ..core.optim import EGR
 from ..ensemble.vectorized import (
     MinibatchOrder,
     VectorizedEnsemble,
@@ -64,15 +64,9 @@ from ..ensemble.vectorized import (
     member_sq_norms,
 )
 from .config import RunConfig
-from .optimizers import build_optimizer, update_rule
+from .optimizers import SHARPNESS_OPTIMIZERS, build_optimizer, update_rule
 
-__all__ = [
-    "SerialStepper",
-    "EnsembleStepper",
-    "evaluate",
-    "egr_chunked_exact_step",
-    "egr_micro_batch_step",
-]
+__all__ = ["SerialStepper", "EnsembleStepper", "evaluate", "batch_chunks"]
 
 
 def _initial(model: nn.Module) -> tuple[list[Tensor], dict[str, Tensor]]:
@@ -153,103 +147,19 @@ class SerialStepper:
         self.steps_done, self.live = int(state["steps_done"]), list(state["live"])
 
 
-def egr_chunked_exact_step(
-    opt: EGR,
+def batch_chunks(
     model: nn.Module,
     loss_fn: Callable[[Tensor, Tensor], Tensor],
     batch: tuple[Tensor, Tensor],
-    chunk_size: int | None,
-) -> Tensor:
-    """One exact EGR step over a batch processed in chunks; returns L(θ) before the step.
-
-    The modified gradient g̃ = g + 2H(μ ⊙ g) needs the full-batch g before any
-    Hessian product, so: pass 1 accumulates g = Σ_c ∇(w_c L_c) with
-    w_c = n_c/N; pass 2 accumulates H(μ⊙g) = Σ_c ∇²(w_c L_c)(μ⊙g) through
-    :func:`implicit_reg.core.hvp.grad_and_hvp` with ``vec = μ⊙g``. The update is
-    ``EGR.step``'s: θ ← θ − h·g̃, and ``.grad`` is left holding g.
-    """
-    params, lrs, mus = _egr_groups(opt, model)
-    loss, g = full_gradient(model, loss_fn, batch, chunk_size)  # pass 1
-    v = tuple(m * gi for m, gi in zip(mus, g))
-    hv = [torch.zeros_like(p) for p in params]
-    primal = tuple(p.detach().requires_grad_(True) for p in params)
-    for f in chunk_loss_fns(model, loss_fn, batch, chunk_size):  # pass 2
-        _, hv_c = grad_and_hvp(f, primal, vec=v)
-        for acc, h in zip(hv, hv_c):
-            acc.add_(h)
-    _egr_apply(params, g, hv, lrs)
-    return loss
-
-
-def egr_micro_batch_step(
-    opt: EGR,
-    model: nn.Module,
-    loss_fn: Callable[[Tensor, Tensor], Tensor],
-    batch: tuple[Tensor, Tensor],
-    micro_batch: int,
-) -> Tensor:
-    """One EGR step whose penalty is averaged over micro-batches; returns L_B(θ) before the step.
-
-    The explicit SGD regularizer of Smith, Dherin, Barrett & De (ICLR 2021,
-    arXiv 2101.12176): over an epoch of m minibatches SGD follows
-    L + (h/4m)·Σ_k‖∇L_k‖². To add it to training on larger batches, split each
-    batch B into consecutive micro-batches j of ``micro_batch`` rows and step
-    on the gradient of
-
-        L_B(θ) + Σ_j w_j·μ‖∇L_j(θ)‖²,     w_j = n_j/|B|,
-
-    θ ← θ − h·(g_B + 2·Σ_j w_j·H_j(μ⊙g_j)), where L_B is the batch mean loss,
-    L_j the micro-batch mean loss, g_j = ∇L_j and H_j = ∇²L_j (μ per group, h/4
-    by default). With equal micro-batches Σ_j w_j = (1/J)·Σ_j, Smith et al.'s
-    average. One pass: for f_j = w_j·L_j, :func:`implicit_reg.core.hvp.grad_and_hvp`
-    with the direction μ⊙g_j returns (w_j·g_j, w_j·H_j(μ⊙g_j)). ``.grad`` is
-    left holding g_B.
-    """
-    params, lrs, mus = _egr_groups(opt, model)
+    size: int | None,
+) -> list[tuple[float, Callable[[], Tensor]]]:
+    """``EGR.step(chunks=...)``'s pairs (w_c, closure_c) for consecutive chunks of ``size``
+    rows of ``batch``: closure_c returns chunk c's mean loss (no backward) and
+    w_c = n_c/N, so Σ_c w_c L_c is the batch mean loss."""
     n = num_samples(batch)
-    g = [torch.zeros_like(p) for p in params]
-    hv = [torch.zeros_like(p) for p in params]
-    losses: list[Tensor] = []
-    primal = tuple(p.detach().requires_grad_(True) for p in params)
-    for f, (xj, _) in zip(
-        chunk_loss_fns(model, loss_fn, batch, micro_batch), iter_chunks(batch, micro_batch)
-    ):
-        w = len(xj) / n
-
-        def f_logged(p, f=f):
-            out = f(p)
-            losses.append(out.detach())
-            return out
-
-        gj, hj = grad_and_hvp(
-            f_logged, primal, vec=lambda wg, w=w: tuple(m * x / w for m, x in zip(mus, wg))
-        )
-        for acc_g, acc_h, a, b in zip(g, hv, gj, hj):
-            acc_g.add_(a)
-            acc_h.add_(b)
-    _egr_apply(params, g, hv, lrs)
-    return torch.stack(losses).sum()
-
-
-def _egr_groups(opt: EGR, model: nn.Module) -> tuple[list[Tensor], list[float], list[float]]:
-    """The trainable parameters of ``model`` with the step h and coefficient μ of each
-    one's optimizer group (μ = h/4 where the group's coeff is None)."""
-    params = list(trainable_named_params(model).values())
-    groups = {id(p): g for g in opt.param_groups for p in g["params"]}
-    lrs = [groups[id(p)]["lr"] for p in params]
-    mus = [
-        igr_coeff(groups[id(p)]["lr"]) if groups[id(p)]["coeff"] is None else groups[id(p)]["coeff"]
-        for p in params
+    return [
+        (len(x) / n, lambda x=x, y=y: loss_fn(model(x), y)) for x, y in iter_chunks(batch, size)
     ]
-    return params, lrs, mus
-
-
-def _egr_apply(params, g, hv, lrs) -> None:
-    """θ ← θ − h·(g + 2·Hv), leaving ``.grad`` = g (``EGR.step``'s update)."""
-    with torch.no_grad():
-        for p, gi, h, lr in zip(params, g, hv, lrs):
-            p.add_(gi + 2.0 * h, alpha=-lr)
-            p.grad = gi.clone()
 
 
 def _gradient_step(
@@ -259,10 +169,18 @@ def _gradient_step(
     loss_fn: nn.Module,
     batch: tuple[Tensor, Tensor],
 ) -> Tensor:
-    """One optimizer step on ``batch`` (full data or a minibatch); returns the
-    batch loss at the parameters before the step."""
+    """One optimizer step on ``batch`` (full data or a minibatch) through the optimizer's
+    public API; returns the batch loss at the parameters before the step.
+
+    GD/SGD: ``.grad`` = the batch-mean gradient (in chunks), then ``opt.step()``.
+    EGR: ``opt.step(closure)`` on one chunk; over several chunks
+    ``opt.step(chunks=...)`` (exact: the two-pass g, then H(μ⊙g); finite
+    difference: the chunked gradient); with ``egr_micro_batch``,
+    ``opt.step(chunks=..., penalty="per_chunk")``, Smith et al.'s micro-batch penalty.
+    SAM/ASAM/penalty: ``opt.step(closure)`` with the torch-style chunked-gradient closure,
+    which the optimizer calls twice (at θ and at the ascent point).
+    """
     chunk = config.chunk_size
-    chunked = chunk is not None and chunk < len(batch[0])
     params = list(trainable_named_params(model).values())
 
     def set_grad() -> Tensor:  # torch-style: gradient of the batch mean, in chunks
@@ -271,18 +189,19 @@ def _gradient_step(
             p.grad = gi
         return loss
 
+    if config.optimizer in SHARPNESS_OPTIMIZERS:
+        return opt.step(set_grad)  # two gradients per step through the torch-style closure
     if config.optimizer != "egr":
         loss = set_grad()
         opt.step()
         return loss
     if config.egr_micro_batch is not None:
-        return egr_micro_batch_step(opt, model, loss_fn, batch, config.egr_micro_batch)
-    if not chunked:
+        chunks = batch_chunks(model, loss_fn, batch, config.egr_micro_batch)
+        return opt.step(chunks=chunks, penalty="per_chunk")
+    if chunk is None or chunk >= len(batch[0]):
         x, y = batch
         return opt.step(lambda: loss_fn(model(x), y))  # EGR's closure: no backward
-    if config.egr_method == "finite_difference":
-        return opt.step(set_grad)  # EGR accepts a torch-style closure for finite differences
-    return egr_chunked_exact_step(opt, model, loss_fn, batch, chunk)
+    return opt.step(chunks=batch_chunks(model, loss_fn, batch, chunk))
 
 
 def _loss_and_error(model, loss_fn, x, y, chunk_size, classes: bool) -> tuple[float, float]:

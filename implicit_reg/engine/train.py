@@ -33,13 +33,7 @@ from .record import (
     trained_alone,
     trained_in_ensemble,
 )
-from .steppers import (
-    EnsembleStepper,
-    SerialStepper,
-    egr_chunked_exact_step,
-    egr_micro_batch_step,
-    evaluate,
-)
+from .steppers import EnsembleStepper, SerialStepper, batch_chunks, evaluate
 from .store import ResultStore
 from .workload import build_run_model, load_run_data, run_loss
 
@@ -54,8 +48,7 @@ __all__ = [
     "build_optimizer",
     "evaluate",
     "step_budget",
-    "egr_chunked_exact_step",
-    "egr_micro_batch_step",
+    "batch_chunks",
     "load_run_data",
 ]
 
@@ -72,15 +65,16 @@ def run(
     ``out_dir``: a store root; the finished run is written atomically to
     ``out_dir/<config_hash>/`` (:class:`~implicit_reg.engine.store.ResultStore`), and
     with ``checkpoint_every`` its mid-run checkpoints go to that run's
-    ``checkpoints/`` folder, from which a rerun resumes. ``checkpoint_dir``
+    ``checkpoints/`` folder, from which a rerun of the unfinished run resumes (a
+    finished run's checkpoints are cleared first: rerunning it starts from step 0). ``checkpoint_dir``
     names that folder directly (the sweep backends, which do not write results,
     pass it). Divergence gives status "diverged"; any exception gives status
     "failed" with the traceback in ``summary["error"]``, unless ``raise_errors``.
     """
     started, started_at = time.perf_counter(), now()
     store = ResultStore(out_dir) if out_dir is not None else None
-    if checkpoint_dir is None and store is not None:
-        checkpoint_dir = store.checkpoint_dir(config)
+    if checkpoint_dir is None and store is not None and config.checkpoint_every:
+        checkpoint_dir = store.resumable_checkpoint_dir([config])
     try:
         result = train_one(config, checkpoint_dir=checkpoint_dir, raise_errors=raise_errors)
     except Exception:
@@ -169,7 +163,7 @@ def train_runs(
     tracks = [Track(c) for c in configs]
     checkpoints = None
     if cfg.checkpoint_every and store is not None:
-        checkpoints = Checkpoints(store.ensemble_checkpoint_dir(configs), cfg.checkpoint_every)
+        checkpoints = Checkpoints(store.resumable_checkpoint_dir(configs), cfg.checkpoint_every)
     budget, _ = step_budget(cfg, datas[0].n_train)
     train_loop(stepper, tracks, budget=budget, loss_fn=loss_fn, checkpoints=checkpoints)
     if checkpoints is not None:

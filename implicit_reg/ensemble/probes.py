@@ -59,9 +59,7 @@ def flatten_members(tensors: Sequence[Tensor]) -> Tensor:
 def unflatten_members(flat: Tensor, like: Sequence[Tensor]) -> Params:
     """Inverse of :func:`flatten_members`: ``[M, D]`` back to tensors shaped like ``like``."""
     sizes = [t[0].numel() for t in like]
-    return tuple(
-        part.reshape(t.shape) for part, t in zip(torch.split(flat, sizes, dim=1), like)
-    )
+    return tuple(part.reshape(t.shape) for part, t in zip(torch.split(flat, sizes, dim=1), like))
 
 
 def ensemble_hvp(
@@ -119,6 +117,8 @@ class EnsembleEig:
         converged: ``[M]`` bool, whether the member met its stopping test.
         n_iter: ``[M]`` Lanczos steps each member took.
         n_hvp: batched HVP calls (each one HVP for every member).
+        eigenvectors: ``[M, D]`` float64 unit top Ritz vector of each member
+            (the warm start of the next probe, ``v0=``).
     """
 
     eigenvalues: Tensor
@@ -126,6 +126,7 @@ class EnsembleEig:
     converged: Tensor
     n_iter: Tensor
     n_hvp: int
+    eigenvectors: Tensor | None = None
 
 
 def ensemble_lanczos_max(
@@ -136,11 +137,13 @@ def ensemble_lanczos_max(
     tol: float | None = None,
     max_iter: int | None = None,
     method: str = DEFAULT_METHOD,
+    v0: Tensor | None = None,
 ) -> EnsembleEig:
     """Largest Hessian eigenvalue of every member by Lanczos, all members in one pass.
 
     Member m starts from the unit vector ``randn(D, generator=seed_m)`` (as
-    :func:`implicit_reg.probes.lanczos` does) and stops when its top Ritz
+    :func:`implicit_reg.probes.lanczos` does), or from row m of ``v0`` (e.g.
+    the ``eigenvectors`` of the previous probe: a warm start), and stops when its top Ritz
     pair has β_j·|s_{j,top}| ≤ tol·‖T_j‖ (‖T_j‖ estimated by the running
     max of |α_i| + β_i + β_{i−1}); the others go on. Basis in float64, full
     reorthogonalization applied twice.
@@ -151,6 +154,7 @@ def ensemble_lanczos_max(
         tol: relative residual tolerance; None: √ε of the parameters' dtype.
         max_iter: most steps (default min(D, 300)).
         method: HVP form.
+        v0: ``[M, D]`` start vectors (non-zero rows), or None for random ones.
     """
     params = tuple(params)
     size, device = params[0].shape[0], params[0].device
@@ -164,7 +168,17 @@ def ensemble_lanczos_max(
         raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
     apply = _flat_hvp(loss_fns, params, method)
     gens = _generators(seeds, size, device)
-    q0 = torch.stack([torch.randn(dim, generator=g, device=device, dtype=torch.float64) for g in gens])
+    if v0 is None:
+        q0 = torch.stack(
+            [torch.randn(dim, generator=g, device=device, dtype=torch.float64) for g in gens]
+        )
+    else:
+        if not isinstance(v0, Tensor) or v0.shape != (size, dim):
+            shape = tuple(v0.shape) if hasattr(v0, "shape") else type(v0).__name__
+            raise ValueError(f"v0 must have shape ({size}, {dim}), got {shape}")
+        q0 = v0.detach().to(device=device, dtype=torch.float64)
+        if not bool(torch.isfinite(q0).all()) or bool((q0.norm(dim=1) == 0).any()):
+            raise ValueError("every row of v0 must be finite and non-zero")
     Q = torch.zeros(size, min(max_iter, dim) + 1, dim, dtype=torch.float64, device=device)
     Q[:, 0] = q0 / q0.norm(dim=1, keepdim=True)
     alphas, betas = [], []
@@ -173,6 +187,7 @@ def ensemble_lanczos_max(
     value = torch.full((size,), math.nan, dtype=torch.float64, device=device)
     bound = torch.full((size,), math.nan, dtype=torch.float64, device=device)
     steps = torch.zeros(size, dtype=torch.long, device=device)
+    coef = torch.zeros(size, min(max_iter, dim) + 1, dtype=torch.float64, device=device)
     tiny = torch.finfo(torch.float64).eps
     n_hvp = 0
     for j in range(min(max_iter, dim)):
@@ -203,18 +218,22 @@ def ensemble_lanczos_max(
         value = torch.where(live, theta, value)
         bound = torch.where(live, res, bound)
         steps = torch.where(live, torch.full_like(steps, j + 1), steps)
+        coef[live, : j + 1] = evecs[live, :, -1]  # top Ritz vector in the basis q_0..q_j
         done = done | now
         if bool(done.all()):
             break
         Q[:, j + 1] = torch.where(
             (b > 0)[:, None], w / torch.where(b > 0, b, 1.0)[:, None], torch.zeros_like(w)
         )
+    vecs = torch.einsum("mk,mkd->md", coef, Q[:, : coef.shape[1]])
+    vecs = vecs / vecs.norm(dim=1, keepdim=True)
     return EnsembleEig(
         eigenvalues=value.cpu(),
         residual_bounds=bound.cpu(),
         converged=done.cpu(),
         n_iter=steps.cpu(),
         n_hvp=n_hvp,
+        eigenvectors=vecs,
     )
 
 

@@ -31,10 +31,12 @@ or inf cannot change another member's numbers. It is recorded as diverged
 at that step, its parameters are frozen at the last iterate, and it is
 dropped from the batched computation.
 
-The updates are :func:`implicit_reg.core.optim.gd_update` and
-:func:`implicit_reg.core.optim.sgd_update` themselves, applied to stacked tensors,
-so a vectorized run matches the serial run of ``implicit_reg.core.optim.GD``,
-``SGD`` and ``EGR`` to rounding (``tests/test_vectorized.py``).
+The updates are :func:`implicit_reg.core.updates.gd_update`, ``sgd_update``
+and ``egr_update`` themselves, the functions the serial optimizers call,
+applied to stacked tensors with a per-member step tensor ``lr`` of shape
+``[M]``, so a vectorized run matches the serial run of
+``implicit_reg.core.optim.GD``, ``SGD`` and ``EGR`` to rounding
+(``tests/test_vectorized.py``).
 """
 
 from __future__ import annotations
@@ -48,13 +50,13 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from ..core.hvp import DEFAULT_METHOD, Params, check_method, grad_and_hvp
+from ..core.hvp import DEFAULT_METHOD, Params, check_method, check_scalar_loss, grad_and_hvp
 from ..core.modified_gradient import EGR_METHODS, default_fd_radius, igr_coeff
 from ..core.objective import trainable_named_params
-from ..core.optim import gd_update, sgd_update
+from ..core.updates import egr_update, gd_update, sgd_update
 
 __all__ = [
-    "OPTIMIZERS",
+    "UPDATE_RULES",
     "Architecture",
     "check_vectorizable",
     "stack_models",
@@ -67,8 +69,8 @@ __all__ = [
     "CompiledGradient",
     "ensemble_modified_gradient_exact",
     "ensemble_modified_gradient_fd",
-    "gd_update_stacked",
-    "sgd_update_stacked",
+    "ensemble_egr_direction_exact",
+    "ensemble_egr_direction_fd",
     "MinibatchOrder",
     "minibatch_indices",
     "VectorizedEnsemble",
@@ -76,7 +78,8 @@ __all__ = [
     "train_ensemble",
 ]
 
-OPTIMIZERS = ("gd", "sgd", "egr")
+#: the update rules an ensemble applies (engine.optimizers.update_rule maps a config to one)
+UPDATE_RULES = ("gd", "sgd", "egr")
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -232,9 +235,7 @@ def ensemble_loss_fns(
 
     def member(params: dict[str, Tensor], xc: Tensor, yc: Tensor) -> Tensor:
         loss = loss_fn(functional_call(template, params, (xc,)), yc)
-        if not isinstance(loss, Tensor) or loss.dim() != 0:
-            raise ValueError("loss_fn must return a scalar (mean-reduced) loss per member")
-        return loss
+        return check_scalar_loss(loss, "loss_fn's (mean-reduced) loss per member")
 
     batched = vmap(member, in_dims=(0, 0 if x_batched else None, 0 if y_batched else None))
     step = n if chunk_size is None else chunk_size
@@ -358,7 +359,20 @@ def ensemble_modified_gradient_exact(
     *,
     method: str = DEFAULT_METHOD,
 ) -> tuple[Tensor, Params, Params]:
-    """Per-member EGR gradient g_m + 2μ_m·H_m g_m through the package's one HVP.
+    """``(losses, G, G̃)`` with G̃ = g_m + 2μ_m·H_m g_m per member, from
+    :func:`ensemble_egr_direction_exact`."""
+    losses, g, hv = ensemble_egr_direction_exact(loss_fns, params, coeffs, method=method)
+    return losses, g, tuple(gi + 2.0 * h for gi, h in zip(g, hv))
+
+
+def ensemble_egr_direction_exact(
+    loss_fns: Sequence[Callable[[Params], Tensor]],
+    params: Params,
+    coeffs: Tensor,
+    *,
+    method: str = DEFAULT_METHOD,
+) -> tuple[Tensor, Params, Params]:
+    """Per-member EGR parts g_m and H_m(μ_m g_m) through the package's one HVP.
 
     Calls :func:`implicit_reg.core.hvp.grad_and_hvp` on 𝓛(Θ) = Σ_m L_m(θ_m)
     with the direction V = μ ⊙ G (member m's block scaled by μ_m). The
@@ -374,7 +388,8 @@ def ensemble_modified_gradient_exact(
         method: HVP form, one of :data:`implicit_reg.core.hvp.HVP_METHODS`.
 
     Returns:
-        ``(losses, G, G̃)``: per-member losses ``[M]``, plain and modified gradients.
+        ``(losses, G, HV)``: per-member losses ``[M]``, gradients and H_m(μ_m g_m),
+        the arguments of :func:`implicit_reg.core.updates.egr_update`.
     """
     check_method(method)
     params = tuple(p.detach().requires_grad_(True) for p in params)
@@ -398,7 +413,7 @@ def ensemble_modified_gradient_exact(
         for f in loss_fns:
             _, hc = grad_and_hvp(lambda ps, f=f: f(ps).sum(), params, v, method=method)
             hv = hc if hv is None else tuple(a + b for a, b in zip(hv, hc))
-    return losses, g, tuple(gi + 2.0 * h for gi, h in zip(g, hv))
+    return losses, g, tuple(hv)
 
 
 def ensemble_modified_gradient_fd(
@@ -408,7 +423,19 @@ def ensemble_modified_gradient_fd(
     *,
     radius: float,
 ) -> tuple[Tensor, Params, Params]:
-    """Per-member finite-difference EGR gradient, two gradient evaluations in all.
+    """``(losses, G, G̃)`` from :func:`ensemble_egr_direction_fd`, G̃ = g_m + 2·H_m v_m."""
+    losses, g, hv = ensemble_egr_direction_fd(grad_at, params, coeffs, radius=radius)
+    return losses, g, tuple(gi + 2.0 * h for gi, h in zip(g, hv))
+
+
+def ensemble_egr_direction_fd(
+    grad_at: Callable[[Params], tuple[Tensor, Params]],
+    params: Params,
+    coeffs: Tensor,
+    *,
+    radius: float,
+) -> tuple[Tensor, Params, Params]:
+    """Per-member finite-difference EGR parts (g_m, H_m v_m), two gradient evaluations in all.
 
     Member m's product H_m v_m with v_m = μ_m g_m is the forward difference of
     :func:`implicit_reg.core.modified_gradient.finite_difference_hvp`,
@@ -425,7 +452,7 @@ def ensemble_modified_gradient_fd(
         radius: r > 0.
 
     Returns:
-        ``(losses, G, G̃)`` as in :func:`ensemble_modified_gradient_exact`.
+        ``(losses, G, HV)`` as in :func:`ensemble_egr_direction_exact`.
     """
     if not radius > 0 or not math.isfinite(radius):
         raise ValueError(f"finite-difference radius must be positive and finite, got {radius}")
@@ -446,56 +473,7 @@ def ensemble_modified_gradient_fd(
         )
         for gs, gi in zip(g_shift, g)
     )
-    return losses, g, tuple(gi + 2.0 * h for gi, h in zip(g, hv))
-
-
-# --------------------------------------------------------------------------- updates
-
-
-def gd_update_stacked(params: list[Tensor], grads: Sequence[Tensor], *, lr: Tensor) -> None:
-    """θ_m ← θ_m − h_m·g_m for every member, in place.
-
-    :func:`implicit_reg.core.optim.gd_update` itself, with member m's step h_m
-    folded into its gradient block (its ``lr`` argument is then 1).
-    """
-    gd_update(params, [member_view(lr, g) * g for g in grads], lr=1.0)
-
-
-def sgd_update_stacked(
-    params: list[Tensor],
-    grads: Sequence[Tensor],
-    momentum_buffers: list[Tensor | None],
-    *,
-    lr: Tensor,
-    momentum: float,
-    dampening: float,
-    nesterov: bool,
-    weight_decay: float,
-) -> None:
-    """The ``torch.optim.SGD`` update per member with a per-member step h_m, in place.
-
-    The search direction d (weight decay λ, momentum β, dampening τ,
-    Nesterov; see :func:`implicit_reg.core.optim.sgd_update`) is computed by
-    ``sgd_update`` itself, run with step 1 on a zero tensor, which then
-    holds −d; the momentum buffers evolve exactly as there. Then
-    θ_m ← θ_m − h_m·d_m. Weight decay is added to g beforehand
-    (d = g + λθ, the same expression), since the zero tensor stands in
-    for θ inside ``sgd_update``.
-    """
-    ds = [g.add(p, alpha=weight_decay) if weight_decay != 0 else g for p, g in zip(params, grads)]
-    neg_d = [torch.zeros_like(p) for p in params]
-    sgd_update(
-        neg_d,
-        ds,
-        momentum_buffers,
-        lr=1.0,
-        momentum=momentum,
-        dampening=dampening,
-        nesterov=nesterov,
-        weight_decay=0.0,
-    )
-    for p, s in zip(params, neg_d):
-        p.add_(member_view(lr, s) * s)
+    return losses, g, hv
 
 
 # --------------------------------------------------------------------------- data order
@@ -587,7 +565,7 @@ class VectorizedEnsemble:
         loss_fn: mean-reduced loss ``(outputs, targets) -> scalar``.
         x: training inputs ``[N, …]`` shared, or ``[M, N, …]`` with ``x_per_member``.
         y: targets ``[N, …]`` shared, or ``[M, N, …]`` with ``y_per_member``.
-        optimizer: one of :data:`OPTIMIZERS`.
+        optimizer: one of :data:`UPDATE_RULES`.
         lr: step size h, one per member or one for all.
         coeff: EGR's μ, one per member, one for all, or None (h_m/4).
         momentum, dampening, nesterov, weight_decay: SGD's, shared.
@@ -629,9 +607,9 @@ class VectorizedEnsemble:
         max_loss: float | Sequence[float] = math.inf,
         compile: bool = False,
     ) -> None:
-        if optimizer not in OPTIMIZERS:
+        if optimizer not in UPDATE_RULES:
             raise ValueError(
-                f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"
+                f"unknown optimizer {optimizer!r}; choose one of {', '.join(UPDATE_RULES)}"
             )
         if egr_method not in EGR_METHODS:
             raise ValueError(
@@ -738,34 +716,31 @@ class VectorizedEnsemble:
                     self.arch, ps, x, y, chunk_size=self.chunk_size, x_batched=xb, y_batched=yb
                 )
 
+        hv = None
         if self.optimizer == "egr" and self.egr_method == "exact":
-            losses, g, d = ensemble_modified_gradient_exact(
+            losses, g, hv = ensemble_egr_direction_exact(
                 fns, self.params, self.coeff, method=self.hvp_method
             )
         elif self.optimizer == "egr":
-            losses, g, d = ensemble_modified_gradient_fd(
+            losses, g, hv = ensemble_egr_direction_fd(
                 gradient, self.params, self.coeff, radius=self.fd_radius
             )
         else:
             losses, g = gradient(self.params)
-            d = g
         gsq = member_sq_norms(g)
         lossd = losses.detach().double().cpu()
         ok = torch.isfinite(lossd) & (lossd <= self.max_loss)
         new = [p.detach().clone() for p in self.params]
+        # the serial optimizers' own update functions, with one step h_m per member
         if self.optimizer == "sgd":
-            sgd_update_stacked(
-                new,
-                d,
-                self.bufs,
-                lr=self.lr,
-                momentum=self.momentum,
-                dampening=self.dampening,
-                nesterov=self.nesterov,
-                weight_decay=self.weight_decay,
-            )
+            sgd_update(
+                new, list(g), self.bufs, lr=self.lr, momentum=self.momentum,
+                dampening=self.dampening, nesterov=self.nesterov, weight_decay=self.weight_decay,
+            )  # fmt: skip
+        elif self.optimizer == "egr":
+            egr_update(new, list(g), list(hv), lr=self.lr)
         else:
-            gd_update_stacked(new, d, lr=self.lr)
+            gd_update(new, list(g), lr=self.lr)
         out = {
             m: {"loss": loss, "grad_norm_sq": sq}
             for m, loss, sq in zip(self.live, lossd.tolist(), gsq.tolist())

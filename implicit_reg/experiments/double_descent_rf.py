@@ -28,7 +28,17 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
-from implicit_reg.report.report import Report, fmt, mean_std, plot_band, select_scale
+from implicit_reg.report.report import (
+    Report,
+    effect_text,
+    fmt,
+    judge,
+    judge_all,
+    mean_std,
+    plot_band,
+    seed_effect,
+    select_scale,
+)
 from implicit_reg.workloads.data import load_dataset
 from implicit_reg.workloads.models import (
     build_model,
@@ -72,6 +82,14 @@ CONFIGS = {
     "smoke": Config(
         n_train=200, n_test=200, ratios=(0.25, 0.5, 1.0, 2.0, 4.0), seeds=2, probe_bandwidths=(4.0,)
     ),
+    "demo": Config(
+        n_train=1000,
+        ratios=(0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0),
+        seeds=3,
+        probe_bandwidths=(),
+        reference_bandwidth=None,
+        crosscheck_svd_max_n=500,
+    ),  # fmt: skip
     "small": Config(),
     "full": Config(
         ratios=tuple(
@@ -165,7 +183,7 @@ def curves_figure(df: pd.DataFrame, probe: pd.DataFrame, cfg: Config) -> Figure:
         if col in ("test_error", "norm") and cfg.n_train == 4000:
             i = 0 if col == "test_error" else 1
             ax.plot(list(REFERENCE), [v[i] for v in REFERENCE.values()], "kx", ms=9, mew=2,
-                    label="reference, n = 4,000 (measured earlier)")  # fmt: skip
+                    label="reference, n = 4,000 (re-measured here earlier, not the paper)")  # fmt: skip
         ax.axvline(1.0, color="k", ls="--", lw=1, label="N = n (interpolation threshold)")
         ax.set(xscale="log", xlabel="N / n  (random features per training sample)", ylabel=label)
         lo, hi = df.ratio.min(), max(df.ratio.max(), probe.ratio.max() if len(probe) else 0)
@@ -197,28 +215,59 @@ def run(scale: str, out: Path) -> Report:
     def at(ratio, col):
         return mean_std(df[np.isclose(df.ratio, ratio)][col].values)
 
+    def per_seed(ratio: float, col: str) -> np.ndarray:
+        """``col`` at the grid ratio nearest ``ratio``, ordered by seed (feature draw)."""
+        grid = mean.index.to_numpy()
+        r = grid[np.argmin(np.abs(grid - ratio))]
+        return df[np.isclose(df.ratio, r)].sort_values("seed")[col].to_numpy()
+
+    def ratio_of(ratio: float) -> float:
+        grid = mean.index.to_numpy()
+        return float(grid[np.argmin(np.abs(grid - ratio))])
+
+    lo_r, hi_r = ratio_of(0.5), ratio_of(2.0)
+    up = seed_effect(per_seed(1.0, "test_error"), per_seed(lo_r, "test_error"), paired=True)
+    down = seed_effect(per_seed(1.0, "test_error"), per_seed(hi_r, "test_error"), paired=True)
+    verdict = judge_all(judge(*up), judge(*down))
     report.add_claim(
         "Test error peaks at the interpolation threshold N = n",
         "peak at N = n (Fig. 2)",
-        f"highest mean test error {mean.test_error.max():.3f} at N/n = {peak_err:g}",
-        bool(0.9 <= peak_err <= 1.1),
-    )
+        f"highest mean test error {mean.test_error.max():.3f} at N/n = {peak_err:g}; error at "
+        f"N = n minus N/n = {lo_r:g}: {effect_text(*up)}, minus N/n = {hi_r:g}: "
+        f"{effect_text(*down)} (paired over feature draws)",
+        verdict,
+        "above both sides beyond 2 SE" if verdict else "not above both sides beyond the noise",
+    )  # fmt: skip
     if len(under) and len(over):
         best_under, best_over = under.test_error.min(), over.test_error.min()
+        r_under, r_last = float(under.test_error.idxmin()), float(over.index.max())
+        second = seed_effect(
+            per_seed(r_under, "test_error"), per_seed(r_last, "test_error"), paired=True
+        )
         report.add_claim(
             "Beyond the threshold the test error falls again, below the classical regime's best",
             "second descent; the best model is the largest (Fig. 2)",
-            f"best test error for N < n: {best_under:.3f} (N/n = {under.test_error.idxmin():g}); "
-            f"for N > n: {best_over:.3f} (N/n = {over.test_error.idxmin():g})",
-            bool(best_over < best_under),
-        )
+            f"best mean test error for N < n: {best_under:.3f} (N/n = {r_under:g}); for N > n: "
+            f"{best_over:.3f} (N/n = {over.test_error.idxmin():g}); N/n = {r_under:g} minus "
+            f"N/n = {r_last:g}: {effect_text(*second)} (paired; the N < n point is the best of "
+            "the means, which favours it)",
+            judge(*second),
+            "the largest model beats the classical best beyond 2 SE" if judge(*second)
+            else "not beyond the noise",
+        )  # fmt: skip
+        n_up = seed_effect(per_seed(1.0, "norm"), per_seed(lo_r, "norm"), paired=True)
+        n_down = seed_effect(per_seed(1.0, "norm"), per_seed(hi_r, "norm"), paired=True)
+        n_fall = seed_effect(per_seed(hi_r, "norm"), per_seed(r_last, "norm"), paired=True)
+        verdict = judge_all(judge(*n_up), judge(*n_down), judge(*n_fall))
         report.add_claim(
             "The norm of the min-norm solution peaks at N = n and falls as N grows",
             "‖β‖ peaks at the threshold, then decreases (Fig. 2)",
-            f"peak ‖β‖ {fmt(mean.norm.max())} at N/n = {peak_norm:g}; "
-            f"{fmt(over.norm.iloc[-1])} at N/n = {over.index[-1]:g}",
-            bool(0.9 <= peak_norm <= 1.1 and np.all(np.diff(over.norm.values) < 0)),
-        )
+            f"peak mean ‖β‖ {fmt(mean.norm.max())} at N/n = {peak_norm:g}; ‖β‖ at N = n minus "
+            f"N/n = {lo_r:g}: {effect_text(*n_up)}, minus N/n = {hi_r:g}: {effect_text(*n_down)}; "
+            f"N/n = {hi_r:g} minus N/n = {r_last:g}: {effect_text(*n_fall)}",
+            verdict,
+            "peak and fall beyond 2 SE" if verdict else "not all beyond the noise",
+        )  # fmt: skip
     comparable = cfg.n_train == 4000
     sigma0 = cfg.bandwidth if cfg.bandwidth is not None else float(np.sqrt(40))
     bw_ref = cfg.reference_bandwidth
@@ -232,42 +281,50 @@ def run(scale: str, out: Path) -> Report:
     rows = []
     for ratio, (err, norm) in REFERENCE.items():
         have = bool(np.isclose(df.ratio, ratio).any())
-        row = {"N/n": ratio, "reference test error": err}
+        row = {"N/n": ratio, "reference test error (re-measured)": err}
         row[f"ours, σ = {sigma0:.3g}"] = at(ratio, "test_error") if have else "—"
         if bw_ref is not None:
             row[f"ours, σ = {bw_ref:g}"] = mean_std(probe_at(bw_ref, ratio, "test_error"))
-        row["reference ‖β‖"] = norm
+        row["reference ‖β‖ (re-measured)"] = norm
         row[f"‖β‖, σ = {sigma0:.3g}"] = at(ratio, "norm") if have else "—"
         if bw_ref is not None:
             row[f"‖β‖, σ = {bw_ref:g}"] = mean_std(probe_at(bw_ref, ratio, "norm"))
         rows.append(row)
     if bw_ref is not None and len(probe) and comparable:
         errs = {r: float(np.mean(probe_at(bw_ref, r, "test_error"))) for r in REFERENCE}
-        close = all(abs(errs[r] - REFERENCE[r][0]) <= 0.03 for r in REFERENCE)
+        # margin left inside ±0.03 at the worst N/n, with that point's SE over feature draws
+        worst = max(REFERENCE, key=lambda r: abs(errs[r] - REFERENCE[r][0]))
+        margin = seed_effect(
+            0.03 - np.abs(probe_at(bw_ref, worst, "test_error") - REFERENCE[worst][0])
+        )
+        verdict = judge(*margin)
         report.add_claim(
-            "Our numbers match the reference measured here (RFF, n = 4,000)",
-            "test error " + " / ".join(f"{v[0]:g}" for v in REFERENCE.values())
+            "Our numbers match the reference re-measured here (RFF, n = 4,000; not the paper's)",
+            "re-measured on this machine earlier, not from the paper: test error "
+            + " / ".join(f"{v[0]:g}" for v in REFERENCE.values())
             + " at N/n = " + " / ".join(f"{r:g}" for r in REFERENCE),
             f"σ = {bw_ref:g}: " + " / ".join(f"{errs[r]:.3f}" for r in REFERENCE)
             + "; σ = √d: " + " / ".join(
                 f"{float(np.mean(df[np.isclose(df.ratio, r)].test_error)):.3f}"
                 if np.isclose(df.ratio, r).any() else "—" for r in REFERENCE
-            ),
-            close,
-            (f"with σ = {bw_ref:g}, within 0.03 at every N/n" if close else
-             f"with σ = {bw_ref:g}, off by more than 0.03 somewhere"),
+            )
+            + f"; margin inside ±0.03 at the worst N/n = {worst:g}: {effect_text(*margin)}",
+            verdict,
+            (f"with σ = {bw_ref:g}, within 0.03 at every N/n beyond 2 SE" if verdict else
+             f"with σ = {bw_ref:g}, not within 0.03 beyond the noise"),
         )  # fmt: skip
-    report.add_table(
-        rows,
-        heading="Against the reference measured here",
-        caption=(
-            "Reference: random Fourier features on MNIST-1D at n = 4,000, measured earlier on this "
-            "machine with features we do not know exactly. Ours: mean ± std over feature draws, "
-            f"with the package's default bandwidth σ = √d and with σ = {bw_ref:g} (see the "
-            "bandwidth probe)"
-            + ("." if comparable else f" (not comparable: ours use n = {cfg.n_train:,}).")
-        ),
-    )
+    if comparable or bw_ref is not None:
+        report.add_table(
+            rows,
+            heading="Against the reference re-measured here (not the paper's numbers)",
+            caption=(
+                "Reference: random Fourier features on MNIST-1D at n = 4,000, measured earlier on "
+                "this machine with features we do not know exactly. Ours: mean ± std over "
+                "feature draws, with the package's default bandwidth σ = √d"
+                + (f" and with σ = {bw_ref:g} (see the bandwidth probe)" if bw_ref else "")
+                + ("." if comparable else f" (not comparable: ours use n = {cfg.n_train:,}).")
+            ),
+        )
     report.add_figure(
         curves_figure(df, probe, cfg),
         "double_descent.png",

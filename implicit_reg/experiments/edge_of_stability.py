@@ -16,6 +16,14 @@ every ``eval_every`` steps. Quantified per run: λ_max·h/2 at the start, the
 first step at which λ_max ≥ 0.9·2/h ("at the edge"), and from then on the
 median and maximum of λ_max·h/2 (≈ 1 while it hovers at the edge of
 stability) and the fraction of training spent there.
+
+The hovering test: the fraction of the late probes (the last ``late``
+fraction of the steps) with λ_max·h/2 within ±``band`` of 1, against a
+control, the fraction of the same probes within the same band around 2/h′
+for the *other* step sizes h′ of the sweep. A λ_max that merely stays below
+2/h, as every stable run must, or that wanders independently of h, does not
+pass: the sharpness has to sit at its own 2/h and not at the others'. The
+effect (own − control) and its SE over seeds give the verdict.
 """
 
 from __future__ import annotations
@@ -28,7 +36,16 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from implicit_reg.engine.config import RunConfig
-from implicit_reg.report.report import Report, fmt, mean_std, plot_band, select_scale
+from implicit_reg.report.report import (
+    Report,
+    effect_text,
+    fmt,
+    judge,
+    mean_std,
+    plot_band,
+    seed_effect,
+    select_scale,
+)
 
 from ._sweeps import (
     history_matrix,
@@ -62,6 +79,8 @@ class Config:
     lanczos_max_iter: int = 40
     reach: float = 0.9  # "reached the edge": λ_max ≥ reach · 2/h
     min_time_at_edge: float = 0.2  # judge "hovering" only with this fraction of steps left
+    late: float = 0.25  # the hovering test reads the probes of the last quarter of the steps
+    band: float = 0.15  # ... within ±15% of 2/h
 
 
 CONFIGS = {
@@ -76,7 +95,8 @@ CONFIGS = {
         probe_every=5,
         lanczos_max_iter=10,
     ),  # fmt: skip
-    "small": Config(),
+    "demo": Config(lrs=(1.0, 2.0), seeds=2, steps=800, lanczos_max_iter=30),
+    "small": Config(seeds=3),
     "full": Config(
         lrs=(0.25, 0.5, 1.0, 2.0),
         seeds=3,
@@ -129,6 +149,31 @@ def edge_stats(history: pd.DataFrame, cfg: Config) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def hover_stats(history: pd.DataFrame, cfg: Config) -> pd.DataFrame:
+    """Per run: the fraction of the late probes with λ_max·h/2 within ±band of 1 ("own"),
+    and the mean over the other step sizes h′ of the fraction within ±band of λ_max·h′/2 = 1
+    ("control"); their difference is the hovering effect (module docstring)."""
+    lrs = sorted(cfg.lrs)
+    rows = []
+    for (lr, seed), h in history[history.metric == "lambda_max"].groupby(["lr", "seed"]):
+        late = h[h.step >= (1 - cfg.late) * h.step.max()].value.to_numpy()
+
+        def inside(step_size: float, late: np.ndarray = late) -> float:
+            return float(np.mean(np.abs(late * step_size / 2 - 1) <= cfg.band))
+
+        others = [inside(o) for o in lrs if not np.isclose(o, lr)]
+        rows.append(
+            {
+                "lr": lr, "seed": seed, "late_probes": len(late), "own": inside(lr),
+                "control": float(np.mean(others)) if others else np.nan,
+                "late_median_ratio": float(np.median(late * lr / 2)),
+            }
+        )  # fmt: skip
+    out = pd.DataFrame(rows)
+    out["effect"] = out["own"] - out["control"]
+    return out
+
+
 def edge_figure(history: pd.DataFrame, cfg: Config) -> Figure:
     """λ_max (with the 2/h lines) and the training loss against the step."""
     fig = Figure(figsize=(13, 4.8), layout="constrained")
@@ -170,35 +215,35 @@ def run(scale: str, out: Path) -> Report:
     history = load_history(rows, ["lr", "seed"])
     stats = edge_stats(history, cfg)
     diverged = rows[rows.status != "complete"]
+    hover = hover_stats(history, cfg)
     for lr, g in stats.groupby("lr"):
         start = g.ratio_start.to_numpy()
-        med = g.ratio_after_median.to_numpy()
-        long_enough = bool(np.all(g.time_at_edge >= cfg.min_time_at_edge))
-        sharpened = bool(np.all(start < cfg.reach) and np.all(g.ratio_max >= cfg.reach))
+        hv = hover[np.isclose(hover.lr, lr)].sort_values("seed")
+        rise = seed_effect(hv.late_median_ratio.to_numpy(), start, paired=True)
+        starts_below = bool(np.all(start < cfg.reach))
         report.add_claim(
             f"h = {lr:g}: λ_max rises from below 2/h = {2 / lr:g} to about 2/h (progressive sharpening)",
             "Cohen et al. 2021, Fig. 1",
-            f"λ_max·h/2 at step 0: {mean_std(start)}; max: {mean_std(g.ratio_max.to_numpy())}; "
-            f"first step with λ_max ≥ {cfg.reach:g}·2/h: "
+            f"λ_max·h/2 at step 0: {mean_std(start)}; late median: "
+            f"{mean_std(hv.late_median_ratio.to_numpy())}; rise {effect_text(*rise)}; first step "
+            f"with λ_max ≥ {cfg.reach:g}·2/h: "
             + ", ".join("never" if v is None or pd.isna(v) else f"{int(v)}" for v in g.first_step_at_edge),
-            sharpened if np.all(start < cfg.reach) else None,
-            "starts below and reaches the edge" if sharpened else (
-                "λ_max already starts at or above the edge" if not np.all(start < cfg.reach)
-                else "λ_max never reaches the edge in this budget"
-            ),
+            judge(*rise) if starts_below else None,
+            ("rises beyond 2 SE over seeds" if judge(*rise) else "no rise beyond the noise")
+            if starts_below else "λ_max already starts at or above the edge",
         )  # fmt: skip
-        hover = bool(np.all(np.abs(med - 1) <= 0.15))
+        eff = seed_effect(hv.effect.to_numpy())
+        others = ", ".join(f"{o:g}" for o in sorted(cfg.lrs) if not np.isclose(o, lr))
         report.add_claim(
             f"h = {lr:g}: λ_max then hovers at about 2/h",
             "Cohen et al. 2021, Fig. 1–2 (just above 2/h)",
-            f"after reaching the edge: median λ_max·h/2 {mean_std(med)}, max "
-            f"{mean_std(g.ratio_after_max.to_numpy())}, over the last "
-            f"{mean_std(100 * g.time_at_edge.to_numpy(), 2)}% of the steps",
-            hover if long_enough else None,
-            ("within ±15% of 2/h" if hover else "not within ±15% of 2/h") + (
-                "" if long_enough else
-                f"; reached the edge with less than {100 * cfg.min_time_at_edge:g}% of the steps left"
-            ),
+            f"late probes (last {100 * cfg.late:g}% of the steps) with λ_max·h/2 within "
+            f"±{100 * cfg.band:g}% of 1: {mean_std(hv.own.to_numpy())}; control (the same probes "
+            f"against 2/h′, h′ = {others}): {mean_std(hv.control.to_numpy())}; own − control "
+            f"{effect_text(*eff)}; late median λ_max·h/2 {mean_std(hv.late_median_ratio.to_numpy())}",
+            judge(*eff),
+            "sits at its own 2/h beyond 2 SE over seeds" if judge(*eff)
+            else "not at its own 2/h beyond the noise",
         )  # fmt: skip
     if len(diverged):
         report.add_text(
@@ -247,7 +292,7 @@ def run(scale: str, out: Path) -> Report:
             f"{cfg.probe_every} steps over the full training set ({fmt(cfg.steps)} steps)."
         ),
     )
-    report.add_data(stats, "edge_stats.csv")
+    report.add_data(stats.merge(hover, on=["lr", "seed"]), "edge_stats.csv")
     lam = history[history.metric.isin(["lambda_max", "train_loss"])]
     report.add_data(lam[["lr", "seed", "step", "metric", "value"]], "trajectories.csv")
     report.add_text(note, heading="Compute")

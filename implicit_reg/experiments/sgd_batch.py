@@ -13,8 +13,12 @@ small-batch test accuracy (their Sec. 5).
 
 What is run: an MLP 40 → w → w → 10 (ReLU) on MNIST-1D, cross-entropy,
 plain SGD (no momentum; ``RunConfig(optimizer="sgd")``) at every (h, B) of a
-grid, all for the same number of steps (equal "time" h·steps for equal h),
-several seeds. Then large-batch training with the explicit regularizer:
+grid, several seeds, each run stopped when its full training loss (checked
+every ``eval_every`` steps) first reaches ``target_train_loss``: the runs
+are compared at equal training loss, not after equal step counts, at which
+different h and B reach training losses an order of magnitude apart. Trends
+over h/B are judged on the per-seed Kendall τ (mean ± SE over seeds), the
+explicit regularizer on paired per-seed differences. Then large-batch training with the explicit regularizer:
 ``RunConfig(optimizer="egr", batch_size=B_L, egr_micro_batch=B_S,
 egr_coeff=h/4)`` steps on L_B + (h/4)·mean_j‖∇L_j‖² over the micro-batches j
 of size B_S inside each batch of size B_L: per step the (h/4)‖∇L_k‖² of
@@ -31,10 +35,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from scipy.stats import kendalltau
 
 from implicit_reg.engine.config import RunConfig
-from implicit_reg.report.report import Report, fmt, mean_std, select_scale
+from implicit_reg.report.report import (
+    Report,
+    bootstrap_ratio,
+    effect_text,
+    fmt,
+    judge,
+    mean_std,
+    seed_effect,
+    seed_trend,
+    select_scale,
+)
 
 from ._sweeps import run_configs, sweep_dir, tidy_log_axes, workers_for
 
@@ -52,13 +65,14 @@ PAPER = (
 class Config:
     lrs: tuple[float, ...] = (0.05, 0.1, 0.2)
     batch_sizes: tuple[int, ...] = (25, 100, 400)
-    seeds: int = 2
+    seeds: int = 3
     n_train: int | None = 1000
     n_test: int | None = None
     width: int = 64
     depth: int = 2
-    steps: int = 3000  # the same for every run
-    eval_every: int = 250
+    steps: int = 20000  # budget; every run stops at target_train_loss first
+    target_train_loss: float = 0.02  # the runs are compared at this full training loss
+    eval_every: int = 50  # the stopping rule is checked at every evaluation
     explicit_lr: float = 0.2  # the (h, B_L) that gets the explicit regularizer...
     explicit_batch: int = 100
     explicit_micro_batch: int = 25  # ...computed on micro-batches of the small B_S
@@ -73,6 +87,7 @@ CONFIGS = {
         n_test=64,
         width=8,
         steps=10,
+        target_train_loss=2.25,
         eval_every=5,
         explicit_lr=0.2,
         explicit_batch=32,
@@ -85,8 +100,9 @@ CONFIGS = {
         seeds=4,
         n_train=None,
         width=128,
-        steps=10000,
-        eval_every=500,
+        steps=60000,
+        target_train_loss=0.01,
+        eval_every=100,
     ),  # fmt: skip
 }
 
@@ -97,6 +113,7 @@ def sweep_configs(cfg: Config) -> list[RunConfig]:
         n_train=cfg.n_train, n_test=cfg.n_test, loss="cross_entropy", optimizer="sgd",
         batch_size=cfg.batch_sizes[0],
         steps=cfg.steps, eval_every=cfg.eval_every, probes=("lambda_max", "trace"),
+        target_train_loss=cfg.target_train_loss,
     )  # fmt: skip
     sgd = [
         base.replace(lr=h, batch_size=b, seed=s)
@@ -151,12 +168,13 @@ def sgd_figure(rows: pd.DataFrame, cfg: Config) -> Figure:
             ax.set_yscale("log")
         ax.set_xlabel("h/B (learning rate / batch size)")
         ax.set_ylabel(ylabel)
-        ax.set_title(f"{ylabel.split(' (')[0]} after {cfg.steps:,} steps")
+        ax.set_title(f"{ylabel.split(' (')[0]} at train loss ≤ {cfg.target_train_loss:g}")
     axes[0].legend(fontsize=7)
     n = "4,000" if cfg.n_train is None else f"{cfg.n_train:,}"
     fig.suptitle(
         f"SGD (no momentum) on MNIST-1D (n = {n}), MLP 40→{cfg.width}→{cfg.width}→10, "
-        f"cross-entropy, {cfg.steps:,} steps per run; mean ± std over {cfg.seeds} seed(s)"
+        f"cross-entropy, every run stopped at train loss ≤ {cfg.target_train_loss:g}; mean ± std "
+        f"over {cfg.seeds} seed(s)"
     )
     tidy_log_axes(fig)
     return fig
@@ -173,73 +191,83 @@ def run(scale: str, out: Path) -> Report:
     rows["run"] = np.where(rows.optimizer == "egr", "SGD + explicit regularizer", "SGD")
     rows["test_acc"] = 1 - rows["test_error"]
     rows["h_over_B"] = rows["lr"] / rows["batch_size"]
-    bad = rows[rows.status != "complete"]
-    ok_rows = rows[rows.status == "complete"]
+    bad = rows[(rows.status != "complete") | (rows.stop_reason != "target_train_loss")]
+    ok_rows = rows[(rows.status == "complete") & (rows.stop_reason == "target_train_loss")]
     sgd = ok_rows[ok_rows.run == "SGD"]
-    means = sgd.groupby(["lr", "batch_size"])[["test_acc", "grad_norm_sq", "lambda_max"]].mean()
-    ratio = means.index.get_level_values(0) / means.index.get_level_values(1)
+    pairs = sorted({(lr, b) for lr in cfg.lrs for b in cfg.batch_sizes}, key=lambda p: p[0] / p[1])
+    ratio = np.array([lr / b for lr, b in pairs])
     for metric, sign, claim in (
-        ("test_acc", +1, "test accuracy rises with h/B"),
-        ("grad_norm_sq", -1, "the final ‖∇L‖² falls with h/B (stronger implicit penalty)"),
-    ):
-        r = kendalltau(ratio, means[metric].to_numpy())
-        tau, p = float(r.statistic), float(r.pvalue)
-        ok = bool(np.isfinite(tau) and sign * tau > 0 and p < 0.1)
+        ("test_acc", +1, "at equal training loss, test accuracy rises with h/B"),
+        ("grad_norm_sq", -1, "at equal training loss, ‖∇L‖² falls with h/B (stronger implicit penalty)"),
+        ("lambda_max", -1, "at equal training loss, λ_max falls with h/B (flatter)"),
+    ):  # fmt: skip
+        piv = sgd.pivot_table(index="seed", columns=["lr", "batch_size"], values=metric)
+        ys = np.array([[piv.loc[s].get(p, np.nan) for p in pairs] for s in piv.index])
+        tau, se = seed_trend(ratio, ys) if len(ys) else (float("nan"), float("nan"))
+        v = judge(sign * tau, se) if np.isfinite(tau) else None
         report.add_claim(
             claim,
             "Smith et al. 2021, Sec. 3–4",
-            f"Kendall τ(h/B, {metric}) = {tau:+.2f} (p = {p:.2g}) over {len(means)} (h, B) pairs",
-            ok,
-            "significant trend with the predicted sign" if ok else "no significant trend with the predicted sign",
+            f"per-seed Kendall τ(h/B, {metric}) = {effect_text(tau, se)} over {len(pairs)} "
+            f"(h, B) pairs, {len(ys)} seeds, every run stopped at train loss ≤ "
+            f"{cfg.target_train_loss:g}",
+            v,
+            {True: "the predicted sign beyond 2 SE over seeds", None: "inside the seed noise",
+             False: "the opposite sign beyond 2 SE"}[v],
         )  # fmt: skip
     same_h = sgd[sgd.lr == cfg.explicit_lr]
     small_b = min(b for b in cfg.batch_sizes if b <= cfg.explicit_micro_batch) if any(
         b <= cfg.explicit_micro_batch for b in cfg.batch_sizes) else min(cfg.batch_sizes)  # fmt: skip
-    small = same_h[same_h.batch_size == small_b]
-    large = same_h[same_h.batch_size == cfg.explicit_batch]
-    ex = ok_rows[ok_rows.run != "SGD"]
+    small = same_h[same_h.batch_size == small_b].sort_values("seed")
+    large = same_h[same_h.batch_size == cfg.explicit_batch].sort_values("seed")
+    ex = ok_rows[ok_rows.run != "SGD"].sort_values("seed")
+
+    def paired(a: pd.DataFrame, b: pd.DataFrame, col: str) -> tuple[float, float]:
+        m = a[["seed", col]].merge(b[["seed", col]], on="seed")
+        return seed_effect(m[f"{col}_x"].to_numpy(), m[f"{col}_y"].to_numpy(), paired=True)
+
     if len(ex) and len(small) and len(large):
-        gap = small.test_acc.mean() - large.test_acc.mean()
-        closed = (ex.test_acc.mean() - large.test_acc.mean()) / gap if gap else float("nan")
-        noise = small.test_acc.std(ddof=0) + large.test_acc.std(ddof=0)
-        ok = bool(gap > 0 and closed >= 0.5)
+        gain, gap = paired(ex, large, "test_acc"), paired(small, large, "test_acc")
+        frac = bootstrap_ratio(ex.test_acc, large.test_acc, small.test_acc, large.test_acc)
+        v = judge(*gain)
         report.add_claim(
             f"at h = {cfg.explicit_lr:g}, B = {cfg.explicit_batch} plus the explicit regularizer "
             f"(micro-batches of {cfg.explicit_micro_batch}) recovers the test accuracy of B = {small_b}",
             "Smith et al. 2021, Sec. 5",
             f"test acc B = {small_b}: {mean_std(small.test_acc.to_numpy())}; "
             f"B = {cfg.explicit_batch}: {mean_std(large.test_acc.to_numpy())}; "
-            f"B = {cfg.explicit_batch} + regularizer: {mean_std(ex.test_acc.to_numpy())}"
-            + (f" (closes {fmt(100 * closed, 3)}% of the gap)" if gap else ""),
-            ok if gap > noise else None,
-            ("closes at least half of the gap" if ok else (
-                "small batches are not more accurate here: nothing to recover" if gap <= 0
-                else "closes less than half of the gap"
-            )) + ("" if gap > noise else
-                  f"; the gap ({100 * gap:.1f} points) is within the seed spread "
-                  f"({100 * noise:.1f} points)"),
+            f"B = {cfg.explicit_batch} + regularizer: {mean_std(ex.test_acc.to_numpy())}; "
+            f"regularizer − B = {cfg.explicit_batch}: {effect_text(*gain)}; the gap B = {small_b} "
+            f"− B = {cfg.explicit_batch}: {effect_text(*gap)}; closes {fmt(100 * frac[0], 3)}% of "
+            f"it (95% bootstrap interval {fmt(100 * frac[1], 3)}% to {fmt(100 * frac[2], 3)}%)",
+            v,
+            ("the regularizer raises the accuracy beyond 2 SE" if v else
+             "the gain is inside the seed noise" if v is None else "it lowers the accuracy beyond 2 SE")
+            + ("" if judge(*gap) else "; the small-batch advantage itself is inside the noise"),
         )  # fmt: skip
-        lam_gap = large.lambda_max.mean() - small.lambda_max.mean()
-        lam_closed = (large.lambda_max.mean() - ex.lambda_max.mean()) / lam_gap
-        lam_ok = bool(lam_gap > 0 and lam_closed >= 0.5)
+        lam = paired(large, ex, "lambda_max")
+        lam_gap = paired(large, small, "lambda_max")
+        lfrac = bootstrap_ratio(large.lambda_max, ex.lambda_max, large.lambda_max, small.lambda_max)
+        v = judge(*lam)
         report.add_claim(
-            "the explicit regularizer moves the sharpness λ_max to the small-batch value",
+            "the explicit regularizer moves the sharpness λ_max towards the small-batch value",
             "Smith et al. 2021 (SGD's implicit term penalizes the minibatch gradients, and "
             "with them the curvature)",
             f"λ_max B = {small_b}: {mean_std(small.lambda_max.to_numpy())}, B = "
             f"{cfg.explicit_batch}: {mean_std(large.lambda_max.to_numpy())}, + regularizer: "
-            f"{mean_std(ex.lambda_max.to_numpy())} (closes {fmt(100 * lam_closed, 3)}% of the "
-            f"gap); ‖∇L‖²: {mean_std(small.grad_norm_sq.to_numpy())}, "
-            f"{mean_std(large.grad_norm_sq.to_numpy())}, {mean_std(ex.grad_norm_sq.to_numpy())}",
-            lam_ok,
-            "closes at least half of the λ_max gap"
-            if lam_ok
-            else "closes less than half of the λ_max gap",
-        )
+            f"{mean_std(ex.lambda_max.to_numpy())}; B = {cfg.explicit_batch} − regularizer "
+            f"{effect_text(*lam)}; gap {effect_text(*lam_gap)}; closes {fmt(100 * lfrac[0], 3)}% "
+            f"(95% bootstrap {fmt(100 * lfrac[1], 3)}% to {fmt(100 * lfrac[2], 3)}%); ‖∇L‖²: "
+            f"{mean_std(small.grad_norm_sq.to_numpy())}, {mean_std(large.grad_norm_sq.to_numpy())}, "
+            f"{mean_std(ex.grad_norm_sq.to_numpy())}",
+            v,
+            "lower beyond 2 SE over seeds" if v else "inside the seed noise" if v is None
+            else "higher beyond 2 SE",
+        )  # fmt: skip
     report.add_figure(
         sgd_figure(ok_rows, cfg),
         "sgd_batch.png",
-        "Test accuracy, full-batch ‖∇L‖² and λ_max after a fixed number of steps against h/B; "
+        "Test accuracy, full-batch ‖∇L‖² and λ_max at equal training loss against h/B; "
         "colour: batch size, marker: learning rate, mean ± std over seeds; red star: the large "
         "batch with the explicit SGD regularizer on small micro-batches.",
     )
@@ -251,6 +279,7 @@ def run(scale: str, out: Path) -> Report:
                 "h": lr,
                 "B": b,
                 "h/B": lr / b,
+                "steps": mean_std(g.steps_done.to_numpy(), 3),
                 "train loss": mean_std(g.train_loss.to_numpy()),
                 "test acc": mean_std(g.test_acc.to_numpy()),
                 "‖∇L‖²": mean_std(g.grad_norm_sq.to_numpy()),
@@ -262,7 +291,8 @@ def run(scale: str, out: Path) -> Report:
         table,
         heading="Per (h, B)",
         caption=(
-            f"After {cfg.steps:,} steps each, mean ± std over {cfg.seeds} seed(s). The explicit "
+            f"Each run stopped at the first evaluation (every {cfg.eval_every} steps) with full "
+            f"train loss ≤ {cfg.target_train_loss:g}; mean ± std over {cfg.seeds} seed(s). The explicit "
             f"regularizer: `optimizer='egr', batch_size={cfg.explicit_batch}, "
             f"egr_micro_batch={cfg.explicit_micro_batch}, egr_coeff=h/4`."
         ),
@@ -270,13 +300,14 @@ def run(scale: str, out: Path) -> Report:
     if len(bad):
         report.add_text(
             "\n".join(
-                f"- {r.run} h = {r.lr:g}, B = {r.batch_size}, seed {r.seed}: {r.status} "
-                f"at step {r.diverged_at}"
+                f"- {r.run} h = {r.lr:g}, B = {r.batch_size}, seed {r.seed}: {r.status}, "
+                f"{r.stop_reason}, {r.steps_done} steps, train loss {fmt(r.train_loss)}"
                 for r in bad.itertuples()
             ),
-            heading="Runs that did not complete",
+            heading="Runs that did not reach the target loss (left out)",
         )
     cols = ["run", "lr", "batch_size", "h_over_B", "egr_micro_batch", "seed", "status",
+            "stop_reason", "steps_done",
             "train_loss", "test_error", "test_acc", "grad_norm_sq", "lambda_max", "trace",
             "weight_norm"]  # fmt: skip
     report.add_data(rows[[c for c in cols if c in rows]], "runs.csv")

@@ -10,16 +10,30 @@ Plain PyTorch use::
     from implicit_reg.probes import HessianOperator, lanczos, hutchpp, slq_density
 
     op = HessianOperator(model, nn.CrossEntropyLoss(), (X, y), chunk_size=1024)
+    HV = op.matmat(V)                         # V: (dim, b), one pass per block
     top = lanczos(op, k=5)                    # eigenvalues, eigenvectors, residuals
     bottom = lanczos(op, k=1, which="SA")     # most negative eigenvalue
     tr = hutchpp(op, n_hvp=99)                # tr.estimate ± tr.stderr
     dens = slq_density(op)                    # dens.grid, dens.density
 
+Gauss–Newton and Fisher: :class:`GGNOperator`, :class:`FisherOperator`
+(same interface). One layer: ``HessianOperator(..., params="layers.0")``;
+every layer: :func:`layer_table`.
+
 For the training engine: :func:`run_probes` with names from :data:`PROBES`.
 """
 
+from .curvature import FISHER_KINDS, FisherOperator, GGNOperator
 from .density import DensityResult, slq_density
-from .eigen import EigResult, arpack_eigsh, default_tol, lanczos, power_iteration, ritz_residuals
+from .eigen import (
+    EigResult,
+    arpack_eigsh,
+    default_block_size,
+    default_tol,
+    lanczos,
+    power_iteration,
+    ritz_residuals,
+)
 from .flatness import (
     Estimate,
     dist_from_init,
@@ -29,8 +43,16 @@ from .flatness import (
     grad_norm_sq,
     weight_norms,
 )
-from .operator import HessianOperator, MatrixOperator, as_linear_operator
-from .registry import DEFAULT_OPTIONS, PROBES, run_probes
+from .layers import format_table, layer_table
+from .operator import (
+    DEFAULT_BLOCK_SIZE,
+    CurvatureOperator,
+    HessianOperator,
+    MatrixOperator,
+    as_linear_operator,
+)
+from .registry import DEFAULT_OPTIONS, PROBES, WARM_KEYS, run_probes
+from .selection import module_groups, select_params
 from .slices import (
     Slice1D,
     Slice2D,
@@ -43,7 +65,18 @@ from .state import DEFAULT_MODE, MODES, preserved, seeded_rng
 from .trace import TraceResult, hutchinson, hutchpp
 
 __all__ = [
+    "CurvatureOperator",
     "HessianOperator",
+    "GGNOperator",
+    "FisherOperator",
+    "FISHER_KINDS",
+    "DEFAULT_BLOCK_SIZE",
+    "select_params",
+    "module_groups",
+    "layer_table",
+    "format_table",
+    "WARM_KEYS",
+    "default_block_size",
     "MatrixOperator",
     "as_linear_operator",
     "EigResult",

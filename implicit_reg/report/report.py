@@ -8,7 +8,10 @@ under one directory. The experiments themselves and their registry live in
 
 Scales: ``"smoke"`` finishes in seconds and runs in the test suite;
 ``"small"`` is the scale that shows the phenomena on two CPU cores;
-``"full"`` is the paper-sized run.
+``"full"`` is the paper-sized run. Some experiments also define ``"demo"``
+(:data:`DEMO_SCALE`), a reduced setting that still shows the phenomenon,
+run by ``make demo`` (:mod:`implicit_reg.experiments._showcase`); the CLI
+offers the three main scales.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from ..engine.store import atomic_write_bytes, atomic_write_text
 
 __all__ = [
     "SCALES",
+    "DEMO_SCALE",
     "Claim",
     "Report",
     "check_scale",
@@ -45,9 +49,14 @@ __all__ = [
     "seed_effect",
     "judge",
     "effect_text",
+    "judge_all",
+    "bootstrap_ratio",
+    "seed_trend",
 ]
 
 SCALES = ("smoke", "small", "full")
+#: the optional reduced scale of ``make demo``: only experiments that define it accept it
+DEMO_SCALE = "demo"
 REPORT_FILE = "report.md"
 
 C = TypeVar("C")
@@ -57,16 +66,25 @@ C = TypeVar("C")
 
 
 def check_scale(scale: str) -> str:
-    """Return ``scale`` if it is one of :data:`SCALES`, else raise ``ValueError``."""
-    if scale not in SCALES:
-        raise ValueError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
+    """Return ``scale`` if it is one of :data:`SCALES` or :data:`DEMO_SCALE`, else raise
+    ``ValueError``."""
+    if scale not in (*SCALES, DEMO_SCALE):
+        raise ValueError(
+            f"unknown scale {scale!r}; choose one of {', '.join(SCALES)} (or {DEMO_SCALE}, "
+            "where an experiment defines it)"
+        )
     return scale
 
 
 def select_scale(configs: Mapping[str, C], scale: str) -> C:
-    """The config of ``scale`` from an experiment's ``{scale: config}`` table."""
+    """The config of ``scale`` from an experiment's ``{scale: config}`` table.
+
+    Every experiment defines :data:`SCALES`; :data:`DEMO_SCALE` is optional.
+    """
     check_scale(scale)
     missing = [s for s in SCALES if s not in configs]
+    if scale == DEMO_SCALE and scale not in configs:
+        missing.append(DEMO_SCALE)
     if missing:
         raise ValueError(f"the experiment defines no config for scale(s) {', '.join(missing)}")
     return configs[scale]
@@ -74,10 +92,14 @@ def select_scale(configs: Mapping[str, C], scale: str) -> C:
 
 def reproduce_command(name: str, scale: str, out: Path | str) -> str:
     """The command line that reruns one experiment into ``out``."""
+    if scale == DEMO_SCALE:
+        return f"python -m implicit_reg.experiments._showcase {name} --out {out}"
     return f"implicit-reg reproduce {name} --scale {scale} --out {out}"
 
 
 INDEX_FILE = "README.md"
+SUMMARY_FILE = "SUMMARY.md"
+NOTES_FILE = "NOTES.md"
 
 
 def write_index(root: Path) -> Path:
@@ -85,7 +107,10 @@ def write_index(root: Path) -> Path:
 
     Reads each ``summary.json`` (written by :meth:`Report.write`); one row per
     experiment with its title, scale, how many claims reproduced, the wall
-    time and the CPU time.
+    time and the CPU time. A hand-written ``root/SUMMARY.md`` (the one-page
+    summary of what the reports show), if there is one, goes first, and the
+    table follows under its own heading; ``root/NOTES.md``, if there is one,
+    goes after the table (footnotes to it).
     """
     root = Path(root)
     rows = []
@@ -102,13 +127,17 @@ def write_index(root: Path) -> Path:
             "wall time": f"{s['wall_time_s']:.0f} s" if s.get("wall_time_s") is not None else "?",
             "CPU time": f"{s['cpu_time_s']:.0f} s" if s.get("cpu_time_s") is not None else "?",
         })  # fmt: skip
+    summary, notes = root / SUMMARY_FILE, root / NOTES_FILE
+    head = summary.read_text(encoding="utf-8").rstrip() + "\n\n" if summary.exists() else ""
+    tail = "\n" + notes.read_text(encoding="utf-8").strip() + "\n" if notes.exists() else ""
     text = (
-        "# Reproduced results\n\n"
-        "Each report quotes our numbers next to the paper's claim, with its figures, the exact "
+        head
+        + ("## Every report\n\n" if head else "# Reproduced results\n\n")
+        + "Each report quotes our numbers next to the paper's claim, with its figures, the exact "
         "command, the config, the package version and the wall time. Regenerate them all with "
         f"`implicit-reg reproduce all --scale small --out {root}`. Wall times depend on what "
         "else the machine runs; the CPU time (all threads of the process) is the steadier "
-        "measure of cost.\n\n" + markdown_table(rows)
+        "measure of cost.\n\n" + markdown_table(rows) + tail
     )
     return atomic_write_text(root / INDEX_FILE, text)
 
@@ -228,10 +257,84 @@ def judge(effect: float, se: float, *, z: float = VERDICT_Z) -> bool | None:
     return None
 
 
+def judge_all(*verdicts: bool | None) -> bool | None:
+    """One verdict from several that must all hold: True if every one is True, False if
+    any is False (reversed beyond the noise), else None (some inside the noise)."""
+    if any(v is False for v in verdicts):
+        return False
+    return True if verdicts and all(v is True for v in verdicts) else None
+
+
+def bootstrap_ratio(
+    num_a: Sequence[float],
+    num_b: Sequence[float],
+    den_a: Sequence[float],
+    den_b: Sequence[float],
+    *,
+    draws: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """A ratio of mean differences, (m(num_a) − m(num_b)) / (m(den_a) − m(den_b)), with a
+    percentile bootstrap interval over seeds.
+
+    Each of the four groups is resampled with replacement on its own (its
+    seeds are independent replicates); "EGR closes 81% of the gap" is
+    ``bootstrap_ratio(egr, lo, big, lo)``. Returns (ratio, low, high); the
+    interval is nan when a group has one seed, and may be very wide (or
+    unbounded in effect) when the denominator is inside its noise.
+    """
+    groups = [np.asarray(g, dtype=float) for g in (num_a, num_b, den_a, den_b)]
+    if any(g.size == 0 for g in groups):
+        raise ValueError("bootstrap_ratio needs at least one value in every group")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    means = [g.mean() for g in groups]
+    den = means[2] - means[3]
+    ratio = (means[0] - means[1]) / den if den != 0 else float("nan")
+    if any(g.size < 2 for g in groups):
+        return float(ratio), float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    m = [g[rng.integers(0, g.size, size=(draws, g.size))].mean(1) for g in groups]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        boot = (m[0] - m[1]) / (m[2] - m[3])
+    boot = boot[np.isfinite(boot)]
+    lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2]) if boot.size else (np.nan,) * 2
+    return float(ratio), float(lo), float(hi)
+
+
+def seed_trend(
+    x: Sequence[float], ys: Sequence[Sequence[float]] | np.ndarray
+) -> tuple[float, float]:
+    """Kendall τ between ``x`` and each seed's curve ``ys[s]``, as mean and SE over seeds.
+
+    A trend claim ("the measure falls with h") is then judged by
+    :func:`judge` on (sign·mean τ, SE): the seeds are the replicates, not the
+    points of one mean curve. Points where a seed has NaN are left out of that
+    seed's τ.
+    """
+    from scipy.stats import kendalltau
+
+    x = np.asarray(x, dtype=float)
+    ys = np.atleast_2d(np.asarray(ys, dtype=float))
+    if ys.shape[1] != x.size:
+        raise ValueError(f"each curve needs {x.size} values, got shape {ys.shape}")
+    taus = []
+    for y in ys:
+        ok = np.isfinite(y)
+        if ok.sum() >= 2 and np.unique(y[ok]).size >= 2:
+            taus.append(float(kendalltau(x[ok], y[ok]).statistic))
+    if not taus:
+        return float("nan"), float("nan")
+    return seed_effect(taus)
+
+
 def effect_text(effect: float, se: float, digits: int = 3) -> str:
     """``effect ± SE (k SE)`` as text, the numbers a verdict rests on."""
-    if not math.isfinite(se) or se == 0:
+    if not math.isfinite(se):
         return f"{fmt(effect, digits)} (SE n/a)"
+    if se == 0:
+        return f"{fmt(effect, digits)} ± 0 SE (the same on every seed)"
     return f"{fmt(effect, digits)} ± {fmt(se, 2)} SE ({effect / se:+.1f} SE)"
 
 
@@ -289,7 +392,7 @@ class Report:
     ) -> None:
         self.name = name
         self.title = title
-        self.scale = check_scale(scale)
+        self.scale = check_scale(scale)  # SCALES or DEMO_SCALE
         self.out = Path(out)
         self.config = (
             dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)

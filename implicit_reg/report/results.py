@@ -1,7 +1,8 @@
 """Tidy tables from a sweep directory, and the generalization-measure ranking.
 
 - :func:`load_summaries`: one row per run: ``config_hash``, ``status``,
-  every config field, the final metrics, and derived columns ``gen_gap``
+  every config field, the final metrics, ``trained`` (alone, or member i/M
+  of a vectorized ensemble), and derived columns ``gen_gap``
   (test error − train error) and ``nk`` (n_train × classes, the
   interpolation threshold of the squared loss on one-hot targets).
 - :func:`load_histories`: long form, one row per (run, step, metric), with
@@ -24,7 +25,14 @@ import numpy as np
 import pandas as pd
 
 from ..engine.config import RunConfig, config_fields
-from ..engine.store import CONFIG_FILE, HISTORY_FILE, SUMMARY_FILE, complete_run_dirs, read_json
+from ..engine.store import (
+    CONFIG_FILE,
+    HISTORY_FILE,
+    META_FILE,
+    SUMMARY_FILE,
+    complete_run_dirs,
+    read_json,
+)
 from ..engine.store import store_root as store_root
 
 __all__ = [
@@ -63,6 +71,7 @@ _SUMMARY_META = (
     "num_classes",
     "output_dim",
     "wall_time_s",
+    "trained",
     "error",
 )
 
@@ -73,6 +82,20 @@ def _config_row(path: Path) -> dict[str, Any]:
     cfg = {**RunConfig().to_dict(), **read_json(path / CONFIG_FILE)}
     cfg["probes"] = ",".join(cfg.get("probes") or [])
     return cfg
+
+
+def _trained(path: Path) -> str:
+    """How a run was trained, from its ``meta.json``: "alone", "ensemble i/M" (member i,
+    1-based, of M), or "unknown" (a run written before provenance was recorded)."""
+    meta = read_json(path / META_FILE) if (path / META_FILE).is_file() else {}
+    trained = meta.get("trained")
+    if trained is None and "ensemble" in meta:  # written before "trained" existed
+        return f"ensemble ?/{meta['ensemble'].get('members', '?')}"
+    if trained is None:
+        return "unknown"
+    if trained.get("mode") == "ensemble":
+        return f"ensemble {trained['member'] + 1}/{trained['members']}"
+    return str(trained.get("mode", "unknown"))
 
 
 def load_summaries(sweep_dir: str | Path, *, all_runs: bool = False) -> pd.DataFrame:
@@ -87,7 +110,7 @@ def load_summaries(sweep_dir: str | Path, *, all_runs: bool = False) -> pd.DataF
         cfg = _config_row(d)
         if "n_train" in summary:  # the actual size (config may say None: the data set default)
             summary["n_train_actual"] = summary.pop("n_train")
-        rows.append({**cfg, **summary, "run_dir": str(d)})
+        rows.append({**cfg, **summary, "trained": _trained(d), "run_dir": str(d)})
     fields = list(config_fields())
     if not rows:
         return pd.DataFrame(columns=["config_hash", "status", *fields])
@@ -235,7 +258,8 @@ DEFAULT_TABLE_METRICS = (
 
 def summary_table(summaries: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataFrame:
     """The compact per-run table: hash, the varying fields, status, steps, parameter
-    count and the final ``metrics`` (default: :data:`DEFAULT_TABLE_METRICS` present)."""
+    count, the final ``metrics`` (default: :data:`DEFAULT_TABLE_METRICS` present) and
+    how each run was trained (``trained``: alone or member i/M of an ensemble)."""
     if metrics is None:
         metrics = [m for m in DEFAULT_TABLE_METRICS if m in summaries]
     missing = [m for m in metrics if m not in summaries]
@@ -243,7 +267,8 @@ def summary_table(summaries: pd.DataFrame, metrics: list[str] | None = None) -> 
         raise ValueError(
             f"unknown metric(s) {', '.join(missing)}; available: {', '.join(map(str, summaries.columns))}"
         )
-    cols = ["config_hash", *varying_fields(summaries), "status", "steps_done", "n_params", *metrics]
+    cols = ["config_hash", *varying_fields(summaries), "status", "steps_done", "n_params"]
+    cols += [*metrics, "trained"]
     cols = [c for c in dict.fromkeys(cols) if c in summaries]
     table = summaries[cols]
     try:
