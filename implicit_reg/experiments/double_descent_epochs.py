@@ -130,21 +130,30 @@ def smooth(test: np.ndarray) -> np.ndarray:
     )
 
 
-def curve_stats(epochs: np.ndarray, test: np.ndarray, at: tuple[int, int] | None = None) -> dict:
+def curve_stats(
+    epochs: np.ndarray,
+    test: np.ndarray,
+    at: tuple[int, int] | None = None,
+    rise_only: bool = False,
+) -> dict:
     """Shape of the test-error curves (seeds × evaluations): early minimum, bump, end.
 
     Each seed's curve is smoothed by a centred running mean over ``SMOOTH``
     evaluations, so that evaluation noise does not count as a rise. On the seed
     mean m, the bump is the evaluation i that maximizes min(m_i − min_{j≤i} m_j,
     m_i − m_end) (the highest point with a fall on both sides), the early minimum
-    the lowest point before it; ``at=(i_early, i_peak)`` fixes them instead (to
+    the lowest point before it (``rise_only``: the lowest point of all, and the highest
+    after it, for a curve that need not fall again); ``at=(i_early, i_peak)`` fixes them instead (to
     measure a second set of runs at the same epochs). ``rise`` = s(peak) −
     s(early) and ``second_descent`` = s(peak) − s(end) are per-seed effects with
     their SE over seeds (``seed_effect``), as (effect, SE).
     """
     sm = smooth(test)
     m = sm.mean(0)
-    if at is None:
+    if at is None and rise_only:  # overfitting: the lowest point, then the highest after it
+        i_early = int(np.argmin(m))
+        i_peak = i_early + int(np.argmax(m[i_early:]))
+    elif at is None:
         run_min = np.minimum.accumulate(m)
         score = np.minimum(m - run_min, m - m[-1])
         i_peak = int(np.argmax(score))
@@ -239,7 +248,7 @@ def run(scale: str, out: Path) -> Report:
     for w, role in zip(cfg.widths, ROLES):
         steps, test = history_matrix(history[history.width == w], "test_error")
         curves[w] = (steps, test)
-        s = curve_stats(steps / per_epoch, test)
+        s = curve_stats(steps / per_epoch, test, rise_only=role == ROLES[1])
         _, train = history_matrix(history[history.width == w], "train_error")
         s.update(width=w, role=role, train_final=float(train.mean(0)[-1]))
         stats.append(s)

@@ -246,8 +246,8 @@ def ensure_runs(
         # every config, or (store-only reports) those already finished
         r = by_hash.loc[[c.config_hash() for c in cs if c.config_hash() in by_hash.index]]
         r = r.reset_index()
-        if not len(r):  # store-only: nothing of this setting has finished yet
-            continue
+        if not len(r) or r.width.nunique() < len(cfg.setting(key).widths):
+            continue  # store-only: not every width of this setting has finished yet
         r["setting"] = cfg.setting(key).label
         r.attrs["note"] = rows.attrs["note"]
         out_rows[key] = r
@@ -527,7 +527,9 @@ def run(scale: str, out: Path) -> Report:
     if emc is not None:
         add_emc_claim(report, emc)
     if "mnist" not in runs:
-        reason = mnist_available() or "none of its runs has finished yet (a store-only report)"
+        reason = mnist_available() or (
+            "not every width has a finished run yet (a store-only report of a sweep in progress)"
+        )
         report.add_text(f"The MNIST setting was skipped: {reason}", heading="MNIST (squared loss)")
     for key, rows in runs.items():
         setting = cfg.setting(key)
