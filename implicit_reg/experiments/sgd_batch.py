@@ -22,8 +22,8 @@ explicit regularizer on paired per-seed differences. Then large-batch training w
 ``RunConfig(optimizer="egr", batch_size=B_L, egr_micro_batch=B_S,
 egr_coeff=h/4)`` steps on L_B + (h/4)·mean_j‖∇L_j‖² over the micro-batches j
 of size B_S inside each batch of size B_L: per step the (h/4)‖∇L_k‖² of
-every small batch k, whose epoch average is (h/4m)·Σ_k‖∇L_k‖² (the engine's
-:func:`implicit_reg.engine.train.egr_micro_batch_step`). At the end: test accuracy,
+every small batch k, whose epoch average is (h/4m)·Σ_k‖∇L_k‖²
+(``EGR.step(chunks=..., penalty="per_chunk")``). At the end: test accuracy,
 full-batch ‖∇L‖², λ_max and tr H.
 """
 
