@@ -29,12 +29,8 @@ from implicit_reg.probes.eigen import _Krylov
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny models: one intra-op thread (conftest restores the count after each test)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class CNN1d(nn.Module):

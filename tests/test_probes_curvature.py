@@ -26,13 +26,8 @@ from implicit_reg.probes import (
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread avoids oversubscribing the shared cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny models: one intra-op thread (conftest restores the count after each test)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mlp(act: type[nn.Module], d_in=8, width=24, d_out=3, seed=0) -> nn.Module:

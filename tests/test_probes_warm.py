@@ -14,12 +14,8 @@ from implicit_reg.probes.registry import WARM_KEYS, warm_start_vector
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny models: one intra-op thread (conftest restores the count after each test)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _data(n=96, seed=1):
