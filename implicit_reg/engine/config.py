@@ -27,7 +27,6 @@ from typing import Any
 from ..core.modified_gradient import EGR_METHODS
 from ..workloads.data import TASKS
 from ..workloads.losses import LOSSES
-from .optimizers import OPTIMIZERS, SHARPNESS_OPTIMIZERS
 
 __all__ = [
     "RunConfig",
@@ -44,6 +43,10 @@ __all__ = [
     "parse_field_value",
 ]
 
+#: the sharpness-aware optimizers (two gradients per step; config field ``rho`` required)
+SHARPNESS_OPTIMIZERS = ("sam", "asam", "penalty")
+#: the optimizer names a config may use (built by engine.optimizers.build_optimizer)
+OPTIMIZERS = ("gd", "sgd", "egr", *SHARPNESS_OPTIMIZERS)
 DTYPES = ("float32", "float64")
 #: fields that change how a run is executed, never its numbers: not part of the hash,
 #: so a sweep that adds checkpoints finds its finished runs where they were

@@ -14,27 +14,18 @@
   momentum or weight decay is set; trained serially (the ensemble has no such step).
 
 :func:`update_rule` names the same choice for the vectorized ensemble, which
-applies the update functions of :mod:`implicit_reg.core.optim` to stacked tensors.
+applies the update functions of :mod:`implicit_reg.core.updates` to stacked tensors.
 """
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
 from ..core.optim import EGR, GD, SGD
 from ..core.sam import ASAM, SAM, GradNormPenalty
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .config import RunConfig
+from .config import OPTIMIZERS, SHARPNESS_OPTIMIZERS, RunConfig
 
 __all__ = ["OPTIMIZERS", "SHARPNESS_OPTIMIZERS", "build_optimizer", "update_rule"]
-
-#: the sharpness-aware optimizers (two gradients per step; config field ``rho`` required)
-SHARPNESS_OPTIMIZERS = ("sam", "asam", "penalty")
-#: the optimizer names a config may use
-OPTIMIZERS = ("gd", "sgd", "egr", *SHARPNESS_OPTIMIZERS)
 
 
 def update_rule(config: RunConfig) -> str:
