@@ -49,10 +49,28 @@ def test_reused_network_starts_where_the_smaller_one_ended(smoke):
 
 def test_fresh_runs_above_the_threshold_are_shared_by_both_conditions(smoke):
     cfg, _, data = smoke
+    data = data[data.condition.isin(bn.CONDITIONS)]  # the longer arm is longer by design
     above = data[[not cfg.below(int(w)) for w in data.width]]
     by = above.groupby(["width", "seed"]).config_hash.nunique()
     assert (by == 1).all()
     assert not above.reused.any()
+
+
+def test_a_longer_run_passes_through_the_shorter_one(smoke):
+    """Same seed, schedule and data order: the longer run's history up to the shorter
+    run's last step is the shorter run's history, bit for bit, and it then goes on."""
+    cfg, directory, data = smoke
+    assert cfg.long_epochs > cfg.epochs and cfg.long_widths
+    for w in cfg.long_widths:
+        short = data[(data.condition == "without reuse") & (data.width == w) & (data.seed == 0)]
+        long = data[(data.condition == bn.LONG) & (data.width == w) & (data.seed == 0)]
+        hs = _history(directory, short.config_hash.iloc[0])
+        hl = _history(directory, long.config_hash.iloc[0])
+        end = hs.step.max()
+        assert hl.step.max() > end
+        a = hs.sort_values(["metric", "step"]).reset_index(drop=True)
+        b = hl[hl.step <= end].sort_values(["metric", "step"]).reset_index(drop=True)
+        pd.testing.assert_frame_equal(a[["metric", "step", "value"]], b[["metric", "step", "value"]])
 
 
 def test_parameter_count_and_decay_rule():

@@ -77,6 +77,7 @@ NUM_CLASSES = 10
 INPUT_DIM = 784
 MODEL_OPTIONS = {"zero_readout": True, "hidden_bias": 0.1}
 CONDITIONS = ("with reuse", "without reuse")
+LONG = "without reuse, longer"  # the fresh runs near n·k trained Config.long_epochs epochs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +94,10 @@ class Config:
     decay_factor: float = 0.9
     eval_every_epochs: int = 100
     n_test: int | None = None  # None: every digit of the 5,000 not in the training set
+    # fresh runs at these widths trained long_epochs epochs (same schedule, same seeds): do the
+    # networks near n·k interpolate with more training, and does the peak appear then?
+    long_epochs: int | None = None
+    long_widths: tuple[int, ...] = ()
 
     def n_params(self, width: int) -> int:
         """N = (784 + 1)·H + (H + 1)·10, the trainable parameters of 784 → H → 10."""
@@ -111,10 +116,11 @@ class Config:
 CONFIGS = {
     # n·k = 4,000: H = 1, 2, 4 below (a reuse chain of three), H = 16 above
     "smoke": Config(n_train=400, widths=(1, 2, 4, 16), epochs=2, seeds=2, batch_size=100,
-                    decay_epochs=1, eval_every_epochs=1, n_test=200),
+                    decay_epochs=1, eval_every_epochs=1, n_test=200, long_epochs=4,
+                    long_widths=(2, 4, 16)),
     # n = 1,000: n·k = 10,000, the threshold at H ≈ 12.6
     "small": Config(n_train=1000, widths=(2, 4, 6, 8, 10, 11, 12, 13, 14, 16, 20, 25, 32, 50, 100),
-                    epochs=2000, seeds=3),
+                    epochs=2000, seeds=3, long_epochs=6000, long_widths=(8, 10, 12, 13, 14, 16, 20)),
     # n = 4,000: n·k = 40,000, the threshold at H ≈ 50.3
     "full": Config(n_train=4000, widths=(4, 8, 16, 24, 32, 40, 44, 48, 50, 52, 56, 64, 80, 100,
                                          150, 250, 500),
@@ -122,11 +128,15 @@ CONFIGS = {
 }  # fmt: skip
 
 
-def run_config(cfg: Config, width: int, seed: int, init_from: str | None = None) -> RunConfig:
+def run_config(
+    cfg: Config, width: int, seed: int, init_from: str | None = None, epochs: int | None = None
+) -> RunConfig:
     """One engine run: 784 → H → 10 ReLU, mse_sum, SGD momentum, step decay below n·k.
 
     ``init_from`` (a checkpoint path) marks a run of the reuse chain, which
-    also saves its own checkpoint for the next width.
+    also saves its own checkpoint for the next width; ``epochs`` (default
+    ``cfg.epochs``) lengthens a run without changing its schedule, so its first
+    ``cfg.epochs`` epochs are those of the shorter run.
     """
     per_epoch = -(-cfg.n_train // cfg.batch_size)
     below = cfg.below(width)
@@ -134,7 +144,7 @@ def run_config(cfg: Config, width: int, seed: int, init_from: str | None = None)
         model="mlp", width=width, depth=1, activation="relu", model_options=MODEL_OPTIONS,
         init_from=init_from, dataset="mnist", n_train=cfg.n_train, n_test=cfg.n_test,
         loss="mse_sum", optimizer="sgd", lr=cfg.lr, momentum=cfg.momentum,
-        batch_size=cfg.batch_size, steps=None, epochs=cfg.epochs,
+        batch_size=cfg.batch_size, steps=None, epochs=epochs or cfg.epochs,
         lr_decay_every=cfg.decay_epochs * per_epoch if below else None,
         lr_decay_factor=cfg.decay_factor if below else 1.0,
         eval_every=cfg.eval_every_epochs * per_epoch, probes=(), seed=seed,
@@ -166,7 +176,11 @@ def ensure_runs(cfg: Config, directory: Path) -> pd.DataFrame:
             previous = _checkpoint_of(directory, c)
         fresh = [run_config(cfg, w, seed) for w in cfg.widths]
         above = [c for c in fresh if not cfg.below(c.width)]
-        for condition, configs in (("with reuse", chain + above), ("without reuse", fresh)):
+        longer = [run_config(cfg, w, seed, epochs=cfg.long_epochs) for w in cfg.long_widths]
+        arms = [("with reuse", chain + above), ("without reuse", fresh), (LONG, longer)]
+        for condition, configs in arms:
+            if not configs:
+                continue
             rows = run_configs(configs, directory)
             if not len(rows):  # a store-only report before this seed's runs exist
                 continue
@@ -320,7 +334,53 @@ def fit_text(data: pd.DataFrame, cfg: Config) -> str:
         f"{fmt(m.train_loss[w_max])} at H = {w_max}. Belkin et al.'s peak is that of networks "
         f"that interpolate at N ≈ n·k; after {cfg.epochs} epochs ours near the threshold still "
         "leave a residual on the training set (Belkin et al. train for up to 6,000 epochs). "
-        "That may be why the peak is weak here; longer training would test it (not done)."
+        + (f"The longer runs below test whether {cfg.long_epochs} epochs change that."
+           if cfg.long_widths else "Longer training would test whether that is why (not run at "
+           "this scale).")
+    )
+
+
+def add_longer(report: Report, data: pd.DataFrame, cfg: Config) -> None:
+    """The longer fresh runs near n·k: do they fit the training set, and is there a peak then?"""
+    if not cfg.long_widths or LONG not in set(data.condition):
+        return
+    base, long = per_seed(data, "without reuse", "test_loss"), per_seed(data, LONG, "test_loss")
+    p = peak_test(long, cfg)
+    report.add_claim(
+        f"test loss rises to a peak and falls again as H grows ({LONG}: {cfg.long_epochs} "
+        "epochs)",
+        "Belkin et al. 2019, Fig. 3 (networks trained up to 6,000 epochs)",
+        peak_sentence(p, cfg, "test loss"),
+        p["verdict"],
+        "rise and fall both beyond 2 SE" if p["verdict"]
+        else ("no interior peak" if not p["interior"]
+              else "rise or fall inside 2 SE" if p["verdict"] is None
+              else "the curve falls into its highest point or rises beyond it"),
+    )  # fmt: skip
+    tr_base = per_seed(data, "without reuse", "train_loss")
+    tr_long = per_seed(data, LONG, "train_loss")
+    rows = []
+    for w in cfg.long_widths:
+        if w not in long or w not in base:
+            continue
+        seeds = long[w].dropna().index.intersection(base[w].dropna().index)
+        d_test = seed_effect(long[w][seeds], base[w][seeds], paired=True)
+        rows.append({
+            "H": w, "N/(n·k)": f"{cfg.n_params(w) / cfg.threshold:.2f}", "seeds": len(seeds),
+            f"train loss, {cfg.epochs} ep": mean_std(tr_base[w][seeds]),
+            f"train loss, {cfg.long_epochs} ep": mean_std(tr_long[w][seeds]),
+            f"test loss, {cfg.epochs} ep": mean_std(base[w][seeds]),
+            f"test loss, {cfg.long_epochs} ep": mean_std(long[w][seeds]),
+            "test loss change": effect_text(*d_test),
+        })  # fmt: skip
+    report.add_table(
+        rows,
+        heading=f"Longer training near the threshold ({cfg.long_epochs} against {cfg.epochs} epochs)",
+        caption=(
+            "Fresh initializations, the same seeds and the same step-size schedule, so the "
+            f"first {cfg.epochs} epochs of a longer run are the shorter run; the change is "
+            "paired over seeds (longer minus shorter). Mean ± std over seeds."
+        ),
     )
 
 
@@ -328,8 +388,10 @@ def sweep_figure(data: pd.DataFrame, cfg: Config) -> Figure:
     fig = Figure(figsize=(16, 4.6), layout="constrained")
     axes = fig.subplots(1, 4)
     styles = {"with reuse": dict(color="C3", marker="o", ms=4),
-              "without reuse": dict(color="C0", marker="s", ms=3, ls="--")}  # fmt: skip
+              "without reuse": dict(color="C0", marker="s", ms=3, ls="--"),
+              LONG: dict(color="C2", marker="^", ms=4, ls=":")}  # fmt: skip
     ok = data[data.status == "complete"]
+    conditions = [c for c in (*CONDITIONS, LONG) if c in set(ok.condition)]
     panels = (
         ("test_loss", "test loss (squared, summed over outputs)", True),
         ("test_error", "test error (fraction misclassified)", False),
@@ -337,8 +399,9 @@ def sweep_figure(data: pd.DataFrame, cfg: Config) -> Figure:
         ("weight_norm", "‖θ‖₂ at the end", False),
     )
     for ax, (metric, ylabel, geometric) in zip(axes, panels):
-        for condition in CONDITIONS:
-            seed_band(ax, ok[ok.condition == condition], "N", metric, label=condition,
+        for condition in conditions:
+            label = f"{condition} ({cfg.long_epochs} epochs)" if condition == LONG else condition
+            seed_band(ax, ok[ok.condition == condition], "N", metric, label=label,
                       geometric=geometric, **styles[condition])  # fmt: skip
         if metric == "weight_norm":
             for condition in CONDITIONS:
@@ -419,6 +482,7 @@ def run(scale: str, out: Path) -> Report:
         "vertical line is N = n·k. Mean ± std over seeds.",
     )
     report.add_text(fit_text(data, cfg), heading="Do the networks at the threshold interpolate?")
+    add_longer(report, data, cfg)
     report.add_table(table_rows(data, cfg), heading="Per width and condition")
     report.add_text(norm_text(data, cfg), heading="Does a network norm peak at the threshold?")
     report.add_text(
