@@ -70,7 +70,9 @@ def test_a_longer_run_passes_through_the_shorter_one(smoke):
         assert hl.step.max() > end
         a = hs.sort_values(["metric", "step"]).reset_index(drop=True)
         b = hl[hl.step <= end].sort_values(["metric", "step"]).reset_index(drop=True)
-        pd.testing.assert_frame_equal(a[["metric", "step", "value"]], b[["metric", "step", "value"]])
+        pd.testing.assert_frame_equal(
+            a[["metric", "step", "value"]], b[["metric", "step", "value"]]
+        )
 
 
 def test_parameter_count_and_decay_rule():

@@ -12,8 +12,12 @@ def test_min_norm_fit_gram_matches_svd_fit(n, p, k):
     rng = np.random.default_rng(n + p)
     phi = rng.standard_normal((n, p))
     y = rng.standard_normal((n, k)).squeeze()
-    np.testing.assert_allclose(min_norm_fit_gram(phi, y), min_norm_fit(phi, y), rtol=1e-7, atol=1e-9)
-    np.testing.assert_allclose(min_norm_fit_gram(phi, y), np.linalg.pinv(phi) @ y, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(
+        min_norm_fit_gram(phi, y), min_norm_fit(phi, y), rtol=1e-7, atol=1e-9
+    )
+    np.testing.assert_allclose(
+        min_norm_fit_gram(phi, y), np.linalg.pinv(phi) @ y, rtol=1e-7, atol=1e-9
+    )
 
 
 @pytest.mark.parametrize("n,p", [(25, 8), (8, 25)])
@@ -39,7 +43,9 @@ def test_min_norm_fit_gram_tensor_in_tensor_out_and_validation():
     phi = torch.randn(6, 9, dtype=torch.float32, generator=torch.Generator().manual_seed(0))
     coef = min_norm_fit_gram(phi, torch.ones(6))
     assert isinstance(coef, torch.Tensor) and coef.dtype == torch.float32 and coef.shape == (9,)
-    torch.testing.assert_close(phi.double() @ coef.double(), torch.ones(6, dtype=torch.float64), atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        phi.double() @ coef.double(), torch.ones(6, dtype=torch.float64), atol=1e-4, rtol=0
+    )
     with pytest.raises(ValueError, match="ridge"):
         min_norm_fit_gram(phi, torch.ones(6), ridge=-1.0)
     with pytest.raises(ValueError, match="targets"):

@@ -17,8 +17,15 @@ from implicit_reg.workloads.models import build_model
 
 runner = CliRunner()
 DATA = {"name": "teacher", "n_train": 60, "label_noise": 0.0, "seed": 1, "task": "classification"}
-SPEC = {"name": "mlp", "input_dim": 20, "output_dim": 10, "width": 8, "depth": 1,
-        "activation": "tanh", "seed": 3}
+SPEC = {
+    "name": "mlp",
+    "input_dim": 20,
+    "output_dim": 10,
+    "width": 8,
+    "depth": 1,
+    "activation": "tanh",
+    "seed": 3,
+}
 
 
 @pytest.fixture(autouse=True)
@@ -37,11 +44,29 @@ def test_probe_checkpoint_writes_json_matching_the_python_api(tmp_path):
         first.add_(0.25)
     shift = 0.25 * math.sqrt(first.numel())
     path = tmp_path / "checkpoint.pt"
-    torch.save({"model_spec": SPEC, "dataset_spec": DATA, "loss": "cross_entropy",
-                "state_dict": model.state_dict()}, path)
+    torch.save(
+        {
+            "model_spec": SPEC,
+            "dataset_spec": DATA,
+            "loss": "cross_entropy",
+            "state_dict": model.state_dict(),
+        },
+        path,
+    )
     out = tmp_path / "probes.json"
-    res = runner.invoke(app, ["probe", str(path), "--probes", "lambda_max,trace,dist_from_init,loss",
-                              "--set", "trace_hvps=12", "--json", str(out)])
+    res = runner.invoke(
+        app,
+        [
+            "probe",
+            str(path),
+            "--probes",
+            "lambda_max,trace,dist_from_init,loss",
+            "--set",
+            "trace_hvps=12",
+            "--json",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "lambda_max" in res.output
     got = json.loads(out.read_text())
@@ -52,20 +77,47 @@ def test_probe_checkpoint_writes_json_matching_the_python_api(tmp_path):
     lam = float(lanczos(HessianOperator(model, loss_fn, data.train), 1).eigenvalues[0])
     assert math.isclose(got["probes"]["lambda_max"], lam, rel_tol=1e-8)
     assert math.isclose(got["probes"]["dist_from_init"], shift, rel_tol=1e-12)
-    assert math.isclose(got["probes"]["loss"], float(loss_fn(model(data.x_train), data.y_train)), rel_tol=1e-12)
+    assert math.isclose(
+        got["probes"]["loss"], float(loss_fn(model(data.x_train), data.y_train)), rel_tol=1e-12
+    )
 
 
 def test_probe_built_model_matches_run_probes(tmp_path):
-    res = runner.invoke(app, ["probe", "--model", "mlp", "--width", "8", "--depth", "1",
-                              "--dataset", "teacher", "--n-train", "60", "--seed", "1",
-                              "--probes", "grad_norm_sq,weight_norm", "--json", str(tmp_path / "o.json")])
+    res = runner.invoke(
+        app,
+        [
+            "probe",
+            "--model",
+            "mlp",
+            "--width",
+            "8",
+            "--depth",
+            "1",
+            "--dataset",
+            "teacher",
+            "--n-train",
+            "60",
+            "--seed",
+            "1",
+            "--probes",
+            "grad_norm_sq,weight_norm",
+            "--json",
+            str(tmp_path / "o.json"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     got = json.loads((tmp_path / "o.json").read_text())["probes"]
     data = load_dataset("teacher", n_train=60, seed=1).to(dtype=torch.float64)
-    model = build_model("mlp", input_dim=data.input_dim, output_dim=data.output_dim, width=8,
-                        depth=1, seed=1).double()
-    ref = run_probes(["grad_norm_sq", "weight_norm"], model,
-                     make_loss("cross_entropy", num_classes=data.num_classes), data.train, seed=1)
+    model = build_model(
+        "mlp", input_dim=data.input_dim, output_dim=data.output_dim, width=8, depth=1, seed=1
+    ).double()
+    ref = run_probes(
+        ["grad_norm_sq", "weight_norm"],
+        model,
+        make_loss("cross_entropy", num_classes=data.num_classes),
+        data.train,
+        seed=1,
+    )
     assert got == pytest.approx(ref, rel=1e-12)
 
 
@@ -75,12 +127,50 @@ def test_probe_built_model_matches_run_probes(tmp_path):
         (["probe", "missing/checkpoint.pt"], "checkpoint not found"),
         (["probe", "--model", "transformer", "--dataset", "teacher"], "unknown model"),
         (["probe", "--dataset", "imagenet"], "unknown dataset"),
-        (["probe", "--dataset", "teacher", "--n-train", "20", "--width", "4", "--probes", "sharpness"],
-         "unknown probe name"),
-        (["probe", "--dataset", "teacher", "--n-train", "20", "--width", "4", "--set", "trace_hvps"],
-         "KEY=VALUE"),
-        (["probe", "--dataset", "teacher", "--n-train", "20", "--width", "4", "--probes", "loss",
-          "--json", "no/such/dir/out.json"], "does not exist"),
+        (
+            [
+                "probe",
+                "--dataset",
+                "teacher",
+                "--n-train",
+                "20",
+                "--width",
+                "4",
+                "--probes",
+                "sharpness",
+            ],
+            "unknown probe name",
+        ),
+        (
+            [
+                "probe",
+                "--dataset",
+                "teacher",
+                "--n-train",
+                "20",
+                "--width",
+                "4",
+                "--set",
+                "trace_hvps",
+            ],
+            "KEY=VALUE",
+        ),
+        (
+            [
+                "probe",
+                "--dataset",
+                "teacher",
+                "--n-train",
+                "20",
+                "--width",
+                "4",
+                "--probes",
+                "loss",
+                "--json",
+                "no/such/dir/out.json",
+            ],
+            "does not exist",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(args, message, tmp_path):

@@ -162,7 +162,9 @@ def test_negated_loss_has_flipped_spectrum_and_negative_trace():
 def test_power_iteration_baseline_on_known_spectrum():
     g = torch.Generator().manual_seed(0)
     Q, _ = torch.linalg.qr(torch.randn(50, 50, generator=g, dtype=F64))
-    lam = torch.cat([torch.tensor([5.0, 2.5, -2.0], dtype=F64), torch.linspace(-1, 1, 47, dtype=F64)])
+    lam = torch.cat(
+        [torch.tensor([5.0, 2.5, -2.0], dtype=F64), torch.linspace(-1, 1, 47, dtype=F64)]
+    )
     op = MatrixOperator(Q @ torch.diag(lam) @ Q.T)
     res = power_iteration(op, max_iter=500)
     assert res.converged
@@ -178,7 +180,9 @@ def test_lanczos_complete_space_and_degenerate_start():
     lam = torch.tensor([3.0, 1.0, -2.0, 0.5], dtype=F64)
     op = MatrixOperator(torch.diag(lam))
     res = lanczos(op, 4, v0=torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=F64))
-    torch.testing.assert_close(res.eigenvalues, lam.sort(descending=True).values, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        res.eigenvalues, lam.sort(descending=True).values, rtol=1e-12, atol=1e-12
+    )
     res = arpack_eigsh(op, 4, which="SA")
     torch.testing.assert_close(res.eigenvalues, lam.sort().values, rtol=1e-12, atol=1e-12)
 
@@ -246,7 +250,9 @@ def test_slq_density_integrates_to_one_and_hits_the_extremes(case):
         assert math.isclose(float(tau.sum()), 1.0, rel_tol=1e-10)
     # the first moment is a Hutchinson estimate of tr(H)/d: check within 4 SE
     d = H.shape[0]
-    mean = float(torch.trapezoid(torch.as_tensor(dens.grid * dens.density), torch.as_tensor(dens.grid)))
+    mean = float(
+        torch.trapezoid(torch.as_tensor(dens.grid * dens.density), torch.as_tensor(dens.grid))
+    )
     var = 2 * (float((H**2).sum()) - float((H.diagonal() ** 2).sum())) / d**2
     assert abs(mean - float(H.trace()) / d) <= 4 * math.sqrt(var / 8)
     assert dens.n_hvp == 8 * 100
@@ -284,7 +290,9 @@ def test_bad_input_raises_clear_value_errors():
     with pytest.raises(ValueError, match="empty"):
         HessianOperator(model, loss_fn, [])
     with pytest.raises(ValueError, match="scalar"):
-        HessianOperator(model, nn.CrossEntropyLoss(reduction="none"), (X, y)).matvec(torch.ones(op.dim))
+        HessianOperator(model, nn.CrossEntropyLoss(reduction="none"), (X, y)).matvec(
+            torch.ones(op.dim)
+        )
     with pytest.raises(ValueError, match="mode"):
         HessianOperator(model, loss_fn, (X, y), mode="test")
     with pytest.raises(ValueError, match="HVP method"):

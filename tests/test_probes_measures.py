@@ -56,7 +56,9 @@ def snapshot(model):
         "params": [p.detach().clone() for p in model.parameters()],
         "param_ids": [id(p) for p in model.parameters()],
         "requires_grad": [p.requires_grad for p in model.parameters()],
-        "grads": [(id(p.grad), None if p.grad is None else p.grad.clone()) for p in model.parameters()],
+        "grads": [
+            (id(p.grad), None if p.grad is None else p.grad.clone()) for p in model.parameters()
+        ],
         "buffers": {k: b.clone() for k, b in model.named_buffers()},
         "modes": [m.training for m in model.modules()],
         "rng": torch.get_rng_state().clone(),
@@ -94,8 +96,18 @@ def test_every_probe_leaves_batchnorm_dropout_model_untouched(mode):
     kw = {"chunk_size": 25, "mode": mode}
     # a pending autograd graph through the parameters must survive the probes
     pending = model[4](torch.ones(2, 16, dtype=F64)).sum()
-    results = run_probes(list(PROBES), model, loss_fn, (X, y), init_state=init,
-                         trace_hvps=6, eps_steps=2, gaussian_samples=2, lanczos_max_iter=30, **kw)
+    results = run_probes(
+        list(PROBES),
+        model,
+        loss_fn,
+        (X, y),
+        init_state=init,
+        trace_hvps=6,
+        eps_steps=2,
+        gaussian_samples=2,
+        lanczos_max_iter=30,
+        **kw,
+    )
     assert all(math.isfinite(v) for v in results.values())
     assert_same(model, snap, "run_probes")
     op = HessianOperator(model, loss_fn, (X, y), **kw)
@@ -112,8 +124,12 @@ def test_every_probe_leaves_batchnorm_dropout_model_untouched(mode):
         "gauss": lambda: gaussian_sharpness(model, loss_fn, (X, y), n_samples=2, **kw),
         "gc": lambda: geometric_complexity(model, (X, y), **kw),
         "slice1d": lambda: loss_slice_1d(model, loss_fn, (X, y), alphas=[-0.5, 0.5], **kw),
-        "slice1d_eig": lambda: loss_slice_1d(model, loss_fn, (X, y), "top_eigenvector", alphas=[0.1], **kw),
-        "slice2d": lambda: loss_slice_2d(model, loss_fn, (X, y), alphas=[0.0, 1.0], betas=[0.5], **kw),
+        "slice1d_eig": lambda: loss_slice_1d(
+            model, loss_fn, (X, y), "top_eigenvector", alphas=[0.1], **kw
+        ),
+        "slice2d": lambda: loss_slice_2d(
+            model, loss_fn, (X, y), alphas=[0.0, 1.0], betas=[0.5], **kw
+        ),
     }
     for name, probe in probes.items():
         probe()
@@ -164,7 +180,9 @@ def test_grad_norm_sq_matches_autograd():
     loss = nn.CrossEntropyLoss()(model(X), y)
     g = torch.autograd.grad(loss, list(model.parameters()))
     expected = sum(float((t**2).sum()) for t in g)
-    assert math.isclose(grad_norm_sq(model, nn.CrossEntropyLoss(), (X, y), chunk_size=7), expected, rel_tol=1e-12)
+    assert math.isclose(
+        grad_norm_sq(model, nn.CrossEntropyLoss(), (X, y), chunk_size=7), expected, rel_tol=1e-12
+    )
     assert all(p.grad is None for p in model.parameters())
 
 
@@ -176,8 +194,8 @@ def test_weight_norms_and_distance_from_init():
         model[2].weight.add_(0.5)
     model[0].bias.requires_grad_(False)
     w = weight_norms(model)
-    l0 = math.sqrt(float((model[0].weight**2).sum()))
-    l2 = math.sqrt(float((model[2].weight**2).sum() + (model[2].bias**2).sum()))
+    l0 = math.sqrt(float((model[0].weight ** 2).sum()))
+    l2 = math.sqrt(float((model[2].weight ** 2).sum() + (model[2].bias ** 2).sum()))
     assert math.isclose(w["0"], l0, rel_tol=1e-12)
     assert math.isclose(w["2"], l2, rel_tol=1e-12)
     assert math.isclose(w["total"], math.hypot(l0, l2), rel_tol=1e-12)
@@ -256,7 +274,9 @@ def test_eps_sharpness_matches_brute_force_over_box_vertices():
     def L(t):
         return float(((X @ t[:3, None] + t[3] - y) ** 2).mean())
 
-    best = max(L(theta + torch.tensor(s, dtype=F64) * w) for s in itertools.product((-1, 1), repeat=4))
+    best = max(
+        L(theta + torch.tensor(s, dtype=F64) * w) for s in itertools.product((-1, 1), repeat=4)
+    )
     expected = (best - L(theta)) / (1 + L(theta))
     got = eps_sharpness(model, nn.MSELoss(), (X, y), eps=eps, steps=10)
     assert math.isclose(got, expected, rel_tol=1e-8)
@@ -293,7 +313,9 @@ def test_filter_normalized_direction():
         if p.dim() <= 1:
             assert torch.count_nonzero(part) == 0
         else:
-            torch.testing.assert_close(part.reshape(len(p), -1).norm(dim=1), p.detach().reshape(len(p), -1).norm(dim=1))
+            torch.testing.assert_close(
+                part.reshape(len(p), -1).norm(dim=1), p.detach().reshape(len(p), -1).norm(dim=1)
+            )
     assert torch.equal(d, filter_normalized_direction(model, seed=0))
     assert not torch.equal(d, filter_normalized_direction(model, seed=1))
 
@@ -311,7 +333,9 @@ def test_slices_along_top_eigenvector_of_a_quadratic_are_exact_parabolas():
     v, lam = res.eigenvectors[:, 0], float(res.eigenvalues[0])
     alphas = np.linspace(-2, 2, 9)
     s = loss_slice_1d(model, loss_fn, (X, y), "top_eigenvector", alphas=alphas)
-    expected = L0 + alphas * float(grad @ v) * np.sign(float(s.direction @ v)) + 0.5 * lam * alphas**2
+    expected = (
+        L0 + alphas * float(grad @ v) * np.sign(float(s.direction @ v)) + 0.5 * lam * alphas**2
+    )
     np.testing.assert_allclose(s.losses, expected, rtol=1e-10)
     assert math.isclose(float(s.direction.norm()), 1.0, rel_tol=1e-12)
     # 2-D: values at grid points equal direct evaluations
@@ -333,9 +357,19 @@ def test_run_probes_matches_the_direct_computations():
     init = {k: v.clone() for k, v in model.state_dict().items()}
     X, y = data(n=60)
     loss_fn = nn.CrossEntropyLoss()
-    names = ["lambda_max", "lambda_min", "trace", "trace_stderr", "grad_norm_sq", "loss",
-             "weight_norm", "dist_from_init", "gaussian_sharpness", "geometric_complexity",
-             "eps_sharpness"]
+    names = [
+        "lambda_max",
+        "lambda_min",
+        "trace",
+        "trace_stderr",
+        "grad_norm_sq",
+        "loss",
+        "weight_norm",
+        "dist_from_init",
+        "gaussian_sharpness",
+        "geometric_complexity",
+        "eps_sharpness",
+    ]
     out = run_probes(names, model, loss_fn, (X, y), chunk_size=16, init_state=init, seed=3)
     assert list(out) == names
     assert all(isinstance(v, float) for v in out.values())
@@ -361,11 +395,20 @@ def test_run_probes_matches_the_direct_computations():
     assert out["weight_norm"] == weight_norms(model)["total"]
     kw = {"chunk_size": 16}
     assert out["geometric_complexity"] == geometric_complexity(model, (X, y), **kw)
-    assert out["gaussian_sharpness"] == gaussian_sharpness(model, loss_fn, (X, y), seed=3, **kw).value
+    assert (
+        out["gaussian_sharpness"] == gaussian_sharpness(model, loss_fn, (X, y), seed=3, **kw).value
+    )
     assert out["eps_sharpness"] == eps_sharpness(model, loss_fn, (X, y), **kw)
     # options tighten: Hutchinson to a 2% error bar
-    tight = run_probes(["trace", "trace_stderr"], model, loss_fn, (X, y), trace_method="hutchinson",
-                       trace_rtol=0.02, trace_max_samples=3000)
+    tight = run_probes(
+        ["trace", "trace_stderr"],
+        model,
+        loss_fn,
+        (X, y),
+        trace_method="hutchinson",
+        trace_rtol=0.02,
+        trace_max_samples=3000,
+    )
     assert tight["trace_stderr"] <= 0.02 * abs(tight["trace"])
     assert abs(tight["trace"] - float(H.trace())) <= 4 * tight["trace_stderr"]
 
@@ -385,4 +428,10 @@ def test_run_probes_rejects_bad_names_and_options():
         run_probes(["trace"], model, nn.CrossEntropyLoss(), (X, y), trace_method="exact")
     for bad in ({"eps": -1.0}, {"eps_steps": 0}, {"sigma": 0.0}):
         with pytest.raises(ValueError):
-            run_probes(list(bad and ["eps_sharpness", "gaussian_sharpness"]), model, nn.CrossEntropyLoss(), (X, y), **bad)
+            run_probes(
+                list(bad and ["eps_sharpness", "gaussian_sharpness"]),
+                model,
+                nn.CrossEntropyLoss(),
+                (X, y),
+                **bad,
+            )

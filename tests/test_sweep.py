@@ -255,7 +255,9 @@ def test_sigkill_mid_sweep_loses_no_complete_run_and_resume_finishes_it(tmp_path
         return True
 
     sigkill_when(proc, ready, 90)
-    deadline = time.monotonic() + 60  # orphaned workers notice and exit (seconds when idle; generous under load)
+    deadline = (
+        time.monotonic() + 60
+    )  # orphaned workers notice and exit (seconds when idle; generous under load)
     while any(alive(w) for w in workers) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [w for w in workers if alive(w)]

@@ -65,7 +65,9 @@ def classification(n: int, m: int, dtype: torch.dtype, seed: int = 0):
     return x, y, ys
 
 
-def serial_run(model, loss_fn, x, y, *, optimizer, lr, steps=STEPS, batch_size=None, seed=None, **opt):
+def serial_run(
+    model, loss_fn, x, y, *, optimizer, lr, steps=STEPS, batch_size=None, seed=None, **opt
+):
     """The reference: one member, the package's own optimizer, plain loop."""
     params = list(model.parameters())
     if optimizer == "gd":
@@ -155,7 +157,11 @@ def test_vectorized_matches_serial(optimizer, opt, batch_size, dtype):
         y_per_member=True,
         batch_size=batch_size,
         seeds=seeds,
-        **({"coeff": coeffs, "egr_method": egr_method, "fd_radius": fd_radius} if optimizer == "egr" else kwargs),
+        **(
+            {"coeff": coeffs, "egr_method": egr_method, "fd_radius": fd_radius}
+            if optimizer == "egr"
+            else kwargs
+        ),
     )
     for i, (lr, seed) in enumerate(zip(lrs, seeds)):
         model = mlp(seed, dtype)
@@ -163,7 +169,15 @@ def test_vectorized_matches_serial(optimizer, opt, batch_size, dtype):
         if optimizer == "egr":
             extra["coeff"] = coeffs[i]
         rows = serial_run(
-            model, loss_fn, x, ys[i], optimizer=optimizer, lr=lr, batch_size=batch_size, seed=seed, **extra
+            model,
+            loss_fn,
+            x,
+            ys[i],
+            optimizer=optimizer,
+            lr=lr,
+            batch_size=batch_size,
+            seed=seed,
+            **extra,
         )
         assert len(rows) == STEPS
         assert result.diverged_at[i] is None
@@ -185,10 +199,17 @@ def test_diverging_member_does_not_touch_the_others(optimizer):
     loss_fn = nn.MSELoss()
     seeds, lrs = [1, 2, 3, 4], [0.05, 0.1, 1e4, 0.2]
     kwargs = {"optimizer": optimizer, "steps": 60}
-    with_d = train_ensemble([mlp(s, dtype, d_out=2) for s in seeds], loss_fn, x, y, lr=lrs, **kwargs)
+    with_d = train_ensemble(
+        [mlp(s, dtype, d_out=2) for s in seeds], loss_fn, x, y, lr=lrs, **kwargs
+    )
     keep = [0, 1, 3]
     without = train_ensemble(
-        [mlp(seeds[i], dtype, d_out=2) for i in keep], loss_fn, x, y, lr=[lrs[i] for i in keep], **kwargs
+        [mlp(seeds[i], dtype, d_out=2) for i in keep],
+        loss_fn,
+        x,
+        y,
+        lr=[lrs[i] for i in keep],
+        **kwargs,
     )
     # the huge step diverges, at the same step as its serial run, frozen there
     ref = mlp(seeds[2], dtype, d_out=2)
@@ -251,7 +272,9 @@ def test_fd_step_matches_serial_formula(dtype):
 
     def grad_at(stacked):
         out = [member[i](tuple(p[i] for p in stacked)) for i in range(3)]
-        return torch.stack([o[0] for o in out]), tuple(torch.stack(gs) for gs in zip(*[o[1] for o in out]))
+        return torch.stack([o[0] for o in out]), tuple(
+            torch.stack(gs) for gs in zip(*[o[1] for o in out])
+        )
 
     r = default_fd_radius(dtype)
     _, g, g_mod = ensemble_modified_gradient_fd(
@@ -259,7 +282,9 @@ def test_fd_step_matches_serial_formula(dtype):
     )
     for i in range(3):
         own = tuple(p[i] for p in params)
-        g_ref, g_mod_ref = modified_gradient_fd(lambda p, i=i: member[i](p)[1], own, coeffs[i], radius=r)
+        g_ref, g_mod_ref = modified_gradient_fd(
+            lambda p, i=i: member[i](p)[1], own, coeffs[i], radius=r
+        )
         for a, b in zip(g, g_ref):
             assert torch.equal(a[i], b)
         for a, b in zip(g_mod, g_mod_ref):
@@ -304,7 +329,9 @@ def test_chunked_gradient_equals_one_chunk():
     dtype = torch.float64
     x, _, ys = classification(23, 2, dtype)
     arch, params = stack_models([mlp(s, dtype) for s in (1, 2)])
-    one = ensemble_gradient(ensemble_loss_fns(arch, nn.CrossEntropyLoss(), x, ys, y_batched=True), params)
+    one = ensemble_gradient(
+        ensemble_loss_fns(arch, nn.CrossEntropyLoss(), x, ys, y_batched=True), params
+    )
     many = ensemble_gradient(
         ensemble_loss_fns(arch, nn.CrossEntropyLoss(), x, ys, chunk_size=5, y_batched=True), params
     )
@@ -377,7 +404,9 @@ def test_per_member_inputs_and_constant_buffers(batch_size):
     y = torch.stack([d[1] for d in data])
 
     def model(seed):
-        return build_model("rf_relu", input_dim=5, output_dim=2, width=12, seed=seed, zero_readout=False).to(dtype)
+        return build_model(
+            "rf_relu", input_dim=5, output_dim=2, width=12, seed=seed, zero_readout=False
+        ).to(dtype)
 
     optimizer = "gd" if batch_size is None else "sgd"
     result = train_ensemble(
@@ -454,7 +483,9 @@ def test_vectorized_probes_against_explicit_hessian_and_serial_probes():
     assert bool(eig.converged.all())
     for i, model in enumerate(models):
         H = _explicit_hessian(model, loss_fn, x, ys[i])
-        assert float(eig.eigenvalues[i]) == pytest.approx(float(torch.linalg.eigvalsh(H)[-1]), rel=1e-9)
+        assert float(eig.eigenvalues[i]) == pytest.approx(
+            float(torch.linalg.eigvalsh(H)[-1]), rel=1e-9
+        )
         op = HessianOperator(model, loss_fn, (x, ys[i]), mode="train")
         serial = lanczos(op, 1, seed=seeds[i])
         assert float(eig.eigenvalues[i]) == pytest.approx(float(serial.eigenvalues[0]), rel=1e-12)

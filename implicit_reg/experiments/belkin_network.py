@@ -334,9 +334,11 @@ def fit_text(data: pd.DataFrame, cfg: Config) -> str:
         f"{fmt(m.train_loss[w_max])} at H = {w_max}. Belkin et al.'s peak is that of networks "
         f"that interpolate at N ≈ n·k; after {cfg.epochs} epochs ours near the threshold still "
         "leave a residual on the training set (Belkin et al. train for up to 6,000 epochs). "
-        + (f"The longer runs below test whether {cfg.long_epochs} epochs change that."
-           if cfg.long_widths else "Longer training would test whether that is why (not run at "
-           "this scale).")
+        + (
+            f"The longer runs below test whether {cfg.long_epochs} epochs change that."
+            if cfg.long_widths
+            else "Longer training would test whether that is why (not run at this scale)."
+        )
     )
 
 
