@@ -3,6 +3,7 @@
 Public API (re-exported; the math lives in the submodules):
 
 - :mod:`implicit_reg.core.optim`: ``GD``, ``SGD``, ``EGR`` (torch.optim optimizers)
+- :mod:`implicit_reg.core.sam`: ``SAM``, ``ASAM``, ``GradNormPenalty`` (the SAM-family baselines)
 - :mod:`implicit_reg.core.regularizers`: explicit forms of the implicit regularizers
 - :mod:`implicit_reg.core.hvp`: the one Hessian-vector product
 - :mod:`implicit_reg.core.modified_gradient`: the IGR/EGR gradient, exact and finite-difference
@@ -19,6 +20,7 @@ except PackageNotFoundError:  # running from a source tree without install
 from .core.hvp import grad_and_hvp
 from .core.modified_gradient import coeff_from_paper_rate, igr_coeff, paper_rate_from_coeff
 from .core.optim import EGR, GD, SGD
+from .core.sam import ASAM, SAM, GradNormPenalty
 from .core.regularizers import (
     gradient_norm_penalty,
     momentum_implicit_factor,
@@ -30,6 +32,9 @@ __all__ = [
     "GD",
     "SGD",
     "EGR",
+    "SAM",
+    "ASAM",
+    "GradNormPenalty",
     "grad_and_hvp",
     "igr_coeff",
     "coeff_from_paper_rate",

@@ -302,3 +302,11 @@ def test_engine_trains_sharpness_optimizers_serially_as_a_plain_loop(optimizer, 
         RunConfig(optimizer="gd", rho=0.1)
     with pytest.raises(ValueError, match="sam_alpha needs optimizer 'penalty'"):
         RunConfig(optimizer="sam", rho=0.1, sam_alpha=0.5)
+
+
+def test_the_sam_family_is_public_at_the_top_level():
+    import implicit_reg
+
+    assert implicit_reg.SAM is SAM and implicit_reg.ASAM is ASAM
+    assert implicit_reg.GradNormPenalty is GradNormPenalty
+    assert {"SAM", "ASAM", "GradNormPenalty"} <= set(implicit_reg.__all__)
