@@ -20,12 +20,12 @@ except PackageNotFoundError:  # running from a source tree without install
 from .core.hvp import grad_and_hvp
 from .core.modified_gradient import coeff_from_paper_rate, igr_coeff, paper_rate_from_coeff
 from .core.optim import EGR, GD, SGD
-from .core.sam import ASAM, SAM, GradNormPenalty
 from .core.regularizers import (
     gradient_norm_penalty,
     momentum_implicit_factor,
     sgd_implicit_regularizer,
 )
+from .core.sam import ASAM, SAM, GradNormPenalty
 
 __all__ = [
     "__version__",

@@ -86,3 +86,19 @@ def test_parameter_count_and_decay_rule():
     assert c12.lr_decay_every == cfg.decay_epochs * 10 and c12.lr_decay_factor == 0.9
     assert c13.lr_decay_every is None and c13.lr_decay_factor == 1.0
     assert c12.loss == "mse_sum" and c12.model_options == bn.MODEL_OPTIONS
+
+
+def test_mid_run_checkpoints_change_no_number(smoke, tmp_path, monkeypatch):
+    """checkpoint_every is a runtime field: the same hashes, and the same results, when every
+    epoch writes a checkpoint (the reuse chain still starts from each run's final weights)."""
+    cfg, _, data = smoke
+    monkeypatch.setattr(bn, "CHECKPOINT_EPOCHS", 1)
+    again = bn.ensure_runs(cfg, tmp_path / "sweep")
+    assert bn.run_config(cfg, 4, 0).checkpoint_every == -(-cfg.n_train // cfg.batch_size)
+    key = ["condition", "width", "seed"]
+    a = data.sort_values(key).reset_index(drop=True)
+    b = again.sort_values(key).reset_index(drop=True)
+    fresh = ~a.reused  # a reused run's hash holds its start checkpoint's path
+    assert list(a.config_hash[fresh]) == list(b.config_hash[fresh])
+    for col in ("train_loss", "test_loss", "weight_norm"):
+        assert list(a[col]) == list(b[col])
