@@ -41,6 +41,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
@@ -378,6 +379,23 @@ def add_longer(report: Report, data: pd.DataFrame, cfg: Config) -> None:
             f"test loss, {cfg.long_epochs} ep": mean_std(long[w][seeds]),
             "test loss change": effect_text(*d_test),
         })  # fmt: skip
+    near = [w for w in cfg.long_widths if 0.8 <= cfg.n_params(w) / cfg.threshold <= 1.3]
+    near = [w for w in near if w in long and w in base]
+    if near:
+        ratio = np.exp(np.nanmean(np.log(tr_long[near].to_numpy() / tr_base[near].to_numpy())))
+        fitted = bool(np.nanmax(tr_long[near].to_numpy()) < 1e-4)
+        report.add_text(
+            f"Near the threshold (H = {', '.join(map(str, near))}, 0.8–1.3·n·k) the longer runs "
+            f"end at {ratio:.2f}× the train loss of the shorter ones (geometric mean over widths "
+            f"and seeds): "
+            + ("they interpolate now. " if fitted else
+               "they are stuck short of interpolation, not slow to reach it, so undertraining "
+               "by epochs is not why the peak is missing here. ")
+            + ("With the longer training the test loss has a peak beyond 2 SE."
+               if p["verdict"] else "With the longer training the test loss still has no peak "
+               "beyond 2 SE."),
+            heading="Does longer training make the peak?",
+        )  # fmt: skip
     report.add_table(
         rows,
         heading=f"Longer training near the threshold ({cfg.long_epochs} against {cfg.epochs} epochs)",
