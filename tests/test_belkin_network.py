@@ -102,3 +102,13 @@ def test_mid_run_checkpoints_change_no_number(smoke, tmp_path, monkeypatch):
     assert list(a.config_hash[fresh]) == list(b.config_hash[fresh])
     for col in ("train_loss", "test_loss", "weight_norm"):
         assert list(a[col]) == list(b[col])
+
+
+def test_too_few_finished_widths_are_inconclusive_not_an_error():
+    """A store-only report early in a sweep: two widths cannot show a peak."""
+    cfg = bn.CONFIGS["small"]
+    table = pd.DataFrame({4: [0.7, 0.8], 8: [0.9, 0.85]}, index=[0, 1])
+    p = bn.peak_test(table, cfg)
+    assert p["few"] and p["verdict"] is None and p["widths"] == [4, 8]
+    assert "too few" in bn.peak_sentence(p, cfg, "test loss")
+    assert bn.peak_test(pd.DataFrame(index=[0]), cfg)["widths"] == []

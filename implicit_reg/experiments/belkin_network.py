@@ -65,6 +65,7 @@ from ._sweeps import (
     sweep_dir,
     tidy_log_axes,
     wall_span,
+    workers_for,
 )
 
 NAME = "belkin-network"
@@ -159,39 +160,51 @@ def _checkpoint_of(directory: Path, config: RunConfig) -> str:
     return str((directory / "runs" / config.config_hash() / CHECKPOINT_FILE).resolve())
 
 
-def ensure_runs(cfg: Config, directory: Path) -> pd.DataFrame:
+def ensure_runs(cfg: Config, directory: Path, *, workers: int = 1) -> pd.DataFrame:
     """Train (or read) both sweeps; one row per (condition, width, seed).
 
     The reuse chain of a seed runs width by width (each needs the previous
-    checkpoint); the widths above the threshold are the same fresh runs in
-    both conditions.
+    checkpoint), so the chains advance one width at a time with the seeds'
+    links trained side by side; then every fresh run (both sweeps above the
+    threshold are the same fresh runs, and the longer arm) trains at once.
+    ``workers`` processes share each of those batches.
     """
     directory = Path(directory)
+    seeds = range(cfg.seeds)
+    chains: dict[int, list[RunConfig]] = {seed: [] for seed in seeds}
+    for w in (w for w in cfg.widths if cfg.below(w)):
+        links = []
+        for seed in seeds:
+            previous = _checkpoint_of(directory, chains[seed][-1]) if chains[seed] else None
+            links.append(run_config(cfg, w, seed, init_from=previous).replace(checkpoint=True))
+        run_configs(links, directory, workers=workers)  # trained now if missing: checkpoints
+        for seed, c in zip(seeds, links):
+            chains[seed].append(c)
+    fresh = {seed: [run_config(cfg, w, seed) for w in cfg.widths] for seed in seeds}
+    longer = {
+        seed: [run_config(cfg, w, seed, epochs=cfg.long_epochs) for w in cfg.long_widths]
+        for seed in seeds
+    }
+    run_configs(
+        [c for seed in seeds for c in fresh[seed] + longer[seed]], directory, workers=workers
+    )
     frames = []
-    for seed in range(cfg.seeds):
-        chain: list[RunConfig] = []
-        previous = None
-        for w in cfg.widths:
-            if not cfg.below(w):
-                break
-            c = run_config(cfg, w, seed, init_from=previous).replace(checkpoint=True)
-            run_configs([c], directory)  # trained now if missing, so its checkpoint exists
-            chain.append(c)
-            previous = _checkpoint_of(directory, c)
-        fresh = [run_config(cfg, w, seed) for w in cfg.widths]
-        above = [c for c in fresh if not cfg.below(c.width)]
-        longer = [run_config(cfg, w, seed, epochs=cfg.long_epochs) for w in cfg.long_widths]
-        arms = [("with reuse", chain + above), ("without reuse", fresh), (LONG, longer)]
+    for seed in seeds:
+        above = [c for c in fresh[seed] if not cfg.below(c.width)]
+        arms = [("with reuse", chains[seed] + above), ("without reuse", fresh[seed]),
+                (LONG, longer[seed])]  # fmt: skip
         for condition, configs in arms:
             if not configs:
                 continue
-            rows = run_configs(configs, directory)
+            rows = run_configs(configs, directory)  # read from the store
             if not len(rows):  # a store-only report before this seed's runs exist
                 continue
             reused = {c.config_hash(): c.init_from is not None for c in configs}
             rows = rows.assign(condition=condition, seed=seed)
             rows["reused"] = rows.config_hash.map(reused).astype(bool)
             frames.append(rows)
+    if not frames:
+        raise ValueError(f"no finished belkin-network runs in {directory} (a store-only report)")
     data = pd.concat(frames, ignore_index=True)
     data["N"] = [cfg.n_params(int(w)) for w in data.width]
     # each run once for the compute note (the fresh runs above the threshold are shared)
@@ -212,7 +225,15 @@ def per_seed(data: pd.DataFrame, condition: str, metric: str) -> pd.DataFrame:
 
 def peak_test(table: pd.DataFrame, cfg: Config) -> dict:
     """:func:`~implicit_reg.experiments._sweeps.peak_effects` of a (seed × width) table,
-    with the widths under the names this report uses and N at the peak."""
+    with the widths under the names this report uses and N at the peak. Fewer than three
+    widths with a finished run (a store-only report early in a sweep) cannot show a peak:
+    ``few`` is set and the verdict is None."""
+    if table.dropna(axis=1, how="all").shape[1] < 3:
+        nan = (float("nan"), float("nan"))
+        return {"few": True, "interior": False, "verdict": None, "peak": None, "top": None,
+                "w_peak": None, "N_peak": None, "w_left": None, "w_last": None, "rise": nan,
+                "fall": nan, "seeds": len(table), "seed_peaks": [],
+                "widths": list(table.dropna(axis=1, how="all").columns)}  # fmt: skip
     p = peak_effects(table)
     p.update(w_peak=int(p["peak"]), N_peak=cfg.n_params(int(p["peak"])), w_left=p["left"],
              w_last=p["right"])  # fmt: skip
@@ -220,6 +241,11 @@ def peak_test(table: pd.DataFrame, cfg: Config) -> dict:
 
 
 def peak_sentence(p: dict, cfg: Config, what: str) -> str:
+    if p.get("few"):
+        return (
+            f"{what}: only {len(p['widths'])} width(s) have finished runs so far "
+            f"({', '.join(map(str, p['widths'])) or 'none'}): too few to look for a peak"
+        )
     if not p["interior"]:
         return (
             f"{what} has no bump (a point above the lowest on both sides); highest at "
@@ -248,6 +274,7 @@ def add_claims(report: Report, data: pd.DataFrame, cfg: Config) -> dict:
                 peak_sentence(p, cfg, what),
                 p["verdict"],
                 "rise and fall both beyond 2 SE" if p["verdict"]
+                else "too few widths have finished" if p.get("few")
                 else ("no interior peak" if not p["interior"]
                       else "rise or fall inside 2 SE" if p["verdict"] is None
                       else "the curve falls into its highest point or rises beyond it"),
@@ -271,10 +298,10 @@ def add_claims(report: Report, data: pd.DataFrame, cfg: Config) -> dict:
         t = per_seed(data, condition, "test_error")
         t = t.dropna(axis=0) if len(t.dropna(axis=0)) else t.dropna(axis=1)  # finished seeds
         small = [w for w in t.columns if cfg.below(int(w))]
-        if not small:
-            continue
+        w_last = int(t.columns[-1]) if len(t.columns) else None
+        if not small or w_last is None or cfg.below(w_last):
+            continue  # no finished run above the threshold yet
         w_best = int(t[small].mean(axis=0).idxmin())
-        w_last = int(t.columns[-1])
         eff = seed_effect(t[w_best], t[w_last], paired=True)
         report.add_claim(
             f"the widest network beats the best network below the threshold ({condition})",
@@ -296,6 +323,9 @@ def artifact_text(peaks: dict, cfg: Config) -> str:
     ]
     for metric, what in (("test_loss", "test loss"), ("test_error", "test error")):
         a, b = peaks["with reuse", metric], peaks["without reuse", metric]
+        if a.get("few") or b.get("few"):
+            lines.append(f"- {what}: too few widths have finished runs to compare the sweeps.")
+            continue
         state = {True: "a peak beyond 2 SE", None: "no peak beyond 2 SE", False: "no peak"}
         sa, sb = state[a["verdict"]], state[b["verdict"]]
         if a["verdict"] and b["verdict"]:
@@ -359,6 +389,7 @@ def add_longer(report: Report, data: pd.DataFrame, cfg: Config) -> None:
         peak_sentence(p, cfg, "test loss"),
         p["verdict"],
         "rise and fall both beyond 2 SE" if p["verdict"]
+        else "too few widths have finished" if p.get("few")
         else ("no interior peak" if not p["interior"]
               else "rise or fall inside 2 SE" if p["verdict"] is None
               else "the curve falls into its highest point or rises beyond it"),
@@ -494,7 +525,7 @@ def run(scale: str, out: Path) -> Report:
     """Run belkin-network at ``scale`` and write its report into ``out``."""
     cfg = select_scale(CONFIGS, scale)
     report = Report(NAME, TITLE, scale, out, cfg, PAPER)
-    data = ensure_runs(cfg, sweep_dir(Path(out), NAME, NAME))
+    data = ensure_runs(cfg, sweep_dir(Path(out), NAME, NAME), workers=workers_for(scale))
     peaks = add_claims(report, data, cfg)
     report.add_text(artifact_text(peaks, cfg), heading="Is the peak an artifact of weight reuse?")
     report.add_figure(
@@ -522,8 +553,7 @@ def run(scale: str, out: Path) -> Report:
     report.add_text(
         f"{data.attrs['runs']} engine runs (`implicit_reg.engine.train.run`) in "
         f"`{data.attrs['directory']}`; their training time, as each recorded it: "
-        f"{data.attrs['train_time_s']:.0f} s in total, one torch thread, one process (the "
-        "reuse chain is sequential)."
+        f"{data.attrs['train_time_s']:.0f} s in total, one torch thread each."
         + data.attrs["span"]
         + (
             f" **A store-only report (`IMPLICIT_REG_STORE_ONLY=1`): seeds "
