@@ -240,6 +240,19 @@ def peak_test(table: pd.DataFrame, cfg: Config) -> dict:
     return p
 
 
+def peak_why(p: dict) -> str:
+    """The reason given beside a peak claim's verdict."""
+    if p["verdict"]:
+        return "rise and fall both beyond 2 SE"
+    if p.get("few"):
+        return "too few widths have finished"
+    if not p["interior"]:
+        return "no interior peak"
+    if p["verdict"] is None:
+        return "rise or fall inside 2 SE"
+    return "the curve falls into its highest point or rises beyond it"
+
+
 def peak_sentence(p: dict, cfg: Config, what: str) -> str:
     if p.get("few"):
         return (
@@ -273,12 +286,8 @@ def add_claims(report: Report, data: pd.DataFrame, cfg: Config) -> dict:
                 "Belkin et al. 2019, Fig. 3",
                 peak_sentence(p, cfg, what),
                 p["verdict"],
-                "rise and fall both beyond 2 SE" if p["verdict"]
-                else "too few widths have finished" if p.get("few")
-                else ("no interior peak" if not p["interior"]
-                      else "rise or fall inside 2 SE" if p["verdict"] is None
-                      else "the curve falls into its highest point or rises beyond it"),
-            )  # fmt: skip
+                peak_why(p),
+            )
         p = peaks[condition, "test_loss"]
         if p["interior"]:
             ratio = p["N_peak"] / cfg.threshold
@@ -383,17 +392,12 @@ def add_longer(report: Report, data: pd.DataFrame, cfg: Config) -> None:
     base, long = per_seed(data, "without reuse", "test_loss"), per_seed(data, LONG, "test_loss")
     p = peak_test(long, cfg)
     report.add_claim(
-        f"test loss rises to a peak and falls again as H grows ({LONG}: {cfg.long_epochs} "
-        "epochs)",
+        f"test loss rises to a peak and falls again as H grows ({LONG}: {cfg.long_epochs} epochs)",
         "Belkin et al. 2019, Fig. 3 (networks trained up to 6,000 epochs)",
         peak_sentence(p, cfg, "test loss"),
         p["verdict"],
-        "rise and fall both beyond 2 SE" if p["verdict"]
-        else "too few widths have finished" if p.get("few")
-        else ("no interior peak" if not p["interior"]
-              else "rise or fall inside 2 SE" if p["verdict"] is None
-              else "the curve falls into its highest point or rises beyond it"),
-    )  # fmt: skip
+        peak_why(p),
+    )
     tr_base = per_seed(data, "without reuse", "train_loss")
     tr_long = per_seed(data, LONG, "train_loss")
     rows = []
