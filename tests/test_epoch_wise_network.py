@@ -66,3 +66,17 @@ def test_training_is_the_authors_per_layer_update():
     for row in df.itertuples():
         assert row.train_mse == pytest.approx(logged[row.step], rel=1e-12)
     assert df.train_mse.iloc[-1] < df.train_mse.iloc[0]
+
+
+def test_a_diverged_run_is_named_and_left_out(tmp_path, monkeypatch):
+    """A step far beyond stability: the run ends at its first non-finite loss, its seed is
+    listed as diverged and the claims use the seeds that finished."""
+    cfg = ewn.Config(n=20, n_test=50, d=5, hidden=8, steps=200, log_points=15, seeds=2, lr=8e-5,
+                     small_factor=2e4)  # fmt: skip
+    df, _ = ewn.run_all(cfg)
+    small = ewn.bumps(df, "one small step size")
+    assert small.attrs["diverged"] == [0, 1] and small.empty
+    assert ewn.bumps(df, "one step size").attrs["diverged"] == []
+    monkeypatch.setitem(ewn.CONFIGS, "smoke", cfg)
+    text = ewn.run("smoke", tmp_path).path.read_text()
+    assert "Diverged runs" in text and "one small step size: seeds 0, 1" in text

@@ -202,23 +202,43 @@ def run_all(cfg: Config) -> tuple[pd.DataFrame, float]:
 
 def matrix(df: pd.DataFrame, setting: str, col: str) -> np.ndarray:
     sel = df[df.setting == setting]
-    return sel.pivot(index="seed", columns="step", values=col).to_numpy()
+    table = sel.pivot(index="seed", columns="step", values=col)
+    return table.reindex(columns=np.sort(df.step.unique())).to_numpy()  # NaN after a divergence
 
 
 def bumps(df: pd.DataFrame, setting: str) -> pd.DataFrame:
     """Per seed: the relative bump of the test risk (height / R(t₁)), its steps, and the
-    training loss's largest ratio over its running minimum inside [t₁, t₃]."""
-    steps = np.sort(df.step.unique())
-    test, tr = matrix(df, setting, "test_mse"), matrix(df, setting, "train_mse")
-    rows = []
-    for seed, (r, lt) in enumerate(zip(test, tr)):
+    training loss's largest ratio over its running minimum inside [t₁, t₃]. A seed whose
+    run diverged (a non-finite loss ends it early) has no complete curve: it is left out
+    and listed in ``attrs["diverged"]``."""
+    sel = df[df.setting == setting]
+    test = sel.pivot(index="seed", columns="step", values="test_mse")
+    tr = sel.pivot(index="seed", columns="step", values="train_mse")
+    steps = test.columns.to_numpy()
+    rows, diverged = [], []
+    for seed in test.index:
+        r, lt = test.loc[seed].to_numpy(), tr.loc[seed].to_numpy()
+        if not (np.all(np.isfinite(r)) and np.all(np.isfinite(lt))):
+            diverged.append(int(seed))
+            continue
         h, i1, i2, i3 = bump(r)
         window = lt[: i3 + 1]
         spike = float(np.max(window[i1:] / np.minimum.accumulate(window)[i1:]))
-        rows.append({"seed": seed, "bump": h / r[i1], "t1": int(steps[i1]), "t2": int(steps[i2]),
-                     "t3": int(steps[i3]), "risk_t1": r[i1], "risk_t2": r[i2], "risk_t3": r[i3],
-                     "train_spike": spike, "min_risk": float(r.min()), "final_risk": float(r[-1])})  # fmt: skip
-    return pd.DataFrame(rows)
+        rows.append({"seed": int(seed), "bump": h / r[i1], "t1": int(steps[i1]),
+                     "t2": int(steps[i2]), "t3": int(steps[i3]), "risk_t1": r[i1],
+                     "risk_t2": r[i2], "risk_t3": r[i3], "train_spike": spike,
+                     "min_risk": float(r.min()), "final_risk": float(r[-1])})  # fmt: skip
+    cols = ["seed", "bump", "t1", "t2", "t3", "risk_t1", "risk_t2", "risk_t3", "train_spike",
+            "min_risk", "final_risk"]  # fmt: skip
+    out = pd.DataFrame(rows, columns=cols)
+    out.attrs["diverged"] = diverged
+    return out
+
+
+def paired(a: pd.DataFrame, b: pd.DataFrame, col: str) -> tuple[float, float]:
+    """``seed_effect(a[col], b[col], paired=True)`` over the seeds both settings finished."""
+    both = a.merge(b, on="seed", suffixes=("_a", "_b"))
+    return seed_effect(both[f"{col}_a"], both[f"{col}_b"], paired=True)
 
 
 def figure(df: pd.DataFrame, cfg: Config) -> Figure:
@@ -271,7 +291,7 @@ def run(scale: str, out: Path) -> Report:
         judge(*rise),
         "a bump beyond 2 SE over seeds" if judge(*rise) else "no bump beyond the noise",
     )  # fmt: skip
-    gone = seed_effect(one.bump, per.bump, paired=True)
+    gone = paired(one, per, "bump")
     report.add_claim(
         f"Per-layer step sizes (η_W = {cfg.lr_first:g}, η_v = {cfg.lr:g}) remove the bump",
         "Heckel & Yilmaz 2021, Sec. 4 and Fig. 3 (scaled stepsizes)",
@@ -301,7 +321,7 @@ def run(scale: str, out: Path) -> Report:
         "the training loss rises with the test risk: the bump is an excursion of GD, not a "
         "trade-off at falling training loss" if verdict is False else "inside the noise",
     )  # fmt: skip
-    ctrl = seed_effect(one.bump, small.bump, paired=True)
+    ctrl = paired(one, small, "bump")
     report.add_claim(
         f"The bump needs the large step: {cfg.small_factor:g}× the step on both layers removes "
         "it as well (our control, not the paper's)",
@@ -312,7 +332,7 @@ def run(scale: str, out: Path) -> Report:
         "the small step has no bump: the bump comes with the large step" if judge(*ctrl)
         else "the bump survives the small step" if judge(*ctrl) is False else "inside the noise",
     )  # fmt: skip
-    best = seed_effect(one.min_risk, per.min_risk, paired=True)
+    best = paired(one, per, "min_risk")
     report.add_claim(
         "Per-layer step sizes lower the early-stopped risk",
         "Heckel & Yilmaz 2021 (removing the bump improves the early-stopping performance)",
@@ -354,6 +374,14 @@ def run(scale: str, out: Path) -> Report:
         f"bias–variance mechanism itself. GD time: {sim_s:.1f} s.",
         heading="Reading",
     )
+    gone_seeds = {s: t.attrs["diverged"] for s, t in b.items() if t.attrs["diverged"]}
+    if gone_seeds:
+        report.add_text(
+            "Diverged runs (a non-finite training loss ended them; left out of every claim): "
+            + "; ".join(f"{s}: seeds {', '.join(map(str, v))}" for s, v in gone_seeds.items())
+            + ".",
+            heading="Diverged runs",
+        )
     report.add_data(df, "curves.csv")
     report.add_data(pd.concat([t.assign(setting=s) for s, t in b.items()]), "bumps.csv")
     return report.write()
