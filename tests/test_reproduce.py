@@ -30,7 +30,14 @@ from implicit_reg.experiments import (
 from implicit_reg.report.report import Report, select_scale, write_index
 
 ROOT = Path(__file__).resolve().parents[1]
-OURS = ("igr-toy", "igr-order", "double-descent-rf", "epoch-wise-linear", "sample-wise-linear")
+OURS = (
+    "igr-toy",
+    "igr-order",
+    "double-descent-rf",
+    "epoch-wise-linear",
+    "epoch-wise-network",
+    "sample-wise-linear",
+)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
