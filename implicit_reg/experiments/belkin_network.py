@@ -125,7 +125,7 @@ CONFIGS = {
     "small": Config(n_train=1000, widths=(2, 4, 6, 8, 10, 11, 12, 13, 14, 16, 20, 25, 32, 50, 100),
                     epochs=2000, seeds=3, long_epochs=6000, long_widths=(8, 10, 12, 13, 14, 16, 20)),
     # n = 4,000: n·k = 40,000, the threshold at H ≈ 50.3; Belkin et al.'s own length and decay
-    # (6,000 epochs, the step ×0.9 every 500 epochs below n·k): ~10 CPU-hours, resumable
+    # (6,000 epochs, the step ×0.9 every 500 epochs below n·k): ~4 CPU-hours, resumable
     "full": Config(n_train=4000, widths=(4, 8, 16, 24, 32, 40, 44, 48, 50, 52, 56, 64, 80, 100,
                                          150, 250, 500),
                    epochs=6000, seeds=3, decay_epochs=500),
