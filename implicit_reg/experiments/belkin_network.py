@@ -185,23 +185,21 @@ def ensure_runs(cfg: Config, directory: Path, *, workers: int = 1) -> pd.DataFra
         seed: [run_config(cfg, w, seed, epochs=cfg.long_epochs) for w in cfg.long_widths]
         for seed in seeds
     }
-    run_configs(
-        [c for seed in seeds for c in fresh[seed] + longer[seed]], directory, workers=workers
-    )
+    every = [c for seed in seeds for c in chains[seed] + fresh[seed] + longer[seed]]
+    # trains the fresh and longer runs still missing; one row per stored run, read once
+    stored = run_configs(every, directory, workers=workers).set_index("config_hash")
     frames = []
     for seed in seeds:
         above = [c for c in fresh[seed] if not cfg.below(c.width)]
         arms = [("with reuse", chains[seed] + above), ("without reuse", fresh[seed]),
                 (LONG, longer[seed])]  # fmt: skip
         for condition, configs in arms:
-            if not configs:
+            found = [c for c in configs if c.config_hash() in stored.index]
+            if not found:  # no arm at this scale, or a store-only report before its runs
                 continue
-            rows = run_configs(configs, directory)  # read from the store
-            if not len(rows):  # a store-only report before this seed's runs exist
-                continue
-            reused = {c.config_hash(): c.init_from is not None for c in configs}
+            rows = stored.loc[[c.config_hash() for c in found]].reset_index()
             rows = rows.assign(condition=condition, seed=seed)
-            rows["reused"] = rows.config_hash.map(reused).astype(bool)
+            rows["reused"] = [c.init_from is not None for c in found]
             frames.append(rows)
     if not frames:
         raise ValueError(f"no finished belkin-network runs in {directory} (a store-only report)")
