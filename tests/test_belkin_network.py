@@ -112,3 +112,24 @@ def test_too_few_finished_widths_are_inconclusive_not_an_error():
     assert p["few"] and p["verdict"] is None and p["widths"] == [4, 8]
     assert "too few" in bn.peak_sentence(p, cfg, "test loss")
     assert bn.peak_test(pd.DataFrame(index=[0]), cfg)["widths"] == []
+
+
+def test_fit_text_reads_the_numbers_and_the_schedule():
+    """The fit near n·k is read off the runs, and only a schedule shorter than Belkin et al.'s
+    is offered as a reason (at `full` the networks train as long as theirs)."""
+
+    def runs(cfg):
+        below, above = [w for w in cfg.widths if cfg.below(w)][-1], cfg.widths[-1]
+        return pd.DataFrame({
+            "status": "complete", "condition": "without reuse", "width": [below, above],
+            "train_loss": [2e-3, 1e-5], "train_error": [0.01, 0.0], "test_loss": [0.3, 0.2],
+        }), below  # fmt: skip
+
+    for scale, shorter in (("small", True), ("full", False)):
+        cfg = bn.CONFIGS[scale]
+        data, below = runs(cfg)
+        text = bn.fit_text(data, cfg)
+        assert f"H = {below}, no reuse) the train loss ends at 0.002 (train error 1%)" in text
+        assert "200× less" in text
+        assert ("Ours are trained as long" in text) is not shorter
+    assert "Too few widths" in bn.fit_text(data.iloc[:1], cfg)
