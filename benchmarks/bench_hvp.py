@@ -25,7 +25,9 @@ from implicit_reg.probes import HessianOperator
 
 def mlp(act: type[nn.Module], dtype: torch.dtype) -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(40, 256), act(), nn.Linear(256, 256), act(), nn.Linear(256, 10)).to(dtype)
+    return nn.Sequential(
+        nn.Linear(40, 256), act(), nn.Linear(256, 256), act(), nn.Linear(256, 10)
+    ).to(dtype)
 
 
 def interleaved_min_times(fns: dict, repeats: int) -> dict:
@@ -36,7 +38,7 @@ def interleaved_min_times(fns: dict, repeats: int) -> dict:
     times = {k: [] for k in fns}
     keys = list(fns)
     for r in range(repeats):
-        for k in keys[r % len(keys):] + keys[: r % len(keys)]:
+        for k in keys[r % len(keys) :] + keys[: r % len(keys)]:
             t = time.process_time()
             fns[k]()
             times[k].append(time.process_time() - t)
@@ -51,9 +53,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: CPU time = work)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"HVP cost, MLP 40-256-256-10, N={args.n}, chunk={args.chunk_size}, "
-          f"threads={torch.get_num_threads()}, best of {args.repeats} interleaved rounds; default={DEFAULT_METHOD}")
-    print(f"{'dtype':<9}{'act':<6}{'method':<17}{'grad ms':>9}{'HVP ms':>9}{'HVP/grad':>10}{'max|diff|':>12}")
+    print(
+        f"HVP cost, MLP 40-256-256-10, N={args.n}, chunk={args.chunk_size}, "
+        f"threads={torch.get_num_threads()}, best of {args.repeats} interleaved rounds; default={DEFAULT_METHOD}"
+    )
+    print(
+        f"{'dtype':<9}{'act':<6}{'method':<17}{'grad ms':>9}{'HVP ms':>9}{'HVP/grad':>10}{'max|diff|':>12}"
+    )
     for dtype in (torch.float32, torch.float64):
         for act in (nn.Tanh, nn.ReLU):
             model = mlp(act, dtype)
@@ -61,16 +67,22 @@ def main() -> None:
             X = torch.randn(args.n, 40, generator=g, dtype=dtype)
             y = torch.randint(0, 10, (args.n,), generator=g)
             v = torch.randn(sum(p.numel() for p in model.parameters()), generator=g, dtype=dtype)
-            ops = {m: HessianOperator(model, nn.CrossEntropyLoss(), (X, y), chunk_size=args.chunk_size,
-                                      method=m) for m in HVP_METHODS}
+            ops = {
+                m: HessianOperator(
+                    model, nn.CrossEntropyLoss(), (X, y), chunk_size=args.chunk_size, method=m
+                )
+                for m in HVP_METHODS
+            }
             fns = {"grad": ops[DEFAULT_METHOD].gradient}
             fns.update({m: (lambda op=op, v=v: op.matvec(v)) for m, op in ops.items()})
             t = interleaved_min_times(fns, args.repeats)
             ref = ops["double_backward"].matvec(v)
             for m in HVP_METHODS:
                 diff = float((ops[m].matvec(v) - ref).abs().max())
-                print(f"{str(dtype)[6:]:<9}{act.__name__:<6}{m:<17}{1e3 * t['grad']:>9.1f}"
-                      f"{1e3 * t[m]:>9.1f}{t[m] / t['grad']:>10.2f}{diff:>12.2e}")
+                print(
+                    f"{str(dtype)[6:]:<9}{act.__name__:<6}{m:<17}{1e3 * t['grad']:>9.1f}"
+                    f"{1e3 * t[m]:>9.1f}{t[m] / t['grad']:>10.2f}{diff:>12.2e}"
+                )
 
 
 if __name__ == "__main__":

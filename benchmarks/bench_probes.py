@@ -113,15 +113,21 @@ def pyhessian_rows(model, X, y, lam, max_hist):
     try:
         import importlib
 
-        ph = importlib.import_module("pyhessian.hessian")  # the module; the package attribute is the class
+        ph = importlib.import_module(
+            "pyhessian.hessian"
+        )  # the module; the package attribute is the class
     except ImportError as err:
-        print(f"  [skip] PyHessian rows: pyhessian not importable ({err}); "
-              "install it in a separate venv (docs/probes.md)")
+        print(
+            f"  [skip] PyHessian rows: pyhessian not importable ({err}); "
+            "install it in a separate venv (docs/probes.md)"
+        )
         return []
     rows = []
     original = ph.hessian_vector_product
-    for label, kwargs in (("PyHessian power, default (tol=1e-3)", {}),
-                          ("PyHessian power, tol=1e-6", {"maxIter": 1000, "tol": 1e-6})):
+    for label, kwargs in (
+        ("PyHessian power, default (tol=1e-3)", {}),
+        ("PyHessian power, tol=1e-6", {"maxIter": 1000, "tol": 1e-6}),
+    ):
         history = []
 
         def counting(gradsH, params, v, history=history):
@@ -134,7 +140,9 @@ def pyhessian_rows(model, X, y, lam, max_hist):
             torch.manual_seed(0)  # PyHessian draws its start vector from the global RNG
             m = copy.deepcopy(model)  # it calls model.eval() and leaves .grad with a graph
             with Timer() as t:
-                est = ph.hessian(m, nn.CrossEntropyLoss(), data=(X, y), cuda=False).eigenvalues(**kwargs)[0][0]
+                est = ph.hessian(m, nn.CrossEntropyLoss(), data=(X, y), cuda=False).eigenvalues(
+                    **kwargs
+                )[0][0]
         finally:
             ph.hessian_vector_product = original
         rows.append((label, len(history), t, est, first_within(history, lam)))
@@ -145,8 +153,10 @@ def eigenthings_rows(model, X, y, lam, m_max):
     try:
         import hessian_eigenthings as he
     except ImportError as err:
-        print(f"  [skip] hessian-eigenthings rows: not importable ({err}); "
-              "install it in a separate venv (docs/probes.md)")
+        print(
+            f"  [skip] hessian-eigenthings rows: not importable ({err}); "
+            "install it in a separate venv (docs/probes.md)"
+        )
         return []
     rows = []
     loss = he.supervised_loss(nn.CrossEntropyLoss())
@@ -167,7 +177,9 @@ def eigenthings_rows(model, X, y, lam, m_max):
     op = op_for(full)
     with Timer() as t:
         res = he.lanczos(op, k=1, which="LA", seed=0)
-    rows.append(("eigenthings lanczos, default (k=1)", op.count, t, float(res.eigenvalues[0]), None))
+    rows.append(
+        ("eigenthings lanczos, default (k=1)", op.count, t, float(res.eigenvalues[0]), None)
+    )
     # oracle: the leading m×m tridiagonal of one long run = lanczos(max_iter=m) from the same v0
     gen = torch.Generator().manual_seed(0)
     v0 = torch.randn(sum(p.numel() for p in model.parameters()), dtype=torch.float64, generator=gen)
@@ -182,14 +194,32 @@ def eigenthings_rows(model, X, y, lam, m_max):
         op = op_for(full)
         with Timer() as t:
             res = he.lanczos(op, k=1, which="LA", seed=0, max_iter=max(m_star, 2))
-        rows.append((f"eigenthings lanczos, max_iter={m_star}", op.count, t, float(res.eigenvalues[0]), m_star))
+        rows.append(
+            (
+                f"eigenthings lanczos, max_iter={m_star}",
+                op.count,
+                t,
+                float(res.eigenvalues[0]),
+                m_star,
+            )
+        )
     # unequal batch sizes: averaged per batch, not per sample
     n = len(X)
     cut = (3 * n) // 4
     op = op_for([(X[:cut], y[:cut]), (X[cut:], y[cut:])])
     with Timer() as t:
-        res = he.lanczos(op, k=1, which="LA", seed=0, max_iter=(m_star if m_star != "never" else 30) + 10)
-    rows.append((f"eigenthings lanczos, batches {cut}+{n - cut}", op.count, t, float(res.eigenvalues[0]), None))
+        res = he.lanczos(
+            op, k=1, which="LA", seed=0, max_iter=(m_star if m_star != "never" else 30) + 10
+        )
+    rows.append(
+        (
+            f"eigenthings lanczos, batches {cut}+{n - cut}",
+            op.count,
+            t,
+            float(res.eigenvalues[0]),
+            None,
+        )
+    )
     return rows
 
 
@@ -199,12 +229,18 @@ def eigen_table(model, X, y, args) -> None:
         ref = arpack_eigsh(op, 1, tol=0.0)
     lam = float(ref.eigenvalues[0])
     lz_hist = lanczos_history(HessianOperator(model, nn.CrossEntropyLoss(), (X, y)), 60, seed=0)
-    pw_hist = power_history(HessianOperator(model, nn.CrossEntropyLoss(), (X, y)), args.power_hist, seed=0)
+    pw_hist = power_history(
+        HessianOperator(model, nn.CrossEntropyLoss(), (X, y)), args.power_hist, seed=0
+    )
     rows = [("ARPACK eigsh tol=0 (reference)", ref.n_hvp, t, lam, None)]
     for label, fn, hist in (
         ("ours: lanczos (default tol)", lambda o: lanczos(o, 1, seed=0), lz_hist),
         ("ours: lanczos tol=1e-4", lambda o: lanczos(o, 1, tol=1e-4, seed=0), lz_hist),
-        ("ours: power_iteration (default tol)", lambda o: power_iteration(o, max_iter=args.power_hist, seed=0), pw_hist),
+        (
+            "ours: power_iteration (default tol)",
+            lambda o: power_iteration(o, max_iter=args.power_hist, seed=0),
+            pw_hist,
+        ),
     ):
         o = HessianOperator(model, nn.CrossEntropyLoss(), (X, y))
         with Timer() as t:
@@ -213,20 +249,31 @@ def eigen_table(model, X, y, args) -> None:
     rows += pyhessian_rows(model, X, y, lam, args.power_hist)
     rows += eigenthings_rows(model, X, y, lam, 60)
     ev2 = arpack_eigsh(op, 2, tol=0.0).eigenvalues
-    print(f"\nλ_max on the trained model: λ1 = {lam:.12g}, λ2 = {float(ev2[1]):.6g} "
-          f"(λ2/λ1 = {float(ev2[1]) / lam:.3f})")
-    print(f"{'method':<42}{'HVPs':>6}{'wall s':>9}{'CPU s':>8}{'λ_max':>18}{'rel. error':>12}{'HVPs to 1e-6':>14}")
+    print(
+        f"\nλ_max on the trained model: λ1 = {lam:.12g}, λ2 = {float(ev2[1]):.6g} "
+        f"(λ2/λ1 = {float(ev2[1]) / lam:.3f})"
+    )
+    print(
+        f"{'method':<42}{'HVPs':>6}{'wall s':>9}{'CPU s':>8}{'λ_max':>18}{'rel. error':>12}{'HVPs to 1e-6':>14}"
+    )
     for label, n_hvp, t, est, oracle in rows:
         err = (est - lam) / abs(lam)
-        print(f"{label:<42}{n_hvp:>6}{t.wall:>9.2f}{t.cpu:>8.2f}{est:>18.12g}{err:>12.1e}"
-              f"{'-' if oracle is None else oracle:>14}")
+        print(
+            f"{label:<42}{n_hvp:>6}{t.wall:>9.2f}{t.cpu:>8.2f}{est:>18.12g}{err:>12.1e}"
+            f"{'-' if oracle is None else oracle:>14}"
+        )
 
 
 def hvp_cost_table(model, X, y, repeats: int) -> None:
-    v = torch.randn(sum(p.numel() for p in model.parameters()), dtype=torch.float64,
-                    generator=torch.Generator().manual_seed(0))
-    ops = {m: HessianOperator(model, nn.CrossEntropyLoss(), (X, y), chunk_size=500, method=m)
-           for m in HVP_METHODS}
+    v = torch.randn(
+        sum(p.numel() for p in model.parameters()),
+        dtype=torch.float64,
+        generator=torch.Generator().manual_seed(0),
+    )
+    ops = {
+        m: HessianOperator(model, nn.CrossEntropyLoss(), (X, y), chunk_size=500, method=m)
+        for m in HVP_METHODS
+    }
     fns = {"gradient": ops["double_backward"].gradient}
     fns.update({m: (lambda op=op: op.matvec(v)) for m, op in ops.items()})
     t = interleaved_min_times(fns, repeats)
@@ -263,8 +310,10 @@ def memory_child(n: int, chunk: int | None) -> None:
 
 
 def memory_table(sizes, chunks) -> None:
-    print("\nPeak memory of a full-data probe (3 Lanczos steps; peak RSS above the RSS after building"
-          " model and data; median of 3 fresh processes)")
+    print(
+        "\nPeak memory of a full-data probe (3 Lanczos steps; peak RSS above the RSS after building"
+        " model and data; median of 3 fresh processes)"
+    )
     print(f"{'N':>8}{'chunk':>8}{'peak − base MiB':>18}")
     for chunk in chunks:
         for n in sizes:
@@ -296,9 +345,11 @@ def main() -> None:
     model = mlp()
     with Timer() as t:
         loss = train(model, X, y, steps=args.steps, lr=args.lr)
-    print(f"MLP 40-256-256-10 ReLU float64 ({sum(p.numel() for p in model.parameters())} params), "
-          f"MNIST-1D N={args.n}, {args.steps} GD steps at lr={args.lr} -> loss {loss:.4f} "
-          f"({t.wall:.0f} s); torch {torch.__version__}, threads={torch.get_num_threads()}")
+    print(
+        f"MLP 40-256-256-10 ReLU float64 ({sum(p.numel() for p in model.parameters())} params), "
+        f"MNIST-1D N={args.n}, {args.steps} GD steps at lr={args.lr} -> loss {loss:.4f} "
+        f"({t.wall:.0f} s); torch {torch.__version__}, threads={torch.get_num_threads()}"
+    )
     if "eigen" not in args.skip:
         eigen_table(model, X, y, args)
     if "cost" not in args.skip:

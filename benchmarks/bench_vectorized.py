@@ -92,7 +92,11 @@ def serial_members(models, lrs, optimizer: str, loss_fn, x, y, batch_size, seeds
             opt = SGD(params, lr=lr, momentum=0.9)
         else:
             opt = EGR(params, lr=lr)
-        order = None if batch_size is None else minibatch_indices(len(x), batch_size, torch.Generator().manual_seed(seed))
+        order = (
+            None
+            if batch_size is None
+            else minibatch_indices(len(x), batch_size, torch.Generator().manual_seed(seed))
+        )
         state = {"alive": True, "loss": math.nan}
 
         def advance(k, model=model, opt=opt, order=order, state=state):
@@ -208,7 +212,10 @@ def bench_crossover(threads: int, steps: int) -> None:
             tv.append(c.wall)
         s_ms, v_ms = min(ts) / steps / members * 1e3, min(tv) / steps / members * 1e3
         flops = n * 2 * (40 * width + width * 10) / 1e6
-        print(f"{members:>4}{width:>7}{n:>6}{flops:>23.2f}{s_ms:>11.3f}{v_ms:>9.3f}{s_ms / v_ms:>7.2f}", flush=True)
+        print(
+            f"{members:>4}{width:>7}{n:>6}{flops:>23.2f}{s_ms:>11.3f}{v_ms:>9.3f}{s_ms / v_ms:>7.2f}",
+            flush=True,
+        )
 
 
 # -------------------------------------------------------------------- probes
@@ -228,8 +235,12 @@ def bench_probes(members: int, n: int, threads: int, trace_samples: int) -> None
     seeds = list(range(members))
     arch, params = stack_models(models)
     fns = ensemble_loss_fns(arch, loss_fn, x, y)
-    print(f"\n2. Probes: {members} members, MLP 40-256-10 (float32), MNIST-1D n={n}, threads={threads}, load {load():.1f}")
-    print(f"{'probe':<28}{'serial s':>10}{'vec s':>9}{'wall x':>8}{'ser cpu':>9}{'vec cpu':>9}{'cpu x':>7}{'max rel diff':>14}")
+    print(
+        f"\n2. Probes: {members} members, MLP 40-256-10 (float32), MNIST-1D n={n}, threads={threads}, load {load():.1f}"
+    )
+    print(
+        f"{'probe':<28}{'serial s':>10}{'vec s':>9}{'wall x':>8}{'ser cpu':>9}{'vec cpu':>9}{'cpu x':>7}{'max rel diff':>14}"
+    )
 
     def row(name, serial_fn, vec_fn):
         s, v = Clock(), Clock()
@@ -255,11 +266,16 @@ def bench_probes(members: int, n: int, threads: int, trace_samples: int) -> None
             hutchinson(op, min_samples=trace_samples, max_samples=trace_samples, seed=s).estimate
             for op, s in zip(ops(), seeds)
         ],
-        lambda: ensemble_hutchinson(fns, params, n_samples=trace_samples, seeds=seeds).estimate.tolist(),
+        lambda: ensemble_hutchinson(
+            fns, params, n_samples=trace_samples, seeds=seeds
+        ).estimate.tolist(),
     )
     row(
         "grad_norm_sq",
-        lambda: [float(sum((g.double() ** 2).sum() for g in full_gradient(m, loss_fn, (x, y))[1])) for m in models],
+        lambda: [
+            float(sum((g.double() ** 2).sum() for g in full_gradient(m, loss_fn, (x, y))[1]))
+            for m in models
+        ],
         lambda: ensemble_grad_norm_sq(fns, params).tolist(),
     )
 
@@ -305,8 +321,12 @@ def bench_compile(members: int, threads: int, calls: int) -> None:
         g, loss = grad_and_value(lambda q: loss_fn(functional_call(single, q, (x,)), y))(p)
         return {k: p[k] - 0.1 * g[k] for k in p}, loss
 
-    print(f"\n3. torch.compile (inductor, CPU): MNIST-1D n=4000, MLP 40-256-10, threads={threads}, load {load():.1f}")
-    print(f"{'function':<40}{'eager ms':>10}{'compiled ms':>13}{'speed-up':>10}{'compile s':>11}{'max|diff|':>11}")
+    print(
+        f"\n3. torch.compile (inductor, CPU): MNIST-1D n=4000, MLP 40-256-10, threads={threads}, load {load():.1f}"
+    )
+    print(
+        f"{'function':<40}{'eager ms':>10}{'compiled ms':>13}{'speed-up':>10}{'compile s':>11}{'max|diff|':>11}"
+    )
     for name, fn, arg in (
         (f"ensemble GD step ({members} members)", gd_step, params),
         (f"ensemble HVP, vjp ({members} members)", hvp, primals),
@@ -325,12 +345,23 @@ def bench_compile(members: int, threads: int, calls: int) -> None:
         for _ in range(calls):
             comp_out = compiled(arg)
         comp = (time.perf_counter() - t) / calls
-        a = eager_out[0] if isinstance(eager_out, tuple) and isinstance(eager_out[0], dict) else eager_out
-        b = comp_out[0] if isinstance(comp_out, tuple) and isinstance(comp_out[0], dict) else comp_out
+        a = (
+            eager_out[0]
+            if isinstance(eager_out, tuple) and isinstance(eager_out[0], dict)
+            else eager_out
+        )
+        b = (
+            comp_out[0]
+            if isinstance(comp_out, tuple) and isinstance(comp_out[0], dict)
+            else comp_out
+        )
         a = list(a.values()) if isinstance(a, dict) else list(a)
         b = list(b.values()) if isinstance(b, dict) else list(b)
         diff = max(float((u - v).abs().max()) for u, v in zip(a, b))
-        print(f"{name:<40}{eager * 1e3:>10.1f}{comp * 1e3:>13.1f}{eager / comp:>10.2f}{compile_s:>11.1f}{diff:>11.1e}", flush=True)
+        print(
+            f"{name:<40}{eager * 1e3:>10.1f}{comp * 1e3:>13.1f}{eager / comp:>10.2f}{compile_s:>11.1f}{diff:>11.1e}",
+            flush=True,
+        )
 
 
 def main() -> None:
@@ -345,7 +376,12 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a few steps of each, for a smoke test")
     args = ap.parse_args()
     sections = set(args.sections.split(","))
-    steps, steps64, egr_steps, steps_small = args.steps, args.steps_64, args.egr_steps, args.steps_small
+    steps, steps64, egr_steps, steps_small = (
+        args.steps,
+        args.steps_64,
+        args.egr_steps,
+        args.steps_small,
+    )
     if args.quick:
         steps, steps64, egr_steps, steps_small = 4, 2, 2, 4
     t = args.threads
