@@ -133,3 +133,33 @@ def test_fit_text_reads_the_numbers_and_the_schedule():
         assert "200× less" in text
         assert ("Ours are trained as long" in text) is not shorter
     assert "Too few widths" in bn.fit_text(data.iloc[:1], cfg)
+
+
+def test_artifact_text_splits_the_peak_into_what_reuse_adds_and_the_switch():
+    """A reuse sweep that climbs to its last reused width (H = 12) and drops at the switch
+    (H = 13), beside a fresh sweep with a small bump there: the text gives the fresh rise as a
+    share of the reused one and the share of the reused fall that is the step at the switch."""
+    cfg = bn.CONFIGS["small"]
+    widths = [8, 10, 11, 12, 13, 20]
+    reuse = [0.50, 0.60, 0.70, 0.90, 0.30, 0.10]  # rise 0.40 from H = 8; fall 0.80 to H = 20
+    fresh = [0.40, 0.32, 0.30, 0.34, 0.30, 0.10]  # rise 0.04 from H = 11
+    noise = [[0.0] * 6, [0.01] * 6, [-0.01] * 6]
+
+    def table(curve):
+        return pd.DataFrame([[v + e for v, e in zip(curve, n)] for n in noise], columns=widths)
+
+    peaks = {
+        (condition, metric): bn.peak_test(table(curve), cfg)
+        for condition, curve in (("with reuse", reuse), ("without reuse", fresh))
+        for metric in ("test_loss", "test_error")
+    }
+    assert peaks["with reuse", "test_loss"]["w_peak"] == 12
+    text = bn.artifact_text(peaks, cfg)
+    assert "switches off at H = 13" in text
+    assert "The rise is 0.4 with reuse and 0.04 without (10% of it)" in text
+    assert "75% of its fall is the step to a fresh initialization at H = 13 (0.9 → 0.3)" in text
+    # a reused peak below the last reused width: no switch sentence
+    reuse_early = [0.50, 0.60, 0.90, 0.70, 0.30, 0.10]
+    peaks["with reuse", "test_loss"] = bn.peak_test(table(reuse_early), cfg)
+    lines = bn.artifact_text(peaks, cfg).splitlines()
+    assert "fresh initialization at H" not in lines[1]

@@ -337,8 +337,8 @@ def artifact_text(peaks: dict, cfg: Config) -> str:
         sa, sb = state[a["verdict"]], state[b["verdict"]]
         if a["verdict"] and b["verdict"]:
             verdict = (
-                "the peak is there with fresh initializations too, so it is not an artifact of "
-                "reuse"
+                "the peak is there with fresh initializations too, so it is not only an artifact "
+                "of reuse"
                 + (" (at the same width)" if a["w_peak"] == b["w_peak"]
                    else f" (H = {a['w_peak']} with reuse, H = {b['w_peak']} without)")
             )  # fmt: skip
@@ -354,8 +354,31 @@ def artifact_text(peaks: dict, cfg: Config) -> str:
         else:
             verdict = "neither sweep shows a peak beyond 2 SE"
         lines.append(f"- {what}: with reuse {sa} (H = {a['w_peak']}), without reuse {sb} "
-                     f"(H = {b['w_peak']}): {verdict}.")  # fmt: skip
+                     f"(H = {b['w_peak']}): {verdict}.{height_text(a, b, cfg)}")  # fmt: skip
     return "\n".join(lines)
+
+
+def height_text(a: dict, b: dict, cfg: Config) -> str:
+    """How much of the reuse sweep's peak the fresh sweep has, and how much of its fall is the
+    step across the switch. With reuse only the networks below n·k differ, so a peak at the
+    last reused width falls, first, from a reused network to a fresh one."""
+    if not (a["interior"] and b["interior"]) or not a["rise"][0] > 0:
+        return ""
+    text = (
+        f" The rise is {fmt(a['rise'][0])} with reuse and {fmt(b['rise'][0])} without "
+        f"({100 * b['rise'][0] / a['rise'][0]:.0f}% of it)."
+    )
+    below = [w for w in cfg.widths if cfg.below(w)]
+    w_switch = next(w for w in cfg.widths if not cfg.below(w))
+    m = a["means"]
+    if a["w_peak"] == below[-1] and w_switch in m.index and a["fall"][0] > 0:
+        drop = m[a["w_peak"]] - m[w_switch]
+        text += (
+            f" With reuse the peak is the last reused width, so {100 * drop / a['fall'][0]:.0f}% "
+            f"of its fall is the step to a fresh initialization at H = {w_switch} "
+            f"({fmt(m[a['w_peak']])} → {fmt(m[w_switch])})."
+        )
+    return text
 
 
 BELKIN_EPOCHS = 6000  # the longest training in Belkin et al. 2019, SI
