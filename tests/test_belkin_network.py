@@ -156,6 +156,7 @@ def test_artifact_text_splits_the_peak_into_what_reuse_adds_and_the_switch():
     assert peaks["with reuse", "test_loss"]["w_peak"] == 12
     text = bn.artifact_text(peaks, cfg)
     assert "switches off at H = 13" in text
+    assert "at the last reused width: reuse makes its rise" not in text  # both sweeps peak
     assert "The rise is 0.4 with reuse and 0.04 without (10% of it)" in text
     assert "75% of its fall is the step to a fresh initialization at H = 13 (0.9 → 0.3)" in text
     # a reused peak below the last reused width: no switch sentence
@@ -163,3 +164,8 @@ def test_artifact_text_splits_the_peak_into_what_reuse_adds_and_the_switch():
     peaks["with reuse", "test_loss"] = bn.peak_test(table(reuse_early), cfg)
     lines = bn.artifact_text(peaks, cfg).splitlines()
     assert "fresh initialization at H" not in lines[1]
+    # a fresh sweep with no peak: the reused peak at the last reused width is named as such
+    peaks["with reuse", "test_loss"] = bn.peak_test(table(reuse), cfg)
+    peaks["without reuse", "test_loss"] = bn.peak_test(table([0.5, 0.4, 0.35, 0.32, 0.3, 0.1]), cfg)
+    line = bn.artifact_text(peaks, cfg).splitlines()[1]
+    assert "only with reuse, at the last reused width: reuse makes its rise" in line

@@ -324,6 +324,7 @@ def add_claims(report: Report, data: pd.DataFrame, cfg: Config) -> dict:
 def artifact_text(peaks: dict, cfg: Config) -> str:
     """Does the peak depend on weight reuse?"""
     w_switch = next(w for w in cfg.widths if not cfg.below(w))
+    w_last_reused = [w for w in cfg.widths if cfg.below(w)][-1]
     lines = [
         f"Reuse runs below n·k only, so it switches off at H = {w_switch} "
         f"(N = {cfg.n_params(w_switch):,}), the first width above n·k = {cfg.threshold:,}."
@@ -343,12 +344,12 @@ def artifact_text(peaks: dict, cfg: Config) -> str:
                    else f" (H = {a['w_peak']} with reuse, H = {b['w_peak']} without)")
             )  # fmt: skip
         elif a["verdict"] and not b["verdict"]:
-            at_switch = a["w_peak"] == w_switch
-            verdict = (
-                "the peak appears only with reuse"
-                + (", at the width where reuse switches off: an artifact of the switch"
-                   if at_switch else ", below the switch: reuse itself makes it")
-            )  # fmt: skip
+            where = {w_switch: ", at the width where reuse switches off: an artifact of the switch",
+                     w_last_reused: ", at the last reused width: reuse makes its rise and the "
+                                    "switch to a fresh initialization its fall"}  # fmt: skip
+            verdict = "the peak appears only with reuse" + where.get(
+                a["w_peak"], ", below the switch: reuse itself makes it"
+            )
         elif b["verdict"] and not a["verdict"]:
             verdict = "the peak appears only without reuse: reuse smooths it away"
         else:
@@ -359,10 +360,10 @@ def artifact_text(peaks: dict, cfg: Config) -> str:
 
 
 def height_text(a: dict, b: dict, cfg: Config) -> str:
-    """How much of the reuse sweep's peak the fresh sweep has, and how much of its fall is the
-    step across the switch. With reuse only the networks below n·k differ, so a peak at the
+    """How much of the reuse sweep's peak (one beyond 2 SE) the fresh sweep has, and how much of
+    its fall is the step across the switch. With reuse only the networks below n·k differ, so a peak at the
     last reused width falls, first, from a reused network to a fresh one."""
-    if not (a["interior"] and b["interior"]) or not a["rise"][0] > 0:
+    if not (a["verdict"] and b["interior"] and a["rise"][0] > 0):
         return ""
     text = (
         f" The rise is {fmt(a['rise'][0])} with reuse and {fmt(b['rise'][0])} without "
