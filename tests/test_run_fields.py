@@ -48,6 +48,44 @@ def test_init_from_fills_the_leading_block_and_keeps_the_seeded_init_elsewhere(t
     assert result.metric("dist_from_init")[0] == (0, 0.0)
 
 
+def test_init_from_noise_draws_the_new_weights_and_keeps_the_rest(tmp_path):
+    """Belkin et al.'s reuse: the copied block is the checkpoint, a weight matrix's other
+    entries are N(0, σ²) (seeded: the same seed, the same draw), biases keep the model's init."""
+    path, small = small_checkpoint(tmp_path, depth=1)
+    cfg = RunConfig(**{**TINY, "width": 400, "depth": 1, "seed": 3, "init_from": path,
+                       "init_from_noise": 0.1})  # fmt: skip
+    data = load_run_data(cfg)
+    model = build_run_model(cfg, data)
+    spec = cfg.model_spec(data.input_dim, data.output_dim)
+    fresh = build_model(spec.pop("name"), **spec).state_dict()
+    weights = 0
+    for name, new in model.state_dict().items():
+        old = small[name]
+        block = tuple(slice(0, s) for s in old.shape)
+        assert torch.equal(new[block], old), name
+        rest = torch.ones_like(new, dtype=torch.bool)
+        rest[block] = False
+        if new.dim() >= 2:
+            weights += 1
+            drawn = new[rest].double()
+            n = drawn.numel()  # mean 0 and std 0.1 within 5 standard errors of the estimates
+            assert abs(drawn.mean()) < 5 * 0.1 / n**0.5, name
+            assert abs(drawn.std() - 0.1) < 5 * 0.1 / (2 * n) ** 0.5, name
+            assert not torch.equal(new[rest], fresh[name][rest])
+        else:
+            assert torch.equal(new[rest], fresh[name][rest]), name
+    assert weights == 2
+    again = build_run_model(cfg, data).state_dict()
+    other = build_run_model(cfg.replace(seed=4), data).state_dict()
+    assert all(torch.equal(again[k], v) for k, v in model.state_dict().items())
+    assert not torch.equal(other["net.0.weight"], model.state_dict()["net.0.weight"])
+    assert cfg.config_hash() != cfg.replace(init_from_noise=None).config_hash()
+    with pytest.raises(ValueError, match="needs init_from"):
+        RunConfig(**{**TINY, "init_from_noise": 0.1})
+    with pytest.raises(ValueError, match="init_from_noise"):
+        cfg.replace(init_from_noise=-1.0)
+
+
 def test_init_from_same_shape_continues_from_the_trained_weights(tmp_path):
     path, small = small_checkpoint(tmp_path)
     cfg = RunConfig(**{**TINY, "width": 3, "init_from": path})

@@ -78,6 +78,11 @@ class RunConfig:
     # tensor fills the leading block of the new one, the rest keeps this model's seeded
     # init (Belkin et al. 2019's weight reuse across widths)
     init_from: str | None = None
+    # with init_from: the entries of each weight matrix outside the copied leading block
+    # (a new unit's incoming and outgoing weights) drawn from N(0, init_from_noise²) instead
+    # of this model's init; biases keep it. Belkin et al. 2019, SI: "the remaining weights are
+    # initialized with normally distributed random numbers with mean 0 and variance 0.01"
+    init_from_noise: float | None = None
     # --- data (implicit_reg.workloads.data.load_dataset) ---
     dataset: str = "mnist1d"  # "mnist1d", "teacher", "mnist"
     n_train: int | None = None  # None: the data set's default size
@@ -179,6 +184,10 @@ class RunConfig:
                 )
         if self.init_from is not None and not self.init_from.strip():
             raise ValueError("init_from must be a checkpoint path or None, got ''")
+        if self.init_from_noise is not None:
+            _finite("init_from_noise", self.init_from_noise, lower=0.0)
+            if self.init_from is None:
+                raise ValueError("init_from_noise needs init_from (a checkpoint to reuse)")
         _finite("label_noise", self.label_noise, lower=0.0)
         if self.label_noise >= 1:
             raise ValueError(f"label_noise must be in [0, 1), got {self.label_noise}")

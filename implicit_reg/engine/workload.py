@@ -68,15 +68,30 @@ def build_run_model(config: RunConfig, data) -> nn.Module:
     if config.init_from is not None:
         from .checkpoint import read_model_state
 
-        copy_leading_blocks(model, read_model_state(config.init_from), source=config.init_from)
+        copy_leading_blocks(
+            model, read_model_state(config.init_from), source=config.init_from,
+            noise=config.init_from_noise, seed=config.seed,
+        )  # fmt: skip
     return model.train()
 
 
-def copy_leading_blocks(model: nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:
+def copy_leading_blocks(
+    model: nn.Module,
+    state: dict[str, torch.Tensor],
+    *,
+    source: str,
+    noise: float | None = None,
+    seed: int = 0,
+) -> None:
     """Copy each tensor of ``state`` into the leading block of ``model``'s tensor of that name.
 
     Every name of the model's state must be in ``state`` and vice versa, with the
-    same number of dimensions and no dimension larger than the model's.
+    same number of dimensions and no dimension larger than the model's. With
+    ``noise`` = σ, the entries of every tensor of two or more dimensions (a weight
+    matrix) outside its copied block are drawn from N(0, σ²) (a generator seeded with
+    ``seed``, in the order of the state's names), so a new unit starts with random
+    incoming and outgoing weights (Belkin et al. 2019, SI); without it they keep the
+    model's own initialization. Biases and buffers outside the block always keep it.
     """
     own = model.state_dict()
     missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
@@ -95,8 +110,16 @@ def copy_leading_blocks(model: nn.Module, state: dict[str, torch.Tensor], *, sou
                 f"{tuple(src.shape)} in the checkpoint, which does not fit into this model's "
                 f"{tuple(target.shape)} (every dimension must be <= the new one)"
             )
+    generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, target in own.items():
             src = state[name]
             block = tuple(slice(0, s) for s in src.shape)
+            if noise is not None and target.dim() >= 2 and src.shape != target.shape:
+                outside = torch.ones(target.shape, dtype=torch.bool)
+                outside[block] = False
+                draw = torch.randn(target.shape, generator=generator, dtype=torch.float64)
+                target[outside.to(target.device)] = (noise * draw[outside]).to(
+                    device=target.device, dtype=target.dtype
+                )
             target[block].copy_(src.to(device=target.device, dtype=target.dtype))
