@@ -80,6 +80,7 @@ INPUT_DIM = 784
 MODEL_OPTIONS = {"zero_readout": True, "hidden_bias": 0.1}
 CONDITIONS = ("with reuse", "without reuse")
 CHECKPOINT_EPOCHS = 250  # a killed run resumes from its last multiple of this many epochs
+NOISY = "with reuse, random new weights"  # Belkin et al.'s reuse: new weights from N(0, σ²)
 LONG = "without reuse, longer"  # the fresh runs near n·k trained Config.long_epochs epochs
 
 
@@ -101,6 +102,10 @@ class Config:
     # networks near n·k interpolate with more training, and does the peak appear then?
     long_epochs: int | None = None
     long_widths: tuple[int, ...] = ()
+    # a second reuse chain whose new units start with weights from N(0, reuse_noise²), as
+    # Belkin et al.'s do (variance 0.01): with the zero readout alone a new unit gets no
+    # gradient once the smaller network fits the training set, so it never learns
+    reuse_noise: float | None = None
 
     def n_params(self, width: int) -> int:
         """N = (784 + 1)·H + (H + 1)·10, the trainable parameters of 784 → H → 10."""
@@ -120,7 +125,7 @@ CONFIGS = {
     # n·k = 4,000: H = 1, 2, 4 below (a reuse chain of three), H = 16 above
     "smoke": Config(n_train=400, widths=(1, 2, 4, 16), epochs=2, seeds=2, batch_size=100,
                     decay_epochs=1, eval_every_epochs=1, n_test=200, long_epochs=4,
-                    long_widths=(2, 4, 16)),
+                    long_widths=(2, 4, 16), reuse_noise=0.1),
     # n = 1,000: n·k = 10,000, the threshold at H ≈ 12.6
     "small": Config(n_train=1000, widths=(2, 4, 6, 8, 10, 11, 12, 13, 14, 16, 20, 25, 32, 50, 100),
                     epochs=2000, seeds=3, long_epochs=6000, long_widths=(8, 10, 12, 13, 14, 16, 20)),
@@ -128,25 +133,31 @@ CONFIGS = {
     # (6,000 epochs, the step ×0.9 every 500 epochs below n·k): ~4 CPU-hours, resumable
     "full": Config(n_train=4000, widths=(4, 8, 16, 24, 32, 40, 44, 48, 50, 52, 56, 64, 80, 100,
                                          150, 250, 500),
-                   epochs=6000, seeds=3, decay_epochs=500),
+                   epochs=6000, seeds=3, decay_epochs=500, reuse_noise=0.1),
 }  # fmt: skip
 
 
 def run_config(
-    cfg: Config, width: int, seed: int, init_from: str | None = None, epochs: int | None = None
+    cfg: Config,
+    width: int,
+    seed: int,
+    init_from: str | None = None,
+    epochs: int | None = None,
+    noise: float | None = None,
 ) -> RunConfig:
     """One engine run: 784 → H → 10 ReLU, mse_sum, SGD momentum, step decay below n·k.
 
     ``init_from`` (a checkpoint path) marks a run of the reuse chain, which
     also saves its own checkpoint for the next width; ``epochs`` (default
     ``cfg.epochs``) lengthens a run without changing its schedule, so its first
-    ``cfg.epochs`` epochs are those of the shorter run.
+    ``cfg.epochs`` epochs are those of the shorter run; ``noise`` (with
+    ``init_from``) draws the new units' weights from N(0, noise²).
     """
     per_epoch = -(-cfg.n_train // cfg.batch_size)
     below = cfg.below(width)
     return RunConfig(
         model="mlp", width=width, depth=1, activation="relu", model_options=MODEL_OPTIONS,
-        init_from=init_from, dataset="mnist", n_train=cfg.n_train, n_test=cfg.n_test,
+        init_from=init_from, init_from_noise=noise, dataset="mnist", n_train=cfg.n_train, n_test=cfg.n_test,
         loss="mse_sum", optimizer="sgd", lr=cfg.lr, momentum=cfg.momentum,
         batch_size=cfg.batch_size, steps=None, epochs=epochs or cfg.epochs,
         lr_decay_every=cfg.decay_epochs * per_epoch if below else None,
@@ -171,28 +182,34 @@ def ensure_runs(cfg: Config, directory: Path, *, workers: int = 1) -> pd.DataFra
     """
     directory = Path(directory)
     seeds = range(cfg.seeds)
-    chains: dict[int, list[RunConfig]] = {seed: [] for seed in seeds}
+    noises = (None,) if cfg.reuse_noise is None else (None, cfg.reuse_noise)
+    chains = {(noise, seed): [] for noise in noises for seed in seeds}
     for w in (w for w in cfg.widths if cfg.below(w)):
         links = []
-        for seed in seeds:
-            previous = _checkpoint_of(directory, chains[seed][-1]) if chains[seed] else None
-            links.append(run_config(cfg, w, seed, init_from=previous).replace(checkpoint=True))
+        for noise, seed in chains:
+            chain = chains[noise, seed]
+            previous = _checkpoint_of(directory, chain[-1]) if chain else None
+            c = run_config(cfg, w, seed, init_from=previous, noise=previous and noise)
+            links.append(c.replace(checkpoint=True))
         run_configs(links, directory, workers=workers)  # trained now if missing: checkpoints
-        for seed, c in zip(seeds, links):
-            chains[seed].append(c)
+        for key, c in zip(chains, links):
+            chains[key].append(c)
     fresh = {seed: [run_config(cfg, w, seed) for w in cfg.widths] for seed in seeds}
     longer = {
         seed: [run_config(cfg, w, seed, epochs=cfg.long_epochs) for w in cfg.long_widths]
         for seed in seeds
     }
-    every = [c for seed in seeds for c in chains[seed] + fresh[seed] + longer[seed]]
+    every = [c for chain in chains.values() for c in chain]
+    every += [c for seed in seeds for c in fresh[seed] + longer[seed]]
     # trains the fresh and longer runs still missing; one row per stored run, read once
     stored = run_configs(every, directory, workers=workers).set_index("config_hash")
     frames = []
     for seed in seeds:
         above = [c for c in fresh[seed] if not cfg.below(c.width)]
-        arms = [("with reuse", chains[seed] + above), ("without reuse", fresh[seed]),
+        arms = [("with reuse", chains[None, seed] + above), ("without reuse", fresh[seed]),
                 (LONG, longer[seed])]  # fmt: skip
+        if cfg.reuse_noise is not None:
+            arms.append((NOISY, chains[cfg.reuse_noise, seed] + above))
         for condition, configs in arms:
             found = [c for c in configs if c.config_hash() in stored.index]
             if not found:  # no arm at this scale, or a store-only report before its runs
