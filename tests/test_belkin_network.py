@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from implicit_reg.engine.store import HISTORY_FILE
 from implicit_reg.experiments import belkin_network as bn
@@ -169,3 +170,32 @@ def test_artifact_text_splits_the_peak_into_what_reuse_adds_and_the_switch():
     peaks["without reuse", "test_loss"] = bn.peak_test(table([0.5, 0.4, 0.35, 0.32, 0.3, 0.1]), cfg)
     line = bn.artifact_text(peaks, cfg).splitlines()[1]
     assert "only with reuse, at the last reused width: reuse makes its rise" in line
+
+
+def test_the_noisy_chain_starts_new_units_at_random_weights_and_the_unit_table_reads_them(smoke):
+    """Belkin et al.'s reuse: a link of the noisy chain starts from the previous link's
+    weights, but its new units' readout is N(0, 0.1²), so its first loss differs from the
+    previous link's last one (the zero-readout chain's equals it). The added-units table is
+    the readout norm of each block of units, read independently from the last checkpoint."""
+    cfg, directory, data = smoke
+    below = [w for w in cfg.widths if cfg.below(w)]
+    noisy = data[(data.condition == bn.NOISY) & (data.seed == 0)].set_index("width")
+    plain = data[(data.condition == "with reuse") & (data.seed == 0)].set_index("width")
+    assert noisy.config_hash[below[0]] == plain.config_hash[below[0]]  # the chains' shared start
+    for w in below[1:]:
+        assert noisy.reused[w] and noisy.config_hash[w] != plain.config_hash[w]
+        prev = _history(directory, noisy.config_hash[below[below.index(w) - 1]])
+        h = _history(directory, noisy.config_hash[w])
+        end = prev[prev.metric == "train_loss"].sort_values("step").value.iloc[-1]
+        start = h[(h.metric == "train_loss") & (h.step == 0)].value.iloc[0]
+        assert start != pytest.approx(end, rel=1e-3)
+    rows, text = bn.added_units(data, cfg)
+    assert [r["units added at H"] for r in rows] == below
+    last = data[(data.condition == bn.NOISY) & (data.width == below[-1])]
+    norms = []
+    for run_dir in last.run_dir:
+        state = torch.load(Path(run_dir) / "checkpoint.pt", weights_only=True)["state_dict"]
+        norms.append(float(state["net.2.weight"][:, below[-2] :].norm()))
+    column = f"‖V[:, units]‖, {bn.SHORT[bn.NOISY]}"
+    assert rows[-1][column] == bn.mean_std(norms)
+    assert text.count("\n") == 1  # one line per reuse chain

@@ -81,6 +81,8 @@ MODEL_OPTIONS = {"zero_readout": True, "hidden_bias": 0.1}
 CONDITIONS = ("with reuse", "without reuse")
 CHECKPOINT_EPOCHS = 250  # a killed run resumes from its last multiple of this many epochs
 NOISY = "with reuse, random new weights"  # Belkin et al.'s reuse: new weights from N(0, σ²)
+REUSE_ARMS = ("with reuse", NOISY)
+SHORT = {"with reuse": "with reuse", NOISY: "with reuse and random new weights"}
 LONG = "without reuse, longer"  # the fresh runs near n·k trained Config.long_epochs epochs
 
 
@@ -290,9 +292,15 @@ def peak_sentence(p: dict, cfg: Config, what: str) -> str:
     )
 
 
+def arms_in(data: pd.DataFrame) -> list[str]:
+    """The sweeps of this report that have runs: both conditions, and the reuse chain with
+    random new weights where the scale has one."""
+    return [c for c in (*CONDITIONS, NOISY) if c in set(data.condition)]
+
+
 def add_claims(report: Report, data: pd.DataFrame, cfg: Config) -> dict:
     peaks = {}
-    for condition in CONDITIONS:
+    for condition in arms_in(data):
         for metric, what in (("test_loss", "test loss"), ("test_error", "test error")):
             p = peak_test(per_seed(data, condition, metric), cfg)
             peaks[condition, metric] = p
@@ -318,7 +326,7 @@ def add_claims(report: Report, data: pd.DataFrame, cfg: Config) -> dict:
                 + ("" if p["verdict"] else "; the peak itself is not beyond 2 SE"),
             )  # fmt: skip
     # the large networks beat the best small one (the "modern" regime)
-    for condition in CONDITIONS:
+    for condition in arms_in(data):
         t = per_seed(data, condition, "test_error")
         t = t.dropna(axis=0) if len(t.dropna(axis=0)) else t.dropna(axis=1)  # finished seeds
         small = [w for w in t.columns if cfg.below(int(w))]
@@ -346,8 +354,10 @@ def artifact_text(peaks: dict, cfg: Config) -> str:
         f"Reuse runs below n·k only, so it switches off at H = {w_switch} "
         f"(N = {cfg.n_params(w_switch):,}), the first width above n·k = {cfg.threshold:,}."
     ]
-    for metric, what in (("test_loss", "test loss"), ("test_error", "test error")):
-        a, b = peaks["with reuse", metric], peaks["without reuse", metric]
+    arms = [(arm, metric, what) for arm in REUSE_ARMS if (arm, "test_loss") in peaks
+            for metric, what in (("test_loss", "test loss"), ("test_error", "test error"))]  # fmt: skip
+    for arm, metric, what in arms:
+        a, b = peaks[arm, metric], peaks["without reuse", metric]
         if a.get("few") or b.get("few"):
             lines.append(f"- {what}: too few widths have finished runs to compare the sweeps.")
             continue
@@ -371,7 +381,7 @@ def artifact_text(peaks: dict, cfg: Config) -> str:
             verdict = "the peak appears only without reuse: reuse smooths it away"
         else:
             verdict = "neither sweep shows a peak beyond 2 SE"
-        lines.append(f"- {what}: with reuse {sa} (H = {a['w_peak']}), without reuse {sb} "
+        lines.append(f"- {what}: {SHORT[arm]} {sa} (H = {a['w_peak']}), without reuse {sb} "
                      f"(H = {b['w_peak']}): {verdict}.{height_text(a, b, cfg)}")  # fmt: skip
     return "\n".join(lines)
 
@@ -498,9 +508,10 @@ def sweep_figure(data: pd.DataFrame, cfg: Config) -> Figure:
     axes = fig.subplots(1, 4)
     styles = {"with reuse": dict(color="C3", marker="o", ms=4),
               "without reuse": dict(color="C0", marker="s", ms=3, ls="--"),
-              LONG: dict(color="C2", marker="^", ms=4, ls=":")}  # fmt: skip
+              LONG: dict(color="C2", marker="^", ms=4, ls=":"),
+              NOISY: dict(color="C1", marker="D", ms=3, ls="-.")}  # fmt: skip
     ok = data[data.status == "complete"]
-    conditions = [c for c in (*CONDITIONS, LONG) if c in set(ok.condition)]
+    conditions = [c for c in (*CONDITIONS, NOISY, LONG) if c in set(ok.condition)]
     panels = (
         ("test_loss", "test loss (squared, summed over outputs)", True),
         ("test_error", "test error (fraction misclassified)", False),
@@ -513,7 +524,7 @@ def sweep_figure(data: pd.DataFrame, cfg: Config) -> Figure:
             seed_band(ax, ok[ok.condition == condition], "N", metric, label=label,
                       geometric=geometric, **styles[condition])  # fmt: skip
         if metric == "weight_norm":
-            for condition in CONDITIONS:
+            for condition in arms_in(ok):
                 seed_band(ax, ok[ok.condition == condition], "N", "dist_from_init",
                           label=f"‖θ − θ₀‖ ({condition})", geometric=False, alpha=0.6,
                           color=styles[condition]["color"], ls=":")  # fmt: skip
@@ -557,7 +568,7 @@ def table_rows(data: pd.DataFrame, cfg: Config) -> list[dict]:
 
 def norm_text(data: pd.DataFrame, cfg: Config) -> str:
     lines = []
-    for condition in CONDITIONS:
+    for condition in arms_in(data):
         for metric, what in (("weight_norm", "‖θ‖"), ("dist_from_init", "‖θ − θ₀‖")):
             p = peak_test(per_seed(data, condition, metric), cfg)
             if p["interior"]:
@@ -567,6 +578,56 @@ def norm_text(data: pd.DataFrame, cfg: Config) -> str:
                 lines.append(f"- {condition}: {what} is largest at H = {p['w_peak']} (an end of "
                              "the sweep): no interior peak.")  # fmt: skip
     return "\n".join(lines)
+
+
+def added_units(data: pd.DataFrame, cfg: Config) -> tuple[list[dict], str]:
+    """Do the units a reused network adds learn? ‖V[:, block]‖: the readout weights of each
+    block of hidden units (those added at one width of the chain) in the last reused network,
+    read from its checkpoint, mean ± std over seeds. With a zero readout a new unit's weights
+    get no gradient while the residual is 0, so once a smaller network fits the training set
+    the units added after it stay near 0, and the chain is that network trained on."""
+    from implicit_reg.engine.checkpoint import read_model_state
+
+    below = [w for w in cfg.widths if cfg.below(w)]
+    last = data[(data.status == "complete") & (data.width == below[-1]) & data.reused]
+    norms: dict[str, dict[int, list[float]]] = {}
+    for r in last.itertuples():
+        path = Path(r.run_dir) / CHECKPOINT_FILE
+        if not path.exists():
+            continue
+        readout = [v for v in read_model_state(path).values() if v.dim() == 2][-1]  # (k, H)
+        for lo, hi in zip([0, *below], below):
+            norms.setdefault(r.condition, {}).setdefault(hi, []).append(
+                float(readout[:, lo:hi].norm())
+            )
+    arms = [a for a in REUSE_ARMS if a in norms]
+    if not arms:
+        return [], ""
+    rows = [
+        {"units added at H": hi, "units": f"{lo + 1}–{hi}",
+         **{f"‖V[:, units]‖, {SHORT[a]}": mean_std(norms[a][hi]) if hi in norms[a] else "—"
+            for a in arms}}
+        for lo, hi in zip([0, *below], below)
+    ]  # fmt: skip
+    lines = []
+    for a in arms:
+        mean = {hi: float(np.mean(v)) for hi, v in norms[a].items()}
+        top = max(mean.values())
+        dead = [hi for hi in below if hi in mean and mean[hi] < 0.01 * top]
+        alive = [hi for hi in below if hi in mean and hi not in dead]
+        if dead:
+            lines.append(
+                f"- {SHORT[a]}: the units added at H = {', '.join(map(str, dead))} end with "
+                f"readout norm ≤ {fmt(max(mean[h] for h in dead))}, against {fmt(top)} for the "
+                f"largest block: they contribute nothing, so the network at H = {below[-1]} is "
+                f"in effect the one of H = {alive[-1] if alive else below[0]}, trained on."
+            )
+        else:
+            lines.append(
+                f"- {SHORT[a]}: every block of added units learned (smallest readout norm "
+                f"{fmt(min(mean.values()))}, largest {fmt(top)})."
+            )
+    return rows, "\n".join(lines)
 
 
 DATA_COLUMNS = (
@@ -592,6 +653,15 @@ def run(scale: str, out: Path) -> Report:
     )
     report.add_text(fit_text(data, cfg), heading="Do the networks at the threshold interpolate?")
     add_longer(report, data, cfg)
+    units, units_text = added_units(data, cfg)
+    if units:
+        report.add_text(units_text, heading="Do the units a reused network adds learn?")
+        report.add_table(
+            units,
+            caption=f"Readout weights of each block of hidden units in the last reused network "
+            f"(H = {[w for w in cfg.widths if cfg.below(w)][-1]}), by the width that added them; "
+            "mean ± std over seeds.",
+        )
     report.add_table(table_rows(data, cfg), heading="Per width and condition")
     report.add_text(norm_text(data, cfg), heading="Does a network norm peak at the threshold?")
     report.add_text(
@@ -600,7 +670,14 @@ def run(scale: str, out: Path) -> Report:
         "units of the smallest networks alive on the nonnegative pixels; the zero readout makes "
         "a reused network start exactly where the smaller one ended, since a new unit's output "
         "weights are 0. Belkin et al. instead draw new weights from N(0, 0.01) and start the "
-        "first network with Glorot-uniform; ours keeps every fresh network at f ≡ 0 at the start.",
+        "first network with Glorot-uniform; ours keeps every fresh network at f ≡ 0 at the start."
+        + (
+            f" The chain '{NOISY}' follows Belkin et al.'s reuse: its new units' incoming and "
+            f"outgoing weights are drawn from N(0, {cfg.reuse_noise:g}²) (RunConfig."
+            "init_from_noise), its biases as above."
+            if cfg.reuse_noise is not None
+            else ""
+        ),
         heading="Protocol",
     )
     report.add_data(data[[c for c in DATA_COLUMNS if c in data]], "runs.csv")
