@@ -29,20 +29,31 @@ def small_checkpoint(tmp_path, **changes) -> tuple[str, dict]:
     return str(tmp_path / "small" / cfg.config_hash() / "checkpoint.pt"), final_state(result)
 
 
-def test_init_from_fills_the_leading_block_and_keeps_the_seeded_init_elsewhere(tmp_path):
-    path, small = small_checkpoint(tmp_path)
-    cfg = RunConfig(**{**TINY, "width": 5, "seed": 3, "init_from": path})
+def reused_model(cfg: RunConfig, small: dict):
+    """The model ``cfg`` builds from ``small``'s weights, its seeded init alone, and for
+    each tensor name (new, fresh, mask outside the leading block), the block checked to
+    be ``small``'s tensor exactly."""
     data = load_run_data(cfg)
     model = build_run_model(cfg, data)
     spec = cfg.model_spec(data.input_dim, data.output_dim)
     fresh = build_model(spec.pop("name"), **spec).state_dict()  # the seeded init alone
+    parts = {}
     for name, new in model.state_dict().items():
         old = small[name]
         block = tuple(slice(0, s) for s in old.shape)
         assert torch.equal(new[block], old), name
         rest = torch.ones_like(new, dtype=torch.bool)
         rest[block] = False
-        assert torch.equal(new[rest], fresh[name][rest]), name
+        parts[name] = (new, fresh[name], rest)
+    return model, data, parts
+
+
+def test_init_from_fills_the_leading_block_and_keeps_the_seeded_init_elsewhere(tmp_path):
+    path, small = small_checkpoint(tmp_path)
+    cfg = RunConfig(**{**TINY, "width": 5, "seed": 3, "init_from": path})
+    _, _, parts = reused_model(cfg, small)
+    for name, (new, fresh, rest) in parts.items():
+        assert torch.equal(new[rest], fresh[rest]), name
     # the run starts there: dist_from_init is measured from the reused weights
     result = run(cfg.replace(steps=1, eval_every=1), raise_errors=True)
     assert result.metric("dist_from_init")[0] == (0, 0.0)
@@ -54,26 +65,18 @@ def test_init_from_noise_draws_the_new_weights_and_keeps_the_rest(tmp_path):
     path, small = small_checkpoint(tmp_path, depth=1)
     cfg = RunConfig(**{**TINY, "width": 400, "depth": 1, "seed": 3, "init_from": path,
                        "init_from_noise": 0.1})  # fmt: skip
-    data = load_run_data(cfg)
-    model = build_run_model(cfg, data)
-    spec = cfg.model_spec(data.input_dim, data.output_dim)
-    fresh = build_model(spec.pop("name"), **spec).state_dict()
+    model, data, parts = reused_model(cfg, small)
     weights = 0
-    for name, new in model.state_dict().items():
-        old = small[name]
-        block = tuple(slice(0, s) for s in old.shape)
-        assert torch.equal(new[block], old), name
-        rest = torch.ones_like(new, dtype=torch.bool)
-        rest[block] = False
+    for name, (new, fresh, rest) in parts.items():
         if new.dim() >= 2:
             weights += 1
             drawn = new[rest].double()
             n = drawn.numel()  # mean 0 and std 0.1 within 5 standard errors of the estimates
             assert abs(drawn.mean()) < 5 * 0.1 / n**0.5, name
             assert abs(drawn.std() - 0.1) < 5 * 0.1 / (2 * n) ** 0.5, name
-            assert not torch.equal(new[rest], fresh[name][rest])
+            assert not torch.equal(new[rest], fresh[rest])
         else:
-            assert torch.equal(new[rest], fresh[name][rest]), name
+            assert torch.equal(new[rest], fresh[rest]), name
     assert weights == 2
     again = build_run_model(cfg, data).state_dict()
     other = build_run_model(cfg.replace(seed=4), data).state_dict()
