@@ -382,18 +382,18 @@ def artifact_text(peaks: dict, cfg: Config) -> str:
         else:
             verdict = "neither sweep shows a peak beyond 2 SE"
         lines.append(f"- {what}: {SHORT[arm]} {sa} (H = {a['w_peak']}), without reuse {sb} "
-                     f"(H = {b['w_peak']}): {verdict}.{height_text(a, b, cfg)}")  # fmt: skip
+                     f"(H = {b['w_peak']}): {verdict}.{height_text(a, b, cfg, SHORT[arm])}")  # fmt: skip
     return "\n".join(lines)
 
 
-def height_text(a: dict, b: dict, cfg: Config) -> str:
+def height_text(a: dict, b: dict, cfg: Config, arm: str = "with reuse") -> str:
     """How much of the reuse sweep's peak (one beyond 2 SE) the fresh sweep has, and how much of
     its fall is the step across the switch. With reuse only the networks below n·k differ, so a peak at the
     last reused width falls, first, from a reused network to a fresh one."""
     if not (a["verdict"] and b["interior"] and a["rise"][0] > 0):
         return ""
     text = (
-        f" The rise is {fmt(a['rise'][0])} with reuse and {fmt(b['rise'][0])} without "
+        f" The rise is {fmt(a['rise'][0])} {arm} and {fmt(b['rise'][0])} without "
         f"({100 * b['rise'][0] / a['rise'][0]:.0f}% of it)."
     )
     below = [w for w in cfg.widths if cfg.below(w)]
@@ -402,7 +402,8 @@ def height_text(a: dict, b: dict, cfg: Config) -> str:
     if a["w_peak"] == below[-1] and w_switch in m.index and a["fall"][0] > 0:
         drop = m[a["w_peak"]] - m[w_switch]
         text += (
-            f" With reuse the peak is the last reused width, so {100 * drop / a['fall'][0]:.0f}% "
+            f" {arm[0].upper() + arm[1:]} the peak is the last reused width, so "
+            f"{100 * drop / a['fall'][0]:.0f}% "
             f"of its fall is the step to a fresh initialization at H = {w_switch} "
             f"({fmt(m[a['w_peak']])} → {fmt(m[w_switch])})."
         )
@@ -624,9 +625,11 @@ def added_units(data: pd.DataFrame, cfg: Config) -> tuple[list[dict], str]:
             )
         else:
             lines.append(
-                f"- {SHORT[a]}: every block of added units learned (smallest readout norm "
-                f"{fmt(min(mean.values()))}, largest {fmt(top)})."
-            )
+                f"- {SHORT[a]}: no block of added units stays near 0 (smallest readout norm "
+                f"{fmt(min(mean.values()))}, largest {fmt(top)})"
+                + (f"; they start at N(0, {cfg.reuse_noise:g}²), so this alone does not say they "
+                   "learned." if a == NOISY else ".")
+            )  # fmt: skip
     return rows, "\n".join(lines)
 
 
@@ -648,8 +651,13 @@ def run(scale: str, out: Path) -> Report:
         sweep_figure(data, cfg),
         "belkin_network.png",
         "Test loss, test error, train loss and the norms against the parameter count, with "
-        "weight reuse below n·k (red) and from fresh initializations (blue, dashed); the dashed "
-        "vertical line is N = n·k. Mean ± std over seeds.",
+        "weight reuse below n·k (red) and from fresh initializations (blue, dashed)"
+        + (
+            ", and reuse with random new weights (orange, dash-dotted)"
+            if NOISY in arms_in(data)
+            else ""
+        )
+        + "; the dashed vertical line is N = n·k. Mean ± std over seeds.",
     )
     report.add_text(fit_text(data, cfg), heading="Do the networks at the threshold interpolate?")
     add_longer(report, data, cfg)
