@@ -535,7 +535,9 @@ def sweep_figure(data: pd.DataFrame, cfg: Config) -> Figure:
             ax.set_yscale("log")
         ax.set_xlabel("trainable parameters N (count)")
         ax.set_ylabel(ylabel)
-        ax.legend(fontsize=7)
+        if metric == "weight_norm":  # headroom: the legend is wide and the norms climb
+            ax.set_ylim(0, 1.6 * ax.get_ylim()[1])
+        ax.legend(fontsize=7, loc="upper right" if metric == "weight_norm" else "best")
     axes[0].set_title("test loss")
     axes[1].set_title("test error")
     axes[2].set_title("train loss")
