@@ -80,8 +80,8 @@ class RunConfig:
     init_from: str | None = None
     # with init_from: the entries of each weight matrix outside the copied leading block
     # (a new unit's incoming and outgoing weights) drawn from N(0, init_from_noise²) instead
-    # of this model's init; biases keep it. Belkin et al. 2019, SI: "the remaining weights are
-    # initialized with normally distributed random numbers with mean 0 and variance 0.01"
+    # of this model's init; biases keep it. Belkin et al. 2019 (SI) draw a larger network's
+    # weights not taken from the smaller one from a normal with mean 0 and variance 0.01
     init_from_noise: float | None = None
     # --- data (implicit_reg.workloads.data.load_dataset) ---
     dataset: str = "mnist1d"  # "mnist1d", "teacher", "mnist"
