@@ -45,6 +45,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from implicit_reg.engine.checkpoint import read_model_state
 from implicit_reg.engine.config import RunConfig
 from implicit_reg.engine.store import CHECKPOINT_FILE
 from implicit_reg.report.report import (
@@ -83,6 +84,7 @@ CHECKPOINT_EPOCHS = 250  # a killed run resumes from its last multiple of this m
 NOISY = "with reuse, random new weights"  # Belkin et al.'s reuse: new weights from N(0, σ²)
 REUSE_ARMS = ("with reuse", NOISY)
 SHORT = {"with reuse": "with reuse", NOISY: "with reuse and random new weights"}
+BELKIN_EPOCHS = 6000  # the longest training in Belkin et al. 2019, SI
 LONG = "without reuse, longer"  # the fresh runs near n·k trained Config.long_epochs epochs
 
 
@@ -121,6 +123,16 @@ class Config:
     def below(self, width: int) -> bool:
         """Below the interpolation threshold, N < n·k: step decay (and reuse)."""
         return self.n_params(width) < self.threshold
+
+    @property
+    def reused_widths(self) -> list[int]:
+        """The widths below n·k: the links of a reuse chain, in order."""
+        return [w for w in self.widths if self.below(w)]
+
+    @property
+    def switch_width(self) -> int:
+        """The first width above n·k, where reuse switches off."""
+        return next(w for w in self.widths if not self.below(w))
 
 
 CONFIGS = {
@@ -186,12 +198,12 @@ def ensure_runs(cfg: Config, directory: Path, *, workers: int = 1) -> pd.DataFra
     seeds = range(cfg.seeds)
     noises = (None,) if cfg.reuse_noise is None else (None, cfg.reuse_noise)
     chains = {(noise, seed): [] for noise in noises for seed in seeds}
-    for w in (w for w in cfg.widths if cfg.below(w)):
+    for w in cfg.reused_widths:
         links = []
         for noise, seed in chains:
             chain = chains[noise, seed]
             previous = _checkpoint_of(directory, chain[-1]) if chain else None
-            c = run_config(cfg, w, seed, init_from=previous, noise=previous and noise)
+            c = run_config(cfg, w, seed, init_from=previous, noise=noise if chain else None)
             links.append(c.replace(checkpoint=True))
         run_configs(links, directory, workers=workers)  # trained now if missing: checkpoints
         for key, c in zip(chains, links):
@@ -348,8 +360,7 @@ def add_claims(report: Report, data: pd.DataFrame, cfg: Config) -> dict:
 
 def artifact_text(peaks: dict, cfg: Config) -> str:
     """Does the peak depend on weight reuse?"""
-    w_switch = next(w for w in cfg.widths if not cfg.below(w))
-    w_last_reused = [w for w in cfg.widths if cfg.below(w)][-1]
+    w_switch, w_last_reused = cfg.switch_width, cfg.reused_widths[-1]
     lines = [
         f"Reuse runs below n·k only, so it switches off at H = {w_switch} "
         f"(N = {cfg.n_params(w_switch):,}), the first width above n·k = {cfg.threshold:,}."
@@ -387,30 +398,26 @@ def artifact_text(peaks: dict, cfg: Config) -> str:
 
 
 def height_text(a: dict, b: dict, cfg: Config, arm: str = "with reuse") -> str:
-    """How much of the reuse sweep's peak (one beyond 2 SE) the fresh sweep has, and how much of
-    its fall is the step across the switch. With reuse only the networks below n·k differ, so a peak at the
-    last reused width falls, first, from a reused network to a fresh one."""
+    """How much of the reuse sweep's peak (one beyond 2 SE) the fresh sweep has, and how much
+    of its fall is the step across the switch. With reuse only the networks below n·k differ,
+    so a peak at the last reused width falls, first, from a reused network to a fresh one."""
     if not (a["verdict"] and b["interior"] and a["rise"][0] > 0):
         return ""
     text = (
         f" The rise is {fmt(a['rise'][0])} {arm} and {fmt(b['rise'][0])} without "
         f"({100 * b['rise'][0] / a['rise'][0]:.0f}% of it)."
     )
-    below = [w for w in cfg.widths if cfg.below(w)]
-    w_switch = next(w for w in cfg.widths if not cfg.below(w))
+    w_switch = cfg.switch_width
     m = a["means"]
-    if a["w_peak"] == below[-1] and w_switch in m.index and a["fall"][0] > 0:
+    if a["w_peak"] == cfg.reused_widths[-1] and w_switch in m.index and a["fall"][0] > 0:
         drop = m[a["w_peak"]] - m[w_switch]
         text += (
-            f" {arm[0].upper() + arm[1:]} the peak is the last reused width, so "
+            f" {arm.capitalize()} the peak is the last reused width, so "
             f"{100 * drop / a['fall'][0]:.0f}% "
             f"of its fall is the step to a fresh initialization at H = {w_switch} "
             f"({fmt(m[a['w_peak']])} → {fmt(m[w_switch])})."
         )
     return text
-
-
-BELKIN_EPOCHS = 6000  # the longest training in Belkin et al. 2019, SI
 
 
 def fit_text(data: pd.DataFrame, cfg: Config) -> str:
@@ -455,7 +462,7 @@ def add_longer(report: Report, data: pd.DataFrame, cfg: Config) -> None:
     p = peak_test(long, cfg)
     report.add_claim(
         f"test loss rises to a peak and falls again as H grows ({LONG}: {cfg.long_epochs} epochs)",
-        "Belkin et al. 2019, Fig. 3 (networks trained up to 6,000 epochs)",
+        f"Belkin et al. 2019, Fig. 3 (networks trained up to {BELKIN_EPOCHS:,} epochs)",
         peak_sentence(p, cfg, "test loss"),
         p["verdict"],
         peak_why(p),
@@ -589,9 +596,7 @@ def added_units(data: pd.DataFrame, cfg: Config) -> tuple[list[dict], str]:
     read from its checkpoint, mean ± std over seeds. With a zero readout a new unit's weights
     get no gradient while the residual is 0, so once a smaller network fits the training set
     the units added after it stay near 0, and the chain is that network trained on."""
-    from implicit_reg.engine.checkpoint import read_model_state
-
-    below = [w for w in cfg.widths if cfg.below(w)]
+    below = cfg.reused_widths
     last = data[(data.status == "complete") & (data.width == below[-1]) & data.reused]
     norms: dict[str, dict[int, list[float]]] = {}
     for r in last.itertuples():
@@ -669,7 +674,7 @@ def run(scale: str, out: Path) -> Report:
         report.add_table(
             units,
             caption=f"Readout weights of each block of hidden units in the last reused network "
-            f"(H = {[w for w in cfg.widths if cfg.below(w)][-1]}), by the width that added them; "
+            f"(H = {cfg.reused_widths[-1]}), by the width that added them; "
             "mean ± std over seeds.",
         )
     report.add_table(table_rows(data, cfg), heading="Per width and condition")
