@@ -121,6 +121,10 @@ def test_probe_built_model_matches_run_probes(tmp_path):
     assert got == pytest.approx(ref, rel=1e-12)
 
 
+# a tiny teacher model the bad-input cases below build on
+TINY_PROBE = ["probe", "--dataset", "teacher", "--n-train", "20", "--width", "4"]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -128,47 +132,15 @@ def test_probe_built_model_matches_run_probes(tmp_path):
         (["probe", "--model", "transformer", "--dataset", "teacher"], "unknown model"),
         (["probe", "--dataset", "imagenet"], "unknown dataset"),
         (
-            [
-                "probe",
-                "--dataset",
-                "teacher",
-                "--n-train",
-                "20",
-                "--width",
-                "4",
-                "--probes",
-                "sharpness",
-            ],
+            [*TINY_PROBE, "--probes", "sharpness"],
             "unknown probe name",
         ),
         (
-            [
-                "probe",
-                "--dataset",
-                "teacher",
-                "--n-train",
-                "20",
-                "--width",
-                "4",
-                "--set",
-                "trace_hvps",
-            ],
+            [*TINY_PROBE, "--set", "trace_hvps"],
             "KEY=VALUE",
         ),
         (
-            [
-                "probe",
-                "--dataset",
-                "teacher",
-                "--n-train",
-                "20",
-                "--width",
-                "4",
-                "--probes",
-                "loss",
-                "--json",
-                "no/such/dir/out.json",
-            ],
+            [*TINY_PROBE, "--probes", "loss", "--json", "no/such/dir/out.json"],
             "does not exist",
         ),
     ],
