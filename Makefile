@@ -28,6 +28,7 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	.venv/bin/ruff check implicit_reg tests benchmarks experiments
+	.venv/bin/ruff format --check implicit_reg tests benchmarks experiments
 
 # Tests use tiny problems, for which one BLAS thread is fastest.
 test: lint
