@@ -1,9 +1,12 @@
-"""No import circle anywhere in implicit_reg/, found by parsing every module's imports (ast)."""
+"""The layers of implicit_reg/ (README "Architecture"): no module imports a layer above its
+own, and no import circle anywhere, found by parsing every module's imports (ast)."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
+
+import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "implicit_reg"
 
@@ -90,6 +93,91 @@ def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
         if node not in state and (cycle := visit(node)):
             return cycle
     return None
+
+
+# The layers, bottom first (README "Architecture", DESIGN): a module may import its own layer
+# and the layers before it, never one after it. ``stats`` (numpy/scipy only) is below
+# everything; ``integrations`` (callbacks for other people's training) sits below the CLI.
+LAYERS = (
+    "stats",
+    "core",
+    "probes",
+    "ensemble",
+    "workloads",
+    "engine",
+    "report",
+    "experiments",
+    "integrations",
+    "cli",
+)
+
+
+def layer_of(module: str) -> int:
+    """The rank of ``module``'s layer in :data:`LAYERS`. The package ``implicit_reg`` itself is
+    the public face, which re-exports ``core`` and so ranks as ``core``; ``python -m
+    implicit_reg`` (``__main__``) runs the command line and ranks as ``cli``. A module in no
+    layer (a new top-level module, a re-export left behind) is an error: give it a layer."""
+    parts = module.split(".")
+    if len(parts) == 1:
+        return LAYERS.index("core")
+    if parts[1] == "__main__":
+        return LAYERS.index("cli")
+    if parts[1] not in LAYERS:
+        raise ValueError(f"{module} is in no layer; put it in one of {', '.join(LAYERS)}")
+    return LAYERS.index(parts[1])
+
+
+def upward_imports(edges: dict[str, set[str]]) -> list[str]:
+    """Every import of a layer above the importer's own, as 'a (layer) -> b (layer)'."""
+    found = []
+    for a, targets in sorted(edges.items()):
+        for b in sorted(targets):
+            if layer_of(b) > layer_of(a):
+                found.append(f"{a} ({LAYERS[layer_of(a)]}) -> {b} ({LAYERS[layer_of(b)]})")
+    return found
+
+
+def test_the_layer_check_finds_a_planted_upward_import():
+    edges = {
+        "implicit_reg.core.optim": {"implicit_reg.core.hvp", "implicit_reg.engine.config"},
+        "implicit_reg.engine.train": {"implicit_reg.core.optim", "implicit_reg.stats"},
+        "implicit_reg.cli.train": {"implicit_reg.engine.train", "implicit_reg"},
+        "implicit_reg.__main__": {"implicit_reg.cli"},
+    }
+    assert upward_imports(edges) == [
+        "implicit_reg.core.optim (core) -> implicit_reg.engine.config (engine)"
+    ]
+    # stats is the bottom: even the public face (which pulls in torch through core) is above it
+    assert upward_imports({"implicit_reg.stats": {"implicit_reg"}}) == [
+        "implicit_reg.stats (stats) -> implicit_reg (core)"
+    ]
+    # the face re-exports core only; the experiments sit below the CLI, not beside it
+    assert len(upward_imports({"implicit_reg": {"implicit_reg.engine.train"}})) == 1
+    assert len(upward_imports({"implicit_reg.experiments.x": {"implicit_reg.cli.train"}})) == 1
+    with pytest.raises(ValueError, match="in no layer"):
+        layer_of("implicit_reg.optim")  # a top-level module outside every layer
+
+
+def test_a_planted_upward_import_in_source_is_found(tmp_path):
+    """The whole path: a relative, function-level import two levels up, parsed from source."""
+    pkg = tmp_path / "implicit_reg"
+    (pkg / "core").mkdir(parents=True)
+    (pkg / "core" / "optim.py").write_text("def f():\n    from ..report.plots import plot\n")
+    modules = {"implicit_reg.core.optim", "implicit_reg.report.plots"}
+    global PACKAGE
+    saved, PACKAGE = PACKAGE, pkg
+    try:
+        edges = {"implicit_reg.core.optim": imports_of(pkg / "core" / "optim.py", modules)}
+    finally:
+        PACKAGE = saved
+    assert upward_imports(edges) == [
+        "implicit_reg.core.optim (core) -> implicit_reg.report.plots (report)"
+    ]
+
+
+def test_every_module_imports_only_its_layer_and_those_below():
+    up = upward_imports(graph())
+    assert not up, f"{len(up)} upward import(s):\n" + "\n".join(up)
 
 
 def test_the_cycle_finder_finds_a_planted_circle():
