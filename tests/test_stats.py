@@ -360,7 +360,7 @@ def test_stats_imports_no_torch():
     code = (
         "import importlib.util, sys; "
         f"spec = importlib.util.spec_from_file_location('s', {S.__file__!r}); "
-        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
+        "m = importlib.util.module_from_spec(spec); sys.modules['s'] = m; spec.loader.exec_module(m); "
         "print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
