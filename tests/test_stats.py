@@ -67,8 +67,7 @@ def test_paired_test_equals_scipy_ttest_rel_and_t_interval(n):
 
 def test_paired_verdicts_follow_the_direction_and_the_t_quantile():
     # t = 2.5 with 3 seeds: beyond 2 SE but below t_{0.95, 2} = 2.92 -> inconclusive
-    d = np.array([-1.0, 0.0, 1.0])
-    d = d / st.sem(d) / np.sqrt(3) * 1.0  # sem(d) = 1/sqrt(3)
+    d = np.array([-1.0, 0.0, 1.0])  # sem = 1/√3, so d + c/√3 has t = c
     r = paired_test(d + 2.5 / np.sqrt(3))
     assert r.t == pytest.approx(2.5) and r.verdict == "inconclusive"
     assert "could detect" in r.sentence() and "t₂ = 2.5" in r.sentence()
@@ -264,6 +263,19 @@ def test_equivalence_false_positive_rate_at_the_margin(n):
     print(f"TOST n={n}: FPR at |diff| = margin {fpr:.3f}; 'no significant difference' {naive:.3f}")
     assert _fpr_ok(fpr), fpr
     assert not _fpr_ok(naive), naive
+
+
+@pytest.mark.parametrize("n", [3, 5])
+def test_equivalence_detectable_margin_has_80_percent_power_at_no_difference(n):
+    # the quoted margin (σ = 1 known): TOST shows equivalence >= 80% of the time at diff 0
+    margin = S._ncp(n - 1, ALPHA, 0.9) / math.sqrt(n)
+    d = np.random.default_rng(40 + n).normal(0.0, 1.0, (B, n))
+    power = S._tost_reject(d, margin).mean()
+    print(f"TOST n={n}: power at the quoted margin {margin:.2f}σ_d, no difference: {power:.3f}")
+    assert power >= 0.8 - 3 * _mc_se(0.8), power
+    assert equivalence_test(d[0], margin=1.0).detectable == pytest.approx(
+        S._ncp(n - 1, ALPHA, 0.9) * st.sem(d[0])
+    )
 
 
 def _peak_nulls(s: int, k: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
