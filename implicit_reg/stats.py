@@ -92,8 +92,10 @@ class TestResult:
 
     ``effect`` is the mean effect on the tested scale (for ``scale == "log"`` a
     mean log-ratio; ``ratio`` gives exp(effect)), ``se`` its standard error, ``p``
-    the one-sided p-value for "effect > 0", ``ci`` the two-sided (1 − 2α) t
-    interval (it excludes 0 exactly when the verdict is not "inconclusive"), and
+    the one-sided p-value for "effect > 0" (for TOST: the larger of its two p), ``ci``
+    the two-sided (1 − 2α) t interval (outside TOST it excludes 0 exactly when the
+    verdict is not "inconclusive"; in TOST it lies inside ±margin exactly when the
+    verdict is "reproduced"), and
     ``detectable`` the smallest true effect the design detects with 80% power at
     level α, if the noise is as measured (noncentral t with the real df).
     """
@@ -140,7 +142,9 @@ class TestResult:
                 f"{self.label + ' = ' if self.label else ''}{_pm(self.effect, self.se)} "
                 f"({stat}, {level} {self.ci[0]:.{d}f} to {self.ci[1]:.{d}f}"
             )
-        if self.margin is not None:
+        if self.margin is not None and self.scale == "log":
+            head += f", margin ×/÷{_num(math.exp(self.margin), 3)}"
+        elif self.margin is not None:
             head += f", margin ±{_num(self.margin, 3)}"
         head += ")"
         if self.verdict == "inconclusive" and math.isfinite(self.detectable):
