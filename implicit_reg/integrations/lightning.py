@@ -1,0 +1,115 @@
+"""Curvature probes inside a Lightning run: :class:`CurvatureMonitor`.
+
+A ``lightning.Callback`` around :class:`~implicit_reg.integrations.tracker.CurvatureTracker`.
+It measures the ``LightningModule`` itself (its ``forward`` with ``loss_fn``,
+or ``batch_loss(module, batch)``) on a fixed probe set: once when training
+starts (step 0, the initial weights) and then after optimizer steps, every
+``every`` steps within the compute budget. Steps are ``trainer.global_step``
+(optimizer steps: with gradient accumulation, a probe never falls between
+the micro-batches of one step).
+
+Each probe's row goes to every logger the Trainer has (``trainer.loggers``:
+CSV, TensorBoard, W&B, ...) through ``logger.log_metrics(metrics, step)``, as
+``{prefix}{name}`` (``"curvature/lambda_max"``); booleans are logged as 0/1.
+The rows are also kept in ``monitor.rows`` (``monitor.table()``), with or
+without a logger. The logger is called directly rather than through
+``LightningModule.log``, which would hold step metrics back until the next
+``log_every_n_steps`` boundary and drop the others.
+
+Example::
+
+    monitor = CurvatureMonitor((X_probe, y_probe), nn.CrossEntropyLoss(), every=20)
+    trainer = lightning.Trainer(max_epochs=5, callbacks=[monitor], logger=CSVLogger("logs"))
+    trainer.fit(module, loader)
+    monitor.table()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import lightning as L
+from torch import Tensor
+
+from .tracker import DEFAULT_BUDGET, DEFAULT_EVERY, DEFAULT_MEASURES, CurvatureTracker
+
+__all__ = ["CurvatureMonitor", "metrics_of"]
+
+
+def metrics_of(row: dict, prefix: str = "curvature/") -> dict[str, float]:
+    """A tracker row as logger metrics: ``{prefix + name: float}`` without ``step``."""
+    return {prefix + k: float(v) for k, v in row.items() if k != "step"}
+
+
+class CurvatureMonitor(L.Callback):
+    """Logs curvature of the module being trained, every ``every`` steps within ``budget``.
+
+    Args:
+        probe_data: the fixed probe set (as for :class:`CurvatureTracker`):
+            a pair ``(X, y)`` or a re-iterable of batches; moved to the
+            module's device at each probe.
+        loss_fn: mean-reduced ``loss_fn(module(inputs), targets)``; None when
+            ``batch_loss`` is given.
+        batch_loss: ``(module, batch) -> (mean loss, batch size)``.
+        every, measures, budget: as for :class:`CurvatureTracker`.
+        prefix: prepended to every logged name.
+        **tracker_options: the other :class:`CurvatureTracker` arguments
+            (``top_k``, ``chunk_size``, ``mode``, ``seed``, ``trace_hvps``, ...).
+
+    Attributes:
+        tracker: the :class:`CurvatureTracker`, built when training starts
+            (θ₀ of ``dist_from_init`` is the module's weights then).
+    """
+
+    def __init__(
+        self,
+        probe_data,
+        loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+        *,
+        batch_loss=None,
+        every: int = DEFAULT_EVERY,
+        measures: Sequence[str] = DEFAULT_MEASURES,
+        budget: float | None = DEFAULT_BUDGET,
+        prefix: str = "curvature/",
+        **tracker_options,
+    ):
+        super().__init__()
+        if (loss_fn is None) == (batch_loss is None):
+            raise ValueError("give CurvatureMonitor exactly one of loss_fn and batch_loss")
+        self.probe_data, self.loss_fn, self.batch_loss = probe_data, loss_fn, batch_loss
+        self.options = dict(every=every, measures=measures, budget=budget, **tracker_options)
+        self.prefix = prefix
+        self.tracker: CurvatureTracker | None = None
+        self._seen_step: int | None = None
+
+    @property
+    def rows(self) -> list[dict]:
+        """One dict per probe so far (empty before training starts)."""
+        return [] if self.tracker is None else self.tracker.rows
+
+    def table(self):
+        """The rows as a pandas ``DataFrame``."""
+        import pandas as pd
+
+        return pd.DataFrame(self.rows)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.tracker = CurvatureTracker(
+            pl_module, self.loss_fn, self.probe_data, batch_loss=self.batch_loss, **self.options
+        )
+        self._seen_step = trainer.global_step
+        self._log(trainer, self.tracker.step(trainer.global_step))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if self.tracker is None or step == self._seen_step:
+            return  # no optimizer step since the last call (gradient accumulation)
+        self._seen_step = step
+        self._log(trainer, self.tracker.step(step))
+
+    def _log(self, trainer: L.Trainer, row: dict | None) -> None:
+        if row is None:
+            return
+        metrics = metrics_of(row, self.prefix)
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=row["step"])
