@@ -148,14 +148,17 @@ class TestResult:
             head += f", margin ±{_num(self.margin, 3)}"
         head += ")"
         if self.verdict == "inconclusive" and math.isfinite(self.detectable):
-            what = "equivalence within ±" if self.margin is not None else "≥ "
-            could = "could show" if self.margin is not None else "could detect"
+            log = self.scale == "log"
+            if self.margin is not None:
+                what = "could show equivalence within " + ("×/÷" if log else "±")
+            else:
+                what = "could detect ≥ " + ("×" if log else "")
             det = (
-                f"×{_num(math.exp(self.detectable), 3)} (log {_num(self.detectable, 2)})"
-                if self.scale == "log"
+                f"{_num(math.exp(self.detectable), 3)} (log {_num(self.detectable, 2)})"
+                if log
                 else _num(self.detectable, 2)
             )
-            head += f"; {could} {what}{det} with {POWER:.0%} power"
+            head += f"; {what}{det} with {POWER:.0%} power"
         return head
 
 
