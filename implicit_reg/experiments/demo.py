@@ -1,34 +1,48 @@
 """The optimizer demonstration behind ``implicit-reg demo``.
 
 Trains the same small tanh MLP, from the same initialization, on the same
-synthetic classification data (a tanh teacher, 10% of the labels flipped)
-with full-batch GD and with EGR at the same step h, and stops each run when
-its training loss first falls below a common target. It then reports where
-each ended: the training loss L, the squared gradient norm ‖∇L‖² (the
-quantity EGR penalizes), the weight norm ‖θ‖ and the number of steps.
+synthetic classification data (``load_dataset("teacher")``: Gaussian inputs
+labeled by a random tanh teacher MLP, two classes, 10% of the training labels
+flipped) with full-batch GD and with EGR at the same step h, and stops each
+run when its training loss first falls below a common target. It then
+reports where each ended: the training loss L, the squared gradient norm
+‖∇L‖² (the quantity EGR penalizes), the weight norm ‖θ‖ and the number of
+steps.
+
+Every run is a :class:`~implicit_reg.engine.config.RunConfig` trained by the
+engine's one loop (:func:`implicit_reg.engine.loop.train_loop` driving a
+:class:`~implicit_reg.engine.steppers.SerialStepper`, as
+:func:`implicit_reg.engine.train.run` does), so the step, the stopping rule
+(``target_train_loss``: the loss L(θ_t) of step t is below the target; the run
+ends at θ_{t+1}, where the metrics are measured) and the divergence rule
+(``max_loss``) are the engine's. Only the data set is built here, because its
+teacher options (8 inputs, 2 classes) are not fields of ``RunConfig``.
 
 Why stop at a target loss: GD implicitly follows L + (h/4)‖∇L‖²
 (Barrett & Dherin, ICLR 2021) and EGR with μ adds μ‖∇L‖² on top, so the
 claim is "smaller ‖∇L‖² at equal training loss". After a fixed number of
 steps the runs sit at different losses (EGR descends more slowly) and their
 ‖∇L‖² mostly reflects how far each got, not where it went. A run whose loss
-becomes NaN or inf is reported as diverged, with the step.
+becomes NaN, inf or larger than ``max_loss`` is reported as diverged, with the step.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
 
-from ..core.modified_gradient import flat_norm
-from ..core.objective import full_gradient
-from ..core.optim import EGR, GD
+from ..engine.config import RunConfig
+from ..engine.loop import Track, results_of, step_budget, train_loop
+from ..engine.steppers import SerialStepper
+from ..engine.workload import build_run_model, run_loss
+from ..workloads.data import Dataset, load_dataset
 
-__all__ = ["DemoResult", "optimizer_demo", "demo_data"]
+__all__ = ["DemoResult", "optimizer_demo", "demo_data", "demo_config"]
+
+#: the demo's data: n training (and n test) points in d dimensions, two classes
+N_SAMPLES, INPUT_DIM, LABEL_NOISE = 256, 8, 0.1
 
 
 @dataclass(frozen=True)
@@ -51,15 +65,38 @@ class DemoResult:
         return self.diverged_at is not None
 
 
-def demo_data(n: int = 256, d: int = 8, noise: float = 0.1, seed: int = 0) -> tuple[Tensor, Tensor]:
-    """Binary labels of a random tanh teacher, a fraction ``noise`` flipped."""
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, d, generator=gen)
-    w = torch.randn(d, 1, generator=gen) / d**0.5
-    y = (torch.tanh(3 * x @ w) > 0).long().squeeze(1)
-    flip = torch.rand(n, generator=gen) < noise
-    y[flip] = 1 - y[flip]
-    return x, y
+def demo_data(seed: int = 0) -> Dataset:
+    """The teacher data of the demo: :data:`N_SAMPLES` train and test points in
+    :data:`INPUT_DIM` dimensions labeled by a random tanh teacher (two hidden
+    layers of 64), exactly :data:`LABEL_NOISE` of the training labels flipped."""
+    return load_dataset(
+        "teacher", n_train=N_SAMPLES, n_test=N_SAMPLES, label_noise=LABEL_NOISE, seed=seed,
+        input_dim=INPUT_DIM, num_classes=2,
+    )  # fmt: skip
+
+
+def demo_config(
+    optimizer: str,
+    *,
+    lr: float,
+    coeff: float | None = None,
+    target_loss: float = 0.02,
+    max_steps: int = 2000,
+    seed: int = 0,
+    width: int = 64,
+    max_loss: float = 100.0,
+) -> RunConfig:
+    """One demo run as a config: a width-``width`` tanh MLP with two hidden layers,
+    full-batch ``optimizer`` ("gd" or "egr" with μ = ``coeff``) at step ``lr``,
+    stopped at ``target_loss`` or after ``max_steps``, no probes, float32."""
+    return RunConfig(
+        model="mlp", width=width, depth=2, activation="tanh",
+        dataset="teacher", n_train=N_SAMPLES, n_test=N_SAMPLES, label_noise=LABEL_NOISE,
+        data_seed=seed, optimizer=optimizer, lr=lr,
+        egr_coeff=coeff if optimizer == "egr" else None,
+        steps=max_steps, target_train_loss=target_loss, max_loss=max_loss,
+        eval_every=max_steps, probes=(), seed=seed,
+    )  # fmt: skip
 
 
 def optimizer_demo(
@@ -76,8 +113,9 @@ def optimizer_demo(
     Each run stops at the first step whose training loss is below
     ``target_loss`` (or after ``max_steps``); the result describes the
     parameters it stopped at. A loss that is NaN, inf or above ``max_loss``
-    (the initial loss is ln 2 ≈ 0.69, so 100 means blown up) ends the run as diverged. Full
-    batch, cross-entropy, float32.
+    (the initial loss is about ln 2 ≈ 0.69, so 100 means blown up) ends the run as
+    diverged. Full batch, cross-entropy, float32; all three runs start from the
+    same seeded initialization.
     """
     if not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
@@ -89,84 +127,49 @@ def optimizer_demo(
         raise ValueError(f"max_steps must be >= 1, got {max_steps!r}")
     if not max_loss > target_loss:
         raise ValueError(f"max_loss must be > target_loss, got {max_loss!r}")
-    x, y = demo_data(seed=seed)
-    gen = torch.Generator().manual_seed(seed)
-    base = nn.Sequential(
-        nn.Linear(x.shape[1], width),
-        nn.Tanh(),
-        nn.Linear(width, width),
-        nn.Tanh(),
-        nn.Linear(width, 2),
-    )
-    with torch.no_grad():  # seeded init without touching the global RNG
-        for m in base:
-            if isinstance(m, nn.Linear):
-                bound = 1 / m.in_features**0.5
-                m.weight.uniform_(-bound, bound, generator=gen)
-                m.bias.uniform_(-bound, bound, generator=gen)
-    loss_fn = nn.CrossEntropyLoss()
+    data = demo_data(seed)
+    settings = dict(
+        lr=lr, target_loss=target_loss, max_steps=max_steps, seed=seed, width=width,
+        max_loss=max_loss,
+    )  # fmt: skip
+    runs = (("GD", "gd", 0.0), ("EGR", "egr", lr / 4), ("EGR", "egr", coeff))
     results = []
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a 4.9k-parameter model: more threads only add overhead
     try:
-        for name, mu in (("GD", 0.0), ("EGR", lr / 4), ("EGR", coeff)):
-            model = copy.deepcopy(base)
-            if name == "GD":
-                opt = GD(model.parameters(), lr=lr)
-
-                def closure(model=model, opt=opt):  # torch's contract: backward inside
-                    opt.zero_grad()
-                    loss = loss_fn(model(x), y)
-                    loss.backward()
-                    return loss
-            else:
-                opt = EGR(model.parameters(), lr=lr, coeff=mu)
-
-                def closure(model=model):  # EGR's contract: return the loss, no backward
-                    return loss_fn(model(x), y)
-
-            results.append(
-                _train(
-                    name,
-                    mu,
-                    lr,
-                    model,
-                    opt,
-                    closure,
-                    loss_fn,
-                    (x, y),
-                    target_loss,
-                    max_steps,
-                    max_loss,
-                )
-            )
+        for name, optimizer, mu in runs:
+            config = demo_config(optimizer, coeff=mu, **settings)
+            results.append(_result(name, mu, config, _train(config, data)))
     finally:
         torch.set_num_threads(threads)
     return results
 
 
-def _train(
-    name, mu, lr, model, opt, closure, loss_fn, data, target_loss, max_steps, max_loss
-) -> DemoResult:
+def _train(config: RunConfig, data: Dataset) -> dict:
+    """``config`` trained on ``data`` by the engine's loop (what ``engine.train.run``
+    does with a data set of its own choosing); the run's summary."""
+    model = build_run_model(config, data)
+    loss_fn = run_loss(config, data)
+    stepper = SerialStepper(config, data, model, loss_fn)
+    tracks = [Track(config)]
+    budget, _ = step_budget(config, data.n_train)
+    train_loop(stepper, tracks, budget=budget, loss_fn=loss_fn, raise_errors=True)
+    (result,) = results_of(stepper, tracks, [data], [{}])
+    return result.summary
+
+
+def _result(name: str, mu: float, config: RunConfig, summary: dict) -> DemoResult:
     nan = float("nan")
-    reached = False
-    for step in range(max_steps):
-        loss = float(opt.step(closure).detach())  # L(θ) before this step
-        if not loss <= max_loss:  # NaN, inf or too large
-            return DemoResult(name, mu, lr, step, nan, nan, nan, False, diverged_at=step)
-        if loss < target_loss:
-            reached = True
-            break
-    loss, g = full_gradient(model, loss_fn, data)  # where the run stopped
-    if not float(loss) <= max_loss:
-        return DemoResult(name, mu, lr, step + 1, nan, nan, nan, False, diverged_at=step + 1)
+    if summary["status"] == "diverged":
+        step = int(summary["diverged_at"])
+        return DemoResult(name, mu, config.lr, step, nan, nan, nan, False, diverged_at=step)
     return DemoResult(
         optimizer=name,
         coeff=mu,
-        lr=lr,
-        steps=step + 1,
-        loss=float(loss),
-        grad_norm_sq=float(flat_norm(g) ** 2),
-        weight_norm=float(flat_norm(list(model.parameters()))),
-        reached_target=reached,
+        lr=config.lr,
+        steps=int(summary["steps_done"]),
+        loss=float(summary["train_loss"]),
+        grad_norm_sq=float(summary["grad_norm_sq"]),
+        weight_norm=float(summary["weight_norm"]),
+        reached_target=summary["stop_reason"] == "target_train_loss",
     )
