@@ -46,7 +46,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import vmap
 
 from ..core.modified_gradient import flat_norm
 from ..core.objective import (
@@ -55,14 +54,9 @@ from ..core.objective import (
     num_samples,
     trainable_named_params,
 )
-from ..ensemble.vectorized import (
-    MinibatchOrder,
-    VectorizedEnsemble,
-    ensemble_gradient,
-    ensemble_loss_fns,
-    ensemble_outputs,
-    member_sq_norms,
-)
+from ..ensemble.batched import FAST_RULES, BatchedEnsemble, stacked_loss
+from ..ensemble.stacked import stacked_model
+from ..ensemble.vectorized import MinibatchOrder, VectorizedEnsemble, member_sq_norms
 from .config import RunConfig
 from .optimizers import SHARPNESS_OPTIMIZERS, build_optimizer, update_rule
 
@@ -256,12 +250,18 @@ def evaluate(model, loss_fn, data, *, chunk_size, init_params) -> dict[str, floa
 
 # ---------------------------------------------------------------- ensemble
 class EnsembleStepper:
-    """Runs that share one schedule and architecture, as one
-    :class:`~implicit_reg.ensemble.vectorized.VectorizedEnsemble`: member m follows
-    its serial run's update (:func:`~implicit_reg.engine.optimizers.update_rule`) with
-    its own lr, EGR coefficient, seed (initialization and minibatch order) and
-    targets. Divergence is the loop's call: the ensemble itself never drops a member
-    (``max_loss=inf``); the loop retires it."""
+    """Runs that share one schedule, trained as one ensemble: member m follows its serial
+    run's update (:func:`~implicit_reg.engine.optimizers.update_rule`) with its own lr,
+    momentum, weight decay, EGR coefficient, seed (initialization and minibatch order),
+    targets and (packed) width.
+
+    GD and SGD on a model with a stacked form (:func:`~implicit_reg.ensemble.stacked.stacked_model`:
+    the MLP and random-features families) train as a
+    :class:`~implicit_reg.ensemble.batched.BatchedEnsemble`, at batched-matmul speed,
+    members of different widths padded into one pack; anything else as a
+    :class:`~implicit_reg.ensemble.vectorized.VectorizedEnsemble` (``vmap``), whose
+    members must share momentum, weight decay and architecture. Divergence is the
+    loop's call: the ensemble never drops a member itself; the loop retires it."""
 
     def __init__(
         self, configs: Sequence[RunConfig], datas: Sequence, models: Sequence[nn.Module],
@@ -277,15 +277,34 @@ class EnsembleStepper:
         initial = [_initial(m) for m in self.models]
         self.init_states = [s for _, s in initial]
         self._eval = _Evaluator(self.datas, loss_fn, cfg.chunk_size)
-        self.ens = VectorizedEnsemble(
-            self.models, loss_fn, self._eval.x_train, self._eval.y_train,
-            optimizer=update_rule(cfg), lr=[c.lr for c in configs],
-            coeff=[c.egr_coeff for c in configs], momentum=cfg.momentum, nesterov=cfg.nesterov,
-            weight_decay=cfg.weight_decay, egr_method=cfg.egr_method, batch_size=cfg.batch_size,
+        rule = update_rule(cfg)
+        if any(update_rule(c) != rule for c in configs):
+            raise ValueError("the members of an ensemble must share one update rule")
+        self.fast = rule in FAST_RULES and stacked_model(self.models) is not None
+        common = dict(
+            lr=[c.lr for c in configs], batch_size=cfg.batch_size,
             seeds=[c.seed for c in configs], x_per_member=self._eval.xb_train, y_per_member=True,
-            chunk_size=cfg.chunk_size,
+            chunk_size=cfg.chunk_size, nesterov=cfg.nesterov,
         )  # fmt: skip
-        self.init = tuple(p.clone() for p in self.ens.params)
+        if self.fast:
+            self.ens = BatchedEnsemble(
+                self.models, loss_fn, self._eval.x_train, self._eval.y_train, optimizer=rule,
+                momentum=[c.momentum for c in configs],
+                weight_decay=[c.weight_decay for c in configs], **common,
+            )  # fmt: skip
+        else:
+            shared = {(c.momentum, c.weight_decay) for c in configs}
+            if len(shared) != 1:
+                raise ValueError(
+                    "members of a vmap ensemble must share momentum and weight decay; only the "
+                    "stacked (MLP, random-features) ensemble takes them per member"
+                )
+            self.ens = VectorizedEnsemble(
+                self.models, loss_fn, self._eval.x_train, self._eval.y_train, optimizer=rule,
+                coeff=[c.egr_coeff for c in configs], momentum=cfg.momentum,
+                weight_decay=cfg.weight_decay, egr_method=cfg.egr_method, **common,
+            )  # fmt: skip
+        self.init = tuple(p.detach().clone() for p in self.ens.params)
 
     @property
     def size(self) -> int:
@@ -295,7 +314,13 @@ class EnsembleStepper:
     def live(self) -> list[int]:
         return self.ens.live
 
-    def step(self) -> dict[int, float]:
+    def step(self) -> Tensor | dict[int, float]:
+        """One step of every live member: the batch losses L_m(θ_t), as one 1-D tensor in
+        ``live`` order on the device (fast path; the loop reads it at its next sync) or
+        ``{member: loss}``."""
+        if self.fast:
+            live = list(self.ens.live)
+            return dict(zip(live, self.ens.step().tolist()))
         return {m: row["loss"] for m, row in self.ens.step().items()}
 
     def evaluate(self, members: Sequence[int]) -> dict[int, dict[str, float]]:
@@ -335,12 +360,13 @@ def _stack_or_share(tensors: list[Tensor]) -> tuple[Tensor, bool]:
 
 
 class _Evaluator:
-    """:func:`evaluate` for every live member of an ensemble at once, same formulas."""
+    """:func:`evaluate` for every live member of an ensemble at once, same formulas, through
+    the ensemble's own forward pass (``outputs``) and gradient (``gradient``)."""
 
     def __init__(self, datas: list, loss_fn, chunk_size: int | None) -> None:
         if any(d.n_train != datas[0].n_train for d in datas):
             raise ValueError("the members' training sets differ in size")
-        self.loss_fn, self.chunk_size = loss_fn, chunk_size
+        self.loss_fn, self.chunk_size = stacked_loss(loss_fn), chunk_size
         self.classes = datas[0].num_classes is not None
         self.x_train, self.xb_train = _stack_or_share([d.x_train for d in datas])
         self.x_test, self.xb_test = _stack_or_share([d.x_test for d in datas])
@@ -349,55 +375,53 @@ class _Evaluator:
         self.y_clean = torch.stack([d.y_train_clean for d in datas])
         self.noisy = [self.classes and d.label_noise > 0 for d in datas]
 
-    def _loss_and_error(self, arch, params, rows, x, x_batched, y) -> tuple[list, list]:
-        """Per member: Σ_c float(L_c)·n_c / n and the error rate, as :func:`_loss_and_error`."""
-        n = y.shape[1]
+    def _loss_and_error(self, ens, rows, x, x_batched, ys) -> tuple[list, list[list]]:
+        """Per member: Σ_c L_c·n_c / n, and the error rate against each target set in ``ys``
+        (the outputs computed once), as :func:`_loss_and_error`."""
+        n = ys[0].shape[1]
         step = n if self.chunk_size is None else self.chunk_size
-        k = len(rows)
-        total, wrong = [0.0] * k, [0] * k
         x = x[rows] if x_batched else x
-        y = y[rows]
+        ys = [y[rows] for y in ys]
+        total, wrong = 0.0, [0] * len(ys)
         for i in range(0, n, step):
             xc = x[:, i : i + step] if x_batched else x[i : i + step]
-            yc = y[:, i : i + step]
-            out = ensemble_outputs(arch, params, xc, x_batched=x_batched)
+            out = ens.outputs(xc, x_batched=x_batched)
+            yc = ys[0][:, i : i + step]
             with torch.no_grad():
-                losses = vmap(self.loss_fn)(out, yc).tolist()
-            for j in range(k):
-                total[j] += float(losses[j]) * yc.shape[1]
+                total = total + self.loss_fn(out, yc).double() * yc.shape[1]
             if self.classes:
-                truth = yc if not yc.is_floating_point() else yc.argmax(-1)
-                for j, w in enumerate((out.argmax(-1) != truth).sum(1).tolist()):
-                    wrong[j] += int(w)
-        return [t / n for t in total], [w / n for w in wrong]
+                pred = out.argmax(-1)
+                for j, y in enumerate(ys):
+                    yc = y[:, i : i + step]
+                    truth = yc if not yc.is_floating_point() else yc.argmax(-1)
+                    wrong[j] = wrong[j] + (pred != truth).sum(1)
+        errors = [[int(v) / n for v in w.tolist()] if self.classes else None for w in wrong]
+        return (total / n).tolist(), errors
 
-    def __call__(self, ens: VectorizedEnsemble, init: tuple[Tensor, ...]) -> dict[int, dict]:
+    def __call__(self, ens, init: tuple[Tensor, ...]) -> dict[int, dict]:
         rows = torch.tensor(ens.live, dtype=torch.long, device=self.y_train.device)
-        arch, params = ens.arch, ens.params
-        tr = self._loss_and_error(arch, params, rows, self.x_train, self.xb_train, self.y_train)
-        te = self._loss_and_error(arch, params, rows, self.x_test, self.xb_test, self.y_test)
-        clean = None
-        if any(self.noisy[m] for m in ens.live):
-            clean = self._loss_and_error(
-                arch, params, rows, self.x_train, self.xb_train, self.y_clean
-            )[1]
+        noisy = any(self.noisy[m] for m in ens.live)
+        ys = [self.y_train, self.y_clean] if noisy else [self.y_train]
+        tr_loss, tr_err = self._loss_and_error(ens, rows, self.x_train, self.xb_train, ys)
+        te_loss, (te_err,) = self._loss_and_error(
+            ens, rows, self.x_test, self.xb_test, [self.y_test]
+        )
         x = self.x_train[rows] if self.xb_train else self.x_train
-        fns = ensemble_loss_fns(
-            arch, self.loss_fn, x, self.y_train[rows], chunk_size=self.chunk_size,
-            x_batched=self.xb_train, y_batched=True,
-        )  # fmt: skip
-        _, g = ensemble_gradient(fns, params)
+        _, g = ens.gradient(
+            x, self.y_train[rows], x_batched=self.xb_train, chunk_size=self.chunk_size
+        )
+        params = tuple(p.detach() for p in ens.params)
         gsq = member_sq_norms(g).sqrt().tolist()
         wnorm = member_sq_norms(params).sqrt().tolist()
         init_live = tuple(p0[rows.to(p0.device)] for p0 in init)
         dist = member_sq_norms([p - p0 for p, p0 in zip(params, init_live)]).sqrt().tolist()
         out = {}
         for j, m in enumerate(ens.live):
-            values = {"train_loss": tr[0][j], "test_loss": te[0][j]}
+            values = {"train_loss": tr_loss[j], "test_loss": te_loss[j]}
             if self.classes:
-                values.update(train_error=tr[1][j], test_error=te[1][j])
+                values.update(train_error=tr_err[0][j], test_error=te_err[j])
             values.update(grad_norm_sq=gsq[j] ** 2, weight_norm=wnorm[j], dist_from_init=dist[j])
-            if clean is not None and self.noisy[m]:
-                values["train_error_clean"] = clean[j]
+            if noisy and self.noisy[m]:
+                values["train_error_clean"] = tr_err[1][j]
             out[m] = values
         return out

@@ -754,6 +754,21 @@ class VectorizedEnsemble:
             self._drop(bad, frozen_from=before)
         return out
 
+    def outputs(self, x: Tensor, *, x_batched: bool) -> Tensor:
+        """Every live member's outputs ``[M, n, …]``, without autograd."""
+        return ensemble_outputs(self.arch, self.params, x, x_batched=x_batched)
+
+    def gradient(
+        self, x: Tensor, y: Tensor, *, x_batched: bool, chunk_size: int | None = None
+    ) -> tuple[Tensor, Params]:
+        """Per-member mean losses ``[M]`` and gradients of the live members over (x, y)
+        (``y`` per member), in chunks (:func:`ensemble_gradient`)."""
+        fns = ensemble_loss_fns(
+            self.arch, self.loss_fn, x, y, chunk_size=chunk_size, x_batched=x_batched,
+            y_batched=True,
+        )  # fmt: skip
+        return ensemble_gradient(fns, self.params)
+
     def retire(self, members: Iterable[int]) -> None:
         """Stop training ``members`` (they keep their current parameters)."""
         members = set(members)
