@@ -61,11 +61,14 @@ where N(θ) = Σ_i Φ(∂_iL) with Φ′(g) = g/ψ(g²), so ∇N = H (g/ψ(g²))
 - ε inside: r = g²/(g² + ε) and N = ‖∇L‖_{1,ε} = Σ_i √((∂_iL)² + ε), the
   paper's perturbed one-norm; c = [(a₁ − a₂)g² + ε(a₁ + ½)]/(g² + ε).
 - ε outside: r = |g|/(|g| + ε) and Φ(g) = |g| − ε·log(1 + |g|/ε);
-  c = [(a₁ − a₂)|g| + ε(a₁ + ½)]/(|g| + ε).
+  c = [(a₁ − a₂)|g| + ε(a₁ + ½)]/(|g| + ε). ψ = |g| + ε has a kink where a
+  component of g crosses 0; the expansion holds away from such crossings.
 
-(★) is the paper's full-batch result (their Theorem for Adam, with RMSProp
-the case β = 0): the h-term penalizes the perturbed one-norm where c > 0 and
-hinders its decrease ("anti-penalizes") where c < 0. Sign of c
+(★) is the full-batch modified equation of Cattaneo et al. (RMSProp the case
+β = 0), written in this module's notation and derived as above; the order
+test in ``tests/test_modified_equations.py`` is its check. The h-term
+penalizes the perturbed one-norm where c > 0 and hinders its decrease
+("anti-penalizes") where c < 0, the paper's dichotomy. Sign of c
 (:func:`one_norm_coeff`):
 
 - c → a₁ − a₂ = β₁/(1−β₁) − β₂/(1−β₂) when √ε ≪ |∂_iL| (r → 1): negative
