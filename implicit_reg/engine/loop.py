@@ -22,6 +22,16 @@ the schedule its runs share:
   atomically. :func:`train_loop` called again with the same checkpoints
   continues from the last one, and the run ends exactly as an uninterrupted
   one would (same floating-point operations on the same values).
+- losses: ``stepper.step()`` returns each live member's batch loss L(θ_t) as a
+  float or a tensor on the model's device (a dict member → loss, or one 1-D
+  tensor over ``stepper.live``). The loop keeps them there and reads them, in
+  step order, at most ``sync_every`` steps apart and always before an
+  evaluation, a probe, a checkpoint and the end of the budget (one host
+  transfer per member, not one per step). A member whose loss at step t
+  diverged is recorded as diverging at t wherever it is read; until the read
+  it trains on for at most ``sync_every − 1`` steps (their results are
+  dropped; the live members' numbers do not depend on ``sync_every``). The
+  full-batch ``target_train_loss`` and ``checkpoint=True`` read every step.
 """
 
 from __future__ import annotations
@@ -44,6 +54,7 @@ from .record import RunResult, build_summary, failed_result
 __all__ = [
     "Track",
     "Checkpoints",
+    "SYNC_EVERY",
     "is_diverged",
     "step_budget",
     "train_loop",
@@ -54,6 +65,10 @@ __all__ = [
 def is_diverged(loss: float, bound: float) -> bool:
     """The divergence rule: a NaN or infinite loss, or one above ``bound`` (``max_loss``)."""
     return not math.isfinite(loss) or loss > bound
+
+
+#: the most optimizer steps between two reads of the losses by the host (:func:`train_loop`)
+SYNC_EVERY = 32
 
 
 def step_budget(config: RunConfig, n_train: int) -> tuple[int, int]:
@@ -167,19 +182,45 @@ def train_loop(
     checkpoints: Checkpoints | None = None,
     checkpoint_extra: dict[str, Any] | None = None,
     raise_errors: bool = False,
+    sync_every: int = 1,
 ) -> None:
     """Train the stepper's members for at most ``budget`` steps through their shared
     schedule, filling ``tracks`` (one per member, in member order); see the module
-    docstring. ``checkpoint_extra`` is stored in every checkpoint beside the state."""
-    _Schedule(stepper, list(tracks), budget, loss_fn, raise_errors).run(
+    docstring. ``checkpoint_extra`` is stored in every checkpoint beside the state.
+    ``sync_every``: the most steps between two reads of the losses (module docstring,
+    "losses"); 1 reads every step's loss at that step."""
+    if isinstance(sync_every, bool) or not isinstance(sync_every, int) or sync_every < 1:
+        raise ValueError(f"sync_every must be an integer >= 1, got {sync_every!r}")
+    _Schedule(stepper, list(tracks), budget, loss_fn, raise_errors, sync_every).run(
         checkpoints, checkpoint_extra or {}
     )
+
+
+def _loss_table(pending: list, live: list[int]) -> dict[int, list[float]]:
+    """Each live member's losses, in step order, from what ``stepper.step()`` returned at
+    each step since the last sync: a dict member → loss (a float or a 0-dim tensor), or
+    one 1-D tensor over the live members in ``live`` order. One host transfer per member
+    (per sync for the 1-D form)."""
+    with torch.no_grad():
+        if isinstance(pending[0], torch.Tensor):
+            rows = torch.stack(pending).tolist()  # [steps][live members]
+            return {m: [row[j] for row in rows] for j, m in enumerate(live)}
+        table = {}
+        for m in live:
+            column = [losses[m] for losses in pending if m in losses]
+            if column and isinstance(column[0], torch.Tensor):
+                column = torch.stack(column).tolist()
+            table[m] = [float(v) for v in column]
+        return table
 
 
 class _Schedule:
     """The state of one :func:`train_loop` call: the stepper, the tracks, the step."""
 
-    def __init__(self, stepper, tracks: list[Track], budget: int, loss_fn, raise_errors: bool):
+    def __init__(
+        self, stepper, tracks: list[Track], budget: int, loss_fn, raise_errors: bool,
+        sync_every: int = 1,
+    ):  # fmt: skip
         self.stepper, self.tracks, self.budget = stepper, tracks, budget
         self.loss_fn, self.raise_errors = loss_fn, raise_errors
         self.cfg = tracks[0].config  # the schedule's fields are shared by all members
@@ -187,13 +228,28 @@ class _Schedule:
         self.with_state = bool(self.probe_names) and _probes_take_state()
         self.hashes = [t.config.config_hash() for t in tracks]
         self.step = 0
+        self.sync_every = sync_every
+        self.checkpoint_every = 0
+        self.pending: list = []  # what stepper.step() returned since the last sync
+        self.next_sync = 0
 
     def run(self, checkpoints: Checkpoints | None, extra: dict[str, Any]) -> None:
+        self.checkpoint_every = checkpoints.every if checkpoints is not None else 0
+        if any(
+            t.config.checkpoint
+            or (self.cfg.batch_size is None and t.config.target_train_loss is not None)
+            for t in self.tracks
+        ):
+            # every loss is read at its own step: the full-batch target stops a run at the
+            # step that reached it, and the checkpoint.pt of a diverged run holds the state
+            # it stopped with (a mid-run checkpoint step is a sync step anyway)
+            self.sync_every = 1
         saved = checkpoints.latest(self.hashes) if checkpoints is not None else None
         if saved is not None:
             self.resume(saved)
         else:
             self.start()
+        self.next_sync = self.due_sync()
         while self.stepper.live and self.step < self.budget:
             self.advance()
             if checkpoints is not None and self.step % checkpoints.every == 0 and self.stepper.live:
@@ -218,21 +274,21 @@ class _Schedule:
         self.stepper.retire(stopped)
 
     def advance(self) -> None:
-        """One step of every live member, then its evaluation, probes and stopping rules."""
-        losses = self.stepper.step()
+        """One step of every live member; at a sync step (:meth:`due_sync`) the losses
+        since the last one are read and checked, then evaluation, probes and stopping."""
+        try:
+            self.pending.append(self.stepper.step())  # losses stay on the device until sync
+        except Exception:
+            if self.pending:  # a member that diverged since the last sync may be the cause
+                self.sync()
+                if not self.stepper.live:
+                    return
+            raise
         self.step += 1
-        step, reached, stopped = self.step, set(), []
-        for i, loss in losses.items():
-            track = self.tracks[i]
-            if is_diverged(loss, track.config.max_loss):
-                track.diverge(step - 1, loss)  # the step whose loss it was
-                stopped.append(i)
-                continue
-            track.step = step
-            target = track.config.target_train_loss
-            if self.cfg.batch_size is None and target is not None and loss <= target:
-                reached.add(i)  # the full-batch loss L(θ_t) reached the target
-        self.stepper.retire(stopped)
+        if self.step < self.next_sync:
+            return
+        reached = self.sync()
+        step = self.step
         due = step % self.cfg.eval_every == 0 or step == self.budget
         to_eval = [i for i in self.stepper.live if due or i in reached]
         if to_eval:
@@ -247,6 +303,46 @@ class _Schedule:
             for i in list(self.stepper.live):
                 self.probe(i, step)
         self.stop_at_target(reached)
+
+    def due_sync(self) -> int:
+        """The next step at which the losses are read: after ``sync_every`` steps, and
+        at every evaluation, probe and checkpoint step and at the end of the budget."""
+        step, due = self.step, [self.budget, self.step + self.sync_every]
+        for every in (self.cfg.eval_every, self.cfg.probe_every, self.checkpoint_every):
+            if every:
+                due.append((step // every + 1) * every)
+        return min(due)
+
+    def sync(self) -> set[int]:
+        """Read the losses of the steps since the last sync (one host transfer per
+        member), in step order: a member whose loss at step t diverged
+        (:func:`is_diverged`) ends there (``diverged_at`` = t, its last good step t);
+        the others have trained to the current step. Returns the members whose
+        full-batch loss reached ``target_train_loss`` (read at every step then)."""
+        first = self.step - len(self.pending)  # the iterate θ_first gave the first loss
+        live = list(self.stepper.live)
+        table = _loss_table(self.pending, live)
+        self.pending = []
+        self.next_sync = self.due_sync()
+        reached, stopped = set(), []
+        for i in live:
+            track = self.tracks[i]
+            bound, target = track.config.max_loss, track.config.target_train_loss
+            if not table[i]:
+                continue
+            for j, loss in enumerate(table[i]):
+                if is_diverged(loss, bound):
+                    track.diverge(first + j, loss)  # the step whose loss it was
+                    track.step = first + j
+                    stopped.append(i)
+                    break
+            else:
+                track.step = self.step
+                last = table[i][-1]
+                if self.cfg.batch_size is None and target is not None and last <= target:
+                    reached.add(i)  # the full-batch loss L(θ_t) reached the target
+        self.stepper.retire(stopped)
+        return reached
 
     def check(self, i: int, step: int, loss: float, reached: set[int]) -> bool:
         """Divergence and target of member i at an evaluated loss; True if it diverged."""

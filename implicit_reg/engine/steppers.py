@@ -4,7 +4,9 @@ A stepper trains M ≥ 1 runs of one schedule and answers, for its live
 members (ids ``0..M-1`` still training):
 
 - :meth:`step`: one optimizer step each; the batch loss L(θ_t) at the
-  iterate before the step, per member;
+  iterate before the step, per member: a dict member → loss (a float or a
+  0-dim tensor left on the device, which the loop reads every few steps) or one
+  1-D tensor over :attr:`live` (see :mod:`implicit_reg.engine.loop`, "losses");
 - :meth:`evaluate`: the base metrics (:data:`~implicit_reg.engine.config.BASE_METRICS`)
   at the current iterate: train/test loss and error in eval mode, ‖∇L‖² over
   the full training set, ‖θ‖, ‖θ − θ₀‖ over the trainable parameters (and
@@ -47,6 +49,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..core.hvp import check_scalar_loss
 from ..core.modified_gradient import flat_norm
 from ..core.objective import (
     full_gradient,
@@ -84,17 +87,32 @@ class SerialStepper:
             self.order = MinibatchOrder(data.n_train, config.batch_size, gen)
         self.live = [0]
         self.steps_done = 0
+        # the direct step (one forward, one backward on the model itself) is the chunked
+        # full_gradient's arithmetic whenever the batch is one chunk and the model has no
+        # buffers (full_gradient runs on copies of them, so BatchNorm statistics never move)
+        self._direct = config.optimizer in ("gd", "sgd") and not any(True for _ in model.buffers())
+        self._x, self._y = data.x_train, data.y_train
 
     size = 1
 
     def _batch(self) -> tuple[Tensor, Tensor]:
         if self.order is None:
             return self.data.train
-        idx = next(self.order).to(self.data.x_train.device)
-        return self.data.x_train[idx], self.data.y_train[idx]
+        idx = next(self.order)  # drawn on the CPU
+        if self._x.device.type != "cpu":
+            idx = idx.to(self._x.device)
+        # x[idx]'s rows; index_select skips advanced indexing's dispatch (half the time)
+        return self._x.index_select(0, idx), self._y.index_select(0, idx)
 
-    def step(self) -> dict[int, float]:
-        loss = float(_gradient_step(self.config, self.opt, self.model, self.loss_fn, self._batch()))
+    def step(self) -> dict[int, Tensor]:
+        """One optimizer step; ``{0: L(θ_t)}`` as a 0-dim tensor on the model's device
+        (no host sync: the loop reads it when it checks divergence)."""
+        batch = self._batch()
+        chunk = self.config.chunk_size
+        if self._direct and (chunk is None or chunk >= len(batch[0])):
+            loss = _direct_step(self.opt, self.model, self.loss_fn, self.params, batch)
+        else:
+            loss = _gradient_step(self.config, self.opt, self.model, self.loss_fn, batch)
         self.steps_done += 1
         every = self.config.lr_decay_every
         if every and self.steps_done % every == 0:
@@ -154,6 +172,31 @@ def batch_chunks(
     return [
         (len(x) / n, lambda x=x, y=y: loss_fn(model(x), y)) for x, y in iter_chunks(batch, size)
     ]
+
+
+def _direct_step(
+    opt: torch.optim.Optimizer,
+    model: nn.Module,
+    loss_fn: nn.Module,
+    params: list[Tensor],
+    batch: tuple[Tensor, Tensor],
+) -> Tensor:
+    """GD/SGD on a batch that is one chunk, for a model without buffers: ``.grad`` =
+    ∇L(θ) of the batch mean by one forward and one backward on the model itself, then
+    ``opt.step()``; returns L(θ) (detached, on the model's device).
+
+    The same floating-point operations as :func:`_gradient_step`'s chunked
+    :func:`~implicit_reg.core.objective.full_gradient` (its one chunk's weight n/N is
+    1.0 and its accumulator starts at 0: both exact), without the per-step
+    ``functional_call`` and parameter walks.
+    """
+    x, y = batch
+    loss = check_scalar_loss(loss_fn(model(x), y), "loss_fn's (mean-reduced) loss")
+    grads = torch.autograd.grad(loss, params, materialize_grads=True)
+    for p, g in zip(params, grads):
+        p.grad = g
+    opt.step()
+    return loss.detach()
 
 
 def _gradient_step(
@@ -319,8 +362,7 @@ class EnsembleStepper:
         ``live`` order on the device (fast path; the loop reads it at its next sync) or
         ``{member: loss}``."""
         if self.fast:
-            live = list(self.ens.live)
-            return dict(zip(live, self.ens.step().tolist()))
+            return self.ens.step()
         return {m: row["loss"] for m, row in self.ens.step().items()}
 
     def evaluate(self, members: Sequence[int]) -> dict[int, dict[str, float]]:

@@ -22,7 +22,7 @@ from pathlib import Path
 from ..workloads.losses import OneHotMSELoss, make_loss
 from .checkpoint import to_bytes
 from .config import RunConfig
-from .loop import Checkpoints, Track, results_of, step_budget, train_loop
+from .loop import SYNC_EVERY, Checkpoints, Track, results_of, step_budget, train_loop
 from .optimizers import build_optimizer
 from .record import (
     STATUSES,
@@ -111,7 +111,7 @@ def train_one(
     budget, _ = step_budget(config, data.n_train)
     train_loop(
         stepper, tracks, budget=budget, loss_fn=loss_fn, checkpoints=checkpoints,
-        checkpoint_extra=about, raise_errors=raise_errors,
+        checkpoint_extra=about, raise_errors=raise_errors, sync_every=SYNC_EVERY,
     )  # fmt: skip
     if checkpoints is not None:
         checkpoints.prune(config.keep_checkpoints)
