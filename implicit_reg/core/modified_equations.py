@@ -180,7 +180,8 @@ def heavy_ball_coeff(lr: float, beta: float) -> float:
 
     Ghosh et al., ICLR 2023: L̃ = L + μ‖∇L‖², followed at the effective step
     h/(1−β); μ = (1+β)/(1−β) · h_eff/4 with
-    :func:`~.regularizers.momentum_implicit_factor` the first factor.
+    :func:`~.regularizers.momentum_implicit_factor` the first factor. The
+    explicit term is ``gradient_norm_penalty(loss, params, coeff=μ)``.
     """
     h_eff = heavy_ball_effective_lr(lr, beta)
     return momentum_implicit_factor(beta) * h_eff / 4.0
