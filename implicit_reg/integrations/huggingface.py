@@ -235,10 +235,12 @@ class ClosureTrainer(Trainer):
         inputs = self._prepare_inputs(inputs)
 
         first: list[Tensor] = []  # the loss at the pre-step θ (the closure's first call)
+        # (transformers < 4.46 has no num_items_in_batch)
+        kw = {} if num_items_in_batch is None else {"num_items_in_batch": num_items_in_batch}
 
         def closure():  # L(θ) on this batch, without backward(): the optimizer differentiates it
             with self.compute_loss_context_manager():
-                loss = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
+                loss = self.compute_loss(model, inputs, **kw)
             if not first:
                 first.append(loss.detach())
             return loss
