@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from implicit_reg.core.objective import trainable_named_params
 from implicit_reg.probes import (
+    DEFAULT_BLOCK_MEMORY,
     FisherOperator,
     GGNOperator,
     HessianOperator,
@@ -25,6 +26,7 @@ from implicit_reg.probes import (
 )
 from implicit_reg.probes.density import _Runs
 from implicit_reg.probes.eigen import _Krylov
+from implicit_reg.probes.operator import COPIES_PER_COLUMN, block_size_for
 
 F64 = torch.float64
 
@@ -108,11 +110,14 @@ def dense(op):
 # ------------------------------------------------------------------ matmat
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("method", ["double_backward", "vjp", "jvp"])
-def test_matmat_equals_stacked_matvec_and_explicit_hessian(kind, method):
+@pytest.mark.parametrize("product", ["loop", "vmap"])
+def test_matmat_equals_stacked_matvec_and_explicit_hessian(kind, method, product):
     model, loss_fn, X, y = build(kind)
     if method == "jvp" and isinstance(loss_fn, nn.MSELoss):
         loss_fn = lambda o, t: ((o - t) ** 2).mean()  # noqa: E731  (torch's jvp/mse bug)
-    op = HessianOperator(model, loss_fn, (X, y), chunk_size=15, method=method, block_size=4)
+    op = HessianOperator(
+        model, loss_fn, (X, y), chunk_size=15, method=method, block_size=4, product=product
+    )
     V = torch.randn(op.dim, 9, generator=torch.Generator().manual_seed(2), dtype=F64)
     before = op.n_hvp
     M = op.matmat(V)
@@ -163,7 +168,33 @@ def test_matmat_rejects_bad_shapes_and_block_sizes():
         op.matmat(torch.zeros(op.dim + 1, 2, dtype=F64))
     with pytest.raises(ValueError, match="block_size"):
         HessianOperator(model, loss_fn, (X, y), block_size=0)
+    with pytest.raises(ValueError, match="block_memory"):
+        HessianOperator(model, loss_fn, (X, y), block_memory=0)
+    with pytest.raises(ValueError, match="product"):
+        HessianOperator(model, loss_fn, (X, y), product="batched")
     assert op.matmat(torch.zeros(op.dim, 0, dtype=F64)).shape == (op.dim, 0)
+
+
+def test_block_size_comes_from_the_memory_budget():
+    model, loss_fn, X, y = build("tanh_ce")
+    op = HessianOperator(model, loss_fn, (X, y))
+    per_column = COPIES_PER_COLUMN * op.dim * 8  # float64
+    assert op.block_size == DEFAULT_BLOCK_MEMORY // per_column
+    assert op.block_size >= 99  # an estimator's columns go in one pass on small models
+    assert block_size_for(op.dim, F64, 10 * per_column + 1) == 10
+    assert block_size_for(op.dim, torch.float32, 10 * per_column) == 20  # half the bytes
+    assert block_size_for(op.dim, F64, 1) == 1  # never below one column
+    small = HessianOperator(model, loss_fn, (X, y), block_memory=3 * per_column)
+    assert small.block_size == 3
+    assert HessianOperator(model, loss_fn, (X, y), block_size=2, block_memory=1).block_size == 2
+    for curv in (GGNOperator, FisherOperator):
+        assert curv(model, loss_fn, (X, y), block_memory=3 * per_column).block_size == 3
+    # a budget of 3 columns: 7 columns take ⌈7/3⌉ = 3 passes, same product as one pass
+    V = torch.randn(op.dim, 7, generator=torch.Generator().manual_seed(0), dtype=F64)
+    passes = []
+    small._terms = lambda f=small._terms: (passes.append(1), f())[1]
+    torch.testing.assert_close(small.matmat(V), op.matmat(V), rtol=1e-12, atol=1e-14)
+    assert len(passes) == 3
 
 
 # ------------------------------------------------------------------ block solvers

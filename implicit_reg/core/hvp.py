@@ -60,7 +60,11 @@ def check_scalar_loss(loss: Tensor, what: str = "the loss") -> Tensor:
 
 
 def hvp_of_graph(
-    grads: Sequence[Tensor], params: Sequence[Tensor], vec: Sequence[Tensor]
+    grads: Sequence[Tensor],
+    params: Sequence[Tensor],
+    vec: Sequence[Tensor],
+    *,
+    retain_graph: bool = False,
 ) -> Params:
     """H v from gradients g = ∇L that still carry their graph: H v = ∇_θ(g·v).
 
@@ -68,6 +72,9 @@ def hvp_of_graph(
     when the caller already ran ``loss.backward(create_graph=True)`` and
     ``.grad`` holds g with its graph. A g without a graph is constant in θ
     (its rows of H are zero). Returns detached tensors shaped like ``params``.
+    ``retain_graph=True`` keeps g's graph for further directions: the forward
+    pass and first backward are then paid once for many products H v_1, H v_2, …
+    (the looped block product of :class:`implicit_reg.probes.operator.HessianOperator`).
     """
     params = tuple(params)
     needs = [g.requires_grad for g in grads]
@@ -79,6 +86,7 @@ def hvp_of_graph(
             params,
             grad_outputs=[x.detach() for x, n in zip(vec, needs) if n],
             allow_unused=True,
+            retain_graph=retain_graph,
         )
     return tuple(torch.zeros_like(p) if h is None else h.detach() for h, p in zip(hv, params))
 

@@ -45,7 +45,7 @@ from .flatness import (
 )
 from .layers import format_table, layer_table
 from .operator import (
-    DEFAULT_BLOCK_SIZE,
+    DEFAULT_BLOCK_MEMORY,
     CurvatureOperator,
     HessianOperator,
     MatrixOperator,
@@ -70,7 +70,7 @@ __all__ = [
     "GGNOperator",
     "FisherOperator",
     "FISHER_KINDS",
-    "DEFAULT_BLOCK_SIZE",
+    "DEFAULT_BLOCK_MEMORY",
     "select_params",
     "module_groups",
     "layer_table",

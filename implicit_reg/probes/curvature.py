@@ -105,10 +105,12 @@ class GGNOperator(_OutputSpaceOperator):
         seed: int = 0,
         params: Selection = None,
         block_size: int | None = None,
+        block_memory: int | None = None,
         batch_loss: BatchLoss | None = None,
     ):
         super().__init__(
             model, loss_fn, data, params=params, chunk_size=chunk_size, block_size=block_size,
+            block_memory=block_memory,
             mode=mode, seed=seed, batch_loss=batch_loss,
         )  # fmt: skip
 
@@ -169,6 +171,7 @@ class FisherOperator(_OutputSpaceOperator):
         seed: int = 0,
         params: Selection = None,
         block_size: int | None = None,
+        block_memory: int | None = None,
         batch_loss: BatchLoss | None = None,
     ):
         if kind not in FISHER_KINDS:
@@ -184,6 +187,7 @@ class FisherOperator(_OutputSpaceOperator):
         self.kind, self.mc_samples, self.likelihood = kind, mc_samples, likelihood
         super().__init__(
             model, loss_fn, data, params=params, chunk_size=chunk_size, block_size=block_size,
+            block_memory=block_memory,
             mode=mode, seed=seed, batch_loss=batch_loss,
         )  # fmt: skip
 

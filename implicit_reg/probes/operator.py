@@ -20,12 +20,28 @@ Only parameters with ``requires_grad=True`` are ever measured.
 
 Batched products. ``matmat(V)`` for V of shape ``(dim, b)`` splits the
 columns into blocks of at most ``block_size`` and computes each block in one
-pass over the data: :func:`torch.func.vmap` over the one HVP (its ``"vjp"``
-form, reverse-over-reverse like ``"double_backward"``; ``"jvp"`` when that
-is the operator's method). Inside the vmap the forward pass and the first
-backward do not depend on the vectors and run once; only the second backward
-is batched. Peak memory is set by chunk size × block size, never by N.
-``n_hvp`` counts products per vector (a block of b costs b).
+pass over the data. The block size comes from a memory budget: as many
+columns as fit in ``block_memory`` bytes (default :data:`DEFAULT_BLOCK_MEMORY`)
+at :data:`COPIES_PER_COLUMN` flat vectors of the parameters' dtype each, so an
+estimator's columns (Hutch++'s 33, SLQ's runs) go in one pass whenever they
+fit; ``block_size`` overrides it. Peak memory is set by chunk size × block
+size, never by N. ``n_hvp`` counts products per vector (a block of b costs b).
+
+How :class:`HessianOperator` computes a block on a chunk (``product``):
+
+- ``"loop"`` (default): one forward pass and one first backward with its
+  graph kept, then one second backward per column,
+  H v_j = ∇_θ(g·v_j) (:func:`implicit_reg.core.hvp.hvp_of_graph` with
+  ``retain_graph``). A block of b costs 1 forward + 1 backward + b second
+  backwards instead of b of each, so a column of ``matmat`` is never dearer
+  than a ``matvec`` (for b = 1 they are the same computation).
+- ``"vmap"``: :func:`torch.func.vmap` over the one HVP (its ``"vjp"`` form;
+  ``"jvp"`` when that is the operator's method). Also runs the forward and
+  first backward once, but batches the second backward through vmap's
+  batching rules. ``benchmarks/bench_probes_batched.py`` measures both: on CPU
+  the loop was as fast or faster on every model measured (the MLPs and the
+  BatchNorm CNN of issue 19, where vmap over convolution backward costs
+  several times a loop), so it is the default and vmap is opt-in.
 
 Lanczos, Hutchinson and the density see only the flat-vector interface
 (``matvec``, ``matmat``, ``dim``, ``dtype``, ``device``, ``n_hvp``); they
@@ -46,7 +62,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import vmap
 
-from ..core.hvp import DEFAULT_METHOD, check_method, grad_and_hvp
+from ..core.hvp import DEFAULT_METHOD, check_method, check_scalar_loss, grad_and_hvp, hvp_of_graph
 from .batches import BatchLoss, Term, check_data, loss_terms
 from .selection import Selection, select_params
 from .state import DEFAULT_MODE, check_mode, preserved, seeded_rng
@@ -57,15 +73,33 @@ __all__ = [
     "MatrixOperator",
     "as_linear_operator",
     "apply_block",
-    "DEFAULT_BLOCK_SIZE",
+    "block_size_for",
+    "DEFAULT_BLOCK_MEMORY",
+    "COPIES_PER_COLUMN",
+    "PRODUCTS",
 ]
 
-#: vectors per batched pass of ``matmat`` (peak memory ∝ chunk size × block size).
-#: CPU time per vector, one thread, against one ``matvec`` each (2.05 ms and 79 ms):
-#: MLP 10-32-32-4 on 512 samples 1.26 / 0.94 / 0.83 / 0.90 ms at blocks 4 / 8 / 16 / 32,
-#: MLP 40-256-256-10 on 2,000 samples 58 / 58 / 74 ms at blocks 4 / 8 / 16 (wider
-#: blocks fall out of cache). 8 is near the best for both.
-DEFAULT_BLOCK_SIZE = 8
+#: bytes of vector storage one ``matmat`` block may use (512 MiB). With the
+#: default looped product a block's memory beyond one chunk's graph is its
+#: vectors alone, so this budget is what bounds it: 33 columns of Hutch++ need
+#: 1.2 MiB on a 1.5k-parameter MLP, 124 MiB on a 78k-parameter one.
+DEFAULT_BLOCK_MEMORY = 512 * 2**20
+
+#: flat vectors of the parameters' dtype held per column of a block: the block
+#: itself, its per-parameter copy, the accumulator, the block's result and the
+#: concatenated result (``vmap`` adds one chunk's activations per column).
+COPIES_PER_COLUMN = 5
+
+#: how :class:`HessianOperator` computes a block (see the module docstring).
+PRODUCTS = ("loop", "vmap")
+
+
+def block_size_for(dim: int, dtype: torch.dtype, block_memory: int | None = None) -> int:
+    """Columns per ``matmat`` block that fit ``block_memory`` bytes (default
+    :data:`DEFAULT_BLOCK_MEMORY`): ⌊budget / (COPIES_PER_COLUMN·dim·itemsize)⌋, at least 1."""
+    budget = DEFAULT_BLOCK_MEMORY if block_memory is None else block_memory
+    per_column = COPIES_PER_COLUMN * dim * torch.empty((), dtype=dtype).element_size()
+    return max(1, budget // per_column)
 
 
 def _check_positive_int(name: str, value, allow_none: bool = True):
@@ -103,8 +137,10 @@ class CurvatureOperator:
             :mod:`implicit_reg.probes.selection`); None: all trainable ones.
         chunk_size: rows per physical chunk for a tensor pair (None: one
             chunk). An iterable's batches are the chunks.
-        block_size: most vectors per batched pass of :meth:`matmat`
-            (default :data:`DEFAULT_BLOCK_SIZE`).
+        block_size: most vectors per batched pass of :meth:`matmat`; None:
+            as many as fit ``block_memory`` (:func:`block_size_for`).
+        block_memory: bytes of vector storage per block when ``block_size``
+            is None (default :data:`DEFAULT_BLOCK_MEMORY`).
         mode: ``"eval"`` (default: dropout off, BatchNorm running statistics)
             or ``"train"`` (dropout masks re-drawn from ``seed`` on every pass,
             so the matrix is still one fixed operator; BatchNorm uses chunk
@@ -130,6 +166,7 @@ class CurvatureOperator:
         params: Selection = None,
         chunk_size: int | None = None,
         block_size: int | None = None,
+        block_memory: int | None = None,
         mode: str = DEFAULT_MODE,
         seed: int = 0,
         batch_loss: BatchLoss | None = None,
@@ -137,6 +174,7 @@ class CurvatureOperator:
         check_mode(mode)
         _check_positive_int("chunk_size", chunk_size)
         _check_positive_int("block_size", block_size)
+        _check_positive_int("block_memory", block_memory)
         if (loss_fn is None) == (batch_loss is None):
             raise ValueError(
                 "give exactly one of loss_fn (for (inputs, targets) data) and batch_loss"
@@ -152,12 +190,14 @@ class CurvatureOperator:
         self.model, self.loss_fn, self.batch_loss = model, loss_fn, batch_loss
         self.data = check_data(data, first.device, batch_loss)
         self.chunk_size, self.mode, self.seed = chunk_size, mode, seed
-        self.block_size = DEFAULT_BLOCK_SIZE if block_size is None else block_size
         self.names = list(named)
         self.shapes = [p.shape for p in named.values()]
         self.numels = [p.numel() for p in named.values()]
         self.dim = sum(self.numels)
         self.dtype, self.device = first.dtype, first.device
+        self.block_size = (
+            block_size_for(self.dim, self.dtype, block_memory) if block_size is None else block_size
+        )
         self.n_hvp = 0
         self.n_grad = 0
         self.n_loss = 0
@@ -300,11 +340,14 @@ class CurvatureOperator:
 class HessianOperator(CurvatureOperator):
     """H = ∇²L(θ_S) of the full-data mean loss, on flat vectors of length ``dim``.
 
-    Takes the arguments of :class:`CurvatureOperator` and ``method``, the HVP
+    Takes the arguments of :class:`CurvatureOperator`, ``method``, the HVP
     form (one of :data:`implicit_reg.core.hvp.HVP_METHODS`) used by
-    :meth:`matvec`; :meth:`matmat` runs the same HVP under ``vmap`` in its
-    ``"vjp"`` form (``"jvp"`` when ``method="jvp"``), equal to stacked
-    ``matvec`` to rounding (``tests/test_probes_batched.py``).
+    :meth:`matvec`, and ``product``, how :meth:`matmat` computes a block (one
+    of :data:`PRODUCTS`; default ``"loop"``: one forward and first backward
+    per chunk, one second backward per column; ``"vmap"``: the HVP under
+    ``vmap``). With ``method="jvp"`` the loop is one forward-over-reverse HVP
+    per column. Both equal stacked ``matvec`` to rounding
+    (``tests/test_probes_batched.py``).
     """
 
     def __init__(
@@ -319,17 +362,21 @@ class HessianOperator(CurvatureOperator):
         seed: int = 0,
         params: Selection = None,
         block_size: int | None = None,
+        block_memory: int | None = None,
+        product: str = "loop",
         batch_loss: BatchLoss | None = None,
     ):
         check_method(method)
-        self.method = method
+        if product not in PRODUCTS:
+            raise ValueError(f"unknown product {product!r}; choose one of {', '.join(PRODUCTS)}")
+        self.method, self.product = method, product
         super().__init__(
             model, loss_fn, data, params=params, chunk_size=chunk_size, block_size=block_size,
-            mode=mode, seed=seed, batch_loss=batch_loss,
+            block_memory=block_memory, mode=mode, seed=seed, batch_loss=batch_loss,
         )  # fmt: skip
 
     def _leaves(self, params: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-        if self.method == "double_backward":
+        if self.method == "double_backward" or (self.product == "loop" and self.method == "vjp"):
             return tuple(p.detach().requires_grad_(True) for p in params)
         return tuple(p.detach() for p in params)
 
@@ -347,6 +394,8 @@ class HessianOperator(CurvatureOperator):
         return self.flatten(acc) / self.n_samples
 
     def _block_product(self, term: Term, params, vs):
+        if self.product == "loop":
+            return self._looped_product(term, params, vs)
         method = "jvp" if self.method == "jvp" else "vjp"
         primals = tuple(p.detach() for p in params)
 
@@ -354,6 +403,25 @@ class HessianOperator(CurvatureOperator):
             return grad_and_hvp(term.loss, primals, v, method=method)[1]
 
         return vmap(one, randomness="same")(*vs)
+
+    def _looped_product(self, term: Term, params, vs):
+        """H v_j for each row j of the block: the chunk's forward and first backward once,
+        then one second backward per column through the kept graph."""
+        b = vs[0].shape[0]
+        if self.method == "jvp":  # forward-over-reverse has no graph to share
+            rows = [grad_and_hvp(term.loss, params, [v[j] for v in vs], method="jvp")[1]
+                    for j in range(b)]  # fmt: skip
+            return tuple(torch.stack(r) for r in zip(*rows))
+        out = tuple(torch.empty_like(v) for v in vs)
+        with torch.enable_grad():
+            loss = check_scalar_loss(term.loss(params))
+            grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+            grads = tuple(torch.zeros_like(p) if g is None else g for g, p in zip(grads, params))
+            for j in range(b):
+                hv = hvp_of_graph(grads, params, [v[j] for v in vs], retain_graph=j + 1 < b)
+                for o, h in zip(out, hv):
+                    o[j] = h
+        return out
 
 
 class MatrixOperator:

@@ -70,7 +70,7 @@ DEFAULT_OPTIONS: dict[str, object] = {
     "sigma": 1e-2,  # std of the Gaussian weight perturbation
     "gaussian_samples": 10,  # antithetic pairs (two losses each)
     "params": None,  # parameters the curvature probes measure (see probes.selection); None: all
-    "block_size": None,  # vectors per batched product; None: operator.DEFAULT_BLOCK_SIZE
+    "block_size": None,  # vectors per batched product; None: as fit operator.DEFAULT_BLOCK_MEMORY
     "batch_loss": None,  # (model, batch) -> (mean loss, batch size) for batches not (x, y)
     "fisher_kind": "exact",  # "exact", "mc" or "empirical" for the fisher_* probes
     "fisher_mc_samples": 1,  # targets drawn per sample when fisher_kind="mc"
