@@ -42,6 +42,7 @@ def main(
 
 
 from . import demo as _demo  # noqa: E402,F401  (registers the command)
+from . import landscape as _landscape  # noqa: E402,F401  (registers the command)
 from . import plot as _plot  # noqa: E402,F401  (registers the command)
 from . import probe as _probe  # noqa: E402,F401  (registers the command)
 from . import reproduce as _reproduce  # noqa: E402,F401  (registers the command)
