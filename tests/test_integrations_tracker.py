@@ -169,18 +169,18 @@ class FakeClock:
 
 
 def _schedule(rows, train_step_seconds, every, budget, steps):
-    """The probe steps the rule P + c ≤ b·T allows, replayed from the recorded costs."""
+    """The probe steps the rule P ≤ b·T allows, replayed from the recorded costs."""
     costs = {r["step"]: r["probe_seconds"] for r in rows}
-    probed, spent, last, last_cost = [], 0.0, None, None
+    probed, spent, last = [], 0.0, None
     for s in range(steps):
         if last is not None and s - last < every:
             continue
         trained = s * train_step_seconds  # the first call starts the clock
-        if last_cost is not None and spent + last_cost > budget * trained:
+        if spent > budget * trained:
             continue
         probed.append(s)
         spent += costs[s]
-        last, last_cost = s, costs[s]
+        last = s
     return probed
 
 
@@ -208,8 +208,15 @@ def test_the_budget_spaces_the_probes_so_probing_stays_within_it():
     assert probed == _schedule(tracker.rows, step_s, every, budget, steps)
     assert 3 <= len(probed) < steps // 2, probed  # spaced, not every step, not never
     trained = steps * step_s
+    clock.now += 100.0  # after finish() the clock no longer counts as training
+    tracker.finish()
+    assert tracker.train_seconds() == pytest.approx(trained + 100.0)
+    clock.now -= 100.0
+    tracker.finish()
     assert tracker.train_seconds() == pytest.approx(trained)
-    # within budget, up to the misestimate of one probe's cost
+    clock.now += 100.0
+    assert tracker.train_seconds() == pytest.approx(trained)
+    # within budget up to one probe's cost
     slack = max(r["probe_seconds"] for r in tracker.rows)
     assert tracker.probe_seconds <= budget * trained + slack
     assert tracker.probe_seconds > budget * trained / 2  # and the budget is used

@@ -156,6 +156,10 @@ class CurvatureCallback(TrainerCallback):
         if self.tracker is not None:
             self._log(state, self.tracker.step(state.global_step))
 
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.tracker is not None:
+            self.tracker.finish()
+
     def _log(self, state, row: dict | None) -> None:
         if row is None:
             return

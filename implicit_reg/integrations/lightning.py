@@ -107,6 +107,10 @@ class CurvatureMonitor(L.Callback):
         self._seen_step = step
         self._log(trainer, self.tracker.step(step))
 
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.tracker is not None:
+            self.tracker.finish()
+
     def _log(self, trainer: L.Trainer, row: dict | None) -> None:
         if row is None:
             return

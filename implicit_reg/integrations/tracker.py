@@ -25,17 +25,19 @@ train/eval mode, buffers (BatchNorm statistics) and the global RNG
 the one it would have been without the tracker.
 
 Compute budget. With ``budget`` = b the tracker spaces its probes so that the
-time spent probing stays at most b times the time spent training, counted
-from the first call: a probe that is due by ``every`` runs only when
+time spent probing stays within b times the time spent training, counted from
+the first call: a probe that is due by ``every`` runs only when
 
-    P + c ≤ b·T,
+    P ≤ b·T,
 
 P the seconds probed so far, T the seconds trained so far (wall time since
-the first call, less P) and c the cost of the previous probe (its estimate of
-the next one). The first probe always runs. The one-time cost of the first
-HVP in a process (torch.func imports, seconds) is paid in the constructor,
-before training (``setup_seconds``). ``budget=None`` probes exactly
-every ``every`` steps (deterministic steps; the cost is still recorded).
+the first call, less P). The first probe (step 0) runs at once. So at any
+time P ≤ b·T + c, c the cost of one probe: the overhead P/T is at most b plus
+one probe's cost amortized over the run, whatever the probes cost (a cold
+Lanczos start costs several warm ones). The one-time cost of the first HVP in
+a process (torch.func imports, seconds) is paid in the constructor, before
+training (``setup_seconds``). ``budget=None`` probes exactly every ``every``
+steps (deterministic steps; the cost is still recorded).
 
 Example::
 
@@ -208,8 +210,8 @@ class CurvatureTracker:
         self.rows: list[dict] = []
         self.probe_seconds = 0.0
         self._start: float | None = None
+        self._end: float | None = None
         self._last_step: int | None = None
-        self._last_cost: float | None = None
         self._calls = 0
         # Fail now, not at the first probe, on data the operator cannot read; and pay the
         # one-time cost of the first batched product (torch.func imports torch._dynamo and
@@ -221,10 +223,12 @@ class CurvatureTracker:
 
     # ------------------------------------------------------------------ timing
     def train_seconds(self, now: float | None = None) -> float:
-        """Seconds of training so far: wall time since the first call, less probing."""
+        """Seconds of training so far: wall time from the first call (to :meth:`finish`, once
+        called), less probing."""
         if self._start is None:
             return 0.0
-        now = self.clock() if now is None else now
+        if now is None:
+            now = self.clock() if self._end is None else self._end
         return max(now - self._start - self.probe_seconds, 0.0)
 
     @property
@@ -233,13 +237,18 @@ class CurvatureTracker:
         t = self.train_seconds()
         return self.probe_seconds / t if t > 0 else (0.0 if self.probe_seconds == 0 else math.inf)
 
+    def finish(self) -> None:
+        """Stop the training clock (the end of training); a later :meth:`step` restarts it."""
+        if self._start is not None:
+            self._end = self.clock()
+
     def due(self, step: int, now: float | None = None) -> bool:
         """Whether a probe at ``step`` respects ``every`` and the budget."""
         if self._last_step is not None and step - self._last_step < self.every:
             return False
-        if self.budget is None or self._last_cost is None:
+        if self.budget is None:
             return True
-        return self.probe_seconds + self._last_cost <= self.budget * self.train_seconds(now)
+        return self.probe_seconds <= self.budget * self.train_seconds(now)
 
     # ------------------------------------------------------------------- probes
     def step(self, step: int | None = None) -> dict | None:
@@ -252,6 +261,8 @@ class CurvatureTracker:
             step = self._calls
         self._calls += 1
         now = self.clock()
+        if self._end is not None:  # training went on after finish(): count the gap as training
+            self._end = None
         if self._start is None:
             self._start = now
         if not self.due(step, now):
@@ -267,7 +278,7 @@ class CurvatureTracker:
             row = {"step": int(step), **self._measure()}
         cost = max(self.clock() - t0, 0.0)
         self.probe_seconds += cost
-        self._last_step, self._last_cost = int(step), cost
+        self._last_step = int(step)
         row["probe_seconds"] = cost
         row["overhead"] = self.overhead
         self.rows.append(row)
