@@ -51,6 +51,12 @@ from .operator import (
     MatrixOperator,
     as_linear_operator,
 )
+from .preconditioned import (
+    PreconditionedOperator,
+    adaptive_eos_threshold,
+    adaptive_preconditioner,
+    preconditioned_sharpness,
+)
 from .registry import DEFAULT_OPTIONS, PROBES, WARM_KEYS, run_probes
 from .selection import module_groups, select_params
 from .slices import (
@@ -84,6 +90,10 @@ __all__ = [
     "arpack_eigsh",
     "power_iteration",
     "ritz_residuals",
+    "PreconditionedOperator",
+    "preconditioned_sharpness",
+    "adaptive_preconditioner",
+    "adaptive_eos_threshold",
     "default_tol",
     "TraceResult",
     "hutchinson",
