@@ -182,7 +182,7 @@ def test_failed_and_diverged_runs_are_recorded_and_the_sweep_goes_on(monkeypatch
 
 def test_process_pool_gives_the_serial_results(tmp_path):
     spec = SweepSpec(base=BASE, grid={"lr": [0.1, 0.3], "width": [3]})
-    pooled = run_sweep(spec, tmp_path / "pool", workers=2, progress=False)
+    pooled = run_sweep(spec, tmp_path / "pool", workers=2, progress=False, vectorize=False)
     assert pooled.complete == 2
     b = summaries(tmp_path / "pool")
     assert set(b) == set(pooled.hashes)
@@ -212,7 +212,7 @@ SWEEP_SCRIPT = textwrap.dedent(
                 steps=int(sys.argv[2]), width=32)
     spec = SweepSpec(base=base, grid={"lr": [0.05, 0.1, 0.2], "seed": [0, 1]})
     if __name__ == "__main__":
-        run_sweep(spec, sys.argv[1], workers=2, progress=False)
+        run_sweep(spec, sys.argv[1], workers=2, progress=False, vectorize=False)
     """
 )
 
@@ -275,7 +275,7 @@ def test_sigkill_mid_sweep_loses_no_complete_run_and_resume_finishes_it(tmp_path
         ),
         grid={"lr": [0.05, 0.1, 0.2], "seed": [0, 1]},
     )
-    report = run_sweep(spec, out, progress=False)
+    report = run_sweep(spec, out, progress=False, vectorize=False)
     assert report.skipped == len(survived) and report.done == 6 - len(survived)
     final = summaries(out)
     assert len(final) == 6 and len(list((out / "runs").iterdir())) == 6
@@ -283,3 +283,34 @@ def test_sigkill_mid_sweep_loses_no_complete_run_and_resume_finishes_it(tmp_path
     assert all(s["status"] == "complete" for s in final.values())
     for h, blob in saved.items():  # complete runs were not redone
         assert (out / "runs" / h / "summary.json").read_bytes() == blob
+
+
+def test_default_sweep_packs_widths_into_ensembles_equal_to_serial_runs(tmp_path):
+    """Without being asked, seeds, lrs, momenta and widths of one MLP family train as one
+    fast ensemble (meta.json says so); every stored number equals the run's serial
+    result in float64 (to 1e-10 relative) and the stored files have the same shape."""
+    base = dict(
+        dataset="mnist1d", n_train=200, n_test=60, label_noise=0.1, probes=[], eval_every=10,
+        epochs=3, batch_size=50, optimizer="sgd", momentum=0.9, lr=0.05, dtype="float64",
+    )  # fmt: skip
+    spec = SweepSpec(base=base, grid={"width": [3, 5, 8], "seed": [0, 1]})
+    report = run_sweep(spec, tmp_path / "vec", progress=False)
+    assert report.complete == 6
+    got = summaries(tmp_path / "vec")
+    ensembles = set()
+    for cfg in spec.configs():
+        h = cfg.config_hash()
+        meta = read_json(tmp_path / "vec" / "runs" / h / "meta.json")
+        assert "ensemble" in meta, meta
+        ensembles.add(tuple(meta["ensemble"]["runs"]))
+        ref = run(cfg, tmp_path / "serial")
+        assert set(got[h]) == set(ref.summary)
+        for key, value in ref.summary.items():
+            if isinstance(value, float) and key != "wall_time_s":
+                assert got[h][key] == pytest.approx(value, rel=1e-10, abs=1e-300), key
+            elif key != "wall_time_s":
+                assert got[h][key] == value, key
+        vec_hist = (tmp_path / "vec" / "runs" / h / "history.csv").read_text().splitlines()
+        ser_hist = (tmp_path / "serial" / h / "history.csv").read_text().splitlines()
+        assert len(vec_hist) == len(ser_hist) and vec_hist[0] == ser_hist[0]
+    assert len(ensembles) == 1, "the three widths were not packed into one ensemble"

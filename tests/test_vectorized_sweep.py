@@ -72,8 +72,13 @@ def test_plan_groups_what_can_share_an_ensemble():
     configs.append(configs[0].replace(checkpoint=True))  # per-run optimizer state: serial
     configs.append(configs[0].replace(depth=3))  # alone in its group: serial
     plan = plan_sweep(configs)
-    assert [len(g) for g in plan.groups] == [6, 6]
-    for g in plan.groups:
+    # GD on an MLP trains stacked: the two widths share one pack
+    assert [len(g) for g in plan.groups] == [12]
+    assert {c.width for c in plan.groups[0]} == {4, 8}
+    egr = [c.replace(optimizer="egr") for c in configs[:-2]]  # vmap ensembles: one per width
+    by_width = plan_sweep(egr)
+    assert [len(g) for g in by_width.groups] == [6, 6]
+    for g in by_width.groups:
         assert len({(c.width, c.depth) for c in g}) == 1
     assert {c.config_hash() for c in plan.singles} == {c.config_hash() for c in configs[-2:]}
     assert group_key(configs[-2]) is None
@@ -89,14 +94,16 @@ def test_plan_groups_what_can_share_an_ensemble():
         assert group_key(configs[0].replace(width=64)) is not None  # the default: fine
     finally:
         vs.SUPPORTED_FIELDS = original
-    split = plan_sweep(configs[:6], max_members=4)
+    split = plan_sweep(egr[:6], max_members=4)
     assert [len(g) for g in split.groups] == [3, 3]
     # on CPU, groups too expensive per step to gain run alone
     assert step_flops(configs[0]) == 30 * 2 * (20 * 4 + 4 * 4 + 4 * 10)  # teacher: 20-4-4-10
-    heavy = plan_sweep(configs[:6], max_step_flops=step_flops(configs[0]) - 1)
+    heavy = plan_sweep(egr[:6], max_step_flops=step_flops(configs[0]) - 1)
     assert heavy.groups == [] and len(heavy.singles) == heavy.heavy == 6
     assert "6 of them in groups too heavy per step to gain on CPU" in heavy.line()
-    assert len(plan_sweep(configs[:6], max_step_flops=None).groups) == 1
+    assert len(plan_sweep(egr[:6], max_step_flops=None).groups) == 1
+    fast_heavy = plan_sweep(configs[:12], max_fast_step_flops=step_flops(configs[0]))
+    assert {c.width for g in fast_heavy.groups for c in g} == {4} and fast_heavy.heavy == 6
     with pytest.raises(ValueError, match="max_members must be an integer >= 2"):
         plan_sweep(configs, max_members=1)
     with pytest.raises(ValueError, match="cannot share an ensemble"):
@@ -241,9 +248,7 @@ def test_cli_vectorizes_by_default_and_no_vectorize_trains_runs_alone(tmp_path):
     grid = ["--grid", "lr=0.1,0.2,0.3", "--grid", "width=4,8"]
     res = CliRunner().invoke(app, ["sweep", *sets, *grid, "--dry-run"])
     assert res.exit_code == 0, res.output
-    assert (
-        "vectorized: 6 runs in 2 vectorized ensembles (members: 3, 3), 0 single runs" in res.output
-    )
+    assert "vectorized: 6 runs in 1 vectorized ensembles (members: 6), 0 single runs" in res.output
     outputs = {}
     for flag in ("--vectorize", "--no-vectorize"):
         out = tmp_path / flag.strip("-")
@@ -254,7 +259,7 @@ def test_cli_vectorizes_by_default_and_no_vectorize_trains_runs_alone(tmp_path):
         runs = sorted((out / "runs").iterdir())
         outputs[flag] = {d.name: read_json(d / "summary.json") for d in runs}
         ensembles = {read_json(d / "meta.json").get("ensemble", {}).get("members") for d in runs}
-        assert ensembles == ({3} if flag == "--vectorize" else {None})
+        assert ensembles == ({6} if flag == "--vectorize" else {None})  # widths 4, 8 packed
     assert outputs["--vectorize"].keys() == outputs["--no-vectorize"].keys()
     for h, vec in outputs["--vectorize"].items():
         ser = outputs["--no-vectorize"][h]

@@ -1,20 +1,30 @@
-"""Sweep planning: which runs train together as one vectorized ensemble.
+"""Sweep planning: which runs train together as one ensemble, and which widths share a pack.
 
 A sweep over learning rate, seed, label noise or EGR coefficient trains many
 runs of one architecture on one data set. :func:`plan_sweep` groups the runs
 whose configs agree on every field except :data:`MEMBER_FIELDS` (model,
-width, depth, activation, data set, sizes, task, loss, optimizer type,
-momentum, batch size, budget, evaluation and probe schedule, dtype, device,
-chunk size, …); each group of two or more is trained as one ensemble
+depth, activation, data set, sizes, task, loss, update rule, batch size,
+budget, evaluation and probe schedule, dtype, device, chunk size, …); each
+group of two or more is trained as one ensemble
 (:func:`implicit_reg.engine.train.train_runs`), the rest one by one.
+
+Runs that the fast ensemble trains (:data:`FAST_MODELS` under GD or SGD:
+:class:`~implicit_reg.ensemble.batched.BatchedEnsemble`, at batched-matmul
+speed) may also differ in :data:`FAST_MEMBER_FIELDS`: momentum, weight decay
+and width. Runs of different widths are packed (each member padded to the
+widest of its pack, exactly inert padding): :func:`pack_widths` splits a
+group, sorted by width, into packs where padding costs less than the
+per-step overhead of one more job, by the cost model of :data:`STEP_COST`
+(measured by ``benchmarks/bench_sweep.py``).
 
 Not vectorized (trained serially with no user action): runs with
 ``checkpoint=True`` (the optimizer state is per run), runs that set a field
 outside :data:`SUPPORTED_FIELDS` (``egr_micro_batch``, ``lr_decay_every``),
 models with running statistics or dropout
 (:func:`~implicit_reg.ensemble.vectorized.check_vectorizable`), groups of one, and,
-on CPU, groups whose forward pass costs more than :data:`CPU_MAX_STEP_FLOPS`
-per member and step, where one run at a time is faster.
+on CPU, ``vmap`` groups whose forward pass costs more than :data:`CPU_MAX_STEP_FLOPS`
+per member and step, where one run at a time is faster (the fast ensemble has
+no such limit within the sizes measured: see :data:`FAST_MAX_STEP_FLOPS`).
 """
 
 from __future__ import annotations
@@ -32,6 +42,12 @@ from .workload import load_run_data
 
 __all__ = [
     "MEMBER_FIELDS",
+    "FAST_MODELS",
+    "FAST_MEMBER_FIELDS",
+    "FAST_MAX_STEP_FLOPS",
+    "STEP_COST",
+    "is_fast",
+    "pack_widths",
     "DEFAULT_MAX_MEMBERS",
     "SUPPORTED_FIELDS",
     "CPU_MAX_STEP_FLOPS",
@@ -74,11 +90,38 @@ SUPPORTED_FIELDS = frozenset(
 )
 
 
+#: the config models whose ensembles train stacked (:mod:`implicit_reg.ensemble.stacked`)
+FAST_MODELS = ("mlp", "rf_relu", "rf_fourier")
+#: fields that may differ, besides :data:`MEMBER_FIELDS`, between members of a fast ensemble
+FAST_MEMBER_FIELDS = ("momentum", "weight_decay", "width")
+#: On CPU, fast (stacked) groups above this many forward FLOPs per member and step train one
+#: run at a time. ``benchmarks/bench_sweep.py`` found the fast ensemble faster than the serial
+#: engine at every width of the MNIST-1D sweep (up to 21 MFLOP: w = 300, batch 100) and
+#: up to w = 1,200 (250 MFLOP, the largest measured); the limit sits at the largest measured.
+FAST_MAX_STEP_FLOPS = 250_000_000
+#: The cost of one optimizer step of a fast job, in seconds, on one CPU thread
+#: (``benchmarks/bench_sweep.py``, fitted over the MNIST-1D sweep's widths):
+#: ``job`` per job and step (dispatch, gather, loss), ``member`` per member and step,
+#: and ``flop`` per forward FLOP of a member's (padded) model and step (forward and backward).
+STEP_COST = {"job": 4e-4, "member": 3e-5, "flop": 1.5e-9}
+
+
+def is_fast(config: RunConfig) -> bool:
+    """Whether ``config``'s ensemble trains stacked: a :data:`FAST_MODELS` model under GD or SGD."""
+    from ..ensemble.batched import FAST_RULES
+    from .optimizers import update_rule
+
+    return config.model in FAST_MODELS and update_rule(config) in FAST_RULES
+
+
 def group_key(config: RunConfig) -> str | None:
     """The fields a run must share with the other members of its ensemble, as a
     canonical string; None when the run is trained serially: ``checkpoint=True``, or
     a non-default field outside :data:`SUPPORTED_FIELDS` (``egr_micro_batch``, whose
-    micro-batch penalty the ensemble step does not compute)."""
+    micro-batch penalty the ensemble step does not compute). A fast run's key leaves out
+    :data:`FAST_MEMBER_FIELDS` and names its update rule instead."""
+    from .optimizers import update_rule
+
     values = config.to_dict()
     defaults = RunConfig.__dataclass_fields__
     unsupported = [
@@ -87,8 +130,34 @@ def group_key(config: RunConfig) -> str | None:
     ]  # fmt: skip
     if config.checkpoint or unsupported:
         return None
-    shared = {k: v for k, v in values.items() if k not in MEMBER_FIELDS}
+    free = MEMBER_FIELDS + (FAST_MEMBER_FIELDS if is_fast(config) else ())
+    shared = {k: v for k, v in values.items() if k not in free}
+    shared["update_rule"] = update_rule(config)
     return json.dumps(shared, sort_keys=True)
+
+
+def pack_widths(
+    configs: Sequence[RunConfig], flops: dict[int, float], *, cost: dict[str, float] = STEP_COST
+) -> list[list[RunConfig]]:
+    """Split one fast group into packs of consecutive widths (sorted ascending).
+
+    With the cost per step of a job ``J + Σ_m (c_m + c_f·F(w_pack))`` (:data:`STEP_COST`;
+    F(w) = ``flops[w]``, a member's forward FLOPs per step at width w), the members
+    already in a pack, padded from its widest width w to the next width w' > w, cost
+    ``n·c_f·(F(w') − F(w))`` more per step; the next width joins the pack when that is
+    at most J, the per-step cost of training it as a job of its own."""
+    by_width: dict[int, list[RunConfig]] = {}
+    for c in sorted(configs, key=lambda c: c.width):
+        by_width.setdefault(c.width, []).append(c)
+    packs: list[list[RunConfig]] = []
+    top = None
+    for w, members in by_width.items():
+        if packs and len(packs[-1]) * cost["flop"] * (flops[w] - flops[top]) <= cost["job"]:
+            packs[-1].extend(members)
+        else:
+            packs.append(list(members))
+        top = w
+    return packs
 
 
 def _default(f) -> Any:
@@ -143,14 +212,17 @@ def plan_sweep(
     *,
     max_members: int = DEFAULT_MAX_MEMBERS,
     max_step_flops: float | None = CPU_MAX_STEP_FLOPS,
+    max_fast_step_flops: float | None = FAST_MAX_STEP_FLOPS,
 ) -> SweepPlan:
     """Group the runs that can be vectorized together; the others run alone.
 
     Groups keep the order in which their first run appears; a group larger
-    than ``max_members`` is split into near-equal ensembles. On CPU, a group
-    whose :func:`step_flops` exceeds ``max_step_flops`` runs alone (None: no
-    limit; other devices: no limit).
-    """
+    than ``max_members`` is split into near-equal ensembles. A fast group
+    (:func:`is_fast`) is split into width packs (:func:`pack_widths`); a pack of
+    one run trains alone. On CPU, a ``vmap`` group whose :func:`step_flops`
+    exceeds ``max_step_flops``, and the runs of a fast group whose step_flops
+    exceeds ``max_fast_step_flops``, run alone (None: no limit; other devices:
+    no limit)."""
     if isinstance(max_members, bool) or not isinstance(max_members, int) or max_members < 2:
         raise ValueError(f"max_members must be an integer >= 2, got {max_members!r}")
     if max_step_flops is not None and not max_step_flops > 0:
@@ -168,11 +240,36 @@ def plan_sweep(
             plan.singles.extend(group)
             continue
         cpu = torch.device(group[0].device).type == "cpu"
+        if is_fast(group[0]):
+            flops = {}
+            for w in {c.width for c in group}:
+                try:
+                    flops[w] = step_flops(next(c for c in group if c.width == w))
+                except Exception:  # noqa: BLE001 - a model that cannot be built: its runs
+                    flops[w] = math.inf  # train alone and fail there, with their traceback
+            limit = math.inf if max_fast_step_flops is None else max_fast_step_flops
+            heavy = [
+                c for c in group if flops[c.width] == math.inf or (cpu and flops[c.width] > limit)
+            ]
+            plan.singles.extend(heavy)
+            plan.heavy += len(heavy)
+            light = [c for c in group if c not in heavy]
+            for pack in pack_widths(light, flops):
+                if len(pack) == 1:
+                    plan.singles.extend(pack)
+                    continue
+                plan.groups.extend(_split(pack, max_members))
+            continue
         if cpu and max_step_flops is not None and step_flops(group[0]) > max_step_flops:
             plan.singles.extend(group)
             plan.heavy += len(group)
             continue
-        parts = math.ceil(len(group) / max_members)
-        size = math.ceil(len(group) / parts)
-        plan.groups.extend(group[i : i + size] for i in range(0, len(group), size))
+        plan.groups.extend(_split(group, max_members))
     return plan
+
+
+def _split(group: list[RunConfig], max_members: int) -> list[list[RunConfig]]:
+    """``group`` in near-equal consecutive parts of at most ``max_members``."""
+    parts = math.ceil(len(group) / max_members)
+    size = math.ceil(len(group) / parts)
+    return [group[i : i + size] for i in range(0, len(group), size)]

@@ -316,7 +316,7 @@ def run_sweep(
     retry_failed: bool = False,
     backend: Backend | None = None,
     progress: bool = True,
-    vectorize: bool = False,
+    vectorize: bool | None = None,
 ) -> SweepReport:
     """Run every config of ``spec`` whose result is not already in ``out_dir``.
 
@@ -330,16 +330,19 @@ def run_sweep(
         retry_failed: with ``resume``, redo runs recorded as "failed" too.
         backend: overrides ``workers`` (see the module docstring).
         progress: show a rich progress bar on stderr.
-        vectorize: train the runs that differ only in lr, seed, data seed, label
-            noise, EGR coefficient or stopping thresholds as one ``torch.func``
-            ensemble each (:func:`implicit_reg.engine.plan.plan_sweep`,
-            :func:`implicit_reg.engine.train.train_runs`); the other runs go to the
-            backend as before. The files are the same; the numbers agree with
-            serial runs to rounding, which float32 training can amplify over long
-            runs (``docs/vectorized.md``), and each run's ``meta.json`` says how
-            it was trained. A backend with a ``vectorized`` attribute (the Ray
-            backend) is replaced by that backend, which trains the ensembles
-            where it runs.
+        vectorize: None (default) and True: the runs that differ only in seed, data seed,
+            label noise, lr, momentum, weight decay, EGR coefficient or stopping
+            thresholds train as one ensemble each, and (MLP and random features under
+            GD/SGD) widths of one family are packed into one ensemble
+            (:func:`implicit_reg.engine.plan.plan_sweep`); the jobs run longest first
+            on ``workers`` processes (:func:`~implicit_reg.engine.vectorized_sweep.planned_backend`).
+            False: one run at a time. With a ``backend`` given, None leaves it as it is
+            and True wraps it (:func:`vectorized_backend`; a backend with a
+            ``vectorized`` attribute, the Ray backend, is replaced by that backend,
+            which trains the ensembles where it runs). The files are the same; the
+            numbers agree with serial runs to rounding (float64: 1e-10 relative;
+            float32 training can amplify rounding over long runs, ``docs/vectorized.md``),
+            and each run's ``meta.json`` says how it was trained.
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
@@ -367,10 +370,16 @@ def run_sweep(
     report = SweepReport(
         root=out, total=len(configs), skipped=len(configs) - len(pending), hashes=hashes
     )
-    backend = backend or (serial_backend if workers == 1 else process_pool_backend(workers))
-    if vectorize:
+    if backend is None and vectorize is not False:
+        from .vectorized_sweep import planned_backend
+
+        backend = planned_backend(workers)
+    elif vectorize:
+        backend = backend or (serial_backend if workers == 1 else process_pool_backend(workers))
         # a backend that places the work itself (Ray) offers `vectorized`: ensembles on its workers
         backend = getattr(backend, "vectorized", None) or vectorized_backend(backend)
+    else:
+        backend = backend or (serial_backend if workers == 1 else process_pool_backend(workers))
     with _progress(progress) as bar:
         task = bar.add_task(
             getattr(spec, "name", out.name),

@@ -1,10 +1,124 @@
-"""Old home of vectorized sweeps; re-exports (planning: :mod:`implicit_reg.engine.plan`,
-ensemble training: :func:`implicit_reg.engine.train.train_runs`, the backend:
-:func:`implicit_reg.engine.backends.vectorized_backend`)."""
+"""The default sweep backend: the planned jobs (ensembles, width packs, single runs) on workers.
+
+:func:`planned_backend` plans the pending runs with
+:func:`~implicit_reg.engine.plan.plan_sweep` (seeds, label-noise draws, data
+orders, lr, momentum and weight decay of one architecture as one ensemble;
+widths of one family packed together) and trains every job, longest first
+by :data:`~implicit_reg.engine.plan.STEP_COST`'s estimate, in this process
+(``workers=1``) or on ``workers`` spawned processes with
+:func:`~implicit_reg.engine.backends.worker_threads` torch threads each.
+An ensemble is :func:`~implicit_reg.engine.train.train_runs` (the one training
+loop with an :class:`~implicit_reg.engine.steppers.EnsembleStepper`); a single
+run goes through :func:`~implicit_reg.engine.backends.serial_backend`. An ensemble that cannot be built
+is trained run by run instead, with a warning. The results, files and run
+records are those of serial runs; each ``meta.json`` says how its run was trained.
+
+Old names kept here: the planning (:mod:`implicit_reg.engine.plan`), ``train_runs``
+and :func:`~implicit_reg.engine.backends.vectorized_backend`.
+"""
+
+from __future__ import annotations
+
+import traceback
+import warnings
+from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from multiprocessing import get_context
 
 from . import plan as _plan
-from .backends import vectorized_backend
+from .backends import (
+    Backend,
+    _init_worker,
+    serial_backend,
+    vectorized_backend,
+    worker_threads,
+)
+from .config import RunConfig
+from .loop import step_budget
 from .plan import *  # noqa: F403
+from .plan import DEFAULT_MAX_MEMBERS, STEP_COST, plan_sweep, step_flops
+from .record import RunResult, failed_result
+from .store import ResultStore
 from .train import train_runs
 
-__all__ = [*_plan.__all__, "train_runs", "vectorized_backend"]
+__all__ = [*_plan.__all__, "train_runs", "vectorized_backend", "planned_backend", "job_cost"]
+
+
+def job_cost(job: list[RunConfig]) -> float:
+    """Estimated seconds of one job: its steps × :data:`STEP_COST`'s per-step cost
+    (evaluations not counted); a single run is a job of one."""
+    from .workload import load_run_data
+
+    first = job[0]
+    try:
+        steps, _ = step_budget(first, load_run_data(first).n_train)
+        flops = max(step_flops(c) for c in {c.width: c for c in job}.values())
+    except Exception:  # noqa: BLE001 - a run that cannot be built fails when it is trained
+        return 0.0
+    c = STEP_COST
+    return steps * (c["job"] + len(job) * (c["member"] + c["flop"] * flops))
+
+
+def _train_job(job: list[RunConfig], store: ResultStore | None) -> list[RunResult]:
+    """One job: an ensemble through :func:`train_runs` (run by run if it cannot be built),
+    or one run through :func:`~implicit_reg.engine.backends.serial_backend`."""
+    if len(job) > 1:
+        try:
+            return train_runs(job, store=store)
+        except Exception as err:  # not vectorizable after all: train the runs serially
+            warnings.warn(
+                f"ensemble training of {len(job)} runs failed ({type(err).__name__}: {err}); "
+                "training them one by one",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    return list(serial_backend(job, store))
+
+
+def planned_backend(
+    workers: int = 1,
+    *,
+    max_members: int = DEFAULT_MAX_MEMBERS,
+    max_step_flops: float | None = _plan.CPU_MAX_STEP_FLOPS,
+) -> Backend:
+    """A backend that trains the jobs of :func:`~implicit_reg.engine.plan.plan_sweep`,
+    longest first, here (``workers=1``) or on ``workers`` processes. A worker that
+    dies makes its job's runs "failed" and lost; the others go on."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+
+    def backend(
+        configs: Sequence[RunConfig], store: ResultStore | None = None
+    ) -> Iterator[RunResult]:
+        if not configs:
+            return
+        plan = plan_sweep(configs, max_members=max_members, max_step_flops=max_step_flops)
+        jobs = [list(g) for g in plan.groups] + [[c] for c in plan.singles]
+        jobs.sort(key=job_cost, reverse=True)
+        if workers == 1 or len(jobs) == 1:
+            for job in jobs:
+                yield from _train_job(job, store)
+            return
+        with ProcessPoolExecutor(
+            max_workers=min(workers, len(jobs)),
+            mp_context=get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(worker_threads(workers),),
+        ) as pool:
+            futures = {pool.submit(_train_job, job, store): job for job in jobs}
+            try:
+                pending = set(futures)
+                while pending:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        try:
+                            yield from fut.result()
+                        except Exception:  # the worker process itself died
+                            error = traceback.format_exc()
+                            for c in futures[fut]:
+                                yield failed_result(c, error, lost=True)
+            finally:
+                for fut in futures:
+                    fut.cancel()
+
+    return backend
