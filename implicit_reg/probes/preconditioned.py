@@ -39,7 +39,8 @@ bias correction, as torch does. Adam's first-moment bias correction
 1/(1 − β₁^t) scales the step, not P; it → 1 as t grows and the threshold
 above is the t → ∞ one. Coupled weight decay (``Adam(weight_decay=λ)``)
 adds λ·I to the Hessian the optimizer sees; measure it by putting the
-penalty into the loss.
+penalty into the loss. AdamW's decoupled decay θ ← (1 − η·λ)θ acts outside P
+and is in neither H nor the threshold.
 
 Nothing here changes the model (the wrapped operator runs inside
 :func:`~implicit_reg.probes.state.preserved`) or the optimizer's state
