@@ -28,6 +28,7 @@ from implicit_reg.experiments import (
     reproduce_all,
 )
 from implicit_reg.report.report import Report, select_scale, write_index
+from implicit_reg.stats import paired_test
 
 ROOT = Path(__file__).resolve().parents[1]
 OURS = (
@@ -115,6 +116,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from implicit_reg.report.report import Report, select_scale
+from implicit_reg.stats import equivalence_test
 
 from ._shared import VALUE
 
@@ -126,7 +128,9 @@ CONFIGS = {{"smoke": {{"n": 1}}, "small": {{"n": 2}}, "full": {{"n": 3}}}}
 def run(scale: str, out: Path) -> Report:
     cfg = select_scale(CONFIGS, scale)
     report = Report(NAME, TITLE, scale, out, cfg, "nobody, 2024")
-    report.add_claim("x equals 1", "1", str(VALUE), VALUE == 1)
+    report.add_claim(
+        "x equals 1", "1", equivalence_test([VALUE, VALUE + 0.01, VALUE - 0.01], [1, 1, 1], margin=0.1)
+    )
     fig = Figure()
     ax = fig.subplots()
     ax.plot([0, 1], [0, cfg["n"]])
@@ -160,7 +164,8 @@ def test_registry_discovers_files_and_shared_helpers(fake_dir, tmp_path):
     assert [r.name for r in reports] == ["fake-one", "fake-two"]
     for name in ("fake-one", "fake-two"):
         text = check_report_dir(tmp_path / "out" / name, name)
-        assert "| x equals 1 | 1 | 1 | yes |" in text and "nobody, 2024" in text
+        assert "| x equals 1 | 1 | " in text and "| reproduced |" in text
+        assert "nobody, 2024" in text
     index = write_index(tmp_path / "out").read_text()
     assert "[fake-one](fake-one/report.md) | Fake experiment | smoke | 1/1 |" in index
     assert "[fake-two](fake-two/report.md)" in index
@@ -236,8 +241,8 @@ def test_showcase_experiments_define_a_demo_scale_and_lines_say_the_verdicts(tmp
     with pytest.raises(ValueError, match="not in the showcase"):
         showcase(tmp_path, ("no-such",))
     report = Report("x", "t", "demo", tmp_path, {"a": 1}, "p")
-    report.add_claim("rises", "paper", "ours", True)
-    report.add_claim("falls", "paper", "ours", None)
+    report.add_claim("rises", "paper", paired_test([3.0, 5.0, 4.0], [1.0, 2.0, 3.0]))
+    report.add_claim("falls", "paper", paired_test([0.1, -0.2, 0.3], [0.0, 0.0, 0.0]))
     report.write()
     lines = summary_lines(report)
     assert lines[0].startswith("x: 1/2 claims reproduced") and "yes" in lines[1]

@@ -17,9 +17,11 @@ several experiments may add runs to one sweep directory.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,7 +30,6 @@ import torch
 from implicit_reg.engine.config import RunConfig
 from implicit_reg.engine.store import HISTORY_FILE
 from implicit_reg.engine.sweep import run_sweep
-from implicit_reg.report.report import judge, seed_effect
 from implicit_reg.report.results import load_summaries
 
 SWEEP_DIR = "sweep"
@@ -46,8 +47,11 @@ __all__ = [
     "MEASURE_PROBES",
     "tidy_log_axes",
     "compute_note",
-    "peak_effects",
-    "verdict_of",
+    "Peak",
+    "peak_of",
+    "highest_bump",
+    "first_fit",
+    "complete_seeds",
 ]
 
 # The probes the runs of lr-sweep and double-descent-width log at their end, so that
@@ -313,70 +317,90 @@ def _plain_number(value: float, _pos=None) -> str:
     return f"{value:.3g}" if value >= 1e-3 else f"{value:.0e}"
 
 
-def verdict_of(*verdicts: bool | None) -> bool | None:
-    """All of several :func:`~implicit_reg.report.report.judge` verdicts: False if any is
-    False (the opposite beyond the noise), True if all are True, else None."""
-    if any(v is False for v in verdicts):
-        return False
-    return True if all(v is True for v in verdicts) else None
-
-
-def bump_index(values) -> int | None:
-    """The index of the highest *bump* of a curve: the i that maximizes
-    min(v_i − min_{j<i} v_j, v_i − min_{j>i} v_j), the height above the lowest point on
-    each side (a double-descent peak, not the underfitting edge); None if no point
-    rises above both sides."""
+def highest_bump(values) -> int | None:
+    """Descriptive only, never a test: the index of a curve's highest *bump*, the i that
+    maximizes min(v_i − min_{j<i} v_j, v_i − min_{j>i} v_j) (a double-descent peak, not
+    the underfitting edge); None if no point rises above both sides. Used to say where a
+    curve (or one seed's curve) is highest; the claims locate their peaks with
+    :func:`peak_of` instead."""
     v = np.asarray(values, dtype=float)
     if len(v) < 3:
         return None
-    left = np.minimum.accumulate(v)  # min over j <= i
-    right = np.minimum.accumulate(v[::-1])[::-1]  # min over j >= i
+    left = np.minimum.accumulate(v)
+    right = np.minimum.accumulate(v[::-1])[::-1]
     score = np.full(len(v), -np.inf)
     score[1:-1] = np.minimum(v[1:-1] - left[:-2], v[1:-1] - right[2:])
     i = int(np.argmax(score))
     return i if score[i] > 0 else None
 
 
-def peak_effects(table: pd.DataFrame) -> dict:
-    """Is there a peak in a (seed × x) table, beyond the seed noise?
+@dataclasses.dataclass(frozen=True)
+class Peak:
+    """A peak claim over a (seed × x) table, decided by :func:`implicit_reg.stats.peak_test`.
 
-    The peak is the highest bump of the seed mean (:func:`bump_index`), ``left``
-    the x of the lowest seed mean before it and ``right`` the lowest after it
-    (``last``: the largest x). ``rise`` = value(peak) − value(left) and ``fall`` =
-    value(peak) − value(right) are paired over seeds
-    (:func:`~implicit_reg.report.report.seed_effect`), each ``(effect, SE)``; the
-    verdict (:func:`verdict_of`) needs both beyond 2 SE. Peak, ``left`` and
-    ``right`` are chosen on the same means the effects are measured on, which
-    favours a peak (the SEs do not include that choice). Seeds (rows) with a NaN
-    (a diverged or not yet finished run) are dropped while one complete seed
-    remains; otherwise the columns with a NaN are. ``seed_peaks``: the x of each
-    seed's own highest bump (None where it has none); ``top``: the x of the
-    highest mean (an edge, when the smallest model underfits most).
+    ``xs`` are the points (widths, sample sizes, epochs) in order, ``means`` the
+    seed means at them, ``at`` the x the peak was placed at *before* the test
+    (the interpolation threshold read from training error), or None when
+    ``peak_test`` located it by its own held-out/calibrated rule; ``test`` is
+    the result (verdict, rise, fall, sentence); ``x`` the x of the tested
+    peak (None if none was located); ``top`` the x of the highest mean
+    (descriptive only).
     """
+
+    xs: tuple
+    means: pd.Series
+    at: Any
+    test: Any
+    seeds: int
+
+    @property
+    def x(self):
+        i = getattr(self.test, "index", None)
+        return None if i is None else self.xs[int(i)]
+
+    @property
+    def top(self):
+        return self.means.idxmax()
+
+    @property
+    def verdict(self) -> str:
+        return self.test.verdict
+
+
+def complete_seeds(table: pd.DataFrame) -> pd.DataFrame:
+    """The seeds (rows) of a (seed × x) table with no NaN (a diverged or unfinished run);
+    if none is complete, the columns without NaN instead. Columns sorted by x."""
     complete = table.dropna(axis=0)
     table = complete if len(complete) >= 1 else table.dropna(axis=1)
-    table = table.sort_index(axis=1)
-    means = table.mean(axis=0)
-    xs = means.index.to_numpy()
-    nan = (float("nan"), float("nan"))
+    return table.sort_index(axis=1)
 
-    def x_at(i):
-        return None if i is None else xs[i].item()
 
-    i = bump_index(means.to_numpy())
-    out = {
-        "peak": x_at(i) if i is not None else x_at(int(np.argmax(means.to_numpy()))),
-        "top": x_at(int(np.argmax(means.to_numpy()))), "means": means,
-        "interior": i is not None, "left": None, "right": None, "last": xs[-1].item(),
-        "rise": nan, "fall": nan, "verdict": False, "seeds": len(table),
-        "seed_peaks": [x_at(bump_index(r)) for r in table.to_numpy()],
-    }  # fmt: skip
-    if i is None:
-        return out
-    left = int(np.argmin(means.to_numpy()[:i]))
-    right = i + 1 + int(np.argmin(means.to_numpy()[i + 1 :]))
-    out["left"], out["right"] = x_at(left), x_at(right)
-    out["rise"] = seed_effect(table[xs[i]], table[xs[left]], paired=True)
-    out["fall"] = seed_effect(table[xs[i]], table[xs[right]], paired=True)
-    out["verdict"] = verdict_of(judge(*out["rise"]), judge(*out["fall"]))
-    return out
+def first_fit(table: pd.DataFrame, threshold: float):
+    """The first x (column, in order) where the seed mean of a (seed × x) table of
+    *training* error is ≤ ``threshold``: the interpolation threshold, read from
+    training error so that a test-error peak can be placed before it is tested."""
+    means = table.mean(axis=0).sort_index()
+    fits = means[means <= threshold]
+    return None if fits.empty else fits.index[0]
+
+
+def peak_of(table: pd.DataFrame, *, at=None, alpha: float | None = None) -> Peak:
+    """Test for a peak in a (seed × x) table with :func:`implicit_reg.stats.peak_test`.
+
+    ``at``: the x where the theory places the peak (e.g. :func:`first_fit` of
+    the training error); it must be an interior column. Without it the test
+    locates the peak by its own rule (never on the means it tests).
+    """
+    from implicit_reg.stats import ALPHA, peak_test
+
+    table = complete_seeds(table)
+    xs = tuple(x.item() if hasattr(x, "item") else x for x in table.columns)
+    i_at = None
+    if at is not None:
+        if at not in xs:
+            raise ValueError(f"peak location {at!r} is not one of the points {xs}")
+        i_at = xs.index(at)
+        if not 0 < i_at < len(xs) - 1:
+            raise ValueError(f"the peak location {at!r} is an end point, not an interior one")
+    test = peak_test(table.to_numpy(dtype=float), at=i_at, alpha=ALPHA if alpha is None else alpha)
+    return Peak(xs, table.mean(axis=0), at, test, len(table))

@@ -30,15 +30,13 @@ from matplotlib.ticker import NullFormatter
 
 from implicit_reg.report.report import (
     Report,
-    effect_text,
+    attempt,
     fmt,
-    judge,
-    judge_all,
     mean_std,
     plot_band,
-    seed_effect,
     select_scale,
 )
+from implicit_reg.stats import equivalence_test, paired_test, peak_test
 from implicit_reg.workloads.data import load_dataset
 from implicit_reg.workloads.models import (
     build_model,
@@ -56,6 +54,8 @@ PAPER = (
 # Reference measured earlier on this machine: RFF on MNIST-1D at n = 4,000,
 # N/n -> (test error, ‖β‖).
 REFERENCE = {0.25: (0.505, 37.0), 1.0: (0.906, 38_000.0), 10.0: (0.398, 138.0)}
+#: "our numbers match the reference": the test error within ± this at every N/n (TOST)
+REFERENCE_MARGIN = 0.03
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,48 +226,44 @@ def run(scale: str, out: Path) -> Report:
         return float(grid[np.argmin(np.abs(grid - ratio))])
 
     lo_r, hi_r = ratio_of(0.5), ratio_of(2.0)
-    up = seed_effect(per_seed(1.0, "test_error"), per_seed(lo_r, "test_error"), paired=True)
-    down = seed_effect(per_seed(1.0, "test_error"), per_seed(hi_r, "test_error"), paired=True)
-    verdict = judge_all(judge(*up), judge(*down))
+    trio = np.stack([per_seed(r, "test_error") for r in (lo_r, 1.0, hi_r)], axis=1)
     report.add_claim(
-        "Test error peaks at the interpolation threshold N = n",
-        "peak at N = n (Fig. 2)",
-        f"highest mean test error {mean.test_error.max():.3f} at N/n = {peak_err:g}; error at "
-        f"N = n minus N/n = {lo_r:g}: {effect_text(*up)}, minus N/n = {hi_r:g}: "
-        f"{effect_text(*down)} (paired over feature draws)",
-        verdict,
-        "above both sides beyond 2 SE" if verdict else "not above both sides beyond the noise",
-    )  # fmt: skip
+        f"Test error peaks at the interpolation threshold N = n (placed by the theory): above "
+        f"N/n = {lo_r:g} and N/n = {hi_r:g}",
+        "Belkin et al. 2019, Fig. 2 (peak at N = n)",
+        attempt(peak_test, trio, at=1),
+        context=f"highest mean test error {mean.test_error.max():.3f} at N/n = {peak_err:g}; "
+        "paired over feature draws",
+        headline=True,
+    )
     if len(under) and len(over):
         best_under, best_over = under.test_error.min(), over.test_error.min()
-        r_under, r_last = float(under.test_error.idxmin()), float(over.index.max())
-        second = seed_effect(
-            per_seed(r_under, "test_error"), per_seed(r_last, "test_error"), paired=True
-        )
+        r_last = float(over.index.max())
+        # the classical best of each feature draw is its own minimum over N < n: choosing it
+        # per draw favours the classical side, so the test is conservative for the claim
+        under_best = (
+            df[df.ratio < 1].pivot_table(index="seed", columns="ratio", values="test_error")
+            .min(axis=1).sort_index().to_numpy()
+        )  # fmt: skip
         report.add_claim(
             "Beyond the threshold the test error falls again, below the classical regime's best",
-            "second descent; the best model is the largest (Fig. 2)",
-            f"best mean test error for N < n: {best_under:.3f} (N/n = {r_under:g}); for N > n: "
-            f"{best_over:.3f} (N/n = {over.test_error.idxmin():g}); N/n = {r_under:g} minus "
-            f"N/n = {r_last:g}: {effect_text(*second)} (paired; the N < n point is the best of "
-            "the means, which favours it)",
-            judge(*second),
-            "the largest model beats the classical best beyond 2 SE" if judge(*second)
-            else "not beyond the noise",
-        )  # fmt: skip
-        n_up = seed_effect(per_seed(1.0, "norm"), per_seed(lo_r, "norm"), paired=True)
-        n_down = seed_effect(per_seed(1.0, "norm"), per_seed(hi_r, "norm"), paired=True)
-        n_fall = seed_effect(per_seed(hi_r, "norm"), per_seed(r_last, "norm"), paired=True)
-        verdict = judge_all(judge(*n_up), judge(*n_down), judge(*n_fall))
+            "Belkin et al. 2019, Fig. 2: second descent; the best model is the largest",
+            attempt(paired_test, under_best, per_seed(r_last, "test_error")),
+            context=f"best mean test error for N < n: {best_under:.3f} (N/n = "
+            f"{float(under.test_error.idxmin()):g}); for N > n: {best_over:.3f} (N/n = "
+            f"{over.test_error.idxmin():g}); tested: each draw's best N < n minus its error at "
+            f"N/n = {r_last:g} (paired)",
+        )
         report.add_claim(
-            "The norm of the min-norm solution peaks at N = n and falls as N grows",
-            "‖β‖ peaks at the threshold, then decreases (Fig. 2)",
-            f"peak mean ‖β‖ {fmt(mean.norm.max())} at N/n = {peak_norm:g}; ‖β‖ at N = n minus "
-            f"N/n = {lo_r:g}: {effect_text(*n_up)}, minus N/n = {hi_r:g}: {effect_text(*n_down)}; "
-            f"N/n = {hi_r:g} minus N/n = {r_last:g}: {effect_text(*n_fall)}",
-            verdict,
-            "peak and fall beyond 2 SE" if verdict else "not all beyond the noise",
-        )  # fmt: skip
+            "The norm of the min-norm solution peaks at N = n and falls as N grows (log scale: "
+            "‖β‖ is heavy-tailed at N = n)",
+            "Belkin et al. 2019, Fig. 2: ‖β‖ peaks at the threshold, then decreases",
+            attempt(paired_test, per_seed(1.0, "norm"), per_seed(lo_r, "norm"), log=True),
+            attempt(paired_test, per_seed(1.0, "norm"), per_seed(hi_r, "norm"), log=True),
+            attempt(paired_test, per_seed(hi_r, "norm"), per_seed(r_last, "norm"), log=True),
+            context=f"peak mean ‖β‖ {fmt(mean.norm.max())} at N/n = {peak_norm:g}; tests: N = n "
+            f"against N/n = {lo_r:g} and {hi_r:g}, N/n = {hi_r:g} against {r_last:g}",
+        )
     comparable = cfg.n_train == 4000
     sigma0 = cfg.bandwidth if cfg.bandwidth is not None else float(np.sqrt(40))
     bw_ref = cfg.reference_bandwidth
@@ -292,26 +288,25 @@ def run(scale: str, out: Path) -> Report:
         rows.append(row)
     if bw_ref is not None and len(probe) and comparable:
         errs = {r: float(np.mean(probe_at(bw_ref, r, "test_error"))) for r in REFERENCE}
-        # margin left inside ±0.03 at the worst N/n, with that point's SE over feature draws
-        worst = max(REFERENCE, key=lambda r: abs(errs[r] - REFERENCE[r][0]))
-        margin = seed_effect(
-            0.03 - np.abs(probe_at(bw_ref, worst, "test_error") - REFERENCE[worst][0])
-        )
-        verdict = judge(*margin)
         report.add_claim(
-            "Our numbers match the reference re-measured here (RFF, n = 4,000; not the paper's)",
+            f"Our numbers match the reference re-measured here within ±{REFERENCE_MARGIN:g} at "
+            "every N/n (RFF, n = 4,000; not the paper's)",
             "re-measured on this machine earlier, not from the paper: test error "
             + " / ".join(f"{v[0]:g}" for v in REFERENCE.values())
             + " at N/n = " + " / ".join(f"{r:g}" for r in REFERENCE),
-            f"σ = {bw_ref:g}: " + " / ".join(f"{errs[r]:.3f}" for r in REFERENCE)
+            *(
+                attempt(equivalence_test,
+                    (v := probe_at(bw_ref, r, "test_error")),
+                    np.full_like(v, REFERENCE[r][0]),
+                    margin=REFERENCE_MARGIN,
+                )
+                for r in REFERENCE
+            ),
+            context=f"σ = {bw_ref:g}: " + " / ".join(f"{errs[r]:.3f}" for r in REFERENCE)
             + "; σ = √d: " + " / ".join(
                 f"{float(np.mean(df[np.isclose(df.ratio, r)].test_error)):.3f}"
                 if np.isclose(df.ratio, r).any() else "—" for r in REFERENCE
-            )
-            + f"; margin inside ±0.03 at the worst N/n = {worst:g}: {effect_text(*margin)}",
-            verdict,
-            (f"with σ = {bw_ref:g}, within 0.03 at every N/n beyond 2 SE" if verdict else
-             f"with σ = {bw_ref:g}, not within 0.03 beyond the noise"),
+            ),
         )  # fmt: skip
     if comparable or bw_ref is not None:
         report.add_table(

@@ -35,13 +35,12 @@ from implicit_reg.engine.config import RunConfig
 from implicit_reg.engine.train import build_optimizer, load_run_data, make_loss
 from implicit_reg.report.report import (
     Report,
-    effect_text,
+    attempt,
     fmt,
-    judge,
     mean_std,
-    seed_effect,
     select_scale,
 )
+from implicit_reg.stats import equivalence_test, paired_ratio, paired_test
 
 from ._sweeps import MEASURE_PROBES, run_configs, sweep_dir, workers_for
 
@@ -55,6 +54,9 @@ PAPER = (
     "Sec. 5; Foret et al., *Sharpness-Aware Minimization for Efficiently Improving "
     "Generalization*, ICLR 2021 (arXiv 2010.01412)"
 )
+#: "recovers the large step's accuracy": test accuracy within ± this of GD at h_ℓ (TOST); one
+#: point, a third of the h_ℓ − h_s gap measured at `small`
+RECOVER_MARGIN = 0.01
 
 
 @dataclasses.dataclass(frozen=True)
@@ -276,72 +278,72 @@ def _vals(rows, arm, metric):
     return g["seed"].to_numpy(), g[metric].to_numpy(dtype=float)
 
 
-def _paired(rows, a, b, metric):
-    """(effect mean(a − b), SE) over the seeds both arms reached."""
+def _paired(rows, a, b, metric) -> tuple[np.ndarray, np.ndarray]:
+    """``metric`` of arms ``a`` and ``b`` on the seeds both reached the threshold, paired."""
     sa, va = _vals(rows, a, metric)
     sb, vb = _vals(rows, b, metric)
     common = np.intersect1d(sa, sb)
-    if not len(common):
-        return float("nan"), float("nan"), 0
-    va = va[np.isin(sa, common)]
-    vb = vb[np.isin(sb, common)]
-    e, se = seed_effect(va, vb, paired=True)
-    return e, se, len(common)
+    return va[np.isin(sa, common)], vb[np.isin(sb, common)]
 
 
-def _verdict(e: float, se: float, n: int, yes: str, no: str) -> tuple[bool | None, str]:
-    """judge's verdict with its words; no common seed is no evidence (inconclusive)."""
-    if n == 0:
-        return None, "no seed where both arms reached the threshold"
-    v = judge(e, se)
-    if v is None and not np.isfinite(se):
-        return v, "one seed: no standard error, no verdict"
-    return v, {True: yes, False: no, None: "inside the seed noise (|effect| ≤ 2 SE)"}[v]
+def _triple(rows, arm, small, large, metric):
+    """``metric`` of ``arm``, ``small`` and ``large`` on the seeds all three reached."""
+    seeds = [set(_vals(rows, x, metric)[0]) for x in (arm, small, large)]
+    common = np.array(sorted(set.intersection(*seeds)))
+    return [_vals(rows, x, metric)[1][np.isin(_vals(rows, x, metric)[0], common)]
+            for x in (arm, small, large)]  # fmt: skip
 
 
 def add_claims(report: Report, rows: pd.DataFrame, cfg: Config, chosen: str | None) -> None:
     small, large = f"GD h={cfg.lr_small:g}", f"GD h={cfg.lr_large:g}"
     egr = f"EGR h={cfg.lr_small:g}"
-    e, se, n = _paired(rows, large, small, "test_acc")
     report.add_claim(
         f"GD at h_ℓ = {cfg.lr_large:g} ends with a higher test accuracy than at h_s = "
         f"{cfg.lr_small:g} (the premise)",
         "Barrett & Dherin 2021, Fig. 3",
-        f"test acc difference (h_ℓ − h_s, paired over {n} seeds): {effect_text(e, se)}",
-        *_verdict(e, se, n, "the large step is more accurate", "the large step is less accurate"),
+        attempt(paired_test, *_paired(rows, large, small, "test_acc")),
+        context="test accuracy h_ℓ − h_s, paired over the seeds both reached the threshold",
     )
-    gap = e
     for arm, who in ((egr, "EGR"), (chosen, "SAM")):
         if arm is None:
             continue
-        e, se, n = _paired(rows, arm, small, "test_acc")
-        frac = e / gap if np.isfinite(gap) and gap > 0 else float("nan")
         what = (
             f"μ = (h_ℓ − h_s)/4 = {egr_coeff(cfg):.3g}"
             if who == "EGR"
             else f"{arm.split()[-1]} (chosen by λ_max, training data only)"
         )
+        paper = "Barrett & Dherin 2021, Sec. 5" if who == "EGR" else "Foret et al. 2021"
+        a, s_, l_ = _triple(rows, arm, small, large, "test_acc")
+        share = attempt(paired_ratio, a, s_, l_, s_)
         report.add_claim(
             f"{who} at h_s = {cfg.lr_small:g} ({what}) is more accurate than GD at h_s",
-            "Barrett & Dherin 2021, Sec. 5" if who == "EGR" else "Foret et al. 2021",
-            f"test acc {who} − GD h_s (paired, {n} seeds): {effect_text(e, se)}; "
-            f"{fmt(100 * frac, 3)}% of the h_ℓ − h_s gap",
-            *_verdict(e, se, n, f"{who} gains on GD at the same step", f"{who} is less accurate"),
-        )
-        e, se, n = _paired(rows, small, arm, "lambda_max")
-        report.add_claim(
-            f"{who} at h_s ends flatter (smaller λ_max) than GD at h_s",
-            "Barrett & Dherin 2021, Sec. 5" if who == "EGR" else "Foret et al. 2021",
-            f"λ_max GD h_s − {who} (paired, {n} seeds): {effect_text(e, se)}",
-            *_verdict(
-                e, se, n, "flatter" if who == "EGR" else
-                "flatter (ρ was chosen by this measure, so this is optimistic)", "sharper",
-            ),
+            paper,
+            attempt(paired_test, *_paired(rows, arm, small, "test_acc")),
+            context=f"test accuracy {who} − GD h_s, paired"
+            + (f"; it closes {share.sentence(percent=True)} of the h_ℓ − h_s gap (paired "
+               "Fieller ratio)" if hasattr(share, "ratio") else ""),
+            effect=f"{who} gain",
         )  # fmt: skip
+        report.add_claim(
+            f"{who} at h_s recovers the large step's test accuracy: within ±"
+            f"{100 * RECOVER_MARGIN:g} points of GD at h_ℓ (equivalence, TOST)",
+            paper,
+            attempt(equivalence_test, *_paired(rows, arm, large, "test_acc"),
+                    margin=RECOVER_MARGIN),
+            context=f"test accuracy {who} at h_s − GD at h_ℓ, paired",
+            headline=who == "EGR",
+        )  # fmt: skip
+        report.add_claim(
+            f"{who} at h_s ends flatter (smaller λ_max) than GD at h_s"
+            + ("" if who == "EGR" else " (ρ was chosen by this measure, so this is optimistic)"),
+            paper,
+            attempt(paired_test, *_paired(rows, small, arm, "lambda_max"), log=True),
+            context=f"λ_max of GD h_s over {who}'s, paired, log scale",
+        )
 
 
 def verdict_text(rows: pd.DataFrame, cfg: Config, chosen: str | None) -> str:
-    """Each small-step arm against GD at h_ℓ: accuracy, λ_max, and compute to the target loss.
+    """Each small-step arm's compute to the target loss against GD at h_ℓ.
 
     Compute to the target = steps to the threshold × the timed cost of one step,
     as a multiple of GD at h_ℓ's (the optimizer steps only, no evaluation).
@@ -358,23 +360,15 @@ def verdict_text(rows: pd.DataFrame, cfg: Config, chosen: str | None) -> str:
     for arm in (small, f"EGR h={cfg.lr_small:g}", chosen):
         if arm is None:
             continue
-        e, se, n = _paired(rows, arm, large, "test_acc")
-        v, _ = _verdict(e, se, n, "", "")
-        acc = {
-            True: "more accurate than",
-            False: "less accurate than",
-            None: "within 2 SE in accuracy of",
-        }[v]
         lam_a = ok[ok.arm == arm].lambda_max.mean()
         lam_b = ok[ok.arm == large].lambda_max.mean()
         lines.append(
-            f"- **{arm}** is {acc} GD at h_ℓ (test acc difference {effect_text(e, se)}, "
-            f"{n} paired seeds); λ_max {fmt(lam_a)} against {fmt(lam_b)}; compute to the target "
+            f"- **{arm}**: λ_max {fmt(lam_a)} against {fmt(lam_b)}; compute to the target "
             f"loss {fmt(compute(arm) / base, 3)}× GD at h_ℓ's."
         )
     return (
-        f"Against GD at the large step h_ℓ = {cfg.lr_large:g}, the behaviour to recover "
-        "(verdicts by the same 2-SE rule over paired seeds):\n\n"
+        f"Against GD at the large step h_ℓ = {cfg.lr_large:g} (the accuracy verdicts are the "
+        "equivalence claims above):\n\n"
         + "\n".join(lines)
         + "\n\nCompute to the target: mean steps to the threshold × the timed cost of one step. "
         "Recovering the large step's accuracy at the small step is a statement about what "

@@ -30,8 +30,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from implicit_reg.report.plots import label
-from implicit_reg.report.report import Report, effect_text, judge, seed_effect, select_scale
+from implicit_reg.report.report import Report, attempt, select_scale
 from implicit_reg.report.results import kendall_ranking
+from implicit_reg.stats import paired_test
 
 from . import double_descent_width as ddw
 from . import lr_sweep
@@ -165,26 +166,25 @@ def run(scale: str, out: Path) -> Report:
         if (np.sign(wide.loc[m, list(data)]) == np.sign(wide.loc[m, "mean τ"])).all()
     ]
     margins = flatness_margins(data)
-    eff = seed_effect(margins) if len(margins) else (float("nan"), float("nan"))
     report.add_claim(
         "flatness (sharpness) measures track generalization best (Jiang et al. rank sharpness "
-        "measures among the most predictive)",
+        "measures among the most predictive): within a (source, seed), the best flatness τ "
+        "exceeds the best τ of the other measures",
         "Jiang et al. 2020, Table 5; Keskar et al. 2017",
-        f"highest mean τ: {label(best).split(' (')[0]} ({wide.loc[best, 'mean τ']:+.2f}); "
+        attempt(paired_test, np.asarray(margins, dtype=float)),
+        context=f"highest mean τ: {label(best).split(' (')[0]} ({wide.loc[best, 'mean τ']:+.2f}); "
         f"λ_max {wide.loc['lambda_max', 'mean τ']:+.2f}, ε-sharpness "
-        f"{wide.loc['eps_sharpness', 'mean τ']:+.2f}, tr H {wide.loc['trace', 'mean τ']:+.2f}. "
-        f"Within one seed of one source, the best flatness τ minus the best other τ: "
-        f"{effect_text(*eff)} over {len(margins)} (source, seed) pairs",
-        judge(*eff) if len(margins) >= 2 else None,
-        f"the best measure over all runs is {best}"
-        + ("" if len(margins) >= 2 else "; too few seeds with every measure to judge"),
+        f"{wide.loc['eps_sharpness', 'mean τ']:+.2f}, tr H {wide.loc['trace', 'mean τ']:+.2f}; "
+        f"best flatness τ minus best other τ over {len(margins)} (source, seed) pairs",
+        headline=True,
     )
     report.add_claim(
         "a good measure has the same sign of τ in every setting",
         "Jiang et al. 2020 (robustness across hyperparameters)",
-        "same sign in all sources: " + (", ".join(consistent) if consistent else "none"),
-        None,
-        f"{len(consistent)} of {len(MEASURES)} measures",
+        untested=f"{len(data)} sources of runs are too few settings to test a sign's "
+        "robustness; measured: same sign in all sources for "
+        + (", ".join(consistent) if consistent else "none")
+        + f" ({len(consistent)} of {len(MEASURES)} measures)",
     )
     report.add_figure(
         ranking_figure(data, table),

@@ -32,7 +32,7 @@ whole trajectory, to check that h·λ_max/2 stays below ``igr_max_ratio``; it
 reads ‖∇L‖² as the mean over the evaluations in the last ``tail`` fraction of
 the steps (not one iterate, which oscillates at large h). Verdicts come from
 per-seed effects (the seeds are the initializations, shared by every h, so
-the comparisons are paired) and their standard error (:func:`~implicit_reg.report.report.judge`).
+the comparisons are paired), tested by :mod:`implicit_reg.stats`.
 """
 
 from __future__ import annotations
@@ -48,15 +48,12 @@ from implicit_reg.engine.config import RunConfig
 from implicit_reg.report.plots import label
 from implicit_reg.report.report import (
     Report,
-    bootstrap_ratio,
-    effect_text,
+    attempt,
     fmt,
-    judge,
     mean_std,
-    seed_effect,
-    seed_trend,
     select_scale,
 )
+from implicit_reg.stats import equivalence_test, paired_ratio, paired_test, trend_test
 
 from ._sweeps import (
     MEASURE_PROBES,
@@ -78,6 +75,8 @@ PAPER = (
     "Sec. 5 and Fig. 3; Cohen et al., *Gradient Descent on Neural Networks Typically Occurs "
     "at the Edge of Stability*, ICLR 2021 (arXiv 2103.00065)"
 )
+#: "EGR recovers the large step's accuracy": test accuracy within ± this of it (TOST)
+RECOVER_MARGIN = 0.01
 
 
 @dataclasses.dataclass(frozen=True)
@@ -304,40 +303,40 @@ def ratio_range(gd: pd.DataFrame) -> str:
     return f"{r.min():.2f}–{r.max():.2f}" if len(r) else "n/a"
 
 
-def _paired(gd: pd.DataFrame, metric: str, h_a: float, h_b: float) -> tuple[float, float]:
-    """Effect mean(metric at h_a) − mean(metric at h_b), paired over the seeds both reached."""
+def _paired(gd: pd.DataFrame, metric: str, h_a: float, h_b: float) -> list[np.ndarray]:
+    """``metric`` at h_a and at h_b on the seeds both reached, paired (in seed order)."""
     piv = gd.pivot_table(index="seed", columns="lr", values=metric, aggfunc="first")
     both = piv[[h_a, h_b]].dropna()
-    return seed_effect(both[h_a].to_numpy(), both[h_b].to_numpy(), paired=True)
+    return [both[h_a].to_numpy(), both[h_b].to_numpy()]
 
 
-def trend_claim(report, rows, metric, sign, claim, paper, lrs, where, col=None) -> None:
-    """A "metric moves with h" claim, judged on the per-seed Kendall τ over h (mean ± SE over
-    seeds) and on the paired difference between the largest and the smallest h."""
+def trend_claim(report, rows, metric, sign, claim, paper, lrs, where, col=None, **kw) -> None:
+    """A "metric moves with h" claim: :func:`implicit_reg.stats.trend_test` on the per-seed
+    Kendall τ over h, on the step sizes every seed reached (points with fewer seeds are
+    left out of the test and named)."""
     col = col or metric
+    lrs = sorted(lrs)
     ys = paired_by_seed(rows, col, lrs)
-    tau, tau_se = seed_trend(sorted(lrs), ys)
-    lo, hi = min(lrs), max(lrs)
+    full = np.isfinite(ys).all(axis=0) if ys.size else np.zeros(len(lrs), bool)
+    short = [h for h, f in zip(lrs, full, strict=True) if not f]
+    xs = np.array(lrs)[full]
     ok = rows[rows.reached]
-    diff = _paired(ok, col, hi, lo) if {lo, hi} <= set(ok.lr) else (float("nan"),) * 2
-    verdict = judge(sign * tau, tau_se) if np.isfinite(tau) else None
+    lo, hi = min(lrs), max(lrs)
     report.add_claim(
         claim,
         paper,
-        f"{where}: per-seed Kendall τ(h, {metric}) = {effect_text(tau, tau_se)} over "
-        f"{len(lrs)} step sizes; h = {lo:g}: {mean_std(ok[ok.lr == lo][col].to_numpy())}, "
-        f"h = {hi:g}: {mean_std(ok[ok.lr == hi][col].to_numpy())}, paired difference "
-        f"{effect_text(*diff)}",
-        verdict,
-        {True: "the trend has the predicted sign beyond 2 SE over seeds",
-         None: "no trend beyond the seed noise" if np.isfinite(tau)
-         else "too few runs reached the target loss to measure a trend",
-         False: "the opposite trend, beyond 2 SE"}[verdict],
+        attempt(trend_test, xs, sign * ys[:, full]),
+        context=f"{where}: per-seed Kendall τ(h, {'−' if sign < 0 else ''}{metric}) over "
+        f"{len(xs)} step sizes; h = {lo:g}: {mean_std(ok[ok.lr == lo][col].to_numpy())}, "
+        f"h = {hi:g}: {mean_std(ok[ok.lr == hi][col].to_numpy())}"
+        + (f"; left out of the test (fewer seeds reached the target): h = "
+           f"{', '.join(f'{h:g}' for h in short)}" if short else ""),
+        **kw,
     )  # fmt: skip
 
 
 def add_claims(report: Report, rows: pd.DataFrame, cfg: Config, igr: pd.DataFrame) -> None:
-    """Claim-vs-ours rows: trends over h judged by seed, EGR against GD with uncertainty."""
+    """The claims: trends over h tested by seed, EGR against GD, paired over seeds."""
     gd = rows[(rows.run == "GD") & rows.reached]
     egr = rows[(rows.run == "EGR") & rows.reached]
     if len(igr) and igr.reached.any():
@@ -357,7 +356,7 @@ def add_claims(report: Report, rows: pd.DataFrame, cfg: Config, igr: pd.DataFram
     if gd.empty:
         report.add_claim(
             "larger h ends flatter and generalizes better", "Barrett & Dherin 2021",
-            "no GD run reached the target loss", None, "nothing to compare",
+            untested="no GD run reached the target loss",
         )  # fmt: skip
         return
     h_lo = min(gd.lr)
@@ -372,45 +371,43 @@ def add_claims(report: Report, rows: pd.DataFrame, cfg: Config, igr: pd.DataFram
             report, rows[rows.run == "GD"], metric, sign, claim, "Barrett & Dherin 2021, Fig. 3",
             cfg.lrs, f"main sweep (h·λ_max/2 = {stop_ratio} at the stop: outside the small-h "
             "expansion for the larger h)" if col == "grad_norm_sq" else "main sweep", col=col,
+            headline=col == "test_acc",
         )  # fmt: skip
     if len(egr):
         gd_lo = gd[gd.lr == h_lo]
         gd_big = gd[np.isclose(gd.lr, cfg.egr_mimic_lr)]
-        acc = {
-            k: v["test_acc"].to_numpy() for k, v in (("lo", gd_lo), ("egr", egr), ("big", gd_big))
-        }
-        gain = _paired(pd.concat([gd_lo, egr.assign(lr=-1.0)]), "test_acc", -1.0, h_lo)
-        gap = _paired(gd[gd.lr.isin([h_lo, cfg.egr_mimic_lr])], "test_acc", cfg.egr_mimic_lr, h_lo)
-        frac, f_lo, f_hi = bootstrap_ratio(acc["egr"], acc["lo"], acc["big"], acc["lo"])
-        verdict = judge(*gain)
+        both = pd.concat([gd[gd.lr.isin([h_lo, cfg.egr_mimic_lr])], egr.assign(lr=-1.0)])
+        piv = both.pivot_table(index="seed", columns="lr", values="test_acc").dropna()
+        e_acc, lo_acc = piv[-1.0].to_numpy(), piv[h_lo].to_numpy()
+        big_acc = piv[cfg.egr_mimic_lr].to_numpy() if cfg.egr_mimic_lr in piv else lo_acc[:0]
+        share = attempt(paired_ratio, e_acc, lo_acc, big_acc, lo_acc)
         report.add_claim(
-            f"EGR at the small h={h_lo:g} with μ = (h_ℓ − h_s)/4 = {egr_coeff(cfg):.3g} recovers "
-            f"the test accuracy of h_ℓ = {cfg.egr_mimic_lr:g}",
+            f"EGR at the small h={h_lo:g} with μ = (h_ℓ − h_s)/4 = {egr_coeff(cfg):.3g} is more "
+            f"accurate than GD at the same h",
             "Barrett & Dherin 2021, Sec. 5 (EGR)",
-            f"test acc GD h={h_lo:g}: {mean_std(acc['lo'])}; EGR: {mean_std(acc['egr'])}; "
-            f"GD h={cfg.egr_mimic_lr:g}: {mean_std(acc['big'])}; EGR − GD(h_s) "
-            f"{effect_text(*gain)}; the gap GD(h_ℓ) − GD(h_s) {effect_text(*gap)}; EGR closes "
-            f"{fmt(100 * frac, 3)}% of it (95% bootstrap interval over seeds "
-            f"{fmt(100 * f_lo, 3)}% to {fmt(100 * f_hi, 3)}%)",
-            verdict,
-            ("EGR beats GD at the same h beyond 2 SE" if verdict else
-             "EGR's gain over GD at the same h is inside the noise" if verdict is None
-             else "EGR is worse beyond 2 SE")
-            + ("" if judge(*gap) else "; the gap to recover is itself inside the noise"),
+            attempt(paired_test, e_acc, lo_acc),
+            context=f"test acc GD h={h_lo:g}: {mean_std(gd_lo.test_acc.to_numpy())}; EGR: "
+            f"{mean_std(egr.test_acc.to_numpy())}; GD h={cfg.egr_mimic_lr:g}: "
+            f"{mean_std(gd_big.test_acc.to_numpy())}"
+            + (f"; EGR closes {share.sentence(percent=True)} of the gap GD(h_ℓ) − GD(h_s) "
+               "(paired Fieller ratio)" if hasattr(share, "ratio") else ""),
         )  # fmt: skip
+        report.add_claim(
+            f"... and recovers the test accuracy of h_ℓ = {cfg.egr_mimic_lr:g}: within ±"
+            f"{100 * RECOVER_MARGIN:g} points (equivalence, TOST)",
+            "Barrett & Dherin 2021, Sec. 5 (EGR)",
+            attempt(equivalence_test, e_acc, big_acc, margin=RECOVER_MARGIN),
+        )
         for metric, name in (("lambda_max", "λ_max"), ("grad_norm_sq", "‖∇L‖²")):
-            eff = _paired(pd.concat([gd_lo, egr.assign(lr=-1.0)]), metric, h_lo, -1.0)
-            v = judge(*eff)
+            g_v, e_v = _paired(pd.concat([gd_lo, egr.assign(lr=-1.0)]), metric, h_lo, -1.0)
             report.add_claim(
                 f"EGR at the small h ends with a smaller {name} than GD at the same h",
                 "Barrett & Dherin 2021, Sec. 5",
-                f"{name} GD h={h_lo:g}: {mean_std(gd_lo[metric].to_numpy())}, EGR: "
+                attempt(paired_test, g_v, e_v, log=True),
+                context=f"{name} GD h={h_lo:g}: {mean_std(gd_lo[metric].to_numpy())}, EGR: "
                 f"{mean_std(egr[metric].to_numpy())}, GD h={cfg.egr_mimic_lr:g}: "
-                f"{mean_std(gd_big[metric].to_numpy())}; GD − EGR {effect_text(*eff)}",
-                v,
-                "smaller beyond 2 SE over seeds" if v else "inside the seed noise" if v is None
-                else "larger beyond 2 SE",
-            )  # fmt: skip
+                f"{mean_std(gd_big[metric].to_numpy())}; GD over EGR, paired, log scale",
+            )
 
 
 TABLE_COLUMNS = (

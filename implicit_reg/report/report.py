@@ -41,17 +41,18 @@ __all__ = [
     "select_scale",
     "reproduce_command",
     "write_index",
+    "headline_rows",
     "mean_std",
     "plot_band",
     "fmt",
     "markdown_table",
-    "VERDICT_Z",
-    "seed_effect",
-    "judge",
-    "effect_text",
-    "judge_all",
-    "bootstrap_ratio",
-    "seed_trend",
+    "NOT_TESTED",
+    "VERDICTS",
+    "tally",
+    "tally_text",
+    "brief",
+    "Untested",
+    "attempt",
 ]
 
 SCALES = ("smoke", "small", "full")
@@ -102,42 +103,82 @@ SUMMARY_FILE = "SUMMARY.md"
 NOTES_FILE = "NOTES.md"
 
 
-def write_index(root: Path) -> Path:
-    """Write ``root/README.md``: a table of the reports in ``root/<name>/``.
+def _summary_tally(s: Mapping[str, Any]) -> str:
+    """The tally of one ``summary.json``; summaries written before claims carried a verdict
+    (``reproduced`` True/False/None only) are marked as judged by the old rule."""
+    claims = s["claims"]
+    if claims and all("verdict" in c for c in claims):
+        return tally_text(tally(claims))
+    old = {True: "reproduced", False: "not reproduced", None: "inconclusive"}
+    counts = tally([{"claim": c["claim"], "verdict": old[c["reproduced"]]} for c in claims])
+    return tally_text(counts) + " (old rule: effect > 2 SE, not re-judged)"
 
-    Reads each ``summary.json`` (written by :meth:`Report.write`); one row per
-    experiment with its title, scale, how many claims reproduced, the wall
-    time and the CPU time. A hand-written ``root/SUMMARY.md`` (the one-page
-    summary of what the reports show), if there is one, goes first, and the
-    table follows under its own heading; ``root/NOTES.md``, if there is one,
-    goes after the table (footnotes to it).
+
+def headline_rows(root: Path) -> list[dict[str, str]]:
+    """One row per experiment with a headline claim (``summary.json`` under ``root``): its
+    first figure, the claim's verdict and a short sentence with the effect and its interval."""
+    rows = []
+    for path in sorted(Path(root).glob("*/summary.json")):
+        s = json.loads(path.read_text(encoding="utf-8"))
+        heads = [c for c in s["claims"] if c.get("headline")]
+        if not heads:
+            continue
+        c, name = heads[0], path.parent.name
+        figure = (s.get("figures") or [""])[0]
+        rows.append({
+            "phenomenon": f"[{s['title'].split(':')[0]}]({name}/{REPORT_FILE})",
+            "figure": f'<img src="{name}/{figure}" width="200">' if figure else "",
+            "verdict": {"not reproduced": "**not reproduced**"}.get(c["verdict"], c["verdict"]),
+            "what we measured": c.get("short") or c["claim"],
+        })  # fmt: skip
+    return rows
+
+
+def write_index(root: Path) -> Path:
+    """Write ``root/README.md``: the headline claims, then a table of every report.
+
+    Reads each ``summary.json`` (written by :meth:`Report.write`). The page
+    opens with one row per experiment that marks a headline claim
+    (:func:`headline_rows`: figure, verdict, one sentence with the effect and
+    its interval), generated from the claims. A hand-written
+    ``root/SUMMARY.md`` (what the reports show, in prose), if there is one,
+    follows; then one row per experiment with its title, scale, how many
+    distinct effects reproduced (:func:`tally`), the wall time and the CPU
+    time; ``root/NOTES.md``, if there is one, goes last (footnotes).
     """
     root = Path(root)
     rows = []
     for path in sorted(root.glob("*/summary.json")):
         s = json.loads(path.read_text(encoding="utf-8"))
-        verdicts = [c["reproduced"] for c in s["claims"]]
-        yes, partly = sum(v is True for v in verdicts), sum(v is None for v in verdicts)
-        claims = f"{yes}/{len(verdicts)}" + (f" ({partly} inconclusive)" if partly else "")
         rows.append({
             "experiment": f"[{s['name']}]({path.parent.name}/{REPORT_FILE})",
             "what": s["title"],
             "scale": s["scale"],
-            "claims reproduced": claims,
+            "effects reproduced": _summary_tally(s),
             "wall time": f"{s['wall_time_s']:.0f} s" if s.get("wall_time_s") is not None else "?",
             "CPU time": f"{s['cpu_time_s']:.0f} s" if s.get("cpu_time_s") is not None else "?",
         })  # fmt: skip
+    heads = headline_rows(root)
     summary, notes = root / SUMMARY_FILE, root / NOTES_FILE
+    glance = (
+        "# What the reproductions show\n\nOne row per phenomenon, generated from each report's "
+        "headline claim. " + RULE_TEXT + "\n\n" + markdown_table(heads) + "\n"
+        if heads
+        else ""
+    )
     head = summary.read_text(encoding="utf-8").rstrip() + "\n\n" if summary.exists() else ""
     tail = "\n" + notes.read_text(encoding="utf-8").strip() + "\n" if notes.exists() else ""
     text = (
-        head
-        + ("## Every report\n\n" if head else "# Reproduced results\n\n")
+        glance
+        + head
+        + ("## Every report\n\n" if head or glance else "# Reproduced results\n\n")
         + "Each report quotes our numbers next to the paper's claim, with its figures, the exact "
         "command, the config, the package version and the wall time. Regenerate them all with "
         f"`implicit-reg reproduce all --scale small --out {root}`. Wall times depend on what "
         "else the machine runs; the CPU time (all threads of the process) is the steadier "
-        "measure of cost.\n\n" + markdown_table(rows) + tail
+        "measure of cost. One measured effect is one claim, however many sentences cite it.\n\n"
+        + markdown_table(rows)
+        + tail
     )
     return atomic_write_text(root / INDEX_FILE, text)
 
@@ -207,160 +248,180 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | N
     return "\n".join(lines) + "\n"
 
 
-# --------------------------------------------------------------------------- verdicts
+# --------------------------------------------------------------------------- claims
 
-#: how many standard errors an effect must exceed to count as reproduced (or as reversed)
-VERDICT_Z = 2.0
+#: how the verdicts were decided, stated under every claims table
+RULE_TEXT = (
+    "Every verdict is a test of `implicit_reg.stats` (one-sided, α = 0.05, t quantiles for "
+    "the seeds' degrees of freedom; peaks located before they are tested; equivalence by TOST "
+    "with a stated margin; heavy-tailed quantities on a log scale). An inconclusive verdict "
+    "gives the smallest effect the design could have detected."
+)
 
-
-def seed_effect(
-    a: Sequence[float], b: Sequence[float] | None = None, *, paired: bool = False
-) -> tuple[float, float]:
-    """The effect ``mean(a) − mean(b)`` (or ``mean(a)`` alone) and its standard error over seeds.
-
-    Unpaired: SE = sqrt(s_a²/n_a + s_b²/n_b) with sample standard deviations
-    (ddof=1). ``paired=True`` takes the per-seed differences a_i − b_i (same
-    seeds on both sides) and SE = s_d/sqrt(n). One seed gives SE = nan: no
-    uncertainty can be claimed from one run.
-    """
-    a = np.asarray(a, dtype=float)
-    if b is None:
-        return float(a.mean()), _se(a)
-    b = np.asarray(b, dtype=float)
-    if paired:
-        if a.shape != b.shape:
-            raise ValueError(f"paired effect needs equal shapes, got {a.shape} and {b.shape}")
-        d = a - b
-        return float(d.mean()), _se(d)
-    return float(a.mean() - b.mean()), float(np.hypot(_se(a), _se(b)))
+#: the verdict of a claim the runs cannot test (its reason is given)
+NOT_TESTED = "not tested"
+VERDICTS = ("reproduced", "inconclusive", "not reproduced", NOT_TESTED)
 
 
-def _se(x: np.ndarray) -> float:
-    return float(x.std(ddof=1) / np.sqrt(x.size)) if x.size > 1 else float("nan")
+@dataclasses.dataclass(frozen=True)
+class Untested:
+    """A test the runs could not make, and why (e.g. one seed: no variance to test against)."""
+
+    reason: str
+    verdict: str = NOT_TESTED
+
+    def sentence(self) -> str:
+        return f"not tested: {self.reason}"
 
 
-def judge(effect: float, se: float, *, z: float = VERDICT_Z) -> bool | None:
-    """The verdict of a claim that predicts ``effect > 0``, from the effect and its SE.
-
-    True (reproduced) when effect > z·SE; False (not reproduced) when
-    effect < −z·SE, the opposite beyond the noise; None (inconclusive) when
-    |effect| ≤ z·SE or the SE is unknown (one seed, nan).
-    """
-    if not math.isfinite(effect):
-        return False if math.isnan(effect) else effect > 0
-    if not math.isfinite(se):
-        return None
-    if effect > z * se:
-        return True
-    if effect < -z * se:
-        return False
-    return None
+def attempt(test: Any, *args: Any, **kwargs: Any) -> Any:
+    """``test(*args, **kwargs)`` (a test of :mod:`implicit_reg.stats`), or :class:`Untested`
+    with its message when the runs cannot support it (``ValueError``: too few seeds or
+    points, a non-finite value)."""
+    try:
+        return test(*args, **kwargs)
+    except ValueError as e:
+        return Untested(str(e))
 
 
-def judge_all(*verdicts: bool | None) -> bool | None:
-    """One verdict from several that must all hold: True if every one is True, False if
-    any is False (reversed beyond the noise), else None (some inside the noise)."""
-    if any(v is False for v in verdicts):
-        return False
-    return True if verdicts and all(v is True for v in verdicts) else None
-
-
-def bootstrap_ratio(
-    num_a: Sequence[float],
-    num_b: Sequence[float],
-    den_a: Sequence[float],
-    den_b: Sequence[float],
-    *,
-    draws: int = 2000,
-    level: float = 0.95,
-    seed: int = 0,
-) -> tuple[float, float, float]:
-    """A ratio of mean differences, (m(num_a) − m(num_b)) / (m(den_a) − m(den_b)), with a
-    percentile bootstrap interval over seeds.
-
-    Each of the four groups is resampled with replacement on its own (its
-    seeds are independent replicates); "EGR closes 81% of the gap" is
-    ``bootstrap_ratio(egr, lo, big, lo)``. Returns (ratio, low, high); the
-    interval is nan when a group has one seed, and may be very wide (or
-    unbounded in effect) when the denominator is inside its noise.
-    """
-    groups = [np.asarray(g, dtype=float) for g in (num_a, num_b, den_a, den_b)]
-    if any(g.size == 0 for g in groups):
-        raise ValueError("bootstrap_ratio needs at least one value in every group")
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level}")
-    means = [g.mean() for g in groups]
-    den = means[2] - means[3]
-    ratio = (means[0] - means[1]) / den if den != 0 else float("nan")
-    if any(g.size < 2 for g in groups):
-        return float(ratio), float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    m = [g[rng.integers(0, g.size, size=(draws, g.size))].mean(1) for g in groups]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        boot = (m[0] - m[1]) / (m[2] - m[3])
-    boot = boot[np.isfinite(boot)]
-    lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2]) if boot.size else (np.nan,) * 2
-    return float(ratio), float(lo), float(hi)
-
-
-def seed_trend(
-    x: Sequence[float], ys: Sequence[Sequence[float]] | np.ndarray
-) -> tuple[float, float]:
-    """Kendall τ between ``x`` and each seed's curve ``ys[s]``, as mean and SE over seeds.
-
-    A trend claim ("the measure falls with h") is then judged by
-    :func:`judge` on (sign·mean τ, SE): the seeds are the replicates, not the
-    points of one mean curve. Points where a seed has NaN are left out of that
-    seed's τ.
-    """
-    from scipy.stats import kendalltau
-
-    x = np.asarray(x, dtype=float)
-    ys = np.atleast_2d(np.asarray(ys, dtype=float))
-    if ys.shape[1] != x.size:
-        raise ValueError(f"each curve needs {x.size} values, got shape {ys.shape}")
-    taus = []
-    for y in ys:
-        ok = np.isfinite(y)
-        if ok.sum() >= 2 and np.unique(y[ok]).size >= 2:
-            taus.append(float(kendalltau(x[ok], y[ok]).statistic))
-    if not taus:
-        return float("nan"), float("nan")
-    return seed_effect(taus)
-
-
-def effect_text(effect: float, se: float, digits: int = 3) -> str:
-    """``effect ± SE (k SE)`` as text, the numbers a verdict rests on."""
-    if not math.isfinite(se):
-        return f"{fmt(effect, digits)} (SE n/a)"
-    if se == 0:
-        return f"{fmt(effect, digits)} ± 0 SE (the same on every seed)"
-    return f"{fmt(effect, digits)} ± {fmt(se, 2)} SE ({effect / se:+.1f} SE)"
-
-
-# --------------------------------------------------------------------------- report
+def _verdict_of(result: Any) -> str:
+    verdict = getattr(result, "verdict", None)
+    if verdict not in VERDICTS:
+        raise TypeError(
+            f"a claim's test must be a result of implicit_reg.stats with a verdict, got {result!r}"
+        )
+    return verdict
 
 
 @dataclasses.dataclass(frozen=True)
 class Claim:
-    """One published claim next to our measurement.
+    """One published claim, the test that decides it, and what the test found.
 
-    ``reproduced`` is True (the effect exceeds about two standard errors over
-    seeds, :func:`judge`), False (the opposite holds beyond the noise) or None
-    (inconclusive: inside the noise, or not a yes/no question; ``verdict``
-    says what we found).
+    A claim is declared, not narrated: ``statement`` and ``paper`` say what is
+    claimed and where; ``tests`` are results of :mod:`implicit_reg.stats`
+    (``paired_test``, ``peak_test``, ``trend_test``, ``equivalence_test``, ...)
+    whose verdicts, combined by :func:`implicit_reg.stats.all_of`, are the
+    claim's verdict, and whose sentences (effect, SE, interval, degrees of
+    freedom, and for an inconclusive the effect the design could have
+    detected) are the claim's numbers. Changing the rule in
+    :mod:`implicit_reg.stats` changes every report the same way.
+
+    ``context`` adds measured numbers that are not part of the test (what the
+    curve looks like); it never decides anything. A claim with no ``tests``
+    is "not tested" and ``untested`` gives the reason. ``effect`` names the
+    measured effect: claims that rest on the same number share it, and
+    :meth:`Report.tally` counts each effect once. ``headline`` marks the claim
+    that stands for the experiment in the summary of all reports.
     """
 
-    claim: str
+    statement: str
     paper: str
-    ours: str
-    reproduced: bool | None
-    verdict: str = ""
+    tests: tuple = ()
+    context: str = ""
+    untested: str = ""
+    effect: str = ""
+    headline: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.tests and not self.untested:
+            raise ValueError(f"claim {self.statement!r}: give its tests or why it is not tested")
+        if self.tests and self.untested:
+            raise ValueError(f"claim {self.statement!r} is tested; drop `untested`")
+        for t in self.tests:
+            _verdict_of(t)
+
+    @property
+    def verdict(self) -> str:
+        """One of :data:`VERDICTS`: every test's verdict combined by ``stats.all_of``."""
+        if not self.tests or any(t.verdict == NOT_TESTED for t in self.tests):
+            return NOT_TESTED
+        from ..stats import all_of
+
+        return all_of(*self.tests)
+
+    @property
+    def reproduced(self) -> bool | None:
+        """The verdict as True (reproduced), False (not reproduced) or None (else)."""
+        return {"reproduced": True, "not reproduced": False}.get(self.verdict)
+
+    @property
+    def claim(self) -> str:  # the name older callers read
+        return self.statement
+
+    @property
+    def ours(self) -> str:
+        """The numbers: the context, then each test's sentence (or the reason it is untested)."""
+        parts = [self.context] if self.context else []
+        parts += [t.sentence() for t in self.tests] if self.tests else [self.untested]
+        return "; ".join(p.strip().rstrip(".") for p in parts if p) + "."
 
     def row(self) -> dict[str, str]:
-        yes_no = {True: "yes", False: "**no**", None: "inconclusive"}[self.reproduced]
-        verdict = f"{yes_no}: {self.verdict}" if self.verdict else yes_no
-        return {"claim": self.claim, "paper": self.paper, "ours": self.ours, "reproduces?": verdict}
+        shown = {"not reproduced": "**not reproduced**"}.get(self.verdict, self.verdict)
+        return {"claim": self.statement, "paper": self.paper, "ours": self.ours,
+                "reproduces?": shown}  # fmt: skip
+
+    def record(self) -> dict[str, Any]:
+        """The claim as ``summary.json`` stores it."""
+        return {
+            "claim": self.statement,
+            "paper": self.paper,
+            "verdict": self.verdict,
+            "reproduced": self.reproduced,
+            "effect": self.effect or self.statement,
+            "headline": self.headline,
+            "short": self.short,
+            "ours": self.ours,
+        }
+
+    @property
+    def short(self) -> str:
+        """The statement, the verdict and each test's effect with its interval, in one line
+        (the summary of all reports quotes it)."""
+        if not self.tests:
+            return f"{self.statement}: not tested ({self.untested})"
+        return f"{self.statement}: " + "; ".join(brief(t) for t in self.tests)
+
+
+def brief(result: Any) -> str:
+    """A result of :mod:`implicit_reg.stats` as ``effect [low, high]`` (its confidence
+    interval); a peak as its rise and fall; a ratio as its estimate and interval."""
+    rise, fall = getattr(result, "rise", None), getattr(result, "fall", None)
+    if rise is not None and fall is not None:
+        at = getattr(result, "index", None)
+        return f"rise {brief(rise)}, fall {brief(fall)}" + (
+            f" (at point {at})" if at is not None else ""
+        )
+    if isinstance(result, Untested):
+        return result.sentence()
+    effect = getattr(result, "effect", getattr(result, "ratio", None))
+    ci = getattr(result, "ci", None)
+    log = getattr(result, "scale", "") == "log"
+    if effect is None:
+        return result.verdict
+    text = ("×" if log else "") + fmt(float(np.exp(effect) if log else effect), 3)
+    if ci is not None and all(np.isfinite(ci)):
+        lo, hi = np.exp(ci) if log else ci
+        text += f" [{fmt(float(lo), 3)}, {fmt(float(hi), 3)}]"
+    return text
+
+
+def tally(claims: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """Count distinct effects by verdict: claims with the same ``effect`` count once
+    (the first claim's verdict stands for it). ``claims`` are :meth:`Claim.record` dicts."""
+    seen: dict[str, str] = {}
+    for c in claims:
+        seen.setdefault(c.get("effect") or c["claim"], c["verdict"])
+    counts = {v: 0 for v in VERDICTS}
+    for v in seen.values():
+        counts[v] += 1
+    counts["effects"] = len(seen)
+    return counts
+
+
+def tally_text(counts: Mapping[str, int]) -> str:
+    """``"3/5 (1 inconclusive, 1 not tested)"``: reproduced of the distinct tested-or-not effects."""
+    rest = [f"{counts[v]} {v}" for v in ("inconclusive", "not reproduced", NOT_TESTED) if counts[v]]
+    return f"{counts['reproduced']}/{counts['effects']}" + (f" ({', '.join(rest)})" if rest else "")
 
 
 class Report:
@@ -414,12 +475,24 @@ class Report:
         return self.out / REPORT_FILE
 
     def add_claim(
-        self, claim: str, paper: str, ours: str, reproduced: bool | None, verdict: str = ""
+        self,
+        statement: str,
+        paper: str,
+        *tests: Any,
+        context: str = "",
+        untested: str = "",
+        effect: str = "",
+        headline: bool = False,
     ) -> Claim:
-        """Add one row to the claim-vs-ours table at the top of the report."""
-        c = Claim(claim, paper, ours, reproduced, verdict)
+        """Add one claim, decided by ``tests`` (results of :mod:`implicit_reg.stats`), to the
+        table at the top of the report; with no tests, ``untested`` says why (see :class:`Claim`)."""
+        c = Claim(statement, paper, tuple(tests), context, untested, effect, headline)
         self.claims.append(c)
         return c
+
+    def tally(self) -> dict[str, int]:
+        """Distinct effects by verdict (:func:`tally`)."""
+        return tally([c.record() for c in self.claims])
 
     def add_text(self, text: str, heading: str | None = None) -> None:
         """A markdown paragraph, under a ``##`` heading if one is given."""
@@ -478,6 +551,7 @@ class Report:
             parts.append(
                 "## Claims: the paper's and ours\n\n"
                 + markdown_table([c.row() for c in self.claims])
+                + f"\n{RULE_TEXT} Distinct effects reproduced: {tally_text(self.tally())}.\n"
             )
         parts += self.blocks
         data = [p.name for p in self.files if p.suffix == ".csv"]
@@ -508,9 +582,8 @@ class Report:
             "version": __version__,
             "wall_time_s": self.wall_time_s,
             "cpu_time_s": self.cpu_time_s,
-            "claims": [
-                {"claim": c.claim, "reproduced": c.reproduced, "ours": c.ours} for c in self.claims
-            ],
+            "claims": [c.record() for c in self.claims],
+            "figures": [p.name for p in self.files if p.suffix == ".png"],
         }
 
     def write(self) -> Report:
