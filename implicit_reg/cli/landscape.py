@@ -277,7 +277,12 @@ def landscape(
     ),
     seed: int = typer.Option(0, help="Seed of the random directions (and of Lanczos)."),
     chunk_size: int | None = typer.Option(None, help="Rows per data chunk (default: by memory)."),
-    memory_mb: int = typer.Option(256, help="Memory budget of one batched pass, MiB."),
+    memory_mb: int = typer.Option(
+        32, help="Memory budget of one batched pass, MiB (raise it on a GPU)."
+    ),
+    loop: bool = typer.Option(
+        False, "--loop", help="One grid point at a time instead of vmap blocks (same numbers)."
+    ),
     out: str | None = typer.Option(
         None, help="Output folder (default: landscape/ next to the checkpoint)."
     ),
@@ -295,7 +300,7 @@ def landscape(
         land, meta = landscape_of_checkpoint(
             checkpoint, directions=directions, dims=dims, points=points, span=span,
             trajectory=trajectory or None, split=split, accuracy=accuracy, seed=seed,
-            chunk_size=chunk_size, memory_budget=memory_mb * 2**20,
+            chunk_size=chunk_size, memory_budget=memory_mb * 2**20, batched=not loop,
         )  # fmt: skip
         folder = Path(out) if out is not None else _resolve(checkpoint).parent / "landscape"
         paths = write_landscape(land, folder, meta)

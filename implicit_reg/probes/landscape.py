@@ -78,8 +78,11 @@ __all__ = [
 
 DIRECTIONS = ("random", "hessian", "pca")
 IGNORE = ("biasbn", None)
-#: bytes the batched evaluation may hold at once (parameter copies + activations)
-DEFAULT_MEMORY_BUDGET = 256 * 2**20
+#: bytes the batched evaluation may hold at once (parameter copies + activations). Small
+#: on purpose: on a CPU a block's activations should stay near the cache; 16 points of
+#: an MNIST-1D MLP (40-100-100-10) on 4,000 rows in one block ran 2x slower per point than
+#: blocks of 16 × 1,000 rows (benchmarks/bench_landscape.py). Raise it on a GPU.
+DEFAULT_MEMORY_BUDGET = 32 * 2**20
 #: activations counted by forward hooks are multiplied by this to cover what hooks do
 #: not see (functional activations, the loss's temporaries)
 ACTIVATION_FACTOR = 3
