@@ -23,6 +23,17 @@ every layer: :func:`layer_table`.
 For the training engine: :func:`run_probes` with names from :data:`PROBES`.
 """
 
+from .bounds import (
+    SigmaSearch,
+    SpectralComplexity,
+    classification_margins,
+    margin_quantile,
+    pacbayes_bound,
+    pacbayes_measures,
+    pacbayes_sigma,
+    path_norm,
+    spectral_complexity,
+)
 from .curvature import FISHER_KINDS, FisherOperator, GGNOperator
 from .density import DensityResult, slq_density
 from .eigen import (
@@ -107,6 +118,15 @@ __all__ = [
     "eps_sharpness",
     "gaussian_sharpness",
     "geometric_complexity",
+    "classification_margins",
+    "margin_quantile",
+    "path_norm",
+    "SpectralComplexity",
+    "spectral_complexity",
+    "SigmaSearch",
+    "pacbayes_sigma",
+    "pacbayes_bound",
+    "pacbayes_measures",
     "Slice1D",
     "Slice2D",
     "filter_normalized_direction",
