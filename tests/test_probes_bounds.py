@@ -194,6 +194,8 @@ def test_spectral_complexity_against_numpy_svd(form, with_init):
     np.testing.assert_allclose(got.spec_norms, spec, rtol=1e-12)
     assert got.value == pytest.approx(want, rel=1e-10)
     assert got.form == form
+    shared = spectral_complexity(model, None, init_state=init_state, form=form, margin=gamma)
+    assert shared.value == pytest.approx(want, rel=1e-10)
 
 
 def test_spectral_complexity_nonpositive_margin_is_inf():
@@ -216,6 +218,10 @@ def test_spectral_complexity_bad_input():
         spectral_complexity(model, d, init_state=bad)
     with pytest.raises(ValueError, match="nn.Linear"):
         spectral_complexity(nn.Sequential(nn.Conv1d(1, 1, 1)), d)
+    with pytest.raises(ValueError, match="needs data"):
+        spectral_complexity(model, None)
+    with pytest.raises(ValueError, match="margin must"):
+        spectral_complexity(model, d, margin=math.nan)
     with pytest.raises(ValueError, match="targets"):
         spectral_complexity(model, (d[0], d[1].double()))
     with pytest.raises(ValueError, match="targets must lie"):

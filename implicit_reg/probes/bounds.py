@@ -2,8 +2,10 @@
 
 The definitions follow Jiang, Neyshabur, Mobahi, Krishnan & Bengio,
 "Fantastic generalization measures and where to find them" (ICLR 2020,
-arXiv 1912.02178), Appendix C; equation numbers below are theirs
-(arXiv v1 numbering, the one their public re-implementations cite):
+arXiv 1912.02178), Appendix C; equation numbers below are theirs, as tagged
+in the public re-implementation of Dziugaite et al. (NeurIPS 2020,
+github.com/nitarshan/robust-generalization-measures, ``measures.py``), which
+also fixes the σ-search details (0.1 in error, 10 Monte Carlo samples):
 
 - :func:`classification_margins`, :func:`margin_quantile`: the output margin
   γ used by every "/margin" measure, eq. (22): the 10th percentile of the
@@ -290,11 +292,12 @@ class SpectralComplexity:
 
 def spectral_complexity(
     model: nn.Module,
-    data: Data,
+    data: Data | None,
     *,
     init_state: Mapping[str, Tensor] | None = None,
     form: str = "fro",
     percentile: float = 10.0,
+    margin: float | None = None,
     chunk_size: int | None = None,
     mode: str = DEFAULT_MODE,
 ) -> SpectralComplexity:
@@ -321,7 +324,9 @@ def spectral_complexity(
     limit), in float64. Jiang et al. drop the log and depth factors of the
     full bound; so does this. When γ ≤ 0 (more than ``percentile``% of the
     training set misclassified) the measure is vacuous and ``value`` is
-    ``inf``; the parts are still returned.
+    ``inf``; the parts are still returned. ``margin`` passes a γ computed
+    before (e.g. shared with path-norm/margin); ``data`` is then not read and
+    may be None.
     """
     if form not in _SPECTRAL_FORMS:
         raise ValueError(f"form must be one of {_SPECTRAL_FORMS}, got {form!r}")
@@ -330,6 +335,14 @@ def spectral_complexity(
             f"init_state must be a state dict (mapping) or None, got {type(init_state).__name__}"
         )
     percentile = _percentile(percentile)
+    if margin is not None and (
+        isinstance(margin, bool)
+        or not isinstance(margin, (int, float))
+        or not math.isfinite(margin)
+    ):
+        raise ValueError(f"margin must be a finite number or None, got {margin!r}")
+    if margin is None and data is None:
+        raise ValueError("spectral_complexity needs data (or a precomputed margin)")
     layers = _linear_layers(model)
     names = {id(m): name for name, m in model.named_modules()}
     spec, terms = [], []
@@ -357,9 +370,11 @@ def spectral_complexity(
                 terms.append(float(diff.square().sum()) / s**2)
             else:
                 terms.append((float(diff.norm(dim=1).sum()) / s) ** (2 / 3))
-    gamma = margin_quantile(
-        classification_margins(model, data, chunk_size=chunk_size, mode=mode), percentile
-    )
+    if margin is None:
+        margins = classification_margins(model, data, chunk_size=chunk_size, mode=mode)
+        gamma = margin_quantile(margins, percentile)
+    else:
+        gamma = float(margin)
     prod = math.prod(s * s for s in spec)
     total = sum(terms) if form == "fro" else sum(terms) ** 3
     value = prod * total / gamma**2 if gamma > 0 else math.inf
