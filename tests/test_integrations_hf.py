@@ -6,6 +6,7 @@ equal steps computed by hand with torch.func. Skipped without the ``hf`` extra."
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -27,7 +28,11 @@ from implicit_reg.integrations.huggingface import (  # noqa: E402
     CurvatureCallback,
     model_loss,
 )
-from implicit_reg.probes import run_probes  # noqa: E402
+from implicit_reg.probes import (  # noqa: E402
+    HessianOperator,
+    preconditioned_sharpness,
+    run_probes,
+)
 
 F64 = torch.float64
 N, SEQ = 8, 6
@@ -167,3 +172,23 @@ def test_the_callback_rejects_probe_data_that_is_not_dict_batches():
         CurvatureCallback([(torch.zeros(2, 3), torch.zeros(2))])
     with pytest.raises(ValueError, match="returned no loss"):
         model_loss(_bert(), {"input_ids": _tokens()[0]})
+
+
+def test_the_callback_reads_the_trainers_adamw_for_the_preconditioned_sharpness(tmp_path):
+    x, y = _tokens()
+    probe = {"input_ids": x[:4], "labels": y[:4]}
+    model = _bert()
+    trainer = Trainer(
+        model=model, args=_args(tmp_path, 1, batch=4, learning_rate=0.01), train_dataset=Rows()
+    )  # fmt: skip  (the Trainer's default: AdamW)
+    callback = CurvatureCallback(
+        probe, every=1, budget=None, measures=["preconditioned_lambda_max"]
+    ).attach(trainer)  # the optimizer comes from the Trainer, unwrapped from accelerate's
+    trainer.train()
+    adamw = trainer.optimizer.optimizer  # inside accelerate's wrapper
+    assert isinstance(adamw, torch.optim.AdamW)
+    rows = callback.rows
+    assert [r["step"] for r in rows] == [0, 1] and math.isnan(rows[0]["preconditioned_lambda_max"])
+    op = HessianOperator(model, None, [probe], batch_loss=model_loss)
+    ref = float(preconditioned_sharpness(op, adamw).eigenvalues[0])
+    assert rows[1]["preconditioned_lambda_max"] == pytest.approx(ref, rel=1e-7)

@@ -15,7 +15,7 @@ from torch import nn
 from torch.func import functional_call, hessian
 from torch.utils.data import DataLoader, TensorDataset
 
-from implicit_reg.probes import run_probes
+from implicit_reg.probes import HessianOperator, preconditioned_sharpness, run_probes
 
 L = pytest.importorskip("lightning")
 from lightning.pytorch.loggers import CSVLogger  # noqa: E402
@@ -208,3 +208,26 @@ def test_the_budget_spaces_the_probes_in_a_trainer_run():
 def test_the_monitor_needs_one_loss():
     with pytest.raises(ValueError, match="exactly one of loss_fn and batch_loss"):
         CurvatureMonitor(_data())
+
+
+class AdamNet(Net):
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=0.01)
+
+
+def test_with_adam_the_monitor_logs_the_preconditioned_sharpness():
+    X, y = _data()
+    probe = (X[:16], y[:16])
+    monitor = CurvatureMonitor(probe, nn.CrossEntropyLoss(), every=1, budget=None,
+                               measures=["preconditioned_lambda_max"])  # fmt: skip
+    module = AdamNet()
+    trainer = _fit(module, [monitor], max_steps=2)
+    rows = monitor.rows
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    assert math.isnan(rows[0]["preconditioned_lambda_max"])  # no P before the first step
+    op = HessianOperator(module, nn.CrossEntropyLoss(), probe)
+    ref = preconditioned_sharpness(op, trainer.optimizers[0])  # the same weights and state
+    assert rows[-1]["preconditioned_lambda_max"] == pytest.approx(
+        float(ref.eigenvalues[0]), rel=1e-7
+    )
+    assert rows[-1]["preconditioned_threshold"] == pytest.approx((2 + 2 * 0.9) / (0.1 * 0.01))

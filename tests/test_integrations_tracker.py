@@ -14,6 +14,7 @@ from torch.func import functional_call, hessian, jacrev
 from implicit_reg.integrations import MEASURES, CurvatureTracker
 
 F64 = torch.float64
+GGN_AND_PRECONDITIONED = ("ggn_lambda_max", "preconditioned_lambda_max")
 
 
 def _mlp(seed=0, bn=False, dropout=0.0):
@@ -259,15 +260,60 @@ def test_the_ggn_needs_outputs_and_a_model_needs_parameters():
         return nn.functional.mse_loss(m(batch[0]), batch[1]), len(batch[0])
 
     with pytest.raises(ValueError, match="ggn_lambda_max"):
-        CurvatureTracker(model, None, [(X, y)], batch_loss=batch_loss)
-    tracker = CurvatureTracker(
-        model,
-        None,
-        [(X, y)],
-        batch_loss=batch_loss,
-        measures=[m for m in MEASURES if "ggn" not in m],
-    )
+        CurvatureTracker(model, None, [(X, y)], batch_loss=batch_loss, measures=MEASURES[:4])
+    tracker = CurvatureTracker(model, None, [(X, y)], batch_loss=batch_loss)  # default: no GGN
+    assert tracker.measures == [m for m in MEASURES if m not in GGN_AND_PRECONDITIONED]
     assert tracker.measure(0)["lambda_max"] > 0
     frozen = _mlp().requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable parameters"):
         CurvatureTracker(frozen, nn.MSELoss(), (X, y))
+
+
+@pytest.mark.parametrize("make", [
+    lambda ps: torch.optim.Adam(ps, lr=0.01, betas=(0.9, 0.99), eps=1e-3),
+    lambda ps: torch.optim.RMSprop(ps, lr=0.01, alpha=0.9, eps=1e-3, momentum=0.5),
+])  # fmt: skip
+def test_the_preconditioned_sharpness_equals_the_eigenvalues_of_p_inverse_h(make):
+    model, (X, y), loss_fn = _mlp(), _data(), nn.MSELoss()
+    opt = make(model.parameters())
+    tracker = CurvatureTracker(model, loss_fn, (X, y), budget=None, optimizer=opt)
+    assert "preconditioned_lambda_max" in tracker.measures  # by default with an adaptive optimizer
+    before = tracker.measure(0)  # no step yet: no P
+    assert math.isnan(before["preconditioned_lambda_max"])
+    for _ in range(3):
+        opt.zero_grad()
+        loss_fn(model(X), y).backward()
+        opt.step()
+    row = tracker.measure(3)
+    # P by hand from the optimizer's state, as its update divides by it (torch adam.py/rmsprop.py)
+    g = opt.param_groups[0]
+    if isinstance(opt, torch.optim.Adam):
+        t = float(opt.state[next(iter(model.parameters()))]["step"])
+        P = [opt.state[p]["exp_avg_sq"].sqrt() / math.sqrt(1 - g["betas"][1] ** t) + g["eps"]
+             for p in model.parameters()]  # fmt: skip
+        threshold = (2 + 2 * g["betas"][0]) / ((1 - g["betas"][0]) * g["lr"])
+    else:
+        P = [opt.state[p]["square_avg"].sqrt() + g["eps"] for p in model.parameters()]
+        threshold = (2 + 2 * g["momentum"]) / g["lr"]
+    P = torch.cat([q.reshape(-1) for q in P])
+    theta, L, _ = _flat_loss(model, loss_fn, X, y)
+    eig = torch.linalg.eigvals(hessian(L)(theta) / P[:, None])  # P⁻¹H, not symmetric
+    top = float(eig.real.max())
+    assert float(eig.imag.abs().max()) < 1e-8 * abs(top)  # similar to a symmetric matrix
+    assert row["preconditioned_lambda_max"] == pytest.approx(top, rel=1e-7)
+    assert row["preconditioned_lambda_max_converged"]
+    assert row["preconditioned_threshold"] == pytest.approx(threshold, rel=1e-12)
+    assert row["preconditioned_lambda_max"] != pytest.approx(row["lambda_max"], rel=0.1)
+
+
+def test_the_preconditioned_sharpness_needs_an_adaptive_optimizer():
+    model, (X, y) = _mlp(), _data()
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+    assert (
+        "preconditioned_lambda_max"
+        not in CurvatureTracker(model, nn.MSELoss(), (X, y), optimizer=sgd).measures
+    )
+    with pytest.raises(ValueError, match="Adam, AdamW or RMSprop"):
+        CurvatureTracker(
+            model, nn.MSELoss(), (X, y), optimizer=sgd, measures=["preconditioned_lambda_max"]
+        )

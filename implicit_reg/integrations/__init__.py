@@ -13,6 +13,6 @@ The Lightning and Hugging Face modules import their frameworks, so they are
 not imported here; see ``docs/integrations.md``.
 """
 
-from .tracker import DEFAULT_BUDGET, DEFAULT_EVERY, DEFAULT_MEASURES, MEASURES, CurvatureTracker
+from .tracker import DEFAULT_BUDGET, DEFAULT_EVERY, MEASURES, CurvatureTracker
 
-__all__ = ["CurvatureTracker", "MEASURES", "DEFAULT_MEASURES", "DEFAULT_EVERY", "DEFAULT_BUDGET"]
+__all__ = ["CurvatureTracker", "MEASURES", "DEFAULT_EVERY", "DEFAULT_BUDGET"]

@@ -36,10 +36,7 @@ from transformers import Trainer, TrainerCallback
 from ..probes.batches import batch_size_of
 from .tracker import DEFAULT_BUDGET, DEFAULT_EVERY, CurvatureTracker
 
-__all__ = ["HF_MEASURES", "model_loss", "CurvatureCallback", "ClosureTrainer"]
-
-#: default measures: the GGN needs a loss on the outputs, which a model's own loss is not
-HF_MEASURES = ("loss", "lambda_max", "trace", "grad_norm_sq", "weight_norm", "dist_from_init")
+__all__ = ["model_loss", "CurvatureCallback", "ClosureTrainer"]
 
 
 def model_loss(model: nn.Module, batch: Mapping) -> tuple[Tensor, int]:
@@ -91,7 +88,10 @@ class CurvatureCallback(TrainerCallback):
         probe_data: a dict batch or a list of dict batches (the probe set).
         every, budget: as for :class:`CurvatureTracker`.
         measures: names from :data:`implicit_reg.integrations.MEASURES` except
-            ``ggn_lambda_max`` (default :data:`HF_MEASURES`).
+            ``ggn_lambda_max`` (it needs a loss on the outputs, which the model's
+            own loss is not); None: all the others, the preconditioned
+            sharpness when the Trainer's optimizer is Adam/AdamW (the default)
+            or RMSprop.
         batch_loss: ``(model, batch) -> (mean loss, batch size)``; default
             :func:`model_loss`.
         prefix: prepended to every logged name.
@@ -114,7 +114,7 @@ class CurvatureCallback(TrainerCallback):
         probe_data,
         *,
         every: int = DEFAULT_EVERY,
-        measures: Sequence[str] = HF_MEASURES,
+        measures: Sequence[str] | None = None,
         budget: float | None = DEFAULT_BUDGET,
         batch_loss: Callable = model_loss,
         prefix: str = "curvature/",
@@ -144,11 +144,15 @@ class CurvatureCallback(TrainerCallback):
 
         return pd.DataFrame(self.rows)
 
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         if model is None:
             raise ValueError("CurvatureCallback needs the model (the Trainer passes it)")
+        options = dict(self.options)
+        while isinstance(getattr(optimizer, "optimizer", None), torch.optim.Optimizer):
+            optimizer = optimizer.optimizer  # accelerate's AcceleratedOptimizer wraps it
+        options.setdefault("optimizer", optimizer)
         self.tracker = CurvatureTracker(
-            _unwrap(model), None, self.probe_data, batch_loss=self.batch_loss, **self.options
+            _unwrap(model), None, self.probe_data, batch_loss=self.batch_loss, **options
         )
         self._log(state, self.tracker.step(state.global_step))
 

@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 import lightning as L
 from torch import Tensor
 
-from .tracker import DEFAULT_BUDGET, DEFAULT_EVERY, DEFAULT_MEASURES, CurvatureTracker
+from .tracker import DEFAULT_BUDGET, DEFAULT_EVERY, CurvatureTracker
 
 __all__ = ["CurvatureMonitor", "metrics_of"]
 
@@ -51,7 +51,9 @@ class CurvatureMonitor(L.Callback):
         loss_fn: mean-reduced ``loss_fn(module(inputs), targets)``; None when
             ``batch_loss`` is given.
         batch_loss: ``(module, batch) -> (mean loss, batch size)``.
-        every, measures, budget: as for :class:`CurvatureTracker`.
+        every, measures, budget: as for :class:`CurvatureTracker`; with
+            ``measures=None`` the preconditioned sharpness is measured when
+            the Trainer has one optimizer and it is Adam, AdamW or RMSprop.
         prefix: prepended to every logged name.
         **tracker_options: the other :class:`CurvatureTracker` arguments
             (``top_k``, ``chunk_size``, ``mode``, ``seed``, ``trace_hvps``, ...).
@@ -68,7 +70,7 @@ class CurvatureMonitor(L.Callback):
         *,
         batch_loss=None,
         every: int = DEFAULT_EVERY,
-        measures: Sequence[str] = DEFAULT_MEASURES,
+        measures: Sequence[str] | None = None,
         budget: float | None = DEFAULT_BUDGET,
         prefix: str = "curvature/",
         **tracker_options,
@@ -94,8 +96,11 @@ class CurvatureMonitor(L.Callback):
         return pd.DataFrame(self.rows)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        options = dict(self.options)
+        if "optimizer" not in options and len(trainer.optimizers) == 1:
+            options["optimizer"] = trainer.optimizers[0]
         self.tracker = CurvatureTracker(
-            pl_module, self.loss_fn, self.probe_data, batch_loss=self.batch_loss, **self.options
+            pl_module, self.loss_fn, self.probe_data, batch_loss=self.batch_loss, **options
         )
         self._seen_step = trainer.global_step
         self._log(trainer, self.tracker.step(trainer.global_step))

@@ -18,6 +18,14 @@ on it (full-data means over the probe set, in chunks):
   Dherin, ICLR 2021); ``loss``: L(θ) on the probe set (same pass).
 - ``weight_norm``: ‖θ‖₂; ``dist_from_init``: ‖θ − θ₀‖₂, θ₀ the weights
   when the tracker was built.
+- ``preconditioned_lambda_max``: with an adaptive ``optimizer`` (Adam, AdamW,
+  RMSprop), λ_max(P⁻¹H) with P the diagonal the optimizer's last step divided
+  by (:func:`implicit_reg.probes.preconditioned_sharpness`; Cohen et al. 2022,
+  arXiv 2207.14484), warm-started and certified like λ_max, beside its
+  stability threshold ``preconditioned_threshold``
+  (:func:`implicit_reg.probes.adaptive_eos_threshold`, 38/η for Adam at
+  β₁ = 0.9). NaN before the optimizer's first step (no P yet). Measured by
+  default whenever an adaptive optimizer is given.
 
 Every probe leaves the model exactly as found: parameters, ``.grad``,
 train/eval mode, buffers (BatchNorm statistics) and the global RNG
@@ -60,6 +68,8 @@ from torch import Tensor, nn
 from ..probes import (
     GGNOperator,
     HessianOperator,
+    PreconditionedOperator,
+    adaptive_eos_threshold,
     dist_from_init,
     hutchpp,
     lanczos,
@@ -71,9 +81,10 @@ from ..probes.registry import WARM_KEYS, warm_start_vector
 from ..probes.selection import Selection
 from ..probes.state import DEFAULT_MODE, check_mode
 
-__all__ = ["MEASURES", "DEFAULT_MEASURES", "DEFAULT_EVERY", "DEFAULT_BUDGET", "CurvatureTracker"]
+__all__ = ["MEASURES", "DEFAULT_EVERY", "DEFAULT_BUDGET", "CurvatureTracker"]
 
-#: measures a tracker can take (names as in :data:`implicit_reg.probes.PROBES`)
+#: measures a tracker can take (names as in :data:`implicit_reg.probes.PROBES`); all those
+#: that apply are measured by default (``measures=None``)
 MEASURES = (
     "loss",
     "lambda_max",
@@ -82,12 +93,24 @@ MEASURES = (
     "grad_norm_sq",
     "weight_norm",
     "dist_from_init",
+    "preconditioned_lambda_max",
 )
-#: all of them; ``ggn_lambda_max`` needs ``loss_fn`` on ``(inputs, targets)`` data
-DEFAULT_MEASURES = MEASURES
+#: warm-start key of the preconditioned sharpness (the others are in ``WARM_KEYS``)
+PRECONDITIONED_KEY = "preconditioned_lambda_max.vec"
 DEFAULT_EVERY = 10
 #: at most 10% of the training time is spent probing
 DEFAULT_BUDGET = 0.1
+
+
+def _is_adaptive(optimizer) -> bool:
+    """Whether ``optimizer`` has a preconditioner the probe reads (Adam, AdamW, RMSprop)."""
+    if optimizer is None:
+        return False
+    try:
+        adaptive_eos_threshold(optimizer)
+    except ValueError:
+        return False
+    return True
 
 
 def _positive_int(name: str, value) -> int:
@@ -108,7 +131,12 @@ class CurvatureTracker:
             tuple or dict), or of any batches with ``batch_loss``. Keep it
             small: every probe passes over it many times (one pass per HVP).
         every: probe at most once per ``every`` steps.
-        measures: names from :data:`MEASURES`.
+        measures: names from :data:`MEASURES`; None: every one that applies
+            (no ``ggn_lambda_max`` with ``batch_loss``; ``preconditioned_lambda_max``
+            only with an adaptive ``optimizer``).
+        optimizer: the training optimizer, read (never changed) by
+            ``preconditioned_lambda_max``: a ``torch.optim.Adam``, ``AdamW`` or
+            ``RMSprop``; others are ignored when ``measures=None``.
         budget: most probing time per unit of training time (0.1: 10%), or
             None for no limit.
         top_k: eigenvalues of H the ``lambda_max`` probe computes (columns
@@ -149,8 +177,9 @@ class CurvatureTracker:
         probe_data,
         *,
         every: int = DEFAULT_EVERY,
-        measures: Sequence[str] = DEFAULT_MEASURES,
+        measures: Sequence[str] | None = None,
         budget: float | None = DEFAULT_BUDGET,
+        optimizer: torch.optim.Optimizer | None = None,
         top_k: int = 1,
         chunk_size: int | None = None,
         batch_loss: BatchLoss | None = None,
@@ -164,6 +193,14 @@ class CurvatureTracker:
     ):
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
+        adaptive = _is_adaptive(optimizer)
+        if measures is None:
+            measures = [
+                m
+                for m in MEASURES
+                if not (m == "ggn_lambda_max" and batch_loss is not None)
+                and not (m == "preconditioned_lambda_max" and not adaptive)
+            ]
         if isinstance(measures, str):
             measures = [measures]
         measures = list(measures)
@@ -176,6 +213,11 @@ class CurvatureTracker:
             raise ValueError(
                 "measure 'ggn_lambda_max' needs the model's outputs: give loss_fn and "
                 "(inputs, targets) probe data instead of batch_loss, or leave it out of measures"
+            )
+        if "preconditioned_lambda_max" in measures and not adaptive:
+            raise ValueError(
+                "measure 'preconditioned_lambda_max' needs optimizer= a torch.optim.Adam, AdamW "
+                f"or RMSprop (the one training the model), got {type(optimizer).__name__}"
             )
         if budget is not None and (
             isinstance(budget, bool)
@@ -195,6 +237,7 @@ class CurvatureTracker:
         self.every = _positive_int("every", every)
         self.top_k = _positive_int("top_k", top_k)
         self.measures = measures
+        self.optimizer = optimizer if adaptive else None
         self.budget = None if budget is None else float(budget)
         self.mode = check_mode(mode)
         self.chunk_size, self.seed, self.params = chunk_size, seed, params
@@ -302,7 +345,7 @@ class CurvatureTracker:
         )
 
     def _eig(self, op, name: str, k: int) -> dict:
-        key = WARM_KEYS[name]
+        key = WARM_KEYS.get(name, PRECONDITIONED_KEY)
         v0 = warm_start_vector(self.state.get(key), op.dim, seed=self.seed, device=op.device)
         res = lanczos(
             op, min(k, op.dim), tol=self.lanczos_tol, max_iter=self.lanczos_max_iter,
@@ -343,4 +386,17 @@ class CurvatureTracker:
             out["weight_norm"] = weight_norms(self.model)["total"]
         if "dist_from_init" in m:
             out["dist_from_init"] = dist_from_init(self.model, self.init_state)
+        if "preconditioned_lambda_max" in m:
+            out.update(self._preconditioned(op or self._operator("hessian")))
+        return out
+
+    def _preconditioned(self, op) -> dict:
+        name, opt = "preconditioned_lambda_max", self.optimizer
+        out = {"preconditioned_threshold": adaptive_eos_threshold(opt)}
+        named = dict(self.model.named_parameters())
+        if not all("step" in opt.state.get(named[n], {}) for n in op.names):
+            nan = float("nan")  # before the first step the optimizer has no P
+            return {name: nan, f"{name}_residual": nan, f"{name}_converged": False,
+                    f"{name}_hvps": 0, **out}  # fmt: skip
+        out.update(self._eig(PreconditionedOperator.from_optimizer(op, opt), name, 1))
         return out
