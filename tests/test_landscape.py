@@ -1,7 +1,7 @@
 """Loss landscapes (implicit_reg.probes.landscape) and ``implicit-reg landscape``.
 
 Oracles: a quadratic's closed form (1-D and 2-D slices, its top eigenvector by
-numpy), filter normalization written out filter by filter, sklearn's PCA, the
+numpy), filter normalization written out filter by filter, numpy's SVD for the PCA, the
 per-point loop against the batched grid, and the model compared bit for bit
 before and after.
 """
@@ -238,8 +238,7 @@ def test_the_batched_grid_equals_the_per_point_loop(mode):
         assert math.isclose(loop[1][5], acc, rel_tol=1e-12)
 
 
-def test_pca_plane_matches_sklearn_and_recovers_a_planar_trajectory():
-    sklearn = pytest.importorskip("sklearn.decomposition")
+def test_pca_plane_matches_an_svd_and_recovers_a_planar_trajectory():
     rng = np.random.default_rng(0)
     dim, T = 30, 9
     center = torch.tensor(rng.normal(size=dim))
@@ -252,15 +251,17 @@ def test_pca_plane_matches_sklearn_and_recovers_a_planar_trajectory():
     # the trajectory lies in span(u): the PCA plane is that plane, all variance explained
     np.testing.assert_allclose(np.abs(np.linalg.svd(u.T @ D)[1]), [1, 1], atol=1e-10)
     np.testing.assert_allclose(plane.explained_variance_ratio.sum(), 1, atol=1e-12)
-    # a noisy trajectory against sklearn
+    # a noisy trajectory against numpy's SVD of the centred rows (sklearn PCA's definition:
+    # components = top right singular vectors, explained_variance_ratio_ = s_i² / Σ s_j²)
     noisy = [p + rng.normal(scale=0.3, size=dim) for p in pts]
     plane = pca_directions([torch.tensor(p) for p in noisy], center)
-    ref = sklearn.PCA(n_components=2).fit(np.array(noisy) - center.numpy())
+    M = np.array(noisy) - center.numpy()
+    _, s, Vt = np.linalg.svd(M - M.mean(axis=0), full_matrices=False)
     np.testing.assert_allclose(
-        plane.explained_variance_ratio, ref.explained_variance_ratio_, rtol=1e-10
+        plane.explained_variance_ratio, s[:2] ** 2 / (s**2).sum(), rtol=1e-10
     )
     for i in range(2):
-        cos = abs(plane.directions[i].numpy() @ ref.components_[i])
+        cos = abs(plane.directions[i].numpy() @ Vt[i])
         assert abs(cos - 1) < 1e-10
     want = (np.array(noisy) - center.numpy()) @ np.stack([d.numpy() for d in plane.directions], 1)
     np.testing.assert_allclose(plane.coords, want, atol=1e-12)
@@ -383,12 +384,12 @@ def test_cli_writes_a_tidy_csv_and_figures(tmp_path):
     # 1-D along the top Hessian eigenvector, run directory as the argument
     res = runner.invoke(
         app, ["landscape", str(path.parent), "--directions", "hessian", "--dims", "1", "--points", "7",
-              "--span", "0.5", "--out", str(tmp_path / "h")],
+              "--span", "0.5", "--no-figures", "--out", str(tmp_path / "h")],
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     df = pd.read_csv(tmp_path / "h" / "landscape.csv")
     assert list(df.columns) == ["alpha", "loss", "accuracy"] and len(df) == 7
-    assert df.alpha.min() == -0.5 and (tmp_path / "h" / "landscape_1d.png").is_file()
+    assert df.alpha.min() == -0.5 and not (tmp_path / "h" / "landscape_1d.png").exists()
 
     # PCA plane of a trajectory of checkpoints of the same model
     ck = torch.load(path, weights_only=True)
@@ -411,6 +412,18 @@ def test_cli_writes_a_tidy_csv_and_figures(tmp_path):
     meta = json.loads((tmp_path / "p" / "landscape.json").read_text())
     assert len(meta["explained_variance_ratio"]) == 2 and len(meta["trajectory"]) == 3
     assert 0 < sum(meta["explained_variance_ratio"]) <= 1 + 1e-12
+    assert (tmp_path / "p" / "landscape_contour.png").stat().st_size > 0
+
+
+def test_a_line_is_drawn_with_its_accuracy(tmp_path):
+    from implicit_reg.cli.landscape import plot_landscape
+
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2).double()
+    X, y = torch.randn(20, 3, dtype=torch.float64), torch.randint(0, 2, (20,))
+    land = loss_landscape(model, nn.CrossEntropyLoss(), (X, y), dims=1, points=9, accuracy=True)
+    (path,) = plot_landscape(land, tmp_path)
+    assert path.name == "landscape_1d.png" and path.stat().st_size > 0
 
 
 def test_cli_bad_input(tmp_path):

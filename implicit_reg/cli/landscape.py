@@ -280,6 +280,9 @@ def landscape(
     memory_mb: int = typer.Option(
         32, help="Memory budget of one batched pass, MiB (raise it on a GPU)."
     ),
+    figures: bool = typer.Option(
+        True, "--figures/--no-figures", help="Also draw the figures (else the CSV and JSON only)."
+    ),
     loop: bool = typer.Option(
         False, "--loop", help="One grid point at a time instead of vmap blocks (same numbers)."
     ),
@@ -303,7 +306,7 @@ def landscape(
             chunk_size=chunk_size, memory_budget=memory_mb * 2**20, batched=not loop,
         )  # fmt: skip
         folder = Path(out) if out is not None else _resolve(checkpoint).parent / "landscape"
-        paths = write_landscape(land, folder, meta)
+        paths = write_landscape(land, folder, meta, figures=figures)
     i = np.unravel_index(np.nanargmin(land.loss), land.loss.shape)
     typer.echo(
         f"{meta['points']} points in {meta['seconds']:.2f} s; loss at the centre "
