@@ -193,3 +193,33 @@ def test_rerunning_a_finished_run_starts_from_step_zero(tmp_path, monkeypatch):
     steps[0] = 0
     run_sweep([cfg], tmp_path / "sweep", resume=False, vectorize=False, progress=False)
     assert report.done == 1 and steps[0] == 25
+
+
+def test_one_function_decides_where_mid_run_checkpoints_go(tmp_path):
+    """mid_run_checkpoints: none without a store or checkpoint_every; a run's own folder;
+    an ensemble's folder named by its members; a finished run's folder emptied first;
+    keep_checkpoints kept at the end (of the two kept while training)."""
+    from implicit_reg.engine.checkpoint import mid_run_checkpoints
+
+    store = ResultStore(tmp_path)
+    cfg = RunConfig(**BASE)  # keep_checkpoints = 1
+    assert mid_run_checkpoints([cfg], None) is None
+    assert mid_run_checkpoints([cfg.replace(checkpoint_every=None)], store) is None
+    one = mid_run_checkpoints([cfg], store)
+    assert one.dir == tmp_path / cfg.config_hash() / "checkpoints"
+    assert (one.every, one.keep_last) == (10, 1)
+    members = [cfg, cfg.replace(seed=1)]
+    many = mid_run_checkpoints(members, store)
+    assert many.dir == store.ensemble_checkpoint_dir(members) != one.dir
+    assert many.dir.parent == tmp_path / ".ensembles"
+    assert mid_run_checkpoints(list(reversed(members)), store).dir != many.dir  # order matters
+    for step in (10, 20, 30, 40):
+        one.save(step, {"hashes": [cfg.config_hash()], "step": step})
+    assert [p.name for p in one.files()] == ["step_000000030.pt", "step_000000040.pt"]
+    assert one.latest([cfg.config_hash()])["step"] == 40
+    assert one.latest(["another"]) is None
+    assert len(mid_run_checkpoints([cfg], store).files()) == 2  # unfinished: kept to resume
+    one.prune(0)
+    run(cfg, tmp_path, raise_errors=True)  # finished now, with its last checkpoint
+    assert [p.name for p in one.files()] == ["step_000000200.pt"]
+    assert mid_run_checkpoints([cfg], store).files() == []  # a rerun starts from step 0

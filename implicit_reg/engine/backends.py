@@ -5,8 +5,9 @@ that trains the configs and yields each result as it finishes;
 :func:`implicit_reg.engine.sweep.run_sweep` writes every result through
 :class:`~implicit_reg.engine.store.ResultStore`, the one atomic writer, so any
 backend gets resumability for free. ``store`` (when the backend accepts it) is
-where runs with ``checkpoint_every`` keep their mid-run checkpoints; a backend
-with only a ``configs`` parameter is called without it.
+where runs with ``checkpoint_every`` keep their mid-run checkpoints (placed by
+:func:`~implicit_reg.engine.checkpoint.mid_run_checkpoints`); a backend with only
+a ``configs`` parameter is called without it.
 
 - :func:`serial_backend`: one run after another in this process.
 - :func:`process_pool_backend`: spawned worker processes.
@@ -26,7 +27,6 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from multiprocessing import get_context
-from pathlib import Path
 
 from .config import RunConfig
 from .plan import CPU_MAX_STEP_FLOPS, DEFAULT_MAX_MEMBERS, plan_sweep
@@ -56,20 +56,15 @@ def call_backend(
     return backend(configs, store=store) if takes_store else backend(configs)
 
 
-def _checkpoint_dir(store: ResultStore | None, config: RunConfig) -> Path | None:
-    if store is None or not config.checkpoint_every:
-        return None
-    return store.resumable_checkpoint_dir([config])
-
-
 def serial_backend(
     configs: Sequence[RunConfig], store: ResultStore | None = None
 ) -> Iterator[RunResult]:
-    """Train the configs one after another in this process."""
-    from .train import run
+    """Train the configs one after another in this process
+    (:func:`~implicit_reg.engine.train.train_one`)."""
+    from .train import train_one
 
     for config in configs:
-        yield run(config, checkpoint_dir=_checkpoint_dir(store, config))
+        yield train_one(config, store=store)
 
 
 def worker_threads(workers: int, cores: int | None = None) -> int:
@@ -103,10 +98,10 @@ def _init_worker(threads: int) -> None:
     threading.Thread(target=watch, name="sweep-parent-watchdog", daemon=True).start()
 
 
-def _run_in_worker(config: RunConfig, checkpoint_dir: Path | None) -> RunResult:
-    from .train import run
+def _run_in_worker(config: RunConfig, store: ResultStore | None) -> RunResult:
+    from .train import train_one
 
-    return run(config, checkpoint_dir=checkpoint_dir)
+    return train_one(config, store=store)
 
 
 def process_pool_backend(workers: int) -> Backend:
@@ -128,9 +123,7 @@ def process_pool_backend(workers: int) -> Backend:
             initializer=_init_worker,
             initargs=(threads,),
         ) as pool:
-            futures = {
-                pool.submit(_run_in_worker, c, _checkpoint_dir(store, c)): c for c in configs
-            }
+            futures = {pool.submit(_run_in_worker, c, store): c for c in configs}
             try:
                 pending = set(futures)
                 while pending:

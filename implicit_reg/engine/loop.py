@@ -16,12 +16,14 @@ the schedule its runs share:
   above ``max_loss`` ends the member with status ``"diverged"`` and
   ``diverged_at`` = the step whose loss it was. A probe that raises fails its
   member only (status ``"failed"``), unless ``raise_errors``.
-- checkpoints (:class:`Checkpoints`): every ``checkpoint_every`` steps the
+- checkpoints (:class:`~implicit_reg.engine.checkpoint.Checkpoints`, placed by
+  :func:`~implicit_reg.engine.checkpoint.mid_run_checkpoints`): every ``checkpoint_every`` steps the
   stepper's state (model, optimizer, data order), every member's record so
   far (history, status, probe state) and the global RNG state are saved
   atomically. :func:`train_loop` called again with the same checkpoints
   continues from the last one, and the run ends exactly as an uninterrupted
-  one would (same floating-point operations on the same values).
+  one would (same floating-point operations on the same values). When the
+  loop ends, the last ``keep_checkpoints`` files are kept.
 - losses: ``stepper.step()`` returns each live member's batch loss L(θ_t) as a
   float or a tensor on the model's device (a dict member → loss, or one 1-D
   tensor over ``stepper.live``). The loop keeps them there and reads them, in
@@ -39,21 +41,19 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-import re
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from .checkpoint import Checkpoints
 from .config import BASE_METRICS, RunConfig
 from .record import RunResult, build_summary, failed_result
 
 __all__ = [
     "Track",
-    "Checkpoints",
     "SYNC_EVERY",
     "is_diverged",
     "step_budget",
@@ -119,52 +119,6 @@ class Track:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for key, value in state.items():
             setattr(self, key, value)
-
-
-class Checkpoints:
-    """Mid-run checkpoints in one directory: ``step_<step>.pt``, written atomically.
-
-    ``keep`` files are kept while training (two: a kill while one is being
-    written leaves the other); :meth:`prune` leaves the last ``keep_last`` once
-    the run has ended (``keep_checkpoints``, 1 by default; 0 removes them).
-    """
-
-    PATTERN = re.compile(r"step_(\d+)\.pt$")
-
-    def __init__(self, directory: str | Path, every: int, *, keep: int = 2) -> None:
-        self.dir, self.every, self.keep = Path(directory), int(every), keep
-
-    def files(self) -> list[Path]:
-        if not self.dir.is_dir():
-            return []
-        found = [
-            (int(m.group(1)), p) for p in self.dir.iterdir() if (m := self.PATTERN.match(p.name))
-        ]
-        return [p for _, p in sorted(found)]
-
-    def save(self, step: int, payload: dict[str, Any]) -> Path:
-        from .checkpoint import to_bytes
-        from .store import atomic_write_bytes
-
-        path = atomic_write_bytes(self.dir / f"step_{step:09d}.pt", to_bytes(payload))
-        self.prune(self.keep)
-        return path
-
-    def latest(self, hashes: list[str]) -> dict[str, Any] | None:
-        """The newest readable checkpoint of these runs (by config hash), or None."""
-        for path in reversed(self.files()):
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception:  # noqa: BLE001 - a damaged file: try the one before
-                continue
-            if isinstance(state, dict) and state.get("hashes") == hashes:
-                return state
-        return None
-
-    def prune(self, keep: int) -> None:
-        files = self.files()
-        for path in files[: max(0, len(files) - keep)]:
-            path.unlink(missing_ok=True)
 
 
 def _probes_take_state() -> bool:
@@ -257,6 +211,8 @@ class _Schedule:
         for i, track in enumerate(self.tracks):
             if track.status == "complete" and track.last_probe != track.step:
                 self.probe(i, track.step)  # the probes always run at the end
+        if checkpoints is not None:
+            checkpoints.finish()
 
     def start(self) -> None:
         """Step 0: evaluate (and probe, with ``probe_every``) every member."""

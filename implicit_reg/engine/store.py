@@ -34,7 +34,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -189,20 +189,6 @@ class ResultStore:
         named by the hash of the members' config hashes, in order."""
         key = ",".join(c.config_hash() for c in configs)
         return self.root / ENSEMBLES_DIR / hashlib.sha256(key.encode()).hexdigest()[:12]
-
-    def resumable_checkpoint_dir(self, configs: Sequence[RunConfig]) -> Path:
-        """The checkpoint folder of one run (``[config]``) or of an ensemble, emptied
-        first if any of the runs is already complete: checkpoints continue a run that
-        was interrupted, never seed the rerun of a finished one (which starts again
-        from step 0, with today's code)."""
-        d = (
-            self.checkpoint_dir(configs[0])
-            if len(configs) == 1
-            else self.ensemble_checkpoint_dir(configs)
-        )
-        if any(self.is_complete(c) for c in configs) and d.is_dir():
-            shutil.rmtree(d, ignore_errors=True)
-        return d
 
     def prepare(self, config: RunConfig) -> Path:
         """Create the run directory, clearing what an incomplete earlier attempt left

@@ -20,9 +20,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..workloads.losses import OneHotMSELoss, make_loss
-from .checkpoint import to_bytes
+from .checkpoint import mid_run_checkpoints, to_bytes
 from .config import RunConfig
-from .loop import SYNC_EVERY, Checkpoints, Track, results_of, step_budget, train_loop
+from .loop import SYNC_EVERY, Track, results_of, step_budget, train_loop
 from .optimizers import build_optimizer
 from .record import (
     STATUSES,
@@ -54,52 +54,52 @@ __all__ = [
 
 
 def run(
-    config: RunConfig,
-    out_dir: str | Path | None = None,
-    *,
-    raise_errors: bool = False,
-    checkpoint_dir: str | Path | None = None,
+    config: RunConfig, out_dir: str | Path | None = None, *, raise_errors: bool = False
 ) -> RunResult:
-    """Train one model as ``config`` says and return its result.
+    """Train one model as ``config`` says and return its result (:func:`train_one`).
 
     ``out_dir``: a store root; the finished run is written atomically to
     ``out_dir/<config_hash>/`` (:class:`~implicit_reg.engine.store.ResultStore`), and
-    with ``checkpoint_every`` its mid-run checkpoints go to that run's
-    ``checkpoints/`` folder, from which a rerun of the unfinished run resumes (a
-    finished run's checkpoints are cleared first: rerunning it starts from step 0). ``checkpoint_dir``
-    names that folder directly (the sweep backends, which do not write results,
-    pass it). Divergence gives status "diverged"; any exception gives status
-    "failed" with the traceback in ``summary["error"]``, unless ``raise_errors``.
+    with ``checkpoint_every`` a rerun of an unfinished run resumes from its last
+    mid-run checkpoint there
+    (:func:`~implicit_reg.engine.checkpoint.mid_run_checkpoints` decides where).
+    Divergence gives status "diverged"; any exception gives status "failed" with the
+    traceback in ``summary["error"]``, unless ``raise_errors``.
     """
-    started, started_at = time.perf_counter(), now()
     store = ResultStore(out_dir) if out_dir is not None else None
-    if checkpoint_dir is None and store is not None and config.checkpoint_every:
-        checkpoint_dir = store.resumable_checkpoint_dir([config])
-    try:
-        result = train_one(config, checkpoint_dir=checkpoint_dir, raise_errors=raise_errors)
-    except Exception:
-        if raise_errors:
-            raise
-        result = failed_result(config, traceback.format_exc())
-    result.summary["wall_time_s"] = time.perf_counter() - started
-    result.meta = run_meta(started_at, trained_alone())
+    result = train_one(config, store=store, raise_errors=raise_errors)
     if store is not None:
         store.write(result)
     return result
 
 
 def train_one(
-    config: RunConfig, *, checkpoint_dir: str | Path | None = None, raise_errors: bool = False
+    config: RunConfig, *, store: ResultStore | None = None, raise_errors: bool = False
 ) -> RunResult:
-    """The training behind :func:`run` (exceptions propagate; no metadata, nothing written)."""
+    """One run trained alone, its result with metadata and wall time; nothing written but
+    its mid-run checkpoints, in ``store``
+    (:func:`~implicit_reg.engine.checkpoint.mid_run_checkpoints`). What the sweep
+    backends call (the sweep's store writes the result); :func:`run` adds the write.
+    Any exception gives status "failed" with its traceback, unless ``raise_errors``."""
+    started, started_at = time.perf_counter(), now()
+    try:
+        result = _train_alone(config, store, raise_errors)
+    except Exception:
+        if raise_errors:
+            raise
+        result = failed_result(config, traceback.format_exc())
+    result.summary["wall_time_s"] = time.perf_counter() - started
+    result.meta = run_meta(started_at, trained_alone())
+    return result
+
+
+def _train_alone(config: RunConfig, store: ResultStore | None, raise_errors: bool) -> RunResult:
+    """The training behind :func:`train_one` (exceptions propagate)."""
     data = load_run_data(config)
     model = build_run_model(config, data)
     loss_fn = run_loss(config, data)
     stepper = SerialStepper(config, data, model, loss_fn)
     tracks = [Track(config)]
-    checkpoints = None
-    if config.checkpoint_every and checkpoint_dir is not None:
-        checkpoints = Checkpoints(checkpoint_dir, config.checkpoint_every)
     spec = config.model_spec(data.input_dim, data.output_dim)
     about = {
         "model_spec": spec,
@@ -110,11 +110,10 @@ def train_one(
     }
     budget, _ = step_budget(config, data.n_train)
     train_loop(
-        stepper, tracks, budget=budget, loss_fn=loss_fn, checkpoints=checkpoints,
-        checkpoint_extra=about, raise_errors=raise_errors, sync_every=SYNC_EVERY,
+        stepper, tracks, budget=budget, loss_fn=loss_fn,
+        checkpoints=mid_run_checkpoints([config], store), checkpoint_extra=about,
+        raise_errors=raise_errors, sync_every=SYNC_EVERY,
     )  # fmt: skip
-    if checkpoints is not None:
-        checkpoints.prune(config.keep_checkpoints)
     (result,) = results_of(stepper, tracks, [data], [{}])
     if config.checkpoint and result.status != "failed":
         result.checkpoint = to_bytes(
@@ -136,8 +135,8 @@ def train_runs(
     ensemble (:class:`~implicit_reg.engine.steppers.EnsembleStepper`) through the same loop
     as :func:`run`; one result per config, in order, nothing written (the sweep's
     store writes). With ``checkpoint_every`` and a ``store`` the ensemble's mid-run
-    checkpoints go to :meth:`~implicit_reg.engine.store.ResultStore.ensemble_checkpoint_dir`,
-    and the same group trained again resumes from there.
+    checkpoints go where :func:`~implicit_reg.engine.checkpoint.mid_run_checkpoints`
+    puts them, and the same group trained again resumes from there.
 
     Each result's ``meta["trained"]`` says it was member i of an ensemble of M, and
     ``meta["ensemble"]["runs"]`` lists the members' config hashes. Raises
@@ -161,13 +160,11 @@ def train_runs(
     loss_fn = run_loss(cfg, datas[0])
     stepper = EnsembleStepper(configs, datas, models, loss_fn)
     tracks = [Track(c) for c in configs]
-    checkpoints = None
-    if cfg.checkpoint_every and store is not None:
-        checkpoints = Checkpoints(store.resumable_checkpoint_dir(configs), cfg.checkpoint_every)
     budget, _ = step_budget(cfg, datas[0].n_train)
-    train_loop(stepper, tracks, budget=budget, loss_fn=loss_fn, checkpoints=checkpoints)
-    if checkpoints is not None:
-        checkpoints.prune(cfg.keep_checkpoints)
+    train_loop(
+        stepper, tracks, budget=budget, loss_fn=loss_fn,
+        checkpoints=mid_run_checkpoints(configs, store),
+    )  # fmt: skip
     elapsed = time.perf_counter() - started
     hashes = [c.config_hash() for c in configs]
     ensemble = {"members": len(configs), "runs": hashes, "wall_time_s": elapsed}
