@@ -514,8 +514,9 @@ def loss_landscape(
             (inputs, targets) batches; ``loss_fn`` mean-reduced).
         directions: ``"random"`` (filter-normalized, Li et al. 2018),
             ``"hessian"`` (top eigenvectors of H), ``"pca"`` (PCA plane of
-            ``trajectory``, a sequence of flat parameter vectors θ_t) or
-            ``dims`` flat tensors.
+            ``trajectory``, a sequence of flat parameter vectors θ_t, each the
+            trainable parameters concatenated in ``named_parameters()`` order)
+            or ``dims`` flat tensors in that order.
         alphas, betas: grid coordinates; default ``points`` values (51 in 1-D,
             21 in 2-D) in [−1, 1], or for ``"pca"`` the trajectory's extent
             plus a quarter on each side.
