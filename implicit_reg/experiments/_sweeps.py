@@ -52,6 +52,7 @@ __all__ = [
     "highest_bump",
     "first_fit",
     "complete_seeds",
+    "stored_table",
 ]
 
 # The probes the runs of lr-sweep and double-descent-width log at their end, so that
@@ -166,6 +167,26 @@ def _stored_rows(configs: list[RunConfig], directory: Path) -> pd.DataFrame:
     )
     rows.attrs["note"] = compute_note(rows) if len(rows) else "no run of this plan is stored yet"
     return rows
+
+
+def stored_table(out: Path, filename: str = "runs.csv") -> pd.DataFrame | None:
+    """The per-run table an earlier report wrote into ``out``, read back for a store-only
+    report (:func:`store_only`) when no run store holds the runs: the claims are then
+    re-judged from it and nothing is trained. None when not store-only or there is none.
+    ``attrs["note"]`` says so, for the report's compute section."""
+    path = Path(out) / filename
+    if not (store_only() and path.is_file()):
+        return None
+    table = pd.read_csv(path)
+    if "status" not in table:
+        table["status"] = "complete"  # the table holds the runs the report used
+    table.attrs["note"] = (
+        f"Re-judged from the per-run table `{filename}` that the report of the trained runs "
+        "wrote (final metrics of every run); nothing was trained. Per-run histories and "
+        "checkpoints are not committed."
+    )
+    table.attrs["stored"] = True
+    return table
 
 
 def load_history(summaries: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:

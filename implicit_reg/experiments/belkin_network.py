@@ -195,6 +195,7 @@ def stored_runs(table: Path) -> pd.DataFrame:
     data.attrs.update(
         train_time_s=float(unique.wall_time_s.astype(float).sum()), runs=len(unique),
         directory=f"{table.name} (re-judged from the stored table; nothing trained)", span="",
+        stored=True,
     )  # fmt: skip
     return data
 
@@ -708,7 +709,7 @@ def run(scale: str, out: Path) -> Report:
         + (
             f" **A store-only report (`IMPLICIT_REG_STORE_ONLY=1`): seeds "
             f"{', '.join(map(str, seeds_done))} of {cfg.seeds}, only the runs finished so far.**"
-            if store_only()
+            if store_only() and not data.attrs.get("stored")
             else ""
         ),
         heading="Compute",

@@ -239,13 +239,13 @@ def ensure_runs(
 ) -> dict[str, pd.DataFrame]:
     """Summaries per setting key (trained now if missing from the sweep directory);
     ``settings`` None: all of ``cfg.keys()``. A store-only report
-    (``IMPLICIT_REG_STORE_ONLY=1``) of this experiment with no run store but a
-    ``runs.csv`` in ``out`` (the per-run table an earlier report wrote) reads that
-    table instead: the claims are re-judged, nothing is trained."""
-    table = Path(out) / "runs.csv"
-    if name == NAME and store_only() and not (sweep_dir(out, NAME, name) / "runs").is_dir():
-        if table.is_file():
-            return stored_runs(cfg, table, settings)
+    (``IMPLICIT_REG_STORE_ONLY=1``) with no run store but this experiment's
+    ``runs.csv`` (the per-run table its report wrote, in ``out`` or, for another
+    experiment, in ``out/../double-descent-width``) reads that table instead: the
+    claims are re-judged, nothing is trained."""
+    table = (Path(out) if name == NAME else Path(out).parent / NAME) / "runs.csv"
+    if store_only() and not (sweep_dir(out, NAME, name) / "runs").is_dir() and table.is_file():
+        return stored_runs(cfg, table, settings)
     configs: dict[str, list[RunConfig]] = {}
     for key in cfg.keys() if settings is None else settings:
         if key == "mnist" and mnist_available() is not None:

@@ -30,7 +30,15 @@ from implicit_reg.report.report import Report, attempt, mean_std, select_scale
 from implicit_reg.stats import paired_test, peak_test
 
 from . import double_descent_width as ddw
-from ._sweeps import complete_seeds, run_configs, seed_band, sweep_dir, tidy_log_axes, workers_for
+from ._sweeps import (
+    complete_seeds,
+    run_configs,
+    seed_band,
+    stored_table,
+    sweep_dir,
+    tidy_log_axes,
+    workers_for,
+)
 
 NAME = "sample-wise"
 TITLE = "Sample-wise non-monotonicity: test error against the number of training samples at a fixed width (MNIST-1D, 15% label noise)"
@@ -108,6 +116,8 @@ def run(scale: str, out: Path) -> Report:
     report = Report(NAME, TITLE, scale, out, cfg, PAPER)
     configs = run_list(cfg)
     rows = run_configs(configs, sweep_dir(Path(out), ddw.NAME, NAME), workers=workers_for(scale))
+    if not len(rows) and (stored := stored_table(out)) is not None:
+        rows = stored  # re-judge the runs an earlier report tabulated
     note = rows.attrs["note"]
     rows = rows[rows.status == "complete"].copy()
     rows["n_train"] = rows["n_train"].astype(int)
