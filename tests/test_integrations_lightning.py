@@ -231,3 +231,29 @@ def test_with_adam_the_monitor_logs_the_preconditioned_sharpness():
         float(ref.eigenvalues[0]), rel=1e-7
     )
     assert rows[-1]["preconditioned_threshold"] == pytest.approx((2 + 2 * 0.9) / (0.1 * 0.01))
+
+
+def test_a_resumed_run_measures_the_distance_from_the_first_runs_init(tmp_path):
+    X, y = _data()
+    probe = (X[:16], y[:16])
+    first = CurvatureMonitor(probe, nn.CrossEntropyLoss(), every=3, budget=None,
+                             measures=["lambda_max", "dist_from_init"])  # fmt: skip
+    module = Net()
+    theta0 = torch.cat([p.detach().reshape(-1).clone() for p in module.parameters()])
+    trainer = _fit(module, [first], max_steps=3)
+    trainer.save_checkpoint(tmp_path / "step3.ckpt")
+    second = CurvatureMonitor(probe, nn.CrossEntropyLoss(), every=3, budget=None,
+                              measures=["lambda_max", "dist_from_init"])  # fmt: skip
+    resumed = Net()
+    torch.manual_seed(7)
+    L.Trainer(max_steps=6, accelerator="cpu", devices=1, callbacks=[second], logger=False,
+              enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False).fit(
+        resumed, DataLoader(TensorDataset(X, y), batch_size=BATCH), ckpt_path=tmp_path / "step3.ckpt"
+    )  # fmt: skip
+    rows = second.rows
+    assert [r["step"] for r in rows] == [3, 6]
+    theta = torch.cat([p.detach().reshape(-1) for p in resumed.parameters()])
+    assert rows[-1]["dist_from_init"] == pytest.approx(float((theta - theta0).norm()), rel=1e-12)
+    assert rows[0]["dist_from_init"] == pytest.approx(first.rows[-1]["dist_from_init"], rel=1e-12)
+    assert rows[0]["lambda_max_hvps"] < first.rows[0]["lambda_max_hvps"]  # warm from the ckpt

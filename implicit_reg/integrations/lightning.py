@@ -60,7 +60,9 @@ class CurvatureMonitor(L.Callback):
 
     Attributes:
         tracker: the :class:`CurvatureTracker`, built when training starts
-            (θ₀ of ``dist_from_init`` is the module's weights then).
+            (θ₀ of ``dist_from_init`` is the module's weights then; a run
+            resumed from a Lightning checkpoint keeps the first run's θ₀ and
+            warm-start vectors, saved by :meth:`state_dict`).
     """
 
     def __init__(
@@ -83,6 +85,7 @@ class CurvatureMonitor(L.Callback):
         self.prefix = prefix
         self.tracker: CurvatureTracker | None = None
         self._seen_step: int | None = None
+        self._restored: dict | None = None
 
     @property
     def rows(self) -> list[dict]:
@@ -102,8 +105,21 @@ class CurvatureMonitor(L.Callback):
         self.tracker = CurvatureTracker(
             pl_module, self.loss_fn, self.probe_data, batch_loss=self.batch_loss, **options
         )
+        if self._restored:  # resumed from a checkpoint: the run's θ₀ and warm starts
+            self.tracker.init_state = dict(self._restored["init_state"])
+            self.tracker.state.update(self._restored["warm"])
         self._seen_step = trainer.global_step
         self._log(trainer, self.tracker.step(trainer.global_step))
+
+    def state_dict(self) -> dict:
+        """θ₀ and the warm-start vectors, saved in Lightning checkpoints so that a resumed
+        run measures ‖θ − θ₀‖ from the first run's θ₀."""
+        if self.tracker is None:
+            return dict(self._restored or {})
+        return {"init_state": self.tracker.init_state, "warm": dict(self.tracker.state)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._restored = dict(state_dict) if state_dict else None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step

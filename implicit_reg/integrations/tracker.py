@@ -161,7 +161,8 @@ class CurvatureTracker:
         rows: one dict per probe: ``step``, the measures, their certificates
             (``lambda_max_residual``, ``lambda_max_converged``,
             ``lambda_max_hvps``, ``trace_stderr``, ...), ``probe_seconds``
-            (this probe's cost) and ``overhead`` (probing / training time so far).
+            (this probe's cost) and ``overhead`` (probing / training time so far;
+            NaN for a probe before any training).
         probe_seconds: total seconds spent probing.
         setup_seconds: the constructor's one product (checks the data, and pays
             torch.func's one-time imports before training, outside the budget).
@@ -276,9 +277,9 @@ class CurvatureTracker:
 
     @property
     def overhead(self) -> float:
-        """Probing time / training time so far (inf before any training time)."""
+        """Probing time / training time so far (NaN before any training time)."""
         t = self.train_seconds()
-        return self.probe_seconds / t if t > 0 else (0.0 if self.probe_seconds == 0 else math.inf)
+        return self.probe_seconds / t if t > 0 else (0.0 if self.probe_seconds == 0 else math.nan)
 
     def finish(self) -> None:
         """Stop the training clock (the end of training); a later :meth:`step` restarts it."""
@@ -310,20 +311,25 @@ class CurvatureTracker:
             self._start = now
         if not self.due(step, now):
             return None
-        return self.measure(step)
+        return self._probe(step, now)
 
     def measure(self, step: int) -> dict:
         """Probe now (whatever the schedule), record the row and return it."""
+        now = self.clock()
         if self._start is None:
-            self._start = self.clock()
-        t0 = self.clock()
+            self._start = now
+        return self._probe(step, now)
+
+    def _probe(self, step: int, now: float) -> dict:
+        trained = self.train_seconds(now)  # training time up to this probe
         with preserved(self.model), torch.enable_grad():
             row = {"step": int(step), **self._measure()}
-        cost = max(self.clock() - t0, 0.0)
+        cost = max(self.clock() - now, 0.0)
         self.probe_seconds += cost
         self._last_step = int(step)
         row["probe_seconds"] = cost
-        row["overhead"] = self.overhead
+        # probing / training time so far; NaN for a probe before any training (step 0)
+        row["overhead"] = self.probe_seconds / trained if trained > 0 else math.nan
         self.rows.append(row)
         return row
 
