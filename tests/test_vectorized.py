@@ -10,6 +10,7 @@ float32.
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -25,10 +26,26 @@ from implicit_reg.ensemble.vectorized import (
     ensemble_modified_gradient_fd,
     minibatch_indices,
     stack_models,
-    train_ensemble,
 )
 
 STEPS = 100
+
+
+def train_ensemble(models, loss_fn, x, y, *, steps: int, **kwargs) -> SimpleNamespace:
+    """The test's harness: ``steps`` steps of a VectorizedEnsemble (or until every member
+    diverged); per member its rows ``{"step", "loss", "grad_norm_sq"}``, divergence step
+    and last parameters. (The package trains ensembles through the engine's one loop.)"""
+    ens = VectorizedEnsemble(models, loss_fn, x, y, **kwargs)
+    history = [[] for _ in range(ens.size)]
+    for t in range(steps):
+        if not ens.live:
+            break
+        for m, row in ens.step().items():
+            history[m].append({"step": t, **row})
+    params = [ens.member_params(m) for m in range(ens.size)]
+    return SimpleNamespace(history=history, diverged_at=list(ens.diverged_at), params=params)
+
+
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 # A forward difference divides gradient differences by r, so it magnifies a
 # last-bit difference between two gradient computations (batched vs single

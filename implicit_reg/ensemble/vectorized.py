@@ -44,7 +44,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -74,8 +74,6 @@ __all__ = [
     "MinibatchOrder",
     "minibatch_indices",
     "VectorizedEnsemble",
-    "EnsembleResult",
-    "train_ensemble",
 ]
 
 #: the update rules an ensemble applies (engine.optimizers.update_rule maps a config to one)
@@ -855,46 +853,3 @@ def _max_losses(values, size: int) -> list[float]:
     if any(not v > 0 for v in values):
         raise ValueError(f"max_loss must be > 0 (inf: no bound), got {values}")
     return values
-
-
-@dataclass
-class EnsembleResult:
-    """Per-member outcome of :func:`train_ensemble`.
-
-    ``history[m]`` is member m's list of rows ``{"step", "loss", "grad_norm_sq"}``
-    (the step that diverged included); ``diverged_at[m]`` its divergence step
-    or None; ``params[m]`` its last parameters by name.
-    """
-
-    history: list[list[dict[str, float]]] = field(default_factory=list)
-    diverged_at: list[int | None] = field(default_factory=list)
-    params: list[dict[str, Tensor]] = field(default_factory=list)
-
-
-def train_ensemble(
-    models: Sequence[nn.Module],
-    loss_fn: LossFn,
-    x: Tensor,
-    y: Tensor,
-    *,
-    steps: int,
-    **kwargs,
-) -> EnsembleResult:
-    """Train the members for ``steps`` steps (or until each diverges).
-
-    Keyword arguments are those of :class:`VectorizedEnsemble`.
-    """
-    if not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
-    ens = VectorizedEnsemble(models, loss_fn, x, y, **kwargs)
-    history: list[list[dict[str, float]]] = [[] for _ in range(ens.size)]
-    for t in range(steps):
-        if not ens.live:
-            break
-        for m, row in ens.step().items():
-            history[m].append({"step": t, **row})
-    return EnsembleResult(
-        history=history,
-        diverged_at=list(ens.diverged_at),
-        params=[ens.member_params(m) for m in range(ens.size)],
-    )
