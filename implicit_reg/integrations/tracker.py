@@ -8,8 +8,8 @@ on it (full-data means over the probe set, in chunks):
   random direction, :func:`implicit_reg.probes.registry.warm_start_vector`)
   and *certified*: the row carries the residual ‖Hv − λv‖ of the Ritz pair
   (one explicit HVP), so a true eigenvalue of H lies within that distance of
-  the logged λ (for any unit v, min_i |λ_i − vᵀHv| ≤ ‖Hv − (vᵀHv)v‖), and whether Lanczos met its
-  tolerance (√ε of the dtype relative to ‖H‖). With ``top_k`` = k > 1 the
+  the logged λ (for any unit v, min_i |λ_i − vᵀHv| ≤ ‖Hv − (vᵀHv)v‖), and
+  whether Lanczos met its tolerance (√ε of the dtype relative to ‖H‖). With ``top_k`` = k > 1 the
   same run also gives λ_2..λ_k.
 - ``trace``: tr(H) by Hutch++ (Meyer et al., SOSA 2021) with its standard error.
 - ``ggn_lambda_max``: λ_max of the generalized Gauss–Newton matrix
@@ -53,6 +53,7 @@ Example::
     for t, (x, y) in enumerate(loader):
         tracker.step(t)                       # θ_t, before the t-th update, when due
         opt.zero_grad(); loss_fn(model(x), y).backward(); opt.step()
+    tracker.finish()                          # stop the training clock
     tracker.table()                           # one row per probe (pandas)
 """
 
@@ -83,8 +84,8 @@ from ..probes.state import DEFAULT_MODE, check_mode
 
 __all__ = ["MEASURES", "DEFAULT_EVERY", "DEFAULT_BUDGET", "CurvatureTracker"]
 
-#: measures a tracker can take (names as in :data:`implicit_reg.probes.PROBES`); all those
-#: that apply are measured by default (``measures=None``)
+#: measures a tracker can take (named as in :data:`implicit_reg.probes.PROBES` where it has
+#: them); all those that apply are measured by default (``measures=None``)
 MEASURES = (
     "loss",
     "lambda_max",
@@ -168,7 +169,8 @@ class CurvatureTracker:
             torch.func's one-time imports before training, outside the budget).
         init_state: θ₀, the trainable parameters when the tracker was built.
         state: warm-start vectors kept between probes (keys
-            :data:`implicit_reg.probes.WARM_KEYS`, as :func:`run_probes` uses).
+            :data:`implicit_reg.probes.WARM_KEYS`, as :func:`run_probes` uses,
+            and :data:`PRECONDITIONED_KEY`).
     """
 
     def __init__(
