@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from implicit_reg.engine.config import RunConfig
+from implicit_reg.engine.plan import plan_sweep
 from implicit_reg.engine.store import ResultStore, read_json
 from implicit_reg.engine.sweep import (
     SweepSpec,
@@ -314,3 +315,22 @@ def test_default_sweep_packs_widths_into_ensembles_equal_to_serial_runs(tmp_path
         ser_hist = (tmp_path / "serial" / h / "history.csv").read_text().splitlines()
         assert len(vec_hist) == len(ser_hist) and vec_hist[0] == ser_hist[0]
     assert len(ensembles) == 1, "the three widths were not packed into one ensemble"
+
+
+def test_planned_jobs_on_two_workers_store_what_one_process_stores(tmp_path):
+    base = dict(
+        dataset="teacher", n_test=20, probes=[], eval_every=5, steps=12, batch_size=10,
+        optimizer="sgd", momentum=0.5, dtype="float64", lr=0.05,
+    )  # fmt: skip
+    # two training-set sizes: two jobs (packs of widths 3 and 8, 4 members each), one per worker
+    spec = SweepSpec(base=base, grid={"n_train": [40, 50], "width": [3, 8], "seed": [0, 1]})
+    assert len(plan_sweep(spec.configs()).groups) == 2
+    one = run_sweep(spec, tmp_path / "one", progress=False)
+    two = run_sweep(spec, tmp_path / "two", workers=2, progress=False)
+    assert one.complete == two.complete == 8
+    a, b = summaries(tmp_path / "one"), summaries(tmp_path / "two")
+    for h in a:
+        for key in ("train_loss", "test_loss", "grad_norm_sq", "weight_norm", "dist_from_init"):
+            assert a[h][key] == pytest.approx(b[h][key], rel=1e-12), key
+        meta = read_json(tmp_path / "two" / "runs" / h / "meta.json")
+        assert meta["trained"]["mode"] == "ensemble"
