@@ -527,8 +527,18 @@ def sweep_figure(data: pd.DataFrame, cfg: Config) -> Figure:
     for ax, (metric, ylabel, geometric) in zip(axes, panels):
         for condition in conditions:
             label = f"{condition} ({cfg.long_epochs} epochs)" if condition == LONG else condition
-            seed_band(ax, ok[ok.condition == condition], "N", metric, label=label,
-                      geometric=geometric, **styles[condition])  # fmt: skip
+            rows = ok[ok.condition == condition]
+            if condition in REUSE_ARMS:
+                # the line breaks where reuse switches off: the step from the last reused
+                # network to the first fresh one is a change of protocol, not a descent
+                reused = rows.width.map(lambda w: cfg.below(int(w))).astype(bool)
+                seed_band(ax, rows[reused], "N", metric, label=label, geometric=geometric,
+                          **styles[condition])  # fmt: skip
+                seed_band(ax, rows[~reused], "N", metric, label="_nolegend_",
+                          geometric=geometric, **styles[condition])  # fmt: skip
+                continue
+            seed_band(ax, rows, "N", metric, label=label, geometric=geometric,
+                      **styles[condition])  # fmt: skip
         if metric == "weight_norm":
             for condition in arms_in(ok):
                 seed_band(ax, ok[ok.condition == condition], "N", "dist_from_init",
@@ -668,7 +678,8 @@ def run(scale: str, out: Path) -> Report:
             if NOISY in arms_in(data)
             else ""
         )
-        + "; the dashed vertical line is N = n·k. Mean ± std over seeds.",
+        + "; the dashed vertical line is N = n·k. The reuse arms' lines break where reuse "
+        "switches off (their networks above n·k are the fresh ones). Mean ± std over seeds.",
     )
     report.add_text(fit_text(data, cfg), heading="Do the networks at the threshold interpolate?")
     add_longer(report, data, cfg)
