@@ -50,6 +50,7 @@ from ._sweeps import (
     history_matrix,
     load_history,
     run_configs,
+    store_only,
     sweep_dir,
     tidy_log_axes,
     workers_for,
@@ -211,7 +212,17 @@ def run(scale: str, out: Path) -> Report:
         sweep_configs(cfg), sweep_dir(Path(out), NAME, NAME), workers=workers_for(scale)
     )
     note = rows.attrs["note"]
-    history = load_history(rows, ["lr", "seed"])
+    stored = Path(out) / "trajectories.csv"
+    if not len(rows) and store_only() and stored.is_file():
+        # re-judge the λ_max and loss trajectories an earlier report stored beside it
+        history = pd.read_csv(stored)
+        rows = pd.DataFrame({"status": []})
+        note = (
+            "Re-judged from the per-run trajectories stored in `trajectories.csv` (λ_max and "
+            "the training loss of every run); nothing was trained."
+        )
+    else:
+        history = load_history(rows, ["lr", "seed"])
     stats = edge_stats(history, cfg)
     diverged = rows[rows.status != "complete"]
     hover = hover_stats(history, cfg)
