@@ -33,7 +33,7 @@ from torch import nn
 
 from implicit_reg.core.hvp import HVP_METHODS
 from implicit_reg.probes import HessianOperator, arpack_eigsh, lanczos, power_iteration
-from implicit_reg.probes.eigen import _Krylov, _random_unit
+from implicit_reg.probes.krylov import Run, random_unit, rows_of, step_together
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_hvp import interleaved_min_times  # noqa: E402
@@ -90,17 +90,17 @@ class Timer:
 def lanczos_history(op, steps: int, seed: int) -> list[float]:
     """Top Ritz value after each Lanczos step (same start vector as ``lanczos(seed=seed)``)."""
     gen = torch.Generator(device=op.device).manual_seed(seed)
-    kr = _Krylov(op, _random_unit(op.dim, gen, op.device), gen)
+    run = Run(random_unit(op.dim, gen, op.device)[:, None], gen=gen)
     out = []
     for _ in range(steps):
-        kr.step()
-        out.append(float(kr.ritz()[0][-1]))
+        step_together([run], rows_of(op), steps)
+        out.append(float(run.ritz()[0][-1]))
     return out
 
 
 def power_history(op, steps: int, seed: int) -> list[float]:
     gen = torch.Generator(device=op.device).manual_seed(seed)
-    v = _random_unit(op.dim, gen, op.device)
+    v = random_unit(op.dim, gen, op.device)
     out = []
     for _ in range(steps):
         w = op.matvec(v)

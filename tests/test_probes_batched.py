@@ -24,8 +24,7 @@ from implicit_reg.probes import (
     select_params,
     slq_density,
 )
-from implicit_reg.probes.density import _Runs
-from implicit_reg.probes.eigen import _Krylov
+from implicit_reg.probes.krylov import Run, rows_of, step_together
 from implicit_reg.probes.operator import COPIES_PER_COLUMN, block_size_for
 
 F64 = torch.float64
@@ -259,18 +258,26 @@ def test_batched_slq_runs_equal_lone_lanczos_runs():
         torch.randint(0, 2, (op.dim, 3), generator=torch.Generator().manual_seed(1)).double() * 2
         - 1
     )
-    runs = list(_Runs(op, V0, 12).ritz())
+    together = [Run(V0[:, [r]], restart=False) for r in range(3)]
+    live = together
+    while live:
+        live = [r for r, go in zip(live, step_together(live, rows_of(op), 12)) if go]
+    lam = torch.linalg.eigvalsh(explicit(model, loss_fn, X, y)[0])
     for r in range(3):
-        kr = _Krylov(op, V0[:, r].clone(), torch.Generator().manual_seed(0))
-        while kr.m < 12 and kr.step(restart_on_breakdown=False):
+        alone = Run(V0[:, [r]], restart=False)
+        while step_together([alone], rows_of(op), 12)[0]:
             pass
-        theta, S = kr.ritz()
+        assert alone.m == together[r].m == 12
+        (theta, S), (theta_1, S_1) = together[r].ritz(), alone.ritz()
         torch.testing.assert_close(
-            torch.as_tensor(runs[r][0]), torch.as_tensor(theta), rtol=1e-9, atol=1e-12
+            torch.as_tensor(theta), torch.as_tensor(theta_1), rtol=1e-9, atol=1e-12
         )
         torch.testing.assert_close(
-            torch.as_tensor(runs[r][1][0] ** 2), torch.as_tensor(S[0] ** 2), rtol=1e-7, atol=1e-12
+            torch.as_tensor(S[0] ** 2), torch.as_tensor(S_1[0] ** 2), rtol=1e-7, atol=1e-12
         )
+        # Ritz values lie in the spectrum's hull; the extreme ones approach its ends
+        assert lam[0] - 1e-10 <= theta.min() and theta.max() <= lam[-1] + 1e-10
+        assert abs(float(S[0] @ S[0]) - 1) < 1e-12  # quadrature weights sum to 1
     dens = slq_density(op, n_steps=10, n_runs=4)
     assert dens.n_hvp == 40
 

@@ -8,14 +8,16 @@ V = (v_1, …, v_M) returns (H_m v_m)_m: every member's Hessian-vector
 product in one batched pass (:func:`ensemble_hvp`). On top of it:
 
 - :func:`ensemble_lanczos_max`: λ_max(H_m) for all members by Lanczos
-  (Lanczos 1950) with full reorthogonalization, the recurrence of
-  :func:`implicit_reg.probes.lanczos` run for M members side by side (each
-  member its own tridiagonal T_m, own start vector, own stopping test
-  β_j·|s_j| ≤ tol·‖T_j‖). A member that has converged is frozen while the
-  others go on.
+  (Lanczos 1950) with full reorthogonalization: M runs of the package's one
+  Lanczos recurrence (:class:`implicit_reg.probes.krylov.Run`, the one
+  :func:`implicit_reg.probes.lanczos` runs), side by side (each member its
+  own tridiagonal T_m, own start vector, own stopping test
+  β_j·|s_j| ≤ tol·‖T_j‖), all M products of a step from one ensemble HVP.
+  A member that has converged is frozen while the others go on.
 - :func:`ensemble_hutchinson`: Hutchinson's estimate tr(H_m) ≈
   (1/n)Σ_j z_jᵀH_m z_j with Rademacher z_j (Hutchinson 1989), n HVPs for all
-  members together.
+  members together, through the package's one Hutchinson loop
+  (:func:`implicit_reg.probes.trace.hutchinson_samples`).
 - :func:`ensemble_grad_norm_sq`: ‖∇L_m‖² for all members from one backward.
 
 Every random draw comes from a private ``torch.Generator`` per member seeded
@@ -35,6 +37,8 @@ import torch
 from torch import Tensor
 
 from ..core.hvp import DEFAULT_METHOD, Params, check_method, grad_and_hvp
+from ..probes.krylov import Run
+from ..probes.trace import hutchinson_samples, rademacher
 from .vectorized import ensemble_gradient, member_sq_norms
 
 __all__ = [
@@ -179,59 +183,38 @@ def ensemble_lanczos_max(
         q0 = v0.detach().to(device=device, dtype=torch.float64)
         if not bool(torch.isfinite(q0).all()) or bool((q0.norm(dim=1) == 0).any()):
             raise ValueError("every row of v0 must be finite and non-zero")
-    Q = torch.zeros(size, min(max_iter, dim) + 1, dim, dtype=torch.float64, device=device)
-    Q[:, 0] = q0 / q0.norm(dim=1, keepdim=True)
-    alphas, betas = [], []
-    scale = torch.zeros(size, dtype=torch.float64, device=device)
-    done = torch.zeros(size, dtype=torch.bool, device=device)
-    value = torch.full((size,), math.nan, dtype=torch.float64, device=device)
-    bound = torch.full((size,), math.nan, dtype=torch.float64, device=device)
-    steps = torch.zeros(size, dtype=torch.long, device=device)
-    coef = torch.zeros(size, min(max_iter, dim) + 1, dtype=torch.float64, device=device)
-    tiny = torch.finfo(torch.float64).eps
-    n_hvp = 0
-    for j in range(min(max_iter, dim)):
-        q = Q[:, j]
-        w = apply(q)
+    q0 = q0 / q0.norm(dim=1, keepdim=True)
+    runs = [Run(q0[m][:, None], restart=False) for m in range(size)]
+    value = torch.full((size,), math.nan, dtype=torch.float64)
+    bound = torch.full((size,), math.nan, dtype=torch.float64)
+    converged = torch.zeros(size, dtype=torch.bool)
+    ritz: list = [None] * size  # (S, top) of each member's last step
+    live, n_hvp = list(range(size)), 0
+    while live:
+        Q = torch.zeros(size, dim, dtype=torch.float64, device=device)  # frozen members: 0
+        for m in live:
+            Q[m] = runs[m].next[0]
+        W = apply(Q)  # (H_m q_m)_m, one ensemble HVP
         n_hvp += 1
-        a = (q * w).sum(1)
-        w = w - a[:, None] * q
-        if j > 0:
-            w = w - betas[-1][:, None] * Q[:, j - 1]
-        basis = Q[:, : j + 1]
-        for _ in range(2):  # twice is enough
-            w = w - torch.einsum("mkd,mk->md", basis, torch.einsum("mkd,md->mk", basis, w))
-        b = w.norm(dim=1)
-        prev = betas[-1] if betas else torch.zeros_like(b)
-        scale = torch.maximum(scale, a.abs() + b + prev)
-        alphas.append(a)
-        betas.append(b)
-        T = torch.diag_embed(torch.stack(alphas, 1))
-        if j > 0:
-            off = torch.stack(betas[:-1], 1)
-            T = T + torch.diag_embed(off, 1) + torch.diag_embed(off, -1)
-        evals, evecs = torch.linalg.eigh(T)
-        theta, res = evals[:, -1], b * evecs[:, -1, -1].abs()
-        breakdown = b <= 1e3 * tiny * torch.clamp(scale, min=torch.finfo(torch.float64).tiny)
-        now = ~done & ((res <= tol * scale) | breakdown | torch.tensor(j + 1 >= dim))
-        live = ~done
-        value = torch.where(live, theta, value)
-        bound = torch.where(live, res, bound)
-        steps = torch.where(live, torch.full_like(steps, j + 1), steps)
-        coef[live, : j + 1] = evecs[live, :, -1]  # top Ritz vector in the basis q_0..q_j
-        done = done | now
-        if bool(done.all()):
-            break
-        Q[:, j + 1] = torch.where(
-            (b > 0)[:, None], w / torch.where(b > 0, b, 1.0)[:, None], torch.zeros_like(w)
-        )
-    vecs = torch.einsum("mk,mkd->md", coef, Q[:, : coef.shape[1]])
-    vecs = vecs / vecs.norm(dim=1, keepdim=True)
+        still = []
+        for m in live:
+            run = runs[m]
+            more = run.advance(W[m : m + 1], max_iter)
+            theta, S = run.ritz()
+            top = len(theta) - 1
+            value[m], bound[m] = float(theta[top]), float(run.bounds(S, [top])[0])
+            ritz[m] = (S, top)
+            if run.exhausted or bound[m] <= tol * run.scale:
+                converged[m] = True
+            elif more:
+                still.append(m)
+        live = still
+    vecs = torch.stack([run.vectors(S, [top])[:, 0] for run, (S, top) in zip(runs, ritz)])
     return EnsembleEig(
-        eigenvalues=value.cpu(),
-        residual_bounds=bound.cpu(),
-        converged=done.cpu(),
-        n_iter=steps.cpu(),
+        eigenvalues=value,
+        residual_bounds=bound,
+        converged=converged,
+        n_iter=torch.tensor([run.m for run in runs]),
         n_hvp=n_hvp,
         eigenvectors=vecs,
     )
@@ -268,13 +251,14 @@ def ensemble_hutchinson(
     dim = sum(p[0].numel() for p in params)
     apply = _flat_hvp(loss_fns, params, method)
     gens = _generators(seeds, size, device)
-    samples = []
-    for _ in range(n_samples):
-        z = torch.stack(
-            [torch.randint(0, 2, (dim,), generator=g, device=device).double() * 2 - 1 for g in gens]
-        )
-        samples.append((z * apply(z)).sum(1))
-    s = torch.stack(samples, 1)  # [M, n]
+
+    def quad(b: int) -> Tensor:  # member m's next b probes from its own generator, in order
+        Z = torch.stack([rademacher((b, dim), g, device) for g in gens])  # [M, b, D]
+        return torch.stack([(Z[:, j] * apply(Z[:, j])).sum(1) for j in range(b)], 1)
+
+    s = hutchinson_samples(
+        quad, rtol=0.0, min_samples=n_samples, max_samples=n_samples, block_size=n_samples
+    )  # [M, n]: the one Hutchinson loop, at a fixed n
     return EnsembleTrace(
         estimate=s.mean(1).cpu(),
         stderr=(s.std(1, unbiased=True) / math.sqrt(n_samples)).cpu(),

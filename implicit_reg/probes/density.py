@@ -16,10 +16,13 @@ The extreme nodes θ converge to λ_min and λ_max first. The tridiagonal
 eigenproblem is solved with ``scipy.linalg.eigh_tridiagonal``; the Lanczos
 basis is fully reorthogonalized (PyHessian's SLQ does the same).
 
-The ``n_runs`` recurrences run side by side (:class:`_Runs`): each step is one
-batched product ``op.matmat`` of the live runs' current vectors, one pass over
-the data for all of them. Each run's arithmetic is that of a lone Lanczos
-run, so the nodes and weights equal the one-run-at-a-time ones to rounding.
+The ``n_runs`` recurrences are runs of the package's one Lanczos
+(:class:`implicit_reg.probes.krylov.Run`, single-vector, stopped at an
+invariant subspace) stepped side by side (:func:`~implicit_reg.probes.krylov.step_together`):
+each step is one batched product ``op.matmat`` of the live runs' current
+vectors, one pass over the data for all of them. Each run's arithmetic is
+that of a lone Lanczos run, so the nodes and weights equal the
+one-run-at-a-time ones to rounding.
 """
 
 from __future__ import annotations
@@ -29,9 +32,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import Tensor
 
-from .operator import apply_block
+from .krylov import Run, rows_of, step_together
 
 __all__ = ["DensityResult", "slq_density"]
 
@@ -98,9 +100,14 @@ def slq_density(
         torch.randint(0, 2, (op.dim,), generator=gen, device=op.device).double() * 2 - 1
         for _ in range(n_runs)
     ]
-    runs = _Runs(op, torch.stack(v0, dim=1), min(n_steps, op.dim))
+    runs = [Run(v[:, None], restart=False) for v in v0]
+    apply, steps, live = rows_of(op), min(n_steps, op.dim), runs
+    while live:  # one batched product of the live runs' vectors per step
+        more = step_together(live, apply, steps)
+        live = [r for r, go in zip(live, more) if go]
     nodes, weights = [], []
-    for theta, S in runs.ritz():
+    for run in runs:
+        theta, S = run.ritz()
         nodes.append(theta)
         weights.append(S[0] ** 2)
     lo = min(float(t.min()) for t in nodes)
@@ -116,63 +123,3 @@ def slq_density(
     density /= n_runs * sigma * math.sqrt(2 * math.pi)
     density /= _trapezoid(density, grid)
     return DensityResult(grid, density, nodes, weights, float(sigma), op.n_hvp - start)
-
-
-class _Runs:
-    """Independent Lanczos recurrences (full reorthogonalization, float64), stepped together.
-
-    Run r stops after ``steps`` steps or at breakdown (its Krylov space is
-    invariant: its quadrature is exact), as a lone run would.
-    """
-
-    def __init__(self, op, V0: Tensor, steps: int):
-        self.op = op
-        dim, r = V0.shape
-        self.Q = torch.zeros(r, steps + 1, dim, dtype=torch.float64, device=V0.device)
-        self.Q[:, 0] = (V0 / V0.norm(dim=0, keepdim=True)).T
-        self.alpha = [[] for _ in range(r)]
-        self.beta = [[] for _ in range(r)]
-        self.scale = [0.0] * r
-        live = list(range(r))
-        for j in range(steps):
-            if not live:
-                break
-            q = self.Q[live, j]  # (l, dim)
-            W = apply_block(op, q.T.contiguous()).T
-            a = (q * W).sum(1)
-            W = W - a[:, None] * q
-            if j > 0:
-                prev = torch.tensor(
-                    [self.beta[i][-1] for i in live], dtype=torch.float64, device=W.device
-                )
-                W = W - prev[:, None] * self.Q[live, j - 1]
-            basis = self.Q[live, : j + 1]  # (l, j+1, dim)
-            for _ in range(2):  # twice is enough
-                W = W - torch.einsum("lkd,lk->ld", basis, torch.einsum("lkd,ld->lk", basis, W))
-            b = W.norm(dim=1)
-            still = []
-            for pos, i in enumerate(live):
-                ai, bi = float(a[pos]), float(b[pos])
-                self.alpha[i].append(ai)
-                self.scale[i] = max(
-                    self.scale[i], abs(ai) + bi + (self.beta[i][-1] if self.beta[i] else 0.0)
-                )
-                self.beta[i].append(bi)
-                tiny = (
-                    1e3 * np.finfo(np.float64).eps * max(self.scale[i], np.finfo(np.float64).tiny)
-                )
-                if j + 1 < steps and j + 1 < dim and bi > tiny:
-                    self.Q[i, j + 1] = W[pos] / bi
-                    still.append(i)
-            live = still
-
-    def ritz(self):
-        """Per run: Ritz values (ascending) and eigenvectors of its tridiagonal T."""
-        from scipy.linalg import eigh_tridiagonal
-
-        for a, b in zip(self.alpha, self.beta):
-            a = np.asarray(a)
-            if len(a) == 1:
-                yield a.copy(), np.ones((1, 1))
-            else:
-                yield eigh_tridiagonal(a, np.asarray(b[: len(a) - 1]))

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from .operator import apply_block
 
-__all__ = ["TraceResult", "hutchinson", "hutchpp", "rademacher"]
+__all__ = ["TraceResult", "hutchinson", "hutchinson_samples", "hutchpp", "rademacher"]
 
 
 @dataclass
@@ -66,12 +66,55 @@ def _check_nonneg(name: str, value) -> float:
     return float(value)
 
 
-def _stderr(samples: list[float]) -> float:
+def _stderr(samples) -> float:
     n = len(samples)
     if n < 2:
         return math.inf
-    t = torch.tensor(samples, dtype=torch.float64)
+    t = torch.as_tensor(samples, dtype=torch.float64)
     return float(t.std(unbiased=True)) / math.sqrt(n)
+
+
+def _stderr_rows(s: Tensor) -> Tensor:
+    """Standard error of the mean of each row of ``s`` (inf with fewer than 2 samples)."""
+    if s.shape[1] < 2:
+        return torch.full((s.shape[0],), math.inf, dtype=torch.float64)
+    return s.std(1, unbiased=True) / math.sqrt(s.shape[1])
+
+
+def hutchinson_samples(
+    quad,
+    *,
+    rtol: float = 1e-2,
+    atol: float = 0.0,
+    min_samples: int = 10,
+    max_samples: int = 1000,
+    block_size: int = 10,
+) -> Tensor:
+    """The one Hutchinson loop: samples z_jᵀHz_j until the standard error is small enough.
+
+    ``quad(b)`` draws the next b probes of each of R independent estimates (one
+    operator: R = 1; an ensemble: one per member) and returns their quadratic
+    forms, shape ``(R, b)``. The first call asks for ``min_samples``, later ones
+    for ``block_size``; after each, the loop stops when every row has
+    SE ≤ rtol·|mean| + atol (SE = std/√n), or at ``max_samples``. Returns the
+    float64 samples ``(R, n)``. :func:`hutchinson` and
+    :func:`implicit_reg.ensemble.probes.ensemble_hutchinson` are its two callers.
+    """
+    rtol, atol = _check_nonneg("rtol", rtol), _check_nonneg("atol", atol)
+    _check_int("min_samples", min_samples, 2)
+    _check_int("max_samples", max_samples, min_samples)
+    _check_int("block_size", block_size, 1)
+    chunks: list[Tensor] = []
+    n = 0
+    while n < max_samples:
+        b = min(max(block_size, min_samples - n), max_samples - n)
+        chunks.append(quad(b).to(torch.float64))
+        n += b
+        if n >= min_samples:
+            s = torch.cat(chunks, dim=1)
+            if bool((_stderr_rows(s) <= rtol * s.mean(1).abs() + atol).all()):
+                break
+    return torch.cat(chunks, dim=1)
 
 
 def hutchinson(
@@ -87,11 +130,13 @@ def hutchinson(
     """Hutchinson's estimate of tr(H) with Rademacher probes.
 
     tr(H) ≈ (1/n)·Σ_j z_jᵀ H z_j, SE = std(z_jᵀHz_j)/√n. Stops when
-    SE ≤ rtol·|estimate| + atol and n ≥ ``min_samples``, or at ``max_samples``.
-    Probes are applied ``block_size`` at a time (the first block fills
-    ``min_samples``) and the rule is checked after each block, so n is the
-    first block boundary where it holds; ``block_size=1`` checks after
-    every probe. The probes are the same for every block size.
+    SE ≤ rtol·|estimate| + atol and n ≥ ``min_samples``, or at ``max_samples``
+    (:func:`hutchinson_samples`). Probes are applied ``block_size`` at a time
+    (the first block fills ``min_samples``; each block is one ``op.matmat``,
+    one pass over the data when it fits the operator's memory budget) and the
+    rule is checked after each block, so n is the first block boundary where
+    it holds; ``block_size=1`` checks after every probe. The probes are the
+    same for every block size.
 
     Args:
         op: operator with ``matvec`` and ``dim``.
@@ -99,27 +144,20 @@ def hutchinson(
         min_samples: at least this many probes (≥ 2, for a standard error).
         max_samples: at most this many probes (one HVP each).
         seed: seeds a private ``torch.Generator``.
-        block_size: probes per batched product.
+        block_size: probes per batched product after the first block.
     """
-    rtol, atol = _check_nonneg("rtol", rtol), _check_nonneg("atol", atol)
-    _check_int("min_samples", min_samples, 2)
-    _check_int("max_samples", max_samples, min_samples)
-    _check_int("block_size", block_size, 1)
     gen = torch.Generator(device=op.device).manual_seed(int(seed))
     start = op.n_hvp
-    samples: list[float] = []
-    while len(samples) < max_samples:
-        want = max(block_size, min_samples - len(samples))
-        b = min(want, max_samples - len(samples))
+
+    def quad(b: int) -> Tensor:
         Z = rademacher((b, op.dim), gen, op.device).T  # rows drawn in order: z_1, z_2, …
-        samples.extend((Z * apply_block(op, Z)).sum(0).tolist())
-        if len(samples) >= min_samples:
-            mean = sum(samples) / len(samples)
-            if _stderr(samples) <= rtol * abs(mean) + atol:
-                break
-    return TraceResult(
-        sum(samples) / len(samples), _stderr(samples), len(samples), op.n_hvp - start
-    )
+        return (Z * apply_block(op, Z)).sum(0)[None]
+
+    s = hutchinson_samples(
+        quad, rtol=rtol, atol=atol, min_samples=min_samples, max_samples=max_samples,
+        block_size=block_size,
+    )[0]  # fmt: skip
+    return TraceResult(float(s.mean()), _stderr(s), s.numel(), op.n_hvp - start)
 
 
 def hutchpp(op, *, n_hvp: int = 99, seed: int = 0) -> TraceResult:
@@ -155,6 +193,9 @@ def hutchpp(op, *, n_hvp: int = 99, seed: int = 0) -> TraceResult:
         return TraceResult(top, 0.0, 0, op.n_hvp - start)
     Z = rademacher((g, op.dim), gen, op.device).T  # probes drawn in order, as columns
     Z = Z - Q @ (Q.T @ Z)
-    samples = (Z * apply_block(op, Z)).sum(0).tolist()
-    rest = sum(samples) / len(samples)
-    return TraceResult(top + rest, _stderr(samples), g, op.n_hvp - start)
+    # Hutchinson on the deflated remainder, all g probes in one block
+    rest = hutchinson_samples(
+        lambda b: (Z * apply_block(op, Z)).sum(0)[None], rtol=0.0, min_samples=g,
+        max_samples=g, block_size=g,
+    )[0]  # fmt: skip
+    return TraceResult(top + float(rest.mean()), _stderr(rest), g, op.n_hvp - start)
