@@ -6,7 +6,7 @@ STAMP   := .venv/.installed
 TORCH   := torch==2.13.0
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint bench bench-peers clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
@@ -36,6 +36,15 @@ test: lint
 
 bench: $(STAMP)
 	for f in benchmarks/bench_*.py; do $(PY) $$f || exit 1; done
+
+# The probe benchmark side by side with curvlinops, which lives only in its own venv
+# (.venv-peers, git-ignored), never in the package's dependencies; torch stays pinned there too.
+bench-peers:
+	test -x .venv-peers/bin/python || python3 -m venv .venv-peers
+	.venv-peers/bin/pip install -q $(TORCH)
+	echo "$(TORCH)" > .venv-peers/torch-pin.txt
+	.venv-peers/bin/pip install -q -c .venv-peers/torch-pin.txt -e . curvlinops-for-pytorch
+	.venv-peers/bin/python benchmarks/bench_probes_batched.py
 
 clean:
 	rm -rf .venv .pytest_cache .ruff_cache
