@@ -1,0 +1,397 @@
+"""label-noise-dose: does the model-wise peak grow with the label noise, and does it sit
+where the training set is first fitted?
+
+Nakkiran et al., *Deep Double Descent*, arXiv 1912.02292 (2019), Sec. 5 and Fig. 4/7:
+label noise makes the test-error peak at the interpolation threshold stronger and moves
+it (a noisier training set takes a larger model to fit). Here as a dose–response:
+``double-descent-width``'s MNIST-1D ``small`` training (MLP 40 → w → w → 10, n = 4,000,
+SGD lr 0.01, momentum 0.9, batch 100, 500 epochs, 12,000 test samples) at widths 13–136
+and label noise p ∈ {0, 5, 10, 15, 20, 30}% (:mod:`._emc_plan`). The 0% and 15% levels
+are ``double-descent-width``'s own runs (its committed ``runs.csv``) until this
+experiment's store holds them.
+
+Every location is fixed from training error before a test (ε = 1%):
+
+- the threshold w_fit(p): the first width whose seed-mean training error (noisy labels)
+  is ≤ ε; the peak at p is tested there (``stats.peak_test(at=w_fit, left=0)``: rise
+  from the narrowest width, fall to the widest);
+- the peak height of seed s at p: h_s(p) = min(e_s(w_fit) − e_s(w_first),
+  e_s(w_fit) − e_s(w_last)) with e the test error: the smaller of the rise and the fall,
+  the amount by which the threshold stands above *both* ends (negative: no peak);
+- the dose–response: each seed's least-squares slope of h_s(p) over p, and the mean
+  slope with its t interval over seeds (``stats.paired_test`` on the per-seed slopes;
+  ``stats.trend_test`` for the monotone trend).
+
+The location of each seed's highest test error (its argmax over widths, measured, not
+tested at) is compared with w_fit: ``stats.trend_test`` over the noisy levels and a TOST
+of the mean log ratio argmax/w_fit within ×/÷1.5 (about one and a half grid steps).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from implicit_reg.report.report import Report, Untested, attempt, markdown_table, select_scale
+from implicit_reg.stats import (
+    PeakResult,
+    TestResult,
+    equivalence_test,
+    paired_test,
+    peak_test,
+    trend_test,
+)
+
+from ._emc_plan import DOSE_PLANS, DosePlan, dose_config, dose_phases
+
+NAME = "label-noise-dose"
+TITLE = (
+    "Label-noise dose–response: the model-wise peak grows with the noise and sits where the "
+    "training set is first fitted (MNIST-1D)"
+)
+PAPER = "Nakkiran et al., *Deep Double Descent*, arXiv 1912.02292, Sec. 5, Fig. 4 and 7"
+EPSILON = 0.01  # a training error at most this fits the (noisy) training set
+#: the location claims' equivalence margin: argmax within ×/÷1.5 of w_fit
+LOCATION_MARGIN = math.log(1.5)
+#: the committed per-run table of double-descent-width (0% and 15% noise)
+DDW_RUNS = Path(__file__).resolve().parents[2] / "docs/results/double-descent-width/runs.csv"
+DDW_SETTINGS = {0.0: "MNIST-1D, cross-entropy, clean labels", 0.15: "MNIST-1D, cross-entropy"}
+
+Result = TestResult | PeakResult | Untested
+
+
+@dataclasses.dataclass(frozen=True)
+class NoiseLevel:
+    """One noise level's width sweep: threshold, peak test, per-seed heights and argmaxes."""
+
+    noise: float
+    widths: tuple[int, ...]
+    seeds: tuple[int, ...]
+    train_error: tuple[float, ...]  # seed means per width
+    test_error: tuple[float, ...]
+    fit_width: int | None
+    peak: Result
+    height: tuple[float, ...] | None  # h_s per seed (None: no threshold inside the window)
+    argmax_width: tuple[int, ...]  # per seed
+    seed_fit_width: tuple[int | None, ...]  # each seed's own first fitting width
+    source: str
+
+
+@dataclasses.dataclass(frozen=True)
+class DoseAnalysis:
+    levels: tuple[NoiseLevel, ...]
+    slope: Result  # mean per-seed slope of h over p (test-error fraction per unit noise)
+    slopes: tuple[float, ...]  # per seed
+    height_trend: Result
+    fit_trend: Result  # w_fit moves to wider models with noise (noisy levels)
+    peak_trend: Result  # the argmax moves with the noise (noisy levels)
+    location: Result  # TOST: mean log(argmax / w_fit) within ±LOCATION_MARGIN
+
+
+def _table(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
+    t = rows.pivot_table(index="seed", columns="width", values=metric, aggfunc="mean")
+    return t.dropna(axis=0, how="any").sort_index(axis=1)
+
+
+def first_fit(train_means: Sequence[float], eps: float = EPSILON) -> int | None:
+    """Index of the first width whose mean training error is <= eps, or None."""
+    return next((i for i, v in enumerate(train_means) if v <= eps), None)
+
+
+def noise_level(noise: float, rows: pd.DataFrame) -> NoiseLevel:
+    test, train = _table(rows, "test_error"), _table(rows, "train_error")
+    seeds = [s for s in test.index if s in train.index]
+    test, train = test.loc[seeds], train.loc[seeds]
+    widths = tuple(int(w) for w in test.columns)
+    train_m = train.mean(axis=0).to_numpy()
+    i = first_fit(train_m)
+    e = test.to_numpy()
+    if len(seeds) < 2:
+        peak: Result = Untested(f"{len(seeds)} complete seed(s) at {noise:.0%} noise")
+    elif i is None:
+        peak = Untested(f"no width up to {widths[-1]} fits the {noise:.0%}-noise training set")
+    elif not 1 <= i <= len(widths) - 2:
+        peak = Untested(f"the first fitting width w = {widths[i]} is an end of the window")
+    else:
+        peak = attempt(peak_test, e, at=i, left=0)
+    height = None
+    if i is not None and 1 <= i <= len(widths) - 2:
+        height = tuple(float(v) for v in np.minimum(e[:, i] - e[:, 0], e[:, i] - e[:, -1]))
+    return NoiseLevel(
+        noise=float(noise), widths=widths, seeds=tuple(int(s) for s in seeds),
+        train_error=tuple(float(v) for v in train_m),
+        test_error=tuple(float(v) for v in e.mean(axis=0)),
+        fit_width=None if i is None else widths[i], peak=peak, height=height,
+        argmax_width=tuple(widths[j] for j in e.argmax(axis=1)),
+        seed_fit_width=tuple(
+            None if (j := first_fit(row)) is None else widths[j] for row in train.to_numpy()
+        ),
+        source=str(rows["source"].iloc[0]) if "source" in rows else "",
+    )  # fmt: skip
+
+
+def per_seed_slopes(noises: Sequence[float], heights: np.ndarray) -> np.ndarray:
+    """Least-squares slope of each row of ``heights[seed, level]`` over ``noises``."""
+    x = np.asarray(noises, dtype=float)
+    xc = x - x.mean()
+    return (heights - heights.mean(axis=1, keepdims=True)) @ xc / float(xc @ xc)
+
+
+def analyze(rows: pd.DataFrame) -> DoseAnalysis:
+    """The typed analysis of a run table with columns ``label_noise``, ``width``,
+    ``seed``, ``train_error``, ``test_error``, ``status`` (only "complete" rows count)."""
+    need = {"label_noise", "width", "seed", "train_error", "test_error", "status"}
+    missing = sorted(need - set(rows.columns))
+    if missing:
+        raise ValueError(f"the run table lacks columns {missing}")
+    ok = rows[rows.status == "complete"].copy()
+    if not len(ok):
+        raise ValueError("no complete run in the table")
+    ok["label_noise"] = ok.label_noise.round(6)
+    levels = tuple(noise_level(p, g) for p, g in sorted(ok.groupby("label_noise")))
+    with_h = [lv for lv in levels if lv.height is not None]
+    common = sorted(set.intersection(*(set(lv.seeds) for lv in with_h))) if with_h else []
+    if len(with_h) >= 2 and len(common) >= 2:
+        h = np.array([[lv.height[lv.seeds.index(s)] for lv in with_h] for s in common])
+        ps = [lv.noise for lv in with_h]
+        slopes = per_seed_slopes(ps, h)
+        slope: Result = attempt(paired_test, slopes)
+        height_trend: Result = (
+            attempt(trend_test, ps, h)
+            if len(ps) >= 3
+            else Untested(f"{len(ps)} noise levels with a threshold inside the window")
+        )
+    else:
+        slopes = np.array([])
+        reason = (
+            f"{len(with_h)} noise level(s) with a threshold inside the window and "
+            f"{len(common)} seed(s) common to them"
+        )
+        slope = height_trend = Untested(reason)
+    noisy = [lv for lv in levels if lv.noise > 0 and lv.fit_width is not None]
+    seeds = sorted(set.intersection(*(set(lv.seeds) for lv in noisy))) if noisy else []
+    if len(noisy) >= 3 and len(seeds) >= 2:
+        ps = [lv.noise for lv in noisy]
+        fit = np.log([[lv.fit_width for lv in noisy] for _ in seeds])  # pre-declared w_fit(p)
+        arg = np.log([[lv.argmax_width[lv.seeds.index(s)] for lv in noisy] for s in seeds])
+        fit_trend = _fit_trend(ps, noisy, seeds)
+        peak_trend = attempt(trend_test, ps, arg)
+        location = attempt(
+            equivalence_test, (arg - fit).mean(axis=1), margin=LOCATION_MARGIN, log=False
+        )
+    else:
+        why = f"{len(noisy)} noisy level(s) with a fitting width and {len(seeds)} common seed(s)"
+        fit_trend = peak_trend = location = Untested(why)
+    return DoseAnalysis(
+        levels=levels, slope=slope, slopes=tuple(float(v) for v in slopes),
+        height_trend=height_trend, fit_trend=fit_trend, peak_trend=peak_trend,
+        location=location,
+    )  # fmt: skip
+
+
+def _fit_trend(ps: list[float], noisy: list[NoiseLevel], seeds: list[int]) -> Result:
+    """Kendall trend over the noise of each seed's own first fitting width (from its
+    training error; a seed that fits at no width counts as twice the widest)."""
+    per_seed = [
+        [
+            lv.seed_fit_width[lv.seeds.index(s)] or 2 * lv.widths[-1]
+            for lv in noisy
+        ]
+        for s in seeds
+    ]  # fmt: skip
+    return attempt(trend_test, ps, np.log(np.array(per_seed, dtype=float)))
+
+
+# --------------------------------------------------------------------------- claims
+def _claim(report: Report, statement: str, paper: str, r: Result, **kw) -> None:
+    if isinstance(r, Untested):
+        report.add_claim(statement, paper, untested=r.reason, **kw)
+    else:
+        report.add_claim(statement, paper, r, **kw)
+
+
+def add_claims(report: Report, a: DoseAnalysis) -> None:
+    """The claims of the analysis, each decided by its :mod:`implicit_reg.stats` results."""
+    paper = "Nakkiran et al. 2019, Sec. 5, Fig. 4 and 7"
+    heights = "; ".join(
+        f"{lv.noise:.0%}: " + (
+            f"w_fit = {lv.fit_width}, h = " + ", ".join(f"{100 * v:+.1f}" for v in lv.height)
+            if lv.height is not None else f"w_fit = {lv.fit_width} (no interior threshold)"
+        )
+        for lv in a.levels
+    )  # fmt: skip
+    slopes = ", ".join(f"{10 * v:+.2f}" for v in a.slopes)
+    _claim(
+        report,
+        "the peak grows with the label noise: the per-seed slope of the peak height h over "
+        "the noise p is positive (h in test-error fraction per unit p; ×10: points per 10% noise)",
+        paper,
+        a.slope,
+        context=f"per-seed slopes ×10 (points of height per 10 points of noise): {slopes}; "
+        f"heights in points per seed: {heights}"
+        if a.slopes
+        else heights,
+        headline=True,
+        effect="dose-slope",
+    )
+    _claim(report, "the peak height increases monotonically with the noise (Kendall τ per seed)",
+           paper, a.height_trend, effect="dose-trend")  # fmt: skip
+    for lv in a.levels:
+        _claim(
+            report,
+            f"{lv.noise:.0%} noise: the test error peaks at the first width that fits the "
+            "training set",
+            paper,
+            lv.peak,
+            context=(f"placed at w = {lv.fit_width}; mean test error at w = {lv.widths[0]}, "
+                     f"{lv.fit_width}, {lv.widths[-1]}: "
+                     + ", ".join(f"{100 * lv.test_error[lv.widths.index(w)]:.1f}%"
+                                 for w in (lv.widths[0], lv.fit_width, lv.widths[-1]))
+                     + f"; runs: {lv.source}")
+            if lv.fit_width else f"runs: {lv.source}",
+            effect=f"peak-{lv.noise:g}",
+        )  # fmt: skip
+    noisy = [lv for lv in a.levels if lv.noise > 0]
+    where = "; ".join(
+        f"{lv.noise:.0%}: w_fit = {lv.fit_width}, per-seed fits "
+        f"{[w for w in lv.seed_fit_width]}, argmax {list(lv.argmax_width)}"
+        for lv in noisy
+    )
+    _claim(report, "the fitting threshold moves to wider models as the noise grows (each seed's "
+           "first width with train error ≤ 1%, noisy levels)", paper, a.fit_trend,
+           context=where)  # fmt: skip
+    _claim(report, "the test-error peak (each seed's argmax over widths) moves to wider models "
+           "as the noise grows", paper, a.peak_trend)  # fmt: skip
+    _claim(
+        report,
+        "the peak's location tracks the fitting threshold: mean log(argmax / w_fit) over the "
+        "noisy levels within ±log 1.5 (TOST)",
+        paper,
+        a.location,
+    )
+
+
+# --------------------------------------------------------------------------- runs
+_COLUMNS = ["label_noise", "width", "seed", "status", "train_error", "test_error",
+            "train_loss", "test_loss", "n_params", "source"]  # fmt: skip
+
+
+def plan_rows(plan: DosePlan, directory: Path, ddw_runs: Path | None = DDW_RUNS) -> pd.DataFrame:
+    """The run table: this sweep's runs from the store in ``directory``; at the noise levels
+    of ``plan.reused_noises`` where the store lacks a complete width × seed grid, the rows
+    of ``double-descent-width``'s committed ``runs.csv`` (same recipe; its probes and
+    dense evaluations leave the training unchanged) at the plan's widths and seeds."""
+    from implicit_reg.report.results import load_summaries
+
+    table = (
+        load_summaries(directory, all_runs=True).set_index("config_hash")
+        if (directory / "runs").is_dir()
+        else pd.DataFrame()
+    )
+    seeds = range(plan.seeds + plan.extra_seeds)
+    rows = []
+    for p in plan.noises:
+        for w in plan.widths:
+            for s in seeds:
+                h = dose_config(plan, w, p, s).config_hash()
+                if len(table) and h in table.index:
+                    r = table.loc[h]
+                    rows.append({"label_noise": p, "width": w, "seed": s, "status": r["status"],
+                                 "train_error": r["train_error"], "test_error": r["test_error"],
+                                 "train_loss": r["train_loss"], "test_loss": r["test_loss"],
+                                 "n_params": r.get("n_params", math.nan),
+                                 "wall_time_s": r.get("wall_time_s", math.nan),
+                                 "source": "this sweep"})  # fmt: skip
+    out = pd.DataFrame(rows, columns=[*_COLUMNS, "wall_time_s"])
+    if ddw_runs is None or not Path(ddw_runs).is_file():
+        return out
+    ddw = pd.read_csv(ddw_runs)
+    for p in plan.reused_noises:
+        own = out[(out.label_noise == p) & (out.status == "complete")]
+        if len(own) >= len(plan.widths) * plan.seeds:
+            continue
+        r = ddw[(ddw.setting == DDW_SETTINGS.get(p)) & np.isclose(ddw.label_noise, p)
+                & ddw.width.isin(plan.widths) & ddw.seed.isin(list(seeds))].copy()  # fmt: skip
+        r["source"] = "double-descent-width runs.csv"
+        out = pd.concat([out[out.label_noise != p], r.reindex(columns=out.columns)])
+    return out.reset_index(drop=True)
+
+
+def figure(a: DoseAnalysis) -> Figure:
+    fig = Figure(figsize=(12, 4.5), layout="constrained")
+    ax, bx = fig.subplots(1, 2)
+    for j, lv in enumerate(a.levels):
+        c = f"C{j}"
+        ax.plot(lv.widths, lv.test_error, "o-", color=c, label=f"{lv.noise:.0%} noise")
+        ax.plot(lv.widths, lv.train_error, ":", color=c, alpha=0.6)
+        if lv.fit_width:
+            ax.plot([lv.fit_width], [lv.test_error[lv.widths.index(lv.fit_width)]], "k*", ms=12)
+        if lv.height is not None:
+            bx.plot([100 * lv.noise] * len(lv.height), [100 * v for v in lv.height], "o", color=c)
+    ax.set_xscale("log")
+    ax.set_xlabel("width w")
+    ax.set_ylabel("error (seed mean); dotted: train error on the noisy labels")
+    ax.set_title("test error over width; ★ first width with train error ≤ 1%", fontsize=9)
+    ax.legend(fontsize=7)
+    bx.axhline(0, color="0.5", lw=0.8)
+    bx.set_xlabel("label noise (%)")
+    bx.set_ylabel("peak height h (points): min(rise, fall) at w_fit")
+    bx.set_title("peak height per seed against the noise", fontsize=9)
+    fig.suptitle("MNIST-1D, MLP 40→w→w→10, n = 4,000, SGD lr 0.01, momentum 0.9, batch 100, "
+                 "500 epochs")  # fmt: skip
+    return fig
+
+
+def run(scale: str, out: Path) -> Report:
+    """Train what the store lacks (unless ``IMPLICIT_REG_STORE_ONLY=1``), then report."""
+    plan = select_scale(DOSE_PLANS, scale)
+    report = Report(NAME, TITLE, scale, out, plan, PAPER)
+    directory = Path(out) / "sweep"
+    if os.environ.get("IMPLICIT_REG_STORE_ONLY", "") != "1":
+        from ._emc_plan import train_phases
+
+        train_phases(dose_phases(plan), directory, pack=True)
+    rows = plan_rows(plan, directory, DDW_RUNS if scale != "smoke" else None)
+    if not len(rows):
+        raise ValueError(f"no finished run of {NAME} in {directory}")
+    analysis = analyze(rows)
+    add_claims(report, analysis)
+    report.add_figure(
+        figure(analysis), "label_noise_dose.png",
+        "Left: test error (solid) and train error on the noisy labels (dotted) over width at "
+        "each noise level, seed means; ★ the first width with train error ≤ 1%. Right: the "
+        "peak height h of each seed (the smaller of the rise from the narrowest and the fall "
+        "to the widest width, at w_fit) against the noise.",
+    )  # fmt: skip
+    t = rows[rows.status == "complete"].pivot_table(
+        index="width", columns="label_noise", values="test_error", aggfunc="mean"
+    )
+    tr = rows[rows.status == "complete"].pivot_table(
+        index="width", columns="label_noise", values="train_error", aggfunc="mean"
+    )
+    report.add_text(
+        markdown_table([
+            {"width": int(w), **{f"{p:.0%}": f"{100 * t.loc[w, p]:.1f}% ({100 * tr.loc[w, p]:.1f}%)"
+                                 for p in t.columns}}
+            for w in t.index
+        ]),
+        heading="Test error (train error) per width and noise, seed means",
+    )  # fmt: skip
+    own = rows[rows.source == "this sweep"]
+    planned = len({c.config_hash() for _, cs in dose_phases(plan) for c in cs})
+    report.add_text(
+        f"{len(own)} of {planned} planned runs of this sweep finished; "
+        f"{int((rows.source != 'this sweep').sum())} rows read from double-descent-width's "
+        f"runs.csv. Training time as the runs recorded it (an ensemble member's share): "
+        f"{own.wall_time_s.sum():,.0f} s.",
+        heading="Compute",
+    )
+    report.add_data(rows, "runs.csv")
+    return report.write()
