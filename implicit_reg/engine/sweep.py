@@ -41,12 +41,12 @@ import numpy as np
 
 from .backends import (
     Backend,
-    call_backend,
     process_pool_backend,
     serial_backend,
     vectorized_backend,
     worker_threads,
 )
+from .claims import claimed_results
 from .config import RunConfig, config_fields, load_toml, parse_field_value
 from .record import now
 from .store import MANIFEST_FILE, RUNS_DIR, ResultStore, atomic_write_json
@@ -370,6 +370,8 @@ def run_sweep(
     report = SweepReport(
         root=out, total=len(configs), skipped=len(configs) - len(pending), hashes=hashes
     )
+    # jobs claimed at a time (claims.py): one per worker of ours; all for a given backend (Ray)
+    at_once = workers if backend is None else None
     if backend is None and vectorize is not False:
         from .vectorized_sweep import planned_backend
 
@@ -388,7 +390,10 @@ def run_sweep(
             diverged=0,
             failed=0,
         )
-        for result in call_backend(backend, pending, store):
+        shared = claimed_results(
+            backend, pending, store, at_once=at_once, grouped=vectorize is not False, root=out
+        )  # the runs no other sweep on this directory is training (claims in out/.claims)
+        for result in shared:
             report.done += 1
             status = result.status
             if result.summary.get("lost"):

@@ -1,0 +1,261 @@
+"""Two sweeps on one directory: each run trained once, none lost, a killed owner's runs taken over."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from implicit_reg.engine import claims as claims_mod
+from implicit_reg.engine.claims import Claims, owner_alive
+from implicit_reg.engine.config import RunConfig
+from implicit_reg.engine.store import ResultStore, read_json
+from implicit_reg.engine.sweep import SweepSpec, run_sweep
+
+BASE = {"dataset": "teacher", "n_test": 10, "probes": [], "eval_every": 2, "steps": 3}
+
+# A sweep in its own process. Every result the store writes is logged (one line per
+# training), and each training is slowed by SLEEP seconds so that two sweeps overlap.
+SCRIPT = textwrap.dedent(
+    """
+    import json, sys, time
+    from pathlib import Path
+    import torch
+    torch.set_num_threads(1)
+    from implicit_reg.engine import claims, store, train, vectorized_sweep
+    from implicit_reg.engine.sweep import SweepSpec, run_sweep
+
+    out, log, go, spec, sleep, vectorize = sys.argv[1:]
+    sleep = float(sleep)
+    claims.POLL_S = 0.05
+    write = store.ResultStore.write
+
+    def logged_write(self, result):
+        with open(log, "a") as fh:
+            fh.write(result.config.config_hash() + "\\n")
+        return write(self, result)
+
+    def slowed(fn):
+        def wrapper(*args, **kwargs):
+            time.sleep(sleep)
+            return fn(*args, **kwargs)
+        return wrapper
+
+    store.ResultStore.write = logged_write
+    train.train_one = slowed(train.train_one)
+    vectorized_sweep.train_runs = slowed(vectorized_sweep.train_runs)
+    Path(log).touch()
+    while not Path(go).exists():
+        time.sleep(0.01)
+    report = run_sweep(
+        SweepSpec(**json.loads(spec)), out, progress=False, vectorize=vectorize == "1"
+    )
+    print(json.dumps({"done": report.done, "failed": report.failed}))
+    """
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def start(tmp_path: Path, name: str, spec: SweepSpec, *, sleep: float, vectorize: bool, go: Path):
+    script = tmp_path / "sweep_script.py"
+    script.write_text(SCRIPT)
+    log = tmp_path / f"{name}.log"
+    args = [str(tmp_path / "sweep"), str(log), str(go), json.dumps(spec.to_dict()), str(sleep)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, str(script), *args, "1" if vectorize else "0"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    return proc, log
+
+
+def wait_for(cond, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().split() if path.exists() else []
+
+
+def test_two_sweeps_share_the_runs_each_trained_once(tmp_path):
+    """Two concurrent sweeps of 3 ensemble jobs x 2 members (n_train x seed): every run is
+    stored exactly once, by one of them; an ensemble's members are claimed (and so trained
+    and stored) by one sweep together; both sweeps trained something; a third sweep finds
+    nothing to do and rewrites nothing."""
+    spec = SweepSpec(base=BASE, grid={"n_train": [20, 30, 40], "seed": [0, 1]})
+    go = tmp_path / "go"
+    procs = [start(tmp_path, n, spec, sleep=0.3, vectorize=True, go=go) for n in ("a", "b")]
+    wait_for(lambda: all(log.exists() for _, log in procs), 60, "both sweeps to start")
+    go.touch()
+    outs = []
+    for proc, _ in procs:
+        try:
+            out, err = proc.communicate(timeout=60)
+        finally:
+            for p, _ in procs:
+                if p.poll() is None and proc.returncode is None:
+                    p.kill()
+        assert proc.returncode == 0, err
+        outs.append(json.loads(out.strip().splitlines()[-1]))
+    (a, _), (b, _) = [(lines(log), None) for _, log in procs]
+    every = {c.config_hash() for c in spec.configs()}
+    assert len(a) == len(set(a)) and len(b) == len(set(b)), (a, b)
+    assert not set(a) & set(b), f"trained by both sweeps: {set(a) & set(b)}"
+    assert set(a) | set(b) == every, f"lost: {every - set(a) - set(b)}"
+    assert a and b, f"one sweep trained everything: {len(a)} and {len(b)} runs"
+    assert [o["done"] for o in outs] == [len(a), len(b)]
+    store = ResultStore(tmp_path / "sweep" / "runs")
+    by_sweep = {h: "a" if h in a else "b" for h in every}
+    for d in store.run_dirs():
+        meta = read_json(d / "meta.json")
+        assert meta["trained"]["mode"] == "ensemble", meta["trained"]
+        members = meta["ensemble"]["runs"]
+        assert len(members) == 2 and {by_sweep[h] for h in members} == {by_sweep[d.name]}
+    assert not list((tmp_path / "sweep" / ".claims").glob("*.claim")), "claims left behind"
+    stamps = {d.name: (d / "summary.json").stat().st_mtime_ns for d in store.run_dirs()}
+    again = run_sweep(spec, tmp_path / "sweep", progress=False)
+    assert (again.done, again.skipped) == (0, len(every))
+    assert stamps == {d.name: (d / "summary.json").stat().st_mtime_ns for d in store.run_dirs()}
+
+
+def test_killed_owner_claim_is_taken_over(tmp_path):
+    """Sweep A claims a run and hangs in it; sweep B trains the others and waits for A's run;
+    A is SIGKILLed; B takes A's run over and finishes. Nothing is trained twice or lost."""
+    spec = SweepSpec(base={**BASE, "n_train": 20}, grid={"seed": [0, 1, 2]})
+    go_a, go_b = tmp_path / "go_a", tmp_path / "go_b"
+    a, log_a = start(tmp_path, "a", spec, sleep=120, vectorize=False, go=go_a)
+    b, log_b = start(tmp_path, "b", spec, sleep=0.0, vectorize=False, go=go_b)
+    try:
+        go_a.touch()
+        claims_dir = tmp_path / "sweep" / ".claims"
+        wait_for(lambda: len(list(claims_dir.glob("*.claim"))) == 1, 60, "A's claim")
+        (held,) = [p.stem for p in claims_dir.glob("*.claim")]
+        wait_for(log_b.exists, 60, "B to start")
+        go_b.touch()
+        wait_for(lambda: len(lines(log_b)) == 2, 60, "B to train the two free runs")
+        assert held not in lines(log_b)
+        time.sleep(0.3)
+        assert b.poll() is None, "B returned while A still held a run"
+    except BaseException:
+        b.kill()
+        raise
+    finally:
+        a.send_signal(signal.SIGKILL)
+        a.wait()  # reaped: its pid is gone
+    out, err = b.communicate(timeout=60)
+    assert b.returncode == 0, err
+    every = {c.config_hash() for c in spec.configs()}
+    assert lines(log_a) == []
+    assert sorted(lines(log_b)) == sorted(every) and lines(log_b)[-1] == held
+    assert json.loads(out.strip().splitlines()[-1])["done"] == 3
+    store = ResultStore(tmp_path / "sweep" / "runs")
+    assert {d.name for d in store.run_dirs()} == every
+
+
+# ------------------------------------------------------------ the claims themselves
+def configs(n: int) -> list[RunConfig]:
+    return [RunConfig(**{**BASE, "n_train": 20, "seed": s}) for s in range(n)]
+
+
+def plant(claims: Claims, config: RunConfig, owner: dict, age: float = 0.0) -> Path:
+    """A claim file by another owner, its heartbeat ``age`` seconds old."""
+    claims.dir.mkdir(parents=True, exist_ok=True)
+    path = claims.path(config.config_hash())
+    path.write_text(json.dumps(owner))
+    os.utime(path, (time.time() - age, time.time() - age))
+    return path
+
+
+def live_owner() -> dict:
+    """The owner record of a live process on this host: our parent."""
+    pid = os.getppid()
+    stat = claims_mod._proc_stat(pid)
+    return {
+        "host": socket.gethostname(),
+        "boot_id": claims_mod._boot_id(),
+        "pid": pid,
+        "proc_start": stat[1] if stat else "",
+        "token": "other",
+    }
+
+
+def test_a_job_is_claimed_whole_or_not_at_all(tmp_path):
+    r1, r2 = configs(2)
+    claims = Claims(tmp_path)
+    other = plant(claims, r2, live_owner())
+    assert claims.acquire([r1, r2]) is None
+    assert not claims.path(r1.config_hash()).exists() and claims.held == set()
+    other.unlink()  # the other sweep is done with it
+    assert claims.acquire([r1, r2]) == [r1, r2]
+    mine = read_json(claims.path(r1.config_hash()))
+    assert (mine["pid"], mine["host"]) == (os.getpid(), socket.gethostname())
+    assert Claims(tmp_path).acquire([r1]) is None  # a second owner (same process) waits
+    claims.release([r1])
+    assert not claims.path(r1.config_hash()).exists() and claims.held == {r2.config_hash()}
+    claims.close()
+    assert not list(claims.dir.glob("*.claim"))
+
+
+def test_dead_or_stale_owners_are_taken_over_live_ones_are_not(tmp_path):
+    r1, r2, r3 = configs(3)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    dead = {**live_owner(), "pid": gone.pid}
+    far = {**live_owner(), "host": "elsewhere.invalid", "pid": 1}
+    claims = Claims(tmp_path, heartbeat_s=1.0, stale_s=60.0)
+    plant(claims, r1, dead)
+    plant(claims, r2, far, age=61.0)  # another host, heartbeat too old
+    assert claims.acquire([r1, r2]) == [r1, r2]
+    assert sorted(t["run"] for t in claims.taken_over) == sorted(c.config_hash() for c in (r1, r2))
+    plant(claims, r3, far, age=30.0)  # another host, heartbeat fresh: alive
+    assert claims.acquire([r3]) is None
+    reused = {**live_owner(), "proc_start": "1"}  # the pid now belongs to another process
+    assert not owner_alive(reused, heartbeat_age=0.0, stale_s=60.0)
+    assert owner_alive(live_owner(), heartbeat_age=0.0, stale_s=60.0)
+    assert not owner_alive(live_owner(), heartbeat_age=61.0, stale_s=60.0)
+    claims.close()
+
+
+def test_a_run_finished_meanwhile_is_not_claimed_and_heartbeat_refreshes(tmp_path):
+    (r1,) = configs(1)
+    claims = Claims(tmp_path, heartbeat_s=0.05, stale_s=1.0)
+    assert claims.acquire([r1], needed=lambda c: False) == []
+    assert claims.held == set()
+    assert claims.acquire([r1]) == [r1]
+    path = claims.path(r1.config_hash())
+    os.utime(path, (time.time() - 10, time.time() - 10))
+    time.sleep(0.3)
+    assert time.time() - path.stat().st_mtime < 1.0, "no heartbeat"
+    claims._stop.set()  # no more background beats: the next one is ours to watch
+    claims._thread.join()
+    path.write_text(json.dumps(live_owner()))  # taken from us
+    with pytest.warns(RuntimeWarning, match="taken over"):
+        claims.beat()
+    assert claims.held == set()
+    claims.close()
+    assert path.exists()  # not ours: left alone
+    with pytest.raises(ValueError, match="heartbeat_s"):
+        Claims(tmp_path, heartbeat_s=2.0, stale_s=1.0)
