@@ -95,15 +95,18 @@ FAST_MODELS = ("mlp", "rf_relu", "rf_fourier")
 #: fields that may differ, besides :data:`MEMBER_FIELDS`, between members of a fast ensemble
 FAST_MEMBER_FIELDS = ("momentum", "weight_decay", "width")
 #: On CPU, fast (stacked) groups above this many forward FLOPs per member and step train one
-#: run at a time. ``benchmarks/bench_sweep.py`` found the fast ensemble faster than the serial
-#: engine at every width of the MNIST-1D sweep (up to 21 MFLOP: w = 300, batch 100) and
-#: up to w = 1,200 (250 MFLOP, the largest measured); the limit sits at the largest measured.
-FAST_MAX_STEP_FLOPS = 250_000_000
-#: The cost of one optimizer step of a fast job, in seconds, on one CPU thread
-#: (``benchmarks/bench_sweep.py``, fitted over the MNIST-1D sweep's widths):
-#: ``job`` per job and step (dispatch, gather, loss), ``member`` per member and step,
-#: and ``flop`` per forward FLOP of a member's (padded) model and step (forward and backward).
-STEP_COST = {"job": 4e-4, "member": 3e-5, "flop": 1.5e-9}
+#: run at a time. ``benchmarks/bench_sweep.py`` (one thread, load 11 on 2 cores) measured the
+#: fast ensemble per member against the serial engine at 0.26-0.86x over the MNIST-1D sweep's
+#: widths (up to 21 MFLOP: w = 300, batch 100), 0.99x at w = 600 (80 MFLOP) and 1.09x at
+#: w = 1,200 (300 MFLOP): the crossover is near w = 600, where the limit sits.
+FAST_MAX_STEP_FLOPS = 80_000_000
+#: The cost of one optimizer step of a fast job, in seconds, on one CPU thread:
+#: ``job`` per job and step (dispatch, gather, loss, update), ``member`` per member and
+#: step beyond its FLOPs, and ``flop`` per forward FLOP of a member's (padded) model and
+#: step (forward and backward). Least-squares fit of 6-member steps over the MNIST-1D
+#: sweep's 19 widths by ``benchmarks/bench_sweep.py`` (load average 11 on 2 cores, which
+#: inflates both; only their ratio, about 3e7 FLOP of padding per job, decides packs).
+STEP_COST = {"job": 4.5e-3, "member": 0.0, "flop": 1.55e-10}
 
 
 def is_fast(config: RunConfig) -> bool:

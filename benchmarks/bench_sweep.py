@@ -1,0 +1,309 @@
+"""The MNIST-1D model-wise sweep, per width: engine, plain loop, ensembles, packs, hand-written.
+
+Setting (issue 19): the MLP 40→w→w→10 of ``double-descent-width`` (its ``small``
+scale: widths read from its config, n = 4,000, batch 100, SGD lr 0.01, momentum
+0.9, float32), 6 members per width (3 seeds × noisy and clean labels), one torch
+thread. Columns, in ms per optimizer step per member (per run for the serial ones):
+
+- ``engine``: the engine's serial stepper (``SerialStepper.step``), losses read
+  every 32 steps as the loop does;
+- ``plain``: a plain torch loop (``nn`` model, ``torch.optim.SGD``, ``x[idx]``);
+- ``generic``: the ``vmap(functional_call)`` ensemble (``VectorizedEnsemble``);
+- ``fast``: the engine's ensemble stepper (``EnsembleStepper``: stacked
+  ``baddbmm``, ``_foreach`` SGD, ``idx[M, B]``), 6 members of one width;
+- ``packed``: the jobs ``plan_sweep`` makes of the whole sweep (widths packed),
+  each job's step time divided by its members, shown at each of its widths;
+- ``hand``: the hand-written batched matmul (stacked ``baddbmm``, one
+  ``cross_entropy``, ``torch.optim.SGD(foreach=True)`` on the stacked tensors).
+
+Each method runs ``--steps`` steps after a warm-up, in ``--reps`` interleaved
+rounds; the minimum over rounds is kept (the machine is shared: the load
+average is printed). Ratios are to ``hand`` from the same run.
+
+The projected wall time of the whole sweep (19 widths × 3 seeds × noisy and
+clean × 500 epochs = 20,000 steps per run, with its evaluations every 200
+steps, every 40 at the dense widths) adds measured evaluation costs and
+schedules the jobs longest first on 2 workers of one thread each; the final
+probes at every third width are not included.
+
+    .venv/bin/python benchmarks/bench_sweep.py            # all widths (a few minutes)
+    .venv/bin/python benchmarks/bench_sweep.py --quick    # 3 widths, few steps (smoke)
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+
+from implicit_reg.engine.loop import step_budget
+from implicit_reg.engine.plan import plan_sweep
+from implicit_reg.engine.steppers import EnsembleStepper, SerialStepper, evaluate
+from implicit_reg.engine.workload import build_run_model, load_run_data, run_loss
+from implicit_reg.ensemble.vectorized import VectorizedEnsemble
+from implicit_reg.experiments.double_descent_width import CONFIGS, Config
+
+SYNC = 32  # the loop reads the losses every 32 steps
+
+
+def sweep_configs(cfg: Config, widths) -> list:
+    """The MNIST-1D runs of the sweep (noisy and clean) at ``widths``."""
+    out = []
+    for key in ("mnist1d", "mnist1d_clean"):
+        setting, noise = cfg.setting(key), cfg.noise(key)
+        out += [setting.run_config(w, s, noise) for w in widths for s in range(cfg.seeds)]
+    return out
+
+
+def timed(fn, steps: int, warmup: int = 5) -> float:
+    """Seconds per call of ``fn`` over ``steps`` calls after ``warmup``."""
+    for _ in range(warmup):
+        fn()
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    return (time.perf_counter() - start) / steps
+
+
+def engine_step(config):
+    data = load_run_data(config)
+    stepper = SerialStepper(config, data, build_run_model(config, data), run_loss(config, data))
+    pending = []
+
+    def step():
+        pending.append(stepper.step()[0])
+        if len(pending) == SYNC:
+            torch.stack(pending).tolist()
+            pending.clear()
+
+    return step
+
+
+def plain_step(config):
+    data = load_run_data(config)
+    model = build_run_model(config, data)
+    opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
+    gen = torch.Generator().manual_seed(config.seed)
+    x, y, batches = data.x_train, data.y_train, []
+
+    def step():
+        if not batches:
+            batches.extend(torch.randperm(len(x), generator=gen).split(config.batch_size))
+        idx = batches.pop(0)
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x[idx]), y[idx]).backward()
+        opt.step()
+
+    return step
+
+
+def members(configs):
+    datas = [load_run_data(c) for c in configs]
+    return datas, [build_run_model(c, d) for c, d in zip(configs, datas)]
+
+
+def fast_step(configs):
+    datas, models = members(configs)
+    stepper = EnsembleStepper(configs, datas, models, run_loss(configs[0], datas[0]))
+    assert stepper.fast
+    pending = []
+
+    def step():
+        pending.append(stepper.step())
+        if len(pending) == SYNC:
+            torch.stack(pending).tolist()
+            pending.clear()
+
+    return step, stepper
+
+
+def generic_step(configs):
+    datas, models = members(configs)
+    c = configs[0]
+    ens = VectorizedEnsemble(
+        models, run_loss(c, datas[0]), datas[0].x_train, torch.stack([d.y_train for d in datas]),
+        optimizer="sgd", lr=c.lr, momentum=c.momentum, batch_size=c.batch_size,
+        seeds=[x.seed for x in configs], y_per_member=True,
+    )  # fmt: skip
+    return ens.step
+
+
+def hand_step(configs):
+    """The hand-written batched matmul of issue 19 (its own initialization: timing only)."""
+    c, m = configs[0], len(configs)
+    datas = [load_run_data(x) for x in configs]
+    x, y = datas[0].x_train, torch.stack([d.y_train for d in datas])
+    dims = [x.shape[1], c.width, c.width, 10]
+    params = []
+    for a, b in zip(dims[:-1], dims[1:]):
+        params += [
+            (torch.randn(m, a, b) / a**0.5).requires_grad_(),
+            torch.zeros(m, 1, b).requires_grad_(),
+        ]
+    opt = torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, foreach=True)
+    gens = [torch.Generator().manual_seed(x.seed) for x in configs]
+    rows, batches = torch.arange(m)[:, None], []
+
+    def step():
+        if not batches:
+            perms = torch.stack([torch.randperm(len(x), generator=g) for g in gens])
+            batches.extend(perms.split(c.batch_size, dim=1))
+        idx = batches.pop(0)
+        h = x[idx]
+        for j in range(0, len(params) - 2, 2):
+            h = torch.relu(torch.baddbmm(params[j + 1], h, params[j]))
+        out = torch.baddbmm(params[-1], h, params[-2])
+        loss = F.cross_entropy(out.flatten(0, 1), y[rows, idx].flatten()) * m
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def lpt(jobs: list[float], workers: int = 2) -> float:
+    """Wall time of ``jobs`` (seconds each) scheduled longest first on ``workers``."""
+    loads = [0.0] * workers
+    for t in sorted(jobs, reverse=True):
+        heapq.heapreplace(loads, loads[0] + t)
+    return max(loads)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="3 widths, 20 steps, 1 round (smoke)")
+    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--generic", action="store_true", help="time the vmap ensemble too (slow)")
+    ap.add_argument("--crossover", type=int, nargs="*", default=[600, 1200],
+                    help="extra widths where fast and engine are compared")  # fmt: skip
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    cfg = CONFIGS["small"]
+    widths = list(cfg.mnist1d.widths)
+    steps, reps = args.steps, args.reps
+    if args.quick:
+        widths, steps, reps, args.crossover = (
+            [widths[0], widths[len(widths) // 2], widths[-1]],
+            20,
+            1,
+            [],
+        )
+    print(f"# bench_sweep: MNIST-1D 40→w→w→10, n=4000, batch 100, SGD lr 0.01 mom 0.9, float32, "
+          f"1 thread, {steps} steps x {reps} rounds; loadavg {os.getloadavg()}")  # fmt: skip
+    configs = sweep_configs(cfg, widths)
+    by_width = {w: [c for c in configs if c.width == w] for w in widths}
+    plan = plan_sweep(configs)
+    packs = [list(g) for g in plan.groups] + [[c] for c in plan.singles]
+    best: dict[tuple, float] = {}
+    cols = ["engine", "plain", "fast", "hand"] + (["generic"] if args.generic else [])
+    for _ in range(reps):
+        for w in widths:
+            group = by_width[w]
+            makers = {
+                "engine": lambda g=group: (engine_step(g[0]), 1),
+                "plain": lambda g=group: (plain_step(g[0]), 1),
+                "fast": lambda g=group: (fast_step(g)[0], len(g)),
+                "hand": lambda g=group: (hand_step(g), len(g)),
+                "generic": lambda g=group: (generic_step(g), len(g)),
+            }
+            for col in cols:
+                fn, m = makers[col]()
+                t = timed(fn, steps if col != "generic" else max(10, steps // 5)) / m
+                best[(col, w)] = min(best.get((col, w), float("inf")), t)
+        for i, pack in enumerate(packs):
+            if len(pack) == 1:
+                fn, m = engine_step(pack[0]), 1
+            else:
+                fn, m = fast_step(pack)[0], len(pack)
+            t = timed(fn, steps)
+            best[("pack", i)] = min(best.get(("pack", i), float("inf")), t)
+    pack_of = {c.config_hash(): i for i, p in enumerate(packs) for c in p}
+    head = f"{'w':>5} " + " ".join(f"{c:>8}" for c in [*cols, "packed"])
+    print("\nms per step per member (ratio to hand)")
+    print(head)
+    sums = dict.fromkeys([*cols, "packed"], 0.0)
+    for w in widths:
+        i = pack_of[by_width[w][0].config_hash()]
+        packed = best[("pack", i)] / len(packs[i])
+        row = {c: best[(c, w)] for c in cols} | {"packed": packed}
+        for c, v in row.items():
+            sums[c] += v
+        hand = row["hand"]
+        print(f"{w:>5} " + " ".join(f"{1e3 * v:8.3f}" for v in row.values())
+              + "   " + " ".join(f"{c}={v / hand:.2f}" for c, v in row.items() if c != "hand"))  # fmt: skip
+    print(f"{'sum':>5} " + " ".join(f"{1e3 * v:8.3f}" for v in sums.values())
+          + "   " + " ".join(f"{c}={v / sums['hand']:.2f}" for c, v in sums.items() if c != "hand"))  # fmt: skip
+    # the planner's cost model (engine.plan.STEP_COST): a 6-member step t(w) = J + 6·c_f·F(w)
+    from implicit_reg.engine.plan import step_flops
+
+    fl = torch.tensor([float(step_flops(by_width[w][0])) for w in widths], dtype=torch.float64)
+    t6 = torch.tensor([6 * best[("fast", w)] for w in widths], dtype=torch.float64)
+    design = torch.stack([torch.ones_like(fl), fl], 1)
+    j, slope = torch.linalg.lstsq(design, t6[:, None]).solution.flatten().tolist()
+    print(f"cost fit, 6-member fast step: J = {1e3 * j:.3f} ms per job-step, "
+          f"c_f = {slope / 6:.2e} s per forward FLOP per member (STEP_COST)")  # fmt: skip
+    print("packs:", ", ".join(
+        f"w={sorted({c.width for c in p})} x{len(p)}: {1e3 * best[('pack', i)]:.2f} ms/step"
+        for i, p in enumerate(packs)))  # fmt: skip
+
+    # evaluation costs, once per width: serial evaluate() and the ensemble's evaluator
+    ev_serial, ev_fast = {}, {}
+    for w in widths:
+        c = by_width[w][0]
+        data = load_run_data(c)
+        model = build_run_model(c, data)
+        init = [p.detach().clone() for p in model.parameters()]
+        loss = run_loss(c, data)
+        start = time.perf_counter()
+        evaluate(model, loss, data, chunk_size=c.chunk_size, init_params=init)
+        ev_serial[w] = time.perf_counter() - start
+    for i, pack in enumerate(packs):
+        if len(pack) > 1:
+            _, stepper = fast_step(pack)
+            start = time.perf_counter()
+            stepper.evaluate(stepper.live)
+            ev_fast[i] = time.perf_counter() - start
+
+    # the projected sweep: every run of the sweep at these widths
+    def run_cost(c, per_step: float, per_eval: float) -> float:
+        steps_run, _ = step_budget(c, 4000)
+        return steps_run * per_step + (steps_run // c.eval_every + 1) * per_eval
+
+    serial_jobs = [run_cost(c, best[("engine", c.width)], ev_serial[c.width]) for c in configs]
+    serial_train = [run_cost(c, best[("engine", c.width)], 0.0) for c in configs]
+    packed_jobs, packed_train = [], []
+    for i, pack in enumerate(packs):
+        if len(pack) == 1:
+            packed_jobs.append(serial_jobs[configs.index(pack[0])])
+            packed_train.append(serial_train[configs.index(pack[0])])
+        else:
+            packed_jobs.append(run_cost(pack[0], best[("pack", i)], ev_fast[i]))
+            packed_train.append(run_cost(pack[0], best[("pack", i)], 0.0))
+    print("evaluation, ms per member: " + ", ".join(
+        f"w={w}: {1e3 * ev_serial[w]:.0f}" for w in widths) + " (serial); packs: " + ", ".join(
+        f"{1e3 * ev_fast[i] / len(p):.0f}" for i, p in enumerate(packs) if i in ev_fast))  # fmt: skip
+    print(f"\nprojected wall time of the MNIST-1D small sweep ({len(configs)} runs at "
+          f"{len(widths)} widths; 2 workers x 1 thread, probes excluded):")  # fmt: skip
+    print(f"  engine, one run at a time: {lpt(serial_jobs) / 60:7.1f} min "
+          f"(CPU {sum(serial_jobs) / 60:.1f} min, of it training {sum(serial_train) / 60:.1f})")  # fmt: skip
+    print(f"  planned jobs (ensembles, packs): {lpt(packed_jobs) / 60:7.1f} min "
+          f"(CPU {sum(packed_jobs) / 60:.1f} min, of it training {sum(packed_train) / 60:.1f}; "
+          f"{len(packs)} jobs)")  # fmt: skip
+    for w in args.crossover:
+        group = sweep_configs(cfg, [w])
+        t_eng = min(timed(engine_step(group[0]), max(10, steps // 5)) for _ in range(reps))
+        t_fast = min(timed(fast_step(group)[0], max(10, steps // 5)) for _ in range(reps)) / len(
+            group
+        )
+        print(f"crossover check w={w}: engine {1e3 * t_eng:.2f} ms, fast {1e3 * t_fast:.2f} ms "
+              f"per member, fast/engine = {t_fast / t_eng:.2f}")  # fmt: skip
+    print(f"# loadavg at the end {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
