@@ -275,6 +275,7 @@ def stored_runs(
     """The per-run table ``runs.csv`` of an earlier report, split by setting key (label and
     label noise), as :func:`ensure_runs` returns it; ``attrs["stored"]`` marks it."""
     data = pd.read_csv(table)
+    data["gen_gap"] = data["test_error"] - data["train_error"]  # as load_summaries derives it
     out = {}
     for key in cfg.keys() if settings is None else settings:
         r = data[
