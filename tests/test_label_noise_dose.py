@@ -117,3 +117,10 @@ def test_smoke_run_writes_a_report(tmp_path: Path):
     assert report.path.is_file()
     rows = pd.read_csv(tmp_path / "runs.csv")
     assert set(rows.source) == {"this sweep"} and len(rows) == 4
+
+
+def test_the_window_is_the_widths_every_level_holds():
+    t = table(dose=0.3)
+    t = t[~((t.width == 136) & (t.label_noise == 0.2))]  # w = 136 not yet run at 20%
+    a = lnd.analyze(t)
+    assert all(lv.widths[-1] == 104 for lv in a.levels)

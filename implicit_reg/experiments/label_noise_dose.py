@@ -155,6 +155,10 @@ def analyze(rows: pd.DataFrame) -> DoseAnalysis:
     if not len(ok):
         raise ValueError("no complete run in the table")
     ok["label_noise"] = ok.label_noise.round(6)
+    # one window for every level: the widths each level holds (so that the rise from the
+    # narrowest and the fall to the widest width compare the same models at every noise)
+    held = [set(g.width) for _, g in ok.groupby("label_noise")]
+    ok = ok[ok.width.isin(set.intersection(*held))]
     levels = tuple(noise_level(p, g) for p, g in sorted(ok.groupby("label_noise")))
     with_h = [lv for lv in levels if lv.height is not None]
     common = sorted(set.intersection(*(set(lv.seeds) for lv in with_h))) if with_h else []
