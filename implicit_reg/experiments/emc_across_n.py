@@ -402,6 +402,19 @@ def run(scale: str, out: Path) -> Report:
             + "\n\nMean test error:\n\n" + grid_table(rows, arm.arm, "test_error"),
             heading=f"{ARM_LABEL[arm.arm]}: width × n",
         )  # fmt: skip
+    report.add_text(
+        f"Widths {list(plan.widths)} × n {[f'{n:,}' for n in plan.n_trains]} × {plan.seeds} "
+        f"seeds (then {plan.extra_seeds} more), {plan.label_noise:.0%} label noise (a fixed "
+        f"draw per n), `{plan.dataset}`: nested subsets of an 8,000-sample MNIST-1D pool, one "
+        "set of 12,000 test samples for every n. Budgets: "
+        f"{plan.epochs} epochs at every n (steps = {plan.epochs}·n/{plan.batch_size}), and "
+        f"{plan.steps:,} steps at every n (the same run as the epoch arm at n = "
+        f"{plan.steps * plan.batch_size // plan.epochs:,}). {plan.evals} evaluations per run, no "
+        "probes. The runs of one n train as one ensemble (`implicit_reg.engine.train.train_runs`,"
+        " widths padded to the widest), checkpointed every "
+        f"{plan.checkpoint_every} steps.",
+        heading="Design",
+    )
     total = len(rows.drop_duplicates("config_hash"))
     planned = len({c.config_hash() for _, cs in emc_phases(plan) for c in cs})
     report.add_text(

@@ -388,6 +388,19 @@ def run(scale: str, out: Path) -> Report:
         ]),
         heading="Test error (train error) per width and noise, seed means",
     )  # fmt: skip
+    report.add_text(
+        f"Widths {list(plan.widths)} × label noise {[f'{p:.0%}' for p in plan.noises]} × "
+        f"{plan.seeds} seeds (then {plan.extra_seeds} more), `{plan.dataset}` n = "
+        f"{plan.n_train:,}, {plan.epochs} epochs, evaluated every {plan.eval_every} steps, no "
+        "probes. At widths 16, 21, 36, 80 and 104 these configs are double-descent-width's "
+        "`small` configs hash for hash; at 13, 28, 62 and 136 that experiment also ran the "
+        "Hessian probes at the end and at 47 evaluated every 40 steps, neither of which "
+        "changes the training. Its run store is not on this machine, so its 0% and 15% runs "
+        "are read from its committed `runs.csv` (final metrics, seeds 0–2) until this sweep "
+        "trains those levels itself (the last phases of the plan); the `source` column of "
+        "`runs.csv` says which rows came from where.",
+        heading="Design and reuse",
+    )
     own = rows[rows.source == "this sweep"]
     planned = len({c.config_hash() for _, cs in dose_phases(plan) for c in cs})
     report.add_text(
