@@ -245,6 +245,16 @@ def sweep_figure(rows: pd.DataFrame, cfg: Config) -> Figure:
     axes = fig.subplots(2, 3).ravel()
     for ax, (metric, logy) in zip(axes, PANELS):
         seed_band(ax, gd, "lr", metric, label="GD", marker="o", ms=4, geometric=logy)
+        # points with fewer seeds than planned (runs that missed the target loss): hollow
+        # markers, named in the legend; the trend tests leave them out
+        count = gd.groupby("lr")[metric].agg(["count", "mean"])
+        if logy:
+            count["mean"] = gd.groupby("lr")[metric].agg(lambda v: 10 ** np.log10(v).mean())
+        few = count[count["count"] < cfg.seeds]
+        if len(few):
+            ax.plot(few.index, few["mean"], "o", ms=9, mfc="white", mec="C0", zorder=3,
+                    label="fewer seeds: " + ", ".join(f"h = {h:g} ({int(c)})"
+                                                      for h, c in few["count"].items()))  # fmt: skip
         if metric == "lambda_max":
             h = np.geomspace(min(cfg.lrs), max(cfg.lrs), 50)
             ax.plot(h, 2 / h, "--", color="0.4", label="2/h (edge of stability)")
