@@ -161,8 +161,9 @@ def write_index(root: Path) -> Path:
     heads = headline_rows(root)
     summary, notes = root / SUMMARY_FILE, root / NOTES_FILE
     glance = (
-        "# What the reproductions show\n\nOne row per phenomenon, generated from each report's "
-        "headline claim. " + RULE_TEXT + "\n\n" + markdown_table(heads) + "\n"
+        "# What the reproductions show\n\nOne row per experiment, generated from its report's "
+        "headline claim: the effect and, in brackets, its 90% confidence interval (a ratio "
+        "×r for effects on a log scale). " + RULE_TEXT + "\n\n" + markdown_table(heads) + "\n"
         if heads
         else ""
     )
@@ -387,10 +388,7 @@ def brief(result: Any) -> str:
     interval); a peak as its rise and fall; a ratio as its estimate and interval."""
     rise, fall = getattr(result, "rise", None), getattr(result, "fall", None)
     if rise is not None and fall is not None:
-        at = getattr(result, "index", None)
-        return f"rise {brief(rise)}, fall {brief(fall)}" + (
-            f" (at point {at})" if at is not None else ""
-        )
+        return f"rise {brief(rise)}, fall {brief(fall)}"
     if isinstance(result, Untested):
         return result.sentence()
     effect = getattr(result, "effect", getattr(result, "ratio", None))
