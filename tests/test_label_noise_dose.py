@@ -96,8 +96,13 @@ def test_plan_matches_double_descent_width_where_it_ran_no_probes(tmp_path: Path
         (),
     )
     phases = dose_phases(plan)
-    assert phases[0][0] == "new noise levels, first seeds"
-    assert {cfg.label_noise for cfg in phases[0][1]} == {0.05, 0.1, 0.2, 0.3}
+    # one noise level per phase, the dose range spanned first: 30%, then 20%, 5%, 10%
+    assert [t for t, _ in phases[:4]] == [
+        "30% noise, first seeds", "20% noise, first seeds", "5% noise, first seeds",
+        "10% noise, first seeds",
+    ]  # fmt: skip
+    assert all(len(cs) == len(plan.widths) * plan.seeds for _, cs in phases[:4])
+    assert {c.label_noise for _, cs in phases[-4:] for c in cs} == {0.0, 0.15}
     # with an empty store the 0% and 15% rows come from double-descent-width's table
     ddw = tmp_path / "runs.csv"
     pd.DataFrame([

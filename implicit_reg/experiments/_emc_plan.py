@@ -36,6 +36,7 @@ __all__ = [
     "dose_config",
     "emc_phases",
     "dose_phases",
+    "dose_order",
 ]
 
 
@@ -192,18 +193,37 @@ def emc_phases(plan: EmcPlan) -> list[tuple[str, list[RunConfig]]]:
 
 
 def dose_phases(plan: DosePlan) -> list[tuple[str, list[RunConfig]]]:
-    """New noise levels at the first seeds, then the extra seeds, then the noise levels
-    that double-descent-width holds (retrained in this sweep's own store, last)."""
-    new = [p for p in plan.noises if p not in plan.reused_noises]
+    """One phase per new noise level at the first seeds, most informative first (the
+    extremes of the dose range, then the middle: :func:`dose_order`), then the extra
+    seeds, then the noise levels that double-descent-width holds (retrained in this
+    sweep's own store, last). A level finished is a whole width curve: a session that
+    ends mid-plan leaves complete levels, not every level without its widest widths."""
+    new = dose_order([p for p in plan.noises if p not in plan.reused_noises], plan.reused_noises)
     old = [p for p in plan.noises if p in plan.reused_noises]
     first, extra = range(plan.seeds), range(plan.seeds, plan.seeds + plan.extra_seeds)
-    phases = [
-        ("new noise levels, first seeds", [dose_config(plan, w, p, s) for p in new for w in plan.widths for s in first]),
-        ("new noise levels, extra seeds", [dose_config(plan, w, p, s) for p in new for w in plan.widths for s in extra]),
-        ("stored noise levels, first seeds", [dose_config(plan, w, p, s) for p in old for w in plan.widths for s in first]),
-        ("stored noise levels, extra seeds", [dose_config(plan, w, p, s) for p in old for w in plan.widths for s in extra]),
-    ]  # fmt: skip
+
+    def level(p: float, seeds: range) -> list[RunConfig]:
+        return [dose_config(plan, w, p, s) for w in plan.widths for s in seeds]
+
+    phases = [(f"{p:.0%} noise, first seeds", level(p, first)) for p in new]
+    phases += [(f"{p:.0%} noise, extra seeds", level(p, extra)) for p in new]
+    phases += [(f"{p:.0%} noise (stored), first seeds", level(p, first)) for p in old]
+    phases += [(f"{p:.0%} noise (stored), extra seeds", level(p, extra)) for p in old]
     return _dedupe([(t, c) for t, c in phases if c])
+
+
+def dose_order(noises: list[float], have: tuple[float, ...] = ()) -> list[float]:
+    """``noises`` ordered so that each next level is the one farthest from every level
+    already held (``have``, then those before it): the dose range is spanned first and
+    filled in after (with 0% and 15% held: 30%, then 20%, 5% and 10%; ties go to the
+    higher noise)."""
+    held, out, left = list(have), [], sorted(noises)
+    while left:
+        nxt = max(left, key=lambda p: (min((abs(p - q) for q in held), default=p), p))
+        out.append(nxt)
+        held.append(nxt)
+        left.remove(nxt)
+    return out
 
 
 def _dedupe(phases: list[tuple[str, list[RunConfig]]]) -> list[tuple[str, list[RunConfig]]]:
