@@ -643,21 +643,17 @@ def run(scale: str, out: Path) -> Report:
                 + (f"w = {s.w_fit} (N = {s.p_fit:,.0f})." if s.w_fit else "no width.")
             ),
         )
-    if stored and (Path(out) / "width_epoch_heatmap.png").is_file():
-        report.add_text(
-            "![Test error over width and epoch](width_epoch_heatmap.png)\n\n*The width × "
-            "epoch map drawn by the run that trained the models (not redrawn: the per-run "
-            "histories are not committed; its data are in `width_epoch.csv`).*",
-            heading="Effective model complexity and the width × epoch map",
-        )
+    if stored and "mnist1d" in runs:
+        emc = stored_emc(Path(out) / "width_epoch.csv", cfg.setting("mnist1d"))
     if emc is not None:
         report.add_figure(
             emc_figure(emc, cfg.setting("mnist1d"), cfg),
             "width_epoch_heatmap.png",
-            "Left: test error over width and epoch (seed mean), with the contour where the "
-            "training error first reaches ≤ 1% (EMC = n) in white and the width of highest test "
-            "error at each epoch (black dots). Right: the fitted count n·(1 − train error), a "
-            "proxy of the effective model complexity, over width and epoch.",
+            "Left: test error over width and epoch (seed mean; colours span the later epochs), "
+            "with the contour where the training error first reaches ≤ 1% (EMC = n) in white "
+            "and, at each epoch, the width of the highest bump of the mean test error (red "
+            "dots, only bumps of at least one point). Right: the fitted count "
+            "n·(1 − train error), a proxy of the effective model complexity.",
         )
         report.add_text(
             emc_text(emc), heading="Effective model complexity and the width × epoch map"
@@ -738,25 +734,55 @@ def emc_analysis(rows: pd.DataFrame, setting: Setting) -> dict | None:
             logs.append(np.log2(n_params[wp] / n_params[int(wf)]))
         if logs:
             gaps.append(float(np.mean(logs)))
+    long = h.groupby(["metric", "width", "epoch"]).value.agg(["mean", "std", "count"]).reset_index()
+    return emc_maps(test_mean, train_mean, setting, gaps=gaps, long=long,
+                    seeds=int(ok.seed.nunique()))  # fmt: skip
+
+
+#: a seed-mean bump lower than this (in test error) gets no peak dot on the width × epoch map
+PEAK_DOT_MIN = 0.01
+
+
+def emc_maps(
+    test_mean: pd.DataFrame, train_mean: pd.DataFrame, setting: Setting, *, gaps, long, seeds
+) -> dict:
+    """The seed-mean maps (epoch × width) and, per epoch, the width of the highest bump of
+    the mean test error (descriptive: where the map peaks) with its height, against the first
+    width whose mean train error is ≤ ``INTERPOLATED``."""
+    widths = test_mean.columns.to_numpy()
+    n_params = {int(w): setting.params(int(w), INPUT_DIM[setting.dataset]) for w in widths}
     rows_out = []
-    for ep in common:
+    for ep in test_mean.index:
         if ep < 1:
             continue
-        wf = fit_width(train_mean.loc[ep])
-        ib = highest_bump(test_mean.loc[ep].to_numpy())
+        fits = train_mean.loc[ep][train_mean.loc[ep] <= INTERPOLATED]
+        wf = float(fits.index[0]) if len(fits) else float("nan")
+        v = test_mean.loc[ep].to_numpy()
+        ib = highest_bump(v)
         if ib is None:
             continue
         wp = int(widths[ib])
-        rows_out.append({"epoch": ep, "w_peak": wp, "N_peak": n_params[wp],
+        height = min(v[ib] - v[:ib].min(), v[ib] - v[ib + 1 :].min())
+        rows_out.append({"epoch": ep, "w_peak": wp, "N_peak": n_params[wp], "height": height,
                          "w_fit": wf, "N_fit": n_params[int(wf)] if not np.isnan(wf) else np.nan,
                          "test_peak": float(test_mean.loc[ep, wp])})  # fmt: skip
-    track = pd.DataFrame(
-        rows_out, columns=["epoch", "w_peak", "N_peak", "w_fit", "N_fit", "test_peak"]
-    )
-    long = h.groupby(["metric", "width", "epoch"]).value.agg(["mean", "std", "count"]).reset_index()
-    return {"test": test_mean, "train": train_mean, "track": track, "gaps": gaps,
-            "n": setting.n_train, "n_params": n_params, "long": long,
-            "seeds": int(ok.seed.nunique())}  # fmt: skip
+    cols = ["epoch", "w_peak", "N_peak", "height", "w_fit", "N_fit", "test_peak"]
+    return {"test": test_mean, "train": train_mean, "track": pd.DataFrame(rows_out, columns=cols),
+            "gaps": gaps, "n": setting.n_train, "n_params": n_params, "long": long,
+            "seeds": seeds}  # fmt: skip
+
+
+def stored_emc(table: Path, setting: Setting) -> dict | None:
+    """:func:`emc_maps` from the seed means an earlier report stored (``width_epoch.csv``);
+    no per-seed gaps (the histories are not committed), so no EMC claim from it."""
+    if not table.is_file():
+        return None
+    long = pd.read_csv(table)
+    maps = {m: long[long.metric == m].pivot(index="epoch", columns="width", values="mean")
+            for m in ("test_error", "train_error")}  # fmt: skip
+    common = maps["test_error"].dropna().index.intersection(maps["train_error"].dropna().index)
+    return emc_maps(maps["test_error"].loc[common], maps["train_error"].loc[common], setting,
+                    gaps=[], long=long, seeds=int(long["count"].max()))  # fmt: skip
 
 
 def add_emc_claim(report: Report, emc: dict) -> None:
@@ -795,14 +821,23 @@ def emc_figure(emc: dict, setting: Setting, cfg: Config) -> Figure:
     epochs = test.index.to_numpy(dtype=float)
     fig = Figure(figsize=(14, 5), layout="constrained")
     ax, ax2 = fig.subplots(1, 2)
-    mesh = ax.pcolormesh(widths, epochs, test.to_numpy(), shading="nearest", cmap="viridis")
-    fig.colorbar(mesh, ax=ax, label="test error (fraction)")
+    # the colour range of the later epochs: the first epochs' high errors would wash out the
+    # ridge along the interpolation threshold
+    late = test[test.index >= max(10.0, epochs.max() / 50)].to_numpy()
+    vmin, vmax = np.nanpercentile(late if late.size else test.to_numpy(), [1, 99])
+    mesh = ax.pcolormesh(widths, epochs, test.to_numpy(), shading="nearest", cmap="viridis",
+                         vmin=vmin, vmax=vmax)  # fmt: skip
+    fig.colorbar(mesh, ax=ax, label="test error (fraction; range of the later epochs)",
+                 extend="both")  # fmt: skip
     ax.contour(widths, epochs, train.to_numpy(), levels=[INTERPOLATED], colors="white",
                linewidths=1.5)  # fmt: skip
     tr = emc["track"]
-    ax.plot(tr.w_peak, tr.epoch, "k.", ms=3, label="width of the test-error bump (peak)")
+    tr = tr[tr.height >= PEAK_DOT_MIN] if "height" in tr else tr
+    ax.plot(tr.w_peak, tr.epoch, "r.", ms=3,
+            label=f"width of the highest bump of the mean (≥ {100 * PEAK_DOT_MIN:g} point)")  # fmt: skip
     ax.plot([], [], color="white", label=f"train error = {100 * INTERPOLATED:g}% (EMC = n)")
-    ax.legend(fontsize=7, loc="upper right", facecolor="0.7")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2,
+              facecolor="0.85")  # fmt: skip
     fitted = emc["n"] * (1 - train.to_numpy())
     mesh2 = ax2.pcolormesh(widths, epochs, fitted, shading="nearest", cmap="magma")
     fig.colorbar(mesh2, ax=ax2, label="fitted count n·(1 − train error) (samples)")
