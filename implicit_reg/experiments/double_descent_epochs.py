@@ -188,6 +188,18 @@ def epochs_figure(
         steps, train = history_matrix(h, "train_error")
         keep = steps > 0
         plot_band(ax_r, steps[keep] / per_epoch, train[:, keep], label=lab, color=f"C{i}")
+    # the bump of the widest model is a point or two on a scale of fifty: zoom on it
+    h = history[history.width == cfg.widths[-1]]
+    steps, test = history_matrix(h, "test_error")
+    keep = steps / per_epoch >= 25  # past the early minimum
+    if keep.sum() >= 3:
+        ins = ax_t.inset_axes([0.45, 0.56, 0.52, 0.4])
+        plot_band(ins, steps[keep] / per_epoch, test[:, keep], label="", color=f"C{len(ROLES) - 1}")
+        ins.set_xscale("log")
+        ins.set_xticks([30, 100, 300], ["30", "100", "300"], minor=False)
+        ins.set_xticks([], minor=True)
+        ins.set_title(f"w = {cfg.widths[-1]} from epoch 25 (zoom)", fontsize=7)
+        ins.tick_params(labelsize=6)
     if control is not None:
         for ax, metric in ((ax_t, "test_error"), (ax_r, "train_error")):
             steps, v = history_matrix(control, metric)
@@ -200,7 +212,7 @@ def epochs_figure(
     for ax in (ax_t, ax_r):
         ax.set_xscale("log")
         ax.set_xlabel("epoch (passes over the training set)")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="lower left" if ax is ax_t else "best")
     ax_t.set_ylabel("test error (fraction misclassified)")
     ax_t.set_title("test error during training")
     ax_r.set_ylabel("train error on the noisy labels (fraction)")
