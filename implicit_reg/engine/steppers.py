@@ -401,9 +401,17 @@ def _stack_or_share(tensors: list[Tensor]) -> tuple[Tensor, bool]:
     return torch.stack(tensors), True
 
 
+#: float entries of one hidden activation per evaluation chunk (rows x members x width):
+#: the ensemble evaluates in chunks that stay in cache, 1.3-1.6x faster than one pass at
+#: w = 47 and 300 with 6 members on MNIST-1D's 16,000 rows (the result depends on the
+#: chunking by rounding only, as the chunk size's does)
+EVAL_CHUNK_FLOATS = 2**20
+
+
 class _Evaluator:
     """:func:`evaluate` for every live member of an ensemble at once, same formulas, through
-    the ensemble's own forward pass (``outputs``) and gradient (``gradient``)."""
+    the ensemble's own forward pass (``outputs``) and gradient (``gradient``), over chunks
+    of at most ``chunk_size`` rows and :data:`EVAL_CHUNK_FLOATS` activations."""
 
     def __init__(self, datas: list, loss_fn, chunk_size: int | None) -> None:
         if any(d.n_train != datas[0].n_train for d in datas):
@@ -417,11 +425,18 @@ class _Evaluator:
         self.y_clean = torch.stack([d.y_train_clean for d in datas])
         self.noisy = [self.classes and d.label_noise > 0 for d in datas]
 
+    def _rows(self, ens, n: int) -> int:
+        """Rows per evaluation chunk: ``chunk_size`` (None: all ``n``), and at most
+        :data:`EVAL_CHUNK_FLOATS` / (members × widest parameter dimension)."""
+        width = max(max(p.shape[1:], default=1) for p in ens.params)
+        budget = max(256, EVAL_CHUNK_FLOATS // (len(ens.live) * width))
+        return min(n if self.chunk_size is None else self.chunk_size, budget)
+
     def _loss_and_error(self, ens, rows, x, x_batched, ys) -> tuple[list, list[list]]:
         """Per member: Σ_c L_c·n_c / n, and the error rate against each target set in ``ys``
         (the outputs computed once), as :func:`_loss_and_error`."""
         n = ys[0].shape[1]
-        step = n if self.chunk_size is None else self.chunk_size
+        step = self._rows(ens, n)
         x = x[rows] if x_batched else x
         ys = [y[rows] for y in ys]
         total, wrong = 0.0, [0] * len(ys)
@@ -449,8 +464,9 @@ class _Evaluator:
             ens, rows, self.x_test, self.xb_test, [self.y_test]
         )
         x = self.x_train[rows] if self.xb_train else self.x_train
+        n = self.y_train.shape[1]
         _, g = ens.gradient(
-            x, self.y_train[rows], x_batched=self.xb_train, chunk_size=self.chunk_size
+            x, self.y_train[rows], x_batched=self.xb_train, chunk_size=self._rows(ens, n)
         )
         params = tuple(p.detach() for p in ens.params)
         gsq = member_sq_norms(g).sqrt().tolist()
