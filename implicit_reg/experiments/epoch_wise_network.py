@@ -261,6 +261,18 @@ def figure(df: pd.DataFrame, cfg: Config) -> Figure:
                     ax.plot(x, curve, color=c, lw=0.6, alpha=0.45)
     axes[0].set(xscale="log", yscale="log", xlabel="GD step t (log; step 0 at 0.5)",
                 ylabel="test MSE", title="test risk")  # fmt: skip
+    # the bump is a quarter of the risk on a log range of decades: zoom on it (one step size)
+    bumps_ = bumps(df, SETTINGS[0])
+    if len(bumps_):
+        lo, hi = bumps_.t1.min() / 2, bumps_.t3.max() * 2
+        keep = (x >= lo) & (x <= hi)
+        if keep.sum() >= 3:
+            ins = axes[0].inset_axes([0.08, 0.08, 0.45, 0.4])
+            for curve in matrix(df, SETTINGS[0], "test_mse")[:, keep]:  # each seed's bump
+                ins.plot(x[keep], curve, color="C3", lw=0.8)
+            ins.set_xscale("log")
+            ins.set_title(f"one step size, each seed, steps {lo:,.0f}–{hi:,.0f}", fontsize=7)
+            ins.tick_params(labelsize=6)
     axes[1].set(xscale="log", yscale="log", xlabel="GD step t (log; step 0 at 0.5)",
                 ylabel="training loss per point", title="training loss")  # fmt: skip
     for ax in axes:
