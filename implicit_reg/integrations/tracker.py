@@ -32,6 +32,14 @@ train/eval mode, buffers (BatchNorm statistics) and the global RNG
 (:func:`implicit_reg.probes.preserved`), so the training run is bit for bit
 the one it would have been without the tracker.
 
+Bad input. Probe data or a loss the probes cannot use (a NaN or inf in the
+data, a non-scalar loss, an empty probe set, no trainable parameters) is a
+``ValueError`` from the constructor, before training. A probe that fails later
+(the loss became NaN as the training diverged, say) is logged as a warning on
+the ``implicit_reg.integrations.tracker`` logger with its reason, kept in
+``failures`` (``{"step", "error"}``), and skipped (:meth:`step` returns None),
+and the training goes on; the next probe is due ``every`` steps later.
+
 Compute budget. With ``budget`` = b the tracker spaces its probes so that the
 time spent probing stays within b times the time spent training, counted from
 the first call: a probe that is due by ``every`` runs only when
@@ -59,6 +67,7 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -83,6 +92,8 @@ from ..probes.selection import Selection
 from ..probes.state import DEFAULT_MODE, check_mode
 
 __all__ = ["MEASURES", "DEFAULT_EVERY", "DEFAULT_BUDGET", "CurvatureTracker"]
+
+logger = logging.getLogger(__name__)
 
 #: measures a tracker can take (named as in :data:`implicit_reg.probes.PROBES` where it has
 #: them); all those that apply are measured by default (``measures=None``)
@@ -254,6 +265,7 @@ class CurvatureTracker:
             raise ValueError("the model has no trainable parameters (requires_grad=True)")
         self.state: dict[str, Tensor] = {}
         self.rows: list[dict] = []
+        self.failures: list[dict] = []  # {"step", "error"} of each probe that raised
         self.probe_seconds = 0.0
         self._start: float | None = None
         self._end: float | None = None
@@ -315,20 +327,29 @@ class CurvatureTracker:
             return None
         return self._probe(step, now)
 
-    def measure(self, step: int) -> dict:
-        """Probe now (whatever the schedule), record the row and return it."""
+    def measure(self, step: int) -> dict | None:
+        """Probe now (whatever the schedule), record the row and return it (None if the
+        probe failed: the reason is logged and kept in ``failures``)."""
         now = self.clock()
         if self._start is None:
             self._start = now
         return self._probe(step, now)
 
-    def _probe(self, step: int, now: float) -> dict:
+    def _probe(self, step: int, now: float) -> dict | None:
         trained = self.train_seconds(now)  # training time up to this probe
-        with preserved(self.model), torch.enable_grad():
-            row = {"step": int(step), **self._measure()}
+        try:
+            with preserved(self.model), torch.enable_grad():
+                row = {"step": int(step), **self._measure()}
+        except Exception as err:  # noqa: BLE001 - a failed probe must not end the training
+            row = None
+            reason = f"{type(err).__name__}: {err}"
+            self.failures.append({"step": int(step), "error": reason})
+            logger.warning("curvature probe at step %d failed (training goes on): %s", step, reason)
         cost = max(self.clock() - now, 0.0)
         self.probe_seconds += cost
         self._last_step = int(step)
+        if row is None:
+            return None
         row["probe_seconds"] = cost
         # probing / training time so far; NaN for a probe before any training (step 0)
         row["overhead"] = self.probe_seconds / trained if trained > 0 else math.nan

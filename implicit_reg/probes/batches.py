@@ -19,6 +19,12 @@ so each term returns the *size-weighted* chunk loss n_c·L_c and the operator
 divides the sum by N. The result does not depend on how the data is chunked.
 Parameters outside the measured set and all buffers are taken from the model
 (buffers as copies: a train-mode pass never changes the running statistics).
+
+Bad input fails with a ``ValueError`` that names the chunk (chunk c is the
+c-th slice of ``chunk_size`` rows, or the c-th batch, counted from 0): a NaN or
+inf in the floating-point inputs or targets (checked on the first pass over the
+data, :func:`loss_terms` without ``sizes``), and a chunk loss that is not finite
+(checked at each evaluation, outside ``vmap``; one host sync per chunk).
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from torch.func import functional_call
 
 from ..core.objective import _is_pair
 
-__all__ = ["Term", "loss_terms", "check_data", "batch_size_of", "to_device"]
+__all__ = ["Term", "loss_terms", "check_data", "check_finite", "batch_size_of", "to_device"]
 
 BatchLoss = Callable[[nn.Module, object], tuple[Tensor, int]]
 
@@ -87,6 +93,54 @@ def _scalar(loss, what: str) -> Tensor:
     return loss
 
 
+def _floating(obj, path: str) -> Iterator[tuple[str, Tensor]]:
+    """The floating-point tensors in a tensor, tuple/list or dict, with where they sit."""
+    if isinstance(obj, Tensor):
+        if obj.is_floating_point() or obj.is_complex():
+            yield path, obj
+    elif isinstance(obj, Mapping):
+        for k, v in obj.items():
+            yield from _floating(v, f"{path}[{k!r}]")
+    elif isinstance(obj, (tuple, list)):
+        for i, v in enumerate(obj):
+            yield from _floating(v, f"{path}[{i}]")
+
+
+def check_finite(obj, what: str, where: str, *, first_row: int = 0, of: str = "") -> None:
+    """``ValueError`` naming ``where`` (the chunk), ``what`` and the rows (numbered from
+    ``first_row``, followed by ``of``) if a floating-point tensor in ``obj`` holds a NaN or
+    an inf."""
+    for path, t in _floating(obj, what):
+        bad = ~torch.isfinite(t)
+        if not bool(bad.any()):
+            continue
+        kind = " and ".join(
+            k for k, f in (("NaN", torch.isnan), ("inf", torch.isinf)) if f(t).any()
+        )
+        rows = ""
+        if t.dim() > 0:
+            idx = (bad.reshape(len(t), -1).any(dim=1).nonzero().flatten() + first_row).tolist()
+            more = f" and {len(idx) - 5} more" if len(idx) > 5 else ""
+            rows = f" at row{'s' if len(idx) > 1 else ''} {', '.join(map(str, idx[:5]))}{more}{of}"
+        raise ValueError(f"{where}: {kind} in the {path}{rows}; clean or drop those rows")
+
+
+def _finite_loss(loss: Tensor, where: str) -> Tensor:
+    """The chunk loss, or a ``ValueError`` naming the chunk if it is NaN or inf. Under
+    ``vmap`` a value cannot be branched on; there the check is skipped."""
+    try:
+        bad = not bool(torch.isfinite(loss.detach()))
+    except RuntimeError:  # vmap: data-dependent control flow
+        return loss
+    if bad:
+        raise ValueError(
+            f"{where}: the loss is {float(loss.detach())} (not finite) at the parameters "
+            "evaluated (the model's, or a probe's perturbation of them); the data were "
+            "checked finite, so the outputs or the parameters are not (did the training diverge?)"
+        )
+    return loss
+
+
 @dataclass
 class Term:
     """One chunk of the data: n_c samples, loss n_c·L_c(θ_S), outputs f(θ_S) when known."""
@@ -101,6 +155,7 @@ class Term:
     loss_fn: Callable | None = None
     batch_loss: BatchLoss | None = None
     batch: object = None
+    where: str = "chunk 0"  # names the chunk in error messages
 
     def state(self, params) -> dict[str, Tensor]:
         state = {**self.fixed, **{k: b.clone() for k, b in self.buffers.items()}}
@@ -118,7 +173,8 @@ class Term:
 
     def output_loss(self, out: Tensor) -> Tensor:
         """n_c·ℓ(out, y): the weighted chunk loss as a function of the outputs."""
-        return self.size * _scalar(self.loss_fn(out, self.targets), "loss_fn")
+        loss = self.size * _scalar(self.loss_fn(out, self.targets), "loss_fn")
+        return _finite_loss(loss, self.where)
 
     def loss(self, params) -> Tensor:
         """n_c·L_c(θ)."""
@@ -132,7 +188,7 @@ class Term:
             raise ValueError(
                 f"batch_loss returned batch size {n} for a batch it first sized {self.size}"
             )
-        return self.size * _scalar(loss, "batch_loss")
+        return _finite_loss(self.size * _scalar(loss, "batch_loss"), self.where)
 
 
 class _OnDevice:
@@ -193,7 +249,8 @@ def loss_terms(
     """One :class:`Term` per chunk; Σ_c term.loss(θ)/N is the full-data loss L(θ_S).
 
     ``sizes`` (batch sizes of an earlier pass) avoids an extra forward when
-    ``batch_loss`` sizes the batches.
+    ``batch_loss`` sizes the batches; without it (the first pass) each chunk's
+    floating-point inputs and targets are checked finite (:func:`check_finite`).
     """
     chosen = set(names)
     fixed = {k: p.detach() for k, p in model.named_parameters() if k not in chosen}
@@ -202,18 +259,28 @@ def loss_terms(
     if _is_pair(data):
         x, y = data
         step = len(x) if chunk_size is None else chunk_size
-        for i in range(0, len(x), step):
-            yield Term(
-                size=len(x[i : i + step]), inputs=x[i : i + step], targets=y[i : i + step], **common
-            )
+        for c, i in enumerate(range(0, len(x), step)):
+            xc, yc = x[i : i + step], y[i : i + step]
+            where = f"chunk {c} (rows {i}-{i + len(xc) - 1} of the data)"
+            if sizes is None:
+                check_finite(xc, "inputs", where, first_row=i)
+                check_finite(yc, "targets", where, first_row=i)
+            yield Term(size=len(xc), inputs=xc, targets=yc, where=where, **common)
         return
     for c, batch in enumerate(data):
+        where = f"chunk {c} (batch {c} of the data)"
+        if sizes is None:
+            if batch_loss is not None:
+                check_finite(batch, "batch", where, of=" of the batch")
+            elif isinstance(batch, (tuple, list)) and len(batch) == 2:
+                check_finite(batch[0], "inputs", where, of=" of the batch")
+                check_finite(batch[1], "targets", where, of=" of the batch")
         n = (
             sizes[c]
             if sizes is not None and c < len(sizes)
             else _size_of_batch(model, batch, batch_loss)
         )
         if batch_loss is not None:
-            yield Term(size=n, batch_loss=batch_loss, batch=batch, **common)
+            yield Term(size=n, batch_loss=batch_loss, batch=batch, where=where, **common)
         else:
-            yield Term(size=n, inputs=batch[0], targets=batch[1], **common)
+            yield Term(size=n, inputs=batch[0], targets=batch[1], where=where, **common)
