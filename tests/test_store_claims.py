@@ -59,7 +59,7 @@ SCRIPT = textwrap.dedent(
     report = run_sweep(
         SweepSpec(**json.loads(spec)), out, progress=False, vectorize=vectorize == "1"
     )
-    print(json.dumps({"done": report.done, "failed": report.failed}))
+    print(json.dumps({"done": report.done, "skipped": report.skipped, "line": report.line()}))
     """
 )
 
@@ -127,6 +127,9 @@ def test_two_sweeps_share_the_runs_each_trained_once(tmp_path):
     assert set(a) | set(b) == every, f"lost: {every - set(a) - set(b)}"
     assert a and b, f"one sweep trained everything: {len(a)} and {len(b)} runs"
     assert [o["done"] for o in outs] == [len(a), len(b)]
+    for o in outs:  # what the other sweep stored is reported as such
+        others = len(every) - o["skipped"] - o["done"]
+        assert others > 0 and f", {others} by another sweep on this directory" in o["line"]
     store = ResultStore(tmp_path / "sweep" / "runs")
     by_sweep = {h: "a" if h in a else "b" for h in every}
     for d in store.run_dirs():

@@ -276,9 +276,12 @@ class SweepReport:
 
     def line(self) -> str:
         lost = f", {self.lost} of them lost with their worker (rerun to retry)" if self.lost else ""
+        others = self.total - self.skipped - self.done  # stored by another sweep (claims.py)
+        by_others = f", {others} by another sweep on this directory" if others > 0 else ""
         return (
             f"{self.total} runs: {self.skipped} already done, {self.done} run now "
-            f"({self.complete} complete, {self.diverged} diverged, {self.failed} failed{lost}) -> {self.root}"
+            f"({self.complete} complete, {self.diverged} diverged, {self.failed} failed{lost})"
+            f"{by_others} -> {self.root}"
         )
 
 
