@@ -112,3 +112,38 @@ def test_recovering_the_large_step_is_an_equivalence_not_a_missing_difference(
     recovers = report.claims[2]
     assert "equivalence, TOST" in recovers.statement
     assert recovers.verdict == want, recovers.ours
+
+
+def sample_rows(rise: float, *, rng) -> pd.DataFrame:
+    """Sample-wise runs at one width: n up to 750 fitted (train error 0), then not; the test
+    error falls with n except a jump of ``rise`` at n = 1,000, the first n not fitted."""
+    from implicit_reg.experiments import sample_wise as sw
+
+    ns = [250, 500, 750, 1000, 1500, 2000, 4000]
+    train = [0.0, 0.0, 0.005, 0.05, 0.10, 0.12, 0.15]
+    test = np.array([0.76, 0.74, 0.71, 0.69, 0.64, 0.60, 0.51])
+    test[3] += rise
+    seed_shift = 0.01 * rng.standard_normal(SEEDS)
+    rows = [
+        {"status": "complete", "n_train": n, "seed": s, "n_params": 1543, "steps_done": n,
+         "train_error": tr, "test_error": te + seed_shift[s] + 0.003 * rng.standard_normal(),
+         "weight_norm": 10.0}
+        for s in range(SEEDS)
+        for n, tr, te in zip(ns, train, test)
+    ]  # fmt: skip
+    return pd.DataFrame(rows), sw
+
+
+def test_sample_wise_spec_claims_on_a_synthetic_run_table():
+    """analyze reads the threshold off training error (n = 750 fitted, so the rise is tested
+    from 750 to 1,000); a planted rise is reproduced, the same design without it is not."""
+    for rise, want in ((0.06, "reproduced"), (0.0, "not reproduced")):
+        rows, sw = sample_rows(rise, rng=np.random.default_rng(5))
+        cfg = sw.CONFIGS["small"]
+        a = sw.analyze(rows, cfg)
+        assert (a.n_fit, a.n_next) == (750, 1000) and a.table.shape == (SEEDS, 7)
+        more_data_hurts, peak = sw.claims(a, cfg)
+        assert more_data_hurts.verdict == want, more_data_hurts.ours
+        assert peak.verdict == ("reproduced" if rise else "not reproduced"), peak.ours
+    plan = sw.plan(cfg)
+    assert plan.borrows == "double-descent-width" and len(plan.runs) == len(cfg.n_trains) * 3

@@ -13,9 +13,10 @@ one width w (``small``: w = 21, N = 1,543; if it fits up to n ≈ N/1.2, as
 the fit at N ≈ 4,700 for n = 4,000 suggests, its threshold n ≈ 1,300 lies
 inside the swept n) for several training-set sizes n (nested subsets of the
 MNIST-1D training pool, ``load_dataset(n_train=...)``), same test set. The
-run at double-descent-width's own n is the same config, so it is read from
-that experiment's sweep directory (``OUT/../double-descent-width/sweep``),
-where the new runs go too.
+run at double-descent-width's own n is the same config, so the plan borrows
+that experiment's run store (``Plan(borrows="double-descent-width")``), where
+the new runs go too. The experiment is a :class:`~implicit_reg.experiments._spec.Spec`:
+``plan``, a typed ``analyze``, ``claims`` and ``figures``, run by ``run_spec``.
 """
 
 from __future__ import annotations
@@ -26,19 +27,12 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from implicit_reg.report.report import Report, attempt, mean_std, select_scale
+from implicit_reg.report.report import Claim, Report, attempt, mean_std
 from implicit_reg.stats import paired_test, peak_test
 
 from . import double_descent_width as ddw
-from ._sweeps import (
-    complete_seeds,
-    run_configs,
-    seed_band,
-    stored_table,
-    sweep_dir,
-    tidy_log_axes,
-    workers_for,
-)
+from ._spec import Plan, Spec, run_spec
+from ._sweeps import complete_seeds, seed_band, tidy_log_axes
 
 NAME = "sample-wise"
 TITLE = "Sample-wise non-monotonicity: test error against the number of training samples at a fixed width (MNIST-1D, 15% label noise)"
@@ -104,72 +98,105 @@ def sample_figure(rows: pd.DataFrame, cfg: Config, n_params: int) -> Figure:
     return fig
 
 
-def run(scale: str, out: Path) -> Report:
-    """Run sample-wise at ``scale`` and write its report into ``out``."""
-    cfg = select_scale(CONFIGS, scale)
-    wc = cfg.width_config
-    setting = wc.mnist1d
-    if cfg.width not in setting.widths:
+def plan(cfg: Config) -> Plan:
+    """Each n × seed at the fixed width, stored with (and shared by) double-descent-width,
+    whose own run at its n is one of them."""
+    if cfg.width not in cfg.width_config.mnist1d.widths:
         raise ValueError(
-            f"width {cfg.width} is not run by double-descent-width; choose from {list(setting.widths)}"
+            f"width {cfg.width} is not run by double-descent-width; choose from "
+            f"{list(cfg.width_config.mnist1d.widths)}"
         )
-    report = Report(NAME, TITLE, scale, out, cfg, PAPER)
-    configs = run_list(cfg)
-    rows = run_configs(configs, sweep_dir(Path(out), ddw.NAME, NAME), workers=workers_for(scale))
-    if not len(rows) and (stored := stored_table(out)) is not None:
-        rows = stored  # re-judge the runs an earlier report tabulated
-    note = rows.attrs["note"]
+    return Plan(tuple(run_list(cfg)), borrows=ddw.NAME)
+
+
+@dataclasses.dataclass(frozen=True)
+class Analysis:
+    """What the sample-wise runs show. ``table``: test error as (seed × n), seeds with every
+    n; ``n_fit``: the largest n whose mean train error is ≤ ``ddw.INTERPOLATED`` (read from
+    training error, before any test); ``n_next``: the first n beyond it, where the theory
+    puts the rise (None when there is none)."""
+
+    rows: pd.DataFrame
+    table: pd.DataFrame
+    means: pd.Series
+    n_params: int
+    n_fit: int | None
+    n_next: int | None
+
+    @property
+    def untestable(self) -> str:
+        if self.n_fit is None:
+            return f"no n is fitted to ≤ {100 * ddw.INTERPOLATED:g}% train error"
+        if self.n_next is None:
+            return f"no n beyond the largest fitted n = {self.n_fit:,}"
+        return ""
+
+
+def analyze(rows: pd.DataFrame, cfg: Config) -> Analysis:
+    """The (seed × n) test errors and the threshold n read from the training error."""
     rows = rows[rows.status == "complete"].copy()
     rows["n_train"] = rows["n_train"].astype(int)
-    n_params = int(rows.n_params.iloc[0])
-    means = rows.groupby("n_train").test_error.mean().sort_index()
-    table = rows.pivot_table(index="seed", columns="n_train", values="test_error")
-    table = complete_seeds(table)
-    ns = list(table.columns)
+    table = complete_seeds(rows.pivot_table(index="seed", columns="n_train", values="test_error"))
     train = rows.groupby("n_train").train_error.mean().sort_index()
     fits = train[train <= ddw.INTERPOLATED]
     n_fit = int(fits.index.max()) if len(fits) else None
-    # the theory places the rise where n crosses what the model can fit (its effective
-    # complexity), read from *training* error: from the largest fitted n to the next n
-    n_next = next((n for n in ns if n_fit is not None and n > n_fit), None)
-    untestable = (
-        "no n is fitted to ≤ 1% train error" if n_fit is None
-        else f"no n beyond the largest fitted n = {n_fit:,}" if n_next is None else ""
+    n_next = next((int(n) for n in table.columns if n_fit is not None and n > n_fit), None)
+    return Analysis(
+        rows=rows, table=table, means=rows.groupby("n_train").test_error.mean().sort_index(),
+        n_params=int(rows.n_params.iloc[0]), n_fit=n_fit, n_next=n_next,
     )  # fmt: skip
+
+
+def claims(a: Analysis, cfg: Config) -> list[Claim]:
+    """More data hurts where n crosses the model's effective complexity (Nakkiran et al.)."""
+    ns, t = list(a.table.columns), a.table
     context = (
         "mean test error by n: "
-        + ", ".join(f"{n:,}: {100 * v:.1f}%" for n, v in means.items())
+        + ", ".join(f"{n:,}: {100 * v:.1f}%" for n, v in a.means.items())
         + f"; the largest n fitted to ≤ {100 * ddw.INTERPOLATED:g}% train error: "
-        + (f"{n_fit:,}" if n_fit is not None else "none")
-        + f"; one width (N = {n_params:,}) and {len(ns)} sample sizes, {len(table)} seeds: "
+        + (f"{a.n_fit:,}" if a.n_fit is not None else "none")
+        + f"; one width (N = {a.n_params:,}) and {len(ns)} sample sizes, {len(t)} seeds: "
         "a design with little power for a rise confined to a narrow range of n"
     )
-    report.add_claim(
-        "near the threshold more data can hurt: the test error rises from the largest n the "
-        "model fits to the next n",
-        "Nakkiran et al. 2019, Fig. 11–12",
-        *([attempt(paired_test, table[n_next].to_numpy(), table[n_fit].to_numpy())]
-          if not untestable else []),
-        untested=untestable,
-        context=context,
-        headline=True,
-    )  # fmt: skip
-    i_next = ns.index(n_next) if n_next is not None else None
-    interior = i_next is not None and 0 < i_next < len(ns) - 1
-    report.add_claim(
-        "the test error peaks where n crosses what the model can just fit (its effective "
-        "complexity): above the smaller n and above the largest n",
-        "Nakkiran et al. 2019, Sec. 7",
-        *([attempt(peak_test, table.to_numpy(), at=i_next)] if interior else []),
-        untested="" if interior else (untestable or f"n = {n_next:,} is not an interior point"),
-        context=f"peak placed at n = {n_next:,} (the first n not fitted)" if n_next else "",
-    )  # fmt: skip
-    report.add_figure(
-        sample_figure(rows, cfg, n_params),
-        "sample_wise.png",
-        "Test and train error against the number of training samples at a fixed width; "
-        "mean ± std over seeds. Dotted: n equal to the parameter count.",
+    rise = (
+        (attempt(paired_test, t[a.n_next].to_numpy(), t[a.n_fit].to_numpy()),)
+        if not a.untestable
+        else ()
     )
+    i_next = ns.index(a.n_next) if a.n_next is not None else None
+    interior = i_next is not None and 0 < i_next < len(ns) - 1
+    return [
+        Claim(
+            "near the threshold more data can hurt: the test error rises from the largest n "
+            "the model fits to the next n",
+            "Nakkiran et al. 2019, Fig. 11–12",
+            rise, context=context, untested=a.untestable, headline=True,
+        ),
+        Claim(
+            "the test error peaks where n crosses what the model can just fit (its effective "
+            "complexity): above the smaller n and above the largest n",
+            "Nakkiran et al. 2019, Sec. 7",
+            (attempt(peak_test, t.to_numpy(), at=i_next),) if interior else (),
+            context=f"peak placed at n = {a.n_next:,} (the first n not fitted)" if a.n_next else "",
+            untested="" if interior
+            else (a.untestable or f"n = {a.n_next:,} is not an interior point"),
+        ),
+    ]  # fmt: skip
+
+
+def figures(a: Analysis, cfg: Config) -> list[tuple[Figure, str, str]]:
+    return [
+        (
+            sample_figure(a.rows, cfg, a.n_params),
+            "sample_wise.png",
+            "Test and train error against the number of training samples at a fixed width; "
+            "mean ± std over seeds. Dotted: n equal to the parameter count.",
+        )
+    ]
+
+
+def extras(report: Report, a: Analysis, cfg: Config) -> None:
+    setting, wc = cfg.width_config.mnist1d, cfg.width_config
     report.add_table(
         [
             {
@@ -184,17 +211,24 @@ def run(scale: str, out: Path) -> Report:
                     else {}
                 ),
             }
-            for n, g in rows.groupby("n_train")
+            for n, g in a.rows.groupby("n_train")
         ],
         heading="Per training-set size",
         caption=(
-            f"Width {cfg.width} (N = {n_params:,}), {setting.epochs} epochs each (steps grow with "
-            f"n), the same test set (data set `{setting.dataset}`), mean ± std over {wc.seeds} seed(s). The "
-            f"n = {setting.n_train:,} runs are shared with `double-descent-width`."
+            f"Width {cfg.width} (N = {a.n_params:,}), {setting.epochs} epochs each (steps grow "
+            f"with n), the same test set (data set `{setting.dataset}`), mean ± std over "
+            f"{wc.seeds} seed(s). The n = {setting.n_train:,} runs are shared with "
+            "`double-descent-width`."
         ),
     )
     cols = ["n_train", "seed", "n_params", "steps_done", "train_error", "test_error",
             "train_loss", "test_loss", "weight_norm", "lambda_max"]  # fmt: skip
-    report.add_data(rows[cols], "runs.csv")
-    report.add_text(note, heading="Compute")
-    return report.write()
+    report.add_data(a.rows[[c for c in cols if c in a.rows]], "runs.csv")
+
+
+SPEC = Spec(NAME, TITLE, PAPER, CONFIGS, plan, analyze, claims, figures, extras)
+
+
+def run(scale: str, out: Path) -> Report:
+    """Run sample-wise at ``scale`` and write its report into ``out``."""
+    return run_spec(SPEC, scale, out)
