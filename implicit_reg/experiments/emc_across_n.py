@@ -240,10 +240,13 @@ def add_claims(report: Report, a: EmcAnalysis) -> None:
         label = ARM_LABEL[arm.arm]
         headline = arm.arm == "epochs"
         tested = [m for m in arm.model_wise if not isinstance(m.peak, Untested)]
-        context = "; ".join(
-            f"n = {m.n:,}: first fit at w = {m.fit_width}"
-            if m.fit_width
-            else f"n = {m.n:,}: no fit"
+        context = "; ".join(  # the argmax is described, never tested at
+            (
+                f"n = {m.n:,}: first fit at w = {m.fit_width}"
+                if m.fit_width
+                else f"n = {m.n:,}: no fit"
+            )
+            + f", highest mean test error at w = {m.widths[int(np.argmax(m.test_error))]}"
             for m in arm.model_wise
         )
         report.add_claim(
