@@ -160,3 +160,15 @@ def test_central_flow_claims_untested_when_gd_never_reaches_the_edge():
 def test_registered(name):
     module = load_experiment(name)
     assert module.NAME == name and set(module.CONFIGS) >= {"smoke", "small"}
+
+
+def test_central_flow_squared_loss_equals_the_package_mse():
+    import torch
+
+    from implicit_reg.workloads.losses import make_loss
+
+    gen = torch.Generator().manual_seed(0)
+    out = torch.randn(7, 10, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 10, (7,), generator=gen)
+    ref = make_loss("mse", num_classes=10)(out, y)
+    assert float(cf.squared_loss(out, y)) == pytest.approx(float(ref), rel=1e-14)

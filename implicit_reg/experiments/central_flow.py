@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from matplotlib.figure import Figure
 
 from implicit_reg.core.central_flow import ParamsHessian, central_flow
@@ -55,7 +56,6 @@ from implicit_reg.probes.registry import warm_start_vector
 from implicit_reg.report.report import Claim, Report, attempt, mean_std, select_scale
 from implicit_reg.stats import equivalence_test, paired_test
 from implicit_reg.workloads.data import load_dataset
-from implicit_reg.workloads.losses import make_loss
 from implicit_reg.workloads.models import build_model
 
 from ._flows import gd_iterates, gradient_flow, unflatten
@@ -80,10 +80,10 @@ class Config:
     width: int = 24
     depth: int = 2
     activation: str = "tanh"
-    steps: int = 400  # GD steps = flow time
+    steps: int = 300  # GD steps = flow time
     dt: float = 0.25  # Euler step of the central flow, in GD steps
-    window: int = 16  # GD time average: centred window (steps)
-    probe_every: int = 8  # compare every this many steps
+    window: int = 10  # GD time average: centred window (steps; even: both phases of a 2-cycle)
+    probe_every: int = 10  # compare every this many steps
     lanczos_max_iter: int = 30
     margin: float = 1.2  # TOST: CF's predicted loss within ×/÷1.2 of GD's time average
 
@@ -99,6 +99,15 @@ CONFIGS = {
 # ---------------------------------------------------------------- runs
 
 
+def squared_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """mean((out − onehot(y))²) over samples and outputs: the value of
+    ``make_loss("mse", num_classes=10)``, written out because ``F.mse_loss`` fails under
+    the jvp-of-grad of :func:`~implicit_reg.core.central_flow.sharpness_gradient`
+    ("ZeroTensors are immutable", torch 2.13: its forward-mode derivative of the
+    target's zero tangent)."""
+    return ((out - F.one_hot(y, out.shape[-1]).to(out.dtype)) ** 2).mean()
+
+
 def problem(seed: int, cfg: Config):
     """Full-batch MSE (one-hot) of a tanh MLP on MNIST-1D as a function of its parameters."""
     data = load_dataset("mnist1d", n_train=cfg.n_train, n_test=1, seed=0)
@@ -107,7 +116,7 @@ def problem(seed: int, cfg: Config):
         depth=cfg.depth, activation=cfg.activation, seed=seed,
     ).double()  # fmt: skip
     x, y = data.train
-    fns = list(chunk_loss_fns(model, make_loss("mse", num_classes=10), (x.double(), y)))
+    fns = list(chunk_loss_fns(model, squared_loss, (x.double(), y)))
 
     def loss_fn(p):
         return sum(f(p) for f in fns)
@@ -148,6 +157,11 @@ class Point:
     dist_cf: float  # ‖θ̄_GD(t) − θ_CF(t)‖
     dist_gf: float  # ‖θ̄_GD(t) − θ_GF(t)‖
     gd_travel: float  # ‖θ̄_GD(t) − θ_0‖
+    mf_loss: float = math.nan  # L along Barrett & Dherin's modified flow (L̃ = L + (η/4)‖∇L‖²)
+    dist_mf: float = math.nan  # ‖θ̄_GD(t) − θ_MF(t)‖
+    dist_cf_raw: float = math.nan  # the same three against the raw iterate θ_t
+    dist_gf_raw: float = math.nan
+    dist_mf_raw: float = math.nan
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,6 +190,11 @@ def run_seed(seed: int, cfg: Config) -> tuple[list[Point], Cost]:
     gf = gradient_flow(
         loss_fn, theta0, cfg.lr * cfg.steps, t_eval=cfg.lr * times, rtol=1e-8, atol=1e-10
     )
+    # Barrett & Dherin's modified flow θ̇ = −∇(L + (η/4)‖∇L‖²), in flow time η·t (part 5)
+    mf = gradient_flow(
+        loss_fn, theta0, cfg.lr * cfg.steps, coeff=cfg.lr / 4, t_eval=cfg.lr * times,
+        rtol=1e-8, atol=1e-10,
+    )  # fmt: skip
     n_cf = len(cf.loss)
     # GD's loss and sharpness at every step of the windows (sharpness warm-started along GD)
     need = sorted({k for t in times for k in range(t - half, t + half)})
@@ -192,6 +211,7 @@ def run_seed(seed: int, cfg: Config) -> tuple[list[Point], Cost]:
         i = min(int(round(t / cfg.dt)), n_cf - 1)
         with torch.no_grad():
             gf_loss = float(loss_fn(unflatten(gf.y[:, j], theta0)))
+            mf_loss = float(loss_fn(unflatten(mf.y[:, j], theta0)))
         gf_s, v_gf = _sharpness(loss_fn, theta0, gf.y[:, j], v_gf, cfg.lanczos_max_iter)
         points.append(
             Point(
@@ -204,6 +224,10 @@ def run_seed(seed: int, cfg: Config) -> tuple[list[Point], Cost]:
                 dist_cf=float(np.linalg.norm(theta_bar - cf.theta[i])),
                 dist_gf=float(np.linalg.norm(theta_bar - gf.y[:, j])),
                 gd_travel=float(np.linalg.norm(theta_bar - gd[0])),
+                mf_loss=mf_loss, dist_mf=float(np.linalg.norm(theta_bar - mf.y[:, j])),
+                dist_cf_raw=float(np.linalg.norm(gd[t] - cf.theta[i])),
+                dist_gf_raw=float(np.linalg.norm(gd[t] - gf.y[:, j])),
+                dist_mf_raw=float(np.linalg.norm(gd[t] - mf.y[:, j])),
             )
         )  # fmt: skip
     op = ParamsHessian(loss_fn, unflatten(cf.theta[-1], theta0))
@@ -343,6 +367,9 @@ def flow_figure(df: pd.DataFrame, cfg: Config) -> Figure:
             label="central flow L + ½σ²S" if lab else None,
         )
         ax_l.plot(g.t, g.gf_loss, ":", color="C0", label="gradient flow L" if lab else None)
+        ax_l.plot(
+            g.t, g.mf_loss, "-.", color="C2", lw=1, label="modified flow (L̃), L" if lab else None
+        )
         ax_s.plot(
             g.t, g.gd_sharpness, color="k", lw=1.5, label="GD (window average)" if lab else None
         )
@@ -350,6 +377,9 @@ def flow_figure(df: pd.DataFrame, cfg: Config) -> Figure:
         ax_s.plot(g.t, g.gf_sharpness, ":", color="C0", label="gradient flow" if lab else None)
         ax_d.plot(g.t, g.dist_cf, "--", color="C3", label="central flow" if lab else None)
         ax_d.plot(g.t, g.dist_gf, ":", color="C0", label="gradient flow" if lab else None)
+        ax_d.plot(
+            g.t, g.dist_mf, "-.", color="C2", lw=1, label="modified flow (L̃)" if lab else None
+        )
     ax_s.axhline(2 / cfg.lr, color="0.5", lw=1, label="2/η")
     ax_l.set(yscale="log", xlabel="time (GD steps)", ylabel="train loss")
     ax_l.set_title("loss: GD's time average vs the flows' predictions")
@@ -362,6 +392,40 @@ def flow_figure(df: pd.DataFrame, cfg: Config) -> Figure:
     fig.suptitle(
         f"Full-batch GD (η = {cfg.lr:g}) on MNIST-1D (n = {cfg.n_train}), MLP 40→{cfg.width}→"
         f"{cfg.width}→10 {cfg.activation}, squared loss, float64; {cfg.seeds} seeds"
+    )
+    tidy_log_axes(fig)
+    return fig
+
+
+def regimes_figure(df: pd.DataFrame, cfg: Config) -> Figure:
+    """Issue 21 part 5: the three pictures on one axis of η·λ_max. For each comparison
+    time, GD's window-averaged η·S against the distance of GD's iterate from each flow,
+    relative to how far GD has travelled: below 2, Barrett & Dherin's modified flow is
+    the closer; at 2, the central flow."""
+    fig = Figure(figsize=(12, 4.6), layout="constrained")
+    axes = fig.subplots(1, 2)
+    flows = (("gf", "gradient flow (L)", "C0", ":"), ("mf", "modified flow (L̃ = L + (η/4)‖∇L‖²)", "C2", "-."),
+             ("cf", "central flow", "C3", "--"))  # fmt: skip
+    x = df.gd_sharpness * cfg.lr
+    for ax, suffix, what in (
+        (axes[0], "_raw", "raw iterate θ_t"),
+        (axes[1], "", "window average θ̄_t"),
+    ):
+        for key, label, color, ls in flows:
+            y = df[f"dist_{key}{suffix}"] / df.gd_travel
+            ax.scatter(x, y, s=6, color=color, alpha=0.5, label=label)
+            # median over seeds per time, as a line
+            med = df.assign(x=x, y=y).groupby("t")[["x", "y"]].median()
+            ax.plot(med.x, med.y, ls, color=color, lw=1.2)
+        ax.axvline(2, color="0.5", lw=1)
+        ax.set(yscale="log", xlabel="η·λ_max of GD (window average)",
+               ylabel="‖θ_GD − θ_flow‖ / ‖θ_GD − θ₀‖")  # fmt: skip
+        ax.set_title(f"distance from GD's {what}")
+        ax.legend(fontsize=7)
+    fig.suptitle(
+        f"Where each picture holds: GD (η = {cfg.lr:g}) against gradient flow, the modified flow "
+        f"of backward error analysis and the central flow, along η·λ_max (2 = the edge); "
+        f"{cfg.seeds} seeds"
     )
     tidy_log_axes(fig)
     return fig
@@ -382,6 +446,14 @@ def run(scale: str, out: Path) -> Report:
         "predicted time-averaged loss L + ½σ²S (red dashed) and gradient flow (blue dotted). "
         "Middle: sharpness. Right: distance of GD's window-averaged iterate from each flow. "
         "One line per seed.",
+    )
+    report.add_figure(
+        regimes_figure(df, cfg),
+        "regimes.png",
+        "Issue 21 part 5, the three pictures on one axis: relative distance of GD's iterate "
+        "(left: raw; right: window-averaged) from gradient flow (blue), Barrett & Dherin's "
+        "modified flow (green) and the central flow (red), against GD's η·λ_max; lines are "
+        "medians over seeds at each time.",
     )
     report.add_table(
         [dataclasses.asdict(e) for e in errs],
