@@ -11,7 +11,8 @@ thread. Columns, in ms per optimizer step per member (per run for the serial one
 - ``generic``: the ``vmap(functional_call)`` ensemble (``VectorizedEnsemble``);
 - ``fast``: the engine's ensemble stepper (``EnsembleStepper``: stacked
   ``baddbmm``, ``_foreach`` SGD, ``idx[M, B]``), 6 members of one width;
-- ``packed``: the jobs ``plan_sweep`` makes of the whole sweep (widths packed),
+- ``packed``: the jobs ``run_sweep(workers=2)`` makes of the whole sweep (``plan_jobs``:
+  ensembles, widths packed),
   each job's step time divided by its members, shown at each of its widths;
 - ``hand``: the hand-written batched matmul (stacked ``baddbmm``, one
   ``cross_entropy``, ``torch.optim.SGD(foreach=True)`` on the stacked tensors).
@@ -33,7 +34,6 @@ probes at every third width are not included.
 from __future__ import annotations
 
 import argparse
-import heapq
 import os
 import time
 
@@ -41,8 +41,8 @@ import torch
 import torch.nn.functional as F
 
 from implicit_reg.engine.loop import step_budget
-from implicit_reg.engine.plan import plan_sweep
 from implicit_reg.engine.steppers import EnsembleStepper, SerialStepper, evaluate
+from implicit_reg.engine.vectorized_sweep import makespan, plan_jobs
 from implicit_reg.engine.workload import build_run_model, load_run_data, run_loss
 from implicit_reg.ensemble.vectorized import VectorizedEnsemble
 from implicit_reg.experiments.double_descent_width import CONFIGS, Config
@@ -165,14 +165,6 @@ def hand_step(configs):
     return step
 
 
-def lpt(jobs: list[float], workers: int = 2) -> float:
-    """Wall time of ``jobs`` (seconds each) scheduled longest first on ``workers``."""
-    loads = [0.0] * workers
-    for t in sorted(jobs, reverse=True):
-        heapq.heapreplace(loads, loads[0] + t)
-    return max(loads)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="3 widths, 20 steps, 1 round (smoke)")
@@ -197,8 +189,7 @@ def main() -> None:
           f"1 thread, {steps} steps x {reps} rounds; loadavg {os.getloadavg()}")  # fmt: skip
     configs = sweep_configs(cfg, widths)
     by_width = {w: [c for c in configs if c.width == w] for w in widths}
-    plan = plan_sweep(configs)
-    packs = [list(g) for g in plan.groups] + [[c] for c in plan.singles]
+    packs = plan_jobs(configs, workers=2)  # what run_sweep(workers=2) trains
     best: dict[tuple, float] = {}
     cols = ["engine", "plain", "fast", "hand"] + (["generic"] if args.generic else [])
     for _ in range(reps):
@@ -289,9 +280,9 @@ def main() -> None:
         f"{1e3 * ev_fast[i] / len(p):.0f}" for i, p in enumerate(packs) if i in ev_fast))  # fmt: skip
     print(f"\nprojected wall time of the MNIST-1D small sweep ({len(configs)} runs at "
           f"{len(widths)} widths; 2 workers x 1 thread, probes excluded):")  # fmt: skip
-    print(f"  engine, one run at a time: {lpt(serial_jobs) / 60:7.1f} min "
+    print(f"  engine, one run at a time: {makespan(serial_jobs, 2) / 60:7.1f} min "
           f"(CPU {sum(serial_jobs) / 60:.1f} min, of it training {sum(serial_train) / 60:.1f})")  # fmt: skip
-    print(f"  planned jobs (ensembles, packs): {lpt(packed_jobs) / 60:7.1f} min "
+    print(f"  planned jobs (ensembles, packs): {makespan(packed_jobs, 2) / 60:7.1f} min "
           f"(CPU {sum(packed_jobs) / 60:.1f} min, of it training {sum(packed_train) / 60:.1f}; "
           f"{len(packs)} jobs)")  # fmt: skip
     for w in args.crossover:

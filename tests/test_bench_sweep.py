@@ -28,7 +28,9 @@ def test_the_benchmarked_sweep_is_double_descent_width_small(bench):
     assert [c.config_hash() for c in configs] == [c.config_hash() for c in expected]
 
 
-def test_longest_first_schedule(bench):
-    assert bench.lpt([3.0, 3.0, 2.0, 2.0, 2.0], workers=2) == 7.0  # LPT: {3, 2, 2}, {3, 2}
-    assert bench.lpt([5.0, 1.0, 1.0], workers=2) == 5.0
-    assert bench.lpt([1.0] * 4, workers=1) == 4.0
+def test_longest_first_schedule():
+    from implicit_reg.engine.vectorized_sweep import makespan
+
+    assert makespan([3.0, 3.0, 2.0, 2.0, 2.0], workers=2) == 7.0  # {3, 2, 2}, {3, 2}
+    assert makespan([5.0, 1.0, 1.0], workers=2) == 5.0
+    assert makespan([1.0] * 4, workers=1) == 4.0

@@ -265,3 +265,15 @@ def test_cli_vectorizes_by_default_and_no_vectorize_trains_runs_alone(tmp_path):
         ser = outputs["--no-vectorize"][h]
         assert vec["train_loss"] == pytest.approx(ser["train_loss"], rel=TOL)
         assert vec["steps_done"] == ser["steps_done"] == 3
+
+
+def test_plan_jobs_halves_an_ensemble_only_where_that_shortens_the_sweep():
+    from implicit_reg.engine.vectorized_sweep import job_cost, makespan, plan_jobs
+
+    base = {**BASE, "steps": 50, "eval_every": 50, "optimizer": "sgd", "batch_size": 10}
+    one = [RunConfig(**base, seed=s) for s in range(8)]  # one ensemble of 8
+    assert [len(j) for j in plan_jobs(one, 1)] == [8]
+    two = plan_jobs(one, 2)  # two workers: two ensembles of 4, not 8 single runs
+    assert sorted(len(j) for j in two) == [4, 4]
+    assert makespan([job_cost(j) for j in two], 2) < job_cost(one)
+    assert sorted(c.config_hash() for j in two for c in j) == sorted(c.config_hash() for c in one)

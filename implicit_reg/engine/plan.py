@@ -52,6 +52,7 @@ __all__ = [
     "SUPPORTED_FIELDS",
     "CPU_MAX_STEP_FLOPS",
     "step_flops",
+    "run_step_flops",
     "SweepPlan",
     "group_key",
     "plan_sweep",
@@ -104,9 +105,9 @@ FAST_MAX_STEP_FLOPS = 80_000_000
 #: ``job`` per job and step (dispatch, gather, loss, update), ``member`` per member and
 #: step beyond its FLOPs, and ``flop`` per forward FLOP of a member's (padded) model and
 #: step (forward and backward). Least-squares fit of 6-member steps over the MNIST-1D
-#: sweep's 19 widths by ``benchmarks/bench_sweep.py`` (load average 11 on 2 cores, which
-#: inflates both; only their ratio, about 3e7 FLOP of padding per job, decides packs).
-STEP_COST = {"job": 4.5e-3, "member": 0.0, "flop": 1.55e-10}
+#: sweep's 19 widths by ``benchmarks/bench_sweep.py`` (load average 10 on 2 cores, which
+#: inflates both; their ratio, about 1.2e7 FLOP of padding per job and step, decides packs).
+STEP_COST = {"job": 1.7e-3, "member": 0.0, "flop": 1.43e-10}
 
 
 def is_fast(config: RunConfig) -> bool:
@@ -145,7 +146,8 @@ def pack_widths(
     """Split one fast group into packs of consecutive widths (sorted ascending).
 
     With the cost per step of a job ``J + Σ_m (c_m + c_f·F(w_pack))`` (:data:`STEP_COST`;
-    F(w) = ``flops[w]``, a member's forward FLOPs per step at width w), the members
+    F(w) = ``flops[w]``, a member's forward FLOPs per step at width w, evaluations
+    amortized: :func:`run_step_flops`), the members
     already in a pack, padded from its widest width w to the next width w' > w, cost
     ``n·c_f·(F(w') − F(w))`` more per step; the next width joins the pack when that is
     at most J, the per-step cost of training it as a job of its own."""
@@ -210,6 +212,20 @@ def step_flops(config: RunConfig) -> int:
     return rows * int(counter.get_total_flops())
 
 
+def run_step_flops(config: RunConfig) -> float:
+    """:func:`step_flops` with the run's evaluations amortized over its steps, the FLOPs
+    the planner's cost model (:data:`STEP_COST`) charges per member and step.
+
+    An evaluation runs the forward pass over the training set twice (loss and error;
+    the gradient) and the test set once, and a backward pass over the training set
+    (about two forward passes): 4·n_train + n_test rows every ``eval_every`` steps,
+    against 3 forward-pass equivalents (forward and backward) of the step's rows."""
+    data = load_run_data(config)
+    rows = data.n_train if config.batch_size is None else min(config.batch_size, data.n_train)
+    eval_rows = (4 * data.n_train + len(data.x_test)) / config.eval_every
+    return step_flops(config) * (1 + eval_rows / (3 * rows))
+
+
 def plan_sweep(
     configs: Sequence[RunConfig],
     *,
@@ -244,10 +260,11 @@ def plan_sweep(
             continue
         cpu = torch.device(group[0].device).type == "cpu"
         if is_fast(group[0]):
-            flops = {}
+            flops, cost = {}, {}
             for w in {c.width for c in group}:
                 try:
                     flops[w] = step_flops(next(c for c in group if c.width == w))
+                    cost[w] = run_step_flops(next(c for c in group if c.width == w))
                 except Exception:  # noqa: BLE001 - a model that cannot be built: its runs
                     flops[w] = math.inf  # train alone and fail there, with their traceback
             limit = math.inf if max_fast_step_flops is None else max_fast_step_flops
@@ -257,7 +274,7 @@ def plan_sweep(
             plan.singles.extend(heavy)
             plan.heavy += len(heavy)
             light = [c for c in group if c not in heavy]
-            for pack in pack_widths(light, flops):
+            for pack in pack_widths(light, cost):
                 if len(pack) == 1:
                     plan.singles.extend(pack)
                     continue

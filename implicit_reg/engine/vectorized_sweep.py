@@ -4,7 +4,8 @@
 :func:`~implicit_reg.engine.plan.plan_sweep` (seeds, label-noise draws, data
 orders, lr, momentum and weight decay of one architecture as one ensemble;
 widths of one family packed together) and trains every job, longest first
-by :data:`~implicit_reg.engine.plan.STEP_COST`'s estimate, in this process
+by :data:`~implicit_reg.engine.plan.STEP_COST`'s estimate (:func:`plan_jobs`; the
+costliest ensemble is split while that shortens the sweep), in this process
 (``workers=1``) or on ``workers`` spawned processes with
 :func:`~implicit_reg.engine.backends.worker_threads` torch threads each.
 An ensemble is :func:`~implicit_reg.engine.train.train_runs` (the one training
@@ -19,6 +20,7 @@ and :func:`~implicit_reg.engine.backends.vectorized_backend`.
 
 from __future__ import annotations
 
+import heapq
 import traceback
 import warnings
 from collections.abc import Iterator, Sequence
@@ -36,27 +38,71 @@ from .backends import (
 from .config import RunConfig
 from .loop import step_budget
 from .plan import *  # noqa: F403
-from .plan import DEFAULT_MAX_MEMBERS, STEP_COST, plan_sweep, step_flops
+from .plan import DEFAULT_MAX_MEMBERS, STEP_COST, plan_sweep, run_step_flops
 from .record import RunResult, failed_result
 from .store import ResultStore
 from .train import train_runs
 
-__all__ = [*_plan.__all__, "train_runs", "vectorized_backend", "planned_backend", "job_cost"]
+__all__ = [
+    *_plan.__all__,
+    "train_runs",
+    "vectorized_backend",
+    "planned_backend",
+    "plan_jobs",
+    "makespan",
+    "job_cost",
+]
 
 
 def job_cost(job: list[RunConfig]) -> float:
-    """Estimated seconds of one job: its steps × :data:`STEP_COST`'s per-step cost
-    (evaluations not counted); a single run is a job of one."""
+    """Estimated seconds of one job: its steps × :data:`STEP_COST`'s per-step cost, with
+    the evaluations amortized (:func:`~implicit_reg.engine.plan.run_step_flops`) and every
+    member at the job's widest width; a single run is a job of one."""
     from .workload import load_run_data
 
     first = job[0]
     try:
         steps, _ = step_budget(first, load_run_data(first).n_train)
-        flops = max(step_flops(c) for c in {c.width: c for c in job}.values())
+        flops = max(run_step_flops(c) for c in {c.width: c for c in job}.values())
     except Exception:  # noqa: BLE001 - a run that cannot be built fails when it is trained
         return 0.0
     c = STEP_COST
     return steps * (c["job"] + len(job) * (c["member"] + c["flop"] * flops))
+
+
+def makespan(costs: Sequence[float], workers: int) -> float:
+    """Wall time of jobs of these ``costs`` scheduled longest first on ``workers``
+    (each job to the worker that is free first)."""
+    loads = [0.0] * workers
+    for cost in sorted(costs, reverse=True):
+        heapq.heapreplace(loads, loads[0] + cost)
+    return max(loads)
+
+
+def plan_jobs(
+    configs: Sequence[RunConfig],
+    workers: int = 1,
+    *,
+    max_members: int = DEFAULT_MAX_MEMBERS,
+    max_step_flops: float | None = _plan.CPU_MAX_STEP_FLOPS,
+) -> list[list[RunConfig]]:
+    """The jobs :func:`planned_backend` trains, longest first (:func:`job_cost`): the
+    ensembles and packs of :func:`~implicit_reg.engine.plan.plan_sweep` and the single
+    runs. With several workers the costliest ensemble is halved as long as that
+    shortens the :func:`makespan`, so that one large ensemble does not leave the
+    other workers idle."""
+    plan = plan_sweep(configs, max_members=max_members, max_step_flops=max_step_flops)
+    jobs = [list(g) for g in plan.groups] + [[c] for c in plan.singles]
+    jobs.sort(key=job_cost, reverse=True)
+    while workers > 1 and len(jobs[0]) > 1:
+        half = len(jobs[0]) // 2
+        trial = sorted([jobs[0][:half], jobs[0][half:], *jobs[1:]], key=job_cost, reverse=True)
+        if makespan([job_cost(j) for j in trial], workers) >= makespan(
+            [job_cost(j) for j in jobs], workers
+        ):
+            break
+        jobs = trial
+    return jobs
 
 
 def _train_job(job: list[RunConfig], store: ResultStore | None) -> list[RunResult]:
@@ -92,9 +138,7 @@ def planned_backend(
     ) -> Iterator[RunResult]:
         if not configs:
             return
-        plan = plan_sweep(configs, max_members=max_members, max_step_flops=max_step_flops)
-        jobs = [list(g) for g in plan.groups] + [[c] for c in plan.singles]
-        jobs.sort(key=job_cost, reverse=True)
+        jobs = plan_jobs(configs, workers, max_members=max_members, max_step_flops=max_step_flops)
         if workers == 1 or len(jobs) == 1:
             for job in jobs:
                 yield from _train_job(job, store)
