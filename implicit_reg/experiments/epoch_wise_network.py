@@ -333,7 +333,8 @@ def run(scale: str, out: Path) -> Report:
         f"one step size: {mean_std(spike)} (per seed {', '.join(fmt(v, 3) for v in spike)}); "
         "1 means it never rose",
     )  # fmt: skip
-    same = np.allclose(*paired(per, small, "bump"))  # both without a bump: one number
+    b_per, b_small = (np.asarray(v, dtype=float) for v in paired(per, small, "bump"))
+    same = len(b_per) > 0 and np.allclose(b_per, b_small)  # both without a bump: one number
     report.add_claim(
         f"The bump needs the large step: {cfg.small_factor:g}× the step on both layers shrinks "
         "it as well (our control, not the paper's)",

@@ -37,16 +37,11 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from implicit_reg.engine.config import RunConfig
-from implicit_reg.report.report import (
-    Report,
-    attempt,
-    fmt,
-    mean_std,
-    select_scale,
-)
+from implicit_reg.report.report import Claim, Report, attempt, fmt, mean_std
 from implicit_reg.stats import equivalence_test, paired_ratio, paired_test, trend_test
 
-from ._sweeps import run_configs, stored_table, sweep_dir, tidy_log_axes, workers_for
+from ._spec import Plan, Spec, run_spec
+from ._sweeps import tidy_log_axes
 
 NAME = "sgd-batch"
 TITLE = (
@@ -179,22 +174,41 @@ def sgd_figure(rows: pd.DataFrame, cfg: Config) -> Figure:
     return fig
 
 
-def run(scale: str, out: Path) -> Report:
-    """Run sgd-batch at ``scale`` and write its report into ``out``."""
-    cfg = select_scale(CONFIGS, scale)
-    report = Report(NAME, TITLE, scale, out, cfg, PAPER)
-    rows = run_configs(
-        sweep_configs(cfg), sweep_dir(Path(out), NAME, NAME), workers=workers_for(scale)
-    )
-    if not len(rows) and (stored := stored_table(out)) is not None:
-        rows = stored  # re-judge the runs an earlier report tabulated
+def plan(cfg: Config) -> Plan:
+    """Every (h, B) × seed of plain SGD, and the large batch with the explicit regularizer."""
+    return Plan(tuple(sweep_configs(cfg)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Analysis:
+    """The runs with ``run`` (SGD or with the explicit regularizer), ``test_acc`` and
+    ``h_over_B``; ``ok_rows`` those that reached the target training loss (the others,
+    ``bad``, are left out of every claim)."""
+
+    rows: pd.DataFrame
+    ok_rows: pd.DataFrame
+    bad: pd.DataFrame
+
+
+def analyze(rows: pd.DataFrame, cfg: Config) -> Analysis:
+    rows = rows.copy()
+    if "optimizer" not in rows:  # a stored runs.csv names the run instead
         rows["optimizer"] = np.where(rows.run == "SGD", "sgd", "egr")
-    note = rows.attrs["note"]
     rows["run"] = np.where(rows.optimizer == "egr", "SGD + explicit regularizer", "SGD")
     rows["test_acc"] = 1 - rows["test_error"]
     rows["h_over_B"] = rows["lr"] / rows["batch_size"]
-    bad = rows[(rows.status != "complete") | (rows.stop_reason != "target_train_loss")]
-    ok_rows = rows[(rows.status == "complete") & (rows.stop_reason == "target_train_loss")]
+    reached = (rows.status == "complete") & (rows.stop_reason == "target_train_loss")
+    return Analysis(rows=rows, ok_rows=rows[reached], bad=rows[~reached])
+
+
+def claims(a: Analysis, cfg: Config) -> list[Claim]:
+    """Smith et al.'s trends over h/B, and the explicit regularizer at the large batch."""
+    out: list[Claim] = []
+
+    def add(statement: str, paper: str, *tests, **kw) -> None:
+        out.append(Claim(statement, paper, tuple(tests), **kw))
+
+    ok_rows = a.ok_rows
     sgd = ok_rows[ok_rows.run == "SGD"]
     pairs = sorted({(lr, b) for lr in cfg.lrs for b in cfg.batch_sizes}, key=lambda p: p[0] / p[1])
     ratio = np.array([lr / b for lr, b in pairs])
@@ -214,7 +228,7 @@ def run(scale: str, out: Path) -> Report:
         if metric == "grad_norm_sq":
             # Smith et al.'s claim is about the mean mini-batch gradient norm along the path of
             # the mean iterate, not the full-batch ‖∇L‖² at one stopping iterate
-            report.add_claim(
+            add(
                 claim, "Smith et al. 2021, Sec. 3–4",
                 untested="not a test of the paper: Smith et al.'s implicit term is the mean "
                 "mini-batch ‖∇L_k‖² along the mean SGD iterate's path; measured anyway: "
@@ -222,7 +236,7 @@ def run(scale: str, out: Path) -> Report:
                 context=context,
             )  # fmt: skip
             continue
-        report.add_claim(
+        add(
             claim, "Smith et al. 2021, Sec. 3–4", trend, context=context,
             headline=metric == "test_acc",
         )  # fmt: skip
@@ -248,7 +262,7 @@ def run(scale: str, out: Path) -> Report:
             + (f"; it closes {share.sentence(percent=True)} of the gap B = {small_b} − B = "
                f"{cfg.explicit_batch} (paired Fieller ratio)" if hasattr(share, "ratio") else "")
         )  # fmt: skip
-        report.add_claim(
+        add(
             f"at h = {cfg.explicit_lr:g}, B = {cfg.explicit_batch} plus the explicit regularizer "
             f"(micro-batches of {cfg.explicit_micro_batch}) is more accurate than B = "
             f"{cfg.explicit_batch} alone",
@@ -256,7 +270,7 @@ def run(scale: str, out: Path) -> Report:
             attempt(paired_test, e_acc, l_acc),
             context=accs,
         )
-        report.add_claim(
+        add(
             f"... and recovers the test accuracy of B = {small_b}: within ±"
             f"{100 * RECOVER_MARGIN:g} points (equivalence, TOST)",
             "Smith et al. 2021, Sec. 5",
@@ -264,7 +278,7 @@ def run(scale: str, out: Path) -> Report:
         )
         l_lam, e_lam, s_lam = on_common("lambda_max", large, ex, small)
         lshare = attempt(paired_ratio, l_lam, e_lam, l_lam, s_lam)
-        report.add_claim(
+        add(
             "the explicit regularizer lowers the sharpness λ_max of the large batch, towards the "
             "small-batch value",
             "Smith et al. 2021 (SGD's implicit term penalizes the minibatch gradients, and "
@@ -278,13 +292,23 @@ def run(scale: str, out: Path) -> Report:
             + f"; ‖∇L‖²: {mean_std(small.grad_norm_sq.to_numpy())}, "
             f"{mean_std(large.grad_norm_sq.to_numpy())}, {mean_std(ex.grad_norm_sq.to_numpy())}",
         )  # fmt: skip
-    report.add_figure(
-        sgd_figure(ok_rows, cfg),
-        "sgd_batch.png",
-        "Test accuracy, full-batch ‖∇L‖² and λ_max at equal training loss against h/B; "
-        "colour: batch size, marker: learning rate, mean ± std over seeds; red star: the large "
-        "batch with the explicit SGD regularizer on small micro-batches.",
-    )
+    return out
+
+
+def figures(a: Analysis, cfg: Config) -> list[tuple[Figure, str, str]]:
+    return [
+        (
+            sgd_figure(a.ok_rows, cfg),
+            "sgd_batch.png",
+            "Test accuracy, full-batch ‖∇L‖² and λ_max at equal training loss against h/B; "
+            "colour: batch size, marker: learning rate, mean ± std over seeds; red star: the "
+            "large batch with the explicit SGD regularizer on small micro-batches.",
+        )
+    ]
+
+
+def extras(report: Report, a: Analysis, cfg: Config) -> None:
+    rows, ok_rows, bad = a.rows, a.ok_rows, a.bad
     table = []
     for (run_kind, lr, b), g in ok_rows.groupby(["run", "lr", "batch_size"]):
         table.append(
@@ -325,5 +349,11 @@ def run(scale: str, out: Path) -> Report:
             "train_loss", "test_error", "test_acc", "grad_norm_sq", "lambda_max", "trace",
             "weight_norm"]  # fmt: skip
     report.add_data(rows[[c for c in cols if c in rows]], "runs.csv")
-    report.add_text(note, heading="Compute")
-    return report.write()
+
+
+SPEC = Spec(NAME, TITLE, PAPER, CONFIGS, plan, analyze, claims, figures, extras)
+
+
+def run(scale: str, out: Path) -> Report:
+    """Run sgd-batch at ``scale`` and write its report into ``out``."""
+    return run_spec(SPEC, scale, out)
