@@ -262,3 +262,20 @@ def test_a_run_finished_meanwhile_is_not_claimed_and_heartbeat_refreshes(tmp_pat
     assert path.exists()  # not ours: left alone
     with pytest.raises(ValueError, match="heartbeat_s"):
         Claims(tmp_path, heartbeat_s=2.0, stale_s=1.0)
+
+
+def test_a_sweep_that_fails_while_storing_releases_its_claims(tmp_path, monkeypatch):
+    """An error in the caller's loop (here the store's write) ends the sweep; its claims go
+    at once, even while the traceback (and so the sweep's frame) is still referenced."""
+    from implicit_reg.engine import store as store_mod
+
+    def broken(self, result):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(store_mod.ResultStore, "write", broken)
+    spec = SweepSpec(base={**BASE, "n_train": 20}, grid={"seed": [0, 1]})
+    with pytest.raises(OSError, match="disk full") as info:
+        run_sweep(spec, tmp_path / "sweep", progress=False, vectorize=False)
+    assert info.traceback  # still held here
+    assert (tmp_path / "sweep" / ".claims").is_dir()
+    assert not list((tmp_path / "sweep" / ".claims").glob("*.claim"))

@@ -49,6 +49,11 @@ from typing import TYPE_CHECKING, Any
 from .config import RunConfig
 from .store import SUMMARY_FILE, ResultStore
 
+try:
+    import fcntl
+except ModuleNotFoundError:  # pragma: no cover - not POSIX: the link alone
+    fcntl = None
+
 if TYPE_CHECKING:  # pragma: no cover
     from .backends import Backend
     from .record import RunResult
@@ -170,10 +175,6 @@ class Claims:
         self.dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            try:
-                import fcntl
-            except ModuleNotFoundError:  # pragma: no cover - not POSIX: the link alone
-                fcntl = None
             if fcntl is not None:
                 fcntl.flock(fd, fcntl.LOCK_EX)
             yield

@@ -33,6 +33,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterable
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -385,7 +386,10 @@ def run_sweep(
         backend = getattr(backend, "vectorized", None) or vectorized_backend(backend)
     else:
         backend = backend or (serial_backend if workers == 1 else process_pool_backend(workers))
-    with _progress(progress) as bar:
+    shared = claimed_results(
+        backend, pending, store, at_once=at_once, grouped=vectorize is not False, root=out
+    )  # the runs no other sweep on this directory is training (claims in out/.claims)
+    with _progress(progress) as bar, closing(shared):  # closed: claims released on any error
         task = bar.add_task(
             getattr(spec, "name", out.name),
             total=len(configs),
@@ -393,9 +397,6 @@ def run_sweep(
             diverged=0,
             failed=0,
         )
-        shared = claimed_results(
-            backend, pending, store, at_once=at_once, grouped=vectorize is not False, root=out
-        )  # the runs no other sweep on this directory is training (claims in out/.claims)
         for result in shared:
             report.done += 1
             status = result.status
