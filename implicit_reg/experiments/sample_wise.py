@@ -73,7 +73,9 @@ def run_list(cfg: Config) -> list:
     ]
 
 
-def sample_figure(rows: pd.DataFrame, cfg: Config, n_params: int) -> Figure:
+def sample_figure(
+    rows: pd.DataFrame, cfg: Config, n_params: int, n_fit: int | None = None
+) -> Figure:
     setting = cfg.width_config.mnist1d
     fig = Figure(figsize=(8, 5), layout="constrained")
     ax = fig.add_subplot()
@@ -83,6 +85,10 @@ def sample_figure(rows: pd.DataFrame, cfg: Config, n_params: int) -> Figure:
     ax.axvline(n_params, ls=":", color="0.3", label=f"n = N = {n_params:,} parameters")
     if n_params / 10 >= min(cfg.n_trains) / 2:
         ax.axvline(n_params / 10, ls="--", color="0.3", label=f"n·k = N (n = {n_params / 10:,.0f})")
+    if n_fit is not None:  # the threshold measured here: the largest n the model fits
+        ax.axvline(n_fit, ls="-", color="C2", lw=1.5,
+                   label=f"largest n fitted to ≤ {100 * ddw.INTERPOLATED:g}% train error "
+                   f"(n = {n_fit:,}): the measured threshold")  # fmt: skip
     ax.set_xscale("log")
     ax.set_xlabel("training samples n")
     ax.set_ylabel("error (fraction misclassified)")
@@ -187,10 +193,11 @@ def claims(a: Analysis, cfg: Config) -> list[Claim]:
 def figures(a: Analysis, cfg: Config) -> list[tuple[Figure, str, str]]:
     return [
         (
-            sample_figure(a.rows, cfg, a.n_params),
+            sample_figure(a.rows, cfg, a.n_params, a.n_fit),
             "sample_wise.png",
             "Test and train error against the number of training samples at a fixed width; "
-            "mean ± std over seeds. Dotted: n equal to the parameter count.",
+            "mean ± std over seeds. Green: the measured threshold (the largest n the model "
+            "fits); dotted: n equal to the parameter count.",
         )
     ]
 
