@@ -144,8 +144,9 @@ class Claims:
 
     Args:
         root: the sweep directory (the claims live in ``root/.claims/``).
-        heartbeat_s: seconds between heartbeats (a daemon thread touches every held claim).
-        stale_s: a claim older than this is taken over.
+        heartbeat_s: seconds between heartbeats (a daemon thread touches every held claim);
+            None: :data:`HEARTBEAT_S`.
+        stale_s: a claim whose heartbeat is older than this is taken over; None: :data:`STALE_S`.
     """
 
     def __init__(
@@ -163,6 +164,7 @@ class Claims:
         self.held: set[str] = set()
         self.taken_over: list[dict[str, Any]] = []  # the dead owners' claims this process took
         self._stop = threading.Event()
+        self._lock = threading.Lock()  # `held` and the files: the heartbeat thread vs the sweep
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------ files
@@ -231,7 +233,7 @@ class Claims:
         them is held by a live owner (then nothing is claimed). Dead owners' claims are
         taken over (and noted in :attr:`taken_over`).
         """
-        with self._mutex():
+        with self._lock, self._mutex():
             todo = [c for c in configs if needed(c)]
             stale: list[tuple[str, dict[str, Any]]] = []
             for c in todo:
@@ -267,7 +269,7 @@ class Claims:
         hashes = [h for h in hashes if h in self.held]
         if not hashes:
             return
-        with self._mutex():
+        with self._lock, self._mutex():
             for h in hashes:
                 if self._ours(h):
                     self.path(h).unlink(missing_ok=True)
@@ -280,14 +282,18 @@ class Claims:
 
     def beat(self) -> None:
         """Refresh the heartbeat of every held claim; warn about one taken from us."""
-        for h in list(self.held):
-            try:
-                if self._ours(h):
-                    os.utime(self.path(h))
-                    continue
-            except OSError:
-                pass
-            self.held.discard(h)
+        with self._lock:
+            lost = []
+            for h in list(self.held):
+                try:
+                    if self._ours(h):
+                        os.utime(self.path(h))
+                        continue
+                except OSError:
+                    pass
+                self.held.discard(h)
+                lost.append(h)
+        for h in lost:
             warnings.warn(
                 f"the claim on run {h} was taken over by another sweep (was this process "
                 f"stopped for more than {self.stale_s:g} s?); both may train it",
