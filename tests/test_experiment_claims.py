@@ -147,3 +147,19 @@ def test_sample_wise_spec_claims_on_a_synthetic_run_table():
         assert peak.verdict == ("reproduced" if rise else "not reproduced"), peak.ours
     plan = sw.plan(cfg)
     assert plan.borrows == "double-descent-width" and len(plan.runs) == len(cfg.n_trains) * 3
+
+
+def test_a_store_only_report_rejudges_the_stored_run_table_without_training(tmp_path, monkeypatch):
+    """IMPLICIT_REG_STORE_ONLY=1 with no run store: the per-run table an earlier report wrote
+    is read back and judged; nothing is trained (the plan's runs are absent)."""
+    rows, sw = sample_rows(0.06, rng=np.random.default_rng(5))
+    out = tmp_path / "sample-wise"
+    out.mkdir()
+    rows.drop(columns="status").assign(train_loss=0.1, test_loss=1.0, lambda_max=np.nan).to_csv(
+        out / "runs.csv", index=False
+    )
+    monkeypatch.setenv("IMPLICIT_REG_STORE_ONLY", "1")
+    report = sw.run("small", out)
+    assert [c.verdict for c in report.claims] == ["reproduced", "reproduced"]
+    assert "Re-judged from the per-run table `runs.csv`" in report.path.read_text()
+    assert not (tmp_path / "double-descent-width").exists()  # no run store was created
