@@ -97,9 +97,10 @@ FAST_MODELS = ("mlp", "rf_relu", "rf_fourier")
 FAST_MEMBER_FIELDS = ("momentum", "weight_decay", "width")
 #: On CPU, fast (stacked) groups above this many forward FLOPs per member and step train one
 #: run at a time. ``benchmarks/bench_sweep.py`` (one thread, load 11 on 2 cores) measured the
-#: fast ensemble per member against the serial engine at 0.26-0.86x over the MNIST-1D sweep's
+#: fast ensemble per member against the serial engine at 0.25-0.89x over the MNIST-1D sweep's
 #: widths (up to 21 MFLOP: w = 300, batch 100), 0.99x at w = 600 (80 MFLOP) and 1.09x at
-#: w = 1,200 (300 MFLOP): the crossover is near w = 600, where the limit sits.
+#: w = 1,200 (300 MFLOP; 1.04x in a second run): the crossover is near w = 600, where the
+#: limit sits.
 FAST_MAX_STEP_FLOPS = 80_000_000
 #: The cost of one optimizer step of a fast job, in seconds, on one CPU thread:
 #: ``job`` per job and step (dispatch, gather, loss, update), ``member`` per member and
