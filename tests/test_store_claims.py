@@ -24,7 +24,8 @@ from implicit_reg.engine.sweep import SweepSpec, run_sweep
 BASE = {"dataset": "teacher", "n_test": 10, "probes": [], "eval_every": 2, "steps": 3}
 
 # A sweep in its own process. Every result the store writes is logged (one line per
-# training), and each training is slowed by SLEEP seconds so that two sweeps overlap.
+# run stored), and its i-th training (a job) sleeps SLEEPS[i] seconds first, so that
+# two sweeps overlap.
 SCRIPT = textwrap.dedent(
     """
     import json, sys, time
@@ -34,8 +35,9 @@ SCRIPT = textwrap.dedent(
     from implicit_reg.engine import claims, store, train, vectorized_sweep
     from implicit_reg.engine.sweep import SweepSpec, run_sweep
 
-    out, log, go, spec, sleep, vectorize = sys.argv[1:]
-    sleep = float(sleep)
+    out, log, go, spec, sleeps, vectorize = sys.argv[1:]
+    sleeps = [float(s) for s in sleeps.split(",")]  # the i-th training's; the last repeats
+    calls = []
     claims.POLL_S = 0.05
     write = store.ResultStore.write
 
@@ -46,7 +48,8 @@ SCRIPT = textwrap.dedent(
 
     def slowed(fn):
         def wrapper(*args, **kwargs):
-            time.sleep(sleep)
+            calls.append(1)
+            time.sleep(sleeps[min(len(calls), len(sleeps)) - 1])
             return fn(*args, **kwargs)
         return wrapper
 
@@ -72,7 +75,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def start(tmp_path: Path, name: str, spec: SweepSpec, *, sleep: float, vectorize: bool, go: Path):
+def start(tmp_path: Path, name: str, spec: SweepSpec, *, sleep: str, vectorize: bool, go: Path):
     script = tmp_path / "sweep_script.py"
     script.write_text(SCRIPT)
     log = tmp_path / f"{name}.log"
@@ -100,68 +103,32 @@ def lines(path: Path) -> list[str]:
     return path.read_text().split() if path.exists() else []
 
 
-def test_two_sweeps_share_the_runs_each_trained_once(tmp_path):
-    """Two concurrent sweeps of 3 ensemble jobs x 2 members (n_train x seed): every run is
-    stored exactly once, by one of them; an ensemble's members are claimed (and so trained
-    and stored) by one sweep together; both sweeps trained something; a third sweep finds
-    nothing to do and rewrites nothing."""
-    spec = SweepSpec(base=BASE, grid={"n_train": [20, 30, 40], "seed": [0, 1]})
-    go = tmp_path / "go"
-    procs = [start(tmp_path, n, spec, sleep=0.3, vectorize=True, go=go) for n in ("a", "b")]
-    wait_for(lambda: all(log.exists() for _, log in procs), 60, "both sweeps to start")
-    go.touch()
-    outs = []
-    for proc, _ in procs:
-        try:
-            out, err = proc.communicate(timeout=60)
-        finally:
-            for p, _ in procs:
-                if p.poll() is None and proc.returncode is None:
-                    p.kill()
-        assert proc.returncode == 0, err
-        outs.append(json.loads(out.strip().splitlines()[-1]))
-    (a, _), (b, _) = [(lines(log), None) for _, log in procs]
+def test_two_sweeps_share_the_runs_and_take_over_a_killed_ones(tmp_path):
+    """Two concurrent sweeps of 4 ensemble jobs x 2 members (n_train x seed). A trains its
+    first job in 0.2 s and hangs in its second; B takes 1 s a job. Each sweep claims (and
+    so trains and stores) whole ensembles; B trains the jobs nobody holds, then waits for
+    A's; A is SIGKILLed and B takes its job over. Every run is stored exactly once (the
+    store's writes, logged per process), none is lost, and a third sweep finds nothing
+    to do and rewrites nothing."""
+    spec = SweepSpec(base=BASE, grid={"n_train": [20, 30, 40, 50], "seed": [0, 1]})
     every = {c.config_hash() for c in spec.configs()}
-    assert len(a) == len(set(a)) and len(b) == len(set(b)), (a, b)
-    assert not set(a) & set(b), f"trained by both sweeps: {set(a) & set(b)}"
-    assert set(a) | set(b) == every, f"lost: {every - set(a) - set(b)}"
-    assert a and b, f"one sweep trained everything: {len(a)} and {len(b)} runs"
-    assert [o["done"] for o in outs] == [len(a), len(b)]
-    for o in outs:  # what the other sweep stored is reported as such
-        others = len(every) - o["skipped"] - o["done"]
-        assert others > 0 and f", {others} by another sweep on this directory" in o["line"]
-    store = ResultStore(tmp_path / "sweep" / "runs")
-    by_sweep = {h: "a" if h in a else "b" for h in every}
-    for d in store.run_dirs():
-        meta = read_json(d / "meta.json")
-        assert meta["trained"]["mode"] == "ensemble", meta["trained"]
-        members = meta["ensemble"]["runs"]
-        assert len(members) == 2 and {by_sweep[h] for h in members} == {by_sweep[d.name]}
-    assert not list((tmp_path / "sweep" / ".claims").glob("*.claim")), "claims left behind"
-    stamps = {d.name: (d / "summary.json").stat().st_mtime_ns for d in store.run_dirs()}
-    again = run_sweep(spec, tmp_path / "sweep", progress=False)
-    assert (again.done, again.skipped) == (0, len(every))
-    assert stamps == {d.name: (d / "summary.json").stat().st_mtime_ns for d in store.run_dirs()}
-
-
-def test_killed_owner_claim_is_taken_over(tmp_path):
-    """Sweep A claims a run and hangs in it; sweep B trains the others and waits for A's run;
-    A is SIGKILLed; B takes A's run over and finishes. Nothing is trained twice or lost."""
-    spec = SweepSpec(base={**BASE, "n_train": 20}, grid={"seed": [0, 1, 2]})
-    go_a, go_b = tmp_path / "go_a", tmp_path / "go_b"
-    a, log_a = start(tmp_path, "a", spec, sleep=120, vectorize=False, go=go_a)
-    b, log_b = start(tmp_path, "b", spec, sleep=0.0, vectorize=False, go=go_b)
+    go = tmp_path / "go"
+    a, log_a = start(tmp_path, "a", spec, sleep="0.2,300", vectorize=True, go=go)
+    b, log_b = start(tmp_path, "b", spec, sleep="1.0", vectorize=True, go=go)
+    claims_dir = tmp_path / "sweep" / ".claims"
     try:
-        go_a.touch()
-        claims_dir = tmp_path / "sweep" / ".claims"
-        wait_for(lambda: len(list(claims_dir.glob("*.claim"))) == 1, 60, "A's claim")
-        (held,) = [p.stem for p in claims_dir.glob("*.claim")]
-        wait_for(log_b.exists, 60, "B to start")
-        go_b.touch()
-        wait_for(lambda: len(lines(log_b)) == 2, 60, "B to train the two free runs")
-        assert held not in lines(log_b)
+        wait_for(lambda: log_a.exists() and log_b.exists(), 60, "both sweeps to start")
+        go.touch()
+
+        def only_as_hanging_job_left() -> bool:
+            held = {p.stem for p in claims_dir.glob("*.claim")}
+            return len(held) == 2 and held | set(lines(log_a)) | set(lines(log_b)) == every
+
+        wait_for(only_as_hanging_job_left, 60, "B to train all but A's hanging job")
+        held = {p.stem for p in claims_dir.glob("*.claim")}
+        assert len(lines(log_a)) == 2 and not held & set(lines(log_b))
         time.sleep(0.3)
-        assert b.poll() is None, "B returned while A still held a run"
+        assert b.poll() is None, "B returned while A still held a job"
     except BaseException:
         b.kill()
         raise
@@ -170,12 +137,25 @@ def test_killed_owner_claim_is_taken_over(tmp_path):
         a.wait()  # reaped: its pid is gone
     out, err = b.communicate(timeout=60)
     assert b.returncode == 0, err
-    every = {c.config_hash() for c in spec.configs()}
-    assert lines(log_a) == []
-    assert sorted(lines(log_b)) == sorted(every) and lines(log_b)[-1] == held
-    assert json.loads(out.strip().splitlines()[-1])["done"] == 3
+    in_a, in_b = lines(log_a), lines(log_b)
+    assert len(in_a) == len(set(in_a)) and len(in_b) == len(set(in_b)), (in_a, in_b)
+    assert not set(in_a) & set(in_b), f"trained by both sweeps: {set(in_a) & set(in_b)}"
+    assert set(in_a) | set(in_b) == every, f"lost: {every - set(in_a) - set(in_b)}"
+    assert set(in_b[-2:]) == held, "B took over A's job last"
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["done"] == 6 and ", 2 by another sweep on this directory" in report["line"]
     store = ResultStore(tmp_path / "sweep" / "runs")
-    assert {d.name for d in store.run_dirs()} == every
+    by_sweep = {h: "a" if h in in_a else "b" for h in every}
+    for d in store.run_dirs():  # each ensemble was claimed, trained and stored by one sweep
+        meta = read_json(d / "meta.json")
+        assert meta["trained"]["mode"] == "ensemble", meta["trained"]
+        members = meta["ensemble"]["runs"]
+        assert len(members) == 2 and {by_sweep[h] for h in members} == {by_sweep[d.name]}
+    assert not list(claims_dir.glob("*.claim")), "claims left behind"
+    stamps = {d.name: (d / "summary.json").stat().st_mtime_ns for d in store.run_dirs()}
+    again = run_sweep(spec, tmp_path / "sweep", progress=False)
+    assert (again.done, again.skipped) == (0, len(every))
+    assert stamps == {d.name: (d / "summary.json").stat().st_mtime_ns for d in store.run_dirs()}
 
 
 # ------------------------------------------------------------ the claims themselves
