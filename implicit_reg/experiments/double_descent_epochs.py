@@ -341,7 +341,12 @@ def run(scale: str, out: Path) -> Report:
     elif cfg.control_seeds:
         report.add_claim(
             claim_clean, paper_clean,
-            untested="the clean-label runs are not in the store"
+            untested=(
+                "the clean-label runs' histories were not committed (re-judged from the "
+                "stored noisy trajectories)"
+                if stored.is_file() and store_only()
+                else "the clean-label runs are not in the store"
+            )
             + ("" if hasattr(peak, "left") else "; no peak location to compare at"),
         )  # fmt: skip
     report.add_figure(
