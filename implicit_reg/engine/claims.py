@@ -345,7 +345,6 @@ def claimed_results(
     heartbeat_s: float | None = None,
     stale_s: float | None = None,
     poll_s: float | None = None,
-    on_wait: Callable[[int], None] | None = None,
     root: str | Path | None = None,
 ) -> Iterator[RunResult]:
     """The backend's results for the pending runs that no other sweep is training.
@@ -355,9 +354,10 @@ def claimed_results(
     (None: all) are claimed, all members or none, handed to ``backend`` together, and each
     run's claim is released once the caller has stored its result (when the generator is
     resumed). Runs held by other live sweeps are left to them; when nothing else is left,
-    this waits (every ``poll_s`` seconds; ``on_wait(n)`` is told how many runs it waits for) until they
-    are stored or their owner dies, then takes over what is left. Each run is handed to
-    the backend at most once per call (a run lost with its worker is not retried here).
+    this waits (looking every ``poll_s`` seconds) until they are stored or their owner
+    dies, then takes over what is left. Each run is handed to the backend at most once per
+    call (a run lost with its worker is not retried here). Close the generator (``with
+    contextlib.closing(...)``) to release its claims at once if the caller stops early.
     ``root``: the directory of the claims (``root/.claims/``; None: the store root).
     ``heartbeat_s``, ``stale_s``, ``poll_s``: None reads :data:`HEARTBEAT_S`, :data:`STALE_S`,
     :data:`POLL_S` at call time.
@@ -395,9 +395,7 @@ def claimed_results(
                     taken.append(got)
             jobs = waiting
             if not taken:
-                if jobs:
-                    if on_wait is not None:
-                        on_wait(len({c.config_hash() for j in jobs for c in j if needed(c)}))
+                if jobs:  # all held by other sweeps: wait for them
                     time.sleep(poll_s)
                 continue
             runs = [c for job in taken for c in job]
