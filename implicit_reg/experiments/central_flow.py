@@ -436,9 +436,11 @@ def run(scale: str, out: Path) -> Report:
     cfg = select_scale(CONFIGS, scale)
     report = Report(NAME, TITLE, scale, out, cfg, PAPER)
     points, costs = measure(cfg)
+    df = pd.DataFrame([dataclasses.asdict(p) for p in points])
+    report.add_data(df, "trajectories.csv")  # first: the measurement survives a later failure
+    report.add_data(pd.DataFrame([dataclasses.asdict(c) for c in costs]), "cost.csv")
     errs = seed_errors(points, cfg.lr)
     report.claims.extend(claims(errs, cfg.lr, cfg.margin))
-    df = pd.DataFrame([dataclasses.asdict(p) for p in points])
     report.add_figure(
         flow_figure(df, cfg),
         "central_flow.png",
@@ -468,7 +470,10 @@ def run(scale: str, out: Path) -> Report:
     rows = []
     for e in errs:
         g = df[(df.seed == e.seed) & (df.t >= e.edge_start)] if e.edge_points else df.iloc[:0]
-        for q, part in enumerate(np.array_split(g.sort_values("t"), 4) if len(g) >= 4 else []):
+        g = g.sort_values("t")
+        quarters = np.array_split(np.arange(len(g)), 4) if len(g) >= 4 else []
+        for q, idx in enumerate(quarters):
+            part = g.iloc[idx]
             rows.append({
                 "seed": e.seed, "quarter of edge phase": q + 1,
                 "t": f"{part.t.min():g}–{part.t.max():g}",
@@ -494,7 +499,5 @@ def run(scale: str, out: Path) -> Report:
             "end, × η/2 (the one-eigenvalue central flow holds while it stays below 1)."
         ),
     )
-    report.add_data(df, "trajectories.csv")
     report.add_data(pd.DataFrame([dataclasses.asdict(e) for e in errs]), "seed_errors.csv")
-    report.add_data(pd.DataFrame([dataclasses.asdict(c) for c in costs]), "cost.csv")
     return report.write()
