@@ -8,9 +8,14 @@ synthetic run table:
 - ``configs``: ``{scale: config}`` for :data:`~implicit_reg.report.report.SCALES`;
 - ``plan(cfg) -> Plan``: the engine runs it needs and, explicitly, the experiment
   whose run store holds them (``borrows``), instead of a path convention;
+- or, for an experiment that trains no engine runs (closed forms, ODE solves,
+  min-norm fits), ``measure(cfg) -> DataFrame`` in place of ``plan`` (``plan=None``):
+  its table is written into ``out`` as ``measured`` and, in a store-only report
+  (``IMPLICIT_REG_STORE_ONLY=1``), read back from there instead of recomputed, as a
+  planned experiment's per-run table is;
 - ``analyze(rows, cfg) -> A``: a typed result (a dataclass) from the runs'
   summaries (one row per run, the columns of
-  :func:`implicit_reg.report.results.load_summaries`);
+  :func:`implicit_reg.report.results.load_summaries`), or from the measured table;
 - ``claims(a, cfg) -> [Claim]``: each claim with the tests of
   :mod:`implicit_reg.stats` that decide it;
 - ``figures(a, cfg) -> [(Figure, file name, caption)]`` and ``extras(report, a,
@@ -33,9 +38,9 @@ from matplotlib.figure import Figure
 from implicit_reg.engine.config import RunConfig
 from implicit_reg.report.report import Claim, Report, select_scale
 
-from ._sweeps import run_configs, stored_table, sweep_dir, workers_for
+from ._sweeps import run_configs, store_only, stored_table, sweep_dir, workers_for
 
-__all__ = ["Plan", "Spec", "run_spec", "plan_rows"]
+__all__ = ["Plan", "Spec", "run_spec", "plan_rows", "measured_rows"]
 
 A = TypeVar("A")
 
@@ -51,17 +56,32 @@ class Plan:
 
 @dataclasses.dataclass(frozen=True)
 class Spec(Generic[A]):
-    """A reproduction, declared (see the module docstring)."""
+    """A reproduction, declared (see the module docstring). Exactly one of ``plan``
+    (engine runs) and ``measure`` (a table computed without engine runs) is given."""
 
     name: str
     title: str
     paper: str
     configs: Mapping[str, Any]
-    plan: Callable[[Any], Plan]
+    plan: Callable[[Any], Plan] | None
     analyze: Callable[[pd.DataFrame, Any], A]
     claims: Callable[[A, Any], Sequence[Claim]]
     figures: Callable[[A, Any], Sequence[tuple[Figure, str, str]]] = lambda a, cfg: ()
     extras: Callable[[Report, A, Any], None] | None = None
+    measure: Callable[[Any], pd.DataFrame] | None = None
+    measured: str = "measured.csv"  # the file the measured table is written to and read from
+
+    def __post_init__(self) -> None:
+        if (self.plan is None) == (self.measure is None):
+            raise ValueError(
+                f"spec {self.name!r}: give exactly one of plan (engine runs) and measure "
+                f"(a table computed without them), got "
+                f"{'both' if self.plan is not None else 'neither'}"
+            )
+        if not self.measured.endswith(".csv"):
+            raise ValueError(
+                f"spec {self.name!r}: measured must end in .csv, got {self.measured!r}"
+            )
 
 
 def plan_rows(spec: Spec, cfg: Any, scale: str, out: Path) -> pd.DataFrame:
@@ -79,17 +99,39 @@ def plan_rows(spec: Spec, cfg: Any, scale: str, out: Path) -> pd.DataFrame:
     return rows
 
 
+def measured_rows(spec: Spec, cfg: Any, out: Path) -> pd.DataFrame:
+    """The table of a spec that ``measure``s instead of planning runs: in a store-only
+    report (:func:`~implicit_reg.experiments._sweeps.store_only`) the one an earlier
+    report wrote into ``out/<measured>``, read back (``attrs["stored"]``, and a note
+    for the compute section); otherwise ``measure(cfg)``, computed now."""
+    path = Path(out) / spec.measured
+    if store_only() and path.is_file():
+        table = pd.read_csv(path)
+        table.attrs["note"] = (
+            f"Re-judged from the table `{spec.measured}` that an earlier report of this "
+            "experiment computed (a store-only report); nothing was recomputed."
+        )
+        table.attrs["stored"] = True
+        return table
+    return spec.measure(cfg)
+
+
 def run_spec(spec: Spec, scale: str, out: Path) -> Report:
-    """Run ``spec`` at ``scale`` into ``out``: plan, runs, analysis, claims, figures, the
-    compute note, and the written report."""
+    """Run ``spec`` at ``scale`` into ``out``: plan and runs (or the measured table, written
+    first), analysis, claims, figures, the compute note, and the written report."""
     cfg = select_scale(spec.configs, scale)
     report = Report(spec.name, spec.title, scale, out, cfg, spec.paper)
-    rows = plan_rows(spec, cfg, scale, out)
+    if spec.measure is not None:
+        rows = measured_rows(spec, cfg, out)
+        report.add_data(rows, spec.measured)
+    else:
+        rows = plan_rows(spec, cfg, scale, out)
     analysis = spec.analyze(rows, cfg)
     report.claims.extend(spec.claims(analysis, cfg))
     for fig, filename, caption in spec.figures(analysis, cfg):
         report.add_figure(fig, filename, caption)
     if spec.extras is not None:
         spec.extras(report, analysis, cfg)
-    report.add_text(rows.attrs.get("note", ""), heading="Compute")
+    if note := rows.attrs.get("note", ""):
+        report.add_text(note, heading="Compute")
     return report.write()
