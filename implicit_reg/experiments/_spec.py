@@ -52,6 +52,9 @@ class Plan:
 
     runs: tuple[RunConfig, ...]
     borrows: str | None = None
+    #: further runs from other stores (an experiment that borrows several); their rows
+    #: follow, each with ``borrowed`` = its owner (the experiment whose store holds them)
+    also: tuple[Plan, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +73,9 @@ class Spec(Generic[A]):
     extras: Callable[[Report, A, Any], None] | None = None
     measure: Callable[[Any], pd.DataFrame] | None = None
     measured: str = "measured.csv"  # the file the measured table is written to and read from
+    #: what a store-only report with no run store re-judges from: ``stored(out)`` -> table
+    #: (with ``attrs["note"]``) or None; the per-run table ``out/runs.csv`` unless given
+    stored: Callable[[Path], pd.DataFrame | None] = stored_table
 
     def __post_init__(self) -> None:
         if (self.plan is None) == (self.measure is None):
@@ -90,11 +96,20 @@ def plan_rows(spec: Spec, cfg: Any, scale: str, out: Path) -> pd.DataFrame:
     store-only report with no store, the per-run table an earlier report wrote into
     ``out`` (:func:`~implicit_reg.experiments._sweeps.stored_table`)."""
     plan = spec.plan(cfg)
-    owner = plan.borrows or spec.name
-    rows = run_configs(
-        list(plan.runs), sweep_dir(Path(out), owner, spec.name), workers=workers_for(scale)
-    )
-    if not len(rows) and (stored := stored_table(out)) is not None:
+    parts = []
+    for part in (plan, *plan.also):
+        owner = part.borrows or spec.name
+        rows = run_configs(
+            list(part.runs), sweep_dir(Path(out), owner, spec.name), workers=workers_for(scale)
+        )
+        if plan.also:
+            rows["borrowed"] = owner
+        parts.append(rows)
+    if len(parts) > 1:
+        notes = list(dict.fromkeys(r.attrs.get("note", "") for r in parts))
+        rows = pd.concat(parts, ignore_index=True)
+        rows.attrs["note"] = "\n\n".join(n for n in notes if n)
+    if not len(rows) and (stored := spec.stored(out)) is not None:
         return stored
     return rows
 
