@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -62,3 +63,36 @@ def test_measured_table_is_written_and_a_store_only_report_rejudges_it(tmp_path,
     # store-only with no table yet: measured now
     report = run_spec(spec, "small", tmp_path / "fresh")
     assert len(calls) == 2 and report.claims[0].statement == "sum 3"
+
+
+# --- igr-order: the local error's order in h ---------------------------------------
+
+
+def _igr_order_errors(orders: dict[str, float], seeds: int = 5) -> pd.DataFrame:
+    """Synthetic local errors c_seed · h^order per flow, with a little seed noise."""
+    rng = np.random.default_rng(0)
+    hs = np.geomspace(1e-3, 1e-1, 9)
+    rows = []
+    for seed in range(seeds):
+        for flow, p in orders.items():
+            c = rng.uniform(0.5, 2.0)
+            rows += [
+                dict(
+                    model="toy", seed=seed, h=h, flow=flow, error=c * h**p * rng.lognormal(0, 0.01)
+                )
+                for h in hs
+            ]
+    return pd.DataFrame(rows)
+
+
+def test_igr_order_claims_follow_the_planted_orders():
+    from implicit_reg.experiments import igr_order as m
+
+    cfg = m.CONFIGS["small"]
+    a = m.analyze(_igr_order_errors({"flow of L": 2.0, "flow of L̃": 3.0}), cfg)
+    assert a.models == ("toy",)
+    assert [c.verdict for c in m.claims(a, cfg)] == ["reproduced", "reproduced"]
+    # GD following L̃ only to O(h^2.5): the L̃ claim must fail, the L claim still holds
+    a = m.analyze(_igr_order_errors({"flow of L": 2.0, "flow of L̃": 2.5}), cfg)
+    verdicts = [c.verdict for c in m.claims(a, cfg)]
+    assert verdicts[0] == "reproduced" and verdicts[1] != "reproduced", verdicts

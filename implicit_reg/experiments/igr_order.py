@@ -11,7 +11,9 @@ for h over two decades and fit the slope of log error against log h (expected
 2 and 3), on the two-parameter model of ``igr-toy`` and on a small tanh MLP
 fitted to teacher data. GD is one step of the package's ``GD`` optimizer;
 ∇L̃ comes from ``implicit_reg.core.modified_gradient``; the flows are integrated
-by ``solve_ivp`` (DOP853, rtol = atol = 1e-12, float64).
+by ``solve_ivp`` (DOP853, rtol = atol = 1e-12, float64). The experiment is a
+:class:`~implicit_reg.experiments._spec.Spec` that ``measure``s its table of local
+errors (no engine runs); a store-only report re-judges from ``local_errors.csv``.
 """
 
 from __future__ import annotations
@@ -26,18 +28,13 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from implicit_reg.core.objective import chunk_loss_fns, trainable_named_params
-from implicit_reg.report.report import (
-    Report,
-    attempt,
-    mean_std,
-    plot_band,
-    select_scale,
-)
+from implicit_reg.report.report import Claim, Report, attempt, mean_std, plot_band
 from implicit_reg.stats import equivalence_test
 from implicit_reg.workloads.data import load_dataset
 from implicit_reg.workloads.models import build_model, count_params
 
 from ._flows import gd_iterates, gradient_flow
+from ._spec import Spec, run_spec
 
 NAME = "igr-order"
 TITLE = "Backward error analysis: GD's one-step error is O(h²) against the flow of L, O(h³) against the flow of L̃"
@@ -134,10 +131,11 @@ def fit_slope(h: np.ndarray, err: np.ndarray) -> float:
     return float(np.polyfit(np.log(h), np.log(err), 1)[0])
 
 
-def measure(cfg: Config) -> tuple[pd.DataFrame, dict[str, int]]:
-    """Local errors for every model, seed, h and flow; and the parameter counts."""
+def measure(cfg: Config) -> pd.DataFrame:
+    """Local errors for every model, seed, h and flow (the models labelled with their
+    parameter counts)."""
     hs = np.geomspace(cfg.h_min, cfg.h_max, cfg.num_h)
-    rows, sizes = [], {"two-parameter model": 2}
+    rows = []
     for seed in range(cfg.seeds):
         loss_fn, theta0 = toy_problem(seed, cfg)
         rows += [
@@ -146,9 +144,8 @@ def measure(cfg: Config) -> tuple[pd.DataFrame, dict[str, int]]:
         ]
         loss_fn, theta0, m = mlp_problem(seed, cfg)
         label = f"tanh MLP ({m} params)"
-        sizes[label] = m
         rows += [dict(model=label, seed=seed, **r) for r in local_errors(loss_fn, theta0, hs, cfg)]
-    return pd.DataFrame(rows), sizes
+    return pd.DataFrame(rows)
 
 
 def slopes(errors: pd.DataFrame) -> pd.DataFrame:
@@ -209,58 +206,93 @@ def order_figure(errors: pd.DataFrame, fits: pd.DataFrame, cfg: Config) -> Figur
     return fig
 
 
-def run(scale: str, out: Path) -> Report:
-    """Run igr-order at ``scale`` and write its report into ``out``."""
-    cfg = select_scale(CONFIGS, scale)
-    report = Report(NAME, TITLE, scale, out, cfg, PAPER)
-    errors, sizes = measure(cfg)
-    fits = slopes(errors)
-    report.add_data(errors, "local_errors.csv")
-    report.add_data(fits, "slopes.csv")
-    table = []
-    for model in sizes:
-        for flow, expected in EXPECTED.items():
-            s = fits[(fits.model == model) & (fits.flow == flow)].slope.values
-            e = errors[(errors.model == model) & (errors.flow == flow)]
-            # "slope = expected" is an equivalence: the mean slope within ±TOLERANCE (TOST)
-            report.add_claim(
-                f"{model}: one GD step vs the {flow}: the local error's slope in h is "
-                f"{expected:g} (within ±{TOLERANCE:g})",
-                f"Barrett & Dherin 2021: local error O(h^{expected:g})",
-                attempt(equivalence_test, s, np.full_like(s, expected), margin=TOLERANCE),
-                context=f"fitted slope {mean_std(s)} over h ∈ [{cfg.h_min:g}, {cfg.h_max:g}]; slope − "
-                f"{expected:g}",
-                headline=(model, flow) == (next(iter(sizes)), "flow of L̃"),
-            )
-            table.append(
-                {
-                    "model": model,
-                    "flow": flow,
-                    "expected slope": expected,
-                    "fitted slope": mean_std(s),
-                    "slope, smaller half of h": mean_std(
-                        fits[(fits.model == model) & (fits.flow == flow)].slope_small_h.values
-                    ),
-                    f"error at h = {cfg.h_min:g}": mean_std(e[e.h == e.h.min()].error.values, 2),
-                    f"error at h = {cfg.h_max:g}": mean_std(e[e.h == e.h.max()].error.values, 2),
-                }
-            )
-    report.add_figure(
-        order_figure(errors, fits, cfg),
-        "local_error_order.png",
-        "One-step error of GD against the flow of L (blue) and of the modified loss L̃ (green), "
-        "geometric mean ± std over seeds; dotted lines have the expected slopes 2 and 3.",
-    )
+@dataclasses.dataclass(frozen=True)
+class Analysis:
+    """The local errors (one row per model, seed, h and flow), their fitted slopes (one
+    row per model, flow and seed) and the models in the order measured."""
+
+    errors: pd.DataFrame
+    fits: pd.DataFrame
+    models: tuple[str, ...]
+
+    def slopes_of(self, model: str, flow: str, column: str = "slope") -> np.ndarray:
+        f = self.fits
+        return f[(f.model == model) & (f.flow == flow)][column].to_numpy()
+
+
+def analyze(errors: pd.DataFrame, cfg: Config) -> Analysis:
+    """The slope of log error against log h per model, flow and seed."""
+    return Analysis(errors, slopes(errors), tuple(dict.fromkeys(errors.model)))
+
+
+def claims(a: Analysis, cfg: Config) -> list[Claim]:
+    """Each local error's order in h is the expected one: "slope = expected" is an
+    equivalence, the mean slope within ±TOLERANCE (TOST)."""
+    return [
+        Claim(
+            f"{model}: one GD step vs the {flow}: the local error's slope in h is "
+            f"{expected:g} (within ±{TOLERANCE:g})",
+            f"Barrett & Dherin 2021: local error O(h^{expected:g})",
+            (attempt(equivalence_test, s, np.full_like(s, expected), margin=TOLERANCE),),
+            context=f"fitted slope {mean_std(s)} over h ∈ [{cfg.h_min:g}, {cfg.h_max:g}]; "
+            f"slope − {expected:g}",
+            headline=(model, flow) == (a.models[0], "flow of L̃"),
+        )
+        for model in a.models
+        for flow, expected in EXPECTED.items()
+        for s in [a.slopes_of(model, flow)]
+    ]
+
+
+def figures(a: Analysis, cfg: Config) -> list[tuple[Figure, str, str]]:
+    return [
+        (
+            order_figure(a.errors, a.fits, cfg),
+            "local_error_order.png",
+            "One-step error of GD against the flow of L (blue) and of the modified loss L̃ "
+            "(green), geometric mean ± std over seeds; dotted lines have the expected slopes 2 "
+            "and 3.",
+        )
+    ]
+
+
+def extras(report: Report, a: Analysis, cfg: Config) -> None:
+    report.add_data(a.fits, "slopes.csv")
+    e = a.errors
     report.add_table(
-        table,
+        [
+            {
+                "model": model,
+                "flow": flow,
+                "expected slope": expected,
+                "fitted slope": mean_std(a.slopes_of(model, flow)),
+                "slope, smaller half of h": mean_std(a.slopes_of(model, flow, "slope_small_h")),
+                f"error at h = {cfg.h_min:g}": mean_std(ef[ef.h == ef.h.min()].error.values, 2),
+                f"error at h = {cfg.h_max:g}": mean_std(ef[ef.h == ef.h.max()].error.values, 2),
+            }
+            for model in a.models
+            for flow, expected in EXPECTED.items()
+            for ef in [e[(e.model == model) & (e.flow == flow)]]
+        ],
         heading="Fitted slopes",
         caption=(
             f"Slopes of log error against log h, fitted over {cfg.num_h} log-spaced h in "
             f"[{cfg.h_min:g}, {cfg.h_max:g}] (and over the smaller half, h ≤ "
-            f"{fits.h_small_max.max():.3g}), mean ± std over {cfg.seeds} seed(s). The two-parameter "
-            f"model starts at (a, b) ~ U([0.5, 2]²); the MLP is `build_model('mlp', "
-            f"activation='tanh', width={cfg.mlp_width}, depth={cfg.mlp_depth})` on "
-            f"{cfg.n_train} teacher regression points (`load_dataset('teacher')`), MSE loss, float64."
+            f"{a.fits.h_small_max.max():.3g}), mean ± std over {cfg.seeds} seed(s). The "
+            f"two-parameter model starts at (a, b) ~ U([0.5, 2]²); the MLP is "
+            f"`build_model('mlp', activation='tanh', width={cfg.mlp_width}, "
+            f"depth={cfg.mlp_depth})` on {cfg.n_train} teacher regression points "
+            f"(`load_dataset('teacher')`), MSE loss, float64."
         ),
     )
-    return report.write()
+
+
+SPEC = Spec(
+    NAME, TITLE, PAPER, CONFIGS, None, analyze, claims, figures, extras,
+    measure=measure, measured="local_errors.csv",
+)  # fmt: skip
+
+
+def run(scale: str, out: Path) -> Report:
+    """Run igr-order at ``scale`` and write its report into ``out``."""
+    return run_spec(SPEC, scale, out)
