@@ -92,9 +92,7 @@ def flat_rows(egr_gain: float, *, egr_like_large: bool = False, rng) -> tuple[pd
 def test_a_planted_egr_gain_is_reproduced_and_removing_it_is_not(tmp_path):
     for gain, want in ((0.02, "reproduced"), (0.0, "inconclusive")):
         rows, cfg = flat_rows(gain, rng=np.random.default_rng(3))
-        report = Report("t", "t", "smoke", tmp_path, {}, "p")
-        fo.add_claims(report, rows, cfg, chosen=None)
-        premise, gain_claim, recovers, flatter = report.claims
+        premise, gain_claim, recovers, flatter = fo.claims(fo.Analysis(rows, chosen=None), cfg)
         assert premise.verdict == "reproduced"
         assert gain_claim.verdict == want, (gain, gain_claim.ours)
         if gain:
@@ -107,9 +105,7 @@ def test_recovering_the_large_step_is_an_equivalence_not_a_missing_difference(
     tmp_path, like_large, want
 ):
     rows, cfg = flat_rows(0.0, egr_like_large=like_large, rng=np.random.default_rng(4))
-    report = Report("t", "t", "smoke", tmp_path, {}, "p")
-    fo.add_claims(report, rows, cfg, chosen=None)
-    recovers = report.claims[2]
+    recovers = fo.claims(fo.Analysis(rows, chosen=None), cfg)[2]
     assert "equivalence, TOST" in recovers.statement
     assert recovers.verdict == want, recovers.ours
 

@@ -33,16 +33,11 @@ from matplotlib.figure import Figure
 
 from implicit_reg.engine.config import RunConfig
 from implicit_reg.engine.train import build_optimizer, load_run_data, make_loss
-from implicit_reg.report.report import (
-    Report,
-    attempt,
-    fmt,
-    mean_std,
-    select_scale,
-)
+from implicit_reg.report.report import Claim, Report, attempt, fmt, mean_std
 from implicit_reg.stats import equivalence_test, paired_ratio, paired_test
 
-from ._sweeps import MEASURE_PROBES, run_configs, stored_table, sweep_dir, workers_for
+from ._spec import Plan, Spec, run_spec
+from ._sweeps import MEASURE_PROBES
 
 NAME = "flat-optimizers"
 TITLE = (
@@ -140,21 +135,45 @@ def arms(cfg: Config) -> dict[str, RunConfig]:
     return out
 
 
-def ensure_runs(cfg: Config, out: Path, scale: str) -> pd.DataFrame:
-    """Every arm at every seed (trained now if missing), with ``arm`` and ``test_acc``."""
-    configs, names = [], []
-    for arm, c in arms(cfg).items():
-        for s in range(cfg.seeds):
-            configs.append(c.replace(seed=s))
-            names.append(arm)
-    rows = run_configs(configs, sweep_dir(out, NAME, NAME), workers=workers_for(scale))
-    if not len(rows):
-        return rows  # a store-only report with no run store
-    rows.insert(0, "arm", names)
+def plan(cfg: Config) -> Plan:
+    """Every arm at every seed. GD and EGR are lr-sweep's runs (same fields, same config
+    hashes), so the runs live in lr-sweep's store, which receives the SAM arms too."""
+    runs = tuple(c.replace(seed=s) for c in arms(cfg).values() for s in range(cfg.seeds))
+    return Plan(runs, borrows="lr-sweep")
+
+
+def arm_of(optimizer: str, lr: float, rho: float) -> str:
+    """The arm name (:func:`arms`) of a run from its fields."""
+    if optimizer == "sam":
+        return f"SAM h={lr:g} ρ={rho:g}"
+    return f"{'EGR' if optimizer == 'egr' else 'GD'} h={lr:g}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Analysis:
+    """The runs with ``arm``, ``test_acc``, ``reached`` (stopped at the target loss),
+    ``step_ms`` and ``step_ratio`` (the timed cost of one step, and over GD at h_s's);
+    ``chosen``: the SAM arm selected by λ_max (:func:`select_rho`)."""
+
+    rows: pd.DataFrame
+    chosen: str | None
+
+
+def analyze(rows: pd.DataFrame, cfg: Config) -> Analysis:
+    """Name the arms, mark the runs that reached the target, time each arm's optimizer step
+    here unless the (stored) table has the timings, and choose SAM's ρ."""
+    rows = rows.copy()
+    if "arm" not in rows:
+        rows.insert(0, "arm", [arm_of(*r) for r in zip(rows.optimizer, rows.lr, rows.rho)])
     rows["test_acc"] = 1.0 - rows["test_error"]
-    rows["reached"] = (rows["status"] == "complete") & (rows["stop_reason"] == "target_train_loss")
-    rows["wall_per_step_ms"] = 1e3 * rows["wall_time_s"] / rows["steps_done"].clip(lower=1)
-    return rows
+    rows["reached"] = (rows.status == "complete") & (rows.stop_reason == "target_train_loss")
+    if "step_ms" not in rows:  # trained or read from the store now: time the steps
+        rows["wall_per_step_ms"] = 1e3 * rows["wall_time_s"] / rows["steps_done"].clip(lower=1)
+        step_s = time_steps(cfg)
+        gd_step = step_s[f"GD h={cfg.lr_small:g}"]
+        rows["step_ms"] = rows.arm.map(lambda a: 1e3 * step_s[a])
+        rows["step_ratio"] = rows.arm.map(lambda a: step_s[a] / gd_step)
+    return Analysis(rows=rows, chosen=select_rho(rows, cfg))
 
 
 def time_steps(cfg: Config) -> dict[str, float]:
@@ -296,16 +315,24 @@ def _triple(rows, arm, small, large, metric):
             for x in (arm, small, large)]  # fmt: skip
 
 
-def add_claims(report: Report, rows: pd.DataFrame, cfg: Config, chosen: str | None) -> None:
+def claims(a: Analysis, cfg: Config) -> list[Claim]:
+    """The premise (h_ℓ beats h_s), then for EGR and the chosen SAM: the gain over GD at h_s,
+    the recovery of h_ℓ's accuracy (TOST), and the flatness."""
+    rows, chosen = a.rows, a.chosen
+    out: list[Claim] = []
+
+    def add(statement: str, paper: str, *tests, **kw) -> None:
+        out.append(Claim(statement, paper, tuple(tests), **kw))
+
     small, large = f"GD h={cfg.lr_small:g}", f"GD h={cfg.lr_large:g}"
     egr = f"EGR h={cfg.lr_small:g}"
-    report.add_claim(
+    add(
         f"GD at h_ℓ = {cfg.lr_large:g} ends with a higher test accuracy than at h_s = "
         f"{cfg.lr_small:g} (the premise)",
         "Barrett & Dherin 2021, Fig. 3",
         attempt(paired_test, *_paired(rows, large, small, "test_acc")),
         context="test accuracy h_ℓ − h_s, paired over the seeds both reached the threshold",
-    )
+    )  # fmt: skip
     for arm, who in ((egr, "EGR"), (chosen, "SAM")):
         if arm is None:
             continue
@@ -315,9 +342,9 @@ def add_claims(report: Report, rows: pd.DataFrame, cfg: Config, chosen: str | No
             else f"{arm.split()[-1]} (chosen by λ_max, training data only)"
         )
         paper = "Barrett & Dherin 2021, Sec. 5" if who == "EGR" else "Foret et al. 2021"
-        a, s_, l_ = _triple(rows, arm, small, large, "test_acc")
-        share = attempt(paired_ratio, a, s_, l_, s_)
-        report.add_claim(
+        v, s_, l_ = _triple(rows, arm, small, large, "test_acc")
+        share = attempt(paired_ratio, v, s_, l_, s_)
+        add(
             f"{who} at h_s = {cfg.lr_small:g} ({what}) is more accurate than GD at h_s",
             paper,
             attempt(paired_test, *_paired(rows, arm, small, "test_acc")),
@@ -326,7 +353,7 @@ def add_claims(report: Report, rows: pd.DataFrame, cfg: Config, chosen: str | No
                "Fieller ratio)" if hasattr(share, "ratio") else ""),
             effect=f"{who} gain",
         )  # fmt: skip
-        report.add_claim(
+        add(
             f"{who} at h_s recovers the large step's test accuracy: within ±"
             f"{100 * RECOVER_MARGIN:g} points of GD at h_ℓ (equivalence, TOST)",
             paper,
@@ -335,13 +362,14 @@ def add_claims(report: Report, rows: pd.DataFrame, cfg: Config, chosen: str | No
             context=f"test accuracy {who} at h_s − GD at h_ℓ, paired",
             headline=who == "EGR",
         )  # fmt: skip
-        report.add_claim(
+        add(
             f"{who} at h_s ends flatter (smaller λ_max) than GD at h_s"
             + ("" if who == "EGR" else " (ρ was chosen by this measure, so this is optimistic)"),
             paper,
             attempt(paired_test, *_paired(rows, small, arm, "lambda_max"), log=True),
             context=f"λ_max of GD h_s over {who}'s, paired, log scale",
-        )
+        )  # fmt: skip
+    return out
 
 
 def verdict_text(rows: pd.DataFrame, cfg: Config, chosen: str | None) -> str:
@@ -412,28 +440,22 @@ TABLE_COLUMNS = (
 )  # fmt: skip
 
 
-def run(scale: str, out: Path) -> Report:
-    """Run flat-optimizers at ``scale`` and write its report into ``out``."""
-    cfg = select_scale(CONFIGS, scale)
-    report = Report(NAME, TITLE, scale, out, cfg, PAPER)
-    rows = ensure_runs(cfg, Path(out), scale)
-    if not len(rows) and (stored := stored_table(out)) is not None:
-        rows = stored  # re-judge the runs (and step timings) an earlier report tabulated
-        rows["reached"] = (rows.status == "complete") & (rows.stop_reason == "target_train_loss")
-    else:
-        step_s = time_steps(cfg)
-        gd_step = step_s[f"GD h={cfg.lr_small:g}"]
-        rows["step_ms"] = rows.arm.map(lambda a: 1e3 * step_s[a])
-        rows["step_ratio"] = rows.arm.map(lambda a: step_s[a] / gd_step)
-    chosen = select_rho(rows, cfg)
-    add_claims(report, rows, cfg, chosen)
-    report.add_figure(
-        figure(rows, cfg, chosen),
-        "flat_optimizers.png",
-        "Each arm at the stopping point (train loss ≤ threshold): bars are seed means, dots "
-        "the seeds; the last panel is the median wall time of one optimizer step, timed in "
-        "one process on one thread, arms interleaved.",
-    )
+def figures(a: Analysis, cfg: Config) -> list[tuple[Figure, str, str]]:
+    return [
+        (
+            figure(a.rows, cfg, a.chosen),
+            "flat_optimizers.png",
+            "Each arm at the stopping point (train loss ≤ threshold): bars are seed means, dots "
+            "the seeds; the last panel is the median wall time of one optimizer step, timed in "
+            "one process on one thread, arms interleaved.",
+        )
+    ]
+
+
+def extras(report: Report, a: Analysis, cfg: Config) -> None:
+    """The per-arm table, the runs that missed the threshold, the cost verdict, the per-run
+    table."""
+    rows, chosen = a.rows, a.chosen
     report.add_table(
         summary_rows(rows, cfg, chosen),
         heading="Measures at the stopping point, and the cost",
@@ -472,5 +494,11 @@ def run(scale: str, out: Path) -> Report:
         heading="Reading the comparison",
     )
     report.add_data(rows[[c for c in TABLE_COLUMNS if c in rows]], "runs.csv")
-    report.add_text(rows.attrs["note"], heading="Compute")
-    return report.write()
+
+
+SPEC = Spec(NAME, TITLE, PAPER, CONFIGS, plan, analyze, claims, figures, extras)
+
+
+def run(scale: str, out: Path) -> Report:
+    """Run flat-optimizers at ``scale`` and write its report into ``out``."""
+    return run_spec(SPEC, scale, out)
