@@ -65,6 +65,29 @@ def test_measured_table_is_written_and_a_store_only_report_rejudges_it(tmp_path,
     assert len(calls) == 2 and report.claims[0].statement == "sum 3"
 
 
+def test_measured_tables_as_a_tuple(tmp_path, monkeypatch):
+    def measure(cfg):
+        return pd.DataFrame({"y": [1.0, 2.0]}), pd.DataFrame()  # the second is empty
+
+    spec = dataclasses.replace(
+        _toy_spec([]),
+        measure=measure,
+        measured=("a.csv", "b.csv"),
+        analyze=lambda tables, cfg: float(tables[0].y.sum()) + len(tables[1]),
+    )
+    report = run_spec(spec, "small", tmp_path)
+    assert report.claims[0].statement == "sum 3"
+    assert (tmp_path / "a.csv").is_file() and not (tmp_path / "b.csv").exists()
+    pd.DataFrame({"z": [5]}).to_csv(tmp_path / "b.csv", index=False)
+    monkeypatch.setenv("IMPLICIT_REG_STORE_ONLY", "1")
+    spec = dataclasses.replace(spec, measure=lambda cfg: pytest.fail("recomputed"))
+    assert run_spec(spec, "small", tmp_path).claims[0].statement == "sum 4"
+    monkeypatch.setenv("IMPLICIT_REG_STORE_ONLY", "0")
+    spec = dataclasses.replace(spec, measure=measure, measured=("a.csv", "b.csv", "c.csv"))
+    with pytest.raises(ValueError, match="2 tables"):
+        run_spec(spec, "small", tmp_path)
+
+
 # --- igr-order: the local error's order in h ---------------------------------------
 
 

@@ -9,10 +9,10 @@ synthetic run table:
 - ``plan(cfg) -> Plan``: the engine runs it needs and, explicitly, the experiment
   whose run store holds them (``borrows``), instead of a path convention;
 - or, for an experiment that trains no engine runs (closed forms, ODE solves,
-  min-norm fits), ``measure(cfg) -> DataFrame`` in place of ``plan`` (``plan=None``):
-  its table is written into ``out`` as ``measured`` and, in a store-only report
-  (``IMPLICIT_REG_STORE_ONLY=1``), read back from there instead of recomputed, as a
-  planned experiment's per-run table is;
+  min-norm fits), ``measure(cfg) -> DataFrame`` (or a tuple of them) in place of
+  ``plan`` (``plan=None``): its table is written into ``out`` as ``measured`` (a file
+  name, or a tuple of them) and, in a store-only report (``IMPLICIT_REG_STORE_ONLY=1``),
+  read back from there instead of recomputed, as a planned experiment's per-run table is;
 - ``analyze(rows, cfg) -> A``: a typed result (a dataclass) from the runs'
   summaries (one row per run, the columns of
   :func:`implicit_reg.report.results.load_summaries`), or from the measured table;
@@ -71,8 +71,11 @@ class Spec(Generic[A]):
     claims: Callable[[A, Any], Sequence[Claim]]
     figures: Callable[[A, Any], Sequence[tuple[Figure, str, str]]] = lambda a, cfg: ()
     extras: Callable[[Report, A, Any], None] | None = None
-    measure: Callable[[Any], pd.DataFrame] | None = None
-    measured: str = "measured.csv"  # the file the measured table is written to and read from
+    measure: Callable[[Any], pd.DataFrame | tuple[pd.DataFrame, ...]] | None = None
+    # the file(s) the measured table(s) are written to and read from: a tuple when
+    # measure returns a tuple of tables (an empty one is not written; in a store-only
+    # report a missing one reads back empty, the first must exist)
+    measured: str | tuple[str, ...] = "measured.csv"
     #: what a store-only report with no run store re-judges from: ``stored(out)`` -> table
     #: (with ``attrs["note"]``) or None; the per-run table ``out/runs.csv`` unless given
     stored: Callable[[Path], pd.DataFrame | None] = stored_table
@@ -84,9 +87,10 @@ class Spec(Generic[A]):
                 f"(a table computed without them), got "
                 f"{'both' if self.plan is not None else 'neither'}"
             )
-        if not self.measured.endswith(".csv"):
+        files = (self.measured,) if isinstance(self.measured, str) else self.measured
+        if not files or not all(f.endswith(".csv") for f in files):
             raise ValueError(
-                f"spec {self.name!r}: measured must end in .csv, got {self.measured!r}"
+                f"spec {self.name!r}: measured must name .csv files, got {self.measured!r}"
             )
 
 
@@ -114,21 +118,24 @@ def plan_rows(spec: Spec, cfg: Any, scale: str, out: Path) -> pd.DataFrame:
     return rows
 
 
-def measured_rows(spec: Spec, cfg: Any, out: Path) -> pd.DataFrame:
-    """The table of a spec that ``measure``s instead of planning runs: in a store-only
-    report (:func:`~implicit_reg.experiments._sweeps.store_only`) the one an earlier
-    report wrote into ``out/<measured>``, read back (``attrs["stored"]``, and a note
-    for the compute section); otherwise ``measure(cfg)``, computed now."""
-    path = Path(out) / spec.measured
-    if store_only() and path.is_file():
-        table = pd.read_csv(path)
-        table.attrs["note"] = (
-            f"Re-judged from the table `{spec.measured}` that an earlier report of this "
-            "experiment computed (a store-only report); nothing was recomputed."
-        )
-        table.attrs["stored"] = True
-        return table
-    return spec.measure(cfg)
+def measured_rows(spec: Spec, cfg: Any, out: Path) -> pd.DataFrame | tuple[pd.DataFrame, ...]:
+    """The table(s) of a spec that ``measure``s instead of planning runs: in a store-only
+    report (:func:`~implicit_reg.experiments._sweeps.store_only`) the ones an earlier
+    report wrote into ``out`` (``spec.measured``), read back; otherwise ``measure(cfg)``,
+    computed now. The (first) table's ``attrs["note"]`` says which, for the compute
+    section (none when computed now); ``attrs["stored"]`` marks a read-back."""
+    files = (spec.measured,) if isinstance(spec.measured, str) else spec.measured
+    paths = [Path(out) / f for f in files]
+    if not (store_only() and paths[0].is_file()):
+        return spec.measure(cfg)
+    tables = tuple(pd.read_csv(p) if p.is_file() else pd.DataFrame() for p in paths)
+    names = ", ".join(f"`{p.name}`" for p in paths if p.is_file())
+    tables[0].attrs["note"] = (
+        f"Re-judged from {names}, computed by an earlier report of this experiment (a "
+        "store-only report); nothing was recomputed."
+    )
+    tables[0].attrs["stored"] = True
+    return tables[0] if isinstance(spec.measured, str) else tables
 
 
 def run_spec(spec: Spec, scale: str, out: Path) -> Report:
@@ -138,7 +145,17 @@ def run_spec(spec: Spec, scale: str, out: Path) -> Report:
     report = Report(spec.name, spec.title, scale, out, cfg, spec.paper)
     if spec.measure is not None:
         rows = measured_rows(spec, cfg, out)
-        report.add_data(rows, spec.measured)
+        if isinstance(spec.measured, str):
+            report.add_data(rows, spec.measured)
+        else:
+            if len(rows) != len(spec.measured):
+                raise ValueError(
+                    f"spec {spec.name!r}: measure returned {len(rows)} tables for the "
+                    f"{len(spec.measured)} files {spec.measured}"
+                )
+            for table, filename in zip(rows, spec.measured):
+                if len(table):
+                    report.add_data(table, filename)
     else:
         rows = plan_rows(spec, cfg, scale, out)
     analysis = spec.analyze(rows, cfg)
@@ -147,6 +164,7 @@ def run_spec(spec: Spec, scale: str, out: Path) -> Report:
         report.add_figure(fig, filename, caption)
     if spec.extras is not None:
         spec.extras(report, analysis, cfg)
-    if note := rows.attrs.get("note", ""):
+    first = rows[0] if isinstance(rows, tuple) else rows
+    if note := first.attrs.get("note", ""):
         report.add_text(note, heading="Compute")
     return report.write()
