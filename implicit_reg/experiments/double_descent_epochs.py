@@ -12,9 +12,13 @@ What is run: ``double-descent-width``'s MNIST-1D recipe at n = 4,000 (MLP
 40 → w → w → 10, cross-entropy, SGD lr 0.01, momentum 0.9, batch 100, 500
 epochs, 15% label noise, 12,000 test samples) at three widths below, near
 and above its interpolation threshold, 5 seeds each, evaluated every epoch,
-and the widest on the clean labels (a control, 2 seeds). The runs live in
-the ``double-descent-width`` sweep directory
-(``OUT/../double-descent-width/sweep``).
+and the widest on the clean labels (a control, 2 seeds). They are
+``double-descent-width``'s runs at its densely evaluated widths, so the plan
+borrows that experiment's run store (``Plan(borrows="double-descent-width")``).
+The experiment is a :class:`~implicit_reg.experiments._spec.Spec` (``plan``, a
+typed ``analyze``, ``claims``, ``figures``, ``extras``) run by ``run_spec``; a
+store-only report with no run store re-judges from the stored
+``trajectories.csv``.
 
 Verdicts: on each seed's curve (smoothed over 5 evaluations) the rise is
 test(bump) − test(early minimum) and the second descent test(bump) −
@@ -27,24 +31,18 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from implicit_reg.report.report import Report, attempt, mean_std, plot_band, select_scale
+from implicit_reg.report.report import Claim, Report, attempt, mean_std, plot_band
 from implicit_reg.stats import paired_test, peak_test, welch_test
 
 from . import double_descent_width as ddw
-from ._sweeps import (
-    history_matrix,
-    load_history,
-    run_configs,
-    store_only,
-    sweep_dir,
-    tidy_log_axes,
-    workers_for,
-)
+from ._spec import Plan, Spec, run_spec
+from ._sweeps import history_matrix, load_history, store_only, tidy_log_axes
 
 NAME = "double-descent-epochs"
 TITLE = "Epoch-wise double descent with 15% label noise: test error against training time for small, medium and large MLPs on MNIST-1D"
@@ -124,12 +122,34 @@ def smooth(test: np.ndarray) -> np.ndarray:
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class CurveStats:
+    """The shape of one width's test-error curves (seed means, smoothed): indices and
+    epochs of the early minimum and of the bump, and ``rise``/``second_descent`` (see
+    :func:`curve_stats`); ``width``, ``role`` and the final train error once known."""
+
+    i_early: int
+    i_peak: int
+    epoch_min: float
+    test_min: float
+    epoch_peak: float
+    test_peak: float
+    test_final: float
+    test_best: float
+    rise: float
+    second_descent: float
+    seeds: int
+    width: int = 0
+    role: str = ""
+    train_final: float = float("nan")
+
+
 def curve_stats(
     epochs: np.ndarray,
     test: np.ndarray,
     at: tuple[int, int] | None = None,
     rise_only: bool = False,
-) -> dict:
+) -> CurveStats:
     """Shape of the test-error curves (seeds × evaluations): early minimum, bump, end.
 
     Each seed's curve is smoothed by a centred running mean over ``SMOOTH``
@@ -157,19 +177,19 @@ def curve_stats(
         i_early, i_peak = at
     rise = sm[:, i_peak] - sm[:, i_early]
     fall = sm[:, i_peak] - sm[:, -1]
-    return {
-        "i_early": i_early,
-        "i_peak": i_peak,
-        "epoch_min": float(epochs[i_early]),
-        "test_min": float(m[i_early]),
-        "epoch_peak": float(epochs[i_peak]),
-        "test_peak": float(m[i_peak]),
-        "test_final": float(m[-1]),
-        "test_best": float(m.min()),
-        "rise": float(rise.mean()),
-        "second_descent": float(fall.mean()),
-        "seeds": int(sm.shape[0]),
-    }
+    return CurveStats(
+        i_early=i_early,
+        i_peak=i_peak,
+        epoch_min=float(epochs[i_early]),
+        test_min=float(m[i_early]),
+        epoch_peak=float(epochs[i_peak]),
+        test_peak=float(m[i_peak]),
+        test_final=float(m[-1]),
+        test_best=float(m.min()),
+        rise=float(rise.mean()),
+        second_descent=float(fall.mean()),
+        seeds=int(sm.shape[0]),
+    )
 
 
 def epochs_figure(
@@ -235,161 +255,237 @@ def held_out(sm: np.ndarray) -> tuple[int, np.ndarray]:
     return n_loc, sm[n_loc:]
 
 
-def run(scale: str, out: Path) -> Report:
-    """Run double-descent-epochs at ``scale`` and write its report into ``out``."""
-    cfg = select_scale(CONFIGS, scale)
+def plan(cfg: Config) -> Plan:
+    """Each width × seed on the noisy labels and the widest on the clean ones, every
+    ``eval_every`` steps: double-descent-width's runs at its dense widths, so they are
+    borrowed from (and trained into) that experiment's store."""
     check_widths(cfg)
-    report = Report(NAME, TITLE, scale, out, cfg, PAPER)
-    wc = cfg.width_config
-    setting = wc.mnist1d
-    configs = run_list(cfg)
     control = run_list(cfg, control=True) if cfg.control_seeds else []
-    directory = sweep_dir(Path(out), ddw.NAME, NAME)
-    rows = run_configs(configs + control, directory, workers=workers_for(scale))
-    note = rows.attrs["note"]
-    noise_of = {c.config_hash(): c.label_noise for c in configs + control}
-    rows["label_noise"] = rows.config_hash.map(noise_of)
-    noisy, clean = rows[rows.label_noise > 0], rows[rows.label_noise == 0]
-    stored = Path(out) / "trajectories.csv"
-    if noisy.empty and store_only() and stored.is_file():
-        # re-judge from the per-seed histories an earlier run stored beside its report
-        history = pd.read_csv(stored)
+    return Plan(tuple(run_list(cfg) + control), borrows=ddw.NAME)
+
+
+def stored_trajectories(out: Path) -> pd.DataFrame | None:
+    """A store-only report with no run store: the per-seed histories an earlier report
+    wrote into ``out/trajectories.csv`` (noisy labels only), else None."""
+    path = Path(out) / "trajectories.csv"
+    if not (store_only() and path.is_file()):
+        return None
+    history = pd.read_csv(path)
+    history.attrs["stored"] = True
+    history.attrs["note"] = (
+        "Re-judged from the per-seed histories stored in `trajectories.csv` (no training); "
+        "the clean-label control's histories were not stored, so its claim is not re-tested."
+    )
+    return history
+
+
+@dataclasses.dataclass(frozen=True)
+class Analysis:
+    """``history``: the noisy runs' test and train error histories (long form: width,
+    seed, step, metric, value); ``clean``: the control's, None without it; ``final``:
+    each noisy run's final test error (width, seed, test_error); ``stats``: the curve
+    shape per width (below, near, above the threshold) and, after them, the control's at
+    the epochs located on the noisy runs; ``peak``: the peak test of the widest model's
+    smoothed curves (:func:`implicit_reg.stats.peak_test`, or Untested); ``stored``:
+    re-judged from stored histories."""
+
+    history: pd.DataFrame
+    clean: pd.DataFrame | None
+    final: pd.DataFrame
+    per_epoch: int
+    stats: tuple[CurveStats, ...]
+    peak: Any
+    stored: bool
+
+
+def curves(history: pd.DataFrame, width: int, metric: str = "test_error"):
+    """``(steps, values)`` of one width: seeds × the evaluations every seed logged."""
+    return history_matrix(history[history.width == width], metric)
+
+
+def analyze(rows: pd.DataFrame, cfg: Config) -> Analysis:
+    """The noisy and clean histories (from the runs, or the stored trajectories), the
+    curve shape per width and the widest model's peak test."""
+    per_epoch = -(-cfg.width_config.mnist1d.n_train // cfg.width_config.mnist1d.batch_size)
+    stored = bool(rows.attrs.get("stored"))
+    clean_history = None
+    if stored:
+        history = rows
         last = history[history.metric == "test_error"].sort_values("step")
-        noisy = last.groupby(["width", "seed"]).value.last().rename("test_error").reset_index()
-        note = (
-            "Re-judged from the per-seed histories stored in `trajectories.csv` (no training); "
-            "the clean-label control's histories were not stored, so its claim is not re-tested."
-        )
+        final = last.groupby(["width", "seed"]).value.last().rename("test_error").reset_index()
     else:
+        configs = plan(cfg).runs
+        noise_of = {c.config_hash(): c.label_noise for c in configs}
+        rows = rows.assign(label_noise=rows.config_hash.map(noise_of))
+        noisy, clean = rows[rows.label_noise > 0], rows[rows.label_noise == 0]
         history = load_history(noisy, ["width", "seed"])
-    per_epoch = -(-setting.n_train // setting.batch_size)
-    stats, curves = [], {}
+        final = noisy[["width", "seed", "test_error"]]
+        if len(clean):
+            clean_history = load_history(clean, ["width", "seed"])
+    stats = []
     for w, role in zip(cfg.widths, ROLES):
-        steps, test = history_matrix(history[history.width == w], "test_error")
-        curves[w] = (steps, test)
+        steps, test = curves(history, w)
         s = curve_stats(steps / per_epoch, test, rise_only=role == ROLES[1])
-        _, train = history_matrix(history[history.width == w], "train_error")
-        s.update(width=w, role=role, train_final=float(train.mean(0)[-1]))
-        stats.append(s)
-    big, mid, small = stats[2], stats[1], stats[0]
-    sm_big = smooth(curves[big["width"]][1])
-    peak = attempt(peak_test, sm_big)
-    report.add_claim(
-        f"a large model (w = {big['width']}) shows epoch-wise double descent: test error falls, "
-        "rises while it memorizes the noise, then falls again",
-        "Nakkiran et al. 2019, Fig. 9–10",
-        peak,
-        context=f"seed means (descriptive): {100 * big['test_min']:.1f}% at epoch "
-        f"{big['epoch_min']:.3g}, {100 * big['test_peak']:.1f}% at epoch {big['epoch_peak']:.3g}, "
-        f"{100 * big['test_final']:.1f}% at the end ({big['seeds']} seeds); tested on curves "
-        f"smoothed over {SMOOTH} evaluations (effects in fractions of the test set), the epochs "
-        "located on held-out seeds",
-        headline=True,
-    )  # fmt: skip
+        _, train = curves(history, w, "train_error")
+        stats.append(
+            dataclasses.replace(s, width=w, role=role, train_final=float(train.mean(0)[-1]))
+        )
+    big = cfg.widths[-1]
+    steps_b, test_b = curves(history, big)
+    peak = attempt(peak_test, smooth(test_b))
+    if clean_history is not None and hasattr(peak, "left"):
+        steps_c, test_c = history_matrix(clean_history, "test_error")
+        if np.array_equal(steps_c, steps_b):  # the control at the epochs located on noisy seeds
+            c = curve_stats(steps_c / per_epoch, test_c, at=(peak.left, peak.index))
+            stats.append(dataclasses.replace(c, width=big, role="control: clean labels"))
+    return Analysis(history, clean_history, final, per_epoch, tuple(stats), peak, stored)
+
+
+def claims(a: Analysis, cfg: Config) -> list[Claim]:
+    """The widest model's double descent, the medium model's overfitting, the small model's
+    monotone improvement, and the control without label noise."""
+    small, mid, big = a.stats[:3]
+    peak, per_epoch = a.peak, a.per_epoch
+    steps_b, test_b = curves(a.history, big.width)
+    sm_big = smooth(test_b)
+    out = [
+        Claim(
+            f"a large model (w = {big.width}) shows epoch-wise double descent: test error "
+            "falls, rises while it memorizes the noise, then falls again",
+            "Nakkiran et al. 2019, Fig. 9–10",
+            (peak,),
+            context=f"seed means (descriptive): {100 * big.test_min:.1f}% at epoch "
+            f"{big.epoch_min:.3g}, {100 * big.test_peak:.1f}% at epoch {big.epoch_peak:.3g}, "
+            f"{100 * big.test_final:.1f}% at the end ({big.seeds} seeds); tested on curves "
+            f"smoothed over {SMOOTH} evaluations (effects in fractions of the test set), the "
+            "epochs located on held-out seeds",
+            headline=True,
+        )
+    ]
     # the medium model: its early minimum located on held-out seeds, the rise from there to the
     # end of training tested on the others
-    sm_mid = smooth(curves[mid["width"]][1])
+    steps_m, test_m = curves(a.history, mid.width)
+    sm_mid = smooth(test_m)
     n_loc, rest = held_out(sm_mid)
     i_min = int(np.argmin(sm_mid[:n_loc].mean(0)))
-    report.add_claim(
-        f"a medium model (w = {mid['width']}) overfits: its test error at the end is above its "
-        "early minimum",
-        "Nakkiran et al. 2019, Fig. 9",
-        attempt(paired_test, rest[:, -1], rest[:, i_min]),
-        context=f"seed means: {100 * mid['test_min']:.1f}% at epoch {mid['epoch_min']:.3g} → "
-        f"{100 * mid['test_peak']:.1f}% at epoch {mid['epoch_peak']:.3g} → "
-        f"{100 * mid['test_final']:.1f}% at the end; the early minimum (epoch "
-        f"{curves[mid['width']][0][i_min] / per_epoch:.3g}) located on {n_loc} held-out seed(s)",
-    )  # fmt: skip
-    sm_small = smooth(curves[small["width"]][1])
+    out.append(
+        Claim(
+            f"a medium model (w = {mid.width}) overfits: its test error at the end is above "
+            "its early minimum",
+            "Nakkiran et al. 2019, Fig. 9",
+            (attempt(paired_test, rest[:, -1], rest[:, i_min]),),
+            context=f"seed means: {100 * mid.test_min:.1f}% at epoch {mid.epoch_min:.3g} → "
+            f"{100 * mid.test_peak:.1f}% at epoch {mid.epoch_peak:.3g} → "
+            f"{100 * mid.test_final:.1f}% at the end; the early minimum (epoch "
+            f"{steps_m[i_min] / per_epoch:.3g}) located on {n_loc} held-out seed(s)",
+        )
+    )
+    sm_small = smooth(curves(a.history, small.width)[1])
     n_loc, rest = held_out(sm_small)
     m_loc = sm_small[:n_loc].mean(0)
     i_top = int(np.argmax(m_loc - np.minimum.accumulate(m_loc)))
     i_low = int(np.argmin(m_loc[: i_top + 1]))
     bump = rest[:, i_top] - rest[:, i_low]
-    report.add_claim(
-        f"a small model (w = {small['width']}) that cannot fit the noise improves (nearly) "
-        f"monotonically: its largest bump is below {100 * MARGIN:g} point",
-        "Nakkiran et al. 2019, Fig. 9",
-        attempt(paired_test, np.full_like(bump, MARGIN), bump),
-        context=f"final train error {100 * small['train_final']:.1f}%; the bump (largest rise "
-        f"above the running minimum) located on {n_loc} held-out seed(s), measured on the "
-        "others",
-    )  # fmt: skip
+    out.append(
+        Claim(
+            f"a small model (w = {small.width}) that cannot fit the noise improves (nearly) "
+            f"monotonically: its largest bump is below {100 * MARGIN:g} point",
+            "Nakkiran et al. 2019, Fig. 9",
+            (attempt(paired_test, np.full_like(bump, MARGIN), bump),),
+            context=f"final train error {100 * small.train_final:.1f}%; the bump (largest rise "
+            f"above the running minimum) located on {n_loc} held-out seed(s), measured on the "
+            "others",
+        )
+    )
     claim_clean = (
-        f"the bump comes from the label noise: on clean labels w = {big['width']} rises less "
+        f"the bump comes from the label noise: on clean labels w = {big.width} rises less "
         "between the same epochs"
     )
     paper_clean = "Nakkiran et al. 2019, Sec. 6 (epoch-wise double descent with label noise)"
-    if len(clean) and hasattr(peak, "left"):
-        ch = load_history(clean, ["width", "seed"])
-        steps_c, test_c = history_matrix(ch, "test_error")
-        steps_b, _ = curves[big["width"]]
-        if np.array_equal(steps_c, steps_b):
-            i0, i1 = peak.left, peak.index  # located on held-out noisy seeds
-            c = curve_stats(steps_c / per_epoch, test_c, at=(i0, i1))
-            sc, tested = smooth(test_c), sm_big[list(peak.test_seeds)]
-            report.add_claim(
-                claim_clean, paper_clean,
-                attempt(welch_test, tested[:, i1] - tested[:, i0], sc[:, i1] - sc[:, i0]),
+    control = a.stats[3] if len(a.stats) > 3 else None
+    if control is not None:
+        i0, i1 = control.i_early, control.i_peak  # located on held-out noisy seeds
+        sc, tested = smooth(curves(a.clean, big.width)[1]), sm_big[list(peak.test_seeds)]
+        out.append(
+            Claim(
+                claim_clean,
+                paper_clean,
+                (attempt(welch_test, tested[:, i1] - tested[:, i0], sc[:, i1] - sc[:, i0]),),
                 context=f"rise from epoch {steps_b[i0] / per_epoch:.3g} to "
                 f"{steps_b[i1] / per_epoch:.3g} (located on held-out noisy seeds): noisy minus "
-                f"clean ({c['seeds']} clean seeds), unpaired",
+                f"clean ({control.seeds} clean seeds), unpaired",
             )  # fmt: skip
-            stats.append({**c, "width": big["width"], "role": "control: clean labels",
-                          "train_final": float("nan")})  # fmt: skip
-    elif cfg.control_seeds:
-        report.add_claim(
-            claim_clean, paper_clean,
-            untested=(
+        )
+    elif cfg.control_seeds and (a.clean is None or not hasattr(peak, "left")):
+        why = []
+        if a.clean is None:
+            why.append(
                 "the clean-label runs' histories were not committed (re-judged from the "
                 "stored noisy trajectories)"
-                if stored.is_file() and store_only()
+                if a.stored
                 else "the clean-label runs are not in the store"
             )
-            + ("" if hasattr(peak, "left") else "; no peak location to compare at"),
-        )  # fmt: skip
-    report.add_figure(
-        epochs_figure(
-            history, cfg, per_epoch, load_history(clean, ["width", "seed"]) if len(clean) else None
-        ),
-        "double_descent_epochs.png",
-        "Test error (left) and train error on the noisy labels (right) against the epoch, "
-        "log scale, for three widths; mean ± std over seeds.",
-    )
+        if not hasattr(peak, "left"):
+            why.append("no peak location to compare at")
+        out.append(Claim(claim_clean, paper_clean, untested="; ".join(why)))
+    return out
+
+
+def figures(a: Analysis, cfg: Config) -> list[tuple[Figure, str, str]]:
+    return [
+        (
+            epochs_figure(a.history, cfg, a.per_epoch, a.clean),
+            "double_descent_epochs.png",
+            "Test error (left) and train error on the noisy labels (right) against the epoch, "
+            "log scale, for three widths; mean ± std over seeds.",
+        )
+    ]
+
+
+def extras(report: Report, a: Analysis, cfg: Config) -> None:
+    """The curve-shape table, ``curve_stats.csv`` and the histories (``trajectories.csv``)."""
     report.add_table(
         [
             {
-                "width": s["width"],
-                "role": s["role"],
-                "early minimum": f"{100 * s['test_min']:.1f}% at epoch {s['epoch_min']:.3g}",
-                "later maximum": f"{100 * s['test_peak']:.1f}% at epoch {s['epoch_peak']:.3g}",
-                "final test error": f"{100 * s['test_final']:.1f}%",
-                "final train error": f"{100 * s['train_final']:.1f}%",
+                "width": s.width,
+                "role": s.role,
+                "early minimum": f"{100 * s.test_min:.1f}% at epoch {s.epoch_min:.3g}",
+                "later maximum": f"{100 * s.test_peak:.1f}% at epoch {s.epoch_peak:.3g}",
+                "final test error": f"{100 * s.test_final:.1f}%",
+                "final train error": f"{100 * s.train_final:.1f}%",
             }
-            for s in stats
+            for s in a.stats
         ],
         heading="Shape of the test-error curves",
         caption=(
-            f"Seed means ({', '.join(str(s['seeds']) for s in stats)} seeds; planned "
+            f"Seed means ({', '.join(str(s.seeds) for s in a.stats)} seeds; planned "
             f"{cfg.seeds} on the noisy labels and {cfg.control_seeds} on the clean ones), "
             f"evaluated every {cfg.eval_every} steps "
-            f"({cfg.eval_every / per_epoch:g} epochs), smoothed by a running mean over "
+            f"({cfg.eval_every / a.per_epoch:g} epochs), smoothed by a running mean over "
             f"{SMOOTH} evaluations. The runs live in `double-descent-width`'s store. Final test "
             "error per width (mean ± std over seeds): "
             + ", ".join(
-                f"w = {w}: {mean_std(noisy[noisy.width == w].test_error.to_numpy())}"
+                f"w = {w}: {mean_std(a.final[a.final.width == w].test_error.to_numpy())}"
                 for w in cfg.widths
             )
             + "."
         ),
     )
-    report.add_data(pd.DataFrame(stats), "curve_stats.csv")
+    report.add_data(pd.DataFrame([dataclasses.asdict(s) for s in a.stats]), "curve_stats.csv")
     report.add_data(
-        history[history.metric.isin(["test_error", "train_error"])][
+        a.history[a.history.metric.isin(["test_error", "train_error"])][
             ["width", "seed", "step", "metric", "value"]
         ],
         "trajectories.csv",
     )
-    report.add_text(note, heading="Compute")
-    return report.write()
+
+
+SPEC = Spec(
+    NAME, TITLE, PAPER, CONFIGS, plan, analyze, claims, figures, extras,
+    stored=stored_trajectories,
+)  # fmt: skip
+
+
+def run(scale: str, out: Path) -> Report:
+    """Run double-descent-epochs at ``scale`` and write its report into ``out``."""
+    return run_spec(SPEC, scale, out)
