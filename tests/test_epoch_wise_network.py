@@ -73,7 +73,7 @@ def test_a_diverged_run_is_named_and_left_out(tmp_path, monkeypatch):
     listed as diverged and the claims use the seeds that finished."""
     cfg = ewn.Config(n=20, n_test=50, d=5, hidden=8, steps=200, log_points=15, seeds=2, lr=8e-5,
                      small_factor=2e4)  # fmt: skip
-    df, _ = ewn.run_all(cfg)
+    df = ewn.measure(cfg)
     small = ewn.bumps(df, "one small step size")
     assert small.attrs["diverged"] == [0, 1] and small.empty
     assert ewn.bumps(df, "one step size").attrs["diverged"] == []

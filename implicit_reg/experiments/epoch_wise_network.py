@@ -52,16 +52,10 @@ import torch
 from matplotlib.figure import Figure
 
 from implicit_reg.core.optim import GD
-from implicit_reg.experiments._sweeps import store_only
-from implicit_reg.report.report import (
-    Report,
-    attempt,
-    fmt,
-    mean_std,
-    plot_band,
-    select_scale,
-)
+from implicit_reg.report.report import Claim, Report, attempt, fmt, mean_std, plot_band
 from implicit_reg.stats import equivalence_test, paired_test, peak_test
+
+from ._spec import Spec, run_spec
 
 NAME = "epoch-wise-network"
 TITLE = (
@@ -194,13 +188,17 @@ def bump(curve: np.ndarray) -> tuple[float, int, int, int]:
     return float(min(r[i2] - r[i1], r[i2] - r[i3])), i1, i2, i3
 
 
-def run_all(cfg: Config) -> tuple[pd.DataFrame, float]:
+def measure(cfg: Config) -> pd.DataFrame:
+    """Every setting at every seed: the curves (``train``), with the GD time in
+    ``attrs["gd_seconds"]``."""
     frames, t0 = [], time.perf_counter()
     for seed in range(cfg.seeds):
         data = draw(cfg, seed)
         for setting in SETTINGS:
             frames.append(train(data, setting, cfg, seed))
-    return pd.concat(frames, ignore_index=True), time.perf_counter() - t0
+    curves = pd.concat(frames, ignore_index=True)
+    curves.attrs["gd_seconds"] = time.perf_counter() - t0
+    return curves
 
 
 def matrix(df: pd.DataFrame, setting: str, col: str) -> np.ndarray:
@@ -285,24 +283,41 @@ def figure(df: pd.DataFrame, cfg: Config) -> Figure:
     return fig
 
 
-def run(scale: str, out: Path) -> Report:
-    """Run epoch-wise-network at ``scale`` and write its report into ``out``."""
-    cfg = select_scale(CONFIGS, scale)
-    report = Report(NAME, TITLE, scale, out, cfg, PAPER)
-    if store_only() and (Path(out) / "curves.csv").is_file():
-        # re-judge the stored curves (written by an earlier run into ``out``): no training
-        df, sim_s = pd.read_csv(Path(out) / "curves.csv"), float("nan")
-    else:
-        df, sim_s = run_all(cfg)
-    b = {s: bumps(df, s) for s in SETTINGS}
-    one, per, small = (b[s] for s in SETTINGS)
+@dataclasses.dataclass(frozen=True)
+class Analysis:
+    """The curves (step, setting, seed: ``train_mse``, ``test_mse``, ``test_l1``), each
+    setting's per-seed bumps (:func:`bumps`), and the GD time (NaN when re-judged from
+    stored curves)."""
+
+    curves: pd.DataFrame
+    bumps: dict[str, pd.DataFrame]
+    gd_seconds: float
+
+
+def analyze(curves: pd.DataFrame, cfg: Config) -> Analysis:
+    return Analysis(
+        curves=curves,
+        bumps={s: bumps(curves, s) for s in SETTINGS},
+        gd_seconds=float(curves.attrs.get("gd_seconds", float("nan"))),
+    )
+
+
+def claims(a: Analysis, cfg: Config) -> list[Claim]:
+    """The bump with one step size; its removal by per-layer steps (and by a smaller step,
+    our control); the training loss through it; the early-stopped risk."""
+    df = a.curves
+    one, per, small = (a.bumps[s] for s in SETTINGS)
+    out: list[Claim] = []
+
+    def add(statement: str, paper: str, *tests, **kw) -> None:
+        out.append(Claim(statement, paper, tuple(tests), **kw))
 
     def where(t: pd.DataFrame) -> str:
         return ", ".join(f"{a:,}→{m:,}→{c:,}" for a, m, c in zip(t.t1, t.t2, t.t3))
 
     curves = matrix(df, SETTINGS[0], "test_mse")
     curves = curves[np.isfinite(curves).all(axis=1)]  # diverged seeds are left out
-    report.add_claim(
+    add(
         "With one step size on both layers the test risk falls, rises, then falls again",
         "Heckel & Yilmaz 2021, Fig. 3 (\"same stepsize\")",
         attempt(peak_test, curves, log=True),
@@ -311,7 +326,7 @@ def run(scale: str, out: Path) -> Report:
         "the test MSE on a log scale, the bump located on a held-out seed",
         headline=True,
     )  # fmt: skip
-    report.add_claim(
+    add(
         f"Per-layer step sizes (η_W = {cfg.lr_first:g}, η_v = {cfg.lr:g}) shrink the bump",
         "Heckel & Yilmaz 2021, Sec. 4 and Fig. 3 (scaled stepsizes)",
         attempt(paired_test, *paired(one, per, "bump")),
@@ -321,7 +336,7 @@ def run(scale: str, out: Path) -> Report:
         effect="bump removed by per-layer steps",
     )  # fmt: skip
     spike = one.train_spike.to_numpy()
-    report.add_claim(
+    add(
         "The bump is a superposition of bias–variance trade-offs: the training loss keeps "
         f"falling through it (rises by less than {100 * (SPIKE_MARGIN - 1):g}% above its running "
         "minimum, equivalence on a log scale)",
@@ -335,7 +350,7 @@ def run(scale: str, out: Path) -> Report:
     )  # fmt: skip
     b_per, b_small = (np.asarray(v, dtype=float) for v in paired(per, small, "bump"))
     same = len(b_per) > 0 and np.allclose(b_per, b_small)  # both without a bump: one number
-    report.add_claim(
+    add(
         f"The bump needs the large step: {cfg.small_factor:g}× the step on both layers shrinks "
         "it as well (our control, not the paper's)",
         "not in the paper; it tells an optimizer excursion from a time-scale effect",
@@ -350,21 +365,32 @@ def run(scale: str, out: Path) -> Report:
         ),
         effect="bump removed by per-layer steps" if same else "bump removed by a smaller step",
     )  # fmt: skip
-    report.add_claim(
+    add(
         "Per-layer step sizes lower the early-stopped risk",
         "Heckel & Yilmaz 2021 (removing the bump improves the early-stopping performance)",
         attempt(paired_test, *paired(one, per, "min_risk"), log=True),
         context=f"lowest test MSE over the run: one step size {mean_std(one.min_risk)}, per "
         f"layer {mean_std(per.min_risk)}; one over per-layer, log scale",
     )  # fmt: skip
-    report.add_figure(
-        figure(df, cfg),
-        "epoch_wise_network.png",
-        "Test MSE (left) and training loss per point (right) against GD steps on a log axis, "
-        "mean ± std over seeds, for one step size on both layers (red; thin lines: each seed, "
-        "whose bump comes at its own step), per-layer step sizes (blue) and a quarter of the "
-        "step on both layers (green).",
-    )
+    return out
+
+
+def figures(a: Analysis, cfg: Config) -> list[tuple[Figure, str, str]]:
+    return [
+        (
+            figure(a.curves, cfg),
+            "epoch_wise_network.png",
+            "Test MSE (left) and training loss per point (right) against GD steps on a log "
+            "axis, mean ± std over seeds, for one step size on both layers (red; thin lines: "
+            "each seed, whose bump comes at its own step), per-layer step sizes (blue) and a "
+            "quarter of the step on both layers (green).",
+        )
+    ]
+
+
+def extras(report: Report, a: Analysis, cfg: Config) -> None:
+    """The per-setting table, the reading, the diverged runs and ``bumps.csv``."""
+    df, b, sim_s = a.curves, a.bumps, a.gd_seconds
     table = []
     for setting in SETTINGS:
         t = b[setting]
@@ -402,6 +428,15 @@ def run(scale: str, out: Path) -> Report:
             + ".",
             heading="Diverged runs",
         )
-    report.add_data(df, "curves.csv")
     report.add_data(pd.concat([t.assign(setting=s) for s, t in b.items()]), "bumps.csv")
-    return report.write()
+
+
+SPEC = Spec(
+    NAME, TITLE, PAPER, CONFIGS, None, analyze, claims, figures, extras,
+    measure=measure, measured="curves.csv",
+)  # fmt: skip
+
+
+def run(scale: str, out: Path) -> Report:
+    """Run epoch-wise-network at ``scale`` and write its report into ``out``."""
+    return run_spec(SPEC, scale, out)
