@@ -127,3 +127,26 @@ def test_smoke_run_trains_resumes_and_writes_a_report(tmp_path):
         progress=False,
     )  # fmt: skip
     assert again.done == 0 and again.skipped == again.total
+
+
+def test_the_second_rule_is_tested_on_held_out_seeds_only():
+    t = table(peak=0.0, seeds=5, seed=7)
+    # plant a peak at the widest width that does not fit n, on every seed
+    for n in NS:
+        first = next((w for w in WIDTHS if fits(w, n)), None)
+        below = WIDTHS[WIDTHS.index(first) - 1] if first and first != WIDTHS[0] else None
+        if below:
+            t.loc[(t.n_train == n) & (t.width == below), "test_error"] += 0.05
+    arm = emc.analyze(t).arm("epochs")
+    tested = [m for m in arm.model_wise if not isinstance(m.peak_below, emc.Untested)]
+    assert tested and all(m.peak_below.verdict == "reproduced" for m in tested)
+    assert all(m.peak_below.test_seeds == (0, 1) for m in tested)  # rows of seeds 3 and 4
+    # seeds 0-2 never enter: scrambling them leaves the held-out result as it was
+    t2 = t.copy()
+    t2.loc[t2.seed < emc.HOLDOUT_FROM, "test_error"] = 0.9
+    again = emc.analyze(t2).arm("epochs")
+    for m, m2 in zip(arm.model_wise, again.model_wise):
+        assert getattr(m.peak_below, "rise", None) == getattr(m2.peak_below, "rise", None)
+    # with seeds 0-2 only the rule is untested and says why
+    first3 = emc.analyze(t[t.seed < 3]).arm("epochs")
+    assert all("held-out" in m.peak_below.reason for m in first3.model_wise)

@@ -129,3 +129,16 @@ def test_the_window_is_the_widths_every_level_holds():
     t = t[~((t.width == 136) & (t.label_noise == 0.2))]  # w = 136 not yet run at 20%
     a = lnd.analyze(t)
     assert all(lv.widths[-1] == 104 for lv in a.levels)
+
+
+def test_the_second_rule_is_tested_on_held_out_seeds_only():
+    t = table(dose=0.0, seeds=5, seed=3)
+    for p in NOISES:
+        below = WIDTHS[WIDTHS.index(fit_width(p)) - 1]
+        t.loc[(t.label_noise == p) & (t.width == below), "test_error"] += 0.05
+    a = lnd.analyze(t)
+    assert all(lv.peak_below.verdict == "reproduced" for lv in a.levels)
+    t.loc[t.seed < lnd.HOLDOUT_FROM, "test_error"] = 0.9  # seeds 0-2 never enter
+    b = lnd.analyze(t)
+    assert [lv.peak_below.rise for lv in a.levels] == [lv.peak_below.rise for lv in b.levels]
+    assert all("held-out" in lv.peak_below.reason for lv in lnd.analyze(t[t.seed < 3]).levels)

@@ -55,6 +55,11 @@ EPSILON = 0.01
 #: widths at which the sample-wise rise is tested: double-descent-width's large peak (47-62)
 SAMPLE_WISE_WIDTHS = (47, 62)
 ARMS = ("epochs", "steps")
+#: seeds from this one on test a second location rule, declared after seeds 0-2 had shown
+#: the highest test error one width below the first fitting width at every n (as in
+#: double-descent-width: 47 against 62) and before any of these seeds was trained: the
+#: peak sits at the widest width that does *not* fit n. Seeds 0-2 never enter that test.
+HOLDOUT_FROM = 3
 ARM_LABEL = {"epochs": "fixed epochs", "steps": "fixed steps"}
 
 Result = TestResult | PeakResult | Untested
@@ -74,6 +79,9 @@ class ModelWise:
     fit_width: int | None  # first width with mean train error <= EPSILON (None: none fits)
     seeds: int
     peak: Result
+    # the second rule (HOLDOUT_FROM): at the widest width that does not fit n, on the
+    # held-out seeds only
+    peak_below: Result
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,7 +163,23 @@ def model_wise(arm: str, n: int, rows: pd.DataFrame) -> ModelWise:
         arm=arm, n=n, widths=widths, train_error=tuple(float(v) for v in train_m),
         test_error=tuple(float(v) for v in test.mean(axis=0)),
         fit_width=None if i is None else widths[i], seeds=len(test), peak=peak,
+        peak_below=below_fit_peak(test, len(widths) if i is None else i, f"n = {n:,}"),
     )  # fmt: skip
+
+
+def below_fit_peak(test: pd.DataFrame, i: int, where: str) -> Result:
+    """``stats.peak_test`` at index ``i − 1`` (the widest width that does not fit: ``i``
+    is the first fitting index, or the number of widths when none fits), rise from the
+    narrowest, fall to the widest, on the seeds >= :data:`HOLDOUT_FROM` only."""
+    held = test[test.index >= HOLDOUT_FROM]
+    if len(held) < 2:
+        return Untested(
+            f"{where}: {len(held)} held-out seed(s) (seeds >= {HOLDOUT_FROM}) finished; the "
+            "test needs 2"
+        )
+    if not 1 <= i - 1 <= test.shape[1] - 2:
+        return Untested(f"{where}: the widest width that does not fit is an end of the window")
+    return attempt(peak_test, held.to_numpy(), at=i - 1, left=0)
 
 
 def sample_wise(arm: str, width: int, rows: pd.DataFrame) -> SampleWise:
@@ -259,6 +283,18 @@ def add_claims(report: Report, a: EmcAnalysis) -> None:
             headline=headline,
             effect=f"emc-peak-{arm.arm}",
         )
+        below = [m.peak_below for m in arm.model_wise if not isinstance(m.peak_below, Untested)]
+        report.add_claim(
+            f"{label}, held-out seeds (>= {HOLDOUT_FROM}): at every n the test error peaks at "
+            "the widest width that does not fit n samples (EMC just below n; a rule declared "
+            "after seeds 0–2, tested on seeds never used to choose it)",
+            "Nakkiran et al. 2019, Sec. 2; double-descent-width (peak at w = 47, fit at 62)",
+            *below,
+            untested="" if below else "; ".join(
+                sorted({m.peak_below.reason.split(": ", 1)[-1] for m in arm.model_wise})
+            ),
+            effect=f"emc-peak-below-{arm.arm}",
+        )  # fmt: skip
         for m in arm.model_wise:
             report.add_claim(
                 f"{label}, n = {m.n:,}: the test error peaks at the first width fitting n",
