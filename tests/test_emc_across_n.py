@@ -106,8 +106,11 @@ def test_plan_shares_the_run_where_both_budgets_agree_and_orders_first_seeds_fir
     c = emc_config(plan, 47, 8000, 0, "steps")
     assert (c.steps, c.epochs, c.n_train, c.dataset) == (20_000, None, 8000, "mnist1d_xl")
     phases = emc_phases(plan)
-    assert [t for t, _ in phases][0] == "epochs arm, first seeds"
-    assert all(c.seed < plan.seeds for c in phases[0][1] + phases[1][1])
+    assert [t for t, _ in phases] == [
+        "epochs arm, first seeds", "epochs arm, extra seeds", "steps arm, first seeds",
+        "steps arm, extra seeds",
+    ]  # fmt: skip
+    assert all(c.seed < plan.seeds for c in phases[0][1] + phases[2][1])
     hashes = [c.config_hash() for _, cs in phases for c in cs]
     assert len(hashes) == len(set(hashes))
     assert len(hashes) == 2 * 6 * 6 * 5 - 6 * 5  # the n = 4,000 step runs are the epoch runs

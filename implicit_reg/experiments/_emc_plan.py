@@ -174,13 +174,15 @@ def dose_config(plan: DosePlan, width: int, noise: float, seed: int) -> RunConfi
 
 
 def emc_phases(plan: EmcPlan) -> list[tuple[str, list[RunConfig]]]:
-    """The runs in the order they should finish: the epoch arm at the first seeds, the
-    step arm at those seeds, then both arms at the extra seeds (duplicates dropped)."""
+    """The runs in the order they should finish: the epoch arm at the first seeds, then
+    at the extra seeds (they test the location rule the first seeds suggested,
+    ``emc_across_n.HOLDOUT_FROM``), then the step arm at the first and the extra seeds
+    (duplicates dropped)."""
     first, extra = range(plan.seeds), range(plan.seeds, plan.seeds + plan.extra_seeds)
     arms = ("epochs", "steps") if plan.steps is not None else ("epochs",)
     phases = []
-    for seeds, tag in ((first, "first seeds"), (extra, "extra seeds")):
-        for arm in arms:
+    for arm in arms:
+        for seeds, tag in ((first, "first seeds"), (extra, "extra seeds")):
             cfgs = [
                 emc_config(plan, w, n, s, arm)
                 for n in plan.n_trains
