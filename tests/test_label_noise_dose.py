@@ -124,11 +124,13 @@ def test_smoke_run_writes_a_report(tmp_path: Path):
     assert set(rows.source) == {"this sweep"} and len(rows) == 4
 
 
-def test_the_window_is_the_widths_every_level_holds():
+def test_a_level_without_every_width_is_left_out_whole():
     t = table(dose=0.3)
-    t = t[~((t.width == 136) & (t.label_noise == 0.2))]  # w = 136 not yet run at 20%
+    t = t[~((t.width >= 62) & (t.label_noise == 0.2))]  # 20%: the wide widths still running
     a = lnd.analyze(t)
-    assert all(lv.widths[-1] == 104 for lv in a.levels)
+    assert a.partial == (0.2,)
+    assert [lv.noise for lv in a.levels] == [p for p in NOISES if p != 0.2]
+    assert all(lv.widths == WIDTHS for lv in a.levels)
 
 
 def test_the_second_rule_is_tested_on_held_out_seeds_only():

@@ -99,6 +99,7 @@ class DoseAnalysis:
     fit_trend: Result  # w_fit moves to wider models with noise (noisy levels)
     peak_trend: Result  # the argmax moves with the noise (noisy levels)
     location: Result  # TOST: mean log(argmax / w_fit) within ±LOCATION_MARGIN
+    partial: tuple[float, ...] = ()  # noise levels left out: not every width finished
 
 
 def _table(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -176,10 +177,13 @@ def analyze(rows: pd.DataFrame) -> DoseAnalysis:
     if not len(ok):
         raise ValueError("no complete run in the table")
     ok["label_noise"] = ok.label_noise.round(6)
-    # one window for every level: the widths each level holds (so that the rise from the
-    # narrowest and the fall to the widest width compare the same models at every noise)
-    held = [set(g.width) for _, g in ok.groupby("label_noise")]
-    ok = ok[ok.width.isin(set.intersection(*held))]
+    # one window for every level (the rise from the narrowest and the fall to the widest
+    # width compare the same models at every noise): a level that lacks a width of the
+    # window (a sweep still running) is left out whole, and listed in ``partial``
+    window = set(ok.width)
+    held = {p: set(g.width) for p, g in ok.groupby("label_noise")}
+    partial = tuple(sorted(float(p) for p, ws in held.items() if ws != window))
+    ok = ok[~ok.label_noise.isin(partial)]
     levels = tuple(noise_level(p, g) for p, g in sorted(ok.groupby("label_noise")))
     with_h = [lv for lv in levels if lv.height is not None]
     common = sorted(set.intersection(*(set(lv.seeds) for lv in with_h))) if with_h else []
@@ -217,7 +221,7 @@ def analyze(rows: pd.DataFrame) -> DoseAnalysis:
     return DoseAnalysis(
         levels=levels, slope=slope, slopes=tuple(float(v) for v in slopes),
         height_trend=height_trend, fit_trend=fit_trend, peak_trend=peak_trend,
-        location=location,
+        location=location, partial=partial,
     )  # fmt: skip
 
 
@@ -253,6 +257,10 @@ def add_claims(report: Report, a: DoseAnalysis) -> None:
         for lv in a.levels
     )  # fmt: skip
     slopes = ", ".join(f"{10 * v:+.2f}" for v in a.slopes)
+    if a.partial:
+        heights += "; left out, not every width finished: " + ", ".join(
+            f"{p:.0%}" for p in a.partial
+        )
     _claim(
         report,
         "the peak grows with the label noise: the per-seed slope of the peak height h over "
