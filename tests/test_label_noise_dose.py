@@ -50,6 +50,7 @@ def test_planted_dose_response_is_reproduced_with_its_slope():
     assert a.slope.verdict == "reproduced", a.slope.sentence()
     assert a.slope.ci[0] < 0.3 < a.slope.ci[1], a.slope.sentence()  # covers the planted slope
     assert a.height_trend.verdict == "reproduced"
+    assert a.noisy_slope.verdict == "reproduced", a.noisy_slope.sentence()
     assert [lv.fit_width for lv in a.levels] == [fit_width(p) for p in NOISES]
     assert all(lv.peak.verdict == "reproduced" for lv in a.levels if lv.noise > 0)
     assert a.fit_trend.verdict == "reproduced"

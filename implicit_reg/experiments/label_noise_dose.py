@@ -100,6 +100,8 @@ class DoseAnalysis:
     peak_trend: Result  # the argmax moves with the noise (noisy levels)
     location: Result  # TOST: mean log(argmax / w_fit) within ±LOCATION_MARGIN
     partial: tuple[float, ...] = ()  # noise levels left out: not every width finished
+    # the slope over the noisy levels only (p > 0): added after 15% and 30% were seen
+    noisy_slope: Result = Untested("not computed")
 
 
 def _table(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -204,6 +206,14 @@ def analyze(rows: pd.DataFrame) -> DoseAnalysis:
             f"{len(common)} seed(s) common to them"
         )
         slope = height_trend = Untested(reason)
+    noisy_h = [lv for lv in with_h if lv.noise > 0]
+    if len(noisy_h) >= 2 and len(common) >= 2:
+        hn = np.array([[lv.height[lv.seeds.index(s)] for lv in noisy_h] for s in common])
+        noisy_slope: Result = attempt(
+            paired_test, per_seed_slopes([lv.noise for lv in noisy_h], hn)
+        )
+    else:
+        noisy_slope = Untested(f"{len(noisy_h)} noisy level(s) with a threshold in the window")
     noisy = [lv for lv in levels if lv.noise > 0 and lv.fit_width is not None]
     seeds = sorted(set.intersection(*(set(lv.seeds) for lv in noisy))) if noisy else []
     if len(noisy) >= 3 and len(seeds) >= 2:
@@ -221,7 +231,7 @@ def analyze(rows: pd.DataFrame) -> DoseAnalysis:
     return DoseAnalysis(
         levels=levels, slope=slope, slopes=tuple(float(v) for v in slopes),
         height_trend=height_trend, fit_trend=fit_trend, peak_trend=peak_trend,
-        location=location, partial=partial,
+        location=location, partial=partial, noisy_slope=noisy_slope,
     )  # fmt: skip
 
 
@@ -273,6 +283,15 @@ def add_claims(report: Report, a: DoseAnalysis) -> None:
         else heights,
         headline=True,
         effect="dose-slope",
+    )
+    _claim(
+        report,
+        "the peak keeps growing among the noisy levels (p > 0): the per-seed slope of h over "
+        "p is positive without the clean level (a claim added after the 15% and 30% heights "
+        "were seen to agree; the slope above may come from the clean→noisy step alone)",
+        paper,
+        a.noisy_slope,
+        effect="dose-slope-noisy",
     )
     _claim(report, "the peak height increases monotonically with the noise (Kendall τ per seed)",
            paper, a.height_trend, effect="dose-trend")  # fmt: skip
