@@ -18,7 +18,9 @@ one-hot targets, N random Fourier features (``build_model("rf_fourier")``,
 :func:`~implicit_reg.workloads.models.random_features`), the min-norm readout
 on the first n samples of a random order of the 4,000 training samples
 (nested subsets), test error and test MSE on the 1,000 test samples, one
-feature draw and order per seed.
+feature draw and order per seed. The experiment is a
+:class:`~implicit_reg.experiments._spec.Spec` that ``measure``s both tables (no engine
+runs); a store-only report re-judges them from ``linear.csv`` and ``random_features.csv``.
 """
 
 from __future__ import annotations
@@ -32,19 +34,13 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from implicit_reg.report.report import (
-    Report,
-    attempt,
-    fmt,
-    mean_std,
-    plot_band,
-    select_scale,
-)
+from implicit_reg.report.report import Claim, Report, attempt, fmt, mean_std, plot_band
 from implicit_reg.stats import equivalence_test, paired_test, welch_test
 from implicit_reg.workloads.data import load_dataset
 from implicit_reg.workloads.models import build_model, min_norm_fit_gram, random_features
 
 from ._linear import minnorm_expected_risk
+from ._spec import Spec, run_spec
 
 NAME = "sample-wise-linear"
 TITLE = (
@@ -210,79 +206,128 @@ def figure(lin: pd.DataFrame, rf: pd.DataFrame, cfg: Config) -> Figure:
     return fig
 
 
-def run(scale: str, out: Path) -> Report:
-    """Run sample-wise-linear at ``scale`` and write its report into ``out``."""
-    cfg = select_scale(CONFIGS, scale)
-    report = Report(NAME, TITLE, scale, out, cfg, PAPER)
-    lin = linear_sweep(cfg)
-    g = lin.groupby("n")
-    d = cfg.d
-    finite = [n for n, v in g if np.isfinite(v.closed_form.iloc[0]) and abs(n - d) > 1]
-    report.add_claim(
-        "The Monte Carlo risk of min-norm regression matches the closed form (within "
-        f"±{100 * CLOSED_FORM_MARGIN:g}%) on both sides of d",
-        "Belkin, Hsu & Xu 2020: E R = ‖β‖²(1 − n/d) + σ²n/(d−n−1) + σ² (n < d − 1), "
-        "σ²d/(n−d−1) + σ² (n > d + 1)",
-        *(
-            attempt(
-                equivalence_test,
-                (v := lin[lin.n == n]).risk.to_numpy() / v.closed_form.to_numpy(),
-                np.ones(len(v)),
-                margin=CLOSED_FORM_MARGIN,
-            )
-            for n in finite
-        ),
-        context=f"the ratio MC risk / closed form at each of {len(finite)} sample sizes "
-        f"({cfg.trials} draws each; unpaired draws, so the test's pairing with 1 is trivial)",
-        effect="closed form",
-    )
-    n_a, n_b = nearest(lin, "n/d", cfg.hurt_from), nearest(lin, "n/d", cfg.hurt_to)
-    ra, rb = _at(lin, "n/d", n_a, "risk"), _at(lin, "n/d", n_b, "risk")
-    report.add_claim(
-        f"More data hurts below d: n = {n_b * d:,.0f} has a higher test risk than n = {n_a * d:,.0f}",
-        "Nakkiran 2019, Fig. 1",
-        attempt(welch_test, rb, ra),
-        context=f"risk n = {n_a * d:,.0f}: {mean_std(ra)} (closed form "
-        f"{fmt(minnorm_expected_risk(round(n_a * d), d, cfg.beta_norm2, cfg.noise2))}); "
-        f"n = {n_b * d:,.0f}: {mean_std(rb)} (closed form "
-        f"{fmt(minnorm_expected_risk(round(n_b * d), d, cfg.beta_norm2, cfg.noise2))}); "
-        "independent draws at each n",
-        headline=True,
-    )
-    means = g.risk.mean()
-    below, above = nearest(lin, "n/d", 0.8), nearest(lin, "n/d", 1.2)
+def measure(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(a) the linear Monte Carlo beside the closed form, (b) the random-features sweep."""
+    return linear_sweep(cfg), rf_sweep(cfg)
+
+
+@dataclasses.dataclass(frozen=True)
+class Analysis:
+    """(a) ``lin``: one row per n and draw; (b) ``rf``: one row per feature draw and n;
+    the sample sizes the claims compare, as grid points n/d and n/N."""
+
+    lin: pd.DataFrame
+    rf: pd.DataFrame
+    n_a: float  # n/d nearest hurt_from
+    n_b: float  # n/d nearest hurt_to
+    below: float  # n/d nearest 0.8
+    above: float  # n/d nearest 1.2
+    rf_a: float  # n/N nearest hurt_from
+    rf_b: float  # n/N nearest 1
+
+    @property
+    def means(self) -> pd.Series:
+        return self.lin.groupby("n").risk.mean()
+
+
+def analyze(tables: tuple[pd.DataFrame, pd.DataFrame], cfg: Config) -> Analysis:
+    """The grid points nearest the sample sizes the claims name."""
+    lin, rf = tables
+    return Analysis(
+        lin, rf,
+        n_a=nearest(lin, "n/d", cfg.hurt_from), n_b=nearest(lin, "n/d", cfg.hurt_to),
+        below=nearest(lin, "n/d", 0.8), above=nearest(lin, "n/d", 1.2),
+        rf_a=nearest(rf, "n/N", cfg.hurt_from), rf_b=nearest(rf, "n/N", 1.0),
+    )  # fmt: skip
+
+
+def claims(a: Analysis, cfg: Config) -> list[Claim]:
+    """The closed form, more data hurting below d, the peak at n ≈ d, and more data hurting
+    random features at n = N."""
+    lin, d = a.lin, cfg.d
+    finite = [
+        n for n, v in lin.groupby("n") if np.isfinite(v.closed_form.iloc[0]) and abs(n - d) > 1
+    ]
+    ra, rb = _at(lin, "n/d", a.n_a, "risk"), _at(lin, "n/d", a.n_b, "risk")
+    means = a.means
     peak_n = min(means.index, key=lambda n: abs(n - d))
     rp = lin[lin.n == peak_n].risk.to_numpy()
-    report.add_claim(
-        f"The risk peaks at n ≈ d (placed by the theory at n = {peak_n:,}): above n = "
-        f"{below * d:,.0f} and above n = {above * d:,.0f} (log scale: the risk is heavy-tailed "
-        "near d)",
-        "Nakkiran 2019, Fig. 1 (peak at n = d)",
-        attempt(welch_test, rp, _at(lin, "n/d", below, "risk"), log=True),
-        attempt(welch_test, rp, _at(lin, "n/d", above, "risk"), log=True),
-        context=f"highest mean risk at n = {int(means.idxmax()):,} ({fmt(means.max())}); at n = "
-        f"{int(means.index.max()):,}: {mean_std(lin[lin.n == means.index.max()].risk.to_numpy())}",
-    )
-    rf = rf_sweep(cfg)
-    big_n = cfg.features
-    rf_a, rf_b = nearest(rf, "n/N", cfg.hurt_from), nearest(rf, "n/N", 1.0)
+
+    def closed(ratio: float) -> str:
+        return fmt(minnorm_expected_risk(round(ratio * d), d, cfg.beta_norm2, cfg.noise2))
+
+    out = [
+        Claim(
+            "The Monte Carlo risk of min-norm regression matches the closed form (within "
+            f"±{100 * CLOSED_FORM_MARGIN:g}%) on both sides of d",
+            "Belkin, Hsu & Xu 2020: E R = ‖β‖²(1 − n/d) + σ²n/(d−n−1) + σ² (n < d − 1), "
+            "σ²d/(n−d−1) + σ² (n > d + 1)",
+            tuple(
+                attempt(
+                    equivalence_test,
+                    (v := lin[lin.n == n]).risk.to_numpy() / v.closed_form.to_numpy(),
+                    np.ones(len(v)),
+                    margin=CLOSED_FORM_MARGIN,
+                )
+                for n in finite
+            ),
+            context=f"the ratio MC risk / closed form at each of {len(finite)} sample sizes "
+            f"({cfg.trials} draws each; unpaired draws, so the test's pairing with 1 is trivial)",
+            effect="closed form",
+        ),
+        Claim(
+            f"More data hurts below d: n = {a.n_b * d:,.0f} has a higher test risk than n = "
+            f"{a.n_a * d:,.0f}",
+            "Nakkiran 2019, Fig. 1",
+            (attempt(welch_test, rb, ra),),
+            context=f"risk n = {a.n_a * d:,.0f}: {mean_std(ra)} (closed form {closed(a.n_a)}); "
+            f"n = {a.n_b * d:,.0f}: {mean_std(rb)} (closed form {closed(a.n_b)}); "
+            "independent draws at each n",
+            headline=True,
+        ),
+        Claim(
+            f"The risk peaks at n ≈ d (placed by the theory at n = {peak_n:,}): above n = "
+            f"{a.below * d:,.0f} and above n = {a.above * d:,.0f} (log scale: the risk is "
+            "heavy-tailed near d)",
+            "Nakkiran 2019, Fig. 1 (peak at n = d)",
+            (
+                attempt(welch_test, rp, _at(lin, "n/d", a.below, "risk"), log=True),
+                attempt(welch_test, rp, _at(lin, "n/d", a.above, "risk"), log=True),
+            ),
+            context=f"highest mean risk at n = {int(means.idxmax()):,} ({fmt(means.max())}); at "
+            f"n = {int(means.index.max()):,}: "
+            f"{mean_std(lin[lin.n == means.index.max()].risk.to_numpy())}",
+        ),
+    ]
+    rf, big_n = a.rf, cfg.features
     for col, what in (("test_error", "test error"), ("test_mse", "test MSE")):
-        va, vb = _at(rf, "n/N", rf_a, col), _at(rf, "n/N", rf_b, col)
-        report.add_claim(
+        va, vb = _at(rf, "n/N", a.rf_a, col), _at(rf, "n/N", a.rf_b, col)
+        out.append(Claim(
             f"Random features (N = {big_n:,}): the {what} at n = N is higher than at n = "
-            f"{rf_a * big_n:,.0f} (more data hurts)",
+            f"{a.rf_a * big_n:,.0f} (more data hurts)",
             "Nakkiran et al. 2019, Sec. 7; Belkin et al. 2019 (peak at n = N)",
-            attempt(paired_test, vb, va, log=col == "test_mse"),
-            context=f"n = {rf_a * big_n:,.0f}: {mean_std(va)}; n = N: {mean_std(vb)}; highest "
-            f"mean at n = {int(rf.groupby('n')[col].mean().idxmax()):,}; paired over feature draws",
+            (attempt(paired_test, vb, va, log=col == "test_mse"),),
+            context=f"n = {a.rf_a * big_n:,.0f}: {mean_std(va)}; n = N: {mean_std(vb)}; highest "
+            f"mean at n = {int(rf.groupby('n')[col].mean().idxmax()):,}; paired over feature "
+            "draws",
+        ))  # fmt: skip
+    return out
+
+
+def figures(a: Analysis, cfg: Config) -> list[tuple[Figure, str, str]]:
+    return [
+        (
+            figure(a.lin, a.rf, cfg),
+            "sample_wise_linear.png",
+            "(a) Test risk of min-norm linear regression against n (Monte Carlo, mean ± 2 SE; "
+            "black: the closed form, infinite at n = d ± 1). (b, c) Test error and MSE of "
+            "min-norm random-features regression at fixed N against n; dashed: the threshold.",
         )
-    report.add_figure(
-        figure(lin, rf, cfg),
-        "sample_wise_linear.png",
-        "(a) Test risk of min-norm linear regression against n (Monte Carlo, mean ± 2 SE; black: "
-        "the closed form, infinite at n = d ± 1). (b, c) Test error and MSE of min-norm "
-        "random-features regression at fixed N against n; dashed: the threshold.",
-    )
+    ]
+
+
+def extras(report: Report, a: Analysis, cfg: Config) -> None:
+    d, big_n = cfg.d, cfg.features
     report.add_table(
         [
             {
@@ -290,7 +335,7 @@ def run(scale: str, out: Path) -> Report:
                 "SE": fmt(v.risk.std(ddof=1) / np.sqrt(len(v))),
                 "closed form": fmt(v.closed_form.iloc[0]), "‖β̂‖": mean_std(v.norm.to_numpy()),
             }
-            for n, v in lin.groupby("n")
+            for n, v in a.lin.groupby("n")
         ],
         heading="(a) Min-norm linear regression",
         caption=f"d = {d:,}, ‖β‖² = {cfg.beta_norm2:g}, σ² = {cfg.noise2:g}; the risk is "
@@ -302,13 +347,22 @@ def run(scale: str, out: Path) -> Report:
                 "n": n, "n/N": n / big_n, "test error": mean_std(v.test_error.to_numpy()),
                 "test MSE": mean_std(v.test_mse.to_numpy()), "‖β‖": mean_std(v.norm.to_numpy()),
             }
-            for n, v in rf.groupby("n")
+            for n, v in a.rf.groupby("n")
         ],
         heading="(b) Random-features regression at fixed N",
         caption=f"N = {big_n:,} random Fourier features (bandwidth: the package default √d), "
         f"MNIST-1D one-hot targets, nested subsets of the 4,000 training samples, 1,000 test "
         f"samples; mean ± std over {cfg.rf_seeds} feature draws.",
     )  # fmt: skip
-    report.add_data(lin, "linear.csv")
-    report.add_data(rf, "random_features.csv")
-    return report.write()
+
+
+SPEC = Spec(
+    NAME, TITLE, PAPER, CONFIGS, None, analyze, claims, figures, extras,
+    measure=measure, measured=("linear.csv", "random_features.csv"),
+)  # fmt: skip
+
+
+def run(scale: str, out: Path) -> Report:
+    """Run sample-wise-linear at ``scale`` and write its report into ``out`` (a store-only
+    report re-judges the stored ``linear.csv`` and ``random_features.csv``)."""
+    return run_spec(SPEC, scale, out)
