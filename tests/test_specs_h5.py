@@ -104,3 +104,57 @@ def test_epoch_wise_network_a_planted_bump_is_reproduced_and_removing_it_is_not(
             assert per_layer.verdict == "reproduced", per_layer.ours
             assert a.bumps["one step size"].t2.between(800, 1100).all()
             assert through.verdict == "reproduced", through.ours  # the training loss falls
+
+
+def lr_rows(slope: float, *, rng) -> pd.DataFrame:
+    """A stored-style lr-sweep table: GD at every h of `small` and EGR at min(h), 5 seeds,
+    test accuracy rising by ``slope`` per decade of h (seed effect shared, noise 0.002);
+    and the small-step runs (``part`` = "igr"), whose tail ‖∇L‖² falls by ``slope`` × 10
+    per decade."""
+    cfg = lrs.CONFIGS["small"]
+    base = 0.45 + 0.01 * rng.standard_normal(SEEDS)
+    common = {"status": "complete", "stop_reason": "target_train_loss", "steps_done": 100,
+              "train_loss": 0.05, "trace": 10.0, "weight_norm": 20.0}  # fmt: skip
+    rows = []
+    for s in range(SEEDS):
+        for h in cfg.lrs:
+            acc = base[s] + slope * np.log10(h) + 0.002 * rng.standard_normal()
+            rows.append({**common, "run": "GD", "part": "main", "lr": h, "seed": s,
+                         "test_error": 1 - acc, "grad_norm_sq": 1e-3 / h,
+                         "lambda_max": 1.5 / h})  # fmt: skip
+        rows.append({**common, "run": "EGR", "part": "main", "lr": min(cfg.lrs), "seed": s,
+                     "test_error": 1 - base[s], "grad_norm_sq": 1e-3, "lambda_max": 10.0})  # fmt: skip
+        for h in cfg.igr_lrs:
+            tail = 1e-3 * (1 - 10 * slope * np.log10(h / min(cfg.igr_lrs)))
+            rows.append({**common, "run": "GD", "part": "igr", "lr": h, "seed": s,
+                         "test_error": 0.5, "grad_norm_sq": tail, "lambda_max": 8.0,
+                         "grad_norm_sq_tail": tail * (1 + 0.01 * rng.standard_normal()),
+                         "ratio_max": 4 * h})  # fmt: skip
+    return pd.DataFrame(rows), cfg
+
+
+def test_lr_sweep_a_planted_trend_over_h_is_reproduced_and_a_flat_one_is_not():
+    for slope, want in ((0.03, "reproduced"), (0.0, "inconclusive")):
+        rows, cfg = lr_rows(slope, rng=np.random.default_rng(13))
+        a = lrs.analyze(rows, cfg)
+        assert len(a.rows) == (len(cfg.lrs) + 1) * SEEDS and len(a.igr) == 3 * SEEDS
+        claims = lrs.claims(a, cfg)
+        igr, accuracy = claims[0], next(c for c in claims if c.headline)
+        assert "larger h ends with a higher test accuracy" in accuracy.statement
+        assert accuracy.verdict == want, (slope, accuracy.ours)
+        assert igr.verdict == want, (slope, igr.ours)
+
+
+def test_lr_sweep_without_small_step_runs_says_so(tmp_path, monkeypatch):
+    """A stored table of the main sweep only: the small-step claim is 'not tested', and a
+    report that writes igr_runs.csv beside runs.csv is re-judged with it."""
+    rows, cfg = lr_rows(0.03, rng=np.random.default_rng(13))
+    a = lrs.analyze(rows[rows.part == "main"].drop(columns="part"), cfg)
+    assert lrs.claims(a, cfg)[0].verdict == "not tested" and not len(a.igr)
+    main, igr = rows[rows.part == "main"], rows[rows.part == "igr"]
+    main.drop(columns="part").to_csv(tmp_path / "runs.csv", index=False)
+    igr.drop(columns=["part", "run"]).to_csv(tmp_path / lrs.IGR_TABLE, index=False)
+    monkeypatch.setenv("IMPLICIT_REG_STORE_ONLY", "1")
+    stored = lrs.stored(tmp_path)
+    assert (stored.part == "igr").sum() == len(igr) and "Re-judged" in stored.attrs["note"]
+    assert lrs.claims(lrs.analyze(stored, cfg), cfg)[0].verdict == "reproduced"

@@ -46,24 +46,11 @@ from matplotlib.figure import Figure
 
 from implicit_reg.engine.config import RunConfig
 from implicit_reg.report.plots import label
-from implicit_reg.report.report import (
-    Report,
-    attempt,
-    fmt,
-    mean_std,
-    select_scale,
-)
+from implicit_reg.report.report import Claim, Report, attempt, fmt, mean_std
 from implicit_reg.stats import equivalence_test, paired_ratio, paired_test, trend_test
 
-from ._sweeps import (
-    MEASURE_PROBES,
-    load_history,
-    run_configs,
-    seed_band,
-    sweep_dir,
-    tidy_log_axes,
-    workers_for,
-)
+from ._spec import Plan, Spec, run_spec
+from ._sweeps import MEASURE_PROBES, load_history, seed_band, stored_table, tidy_log_axes
 
 NAME = "lr-sweep"
 TITLE = (
@@ -167,16 +154,6 @@ def sweep_configs(cfg: Config) -> list[RunConfig]:
     return gd + egr
 
 
-def ensure_runs(cfg: Config, out: Path, name: str, scale: str) -> pd.DataFrame:
-    """Summaries of every run of the sweep (trained now if missing), with
-    ``run`` = "GD" or "EGR" and ``test_acc`` = 1 − test error."""
-    rows = run_configs(sweep_configs(cfg), sweep_dir(out, NAME, name), workers=workers_for(scale))
-    rows["run"] = np.where(rows["optimizer"] == "egr", "EGR", "GD")
-    rows["test_acc"] = 1.0 - rows["test_error"]
-    rows["reached"] = (rows["status"] == "complete") & (rows["stop_reason"] == "target_train_loss")
-    return rows
-
-
 def igr_configs(cfg: Config) -> list[RunConfig]:
     """GD at the small steps ``igr_lrs``: ‖∇L‖² every ``igr_eval_every`` steps, λ_max every
     ``igr_probe_every`` steps (and the end), stopped at the same training loss."""
@@ -200,20 +177,65 @@ def tail_mean(history: pd.DataFrame, metric: str, tail: float) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def ensure_igr_runs(cfg: Config, out: Path, name: str, scale: str) -> pd.DataFrame:
-    """Summaries of the small-step runs (trained now if missing), with the tail mean of
-    ‖∇L‖² and the largest h·λ_max/2 over the probes of each run (``ratio_max``)."""
-    rows = run_configs(igr_configs(cfg), sweep_dir(out, NAME, name), workers=workers_for(scale))
-    hist = load_history(rows, ["lr", "seed"])
-    rows = rows.merge(tail_mean(hist, "grad_norm_sq", cfg.tail), on="config_hash", how="left")
-    lam = (
-        hist[hist.metric == "lambda_max"].groupby("config_hash").value.max().rename("lam_traj_max")
-    )
-    rows = rows.merge(lam.reset_index(), on="config_hash", how="left")
-    rows["ratio_max"] = rows["lam_traj_max"] * rows["lr"] / 2
-    rows["reached"] = (rows["status"] == "complete") & (rows["stop_reason"] == "target_train_loss")
+def plan(cfg: Config) -> Plan:
+    """The main sweep (GD at every h, EGR at min(h)) and the small-step runs, every seed."""
+    return Plan(tuple(sweep_configs(cfg) + igr_configs(cfg)))
+
+
+#: the small-step runs' table a report writes beside ``runs.csv``, for store-only re-judging
+IGR_TABLE = "igr_runs.csv"
+
+
+def stored(out: Path) -> pd.DataFrame | None:
+    """A store-only report's table: ``runs.csv`` (the main sweep) and, where an earlier
+    report wrote it, :data:`IGR_TABLE` (the small-step runs, ``part`` = "igr")."""
+    rows = stored_table(out)
+    if rows is None or not (Path(out) / IGR_TABLE).is_file():
+        return rows
+    igr = pd.read_csv(Path(out) / IGR_TABLE).assign(part="igr", run="GD")
+    both = pd.concat([rows.assign(part="main"), igr], ignore_index=True)
+    both["status"] = both["status"].fillna("complete")
+    both.attrs = rows.attrs
+    return both
+
+
+@dataclasses.dataclass(frozen=True)
+class Analysis:
+    """``rows``: the main sweep (``run`` GD or EGR, ``test_acc``, ``reached``); ``igr``: the
+    small-step runs with the tail mean of ‖∇L‖² (``grad_norm_sq_tail``) and the largest
+    h·λ_max/2 along each run (``ratio_max``); empty when the table has none (a store-only
+    report of a table written without them)."""
+
+    rows: pd.DataFrame
+    igr: pd.DataFrame
+
+
+def _part(rows: pd.DataFrame, cfg: Config) -> pd.Series:
+    """Which runs are the small-step ones: by config hash (engine summaries) or ``part``
+    (a stored table); a table with neither holds the main sweep only."""
+    if "part" in rows:
+        return rows["part"]
+    if "config_hash" in rows:
+        igr = {c.config_hash() for c in igr_configs(cfg)}
+        return rows["config_hash"].map(lambda h: "igr" if h in igr else "main")
+    return pd.Series("main", index=rows.index)
+
+
+def analyze(rows: pd.DataFrame, cfg: Config) -> Analysis:
+    rows = rows.copy()
+    if "run" not in rows:
+        rows["run"] = np.where(rows["optimizer"] == "egr", "EGR", "GD")
     rows["test_acc"] = 1.0 - rows["test_error"]
-    return rows
+    rows["reached"] = (rows["status"] == "complete") & (rows["stop_reason"] == "target_train_loss")
+    part = _part(rows, cfg)
+    main, igr = rows[part == "main"], rows[part == "igr"]
+    if len(igr) and "grad_norm_sq_tail" not in igr:  # engine runs: read their histories
+        hist = load_history(igr, ["lr", "seed"])
+        igr = igr.merge(tail_mean(hist, "grad_norm_sq", cfg.tail), on="config_hash", how="left")
+        lam = hist[hist.metric == "lambda_max"].groupby("config_hash").value.max()
+        igr = igr.merge(lam.rename("lam_traj_max").reset_index(), on="config_hash", how="left")
+        igr["ratio_max"] = igr["lam_traj_max"] * igr["lr"] / 2
+    return Analysis(rows=main.reset_index(drop=True), igr=igr.reset_index(drop=True))
 
 
 def paired_by_seed(rows: pd.DataFrame, metric: str, lrs) -> np.ndarray:
@@ -320,7 +342,7 @@ def _paired(gd: pd.DataFrame, metric: str, h_a: float, h_b: float) -> list[np.nd
     return [both[h_a].to_numpy(), both[h_b].to_numpy()]
 
 
-def trend_claim(report, rows, metric, sign, claim, paper, lrs, where, col=None, **kw) -> None:
+def trend_claim(rows, metric, sign, claim, paper, lrs, where, col=None, **kw) -> Claim:
     """A "metric moves with h" claim: :func:`implicit_reg.stats.trend_test` on the per-seed
     Kendall τ over h, on the step sizes every seed reached (points with fewer seeds are
     left out of the test and named)."""
@@ -332,10 +354,10 @@ def trend_claim(report, rows, metric, sign, claim, paper, lrs, where, col=None, 
     xs = np.array(lrs)[full]
     ok = rows[rows.reached]
     lo, hi = min(lrs), max(lrs)
-    report.add_claim(
+    return Claim(
         claim,
         paper,
-        attempt(trend_test, xs, sign * ys[:, full]),
+        (attempt(trend_test, xs, sign * ys[:, full]),),
         context=f"{where}: per-seed Kendall τ(h, {'−' if sign < 0 else ''}{metric}) over "
         f"{len(xs)} step sizes; h = {lo:g}: {mean_std(ok[ok.lr == lo][col].to_numpy())}, "
         f"h = {hi:g}: {mean_std(ok[ok.lr == hi][col].to_numpy())}"
@@ -345,30 +367,40 @@ def trend_claim(report, rows, metric, sign, claim, paper, lrs, where, col=None, 
     )  # fmt: skip
 
 
-def add_claims(report: Report, rows: pd.DataFrame, cfg: Config, igr: pd.DataFrame) -> None:
+def claims(a: Analysis, cfg: Config) -> list[Claim]:
     """The claims: trends over h tested by seed, EGR against GD, paired over seeds."""
+    rows, igr = a.rows, a.igr
+    out: list[Claim] = []
+
+    def add(statement: str, paper: str, *tests, **kw) -> None:
+        out.append(Claim(statement, paper, tuple(tests), **kw))
+
+    igr_claim = (
+        "Where the expansion holds (h·λ_max/2 ≪ 1 all along), larger h ends with a smaller "
+        "‖∇L‖² at equal training loss"
+    )
+    igr_paper = "Barrett & Dherin 2021, Sec. 3 and Fig. 3 (IGR: GD follows L + (h/4)‖∇L‖²)"
     gd = rows[(rows.run == "GD") & rows.reached]
     egr = rows[(rows.run == "EGR") & rows.reached]
     if len(igr) and igr.reached.any():
         r = igr[igr.reached]
         well_below = bool(r.ratio_max.max() <= cfg.igr_max_ratio)
-        trend_claim(
-            report, igr, "‖∇L‖²", -1,
-            "Where the expansion holds (h·λ_max/2 ≪ 1 all along), larger h ends with a smaller "
-            "‖∇L‖² at equal training loss",
-            "Barrett & Dherin 2021, Sec. 3 and Fig. 3 (IGR: GD follows L + (h/4)‖∇L‖²)",
-            cfg.igr_lrs,
+        out.append(trend_claim(
+            igr, "‖∇L‖²", -1, igr_claim, igr_paper, cfg.igr_lrs,
             f"small-step runs, h·λ_max/2 ≤ {fmt(r.ratio_max.max(), 2)} at every probe "
             f"({'well below 1' if well_below else 'NOT well below 1'}); ‖∇L‖² = mean over the "
             f"last {100 * cfg.tail:g}% of the steps",
             col="grad_norm_sq_tail",
-        )  # fmt: skip
+        ))  # fmt: skip
+    elif not len(igr):
+        add(igr_claim, igr_paper, untested="the table holds no small-step runs (a store-only "
+            "report of a table written before their per-run table was)")  # fmt: skip
     if gd.empty:
-        report.add_claim(
+        add(
             "larger h ends flatter and generalizes better", "Barrett & Dherin 2021",
             untested="no GD run reached the target loss",
         )  # fmt: skip
-        return
+        return out
     h_lo = min(gd.lr)
     stop_ratio = ratio_range(gd)
     for metric, col, sign, claim in (
@@ -377,12 +409,12 @@ def add_claims(report: Report, rows: pd.DataFrame, cfg: Config, igr: pd.DataFram
         ("λ_max", "lambda_max", -1, "larger h ends with a smaller λ_max (flatter)"),
         ("test accuracy", "test_acc", +1, "larger h ends with a higher test accuracy"),
     ):  # fmt: skip
-        trend_claim(
-            report, rows[rows.run == "GD"], metric, sign, claim, "Barrett & Dherin 2021, Fig. 3",
+        out.append(trend_claim(
+            rows[rows.run == "GD"], metric, sign, claim, "Barrett & Dherin 2021, Fig. 3",
             cfg.lrs, f"main sweep (h·λ_max/2 = {stop_ratio} at the stop: outside the small-h "
             "expansion for the larger h)" if col == "grad_norm_sq" else "main sweep", col=col,
             headline=col == "test_acc",
-        )  # fmt: skip
+        ))  # fmt: skip
     if len(egr):
         gd_lo = gd[gd.lr == h_lo]
         gd_big = gd[np.isclose(gd.lr, cfg.egr_mimic_lr)]
@@ -391,7 +423,7 @@ def add_claims(report: Report, rows: pd.DataFrame, cfg: Config, igr: pd.DataFram
         e_acc, lo_acc = piv[-1.0].to_numpy(), piv[h_lo].to_numpy()
         big_acc = piv[cfg.egr_mimic_lr].to_numpy() if cfg.egr_mimic_lr in piv else lo_acc[:0]
         share = attempt(paired_ratio, e_acc, lo_acc, big_acc, lo_acc)
-        report.add_claim(
+        add(
             f"EGR at the small h={h_lo:g} with μ = (h_ℓ − h_s)/4 = {egr_coeff(cfg):.3g} is more "
             f"accurate than GD at the same h",
             "Barrett & Dherin 2021, Sec. 5 (EGR)",
@@ -402,7 +434,7 @@ def add_claims(report: Report, rows: pd.DataFrame, cfg: Config, igr: pd.DataFram
             + (f"; EGR closes {share.sentence(percent=True)} of the gap GD(h_ℓ) − GD(h_s) "
                "(paired Fieller ratio)" if hasattr(share, "ratio") else ""),
         )  # fmt: skip
-        report.add_claim(
+        add(
             f"... and recovers the test accuracy of h_ℓ = {cfg.egr_mimic_lr:g}: within ±"
             f"{100 * RECOVER_MARGIN:g} points (equivalence, TOST)",
             "Barrett & Dherin 2021, Sec. 5 (EGR)",
@@ -410,7 +442,7 @@ def add_claims(report: Report, rows: pd.DataFrame, cfg: Config, igr: pd.DataFram
         )
         for metric, name in (("lambda_max", "λ_max"), ("grad_norm_sq", "‖∇L‖²")):
             g_v, e_v = _paired(pd.concat([gd_lo, egr.assign(lr=-1.0)]), metric, h_lo, -1.0)
-            report.add_claim(
+            add(
                 f"EGR at the small h ends with a smaller {name} than GD at the same h",
                 "Barrett & Dherin 2021, Sec. 5",
                 attempt(paired_test, g_v, e_v, log=True),
@@ -418,6 +450,7 @@ def add_claims(report: Report, rows: pd.DataFrame, cfg: Config, igr: pd.DataFram
                 f"{mean_std(egr[metric].to_numpy())}, GD h={cfg.egr_mimic_lr:g}: "
                 f"{mean_std(gd_big[metric].to_numpy())}; GD over EGR, paired, log scale",
             )
+    return out
 
 
 TABLE_COLUMNS = (
@@ -449,21 +482,40 @@ def summary_rows(rows: pd.DataFrame) -> list[dict]:
     return out
 
 
-def run(scale: str, out: Path) -> Report:
-    """Run lr-sweep at ``scale`` and write its report into ``out``."""
-    cfg = select_scale(CONFIGS, scale)
-    report = Report(NAME, TITLE, scale, out, cfg, PAPER)
-    rows = ensure_runs(cfg, Path(out), NAME, scale)
-    note = rows.attrs["note"]
-    igr = ensure_igr_runs(cfg, Path(out), NAME, scale)
-    add_claims(report, rows, cfg, igr)
-    report.add_figure(
-        sweep_figure(rows, cfg),
-        "lr_sweep.png",
-        "Measures at the stopping point (train loss ≤ threshold) against the GD step h; "
-        "lines: mean over seeds, bands: ± 1 std (geometric on log axes); red star: EGR at the "
-        "smallest h with μ chosen to mimic a larger step; dashed: 2/h.",
-    )
+def figures(a: Analysis, cfg: Config) -> list[tuple[Figure, str, str]]:
+    out = [
+        (
+            sweep_figure(a.rows, cfg),
+            "lr_sweep.png",
+            "Measures at the stopping point (train loss ≤ threshold) against the GD step h; "
+            "lines: mean over seeds, bands: ± 1 std (geometric on log axes); red star: EGR at "
+            "the smallest h with μ chosen to mimic a larger step; dashed: 2/h.",
+        )
+    ]
+    if len(a.igr):
+        out.append(
+            (
+                igr_figure(a.igr, cfg),
+                "igr_small_h.png",
+                "Small-step runs: ‖∇L‖² at equal training loss (mean over the last evaluations) "
+                "against h, per seed (lines join one initialization) and the largest h·λ_max/2 "
+                "met along each trajectory.",
+            )
+        )
+    return out
+
+
+IGR_COLUMNS = (
+    "lr", "seed", "status", "stop_reason", "steps_done", "train_loss", "test_error",
+    "grad_norm_sq", "grad_norm_sq_tail", "grad_norm_sq_tail_evals", "lambda_max",
+    "lam_traj_max", "ratio_max",
+)  # fmt: skip
+
+
+def extras(report: Report, a: Analysis, cfg: Config) -> None:
+    """The tables of both sweeps, the edge-of-stability reading, the runs that missed the
+    target, and the per-run tables (``runs.csv``, :data:`IGR_TABLE`)."""
+    rows, igr = a.rows, a.igr
     report.add_table(
         summary_rows(rows),
         heading="Measures at the stopping point",
@@ -475,13 +527,6 @@ def run(scale: str, out: Path) -> Report:
         ),
     )
     if len(igr):
-        report.add_figure(
-            igr_figure(igr, cfg),
-            "igr_small_h.png",
-            "Small-step runs: ‖∇L‖² at equal training loss (mean over the last evaluations) "
-            "against h, per seed (lines join one initialization) and the largest h·λ_max/2 "
-            "met along each trajectory.",
-        )
         report.add_table(
             [
                 {
@@ -530,5 +575,13 @@ def run(scale: str, out: Path) -> Report:
             heading="Runs that missed the threshold",
         )
     report.add_data(rows[[c for c in TABLE_COLUMNS if c in rows]], "runs.csv")
-    report.add_text(note, heading="Compute")
-    return report.write()
+    if len(igr):
+        report.add_data(igr[[c for c in IGR_COLUMNS if c in igr]], IGR_TABLE)
+
+
+SPEC = Spec(NAME, TITLE, PAPER, CONFIGS, plan, analyze, claims, figures, extras, stored=stored)
+
+
+def run(scale: str, out: Path) -> Report:
+    """Run lr-sweep at ``scale`` and write its report into ``out``."""
+    return run_spec(SPEC, scale, out)
