@@ -1,14 +1,19 @@
-"""A sweep backend that runs on Ray: one Ray task per run, on this machine or a cluster.
+"""A sweep backend that runs on Ray: one Ray task per planned job, on this machine or a cluster.
 
 :func:`ray_backend` returns a :data:`~implicit_reg.engine.sweep.Backend` for
-:func:`~implicit_reg.engine.sweep.run_sweep`. Each pending config becomes one Ray
-task (``num_cpus``/``num_gpus`` each) that trains it on a worker and returns
-its :class:`~implicit_reg.engine.train.RunResult` (``group``/``task`` make one task
-of several configs instead, such as a vectorized ensemble); the results come back to the
-driver as they finish, and the driver writes them with the same atomic
+:func:`~implicit_reg.engine.sweep.run_sweep`. Each job becomes one Ray task
+(``num_cpus``/``num_gpus`` each) that trains it on a worker and returns its
+:class:`~implicit_reg.engine.record.RunResult` s. The jobs are those of the local
+default (:func:`~implicit_reg.engine.vectorized_sweep.plan_jobs`: ensembles, width
+packs and single runs, balanced for as many parallel tasks as the cluster holds) when
+``run_sweep`` vectorizes (``vectorize=None``, its default, or True: it takes the
+backend's ``vectorized`` attribute), one run per task with ``vectorize=False``
+(``group``/``task`` set other jobs). The results come back to the driver as they
+finish, and the driver writes them with the same atomic
 :class:`~implicit_reg.engine.store.ResultStore` as the local backends. So the sweep
-directory, the progress bar and resuming are the local ones, and a sweep
-started on one backend is finished by the other.
+directory, the records (``meta.json`` says how each run was trained), the progress
+bar and resuming are the local ones, and a sweep started on one backend is finished
+by the other.
 
 Where it runs: ``address=None`` starts Ray on this machine for the sweep
 (and stops it after); ``address="HOST:6379"`` (or ``"auto"``) joins a cluster
@@ -59,6 +64,7 @@ __all__ = [
     "run_each",
     "one_per_run",
     "ensemble_groups",
+    "ray_slots",
     "train_ensemble_or_each",
     "select_backend",
 ]
@@ -83,8 +89,11 @@ def import_ray():
 
 
 def run_each(configs: Sequence[RunConfig], store: ResultStore | None = None) -> list[RunResult]:
-    """The default task: :func:`implicit_reg.engine.train.run` on each config of the group
-    (mid-run checkpoints in ``store``, a path the workers share with the driver)."""
+    """The task of one run per task: each config of the group alone, in order, through
+    :func:`~implicit_reg.engine.backends.serial_backend`
+    (:func:`~implicit_reg.engine.train.train_one`: metadata, wall time, a raised error as a
+    "failed" result), with mid-run checkpoints in ``store``, a path the workers share with
+    the driver."""
     return list(serial_backend(configs, store=store))
 
 
@@ -93,29 +102,42 @@ def one_per_run(configs: Sequence[RunConfig]) -> list[list[RunConfig]]:
     return [[c] for c in configs]
 
 
-def ensemble_groups(max_members: int | None = None) -> Grouping:
-    """The grouping of ``vectorize=True``: each ensemble of
-    :func:`implicit_reg.engine.plan.plan_sweep` is one task, each other run one task."""
-    from .plan import DEFAULT_MAX_MEMBERS, plan_sweep
+def ensemble_groups(max_members: int | None = None, workers: int | None = None) -> Grouping:
+    """The grouping of ``vectorize=True``: the jobs of the local default,
+    :func:`implicit_reg.engine.vectorized_sweep.plan_jobs` (each ensemble or width pack
+    one task, each other run one task; the costliest ensemble split while that shortens
+    the sweep on ``workers`` parallel tasks). ``workers=None``: as many as the connected
+    Ray cluster runs at once (:func:`ray_slots` of one CPU per task)."""
+    from .plan import DEFAULT_MAX_MEMBERS
+    from .vectorized_sweep import plan_jobs
 
     members = DEFAULT_MAX_MEMBERS if max_members is None else max_members
 
     def group(configs: Sequence[RunConfig]) -> list[list[RunConfig]]:
-        plan = plan_sweep(configs, max_members=members)
-        return [*plan.groups, *([c] for c in plan.singles)]
+        slots = ray_slots(import_ray(), 1.0, 0.0) if workers is None else workers
+        return plan_jobs(configs, slots, max_members=members)
 
     return group
+
+
+def ray_slots(ray, num_cpus: float, num_gpus: float) -> int:
+    """How many tasks reserving ``num_cpus`` and ``num_gpus`` the connected cluster runs at
+    once (its total resources now; at least 1)."""
+    total = ray.cluster_resources()
+    fits = [total.get(k, 0.0) / need for k, need in (("CPU", num_cpus), ("GPU", num_gpus)) if need]
+    return max(1, int(min(fits, default=1)))
 
 
 def train_ensemble_or_each(
     configs: Sequence[RunConfig], store: ResultStore | None = None
 ) -> list[RunResult]:
-    """The task of ``vectorize=True``, on a worker: the group as one ensemble through
-    :func:`implicit_reg.engine.backends.vectorized_backend` (which trains the runs
-    one by one, with a warning, if they cannot be vectorized)."""
-    from .backends import vectorized_backend
+    """The task of ``vectorize=True``, on a worker: one planned job as the local default
+    trains it (:func:`implicit_reg.engine.vectorized_sweep.planned_backend`'s job): two or
+    more runs as one ensemble (:func:`~implicit_reg.engine.train.train_runs`; one by one,
+    with a warning, if they cannot be vectorized), a single run alone."""
+    from .vectorized_sweep import _train_job
 
-    return list(vectorized_backend(max_members=max(2, len(configs)))(configs, store=store))
+    return _train_job(list(configs), store)
 
 
 def _execute(
@@ -184,20 +206,24 @@ def ray_backend(
             an exception raised by the task is never retried.
         runtime_env: passed to ``ray.init`` (e.g. ``{"pip": [...]}``) when this
             backend connects; workers must be able to import ``implicit_reg``.
-        vectorize: one task per vectorized ensemble of
-            :func:`implicit_reg.engine.plan.plan_sweep` (runs that differ
-            only in lr, seed, data seed, label noise, EGR coefficient or
-            thresholds), trained on the worker as one ``torch.func``
-            computation; the other runs one task each. ``run_sweep(...,
-            vectorize=True)`` with this backend does the same (through the
-            returned backend's ``vectorized`` attribute).
+        vectorize: one task per job of the local default
+            (:func:`implicit_reg.engine.vectorized_sweep.plan_jobs`, balanced for
+            :func:`ray_slots` parallel tasks): an ensemble or width pack of
+            :func:`implicit_reg.engine.plan.plan_sweep` trained on the worker as one
+            computation, or a single run. False: one task per run. ``run_sweep``
+            decides this for the backend it is given: it trains through the returned
+            backend's ``vectorized`` attribute (this backend with
+            ``vectorize=True``) unless called with ``vectorize=False``.
         max_members: with ``vectorize``, the largest ensemble (default:
             :data:`~implicit_reg.engine.plan.DEFAULT_MAX_MEMBERS`).
         task: what a worker runs, ``configs -> results`` (one per config, in
             order); default :func:`run_each`. It must be importable on the
-            workers or picklable by value.
-        group: how the pending configs are split into tasks; default
-            :func:`one_per_run`.
+            workers or picklable by value. A backend with its own ``task`` or
+            ``group`` has ``vectorized = None``: ``run_sweep`` runs it as it is
+            (``vectorize=True`` trains the ensembles on the driver and hands it
+            the other runs, :func:`~implicit_reg.engine.backends.vectorized_backend`).
+        group: how the pending configs are split into tasks (called once Ray is
+            connected); default :func:`one_per_run`.
         poll_s: how often the driver wakes up while waiting (it is then
             interruptible by Ctrl-C).
 
@@ -227,8 +253,15 @@ def ray_backend(
         "runtime_env": runtime_env,
         "poll_s": poll_s,
     }
+    custom = task is not None or group is not None
     if vectorize:
-        task, group = train_ensemble_or_each, ensemble_groups(max_members)
+        task = train_ensemble_or_each
+        members = max_members
+
+        def group(configs: Sequence[RunConfig]) -> list[list[RunConfig]]:
+            slots = ray_slots(ray, num_cpus, num_gpus)
+            return ensemble_groups(members, slots)(configs)
+
     task = task or run_each
     group = group or one_per_run
 
@@ -243,22 +276,23 @@ def ray_backend(
                 f"runs with device {', '.join(on_gpu)} need GPUs: set num_gpus > 0 "
                 "(--num-gpus), e.g. 1, or 0.25 to share a GPU between 4 runs"
             )
-        groups = [list(g) for g in group(configs) if len(g)]
-        if sorted(c.config_hash() for g in groups for c in g) != sorted(
-            c.config_hash() for c in configs
-        ):
-            raise ValueError("group() must put every config in exactly one group")
         started = _connect(ray, address, runtime_env)
-        remote = ray.remote(_execute).options(
-            num_cpus=num_cpus,
-            num_gpus=num_gpus,
-            max_retries=max_retries,
-            retry_exceptions=False,  # a task that raises fails the same way every time
-        )
-        root = str(store.root) if store is not None else None
-        refs = {remote.remote(task, g, threads, root): g for g in groups}
-        pending = list(refs)
+        pending: list = []
         try:
+            groups = [list(g) for g in group(configs) if len(g)]  # may ask Ray its size
+            if sorted(c.config_hash() for g in groups for c in g) != sorted(
+                c.config_hash() for c in configs
+            ):
+                raise ValueError("group() must put every config in exactly one group")
+            remote = ray.remote(_execute).options(
+                num_cpus=num_cpus,
+                num_gpus=num_gpus,
+                max_retries=max_retries,
+                retry_exceptions=False,  # a task that raises fails the same way every time
+            )
+            root = str(store.root) if store is not None else None
+            refs = {remote.remote(task, g, threads, root): g for g in groups}
+            pending = list(refs)
             while pending:
                 done, pending = ray.wait(pending, num_returns=1, timeout=poll_s)
                 if done and pending:  # collect everything else that is ready too
@@ -272,10 +306,15 @@ def ray_backend(
             if started:
                 ray.shutdown()
 
-    # the same backend with vectorize=True: run_sweep(vectorize=True) takes it, so
-    # that the ensembles train on the workers rather than on the driver
+    # the same backend with vectorize=True: run_sweep (unless vectorize=False) takes it, so
+    # that the planned jobs train on the workers rather than on the driver; a custom task
+    # or grouping is kept as it is
     backend.vectorized = (  # type: ignore[attr-defined]
-        backend if vectorize else ray_backend(vectorize=True, max_members=max_members, **options)
+        None
+        if custom
+        else backend
+        if vectorize
+        else ray_backend(vectorize=True, max_members=max_members, **options)
     )
     return backend
 

@@ -340,10 +340,10 @@ def run_sweep(
             GD/SGD) widths of one family are packed into one ensemble
             (:func:`implicit_reg.engine.plan.plan_sweep`); the jobs run longest first
             on ``workers`` processes (:func:`~implicit_reg.engine.vectorized_sweep.planned_backend`).
-            False: one run at a time. With a ``backend`` given, None leaves it as it is
-            and True wraps it (:func:`vectorized_backend`; a backend with a
-            ``vectorized`` attribute, the Ray backend, is replaced by that backend,
-            which trains the ensembles where it runs). The files are the same; the
+            False: one run at a time. A given ``backend`` with a ``vectorized``
+            attribute (the Ray backend) is replaced by that backend unless False, so
+            that the same planned jobs train where it runs; another is left as it is
+            by None and wrapped by True (:func:`vectorized_backend`). The files are the same; the
             numbers agree with serial runs to rounding (float64: 1e-10 relative;
             float32 training can amplify rounding over long runs, ``docs/vectorized.md``),
             and each run's ``meta.json`` says how it was trained.
@@ -384,6 +384,8 @@ def run_sweep(
         backend = backend or (serial_backend if workers == 1 else process_pool_backend(workers))
         # a backend that places the work itself (Ray) offers `vectorized`: ensembles on its workers
         backend = getattr(backend, "vectorized", None) or vectorized_backend(backend)
+    elif vectorize is None:  # a given backend: its planned version (Ray's), or it as it is
+        backend = getattr(backend, "vectorized", None) or backend
     else:
         backend = backend or (serial_backend if workers == 1 else process_pool_backend(workers))
     shared = claimed_results(
