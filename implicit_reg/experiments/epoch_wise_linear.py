@@ -22,7 +22,10 @@ closed form :func:`~implicit_reg.experiments._linear.gd_least_squares_path`
 and the population risk Σ_i (F_ii w_i − β*_i)² + σ², split into its fast and
 slow parts. The times at which the claims are read (first minimum, bump,
 second minimum) are taken from the closed-form mean over separate pilot
-draws, so they are not selected on the seeds that are judged.
+draws, so they are not selected on the seeds that are judged. The experiment is a
+:class:`~implicit_reg.experiments._spec.Spec` that ``measure``s its curves and the pilot
+curves (no engine runs); a store-only report re-judges them from ``curves.csv`` (and
+``pilot.csv``, recomputed in closed form where an older report did not store it).
 """
 
 from __future__ import annotations
@@ -37,17 +40,11 @@ import torch
 from matplotlib.figure import Figure
 
 from implicit_reg.core.optim import GD
-from implicit_reg.report.report import (
-    Report,
-    attempt,
-    fmt,
-    mean_std,
-    plot_band,
-    select_scale,
-)
+from implicit_reg.report.report import Claim, Report, attempt, fmt, mean_std, plot_band
 from implicit_reg.stats import paired_test, peak_test
 
 from ._linear import gd_least_squares_path, group_risk, two_scale_data
+from ._spec import Spec, run_spec
 
 NAME = "epoch-wise-linear"
 TITLE = (
@@ -160,18 +157,30 @@ def bump(risk: np.ndarray, idx: tuple[int, int, int]) -> np.ndarray:
     return np.minimum(risk[:, i2] - risk[:, i1], risk[:, i2] - risk[:, i3])
 
 
-def run_all(cfg: Config) -> tuple[pd.DataFrame, dict, float]:
-    """Long table (setting, seed, step, source, fast, slow, risk) of the simulated seeds and
-    the closed form on them; the pilot read-out times per setting; simulation seconds."""
+def pilot_curves(cfg: Config) -> pd.DataFrame:
+    """The closed-form mean test risk over ``pilot_seeds`` draws not judged (seeds 1000+),
+    per setting and logged step: the curves the read-out times are taken from."""
     steps = log_steps(cfg)
-    noise2 = cfg.noise**2
-    frames, times, sim_s = [], {}, 0.0
+    frames = []
     for setting in SETTINGS:
         pilot = np.mean(
             [closed_form(draw(cfg, 1000 + s), setting, cfg, steps)["excess"] for s in range(cfg.pilot_seeds)],
             axis=0,
         )  # fmt: skip
-        times[setting] = readout_times(pilot + noise2)
+        frames.append(
+            pd.DataFrame({"setting": setting, "step": steps, "risk": pilot + cfg.noise**2})
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def run_all(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Long table (setting, seed, step, source, fast, slow, risk) of the simulated seeds and
+    the closed form on them (``attrs["sim_s"]``: the simulation's seconds), and the pilot
+    curves (:func:`pilot_curves`)."""
+    steps = log_steps(cfg)
+    noise2 = cfg.noise**2
+    frames, sim_s = [], 0.0
+    for setting in SETTINGS:
         for seed in range(cfg.seeds):
             data = draw(cfg, seed)
             t0 = time.perf_counter()
@@ -187,7 +196,9 @@ def run_all(cfg: Config) -> tuple[pd.DataFrame, dict, float]:
                         }
                     )
                 )  # fmt: skip
-    return pd.concat(frames, ignore_index=True), times, sim_s
+    df = pd.concat(frames, ignore_index=True)
+    df.attrs["sim_s"] = sim_s
+    return df, pilot_curves(cfg)
 
 
 def matrix(df: pd.DataFrame, setting: str, col: str, source: str = "simulated") -> np.ndarray:
@@ -227,74 +238,135 @@ def figure(df: pd.DataFrame, times: dict, cfg: Config) -> Figure:
     return fig
 
 
-def run(scale: str, out: Path) -> Report:
-    """Run epoch-wise-linear at ``scale`` and write its report into ``out``."""
-    cfg = select_scale(CONFIGS, scale)
-    report = Report(NAME, TITLE, scale, out, cfg, PAPER)
-    df, times, sim_s = run_all(cfg)
-    steps = np.sort(df.step.unique())
+@dataclasses.dataclass(frozen=True)
+class Analysis:
+    """The curves (one row per setting, seed, logged step and source), the pilot curves,
+    the read-out indices (first minimum, bump, second minimum) per setting taken from the
+    pilot, and the largest relative difference of simulated and closed-form risk."""
+
+    curves: pd.DataFrame
+    pilot: pd.DataFrame
+    times: dict[str, tuple[int, int, int]]
+    rel: float
+    sim_s: float | None  # GD simulation seconds; None when read back from a stored table
+    pilot_recomputed: bool  # the stored report had no pilot.csv: recomputed (closed form)
+
+    @property
+    def steps(self) -> np.ndarray:
+        return np.sort(self.curves.step.unique())
+
+    def bump(self, setting: str) -> np.ndarray:
+        return bump(matrix(self.curves, setting, "risk"), self.times[setting])
+
+
+def analyze(tables: tuple[pd.DataFrame, pd.DataFrame], cfg: Config) -> Analysis:
+    """Read-out times from the pilot curves (recomputed in closed form when a stored report
+    has none), and the check of the simulation against the closed form."""
+    df, pilot = tables
+    recomputed = not len(pilot)
+    if recomputed:
+        pilot = pilot_curves(cfg)
+    times = {
+        setting: readout_times(pilot[pilot.setting == setting].sort_values("step").risk.to_numpy())
+        for setting in SETTINGS
+    }
     sim, cf = (
         df[df.source == s].sort_values(["setting", "seed", "step"])
         for s in ("simulated", "closed form")
     )
     rel = float(np.max(np.abs(sim.risk.to_numpy() - cf.risk.to_numpy()) / cf.risk.to_numpy()))
-    check = "agree to float64 round-off" if rel < 1e-6 else "**differ: a bug**"
+    return Analysis(df, pilot, times, rel, df.attrs.get("sim_s"), recomputed)
+
+
+def claims(a: Analysis, cfg: Config) -> list[Claim]:
+    """The epoch-wise bump at the pilot's times, its fast/slow mechanism, and its removal by
+    per-group step sizes."""
+    df, steps, plain, remedy = a.curves, a.steps, "plain GD", "per-group step sizes"
+    i1, i2, i3 = a.times[plain]
+    t1, t2, t3 = (int(steps[i]) for i in (i1, i2, i3))
+    risk = matrix(df, plain, "risk")
+    fast, slow = matrix(df, plain, "fast"), matrix(df, plain, "slow")
+    b_plain, b_remedy = a.bump(plain), a.bump(remedy)
+    r_end = matrix(df, remedy, "risk")[:, -1]
+    # the read-out times come from pilot draws, not the ones tested: the peak is located
+    # before it is tested
+    return [
+        Claim(
+            "The test risk against GD time falls, rises, then falls again (epoch-wise double "
+            "descent)",
+            "Pezeshki et al. 2022, Fig. 1–2",
+            (attempt(peak_test, risk[:, [i1, i2, i3]], at=1),),
+            context=f"test risk at t = {t1:,} (first minimum): {mean_std(risk[:, i1])}; t = "
+            f"{t2:,} (bump): {mean_std(risk[:, i2])}; t = {t3:,} (second minimum): "
+            f"{mean_std(risk[:, i3])}; the three times were read off pilot draws, not the draws "
+            "tested",
+            headline=True,
+        ),
+        Claim(
+            "The bump is the fast features overfitting (their excess risk rises from t₁ to t₂); "
+            "the second descent is the slow features being learned (theirs falls from t₂ to t₃)",
+            "Pezeshki et al. 2022, Sec. 3 and Fig. 1 (top)",
+            (
+                attempt(paired_test, fast[:, i2], fast[:, i1]),
+                attempt(paired_test, slow[:, i2], slow[:, i3]),
+            ),
+        ),
+        Claim(
+            f"Per-group step sizes (η·κ² = {cfg.kappa**2:g}η on the slow weights) shrink the bump",
+            "Heckel & Yilmaz 2021, Sec. 3–4",
+            (attempt(paired_test, b_plain, b_remedy),),
+            context=f"bump height min(R(t₂) − R(t₁), R(t₂) − R(t₃)): plain GD "
+            f"{mean_std(b_plain)}, per-group {mean_std(b_remedy)} (its read-out steps "
+            f"{', '.join(f'{int(steps[i]):,}' for i in a.times[remedy])}); final test risk plain "
+            f"{mean_std(risk[:, -1])}, per-group {mean_std(r_end)}",
+        ),
+    ]
+
+
+def figures(a: Analysis, cfg: Config) -> list[tuple[Figure, str, str]]:
+    return [
+        (
+            figure(a.curves, a.times, cfg),
+            "epoch_wise_linear.png",
+            "Test risk against GD steps (log axis), simulated with the package's GD (dots, mean "
+            "± std over draws) and the closed form (black line); dashed: the excess risk of the "
+            "fast and of the slow block. Left: one step size; right: κ² times the step on the "
+            "slow weights. Grey: the read-out times of the claims (first minimum, bump, second "
+            "minimum).",
+        )
+    ]
+
+
+def extras(report: Report, a: Analysis, cfg: Config) -> None:
+    """The check against the closed form, the read-out table and the reading."""
+    df, steps = a.curves, a.steps
+    if a.pilot_recomputed:  # a stored report without its pilot curves: keep them now
+        report.add_data(a.pilot, "pilot.csv")
+    check = "agree to float64 round-off" if a.rel < 1e-6 else "**differ: a bug**"
+    stored = (
+        "; here read back from `curves.csv`, stored to 8 significant digits, so the full-"
+        "precision check is that of the report which computed it"
+        if a.sim_s is None
+        else ""
+    )
+    recomputed = (
+        " The pilot curves (`pilot.csv`) were not stored with the table; they were recomputed "
+        "in closed form from the config (no GD simulation)."
+        if a.pilot_recomputed
+        else ""
+    )
     report.add_text(
         "GD from zero on least squares follows its closed form in the eigenbasis, "
         "w_t = V diag((1 − (1 − ηλ)^t)/λ) Vᵀ Xᵀy/n (Pezeshki et al. 2022, Sec. 3): the largest "
         f"relative difference of the test risk, package GD against the closed form, over "
-        f"{len(sim):,} (draw, setting, step) points is {rel:.1e}; they {check} (a deterministic "
-        "check of the code, not a claim of the paper).",
+        f"{len(df) // 2:,} (draw, setting, step) points is {a.rel:.1e}; they {check} (a "
+        f"deterministic check of the code, not a claim of the paper{stored}).{recomputed}",
         heading="Check: the simulation against the closed form",
-    )
-    plain = "plain GD"
-    i1, i2, i3 = times[plain]
-    t1, t2, t3 = (int(steps[i]) for i in (i1, i2, i3))
-    risk = matrix(df, plain, "risk")
-    # the read-out times come from pilot draws, not the ones tested: the peak is located
-    # before it is tested
-    report.add_claim(
-        "The test risk against GD time falls, rises, then falls again (epoch-wise double descent)",
-        "Pezeshki et al. 2022, Fig. 1–2",
-        attempt(peak_test, risk[:, [i1, i2, i3]], at=1),
-        context=f"test risk at t = {t1:,} (first minimum): {mean_std(risk[:, i1])}; t = {t2:,} "
-        f"(bump): {mean_std(risk[:, i2])}; t = {t3:,} (second minimum): {mean_std(risk[:, i3])}; "
-        "the three times were read off pilot draws, not the draws tested",
-        headline=True,
-    )
-    fast, slow = matrix(df, plain, "fast"), matrix(df, plain, "slow")
-    report.add_claim(
-        "The bump is the fast features overfitting (their excess risk rises from t₁ to t₂); the "
-        "second descent is the slow features being learned (theirs falls from t₂ to t₃)",
-        "Pezeshki et al. 2022, Sec. 3 and Fig. 1 (top)",
-        attempt(paired_test, fast[:, i2], fast[:, i1]),
-        attempt(paired_test, slow[:, i2], slow[:, i3]),
-    )
-    remedy = "per-group step sizes"
-    b_plain = bump(risk, times[plain])
-    b_remedy = bump(matrix(df, remedy, "risk"), times[remedy])
-    r_end = matrix(df, remedy, "risk")[:, -1]
-    report.add_claim(
-        f"Per-group step sizes (η·κ² = {cfg.kappa**2:g}η on the slow weights) shrink the bump",
-        "Heckel & Yilmaz 2021, Sec. 3–4",
-        attempt(paired_test, b_plain, b_remedy),
-        context=f"bump height min(R(t₂) − R(t₁), R(t₂) − R(t₃)): plain GD {mean_std(b_plain)}, "
-        f"per-group {mean_std(b_remedy)} (its read-out steps "
-        f"{', '.join(f'{int(steps[i]):,}' for i in times[remedy])}); final test risk plain "
-        f"{mean_std(risk[:, -1])}, per-group {mean_std(r_end)}",
-    )
-    report.add_figure(
-        figure(df, times, cfg),
-        "epoch_wise_linear.png",
-        "Test risk against GD steps (log axis), simulated with the package's GD (dots, mean ± "
-        "std over draws) and the closed form (black line); dashed: the excess risk of the fast "
-        "and of the slow block. Left: one step size; right: κ² times the step on the slow "
-        "weights. Grey: the read-out times of the claims (first minimum, bump, second minimum).",
     )
     table = []
     for setting in SETTINGS:
         r = matrix(df, setting, "risk")
-        for name, i in zip(("first minimum", "bump", "second minimum"), times[setting]):
+        for name, i in zip(("first minimum", "bump", "second minimum"), a.times[setting]):
             table.append({"setting": setting, "read-out": name, "step t": int(steps[i]),
                           "test risk": mean_std(r[:, i]),
                           "fast excess": mean_std(matrix(df, setting, "fast")[:, i]),
@@ -318,8 +390,23 @@ def run(scale: str, out: Path) -> Report:
         "per-group step sizes change the path, not the end point. Heckel & Yilmaz's two-layer "
         "ReLU network, in the configuration of their notebook, is run in `epoch-wise-network`; "
         "the linear model above is their Sec. 3 mechanism with the remedy in closed form. "
-        f"GD simulation time: {sim_s:.1f} s.",
+        + (
+            f"GD simulation time: {a.sim_s:.1f} s."
+            if a.sim_s is not None
+            else "GD simulation time: that of the report which computed `curves.csv`."
+        ),
         heading="Reading",
     )
-    report.add_data(df, "curves.csv")
-    return report.write()
+
+
+SPEC = Spec(
+    NAME, TITLE, PAPER, CONFIGS, None, analyze, claims, figures, extras,
+    measure=run_all, measured=("curves.csv", "pilot.csv"),
+)  # fmt: skip
+
+
+def run(scale: str, out: Path) -> Report:
+    """Run epoch-wise-linear at ``scale`` and write its report into ``out`` (a store-only
+    report re-judges the stored ``curves.csv``; the pilot curves are read from ``pilot.csv``
+    or, absent, recomputed in closed form)."""
+    return run_spec(SPEC, scale, out)
