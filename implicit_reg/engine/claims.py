@@ -321,18 +321,15 @@ def _stamp(store: ResultStore, config: RunConfig) -> int | None:
         return None
 
 
-def _jobs(configs: Sequence[RunConfig], grouped: bool) -> list[list[RunConfig]]:
-    """The jobs of the default backend, longest first (:func:`plan_sweep`, :func:`job_cost`),
-    or one job per run."""
+def _jobs(configs: Sequence[RunConfig], grouped: bool, workers: int) -> list[list[RunConfig]]:
+    """The jobs of the default backend on ``workers`` workers, longest first
+    (:func:`~implicit_reg.engine.vectorized_sweep.plan_jobs`: the costliest ensemble split
+    while that shortens the sweep), or one job per run."""
     if not grouped:
         return [[c] for c in configs]
-    from .plan import plan_sweep
-    from .vectorized_sweep import job_cost
+    from .vectorized_sweep import plan_jobs
 
-    plan = plan_sweep(configs)
-    jobs = [list(g) for g in plan.groups] + [[c] for c in plan.singles]
-    jobs.sort(key=job_cost, reverse=True)
-    return jobs
+    return plan_jobs(configs, workers)
 
 
 def claimed_results(
@@ -350,8 +347,9 @@ def claimed_results(
     """The backend's results for the pending runs that no other sweep is training.
 
     The runs are cut into jobs (``grouped``: the ensembles and single runs of
-    :func:`~implicit_reg.engine.plan.plan_sweep`, longest first); up to ``at_once`` jobs
-    (None: all) are claimed, all members or none, handed to ``backend`` together, and each
+    :func:`~implicit_reg.engine.vectorized_sweep.plan_jobs` for ``at_once`` workers, longest
+    first); up to ``at_once`` jobs (None: all) are claimed, all members or none, handed to
+    ``backend`` together (which plans their runs again), and each
     run's claim is released once the caller has stored its result (when the generator is
     resumed). Runs held by other live sweeps are left to them; when nothing else is left,
     this waits (looking every ``poll_s`` seconds) until they are stored or their owner
@@ -379,7 +377,7 @@ def claimed_results(
         stale_s=STALE_S if stale_s is None else stale_s,
     )
     poll_s = POLL_S if poll_s is None else poll_s
-    jobs = _jobs(pending, grouped)
+    jobs = _jobs(pending, grouped, at_once or 1)
     try:
         while jobs:
             taken: list[list[RunConfig]] = []
