@@ -50,11 +50,12 @@ def sweep_runs(
     retry_failed: bool = False,
     progress: bool = True,
     backend: Backend | None = None,
-    vectorize: bool = False,
+    vectorize: bool | None = None,
 ) -> SweepReport:
     """The plain function behind the command (tests call it directly); ``backend``
     overrides ``workers`` (e.g. :func:`implicit_reg.engine.ray_backend.ray_backend`);
-    ``vectorize`` trains groups of runs as ensembles (:mod:`implicit_reg.engine.plan`)."""
+    ``vectorize`` as in :func:`~implicit_reg.engine.sweep.run_sweep` (None, the default:
+    the planned jobs of :mod:`implicit_reg.engine.plan`; False: one run at a time)."""
     from ..engine.sweep import run_sweep
 
     spec = build_spec(file, sets, grids)
@@ -92,7 +93,7 @@ def sweep(
         "local",
         "--backend",
         help="local (this machine, --workers processes) or ray (one Ray "
-        "task per run, here or on a cluster; needs the ray extra, see docs/ray.md).",
+        "task per planned job, here or on a cluster; needs the ray extra, see docs/ray.md).",
     ),
     ray_address: str | None = typer.Option(
         None,
@@ -100,23 +101,24 @@ def sweep(
         help="Ray cluster to join (HOST:6379 or auto); default: start "
         "Ray on this machine for the sweep.",
     ),
-    num_cpus: float = typer.Option(1.0, "--num-cpus", help="Ray: CPUs per run."),
+    num_cpus: float = typer.Option(1.0, "--num-cpus", help="Ray: CPUs per task."),
     num_gpus: float = typer.Option(
-        0.0, "--num-gpus", help="Ray: GPUs per run (0.25: four runs share a GPU)."
+        0.0, "--num-gpus", help="Ray: GPUs per task (0.25: four tasks share a GPU)."
     ),
     max_retries: int = typer.Option(
-        3, "--max-retries", help="Ray: reruns of a run whose worker died."
+        3, "--max-retries", help="Ray: reruns of a task whose worker died."
     ),
     vectorize: bool = typer.Option(
         True,
         "--vectorize/--no-vectorize",
-        help="Train runs that differ only in lr, seed, "
-        "data seed, label noise, EGR coefficient or stopping thresholds as one torch.func "
-        "ensemble (the same files; meta.json says how each run was trained). The numbers "
-        "equal serial runs to rounding: in float64 to 1e-13 over 100 steps, in float32 the "
-        "typical loss to 1e-7 but the largest steps (SGD lr 0.5, momentum 0.9) drift by "
-        "up to 7e-2 after 100 steps (docs/vectorized.md). --no-vectorize trains every run "
-        "alone.",
+        help="Plan the sweep (the default): runs that differ only in lr, seed, data seed, "
+        "label noise, EGR coefficient or stopping thresholds train as one ensemble "
+        "(MLP and random features under GD/SGD: also momentum, weight decay, and widths "
+        "packed together), at most 64 members; the jobs run longest first on the "
+        "--workers processes or as Ray tasks. The files are the same (meta.json says "
+        "how each run was trained); the numbers equal serial runs to rounding (float64: "
+        "1e-10 relative), and float32 training can amplify rounding over long runs "
+        "(docs/vectorized.md). --no-vectorize trains every run alone, one per task.",
     ),
 ) -> None:
     """Run every point of a grid (Cartesian product); rerunning resumes where it stopped.
