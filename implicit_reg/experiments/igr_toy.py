@@ -18,7 +18,10 @@ What is run: from several initial points near (2.8, 3.5) (one per seed), GD
 E and the flow of Ẽ (∇Ẽ from ``implicit_reg.core.modified_gradient``), both with
 ``solve_ivp`` (DOP853, float64). At each end point we measure ‖∇E‖², λ_max
 (2×2 Hessian from the package's ``grad_and_hvp``, cross-checked against
-``torch.func.hessian``) and ‖θ‖; and we sweep h.
+``torch.func.hessian``) and ‖θ‖; and we sweep h. The experiment is a
+:class:`~implicit_reg.experiments._spec.Spec` that ``measure``s its end points and
+trajectories (no engine runs); a store-only report re-judges them from
+``endpoints.csv`` and ``trajectories.csv``.
 """
 
 from __future__ import annotations
@@ -33,16 +36,11 @@ import torch
 from matplotlib.figure import Figure
 
 from implicit_reg.core.hvp import grad_and_hvp
-from implicit_reg.report.report import (
-    Report,
-    attempt,
-    mean_std,
-    plot_band,
-    select_scale,
-)
+from implicit_reg.report.report import Claim, Report, attempt, mean_std, plot_band
 from implicit_reg.stats import paired_test, trend_test
 
 from ._flows import gd_iterates, gradient_flow
+from ._spec import Spec, run_spec
 
 NAME = "igr-toy"
 TITLE = "IGR on a two-parameter model: GD lands on flatter, lower-norm minima than gradient flow"
@@ -340,100 +338,126 @@ def grad_norm_figure(paths: pd.DataFrame, cfg: Config) -> Figure:
 # --------------------------------------------------------------------------- report
 
 
-def run(scale: str, out: Path) -> Report:
-    """Run igr-toy at ``scale`` and write its report into ``out``."""
-    cfg = select_scale(CONFIGS, scale)
-    report = Report(NAME, TITLE, scale, out, cfg, PAPER)
-    ends, paths = simulate(cfg)
-    report.add_data(ends, "endpoints.csv")
-    report.add_data(paths, "trajectories.csv")
+@dataclasses.dataclass(frozen=True)
+class Analysis:
+    """One row per (seed, h, method) of end-point metrics (``ends``) and the kept
+    trajectory points at h_small and h_moderate (``paths``)."""
 
-    def at(h, method, col):
-        return ends[(ends.h == h) & (ends.method == method)].sort_values("seed")[col].to_numpy()
+    ends: pd.DataFrame
+    paths: pd.DataFrame
 
-    hm, hs = cfg.h_moderate, cfg.h_small
-    gd_norm, gf_norm, mf_norm = (at(hm, m, "norm") for m in ("GD", "flow of E", "flow of Ẽ"))
-    gd_lam, gf_lam = at(hm, "GD", "lambda_max"), at(hm, "flow of E", "lambda_max")
-    report.add_claim(
-        f"Moderate-h GD lands on lower-norm (‖θ‖) and flatter (λ_max) minima than gradient "
-        f"flow (h = {hm:g})",
-        "Barrett & Dherin 2021, Sec. 4: GD ends closer to the flat, minimum-norm minimum",
-        attempt(paired_test, gf_norm, gd_norm),
-        attempt(paired_test, gf_lam, gd_lam),
-        context=f"‖θ‖: GD {mean_std(gd_norm)}, flow of E {mean_std(gf_norm)}; λ_max: GD "
-        f"{mean_std(gd_lam)}, flow of E {mean_std(gf_lam)} (flattest: {2 * cfg.x * cfg.y:g}); "
-        f"tests: flow − GD, paired over {cfg.seeds} initial points",
-        headline=True,
-    )
-    devs = [(h, at(h, "GD", "max_dev_from_flow_E"), at(h, "GD", "max_dev_from_flow_Emod"))
-            for h in (hs, hm)]  # fmt: skip
-    report.add_claim(
-        "GD follows the flow of Ẽ = E + (h/4)‖∇E‖² more closely than the flow of E, "
-        f"at h = {hs:g} and {hm:g}",
-        "Barrett & Dherin 2021: local error O(h³) against Ẽ, O(h²) against E",
-        *(attempt(paired_test, de, dm) for _, de, dm in devs),
-        context="; ".join(
-            f"h = {h:g}: max ‖θ_k − θ(kh)‖ to E {mean_std(de)}, to Ẽ {mean_std(dm)}"
-            for h, de, dm in devs
-        ),
-    )
-    gd_ends = ends[ends.method == "GD"]
+    def at(self, h: float, method: str, col: str) -> np.ndarray:
+        """``col`` at the end point of ``method`` at step ``h``, ordered by seed."""
+        e = self.ends
+        return e[(e.h == h) & (e.method == method)].sort_values("seed")[col].to_numpy()
+
+
+def analyze(tables: tuple[pd.DataFrame, pd.DataFrame], cfg: Config) -> Analysis:
+    return Analysis(*tables)
+
+
+def flatter_with_h(a: Analysis) -> Claim:
+    """The larger h, the flatter GD's end point: a trend test on −λ_max over h."""
+    gd_ends = a.ends[a.ends.method == "GD"]
     sweep = gd_ends.groupby("h")["lambda_max"].mean()
     piv = gd_ends.pivot_table(index="seed", columns="h", values="lambda_max")
-    monotone = report.add_claim(
+    return Claim(
         "The larger h, the flatter the minimum GD reaches (λ_max falls with h)",
         "Barrett & Dherin 2021: the implicit regularization strength h/4 grows with h",
-        attempt(trend_test, piv.columns.to_numpy(), -piv.to_numpy()),
+        (attempt(trend_test, piv.columns.to_numpy(), -piv.to_numpy()),),
         context="mean λ_max of GD's end point: "
         + ", ".join(f"{lam:.3f} (h = {h:g})" for h, lam in sweep.items())
         + "; the test is on −λ_max",
     )
-    report.add_figure(
-        phase_space_figure(paths, cfg),
-        "phase_space.png",
-        "Phase space: GD iterates (dots), gradient flow of E (dashed) and of the modified loss Ẽ "
-        "(solid); black line: the minima ab = 0.6; star: the minimum-norm, flattest minimum.",
-    )
-    table = []
-    for h in (hs, hm):
-        for method in COLORS:
-            table.append(
-                {
-                    "h": h,
-                    "method": method,
-                    "‖∇E‖² at end": mean_std(at(h, method, "grad_norm_sq"), 2),
-                    "λ_max at end": mean_std(at(h, method, "lambda_max")),
-                    "‖θ‖ at end": mean_std(at(h, method, "norm")),
-                    "ab at end": mean_std(at(h, method, "ab")),
-                }
-            )
+
+
+def claims(a: Analysis, cfg: Config) -> list[Claim]:
+    """GD ends flatter and at a lower norm than the flow; it follows the flow of Ẽ more
+    closely than that of E; the larger h, the flatter."""
+    hm, hs, at = cfg.h_moderate, cfg.h_small, a.at
+    gd_norm, gf_norm = at(hm, "GD", "norm"), at(hm, "flow of E", "norm")
+    gd_lam, gf_lam = at(hm, "GD", "lambda_max"), at(hm, "flow of E", "lambda_max")
+    devs = [(h, at(h, "GD", "max_dev_from_flow_E"), at(h, "GD", "max_dev_from_flow_Emod"))
+            for h in (hs, hm)]  # fmt: skip
+    return [
+        Claim(
+            f"Moderate-h GD lands on lower-norm (‖θ‖) and flatter (λ_max) minima than gradient "
+            f"flow (h = {hm:g})",
+            "Barrett & Dherin 2021, Sec. 4: GD ends closer to the flat, minimum-norm minimum",
+            (attempt(paired_test, gf_norm, gd_norm), attempt(paired_test, gf_lam, gd_lam)),
+            context=f"‖θ‖: GD {mean_std(gd_norm)}, flow of E {mean_std(gf_norm)}; λ_max: GD "
+            f"{mean_std(gd_lam)}, flow of E {mean_std(gf_lam)} (flattest: "
+            f"{2 * cfg.x * cfg.y:g}); tests: flow − GD, paired over {cfg.seeds} initial points",
+            headline=True,
+        ),
+        Claim(
+            "GD follows the flow of Ẽ = E + (h/4)‖∇E‖² more closely than the flow of E, "
+            f"at h = {hs:g} and {hm:g}",
+            "Barrett & Dherin 2021: local error O(h³) against Ẽ, O(h²) against E",
+            tuple(attempt(paired_test, de, dm) for _, de, dm in devs),
+            context="; ".join(
+                f"h = {h:g}: max ‖θ_k − θ(kh)‖ to E {mean_std(de)}, to Ẽ {mean_std(dm)}"
+                for h, de, dm in devs
+            ),
+        ),
+        flatter_with_h(a),
+    ]
+
+
+def figures(a: Analysis, cfg: Config) -> list[tuple[Figure, str, str]]:
+    return [
+        (
+            phase_space_figure(a.paths, cfg),
+            "phase_space.png",
+            "Phase space: GD iterates (dots), gradient flow of E (dashed) and of the modified "
+            "loss Ẽ (solid); black line: the minima ab = 0.6; star: the minimum-norm, flattest "
+            "minimum.",
+        ),
+        (
+            sweep_figure(a.ends, cfg),
+            "endpoints_vs_h.png",
+            "Sharpness and norm of the end point against h, as a change against the flow of E "
+            "from the same initial point (the flow of E does not depend on h; absolute values "
+            "in the table and in endpoints.csv).",
+        ),
+        (
+            grad_norm_figure(a.paths, cfg),
+            "grad_norm_path.png",
+            f"‖∇E‖² along the trajectories at h = {cfg.h_moderate:g} (geometric mean ± std over "
+            "initial points): GD's first steps cut ‖∇E‖² fastest; later every run converges at "
+            "a rate set by the curvature of the minimum it approaches, slower for the flatter "
+            "ones.",
+        ),
+    ]
+
+
+def extras(report: Report, a: Analysis, cfg: Config) -> None:
+    """The end-point table and the reading."""
+    hm, hs, at, ends = cfg.h_moderate, cfg.h_small, a.at, a.ends
     check = float(np.nanmax(np.abs(ends.lambda_max - ends.lambda_max_check)))
     closed = float(np.nanmax(np.abs(ends.lambda_max - cfg.x**2 * ends.norm**2)))
     report.add_table(
-        table,
+        [
+            {
+                "h": h,
+                "method": method,
+                "‖∇E‖² at end": mean_std(at(h, method, "grad_norm_sq"), 2),
+                "λ_max at end": mean_std(at(h, method, "lambda_max")),
+                "‖θ‖ at end": mean_std(at(h, method, "norm")),
+                "ab at end": mean_std(at(h, method, "ab")),
+            }
+            for h in (hs, hm)
+            for method in COLORS
+        ],
         heading="End points",
         caption=(
             f"End points at T = {cfg.t_end:g}, mean ± std over {cfg.seeds} initial points "
-            f"(uniform in ({cfg.init_center[0]:g}, {cfg.init_center[1]:g}) ± {cfg.init_halfwidth:g}). "
-            "λ_max is the top eigenvalue of the 2×2 Hessian built from the package's "
-            f"`grad_and_hvp`; it agrees with `torch.func.hessian` to {check:.1e}, and with the "
-            f"closed form x²‖θ‖² on the minima to {closed:.1e}. The flows of Ẽ and GD reach "
-            "points on the hyperbola too (‖∇E‖² ≈ 0): they differ in *which* minimum."
+            f"(uniform in ({cfg.init_center[0]:g}, {cfg.init_center[1]:g}) ± "
+            f"{cfg.init_halfwidth:g}). λ_max is the top eigenvalue of the 2×2 Hessian built from "
+            f"the package's `grad_and_hvp`; it agrees with `torch.func.hessian` to {check:.1e}, "
+            f"and with the closed form x²‖θ‖² on the minima to {closed:.1e}. The flows of Ẽ and "
+            "GD reach points on the hyperbola too (‖∇E‖² ≈ 0): they differ in *which* minimum."
         ),
-    )
-    report.add_figure(
-        sweep_figure(ends, cfg),
-        "endpoints_vs_h.png",
-        "Sharpness and norm of the end point against h, as a change against the flow of E from "
-        "the same initial point (the flow of E does not depend on h; absolute values in the "
-        "table and in endpoints.csv).",
-    )
-    report.add_figure(
-        grad_norm_figure(paths, cfg),
-        "grad_norm_path.png",
-        f"‖∇E‖² along the trajectories at h = {hm:g} (geometric mean ± std over initial "
-        "points): GD's first steps cut ‖∇E‖² fastest; later every run converges at a rate set by "
-        "the curvature of the minimum it approaches, slower for the flatter ones.",
     )
     first = ends[(ends.method == "GD") & (ends.h == hm)]
     r0 = float(np.mean(np.abs(cfg.y - first.a0 * first.b0 * cfg.x)))
@@ -460,9 +484,20 @@ def run(scale: str, out: Path) -> Report:
         "backward-error series carry the rest of the implicit regularization. "
         + (
             "The end-point sharpness falls with h beyond the noise (the trend claim above)."
-            if monotone.verdict == "reproduced"
+            if flatter_with_h(a).verdict == "reproduced"
             else "The end-point sharpness does not fall with h beyond the noise (see the figure)."
         ),
         heading="Reading",
     )
-    return report.write()
+
+
+SPEC = Spec(
+    NAME, TITLE, PAPER, CONFIGS, None, analyze, claims, figures, extras,
+    measure=simulate, measured=("endpoints.csv", "trajectories.csv"),
+)  # fmt: skip
+
+
+def run(scale: str, out: Path) -> Report:
+    """Run igr-toy at ``scale`` and write its report into ``out`` (a store-only report
+    re-judges the stored ``endpoints.csv`` and ``trajectories.csv``)."""
+    return run_spec(SPEC, scale, out)
