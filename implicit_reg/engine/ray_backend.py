@@ -2,8 +2,8 @@
 
 :func:`ray_backend` returns a :data:`~implicit_reg.engine.sweep.Backend` for
 :func:`~implicit_reg.engine.sweep.run_sweep`. Each job becomes one Ray task
-(``num_cpus``/``num_gpus`` each) that trains it on a worker and returns its
-:class:`~implicit_reg.engine.record.RunResult` s. The jobs are those of the local
+(``num_cpus``/``num_gpus`` each) that trains it on a worker and returns a
+:class:`~implicit_reg.engine.record.RunResult` per run. The jobs are those of the local
 default (:func:`~implicit_reg.engine.vectorized_sweep.plan_jobs`: ensembles, width
 packs and single runs, balanced for as many parallel tasks as the cluster holds) when
 ``run_sweep`` vectorizes (``vectorize=None``, its default, or True: it takes the
