@@ -98,7 +98,8 @@ def plan_rows(spec: Spec, cfg: Any, scale: str, out: Path) -> pd.DataFrame:
     """The summaries of the planned runs: trained now if missing from the store (the
     borrowed experiment's, ``out/../<borrows>/sweep``, or ``out/sweep``); in a
     store-only report with no store, the per-run table an earlier report wrote into
-    ``out`` (:func:`~implicit_reg.experiments._sweeps.stored_table`)."""
+    ``out`` (:func:`~implicit_reg.experiments._sweeps.stored_table`), or ``spec.stored``'s;
+    with ``Plan.also``, each part with no store the table its owner's report wrote."""
     plan = spec.plan(cfg)
     parts = []
     for part in (plan, *plan.also):
@@ -107,6 +108,9 @@ def plan_rows(spec: Spec, cfg: Any, scale: str, out: Path) -> pd.DataFrame:
             list(part.runs), sweep_dir(Path(out), owner, spec.name), workers=workers_for(scale)
         )
         if plan.also:
+            store = sweep_dir(Path(out), owner, spec.name)
+            if not len(rows) and (table := stored_table(store.parent)) is not None:
+                rows = table  # no store of this part: the per-run table its owner's report wrote
             rows["borrowed"] = owner
         parts.append(rows)
     if len(parts) > 1:

@@ -39,8 +39,12 @@ Every run is one engine run (``implicit_reg.engine.train.run``) in a resumable
 sweep; at the end it logs train/test error and loss, ‖θ‖, ‖θ − θ₀‖, ‖∇L‖²
 and, on every third MNIST-1D width, the probes λ_max, tr H, ε-sharpness and
 geometric complexity (read again by ``generalization-measures``).
-``double-descent-epochs`` and ``sample-wise`` keep their runs in this
-experiment's sweep directory.
+``double-descent-epochs``, ``sample-wise`` and ``generalization-measures``
+borrow this experiment's run store (``Plan(borrows="double-descent-width")``).
+The experiment is a :class:`~implicit_reg.experiments._spec.Spec` (``plan``, a
+typed ``analyze``: :class:`Analysis`, :class:`SettingPeaks`, :class:`EmcMaps`;
+``claims``; ``extras``, which draws the figures beside their tables) run by
+``run_spec``.
 """
 
 from __future__ import annotations
@@ -55,17 +59,18 @@ from matplotlib.figure import Figure
 
 from implicit_reg.engine.config import RunConfig
 from implicit_reg.report.report import (
+    Claim,
     Report,
     Untested,
     attempt,
     fmt,
     markdown_table,
     mean_std,
-    select_scale,
 )
 from implicit_reg.stats import equivalence_test, welch_test
 from implicit_reg.workloads.data import load_dataset
 
+from ._spec import Plan, Spec, run_spec
 from ._sweeps import (
     MEASURE_PROBES,
     Peak,
@@ -75,12 +80,9 @@ from ._sweeps import (
     highest_bump,
     load_history,
     peak_of,
-    run_configs,
     seed_band,
-    store_only,
-    sweep_dir,
+    stored_table,
     tidy_log_axes,
-    workers_for,
 )
 
 NAME = "double-descent-width"
@@ -234,65 +236,50 @@ def setting_configs(cfg: Config, key: str) -> list[RunConfig]:
     return [setting.run_config(w, s, noise) for w in setting.widths for s in range(cfg.seeds)]
 
 
-def ensure_runs(
-    cfg: Config, out: Path, name: str, scale: str, settings: tuple[str, ...] | None = None
-) -> dict[str, pd.DataFrame]:
-    """Summaries per setting key (trained now if missing from the sweep directory);
-    ``settings`` None: all of ``cfg.keys()``. A store-only report
-    (``IMPLICIT_REG_STORE_ONLY=1``) with no run store but this experiment's
-    ``runs.csv`` (the per-run table its report wrote, in ``out`` or, for another
-    experiment, in ``out/../double-descent-width``) reads that table instead: the
-    claims are re-judged, nothing is trained."""
-    table = (Path(out) if name == NAME else Path(out).parent / NAME) / "runs.csv"
-    if store_only() and not (sweep_dir(out, NAME, name) / "runs").is_dir() and table.is_file():
-        return stored_runs(cfg, table, settings)
-    configs: dict[str, list[RunConfig]] = {}
-    for key in cfg.keys() if settings is None else settings:
-        if key == "mnist" and mnist_available() is not None:
-            continue
-        configs[key] = setting_configs(cfg, key)
-    everything = [c for cs in configs.values() for c in cs]
-    rows = run_configs(everything, sweep_dir(out, NAME, name), workers=workers_for(scale))
-    by_hash = rows.set_index("config_hash")
-    out_rows = {}
-    for key, cs in configs.items():
-        # every config, or (store-only reports) those already finished
-        r = by_hash.loc[[c.config_hash() for c in cs if c.config_hash() in by_hash.index]]
-        r = r.reset_index()
-        if not len(r) or r.width.nunique() < len(cfg.setting(key).widths):
-            continue  # store-only: not every width of this setting has finished yet
-        r["setting"] = cfg.setting(key).label
-        r.attrs["note"] = rows.attrs["note"]
-        out_rows[key] = r
-    if not out_rows:
-        raise ValueError(f"no finished runs of {name} in {sweep_dir(out, NAME, name)}")
-    return out_rows
+def plan(cfg: Config) -> Plan:
+    """Every width × seed of each setting (MNIST only when it can be loaded), in this
+    experiment's own store."""
+    keys = [k for k in cfg.keys() if k != "mnist" or mnist_available() is None]
+    return Plan(tuple(c for k in keys for c in setting_configs(cfg, k)))
 
 
-def stored_runs(
-    cfg: Config, table: Path, settings: tuple[str, ...] | None = None
-) -> dict[str, pd.DataFrame]:
-    """The per-run table ``runs.csv`` of an earlier report, split by setting key (label and
-    label noise), as :func:`ensure_runs` returns it; ``attrs["stored"]`` marks it."""
-    data = pd.read_csv(table)
-    data["gen_gap"] = data["test_error"] - data["train_error"]  # as load_summaries derives it
-    out = {}
-    for key in cfg.keys() if settings is None else settings:
-        r = data[
-            (data.setting == cfg.setting(key).label) & np.isclose(data.label_noise, cfg.noise(key))
-        ]
-        if not len(r):
-            continue
-        r = r.reset_index(drop=True)
-        r.attrs.update(stored=True, note=(
-            f"Re-judged from the per-run table `{table.name}` that the report of the trained "
+def stored_per_run(out: Path) -> pd.DataFrame | None:
+    """A store-only report with no run store: the per-run table ``out/runs.csv`` an earlier
+    report wrote (``attrs["width_epoch"]``: the path of its stored width × epoch means)."""
+    table = stored_table(out)
+    if table is not None:
+        table.attrs["width_epoch"] = str(Path(out) / "width_epoch.csv")
+        table.attrs["note"] = (
+            "Re-judged from the per-run table `runs.csv` that the report of the trained "
             "runs wrote (final metrics of every run); nothing was trained. The per-run "
             "histories are not committed, so what needs them (the width × epoch map and the "
             "effective-model-complexity claim) is not redone here."
-        ))  # fmt: skip
-        out[key] = r
+        )
+    return table
+
+
+def split_settings(rows: pd.DataFrame, cfg: Config) -> dict[str, pd.DataFrame]:
+    """The runs per setting key, with ``setting`` (its label) and ``gen_gap``: summaries by
+    config hash, each setting once every width has a run (a store-only report of a sweep in
+    progress leaves out the others); a stored ``runs.csv`` by setting label and label
+    noise."""
+    out = {}
+    for key in cfg.keys():
+        setting = cfg.setting(key)
+        if "setting" in rows and "config_hash" not in rows:  # a stored runs.csv
+            mine = (rows.setting == setting.label) & np.isclose(rows.label_noise, cfg.noise(key))
+            r = rows[mine].reset_index(drop=True)
+            r = r.assign(gen_gap=r.test_error - r.train_error)  # as load_summaries derives it
+        else:
+            hashes = {c.config_hash() for c in setting_configs(cfg, key)}
+            r = rows[rows.config_hash.isin(hashes)].reset_index(drop=True)
+            if r.width.nunique() < len(setting.widths):
+                continue
+            r = r.assign(setting=setting.label)
+        if len(r):
+            out[key] = r
     if not out:
-        raise ValueError(f"{table} holds no run of {NAME}'s settings")
+        raise ValueError(f"no finished runs of {NAME}'s settings")
     return out
 
 
@@ -448,44 +435,57 @@ def peak_context(p: Any, what: str, unit: float = 100.0, suffix: str = "%") -> s
     )
 
 
-def add_setting_claims(report: Report, key: str, rows: pd.DataFrame, setting: Setting):
+def setting_claims(
+    key: str, rows: pd.DataFrame, setting: Setting
+) -> tuple[SettingPeaks, list[Claim]]:
+    """One setting's peaks and its three claims: a peak, the loss peak at the threshold,
+    the error peak where the N ≈ n (cross-entropy) or N ≈ n·k (squared loss) rule says."""
     s = peak_summary(rows, setting)
-    report.add_claim(
-        f"{setting.label}: test error rises to a peak, then falls as the model grows",
-        "Belkin et al. 2019; Nakkiran et al. 2019",
-        s.err.test if isinstance(s.err, Peak) else s.err,
-        context=peak_context(s.err, "test error"),
-        headline=key == "mnist1d",
-    )
-    report.add_claim(
+    out = [
+        Claim(
+            f"{setting.label}: test error rises to a peak, then falls as the model grows",
+            "Belkin et al. 2019; Nakkiran et al. 2019",
+            (s.err.test if isinstance(s.err, Peak) else s.err,),
+            context=peak_context(s.err, "test error"),
+            headline=key == "mnist1d",
+        )
+    ]
+    out.append(Claim(
         f"{setting.label}: the test loss peaks at the interpolation threshold (the first width "
         f"with train error ≤ {100 * INTERPOLATED:g}%: "
         + (f"w = {s.w_fit}" if s.w_fit is not None else "none") + ")",
         "Belkin et al. 2019 (the squared-loss peak); Nakkiran et al. 2019",
-        s.loss.test if isinstance(s.loss, Peak) else s.loss,
+        (s.loss.test if isinstance(s.loss, Peak) else s.loss,),
         context=peak_context(s.loss, "test loss", unit=1.0, suffix="")
         + (f"; highest bump of the mean test loss at w = {s.w_loss_peak}" if s.w_loss_peak else ""),
-    )  # fmt: skip
+    ))  # fmt: skip
     expected = "n" if setting.loss == "cross_entropy" else "n·k"
     target = s.n if expected == "n" else s.nk
     widths = s.means.index.to_numpy()
     w_rule = int(widths[np.argmin(np.abs(np.log(s.means.n_params.to_numpy() / target)))])
     at_rule = attempt(peak_of, seed_table(rows, "test_error"), at=w_rule)
-    report.add_claim(
+    out.append(Claim(
         f"{setting.label}: the test-error peak sits at N ≈ {expected} (placed by the rule at "
         f"w = {w_rule}, N = {s.params(w_rule):,.0f})",
         "Belkin et al. 2019 (n·k, squared loss); MNIST-1D paper (≈ n, cross-entropy)",
-        at_rule.test if isinstance(at_rule, Peak) else at_rule,
+        (at_rule.test if isinstance(at_rule, Peak) else at_rule,),
         context=(
             f"highest bump of the mean test error at N = {s.p_peak:,.0f} = "
             f"{s.peak_over_n:.2g}·n = {s.peak_over_nk:.2g}·n·k (descriptive)"
             if s.interior else "the mean test error has no interior bump"
         ),
-    )  # fmt: skip
+    ))  # fmt: skip
+    return s, out
+
+
+def add_setting_claims(report: Report, key: str, rows: pd.DataFrame, setting: Setting):
+    """:func:`setting_claims` added to ``report``; returns the setting's peaks."""
+    s, claims_ = setting_claims(key, rows, setting)
+    report.claims.extend(claims_)
     return s
 
 
-def add_noise_claim(report: Report, noisy: pd.DataFrame, clean: pd.DataFrame, s) -> None:
+def noise_claim(noisy: pd.DataFrame, clean: pd.DataFrame, s: SettingPeaks) -> Claim:
     """Nakkiran et al.: label noise makes the peak; on clean labels it is smaller or gone.
     Effect: the noisy sweep's rise (its peak over its left minimum, both located on
     held-out seeds, measured on the other seeds) minus the clean sweep's rise between the
@@ -497,18 +497,16 @@ def add_noise_claim(report: Report, noisy: pd.DataFrame, clean: pd.DataFrame, s)
     paper = "Nakkiran et al. 2019, Fig. 4 and Sec. 5"
     err = s.err
     if not isinstance(err, Peak):
-        report.add_claim(claim, paper, untested=f"no peak location: {err.reason}")
-        return
+        return Claim(claim, paper, untested=f"no peak location: {err.reason}")
     wp, wl = err.x, err.xs[err.test.left]
     tn, tc = complete_seeds(seed_table(noisy, "test_error")), seed_table(clean, "test_error")
     if wp not in tc or wl not in tc:
-        report.add_claim(claim, paper, untested=f"the clean runs at w = {wl} and {wp} are missing")
-        return
+        return Claim(claim, paper, untested=f"the clean runs at w = {wl} and {wp} are missing")
     tested = tn.iloc[list(err.test.test_seeds)]
     rise_n, rise_c = (tested[wp] - tested[wl]).dropna(), (tc[wp] - tc[wl]).dropna()
-    report.add_claim(
+    return Claim(
         claim, paper,
-        attempt(welch_test, rise_n.to_numpy(), rise_c.to_numpy()),
+        (attempt(welch_test, rise_n.to_numpy(), rise_c.to_numpy()),),
         context=f"rise from w = {wl} to w = {wp} (located on held-out noisy seeds): "
         f"{fmt(100 * rise_n.mean())} points with 15% noise ({len(rise_n)} test seeds), "
         f"{fmt(100 * rise_c.mean())} points clean ({len(rise_c)} seeds); noisy minus clean",
@@ -588,38 +586,71 @@ DATA_COLUMNS = (
 )  # fmt: skip
 
 
-def run(scale: str, out: Path) -> Report:
-    """Run double-descent-width at ``scale`` and write its report into ``out``."""
-    cfg = select_scale(CONFIGS, scale)
-    report = Report(NAME, TITLE, scale, out, cfg, PAPER)
-    runs = ensure_runs(cfg, Path(out), NAME, scale)
-    note = next(iter(runs.values())).attrs["note"]
-    summaries = {}
-    for key, rows in runs.items():
-        summaries[key] = add_setting_claims(report, key, rows, cfg.setting(key))
-    if "mnist1d_clean" in runs and "mnist1d" in runs:
-        add_noise_claim(report, runs["mnist1d"], runs["mnist1d_clean"], summaries["mnist1d"])
-    stored = next(iter(runs.values())).attrs.get("stored", False)
-    emc = (
-        emc_analysis(runs["mnist1d"], cfg.setting("mnist1d"))
-        if "mnist1d" in runs and not stored
-        else None
-    )
-    if emc is not None:
-        add_emc_claim(report, emc)
-    elif stored:
-        report.add_claim(
-            "the test-error peak follows EMC ≈ n: at each epoch the worst width is within a "
-            "factor 2 (in N) of the first width that fits the training set",
-            "Nakkiran et al. 2019, Sec. 4 and Fig. 2",
-            untested="not re-judged: it needs the per-run histories, which are not committed "
-            "(the report that trained the runs judged it by the old > 2 SE rule)",
+@dataclasses.dataclass(frozen=True)
+class Analysis:
+    """``runs``: per setting key, its runs (:func:`split_settings`); ``peaks``: per key,
+    :class:`SettingPeaks`; ``emc``: the width × epoch maps of the noisy MNIST-1D sweep
+    (from the histories, or from the seed means a store-only report reads back), None
+    without them; ``stored``: re-judged from the stored per-run table; ``mnist_skipped``:
+    why the MNIST setting is missing, None if it is there."""
+
+    runs: dict[str, pd.DataFrame]
+    peaks: dict[str, SettingPeaks]
+    emc: EmcMaps | None
+    stored: bool
+    mnist_skipped: str | None
+
+
+def analyze(rows: pd.DataFrame, cfg: Config) -> Analysis:
+    runs = split_settings(rows, cfg)
+    peaks = {key: peak_summary(r, cfg.setting(key)) for key, r in runs.items()}
+    stored = bool(rows.attrs.get("stored", False))
+    emc = None
+    if "mnist1d" in runs:
+        emc = (
+            stored_emc(Path(rows.attrs["width_epoch"]), cfg.setting("mnist1d"))
+            if stored
+            else emc_analysis(runs["mnist1d"], cfg.setting("mnist1d"))
         )
+    skipped = None
     if "mnist" not in runs:
-        reason = mnist_available() or (
+        skipped = mnist_available() or (
             "not every width has a finished run yet (a store-only report of a sweep in progress)"
         )
-        report.add_text(f"The MNIST setting was skipped: {reason}", heading="MNIST (squared loss)")
+    return Analysis(runs, peaks, emc, stored, skipped)
+
+
+def claims(a: Analysis, cfg: Config) -> list[Claim]:
+    """Per setting: a peak, the loss peak at the threshold, the peak where the rule says;
+    label noise makes the peak; the peak follows EMC ≈ n."""
+    out: list[Claim] = []
+    for key, rows in a.runs.items():
+        out += setting_claims(key, rows, cfg.setting(key))[1]
+    if "mnist1d_clean" in a.runs and "mnist1d" in a.runs:
+        out.append(noise_claim(a.runs["mnist1d"], a.runs["mnist1d_clean"], a.peaks["mnist1d"]))
+    if a.stored:
+        out.append(
+            Claim(
+                EMC_CLAIM,
+                EMC_PAPER,
+                untested="not re-judged: it needs the per-run histories, which are not "
+                "committed (the report that trained the runs judged it by the old > 2 SE rule)",
+            )
+        )
+    elif a.emc is not None:
+        out.append(emc_claim(a.emc))
+    return out
+
+
+def extras(report: Report, a: Analysis, cfg: Config) -> None:
+    """Per setting its figure and table; the width × epoch map; the reference numbers; the
+    norms, the threshold and the scale's shrinking in words; ``runs.csv`` and
+    ``width_epoch.csv``. (The figures sit beside their tables, so they are drawn here.)"""
+    runs, summaries, emc = a.runs, a.peaks, a.emc
+    if a.mnist_skipped is not None:
+        report.add_text(
+            f"The MNIST setting was skipped: {a.mnist_skipped}", heading="MNIST (squared loss)"
+        )
     for key, rows in runs.items():
         setting = cfg.setting(key)
         s = summaries[key]
@@ -643,8 +674,6 @@ def run(scale: str, out: Path) -> Report:
                 + (f"w = {s.w_fit} (N = {s.p_fit:,.0f})." if s.w_fit else "no width.")
             ),
         )
-    if stored and "mnist1d" in runs:
-        emc = stored_emc(Path(out) / "width_epoch.csv", cfg.setting("mnist1d"))
     if emc is not None:
         report.add_figure(
             emc_figure(emc, cfg.setting("mnist1d"), cfg),
@@ -671,21 +700,38 @@ def run(scale: str, out: Path) -> Report:
         norm_text(runs, cfg), heading="Norms: does a network norm peak at the threshold?"
     )
     report.add_text(threshold_text(cfg, runs, summaries), heading="Where is the threshold?")
-    if scale != "full":
+    if report.scale != "full":
         report.add_text(
-            shrink_text(cfg, runs, summaries), heading=f"What the `{scale}` scale shrinks"
+            shrink_text(cfg, runs, summaries), heading=f"What the `{report.scale}` scale shrinks"
         )
-    frames = [r.assign(setting=r["setting"]) for r in runs.values()]
-    data = pd.concat(frames, ignore_index=True)
+    data = pd.concat(list(runs.values()), ignore_index=True)
     report.add_data(data[[c for c in DATA_COLUMNS if c in data]], "runs.csv")
     if emc is not None:
-        report.add_data(emc["long"], "width_epoch.csv")
-    report.add_text(note, heading="Compute")
-    return report.write()
+        report.add_data(emc.long, "width_epoch.csv")
 
 
 # ------------------------------------------------------- effective model complexity
-def emc_analysis(rows: pd.DataFrame, setting: Setting) -> dict | None:
+@dataclasses.dataclass(frozen=True)
+class EmcMaps:
+    """The seed-mean maps (epoch × width) of the test and train error; ``track``: per epoch
+    the width of the highest bump of the mean test error (``w_peak``, ``N_peak``,
+    ``height``, ``test_peak``) against the first width whose mean train error is ≤
+    ``INTERPOLATED`` (``w_fit``, ``N_fit``); ``gaps``: per seed, the mean over epochs of
+    log2(N_peak / N_fit) (empty from stored means); ``n``: the training-set size;
+    ``n_params``: N per width; ``long``: the means in long form (``width_epoch.csv``);
+    ``seeds``: seeds per width, at most."""
+
+    test: pd.DataFrame
+    train: pd.DataFrame
+    track: pd.DataFrame
+    gaps: tuple[float, ...]
+    n: int
+    n_params: dict[int, int]
+    long: pd.DataFrame
+    seeds: int
+
+
+def emc_analysis(rows: pd.DataFrame, setting: Setting) -> EmcMaps | None:
     """The width × epoch maps of the seed-mean test and train error, and per seed the
     epochs' peak widths against the first fitting widths.
 
@@ -745,7 +791,7 @@ PEAK_DOT_MIN = 0.01
 
 def emc_maps(
     test_mean: pd.DataFrame, train_mean: pd.DataFrame, setting: Setting, *, gaps, long, seeds
-) -> dict:
+) -> EmcMaps:
     """The seed-mean maps (epoch × width) and, per epoch, the width of the highest bump of
     the mean test error (descriptive: where the map peaks) with its height, against the first
     width whose mean train error is ≤ ``INTERPOLATED``."""
@@ -767,12 +813,12 @@ def emc_maps(
                          "w_fit": wf, "N_fit": n_params[int(wf)] if not np.isnan(wf) else np.nan,
                          "test_peak": float(test_mean.loc[ep, wp])})  # fmt: skip
     cols = ["epoch", "w_peak", "N_peak", "height", "w_fit", "N_fit", "test_peak"]
-    return {"test": test_mean, "train": train_mean, "track": pd.DataFrame(rows_out, columns=cols),
-            "gaps": gaps, "n": setting.n_train, "n_params": n_params, "long": long,
-            "seeds": seeds}  # fmt: skip
+    return EmcMaps(test=test_mean, train=train_mean, track=pd.DataFrame(rows_out, columns=cols),
+                   gaps=tuple(gaps), n=setting.n_train, n_params=n_params, long=long,
+                   seeds=seeds)  # fmt: skip
 
 
-def stored_emc(table: Path, setting: Setting) -> dict | None:
+def stored_emc(table: Path, setting: Setting) -> EmcMaps | None:
     """:func:`emc_maps` from the seed means an earlier report stored (``width_epoch.csv``);
     no per-seed gaps (the histories are not committed), so no EMC claim from it."""
     if not table.is_file():
@@ -785,26 +831,27 @@ def stored_emc(table: Path, setting: Setting) -> dict | None:
                     gaps=[], long=long, seeds=int(long["count"].max()))  # fmt: skip
 
 
-def add_emc_claim(report: Report, emc: dict) -> None:
+EMC_CLAIM = (
+    "the test-error peak follows EMC ≈ n: at each epoch the worst width is within a factor "
+    "2 (in N) of the first width that fits the training set"
+)
+EMC_PAPER = "Nakkiran et al. 2019, Sec. 4 and Fig. 2"
+
+
+def emc_claim(emc: EmcMaps) -> Claim:
     """The test-error peak follows EMC ≈ n: per seed, the mean over epochs of
     log2(N_peak(epoch)/N_fit(epoch)); "within a factor 2" is an equivalence test of
     that mean log2 ratio to 0 with a margin of 1 (TOST). The widths are a grid, so
     each location is quantized to the grid's spacing in log2 N."""
-    gaps = np.asarray(emc["gaps"])
-    track = emc["track"].dropna()
-    claim = (
-        "the test-error peak follows EMC ≈ n: at each epoch the worst width is within a factor "
-        "2 (in N) of the first width that fits the training set"
-    )
-    paper = "Nakkiran et al. 2019, Sec. 4 and Fig. 2"
+    gaps = np.asarray(emc.gaps)
+    track = emc.track.dropna()
     if len(gaps) == 0 or track.empty:
-        report.add_claim(claim, paper, untested="no width fits the training set")
-        return
+        return Claim(EMC_CLAIM, EMC_PAPER, untested="no width fits the training set")
     early, late = track.iloc[0], track.iloc[-1]
-    steps = np.diff(np.log2(sorted(emc["n_params"].values())))
-    report.add_claim(
-        claim, paper,
-        attempt(equivalence_test, gaps, np.zeros_like(gaps), margin=1.0),
+    steps = np.diff(np.log2(sorted(emc.n_params.values())))
+    return Claim(
+        EMC_CLAIM, EMC_PAPER,
+        (attempt(equivalence_test, gaps, np.zeros_like(gaps), margin=1.0),),
         context=f"per seed, log2(N_peak / N_fit) averaged over epochs (0: the same width); the "
         f"width grid spaces N by {steps.min():.2f}–{steps.max():.2f} in log2, so each location "
         f"is quantized to that step; at epoch {early.epoch:g} the peak is at w = "
@@ -814,8 +861,8 @@ def add_emc_claim(report: Report, emc: dict) -> None:
     )  # fmt: skip
 
 
-def emc_figure(emc: dict, setting: Setting, cfg: Config) -> Figure:
-    test, train = emc["test"], emc["train"]
+def emc_figure(emc: EmcMaps, setting: Setting, cfg: Config) -> Figure:
+    test, train = emc.test, emc.train
     test, train = test[test.index >= 1], train[train.index >= 1]
     widths = test.columns.to_numpy(dtype=float)
     epochs = test.index.to_numpy(dtype=float)
@@ -831,14 +878,14 @@ def emc_figure(emc: dict, setting: Setting, cfg: Config) -> Figure:
                  extend="both")  # fmt: skip
     ax.contour(widths, epochs, train.to_numpy(), levels=[INTERPOLATED], colors="white",
                linewidths=1.5)  # fmt: skip
-    tr = emc["track"]
+    tr = emc.track
     tr = tr[tr.height >= PEAK_DOT_MIN] if "height" in tr else tr
     ax.plot(tr.w_peak, tr.epoch, "r.", ms=3,
             label=f"width of the highest bump of the mean (≥ {100 * PEAK_DOT_MIN:g} point)")  # fmt: skip
     ax.plot([], [], color="white", label=f"train error = {100 * INTERPOLATED:g}% (EMC = n)")
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2,
               facecolor="0.85")  # fmt: skip
-    fitted = emc["n"] * (1 - train.to_numpy())
+    fitted = emc.n * (1 - train.to_numpy())
     mesh2 = ax2.pcolormesh(widths, epochs, fitted, shading="nearest", cmap="magma")
     fig.colorbar(mesh2, ax=ax2, label="fitted count n·(1 − train error) (samples)")
     ax2.contour(widths, epochs, train.to_numpy(), levels=[INTERPOLATED], colors="cyan",
@@ -852,22 +899,22 @@ def emc_figure(emc: dict, setting: Setting, cfg: Config) -> Figure:
     ax2.set_title("EMC proxy: training samples fitted (n = EMC contour in cyan)")
     fig.suptitle(
         f"{setting.label}, n = {setting.n_train:,}, {100 * cfg.label_noise:g}% label noise; seed "
-        f"mean over up to {emc['seeds']} seed(s) per width, evaluated every "
+        f"mean over up to {emc.seeds} seed(s) per width, evaluated every "
         f"{setting.eval_every} steps"
     )
     tidy_log_axes(fig)
     return fig
 
 
-def emc_text(emc: dict) -> str:
-    tr = emc["track"]
+def emc_text(emc: EmcMaps) -> str:
+    tr = emc.track
     pick = [e for e in (1, 2, 5, 10, 20, 50, 100, 200, 500) if e in set(tr.epoch)]
     if not pick:
         pick = list(tr.epoch.iloc[:: max(1, len(tr) // 8)])
     lines = [
         "Effective model complexity (Nakkiran et al. 2019, Def. 1): the largest n at which a "
         "training procedure reaches ≈ 0 training error. All these runs have n = "
-        f"{emc['n']:,}, so EMC(w, epoch) ≥ n exactly where the train error is ≤ "
+        f"{emc.n:,}, so EMC(w, epoch) ≥ n exactly where the train error is ≤ "
         f"{100 * INTERPOLATED:g}%: the contour in the figure is EMC = n. Below it the fitted "
         "count n·(1 − train error) is a proxy (a lower bound on how many samples the model "
         "fits, not EMC itself, which would need runs at other n; `sample-wise` has those at "
@@ -975,3 +1022,13 @@ def shrink_text(cfg: Config, runs: dict, summaries: dict) -> str:
 
 def _widths(widths: tuple[int, ...]) -> str:
     return f"{len(widths)} from {widths[0]} to {widths[-1]}"
+
+
+SPEC = Spec(
+    NAME, TITLE, PAPER, CONFIGS, plan, analyze, claims, extras=extras, stored=stored_per_run
+)
+
+
+def run(scale: str, out: Path) -> Report:
+    """Run double-descent-width at ``scale`` and write its report into ``out``."""
+    return run_spec(SPEC, scale, out)

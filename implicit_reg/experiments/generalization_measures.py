@@ -13,9 +13,12 @@ complexity, Nagarajan & Kolter (2019) the distance from initialization.
 What is run: nothing new. The measures are those logged at the end of the
 runs of ``lr-sweep`` (full-batch GD over step sizes, stopped at equal
 training loss; GD runs only) and ``double-descent-width`` (SGD over widths
-with 15% label noise, MNIST-1D and MNIST settings), read from their sweep
-directories (``OUT/../lr-sweep/sweep`` and
-``OUT/../double-descent-width/sweep``) and trained there if missing. The gap
+with 15% label noise, MNIST-1D and MNIST settings): the plan borrows both
+experiments' run stores (``Plan(borrows="lr-sweep", also=(Plan(...,
+borrows="double-descent-width"),))``), where missing runs are trained; a
+store-only report with no store reads the per-run table of that experiment's
+report instead. The experiment is a :class:`~implicit_reg.experiments._spec.Spec`
+run by ``run_spec``. The gap
 is test error − train error (train error on the labels trained on, noisy
 ones included). τ and Ψ come from :func:`implicit_reg.report.results.kendall_ranking`.
 """
@@ -30,12 +33,13 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from implicit_reg.report.plots import label
-from implicit_reg.report.report import Report, attempt, select_scale
+from implicit_reg.report.report import Claim, Report, attempt
 from implicit_reg.report.results import kendall_ranking
 from implicit_reg.stats import paired_test
 
 from . import double_descent_width as ddw
 from . import lr_sweep
+from ._spec import Plan, Spec, run_spec
 from ._sweeps import tidy_log_axes
 
 NAME = "generalization-measures"
@@ -63,19 +67,49 @@ CONFIGS = {
 }
 
 
-def sources(cfg: Config, out: Path, scale: str) -> tuple[dict[str, pd.DataFrame], list[str]]:
-    """{source name: summaries} of the runs whose measures are ranked, and the
-    compute notes of the two sweeps they come from."""
-    lr = lr_sweep.ensure_runs(cfg.lr_sweep, out, NAME, scale)
-    notes = [lr.attrs["note"]]
-    lr = lr[(lr.run == "GD") & lr.reached]
-    out_rows = {"lr-sweep (GD over h, MNIST-1D)": lr}
-    for key, rows in ddw.ensure_runs(cfg.double_descent_width, out, NAME, scale).items():
-        setting = cfg.double_descent_width.setting(key)
-        out_rows[f"double-descent-width ({setting.label})"] = rows[rows.status == "complete"]
-        if rows.attrs["note"] not in notes:
-            notes.append(rows.attrs["note"])
-    return out_rows, notes
+def plan(cfg: Config) -> Plan:
+    """Nothing new: lr-sweep's runs (its store), then double-descent-width's (its store)."""
+    dcfg = cfg.double_descent_width
+    keys = [k for k in dcfg.keys() if k != "mnist" or ddw.mnist_available() is None]
+    widths = tuple(c for k in keys for c in ddw.setting_configs(dcfg, k))
+    return Plan(
+        tuple(lr_sweep.sweep_configs(cfg.lr_sweep)),
+        borrows=lr_sweep.NAME,
+        also=(Plan(widths, borrows=ddw.NAME),),
+    )
+
+
+def with_gap(rows: pd.DataFrame) -> pd.DataFrame:
+    """``gen_gap`` = test − train error where the summaries did not derive it (a stored
+    per-run table); NaN where the table has no train error."""
+    gap = rows.test_error - rows.train_error if "train_error" in rows else np.nan
+    return rows.assign(gen_gap=rows.gen_gap.fillna(gap) if "gen_gap" in rows else gap)
+
+
+def sources(rows: pd.DataFrame, cfg: Config) -> tuple[dict[str, pd.DataFrame], list[str]]:
+    """{source name: summaries} of the runs whose measures are ranked (lr-sweep's GD runs
+    that reached the target loss; double-descent-width's complete runs per setting, each
+    setting once every width has a run: :func:`~implicit_reg.experiments.double_descent_width.split_settings`),
+    and why a source is left out."""
+    out_rows, left_out = {}, []
+    lr = with_gap(rows[rows.borrowed == lr_sweep.NAME])
+    if "run" not in lr:  # live summaries name the optimizer, a stored runs.csv the run
+        lr = lr.assign(run=np.where(lr.optimizer == "egr", "EGR", "GD"))
+    reached = (lr.status == "complete") & (lr.stop_reason == "target_train_loss")
+    lr = lr[(lr.run == "GD") & reached]
+    if len(lr) and lr.gen_gap.notna().all():
+        out_rows["lr-sweep (GD over h, MNIST-1D)"] = lr
+    else:
+        left_out.append(
+            "lr-sweep: no finished GD runs in its store"
+            if not len(lr)
+            else "lr-sweep: its stored runs.csv has no train error, so no generalization gap"
+        )
+    dd = rows[rows.borrowed == ddw.NAME].dropna(axis=1, how="all")  # the other part's columns
+    dcfg = cfg.double_descent_width
+    for key, r in (ddw.split_settings(dd, dcfg) if len(dd) else {}).items():
+        out_rows[f"double-descent-width ({dcfg.setting(key).label})"] = r[r.status == "complete"]
+    return out_rows, left_out
 
 
 FLATNESS = ("lambda_max", "trace", "eps_sharpness")
@@ -150,54 +184,87 @@ def ranking_figure(data: dict[str, pd.DataFrame], table: pd.DataFrame) -> Figure
     return fig
 
 
-def run(scale: str, out: Path) -> Report:
-    """Run generalization-measures at ``scale`` and write its report into ``out``."""
-    cfg = select_scale(CONFIGS, scale)
-    report = Report(NAME, TITLE, scale, out, cfg, PAPER)
-    data, notes = sources(cfg, Path(out), scale)
+@dataclasses.dataclass(frozen=True)
+class Analysis:
+    """``data``: {source: its runs}; ``table``: τ, p and Ψ per (source, measure) (long
+    form); ``wide``: τ per measure (rows) and source (columns) with ``mean τ``, sorted by
+    it; ``margins``: per (source, seed), the best flatness τ minus the best other τ;
+    ``consistent``: the measures whose τ has the same sign in every source; ``left_out``:
+    the sources that could not be ranked, and why."""
+
+    data: dict[str, pd.DataFrame]
+    table: pd.DataFrame
+    wide: pd.DataFrame
+    margins: tuple[float, ...]
+    consistent: tuple[str, ...]
+    left_out: tuple[str, ...]
+
+
+def analyze(rows: pd.DataFrame, cfg: Config) -> Analysis:
+    data, left_out = sources(rows, cfg)
+    if not data:
+        raise ValueError("no source of runs to rank: " + "; ".join(left_out))
     table = ranking_table(data)
     wide = table.pivot(index="measure", columns="source", values="tau").reindex(list(MEASURES))
     wide["mean τ"] = wide.mean(axis=1)
     wide = wide.sort_values("mean τ", ascending=False)
-    best = wide.index[0]
-    consistent = [
+    consistent = tuple(
         m
         for m in wide.index
         if (np.sign(wide.loc[m, list(data)]) == np.sign(wide.loc[m, "mean τ"])).all()
+    )
+    margins = tuple(flatness_margins(data))
+    return Analysis(data, table, wide, margins, consistent, tuple(left_out))
+
+
+def claims(a: Analysis, cfg: Config) -> list[Claim]:
+    """Flatness ranks first (paired over (source, seed)); the sign's robustness (untested)."""
+    wide, best = a.wide, a.wide.index[0]
+    return [
+        Claim(
+            "flatness (sharpness) measures track generalization best (Jiang et al. rank "
+            "sharpness measures among the most predictive): within a (source, seed), the best "
+            "flatness τ exceeds the best τ of the other measures",
+            "Jiang et al. 2020, Table 5; Keskar et al. 2017",
+            (attempt(paired_test, np.asarray(a.margins, dtype=float)),),
+            context=f"highest mean τ: {label(best).split(' (')[0]} "
+            f"({wide.loc[best, 'mean τ']:+.2f}); λ_max {wide.loc['lambda_max', 'mean τ']:+.2f}, "
+            f"ε-sharpness {wide.loc['eps_sharpness', 'mean τ']:+.2f}, tr H "
+            f"{wide.loc['trace', 'mean τ']:+.2f}; best flatness τ minus best other τ over "
+            f"{len(a.margins)} (source, seed) pairs"
+            + "".join(f"; left out: {why}" for why in a.left_out),
+            headline=True,
+        ),
+        Claim(
+            "a good measure has the same sign of τ in every setting",
+            "Jiang et al. 2020 (robustness across hyperparameters)",
+            untested=f"{len(a.data)} sources of runs are too few settings to test a sign's "
+            "robustness; measured: same sign in all sources for "
+            + (", ".join(a.consistent) if a.consistent else "none")
+            + f" ({len(a.consistent)} of {len(MEASURES)} measures)",
+        ),
     ]
-    margins = flatness_margins(data)
-    report.add_claim(
-        "flatness (sharpness) measures track generalization best (Jiang et al. rank sharpness "
-        "measures among the most predictive): within a (source, seed), the best flatness τ "
-        "exceeds the best τ of the other measures",
-        "Jiang et al. 2020, Table 5; Keskar et al. 2017",
-        attempt(paired_test, np.asarray(margins, dtype=float)),
-        context=f"highest mean τ: {label(best).split(' (')[0]} ({wide.loc[best, 'mean τ']:+.2f}); "
-        f"λ_max {wide.loc['lambda_max', 'mean τ']:+.2f}, ε-sharpness "
-        f"{wide.loc['eps_sharpness', 'mean τ']:+.2f}, tr H {wide.loc['trace', 'mean τ']:+.2f}; "
-        f"best flatness τ minus best other τ over {len(margins)} (source, seed) pairs",
-        headline=True,
-    )
-    report.add_claim(
-        "a good measure has the same sign of τ in every setting",
-        "Jiang et al. 2020 (robustness across hyperparameters)",
-        untested=f"{len(data)} sources of runs are too few settings to test a sign's "
-        "robustness; measured: same sign in all sources for "
-        + (", ".join(consistent) if consistent else "none")
-        + f" ({len(consistent)} of {len(MEASURES)} measures)",
-    )
-    report.add_figure(
-        ranking_figure(data, table),
-        "generalization_measures.png",
-        "Top left: Kendall τ between each measure and the generalization gap, per source of "
-        "runs. Other panels: each measure against the gap, one point per run, coloured by "
-        "source as in the bars.",
-    )
+
+
+def figures(a: Analysis, cfg: Config) -> list[tuple[Figure, str, str]]:
+    return [
+        (
+            ranking_figure(a.data, a.table),
+            "generalization_measures.png",
+            "Top left: Kendall τ between each measure and the generalization gap, per source "
+            "of runs. Other panels: each measure against the gap, one point per run, coloured "
+            "by source as in the bars.",
+        )
+    ]
+
+
+def extras(report: Report, a: Analysis, cfg: Config) -> None:
+    """The τ and Ψ table, the conclusion per source, and ``kendall_tau.csv``."""
     rows = []
-    for m in wide.index:
+    for m in a.wide.index:
         r = {"measure": m}
-        for name in data:
-            t = table[(table.source == name) & (table.measure == m)]
+        for name in a.data:
+            t = a.table[(a.table.source == name) & (a.table.measure == m)]
             r[f"τ {name}"] = (
                 f"{t.tau.iloc[0]:+.2f} (p {t.p_value.iloc[0]:.1g})"
                 if len(t) and np.isfinite(t.tau.iloc[0])
@@ -206,7 +273,7 @@ def run(scale: str, out: Path) -> Report:
             r[f"Ψ {name}"] = (
                 f"{t.psi.iloc[0]:+.2f}" if len(t) and np.isfinite(t.psi.iloc[0]) else "n/a"
             )
-        r["mean τ"] = f"{wide.loc[m, 'mean τ']:+.2f}"
+        r["mean τ"] = f"{a.wide.loc[m, 'mean τ']:+.2f}"
         rows.append(r)
     report.add_table(
         rows,
@@ -219,10 +286,8 @@ def run(scale: str, out: Path) -> Report:
             "the mean τ over sources."
         ),
     )
-    report.add_text(conclusion(wide, data), heading="What tracks generalization here?")
-    report.add_data(table, "kendall_tau.csv")
-    report.add_text("\n\n".join(notes), heading="Compute")
-    return report.write()
+    report.add_text(conclusion(a.wide, a.data), heading="What tracks generalization here?")
+    report.add_data(a.table, "kendall_tau.csv")
 
 
 def conclusion(wide: pd.DataFrame, data: dict[str, pd.DataFrame]) -> str:
@@ -244,3 +309,11 @@ def conclusion(wide: pd.DataFrame, data: dict[str, pd.DataFrame]) -> str:
         "in every source."
     )
     return "\n".join(lines)
+
+
+SPEC = Spec(NAME, TITLE, PAPER, CONFIGS, plan, analyze, claims, figures, extras)
+
+
+def run(scale: str, out: Path) -> Report:
+    """Run generalization-measures at ``scale`` and write its report into ``out``."""
+    return run_spec(SPEC, scale, out)
