@@ -271,3 +271,40 @@ def test_igr_toy_claims_follow_the_planted_flattening():
     # effect at all, 7 h values give a discrete Kendall τ that this seed happens to tilt.)
     cs = m.claims(m.analyze((_toy_ends(-1.0), pd.DataFrame()), cfg), cfg)
     assert all(c.verdict != "reproduced" for c in cs), [c.row() for c in cs]
+
+
+# --- edge-of-stability: sharpening to 2/h and hovering there -----------------------------
+
+
+def _eos_history(edge: bool, seeds: int = 3) -> pd.DataFrame:
+    """Synthetic stored trajectories: λ_max rises from 0.3·2/h to 2/h by step 500 and hovers
+    there (3% noise), or drifts down to 0.25·2/h. (A flat λ_max can pass the sharpening
+    claim by chance: it tests only that the late median exceeds one noisy start probe.)"""
+    from implicit_reg.experiments import edge_of_stability as m
+
+    cfg, rng = m.CONFIGS["small"], np.random.default_rng(5)
+    steps = np.arange(0, cfg.steps + 1, cfg.probe_every)
+    frames = []
+    for lr in cfg.lrs:
+        for seed in range(seeds):
+            ramp = np.minimum(1.0, steps / 500)
+            level = 0.3 + 0.7 * ramp if edge else 0.3 - 0.05 * ramp
+            value = 2 / lr * level * rng.lognormal(0, 0.03, len(steps))
+            frames.append(pd.DataFrame(
+                {"lr": lr, "seed": seed, "step": steps, "metric": "lambda_max", "value": value}
+            ))  # fmt: skip
+    history = pd.concat(frames, ignore_index=True)
+    history.attrs["stored"] = True
+    return history
+
+
+def test_edge_of_stability_claims_follow_the_planted_edge():
+    from implicit_reg.experiments import edge_of_stability as m
+
+    cfg = m.CONFIGS["small"]
+    a = m.analyze(_eos_history(edge=True), cfg)
+    assert a.diverged.empty and len(a.stats) == 9
+    cs = m.claims(a, cfg)
+    assert [c.verdict for c in cs] == ["reproduced"] * 6, [c.row() for c in cs]
+    cs = m.claims(m.analyze(_eos_history(edge=False), cfg), cfg)
+    assert all(c.verdict != "reproduced" for c in cs), [c.row() for c in cs]

@@ -24,6 +24,10 @@ for the *other* step sizes h′ of the sweep. A λ_max that merely stays below
 2/h, as every stable run must, or that wanders independently of h, does not
 pass: the sharpness has to sit at its own 2/h and not at the others'. The
 effect (own − control) and its SE over seeds give the verdict.
+
+The experiment is a :class:`~implicit_reg.experiments._spec.Spec` (``plan``, a typed
+``analyze`` of the runs' histories, ``claims``, ``figures``); a store-only report with no
+run store re-judges the stored ``trajectories.csv`` (``Spec.stored``).
 """
 
 from __future__ import annotations
@@ -36,25 +40,11 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from implicit_reg.engine.config import RunConfig
-from implicit_reg.report.report import (
-    Report,
-    attempt,
-    fmt,
-    mean_std,
-    plot_band,
-    select_scale,
-)
+from implicit_reg.report.report import Claim, Report, attempt, fmt, mean_std, plot_band
 from implicit_reg.stats import paired_test
 
-from ._sweeps import (
-    history_matrix,
-    load_history,
-    run_configs,
-    store_only,
-    sweep_dir,
-    tidy_log_axes,
-    workers_for,
-)
+from ._spec import Plan, Spec, run_spec
+from ._sweeps import history_matrix, load_history, store_only, tidy_log_axes
 
 NAME = "edge-of-stability"
 TITLE = "Edge of stability: λ_max under full-batch GD sharpens to about 2/h and hovers there"
@@ -204,71 +194,106 @@ def edge_figure(history: pd.DataFrame, cfg: Config) -> Figure:
     return fig
 
 
-def run(scale: str, out: Path) -> Report:
-    """Run edge-of-stability at ``scale`` and write its report into ``out``."""
-    cfg = select_scale(CONFIGS, scale)
-    report = Report(NAME, TITLE, scale, out, cfg, PAPER)
-    rows = run_configs(
-        sweep_configs(cfg), sweep_dir(Path(out), NAME, NAME), workers=workers_for(scale)
+def plan(cfg: Config) -> Plan:
+    """Full-batch GD at every h and seed, in this experiment's own store."""
+    return Plan(tuple(sweep_configs(cfg)))
+
+
+def stored_trajectories(out: Path) -> pd.DataFrame | None:
+    """In a store-only report with no run store: the λ_max and loss trajectories an earlier
+    report wrote into ``out/trajectories.csv`` (``attrs["stored"]``); else None."""
+    path = Path(out) / "trajectories.csv"
+    if not (store_only() and path.is_file()):
+        return None
+    history = pd.read_csv(path)
+    history.attrs["note"] = (
+        "Re-judged from the per-run trajectories stored in `trajectories.csv` (λ_max and "
+        "the training loss of every run); nothing was trained."
     )
-    note = rows.attrs["note"]
-    stored = Path(out) / "trajectories.csv"
-    if not len(rows) and store_only() and stored.is_file():
-        # re-judge the λ_max and loss trajectories an earlier report stored beside it
-        history = pd.read_csv(stored)
-        rows = pd.DataFrame({"status": []})
-        note = (
-            "Re-judged from the per-run trajectories stored in `trajectories.csv` (λ_max and "
-            "the training loss of every run); nothing was trained."
-        )
+    history.attrs["stored"] = True
+    return history
+
+
+@dataclasses.dataclass(frozen=True)
+class Analysis:
+    """The runs' histories (long form: lr, seed, step, metric, value), the per-run edge
+    statistics (:func:`edge_stats`) and hovering fractions (:func:`hover_stats`), and the
+    runs that diverged (none known when re-judged from stored trajectories)."""
+
+    history: pd.DataFrame
+    stats: pd.DataFrame
+    hover: pd.DataFrame
+    diverged: pd.DataFrame
+
+
+def analyze(rows: pd.DataFrame, cfg: Config) -> Analysis:
+    """Edge and hovering statistics from the runs' histories (or the stored trajectories)."""
+    if rows.attrs.get("stored"):
+        history, diverged = rows, pd.DataFrame({"status": []})
     else:
-        history = load_history(rows, ["lr", "seed"])
-    stats = edge_stats(history, cfg)
-    diverged = rows[rows.status != "complete"]
-    hover = hover_stats(history, cfg)
-    for lr, g in stats.groupby("lr"):
+        history, diverged = load_history(rows, ["lr", "seed"]), rows[rows.status != "complete"]
+    return Analysis(history, edge_stats(history, cfg), hover_stats(history, cfg), diverged)
+
+
+def claims(a: Analysis, cfg: Config) -> list[Claim]:
+    """Per step size: progressive sharpening (late median of λ_max·h/2 above its start),
+    then hovering at its own 2/h rather than at the other step sizes' (the control)."""
+    out = []
+    for lr, g in a.stats.groupby("lr"):
         start = g.ratio_start.to_numpy()
-        hv = hover[np.isclose(hover.lr, lr)].sort_values("seed")
+        hv = a.hover[np.isclose(a.hover.lr, lr)].sort_values("seed")
         starts_below = bool(np.all(start < cfg.reach))
         late = hv.late_median_ratio.to_numpy()
-        report.add_claim(
+        out.append(Claim(
             f"h = {lr:g}: λ_max rises from below 2/h = {2 / lr:g} to about 2/h (progressive "
             "sharpening): the late median of λ_max·h/2 is above its start",
             "Cohen et al. 2021, Fig. 1",
-            *([attempt(paired_test, late, start)] if starts_below else []),
+            (attempt(paired_test, late, start),) if starts_below else (),
             untested="" if starts_below else "λ_max already starts at or above the edge",
             context=f"λ_max·h/2 at step 0: {mean_std(start)}; late median: {mean_std(late)}; "
             f"first step with λ_max ≥ {cfg.reach:g}·2/h: "
             + ", ".join("never" if v is None or pd.isna(v) else f"{int(v)}"
                         for v in g.first_step_at_edge),
-        )  # fmt: skip
+        ))  # fmt: skip
         others = ", ".join(f"{o:g}" for o in sorted(cfg.lrs) if not np.isclose(o, lr))
-        report.add_claim(
+        out.append(Claim(
             f"h = {lr:g}: λ_max then hovers at about 2/h: more late probes lie within "
-            f"±{100 * cfg.band:g}% of its own 2/h than of the other step sizes' 2/h′ (the control)",
+            f"±{100 * cfg.band:g}% of its own 2/h than of the other step sizes' 2/h′ (the "
+            "control)",
             "Cohen et al. 2021, Fig. 1–2 (just above 2/h)",
-            attempt(paired_test, hv.own.to_numpy(), hv.control.to_numpy()),
-            context=f"fraction of late probes (last {100 * cfg.late:g}% of the steps) within the "
-            f"band: own {mean_std(hv.own.to_numpy())}, control (h′ = {others}) "
+            (attempt(paired_test, hv.own.to_numpy(), hv.control.to_numpy()),),
+            context=f"fraction of late probes (last {100 * cfg.late:g}% of the steps) within "
+            f"the band: own {mean_std(hv.own.to_numpy())}, control (h′ = {others}) "
             f"{mean_std(hv.control.to_numpy())}; late median λ_max·h/2 {mean_std(late)}",
             headline=bool(np.isclose(lr, max(cfg.lrs))),
+        ))  # fmt: skip
+    return out
+
+
+def figures(a: Analysis, cfg: Config) -> list[tuple[Figure, str, str]]:
+    return [
+        (
+            edge_figure(a.history, cfg),
+            "edge_of_stability.png",
+            "Left: λ_max against the GD step for each step size h (mean ± std over seeds), "
+            "dashed lines at 2/h in the same colour. Right: the training loss of the same runs "
+            "(log scale).",
         )
-    if len(diverged):
+    ]
+
+
+def extras(report: Report, a: Analysis, cfg: Config) -> None:
+    """The diverged runs, the table of how close λ_max sits to 2/h, and the data files."""
+    if len(a.diverged):
         report.add_text(
             "\n".join(
                 f"- h = {r.lr:g}, seed {r.seed}: diverged at step {r.diverged_at}"
-                for r in diverged.itertuples()
+                for r in a.diverged.itertuples()
             ),
             heading="Diverged runs",
         )
-    report.add_figure(
-        edge_figure(history, cfg),
-        "edge_of_stability.png",
-        "Left: λ_max against the GD step for each step size h (mean ± std over seeds), dashed "
-        "lines at 2/h in the same colour. Right: the training loss of the same runs (log scale).",
-    )
     table = (
-        stats.groupby("lr")
+        a.stats.groupby("lr")
         .agg(
             seeds=("seed", "count"),
             lam0=("lambda_max_start", "mean"),
@@ -295,13 +320,23 @@ def run(scale: str, out: Path) -> Report:
         ],
         heading="How close λ_max sits to 2/h",
         caption=(
-            f'Seed means; "at the edge": λ_max ≥ {cfg.reach:g}·2/h. λ_max from {cfg.lanczos_max_iter} Lanczos iterations at most '
+            f'Seed means; "at the edge": λ_max ≥ {cfg.reach:g}·2/h. λ_max from '
+            f"{cfg.lanczos_max_iter} Lanczos iterations at most "
             f"(`probe_options={{'lanczos_max_iter': {cfg.lanczos_max_iter}}}`), every "
             f"{cfg.probe_every} steps over the full training set ({fmt(cfg.steps)} steps)."
         ),
     )
-    report.add_data(stats.merge(hover, on=["lr", "seed"]), "edge_stats.csv")
-    lam = history[history.metric.isin(["lambda_max", "train_loss"])]
+    report.add_data(a.stats.merge(a.hover, on=["lr", "seed"]), "edge_stats.csv")
+    lam = a.history[a.history.metric.isin(["lambda_max", "train_loss"])]
     report.add_data(lam[["lr", "seed", "step", "metric", "value"]], "trajectories.csv")
-    report.add_text(note, heading="Compute")
-    return report.write()
+
+
+SPEC = Spec(
+    NAME, TITLE, PAPER, CONFIGS, plan, analyze, claims, figures, extras,
+    stored=stored_trajectories,
+)  # fmt: skip
+
+
+def run(scale: str, out: Path) -> Report:
+    """Run edge-of-stability at ``scale`` and write its report into ``out``."""
+    return run_spec(SPEC, scale, out)
