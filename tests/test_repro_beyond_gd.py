@@ -172,3 +172,28 @@ def test_central_flow_squared_loss_equals_the_package_mse():
     y = torch.randint(0, 10, (7,), generator=gen)
     ref = make_loss("mse", num_classes=10)(out, y)
     assert float(cf.squared_loss(out, y)) == pytest.approx(float(ref), rel=1e-14)
+
+
+def test_central_flow_reanalyses_its_stored_tables(tmp_path, monkeypatch):
+    import dataclasses
+
+    pts = [
+        dataclasses.replace(
+            p, mf_loss=p.gf_loss, dist_mf=p.dist_gf, dist_cf_raw=p.dist_cf,
+            dist_gf_raw=p.dist_gf, dist_mf_raw=p.dist_gf,
+        )
+        for p in _points(1.0, 0.5, seeds=3)
+    ]  # fmt: skip
+    costs = [cf.Cost(s, 0.01, 0.5, 20.0, 4.0, 1.001) for s in range(3)]
+    monkeypatch.setattr(cf, "measure", lambda cfg: (pts, costs))
+    first = cf.run("smoke", tmp_path)
+
+    def fail(cfg):
+        raise AssertionError("measured again although the tables are stored")
+
+    monkeypatch.setattr(cf, "measure", fail)
+    second = cf.run("smoke", tmp_path)
+    assert [c.verdict for c in second.claims] == [c.verdict for c in first.claims]
+    assert [c.ours for c in second.claims] == [c.ours for c in first.claims]
+    assert second.wall_time_s >= first.wall_time_s
+    assert "second eigenvalue reaches the edge" in second.path.read_text()
