@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 from implicit_reg.report.plots import label
 from implicit_reg.report.report import Claim, Report, attempt
@@ -115,24 +116,35 @@ def sources(rows: pd.DataFrame, cfg: Config) -> tuple[dict[str, pd.DataFrame], l
 FLATNESS = ("lambda_max", "trace", "eps_sharpness")
 
 
-def flatness_margins(data: dict[str, pd.DataFrame]) -> list[float]:
-    """Per (source, seed): max τ of the flatness measures − max τ of the others, τ being
-    Kendall's τ with the gap over that seed's runs (one hyperparameter varies). The
-    seeds give the uncertainty of the claim that flatness ranks first."""
-    out = []
-    for rows in data.values():
+def per_seed_tau(data: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Long form (source, seed, measure, tau): Kendall's τ with the gap over one seed's runs
+    of a source (one hyperparameter varies), for each measure with ≥ 3 values there."""
+    frames = []
+    for name, rows in data.items():
         if "seed" not in rows:
             continue
-        for _, g in rows.groupby("seed"):
+        for seed, g in rows.groupby("seed"):
             present = [m for m in MEASURES if m in g and g[m].notna().sum() >= 3]
-            flat = [m for m in present if m in FLATNESS]
-            other = [m for m in present if m not in FLATNESS]
-            if not flat or not other:
-                continue
-            r = kendall_ranking(g, present).set_index("measure").tau
-            a, b = r[flat].max(), r[other].max()
-            if np.isfinite(a) and np.isfinite(b):
-                out.append(float(a - b))
+            if present:
+                r = kendall_ranking(g, present)[["measure", "tau"]]
+                frames.append(r.assign(source=name, seed=seed))
+    cols = ["source", "seed", "measure", "tau"]
+    return pd.concat(frames, ignore_index=True)[cols] if frames else pd.DataFrame(columns=cols)
+
+
+def flatness_margins(seed_tau: pd.DataFrame) -> list[float]:
+    """Per (source, seed) of :func:`per_seed_tau`: max τ of the flatness measures − max τ
+    of the others. The seeds give the uncertainty of the claim that flatness ranks first."""
+    out = []
+    for _, g in seed_tau.groupby(["source", "seed"], sort=False):
+        r = g.set_index("measure").tau
+        flat = [m for m in r.index if m in FLATNESS]
+        other = [m for m in r.index if m not in FLATNESS]
+        if not flat or not other:
+            continue
+        a, b = r[flat].max(), r[other].max()
+        if np.isfinite(a) and np.isfinite(b):
+            out.append(float(a - b))
     return out
 
 
@@ -147,9 +159,12 @@ def ranking_table(data: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def ranking_figure(data: dict[str, pd.DataFrame], table: pd.DataFrame) -> Figure:
-    """Grouped bars of τ per measure and source, then one scatter per measure."""
-    fig = Figure(figsize=(16, 8.5), layout="constrained")
+def ranking_figure(
+    data: dict[str, pd.DataFrame], table: pd.DataFrame, seed_tau: pd.DataFrame
+) -> Figure:
+    """Grouped bars of τ per measure and source, whiskers spanning the per-seed τ, then one
+    scatter per measure; one colour key for all panels, below them."""
+    fig = Figure(figsize=(16, 9), layout="constrained")
     axes = fig.subplots(2, 4).ravel()
     names = list(data)
     ax = axes[0]
@@ -157,15 +172,20 @@ def ranking_figure(data: dict[str, pd.DataFrame], table: pd.DataFrame) -> Figure
     y = np.arange(len(MEASURES))
     for i, name in enumerate(names):
         t = table[table.source == name].set_index("measure").reindex(list(MEASURES))
-        ax.barh(y + (i - (len(names) - 1) / 2) * width, t.tau.to_numpy(), height=width,
-                color=f"C{i}", label=name)  # fmt: skip
+        yi = y + (i - (len(names) - 1) / 2) * width
+        ax.barh(yi, t.tau.to_numpy(), height=width, color=f"C{i}", label=name)
+        st = seed_tau[seed_tau.source == name].groupby("measure").tau
+        lo = st.min().reindex(list(MEASURES)).to_numpy(dtype=float)
+        hi = st.max().reindex(list(MEASURES)).to_numpy(dtype=float)
+        ax.hlines(yi, lo, hi, color="0.15", lw=0.8)
+        ax.plot(lo, yi, "|", hi, yi, "|", color="0.15", ms=3)
     ax.axvline(0, color="0.3", lw=0.8)
     ax.set_yticks(y, [label(m).split(" (")[0] for m in MEASURES], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlim(-1, 1)
     ax.set_xlabel("Kendall τ with the generalization gap")
-    ax.set_title("τ(measure, test − train error)")
-    ax.legend(fontsize=6, loc="lower left")
+    ax.set_title("τ(measure, test − train error)\nbar: all runs; whisker: range of per-seed τ",
+                 fontsize=9)  # fmt: skip
     for ax, m in zip(axes[1:], MEASURES):
         for i, name in enumerate(names):
             rows = data[name]
@@ -175,9 +195,12 @@ def ranking_figure(data: dict[str, pd.DataFrame], table: pd.DataFrame) -> Figure
         ax.set_xlabel(label(m))
         ax.set_ylabel("generalization gap (test − train error)")
         ax.set_title(label(m).split(" (")[0], fontsize=10)
+    handles = [Patch(color=f"C{i}", label=f"{name} ({len(data[name])} runs)")
+               for i, name in enumerate(names)]  # fmt: skip
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(names), 4), fontsize=8,
+               title="source of runs (colour of the bars and the points)", title_fontsize=8)  # fmt: skip
     fig.suptitle(
-        "Generalization measures at the end of training against the generalization gap: "
-        + "; ".join(f"{name}: {len(rows)} runs" for name, rows in data.items()),
+        "Generalization measures at the end of training against the generalization gap",
         fontsize=10,
     )
     tidy_log_axes(fig)
@@ -189,11 +212,13 @@ class Analysis:
     """``data``: {source: its runs}; ``table``: τ, p and Ψ per (source, measure) (long
     form); ``wide``: τ per measure (rows) and source (columns) with ``mean τ``, sorted by
     it; ``margins``: per (source, seed), the best flatness τ minus the best other τ;
+    ``seed_tau``: τ per (source, seed, measure) (:func:`per_seed_tau`);
     ``consistent``: the measures whose τ has the same sign in every source; ``left_out``:
     the sources that could not be ranked, and why."""
 
     data: dict[str, pd.DataFrame]
     table: pd.DataFrame
+    seed_tau: pd.DataFrame
     wide: pd.DataFrame
     margins: tuple[float, ...]
     consistent: tuple[str, ...]
@@ -213,8 +238,9 @@ def analyze(rows: pd.DataFrame, cfg: Config) -> Analysis:
         for m in wide.index
         if (np.sign(wide.loc[m, list(data)]) == np.sign(wide.loc[m, "mean τ"])).all()
     )
-    margins = tuple(flatness_margins(data))
-    return Analysis(data, table, wide, margins, consistent, tuple(left_out))
+    seed_tau = per_seed_tau(data)
+    margins = tuple(flatness_margins(seed_tau))
+    return Analysis(data, table, seed_tau, wide, margins, consistent, tuple(left_out))
 
 
 def claims(a: Analysis, cfg: Config) -> list[Claim]:
@@ -249,11 +275,12 @@ def claims(a: Analysis, cfg: Config) -> list[Claim]:
 def figures(a: Analysis, cfg: Config) -> list[tuple[Figure, str, str]]:
     return [
         (
-            ranking_figure(a.data, a.table),
+            ranking_figure(a.data, a.table, a.seed_tau),
             "generalization_measures.png",
-            "Top left: Kendall τ between each measure and the generalization gap, per source "
-            "of runs. Other panels: each measure against the gap, one point per run, coloured "
-            "by source as in the bars.",
+            "Top left: Kendall τ between each measure and the generalization gap over all runs "
+            "of each source (bars), the whiskers spanning the τ within single seeds (one "
+            "hyperparameter varies). Other panels: each measure against the gap, one point "
+            "per run. Colours: the source of runs, keyed below the panels.",
         )
     ]
 
