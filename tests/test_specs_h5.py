@@ -10,6 +10,7 @@ import dataclasses
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from implicit_reg.experiments import flat_optimizers as fo
 from implicit_reg.experiments import lr_sweep as lrs
@@ -158,3 +159,65 @@ def test_lr_sweep_without_small_step_runs_says_so(tmp_path, monkeypatch):
     stored = lrs.stored(tmp_path)
     assert (stored.part == "igr").sum() == len(igr) and "Re-judged" in stored.attrs["note"]
     assert lrs.claims(lrs.analyze(stored, cfg), cfg)[0].verdict == "reproduced"
+
+
+def belkin_rows(peak: float, *, rng) -> pd.DataFrame:
+    """A stored-style belkin-network table at `small` (one row per condition, width, seed;
+    5 seeds): the test loss falls with H, except a rise of ``peak`` (log scale) at H = 13,
+    the width nearest n·k, with reuse; the fresh arm has no peak."""
+    from implicit_reg.experiments import belkin_network as bn
+
+    cfg = bn.CONFIGS["small"]
+    rows = []
+    for s in range(SEEDS):
+        shift = 0.02 * rng.standard_normal()
+        for condition in bn.CONDITIONS:
+            for w in cfg.widths:
+                log_loss = -0.3 * np.log(w) + shift + 0.01 * rng.standard_normal()
+                if condition == "with reuse" and w == 13:
+                    log_loss += peak
+                rows.append(
+                    {"condition": condition, "width": w, "N": cfg.n_params(w), "seed": s,
+                     "reused": condition == "with reuse" and cfg.below(w), "status": "complete",
+                     "config_hash": f"{condition}{w}{s}", "train_loss": 0.01,
+                     "train_error": 0.0, "test_loss": np.exp(log_loss),
+                     "test_error": np.exp(log_loss) / 4, "weight_norm": 10.0,
+                     "dist_from_init": 5.0, "grad_norm_sq": 1e-4, "wall_time_s": 1.0}
+                )  # fmt: skip
+    return pd.DataFrame(rows), cfg
+
+
+def test_belkin_network_a_planted_peak_at_nk_is_reproduced_and_removing_it_is_not():
+    from implicit_reg.experiments import belkin_network as bn
+
+    for peak, want in ((0.5, "reproduced"), (0.0, "not reproduced")):
+        rows, cfg = belkin_rows(peak, rng=np.random.default_rng(17))
+        a = bn.analyze(rows, cfg)
+        assert a.peaks["with reuse", "at n·k"].at == 13  # placed before the test
+        claims = bn.claims(a, cfg)
+        headline = next(c for c in claims if c.headline)
+        at_nk = next(c for c in claims if "sits at N ≈ n·k" in c.statement and "(with reuse)"
+                     in c.statement)  # fmt: skip
+        assert "test loss rises to a peak" in headline.statement
+        assert at_nk.verdict == want, (peak, at_nk.ours)
+        fresh = next(c for c in claims if "sits at N ≈ n·k" in c.statement and "(without "
+                     "reuse)" in c.statement)  # fmt: skip
+        assert fresh.verdict != "reproduced", fresh.ours
+
+
+def test_belkin_network_plans_its_reuse_links_in_its_store(tmp_path):
+    """The reuse links name the previous link's checkpoint in the store; the plan needs it."""
+    from implicit_reg.experiments import belkin_network as bn
+
+    cfg = bn.CONFIGS["smoke"]
+    with pytest.raises(ValueError, match="give the store"):
+        bn.plan(cfg)
+    runs = bn.plan(cfg, store=tmp_path).runs
+    links = [c for c in runs if c.checkpoint]
+    chains = 2 * cfg.seeds  # with reuse, and with random new weights (sharing their start)
+    assert (
+        len({c.config_hash() for c in links}) == (len(cfg.reused_widths) - 1) * chains + cfg.seeds
+    )
+    assert all(str(tmp_path) in c.init_from for c in links if c.init_from)
+    fresh = len(cfg.widths) + len(cfg.long_widths)
+    assert len(runs) - len(links) == fresh * cfg.seeds

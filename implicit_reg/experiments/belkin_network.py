@@ -39,6 +39,7 @@ as the next run's ``init_from``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,7 @@ from implicit_reg.engine.checkpoint import read_model_state
 from implicit_reg.engine.config import RunConfig
 from implicit_reg.engine.store import CHECKPOINT_FILE
 from implicit_reg.report.report import (
+    Claim,
     Report,
     Untested,
     attempt,
@@ -58,16 +60,15 @@ from implicit_reg.report.report import (
 )
 from implicit_reg.stats import paired_test
 
+from ._spec import Plan, Spec, run_spec
 from ._sweeps import (
     Peak,
     highest_bump,
     peak_of,
     run_configs,
     seed_band,
-    store_only,
     sweep_dir,
     tidy_log_axes,
-    wall_span,
     workers_for,
 )
 
@@ -187,76 +188,65 @@ def _checkpoint_of(directory: Path, config: RunConfig) -> str:
     return str((directory / "runs" / config.config_hash() / CHECKPOINT_FILE).resolve())
 
 
-def stored_runs(table: Path) -> pd.DataFrame:
-    """The per-run table ``runs.csv`` an earlier report wrote, as :func:`ensure_runs` returns
-    its rows (no ``run_dir``: the checkpoints are not committed)."""
-    data = pd.read_csv(table)
-    unique = data.drop_duplicates("config_hash")
-    data.attrs.update(
-        train_time_s=float(unique.wall_time_s.astype(float).sum()), runs=len(unique),
-        directory=f"{table.name} (re-judged from the stored table; nothing trained)", span="",
-        stored=True,
-    )  # fmt: skip
-    return data
-
-
-def ensure_runs(cfg: Config, directory: Path, *, workers: int = 1) -> pd.DataFrame:
-    """Train (or read) both sweeps; one row per (condition, width, seed).
-
-    The reuse chain of a seed runs width by width (each needs the previous
-    checkpoint), so the chains advance one width at a time with the seeds'
-    links trained side by side; then every fresh run (both sweeps above the
-    threshold are the same fresh runs, and the longer arm) trains at once.
-    ``workers`` processes share each of those batches.
-    """
-    directory = Path(directory)
-    seeds = range(cfg.seeds)
+def chain_links(cfg: Config, store: Path) -> list[tuple[RunConfig, ...]]:
+    """The reuse chains' links, one tuple per width below n·k (every chain's link at that
+    width, the seeds side by side): each link starts from the previous link's checkpoint in
+    ``store``, named by path (so it is in the link's config hash)."""
     noises = (None,) if cfg.reuse_noise is None else (None, cfg.reuse_noise)
-    chains = {(noise, seed): [] for noise in noises for seed in seeds}
+    chains: dict = {(noise, seed): [] for noise in noises for seed in range(cfg.seeds)}
+    stages = []
     for w in cfg.reused_widths:
-        links = []
-        for noise, seed in chains:
-            chain = chains[noise, seed]
-            previous = _checkpoint_of(directory, chain[-1]) if chain else None
+        for (noise, seed), chain in chains.items():
+            previous = _checkpoint_of(Path(store), chain[-1]) if chain else None
             c = run_config(cfg, w, seed, init_from=previous, noise=noise if chain else None)
-            links.append(c.replace(checkpoint=True))
-        run_configs(links, directory, workers=workers)  # trained now if missing: checkpoints
-        for key, c in zip(chains, links):
-            chains[key].append(c)
-    fresh = {seed: [run_config(cfg, w, seed) for w in cfg.widths] for seed in seeds}
-    longer = {
-        seed: [run_config(cfg, w, seed, epochs=cfg.long_epochs) for w in cfg.long_widths]
-        for seed in seeds
-    }
-    every = [c for chain in chains.values() for c in chain]
-    every += [c for seed in seeds for c in fresh[seed] + longer[seed]]
-    # trains the fresh and longer runs still missing; one row per stored run, read once
-    stored = run_configs(every, directory, workers=workers).set_index("config_hash")
+            chain.append(c.replace(checkpoint=True))
+        stages.append(tuple(chain[-1] for chain in chains.values()))
+    return stages
+
+
+def plan(cfg: Config, store: Path | None = None) -> Plan:
+    """Both sweeps: the reuse chains' links (:func:`chain_links`, in ``store``), then every
+    fresh run (both sweeps above the threshold are the same fresh runs) and the longer ones.
+    :func:`run` trains the links width by width first, each needing the previous checkpoint."""
+    if store is None:
+        raise ValueError("belkin-network's reuse links name their checkpoints: give the store")
+    links = [c for stage in chain_links(cfg, Path(store)) for c in stage]
+    seeds = range(cfg.seeds)
+    fresh = [run_config(cfg, w, seed) for seed in seeds for w in cfg.widths]
+    fresh += [run_config(cfg, w, seed, epochs=cfg.long_epochs) for seed in seeds
+              for w in cfg.long_widths]  # fmt: skip
+    return Plan(tuple(links + fresh))
+
+
+def arm_rows(rows: pd.DataFrame, cfg: Config) -> pd.DataFrame:
+    """One row per (condition, width, seed) from the runs' summaries (one per run): the
+    reuse chains, each continued by the fresh runs above the threshold; the fresh runs; the
+    longer fresh runs; with ``reused`` and ``N``."""
+    rows = rows.drop_duplicates("config_hash").reset_index(drop=True)
+    reused = rows.init_from.notna()
+    noisy = rows.init_from_noise.notna()
+    chain = reused | rows.checkpoint.astype(bool)  # a chain's first link is not reused
+    longer = (rows.epochs != cfg.epochs) & (rows.epochs == cfg.long_epochs) & ~chain
+    fresh = ~chain & ~longer
+    above = fresh & ~rows.width.map(lambda w: cfg.below(int(w))).astype(bool)
     frames = []
-    for seed in seeds:
-        above = [c for c in fresh[seed] if not cfg.below(c.width)]
-        arms = [("with reuse", chains[None, seed] + above), ("without reuse", fresh[seed]),
-                (LONG, longer[seed])]  # fmt: skip
-        if cfg.reuse_noise is not None:
-            arms.append((NOISY, chains[cfg.reuse_noise, seed] + above))
-        for condition, configs in arms:
-            found = [c for c in configs if c.config_hash() in stored.index]
-            if not found:  # no arm at this scale, or a store-only report before its runs
-                continue
-            rows = stored.loc[[c.config_hash() for c in found]].reset_index()
-            rows = rows.assign(condition=condition, seed=seed)
-            rows["reused"] = [c.init_from is not None for c in found]
-            frames.append(rows)
+    for seed in range(cfg.seeds):
+        mine = rows.seed == seed
+        arms = [("with reuse", chain & ~noisy, True), ("without reuse", fresh, False),
+                (LONG, longer, False)]  # fmt: skip
+        if cfg.reuse_noise is not None:  # its first link is the other chain's
+            arms.append((NOISY, (chain & ~reused) | noisy, True))
+        for condition, sel, continued in arms:
+            part = rows[mine & sel].sort_values("width")
+            if continued:  # a reuse chain goes on with the fresh runs above n·k
+                part = pd.concat([part, rows[mine & above].sort_values("width")])
+            if len(part):
+                frames.append(part.assign(condition=condition, seed=seed))
     if not frames:
-        raise ValueError(f"no finished belkin-network runs in {directory} (a store-only report)")
+        raise ValueError("no finished belkin-network runs (a store-only report before its runs)")
     data = pd.concat(frames, ignore_index=True)
+    data["reused"] = data.init_from.notna()
     data["N"] = [cfg.n_params(int(w)) for w in data.width]
-    # each run once for the compute note (the fresh runs above the threshold are shared)
-    unique = data.drop_duplicates("config_hash")
-    data.attrs["train_time_s"] = float(unique.wall_time_s.astype(float).sum())
-    data.attrs["runs"] = len(unique)
-    data.attrs["span"] = wall_span(unique)
-    data.attrs["directory"] = str(directory)
     return data
 
 
@@ -310,28 +300,57 @@ def arms_in(data: pd.DataFrame) -> list[str]:
     return [c for c in (*CONDITIONS, NOISY) if c in set(data.condition)]
 
 
-def add_claims(report: Report, data: pd.DataFrame, cfg: Config) -> dict:
+@dataclasses.dataclass(frozen=True)
+class Analysis:
+    """``data``: one row per (condition, width, seed) (:func:`arm_rows`, or the stored
+    ``runs.csv``); ``peaks[condition, what]``: the peak tests of each arm, ``what`` in
+    "test_loss", "test_error" (located on held-out seeds) and "at n·k" (the test loss,
+    placed at the width nearest n·k before the test), a Peak or an Untested."""
+
+    data: pd.DataFrame
+    peaks: dict
+
+
+def analyze(rows: pd.DataFrame, cfg: Config) -> Analysis:
+    data = rows if "condition" in rows else arm_rows(rows, cfg)
     peaks = {}
+    for condition in [*arms_in(data), *([LONG] if LONG in set(data.condition) else [])]:
+        for metric in ("test_loss", "test_error"):
+            peaks[condition, metric] = sweep_peak(per_seed(data, condition, metric), cfg)
+        table = per_seed(data, condition, "test_loss")
+        cols = table.dropna(axis=1, how="all").columns
+        w_k = threshold_width(cfg, cols) if table.shape[1] else None
+        peaks[condition, "at n·k"] = (
+            sweep_peak(table, cfg, at=w_k) if w_k is not None else Untested("no finished width")
+        )
+    return Analysis(data=data, peaks=peaks)
+
+
+def claims(a: Analysis, cfg: Config) -> list[Claim]:
+    """Per arm: the peak of the test loss and error, the peak placed at n·k, the widest
+    network against the best below n·k; the longer runs' peak."""
+    data, peaks = a.data, a.peaks
+    out: list[Claim] = []
+
+    def add(statement: str, paper: str, *tests, **kw) -> None:
+        out.append(Claim(statement, paper, tuple(tests), **kw))
+
     for condition in arms_in(data):
         for metric, what in (("test_loss", "test loss"), ("test_error", "test error")):
-            p = sweep_peak(per_seed(data, condition, metric), cfg)
-            peaks[condition, metric] = p
-            report.add_claim(
+            p = peaks[condition, metric]
+            add(
                 f"{what} rises to a peak and falls again as H grows ({condition})",
                 "Belkin et al. 2019, Fig. 3",
                 _test(p),
                 context=peak_context(p, cfg, what),
                 headline=(condition, metric) == ("with reuse", "test_loss"),
             )
-        table = per_seed(data, condition, "test_loss")
-        w_k = (
-            threshold_width(cfg, table.dropna(axis=1, how="all").columns)
-            if table.shape[1]
-            else None
-        )
-        p = sweep_peak(table, cfg, at=w_k) if w_k is not None else Untested("no finished width")
-        peaks[condition, "at n·k"] = p
-        report.add_claim(
+        p = peaks[condition, "at n·k"]
+        w_k = p.at if isinstance(p, Peak) else None
+        if w_k is None:  # untested: the width it would have been placed at
+            cols = per_seed(data, condition, "test_loss").dropna(axis=1, how="all").columns
+            w_k = threshold_width(cfg, cols) if len(cols) else None
+        add(
             f"the test-loss peak sits at N ≈ n·k = {cfg.threshold:,}: placed at H = {w_k} "
             f"before the test ({condition})",
             "Belkin et al. 2019 (N ≈ n·k for the squared loss)",
@@ -347,7 +366,7 @@ def add_claims(report: Report, data: pd.DataFrame, cfg: Config) -> dict:
         if not small or w_last is None or cfg.below(w_last):
             continue  # no finished run above the threshold yet
         w_best = int(t[small].mean(axis=0).idxmin())
-        report.add_claim(
+        add(
             f"the widest network beats the best network below the threshold ({condition})",
             "Belkin et al. 2019 (the test error of large networks falls below the classical "
             "optimum)",
@@ -356,7 +375,17 @@ def add_claims(report: Report, data: pd.DataFrame, cfg: Config) -> dict:
             f"below n·k: choosing it on these means favours the small network), "
             f"{100 * t[w_last].mean():.1f}% at H = {w_last}; paired",
         )
-    return peaks
+
+    if cfg.long_widths and LONG in set(data.condition):
+        p = peaks[LONG, "test_loss"]
+        add(
+            f"test loss rises to a peak and falls again as H grows ({LONG}: {cfg.long_epochs} "
+            "epochs)",
+            f"Belkin et al. 2019, Fig. 3 (networks trained up to {BELKIN_EPOCHS:,} epochs)",
+            _test(p),
+            context=peak_context(p, cfg, "test loss"),
+        )
+    return out
 
 
 def artifact_text(peaks: dict, cfg: Config) -> str:
@@ -455,18 +484,14 @@ def fit_text(data: pd.DataFrame, cfg: Config) -> str:
     )
 
 
-def add_longer(report: Report, data: pd.DataFrame, cfg: Config) -> None:
-    """The longer fresh runs near n·k: do they fit the training set, and is there a peak then?"""
+def add_longer(report: Report, a: Analysis, cfg: Config) -> None:
+    """The longer fresh runs near n·k: do they fit the training set (the peak's claim is
+    among the claims)?"""
+    data = a.data
     if not cfg.long_widths or LONG not in set(data.condition):
         return
     base, long = per_seed(data, "without reuse", "test_loss"), per_seed(data, LONG, "test_loss")
-    p = sweep_peak(long, cfg)
-    report.add_claim(
-        f"test loss rises to a peak and falls again as H grows ({LONG}: {cfg.long_epochs} epochs)",
-        f"Belkin et al. 2019, Fig. 3 (networks trained up to {BELKIN_EPOCHS:,} epochs)",
-        _test(p),
-        context=peak_context(p, cfg, "test loss"),
-    )
+    p = a.peaks[LONG, "test_loss"]
     tr_base = per_seed(data, "without reuse", "train_loss")
     tr_long = per_seed(data, LONG, "train_loss")
     rows = []
@@ -657,32 +682,31 @@ DATA_COLUMNS = (
 )  # fmt: skip
 
 
-def run(scale: str, out: Path) -> Report:
-    """Run belkin-network at ``scale`` and write its report into ``out``."""
-    cfg = select_scale(CONFIGS, scale)
-    report = Report(NAME, TITLE, scale, out, cfg, PAPER)
-    directory, table = sweep_dir(Path(out), NAME, NAME), Path(out) / "runs.csv"
-    if store_only() and not (directory / "runs").is_dir() and table.is_file():
-        data = stored_runs(table)  # re-judge the runs an earlier report tabulated
-    else:
-        data = ensure_runs(cfg, directory, workers=workers_for(scale))
-    peaks = add_claims(report, data, cfg)
-    report.add_text(artifact_text(peaks, cfg), heading="Is the peak an artifact of weight reuse?")
-    report.add_figure(
-        sweep_figure(data, cfg),
-        "belkin_network.png",
-        "Test loss, test error, train loss and the norms against the parameter count, with "
-        "weight reuse below n·k (red) and from fresh initializations (blue, dashed)"
-        + (
-            ", and reuse with random new weights (orange, dash-dotted)"
-            if NOISY in arms_in(data)
-            else ""
+def figures(a: Analysis, cfg: Config) -> list[tuple[Figure, str, str]]:
+    return [
+        (
+            sweep_figure(a.data, cfg),
+            "belkin_network.png",
+            "Test loss, test error, train loss and the norms against the parameter count, with "
+            "weight reuse below n·k (red) and from fresh initializations (blue, dashed)"
+            + (
+                ", and reuse with random new weights (orange, dash-dotted)"
+                if NOISY in arms_in(a.data)
+                else ""
+            )
+            + "; the dashed vertical line is N = n·k. The reuse arms' lines break where reuse "
+            "switches off (their networks above n·k are the fresh ones). Mean ± std over seeds.",
         )
-        + "; the dashed vertical line is N = n·k. The reuse arms' lines break where reuse "
-        "switches off (their networks above n·k are the fresh ones). Mean ± std over seeds.",
-    )
+    ]
+
+
+def extras(report: Report, a: Analysis, cfg: Config) -> None:
+    """The reuse reading, the fit at the threshold, the longer runs, the added units, the
+    per-width table, the norms, the protocol and ``runs.csv``."""
+    data = a.data
+    report.add_text(artifact_text(a.peaks, cfg), heading="Is the peak an artifact of weight reuse?")
     report.add_text(fit_text(data, cfg), heading="Do the networks at the threshold interpolate?")
-    add_longer(report, data, cfg)
+    add_longer(report, a, cfg)
     units, units_text = added_units(data, cfg)
     if units:
         report.add_text(units_text, heading="Do the units a reused network adds learn?")
@@ -711,18 +735,16 @@ def run(scale: str, out: Path) -> Report:
         heading="Protocol",
     )
     report.add_data(data[[c for c in DATA_COLUMNS if c in data]], "runs.csv")
-    seeds_done = sorted(data.seed.unique())
-    report.add_text(
-        f"{data.attrs['runs']} engine runs (`implicit_reg.engine.train.run`) in "
-        f"`{data.attrs['directory']}`; their training time, as each recorded it: "
-        f"{data.attrs['train_time_s']:.0f} s in total, one torch thread each."
-        + data.attrs["span"]
-        + (
-            f" **A store-only report (`IMPLICIT_REG_STORE_ONLY=1`): seeds "
-            f"{', '.join(map(str, seeds_done))} of {cfg.seeds}, only the runs finished so far.**"
-            if store_only() and not data.attrs.get("stored")
-            else ""
-        ),
-        heading="Compute",
-    )
-    return report.write()
+
+
+SPEC = Spec(NAME, TITLE, PAPER, CONFIGS, plan, analyze, claims, figures, extras)
+
+
+def run(scale: str, out: Path) -> Report:
+    """Run belkin-network at ``scale`` and write its report into ``out`` (its plan names the
+    reuse chains' checkpoints in the store, ``out/sweep``)."""
+    store = sweep_dir(Path(out), NAME, NAME)
+    for links in chain_links(select_scale(CONFIGS, scale), store):  # width by width
+        run_configs(list(links), store, workers=workers_for(scale))  # (store-only: reads)
+    spec = dataclasses.replace(SPEC, plan=functools.partial(plan, store=store))
+    return run_spec(spec, scale, out)
