@@ -432,8 +432,10 @@ def regimes_figure(df: pd.DataFrame, cfg: Config) -> Figure:
     return fig
 
 
-def stored_measurement(out: Path, cfg: Config) -> tuple[list[Point], list[Cost], float] | None:
-    """The points, costs and wall time of an earlier run of the same config in ``out``
+def stored_measurement(
+    out: Path, cfg: Config
+) -> tuple[list[Point], list[Cost], float, float] | None:
+    """The points, costs, wall and CPU time of an earlier run of the same config in ``out``
     (its ``config.json``, ``summary.json``, ``trajectories.csv`` and ``cost.csv``), or None."""
     files = [out / f for f in ("config.json", "summary.json", "trajectories.csv", "cost.csv")]
     if not all(f.exists() for f in files):
@@ -442,10 +444,11 @@ def stored_measurement(out: Path, cfg: Config) -> tuple[list[Point], list[Cost],
     if stored != json.loads(json.dumps(dataclasses.asdict(cfg))):
         return None
     summary = json.loads(files[1].read_text(encoding="utf-8"))
-    wall = float(summary.get("measured_wall_time_s") or summary.get("wall_time_s") or math.nan)
+    wall = float(summary.get("wall_time_s") or 0.0)
+    cpu = float(summary.get("cpu_time_s") or 0.0)
     points = [Point(**r) for r in pd.read_csv(files[2]).to_dict("records")]
     costs = [Cost(**r) for r in pd.read_csv(files[3]).to_dict("records")]
-    return points, costs, wall
+    return points, costs, wall, cpu
 
 
 def caveats(points: list[Point], costs: list[Cost], cfg: Config) -> list[str]:
@@ -497,12 +500,13 @@ def run(scale: str, out: Path) -> Report:
         points, costs = measure(cfg)
         note = ""
     else:
-        points, costs, wall = stored
-        # the report's wall time counts the earlier measurement too (the index quotes it as cost)
+        points, costs, wall, cpu = stored
+        # the report's times count the earlier measurement too (the index quotes them as cost)
         report._t0 -= wall  # noqa: SLF001
+        report._cpu0 -= cpu  # noqa: SLF001
         note = (
             f"The measurement was made by an earlier run of this config ({wall:.0f} s wall "
-            "time, included in the wall time below; not in the CPU time); this report "
+            f"time, {cpu:.0f} s CPU, both included in the times below); this report "
             "re-analyses its stored trajectories.csv and cost.csv."
         )
     df = pd.DataFrame([dataclasses.asdict(p) for p in points])
