@@ -163,3 +163,34 @@ def test_a_stored_lr_sweep_table_without_train_error_is_left_out_and_said_so():
     a = gm.analyze(rows, cfg)
     assert list(a.data) == ["double-descent-width (MNIST-1D, cross-entropy)"]
     assert "no generalization gap" in gm.claims(a, cfg)[0].context
+
+
+def test_store_only_reports_borrow_each_part_from_its_owners_table(tmp_path, monkeypatch):
+    """run_spec end to end, store-only, no run store anywhere: generalization-measures reads
+    double-descent-width's runs.csv (Plan.also's part) and says why lr-sweep's table is left
+    out; double-descent-epochs reads its trajectories.csv (Spec.stored). Nothing trained,
+    no store created."""
+    dd = width_table(0.06, 0.0, rng=np.random.default_rng(2))
+    rng = np.random.default_rng(4)
+    for m in gm.MEASURES:
+        dd[m] = rng.lognormal(size=len(dd))
+    (tmp_path / "double-descent-width").mkdir()
+    dd.to_csv(tmp_path / "double-descent-width" / "runs.csv", index=False)
+    (tmp_path / "lr-sweep").mkdir()
+    pd.DataFrame({"run": ["GD"], "lr": [0.1], "seed": [0], "status": ["complete"],
+                  "stop_reason": ["target_train_loss"], "test_error": [0.5],
+                  "lambda_max": [1.0]}).to_csv(tmp_path / "lr-sweep" / "runs.csv", index=False)  # fmt: skip
+    out = tmp_path / "generalization-measures"
+    epochs = tmp_path / "double-descent-epochs"
+    epochs.mkdir()
+    epoch_history(0.05, rng=np.random.default_rng(0)).to_csv(
+        epochs / "trajectories.csv", index=False
+    )
+    monkeypatch.setenv("IMPLICIT_REG_STORE_ONLY", "1")
+    text = gm.run("small", out).path.read_text()
+    assert "left out: lr-sweep: its stored runs.csv has no train error" in text
+    assert "double-descent-width (MNIST-1D, cross-entropy, clean labels)" in text
+    report = dde.run("small", epochs)
+    assert [c.verdict for c in report.claims][:3] == ["reproduced"] * 3
+    assert "Re-judged from the per-seed histories" in report.path.read_text()
+    assert not list(tmp_path.glob("*/sweep"))  # no run store was created
