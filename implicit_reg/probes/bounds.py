@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ..core.objective import Data, iter_chunks, num_samples, trainable_named_params
+from .arguments import check_count, check_positive
 from .state import DEFAULT_MODE, check_mode, preserved, seeded_rng
 
 __all__ = [
@@ -61,18 +62,17 @@ _HOMOGENEOUS = (nn.ReLU, nn.LeakyReLU, nn.Identity, nn.Flatten, nn.Dropout)
 _SPECTRAL_FORMS = ("fro", "bartlett")
 
 
-def _positive(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
-
-
-def _count(name: str, value, low: int = 1) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return value
+def _initial_value(init_state: Mapping[str, Tensor], key: str, w: Tensor) -> Tensor:
+    """``init_state[key]`` in float64 on ``w``'s device; ValueError when it is missing or
+    its shape is not ``w``'s."""
+    if key not in init_state:
+        raise ValueError(f"init_state has no entry {key!r}")
+    w0 = init_state[key].detach().to(device=w.device, dtype=torch.float64)
+    if w0.shape != w.shape:
+        raise ValueError(
+            f"init_state[{key!r}] has shape {tuple(w0.shape)}, the model's is {tuple(w.shape)}"
+        )
+    return w0
 
 
 def _percentile(value) -> float:
@@ -353,15 +353,7 @@ def spectral_complexity(
             if init_state is None:
                 diff = w
             else:
-                if key not in init_state:
-                    raise ValueError(f"init_state has no entry {key!r}")
-                w0 = init_state[key].detach().to(device=w.device, dtype=torch.float64)
-                if w0.shape != w.shape:
-                    raise ValueError(
-                        f"init_state[{key!r}] has shape {tuple(w0.shape)}, "
-                        f"the model's is {tuple(w.shape)}"
-                    )
-                diff = w - w0
+                diff = w - _initial_value(init_state, key, w)
             s = float(torch.linalg.matrix_norm(w, ord=2))
             if s == 0:
                 raise ValueError(f"layer {key!r} is all zeros: its spectral norm is 0")
@@ -438,15 +430,15 @@ def pacbayes_sigma(
     σ_upper − σ ≤ rtol·σ_upper. The returned bracket always satisfies
     rise ≤ max_increase < rise_upper. Cost: K full-data passes per σ tried.
     """
-    target = _positive("max_increase", max_increase)
+    target = check_positive("max_increase", max_increase)
     if target >= 1:
         raise ValueError(f"max_increase must be < 1 (an error rate), got {max_increase!r}")
-    n_samples = _count("n_samples", n_samples)
-    sigma_init = _positive("sigma_init", sigma_init)
-    sigma_max = _positive("sigma_max", sigma_max)
+    n_samples = check_count("n_samples", n_samples)
+    sigma_init = check_positive("sigma_init", sigma_init)
+    sigma_max = check_positive("sigma_max", sigma_max)
     if sigma_init > sigma_max:
         raise ValueError(f"sigma_init ({sigma_init}) must be <= sigma_max ({sigma_max})")
-    rtol = _positive("rtol", rtol)
+    rtol = check_positive("rtol", rtol)
     if rtol >= 1:
         raise ValueError(f"rtol must be < 1, got {rtol!r}")
     check_mode(mode)
@@ -536,8 +528,8 @@ def pacbayes_bound(dist_sq: float, sigma: float, m: int) -> float:
         raise ValueError(f"dist_sq must be a finite number >= 0, got {dist_sq!r}")
     if not math.isfinite(dist_sq) or dist_sq < 0:
         raise ValueError(f"dist_sq must be a finite number >= 0, got {dist_sq!r}")
-    sigma = _positive("sigma", sigma)
-    m = _count("m", m)
+    sigma = check_positive("sigma", sigma)
+    m = check_count("m", m)
     return dist_sq / (4 * sigma**2) + math.log(m / sigma) + 10
 
 
@@ -580,14 +572,7 @@ def pacbayes_measures(
                 )
             d_sq = 0.0
             for k, p in named.items():
-                if k not in init_state:
-                    raise ValueError(f"init_state has no entry {k!r}")
-                p0 = init_state[k].detach().to(device=p.device, dtype=torch.float64)
-                if p0.shape != p.shape:
-                    raise ValueError(
-                        f"init_state[{k!r}] has shape {tuple(p0.shape)}, "
-                        f"the model's is {tuple(p.shape)}"
-                    )
+                p0 = _initial_value(init_state, k, p)
                 d_sq += float((p.detach().double() - p0).square().sum())
     res = pacbayes_sigma(
         model,

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.objective import Data, iter_chunks, num_samples, trainable_named_params
+from .arguments import check_count, check_positive
 from .operator import HessianOperator
 from .state import DEFAULT_MODE, check_mode, preserved, seeded_rng
 
@@ -46,18 +47,6 @@ class Estimate:
     value: float
     stderr: float
     n_samples: int
-
-
-def _positive(name: str, value) -> float:
-    if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
-
-
-def _count(name: str, value, low: int = 1) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return value
 
 
 def grad_norm_sq(
@@ -150,9 +139,9 @@ def eps_sharpness(
     box (e.g. a linear loss or a separable convex quadratic) and never
     negative. Cost: ``steps`` full-data gradients and one loss.
     """
-    eps = _positive("eps", eps)
-    steps = _count("steps", steps)
-    eta = 2.5 / steps if step_size is None else _positive("step_size", step_size)
+    eps = check_positive("eps", eps)
+    steps = check_count("steps", steps)
+    eta = 2.5 / steps if step_size is None else check_positive("step_size", step_size)
     op = HessianOperator(model, loss_fn, data, chunk_size=chunk_size, mode=mode)
     theta = op.theta()
     w = eps * (theta.abs() + 1)
@@ -190,8 +179,8 @@ def gaussian_sharpness(
     private ``torch.Generator`` seeded with ``seed``. Cost: 2·n_samples + 1
     full-data losses.
     """
-    sigma = _positive("sigma", sigma)
-    n_samples = _count("n_samples", n_samples, 2)
+    sigma = check_positive("sigma", sigma)
+    n_samples = check_count("n_samples", n_samples, 2)
     op = HessianOperator(model, loss_fn, data, chunk_size=chunk_size, mode=mode)
     theta = op.theta()
     gen = torch.Generator(device=op.device).manual_seed(int(seed))
