@@ -111,6 +111,53 @@ def test_sharpness_gradient_is_the_third_derivative_contraction():
         assert float(_flat(dS) @ e) == pytest.approx(float(fd), rel=1e-6)
 
 
+def _mse_mlp(kind: str, seed=3, n=6, width=3, k=2):
+    """2→3→k tanh MLP (9 + 3k parameters) under a squared loss built on ``F.mse_loss``:
+    the functional form, or the package's ``make_loss("mse")`` on real targets
+    (``RegressionMSELoss``) or on class labels (``OneHotMSELoss``)."""
+    import torch.nn.functional as F
+
+    from implicit_reg.workloads.losses import make_loss
+
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 2, generator=gen, dtype=F64)
+    theta = (torch.randn(width, 2, generator=gen, dtype=F64), torch.zeros(width, dtype=F64),
+             torch.randn(k, width, generator=gen, dtype=F64) / math.sqrt(width))  # fmt: skip
+    if kind == "onehot":
+        y, crit = torch.arange(n) % k, make_loss("mse", num_classes=k)
+    else:
+        y = torch.randn(n, k, generator=gen, dtype=F64)
+        crit = F.mse_loss if kind == "functional" else make_loss("mse", num_classes=None)
+
+    def loss(p):
+        w1, b1, w2 = p
+        return crit(torch.tanh(x @ w1.T + b1) @ w2.T, y)
+
+    return loss, theta
+
+
+@pytest.mark.parametrize("kind", ["functional", "regression", "onehot"])
+def test_sharpness_gradient_works_for_losses_built_on_mse_loss(kind):
+    """``F.mse_loss`` (alone or in ``make_loss("mse")``) made the forward-over-reverse
+    HVP raise "ZeroTensors are immutable" on torch 2.13; ∇S must be the contraction of
+    jacfwd(hessian(L)) for it too, and the velocity must be finite."""
+    loss, theta = _mse_mlp(kind)
+    f, z = _flat_loss(loss, theta), _flat(theta)
+    lam, u = _top(loss, theta)
+    S, dS = sharpness_gradient(loss, theta, _unflat(u, theta))
+    assert S == pytest.approx(lam, rel=1e-12)
+    T = jacfwd(hessian(f))(z)
+    torch.testing.assert_close(_flat(dS), torch.einsum("ijk,i,j->k", T, u, u), rtol=1e-10, atol=1e-12)  # fmt: skip
+    assert float(_flat(dS).norm()) > 1e-3  # not a vanishing (e.g. zero-tensor) gradient
+    # a non-eigenvector direction too: uᵀHu and Σ T_ijk u_i u_j for any fixed u
+    v = torch.randn(z.numel(), generator=torch.Generator().manual_seed(4), dtype=F64)
+    S_v, dS_v = sharpness_gradient(loss, theta, _unflat(v, theta))
+    assert S_v == pytest.approx(float(v @ hessian(f)(z) @ v), rel=1e-12)
+    torch.testing.assert_close(_flat(dS_v), torch.einsum("ijk,i,j->k", T, v, v), rtol=1e-10, atol=1e-12)  # fmt: skip
+    vel, info = central_flow_velocity(loss, theta, _unflat(u, theta), lr=2 / (0.5 * lam), dt=0.25)
+    assert info["sigma2"] > 0 and all(torch.isfinite(a).all() for a in vel)
+
+
 def test_params_hessian_operator_and_lanczos_against_the_explicit_hessian():
     loss, theta = _mlp()
     H = hessian(_flat_loss(loss, theta))(_flat(theta))

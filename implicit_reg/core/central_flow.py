@@ -23,9 +23,13 @@ L(θ) + ½σ²·S(θ) (the oscillation's mean excess loss, ``loss_predicted``).
 ∇S: for a simple top eigenvalue with unit eigenvector u,
 ∇S(θ) = ∇_θ(uᵀ∇²L(θ)u) with u held fixed, the contraction ∇³L[u, u] of the
 third-derivative tensor; :func:`sharpness_gradient` computes it as the
-gradient of the HVP contraction uᵀH(θ)u with ``torch.func``
-(forward-over-reverse HVP, then reverse), which is why it does not go through
-the package's detached HVP (:func:`implicit_reg.core.hvp.grad_and_hvp`).
+gradient of the HVP contraction uᵀH(θ)u with ``torch.func`` (reverse mode
+three times: uᵀHu = ⟨∇⟨∇L, u⟩, u⟩, then its gradient), which is why it does not
+go through the package's detached HVP (:func:`implicit_reg.core.hvp.grad_and_hvp`).
+Not forward-over-reverse (``jvp(grad(L))``): on torch 2.13 that raises "ZeroTensors
+are immutable" for any loss that calls ``F.mse_loss`` (pytorch/pytorch#123996, the
+forward-mode derivative of ``mse_loss_backward``; the HVP's ``method="jvp"`` names
+the same bug).
 
 Discretization (:func:`central_flow`): Euler steps of dt (in GD steps) with
 σ² chosen, as in the authors' public JAX code, so that the *linearized*
@@ -111,11 +115,13 @@ def sharpness_gradient(
     """(uᵀH(θ)u, ∇_θ(uᵀH(θ)u)) with u = ``vec`` held fixed, by ``torch.func``.
 
     For the unit top eigenvector u of a simple λ_max this is (S, ∇S)
-    (Cohen et al., ICLR 2025): ∇S_k = Σ_ij ∂³L/∂θ_i∂θ_j∂θ_k u_i u_j. The HVP is
-    forward-over-reverse (``jvp`` of ``grad``) and the outer gradient reverse
-    mode; ``loss_fn`` must be a pure function of its tuple argument.
+    (Cohen et al., ICLR 2025): ∇S_k = Σ_ij ∂³L/∂θ_i∂θ_j∂θ_k u_i u_j. All three
+    derivatives are reverse mode, uᵀHu = ⟨∇_θ⟨∇L(θ), u⟩, u⟩ (reverse-over-reverse
+    HVP), so losses built on ``F.mse_loss`` work (forward-over-reverse does not on
+    torch 2.13, module docstring); ``loss_fn`` must be a pure function of its tuple
+    argument.
     """
-    from torch.func import grad, grad_and_value, jvp
+    from torch.func import grad, grad_and_value
 
     params = tuple(p.detach() for p in params)
     vec = tuple(v.detach().to(p.dtype) for v, p in zip(vec, params))
@@ -125,9 +131,12 @@ def sharpness_gradient(
     def loss(ps):
         return check_scalar_loss(loss_fn(ps))
 
+    def dot_u(ts):
+        return sum((t * v).sum() for t, v in zip(ts, vec))
+
     def uhu(ps):
-        _, hu = jvp(grad(loss), (ps,), (vec,))
-        return sum((h * v).sum() for h, v in zip(hu, vec))
+        hu = grad(lambda qs: dot_u(grad(loss)(qs)))(ps)  # H u = ∇⟨∇L, u⟩
+        return dot_u(hu)
 
     dS, S = grad_and_value(uhu)(params)
     return float(S), tuple(d.detach() for d in dS)
