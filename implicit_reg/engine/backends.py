@@ -98,10 +98,45 @@ def _init_worker(threads: int) -> None:
     threading.Thread(target=watch, name="sweep-parent-watchdog", daemon=True).start()
 
 
-def _run_in_worker(config: RunConfig, store: ResultStore | None) -> RunResult:
+def _run_in_worker(configs: list[RunConfig], store: ResultStore | None) -> list[RunResult]:
     from .train import train_one
 
-    return train_one(config, store=store)
+    return [train_one(c, store=store) for c in configs]
+
+
+def run_on_processes(
+    task: Callable[[list[RunConfig], ResultStore | None], list[RunResult]],
+    jobs: Sequence[list[RunConfig]],
+    store: ResultStore | None,
+    *,
+    workers: int,
+    threads: int,
+) -> Iterator[RunResult]:
+    """``task(job, store)`` for each job on at most ``workers`` spawned processes, each
+    with ``threads`` torch threads; yields the results as the jobs finish. A worker that
+    dies (a crash, the OOM killer) makes its job's runs "failed" and lost with the reason;
+    the other jobs go on. ``task`` must be a module-level function (it is pickled)."""
+    with ProcessPoolExecutor(
+        max_workers=min(workers, len(jobs)),
+        mp_context=get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(threads,),
+    ) as pool:
+        futures = {pool.submit(task, job, store): job for job in jobs}
+        try:
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    try:
+                        yield from fut.result()
+                    except Exception:  # the worker process itself died
+                        error = traceback.format_exc()
+                        for c in futures[fut]:
+                            yield failed_result(c, error, lost=True)
+        finally:
+            for fut in futures:
+                fut.cancel()
 
 
 def process_pool_backend(workers: int) -> Backend:
@@ -116,26 +151,13 @@ def process_pool_backend(workers: int) -> Backend:
     ) -> Iterator[RunResult]:
         if not configs:
             return
-        threads = worker_threads(workers)
-        with ProcessPoolExecutor(
-            max_workers=min(workers, len(configs)),
-            mp_context=get_context("spawn"),
-            initializer=_init_worker,
-            initargs=(threads,),
-        ) as pool:
-            futures = {pool.submit(_run_in_worker, c, store): c for c in configs}
-            try:
-                pending = set(futures)
-                while pending:
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        try:
-                            yield fut.result()
-                        except Exception:  # the worker process itself died
-                            yield failed_result(futures[fut], traceback.format_exc(), lost=True)
-            finally:
-                for fut in futures:
-                    fut.cancel()
+        yield from run_on_processes(
+            _run_in_worker,
+            [[c] for c in configs],
+            store,
+            workers=workers,
+            threads=worker_threads(workers),
+        )
 
     return backend
 

@@ -21,16 +21,13 @@ and :func:`~implicit_reg.engine.backends.vectorized_backend`.
 from __future__ import annotations
 
 import heapq
-import traceback
 import warnings
 from collections.abc import Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from multiprocessing import get_context
 
 from . import plan as _plan
 from .backends import (
     Backend,
-    _init_worker,
+    run_on_processes,
     serial_backend,
     vectorized_backend,
     worker_threads,
@@ -39,7 +36,7 @@ from .config import RunConfig
 from .loop import step_budget
 from .plan import *  # noqa: F403
 from .plan import DEFAULT_MAX_MEMBERS, STEP_COST, plan_sweep, run_step_flops
-from .record import RunResult, failed_result
+from .record import RunResult
 from .store import ResultStore
 from .train import train_runs
 
@@ -143,26 +140,8 @@ def planned_backend(
             for job in jobs:
                 yield from _train_job(job, store)
             return
-        with ProcessPoolExecutor(
-            max_workers=min(workers, len(jobs)),
-            mp_context=get_context("spawn"),
-            initializer=_init_worker,
-            initargs=(worker_threads(workers),),
-        ) as pool:
-            futures = {pool.submit(_train_job, job, store): job for job in jobs}
-            try:
-                pending = set(futures)
-                while pending:
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        try:
-                            yield from fut.result()
-                        except Exception:  # the worker process itself died
-                            error = traceback.format_exc()
-                            for c in futures[fut]:
-                                yield failed_result(c, error, lost=True)
-            finally:
-                for fut in futures:
-                    fut.cancel()
+        yield from run_on_processes(
+            _train_job, jobs, store, workers=workers, threads=worker_threads(workers)
+        )
 
     return backend
