@@ -31,6 +31,7 @@ __all__ = [
     "iter_chunks",
     "num_samples",
     "trainable_named_params",
+    "load_trainable_params",
     "chunk_loss_fns",
     "full_loss",
     "full_gradient",
@@ -76,6 +77,15 @@ def trainable_named_params(model: nn.Module) -> dict[str, Tensor]:
     """The parameters with ``requires_grad=True``, by name. Probes and the
     full-data losses measure only these; frozen parameters are constants."""
     return {k: p for k, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_params(model: nn.Module, state: dict[str, Tensor]) -> nn.Module:
+    """Copy ``state`` (name -> tensor, one entry per trainable parameter) into
+    ``model``'s trainable parameters in place, without autograd; returns ``model``."""
+    with torch.no_grad():
+        for k, p in trainable_named_params(model).items():
+            p.copy_(state[k])
+    return model
 
 
 def chunk_loss_fns(

@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from torch.func import vmap
 from torch.nn import functional as F
 
-from ..core.objective import trainable_named_params
+from ..core.objective import load_trainable_params
 from .stacked import StackedModel, stacked_model
 
 __all__ = ["FAST_RULES", "StackedOrder", "stacked_loss", "BatchedEnsemble"]
@@ -379,11 +379,7 @@ class BatchedEnsemble:
 
     def load_member(self, m: int, model: nn.Module) -> nn.Module:
         """Copy member ``m``'s parameters into ``model`` (its architecture); returns it."""
-        state = self.member_params(m)
-        with torch.no_grad():
-            for k, p in trainable_named_params(model).items():
-                p.copy_(state[k])
-        return model
+        return load_trainable_params(model, self.member_params(m))
 
     def state_dict(self) -> dict[str, Any]:
         """The live members' stacked parameters and momentum buffers, their data order, the

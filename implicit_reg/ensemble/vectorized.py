@@ -52,7 +52,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from ..core.hvp import DEFAULT_METHOD, Params, check_method, check_scalar_loss, grad_and_hvp
 from ..core.modified_gradient import EGR_METHODS, default_fd_radius, igr_coeff
-from ..core.objective import trainable_named_params
+from ..core.objective import load_trainable_params, trainable_named_params
 from ..core.updates import egr_update, gd_update, sgd_update
 
 __all__ = [
@@ -837,11 +837,7 @@ class VectorizedEnsemble:
 
     def load_member(self, m: int, model: nn.Module) -> nn.Module:
         """Copy member ``m``'s parameters into ``model`` (same architecture); returns it."""
-        state = self.member_params(m)
-        with torch.no_grad():
-            for k, p in trainable_named_params(model).items():
-                p.copy_(state[k])
-        return model
+        return load_trainable_params(model, self.member_params(m))
 
 
 def _max_losses(values, size: int) -> list[float]:
