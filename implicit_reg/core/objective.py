@@ -18,7 +18,8 @@ linear operator.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from functools import partial
 
 import torch
 from torch import Tensor, nn
@@ -35,6 +36,7 @@ __all__ = [
     "chunk_loss_fns",
     "full_loss",
     "full_gradient",
+    "summed_loss_and_grad",
 ]
 
 Data = tuple[Tensor, Tensor] | Iterable[tuple[Tensor, Tensor]]
@@ -139,11 +141,22 @@ def full_gradient(
 ) -> tuple[Tensor, Params]:
     """(L(θ), ∇L(θ)) over the whole data set; leaves ``.grad`` untouched."""
     params = tuple(p.detach().requires_grad_(True) for p in trainable_named_params(model).values())
+    fns = chunk_loss_fns(model, loss_fn, data, chunk_size)
+    return summed_loss_and_grad((partial(f, params) for f in fns), params)
+
+
+def summed_loss_and_grad(
+    losses: Iterable[Callable[[], Tensor]], params: Sequence[Tensor]
+) -> tuple[Tensor, Params]:
+    """(Σ_c L_c, Σ_c ∇L_c) over closures that each return one term L_c (a chunk's
+    weighted loss), one backward per closure so only one chunk's graph is alive;
+    a parameter no term depends on gets a zero gradient. The full-data objective
+    L = Σ_c (n_c/N) L̄_c is summed this way (the module's loss convention)."""
     total = None
     grads = [torch.zeros_like(p) for p in params]
-    for f in chunk_loss_fns(model, loss_fn, data, chunk_size):
+    for fn in losses:
         with torch.enable_grad():
-            loss = f(params)
+            loss = fn()
             gs = torch.autograd.grad(loss, params, allow_unused=True)
         for acc, g in zip(grads, gs):
             if g is not None:

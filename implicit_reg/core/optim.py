@@ -30,6 +30,7 @@ from .modified_gradient import (
     finite_difference_hvp,
     igr_coeff,
 )
+from .objective import summed_loss_and_grad
 from .updates import egr_update, gd_update, sgd_update, sgd_update_fused
 
 __all__ = ["GD", "SGD", "EGR", "gd_update", "sgd_update"]
@@ -568,17 +569,7 @@ class EGR(Optimizer):
 def _chunks_grad(chunks, params) -> tuple[Tensor, tuple[Tensor, ...]]:
     """(Σ_c w_c L_c, Σ_c w_c ∇L_c) from (weight, closure) chunks returning mean losses."""
     check_chunks(chunks)
-    total = None
-    grads = [torch.zeros_like(p) for p in params]
-    for w, fn in chunks:
-        with torch.enable_grad():
-            loss = w * fn()
-            gs = torch.autograd.grad(loss, params, allow_unused=True)
-        for acc, x in zip(grads, gs):
-            if x is not None:
-                acc.add_(x)
-        total = loss.detach() if total is None else total + loss.detach()
-    return total, tuple(grads)
+    return summed_loss_and_grad(((lambda w=w, fn=fn: w * fn()) for w, fn in chunks), params)
 
 
 def _check_egr_method(method: str) -> None:
