@@ -278,8 +278,8 @@ def test_igr_toy_claims_follow_the_planted_flattening():
 
 def _eos_history(edge: bool, seeds: int = 3) -> pd.DataFrame:
     """Synthetic stored trajectories: λ_max rises from 0.3·2/h to 2/h by step 500 and hovers
-    there (3% noise), or drifts down to 0.25·2/h. (A flat λ_max can pass the sharpening
-    claim by chance: it tests only that the late median exceeds one noisy start probe.)"""
+    there (3% noise), or drifts down to 0.25·2/h. (A flat λ_max below the edge fails the
+    sharpening claim's TOST against 2/h: tests/test_eos_claims.py.)"""
     from implicit_reg.experiments import edge_of_stability as m
 
     cfg, rng = m.CONFIGS["small"], np.random.default_rng(5)
