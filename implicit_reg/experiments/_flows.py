@@ -19,10 +19,13 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 from scipy.integrate import solve_ivp
-from torch import Tensor
+from torch import Tensor, nn
 
 from implicit_reg.core.modified_gradient import modified_gradient_exact
+from implicit_reg.core.objective import chunk_loss_fns, trainable_named_params
 from implicit_reg.core.optim import GD
+from implicit_reg.workloads.data import load_dataset
+from implicit_reg.workloads.models import build_model
 
 LossFn = Callable[[tuple[Tensor, ...]], Tensor]
 
@@ -118,3 +121,43 @@ def gd_iterates(loss_fn: LossFn, theta0: Sequence[Tensor], lr: float, steps: int
         opt.step()
         out[k] = flatten(params)
     return out
+
+
+# ---------------------------------------------------------------- problems
+
+
+def product_toy(seed: int, y: float, *, stream: int) -> tuple[LossFn, tuple[Tensor, ...]]:
+    """Barrett & Dherin's two-parameter model E(a, b) = ½(y − ab)² (igr-toy's with
+    x = 1), started at (a, b) ~ U([0.5, 2]²) drawn by ``np.random.default_rng([seed,
+    stream])``: each experiment draws its own points through its own ``stream``."""
+    rng = np.random.default_rng([seed, stream])
+    theta0 = tuple(torch.tensor(v, dtype=torch.float64) for v in rng.uniform(0.5, 2.0, size=2))
+
+    def loss_fn(p):
+        a, b = p
+        return 0.5 * (y - a * b) ** 2
+
+    return loss_fn, theta0
+
+
+def teacher_mlp(
+    seed: int, *, n_train: int, input_dim: int, width: int, depth: int
+) -> tuple[LossFn, tuple[Tensor, ...]]:
+    """The mean squared error of a tanh MLP (``build_model("mlp")``, float64, init
+    ``seed``) on ``n_train`` teacher regression samples (data ``seed``), as a function
+    of its parameter tuple (summed over ``chunk_loss_fns``), and its initial parameters."""
+    data = load_dataset(
+        "teacher", n_train=n_train, n_test=1, seed=seed, task="regression",
+        input_dim=input_dim,
+    ).to(dtype=torch.float64)  # fmt: skip
+    model = build_model(
+        "mlp", input_dim=input_dim, output_dim=1, width=width, depth=depth,
+        activation="tanh", seed=seed,
+    ).double()  # fmt: skip
+    fns = list(chunk_loss_fns(model, nn.MSELoss(), data.train))
+
+    def loss_fn(p):
+        return sum(f(p) for f in fns)
+
+    theta0 = tuple(p.detach().clone() for p in trainable_named_params(model).values())
+    return loss_fn, theta0

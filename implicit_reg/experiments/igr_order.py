@@ -23,17 +23,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from matplotlib.figure import Figure
-from torch import nn
 
-from implicit_reg.core.objective import chunk_loss_fns, trainable_named_params
 from implicit_reg.report.report import Claim, Report, attempt, mean_std, plot_band
 from implicit_reg.stats import equivalence_test
-from implicit_reg.workloads.data import load_dataset
-from implicit_reg.workloads.models import build_model, count_params
 
-from ._flows import gd_iterates, gradient_flow
+from ._flows import gd_iterates, gradient_flow, product_toy, teacher_mlp
 from ._spec import Spec, run_spec
 
 NAME = "igr-order"
@@ -70,39 +65,18 @@ CONFIGS = {
 
 
 def toy_problem(seed: int, cfg: Config):
-    """E(a, b) = ½(y − ab)² at a random point (a, b) ~ U([0.5, 2]²)."""
-    rng = np.random.default_rng([seed, 7])
-    theta0 = tuple(torch.tensor(v, dtype=torch.float64) for v in rng.uniform(0.5, 2.0, size=2))
-
-    def loss_fn(p):
-        a, b = p
-        return 0.5 * (cfg.toy_y - a * b) ** 2
-
-    return loss_fn, theta0
+    """E(a, b) = ½(y − ab)² at a random point (a, b) ~ U([0.5, 2]²) (stream 7)."""
+    return product_toy(seed, cfg.toy_y, stream=7)
 
 
 def mlp_problem(seed: int, cfg: Config):
     """Mean squared error of a tanh MLP (``build_model("mlp")``) on teacher data,
-    as a function of its parameter tuple (``fullbatch.chunk_loss_fns``)."""
-    data = load_dataset(
-        "teacher",
-        n_train=cfg.n_train,
-        n_test=1,
-        seed=seed,
-        task="regression",
-        input_dim=cfg.input_dim,
-    ).to(dtype=torch.float64)
-    model = build_model(
-        "mlp", input_dim=cfg.input_dim, output_dim=1, width=cfg.mlp_width,
-        depth=cfg.mlp_depth, activation="tanh", seed=seed,
-    ).double()  # fmt: skip
-    fns = list(chunk_loss_fns(model, nn.MSELoss(), data.train))
-
-    def loss_fn(p):
-        return sum(f(p) for f in fns)
-
-    theta0 = tuple(p.detach().clone() for p in trainable_named_params(model).values())
-    return loss_fn, theta0, count_params(model)
+    as a function of its parameter tuple, and its number of parameters."""
+    loss_fn, theta0 = teacher_mlp(
+        seed, n_train=cfg.n_train, input_dim=cfg.input_dim, width=cfg.mlp_width,
+        depth=cfg.mlp_depth,
+    )  # fmt: skip
+    return loss_fn, theta0, sum(t.numel() for t in theta0)
 
 
 def local_errors(loss_fn, theta0, hs: np.ndarray, cfg: Config) -> list[dict]:

@@ -41,16 +41,14 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 from scipy.integrate import solve_ivp
-from torch import Tensor, nn
+from torch import Tensor
 
 from implicit_reg.core.modified_equations import adam_step, adam_velocity, heavy_ball_velocity
-from implicit_reg.core.objective import chunk_loss_fns, trainable_named_params
 from implicit_reg.report.report import Claim, Report, attempt, mean_std, select_scale
 from implicit_reg.stats import equivalence_test
-from implicit_reg.workloads.data import load_dataset
 from implicit_reg.workloads.models import build_model, count_params
 
-from ._flows import flatten, unflatten
+from ._flows import flatten, product_toy, teacher_mlp, unflatten
 from ._sweeps import tidy_log_axes
 
 NAME = "modified-equations-order"
@@ -142,34 +140,15 @@ CONFIGS = {
 
 
 def toy_problem(seed: int, cfg: Config) -> tuple[LossFn, tuple[Tensor, ...]]:
-    """E(a, b) = ½(y − ab)² at (a, b) ~ U([0.5, 2]²)."""
-    rng = np.random.default_rng([seed, 21])
-    theta0 = tuple(torch.tensor(v, dtype=torch.float64) for v in rng.uniform(0.5, 2.0, size=2))
-
-    def loss_fn(p):
-        a, b = p
-        return 0.5 * (cfg.toy_y - a * b) ** 2
-
-    return loss_fn, theta0
+    """E(a, b) = ½(y − ab)² at (a, b) ~ U([0.5, 2]²) (stream 21)."""
+    return product_toy(seed, cfg.toy_y, stream=21)
 
 
 def mlp_problem(seed: int, cfg: Config) -> tuple[LossFn, tuple[Tensor, ...]]:
     """Mean squared error of a one-hidden-layer tanh MLP on teacher regression data."""
-    data = load_dataset(
-        "teacher", n_train=cfg.n_train, n_test=1, seed=seed, task="regression",
-        input_dim=cfg.input_dim,
-    ).to(dtype=torch.float64)  # fmt: skip
-    model = build_model(
-        "mlp", input_dim=cfg.input_dim, output_dim=1, width=cfg.mlp_width, depth=1,
-        activation="tanh", seed=seed,
-    ).double()  # fmt: skip
-    fns = list(chunk_loss_fns(model, nn.MSELoss(), data.train))
-
-    def loss_fn(p):
-        return sum(f(p) for f in fns)
-
-    theta0 = tuple(p.detach().clone() for p in trainable_named_params(model).values())
-    return loss_fn, theta0
+    return teacher_mlp(
+        seed, n_train=cfg.n_train, input_dim=cfg.input_dim, width=cfg.mlp_width, depth=1
+    )
 
 
 def mlp_size(cfg: Config) -> int:
