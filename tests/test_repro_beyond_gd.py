@@ -3,9 +3,11 @@ synthetic inputs of known truth: a planted effect is "reproduced", a removed one
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from implicit_reg.experiments import adaptive_eos as ae
@@ -17,7 +19,7 @@ from implicit_reg.experiments import modified_equations_order as meo
 
 
 def _errors(slopes: dict[int, float], seeds=5, noise=0.02, seed=0):
-    """LocalError rows with error = C·h^p·exp(noise), p = slopes[order]."""
+    """A local-error table (LocalError rows) with error = C·h^p·exp(noise), p = slopes[order]."""
     rng = np.random.default_rng(seed)
     rows = []
     hs = np.geomspace(1e-3, 1e-2, 5)
@@ -27,7 +29,10 @@ def _errors(slopes: dict[int, float], seeds=5, noise=0.02, seed=0):
             for h in hs:
                 e = c * h**p * math.exp(noise * rng.standard_normal())
                 rows.append(meo.LocalError("toy", "heavy ball", order, s, float(h), e))
-    return rows
+    return pd.DataFrame([dataclasses.asdict(r) for r in rows])
+
+
+MEO = meo.Config(margin=0.25)
 
 
 def test_fit_slope_recovers_a_power_law():
@@ -36,19 +41,19 @@ def test_fit_slope_recovers_a_power_law():
 
 
 def test_order_claims_reproduced_when_slopes_are_2_and_3():
-    claims = meo.claims(meo.analyze(_errors({1: 2.0, 2: 3.0})), margin=0.25)
+    claims = meo.claims(meo.analyze(_errors({1: 2.0, 2: 3.0}), MEO), MEO)
     assert [c.verdict for c in claims] == ["reproduced", "reproduced"], [c.ours for c in claims]
 
 
 def test_order_claims_not_reproduced_when_the_modified_flow_is_only_order_2():
     # the "modified" flow no better than the leading one: slope 2 where 3 is claimed
-    claims = meo.claims(meo.analyze(_errors({1: 2.0, 2: 2.0})), margin=0.25)
+    claims = meo.claims(meo.analyze(_errors({1: 2.0, 2: 2.0}), MEO), MEO)
     assert claims[0].verdict == "reproduced"
     assert claims[1].verdict == "not reproduced", claims[1].ours
 
 
 def test_order_claims_inconclusive_with_noisy_slopes():
-    claims = meo.claims(meo.analyze(_errors({1: 2.0, 2: 3.0}, seeds=3, noise=0.6)), margin=0.25)
+    claims = meo.claims(meo.analyze(_errors({1: 2.0, 2: 3.0}, seeds=3, noise=0.6), MEO), MEO)
     assert claims[1].verdict == "inconclusive", claims[1].ours
 
 

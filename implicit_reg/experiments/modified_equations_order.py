@@ -28,6 +28,10 @@ crosses 0, where the expansion does not hold; so an initial point is *used* only
 if every gradient component stays ≥ ``g_min`` in magnitude along the longest
 history window (order-1 flow of the largest h): a rule fixed before any error
 is measured, with the candidates it skips listed in the report.
+
+The experiment is a :class:`~implicit_reg.experiments._spec.Spec` that ``measure``s its
+tables (no engine runs): a store-only report re-judges ``local_errors.csv`` and
+``initial_points.csv``.
 """
 
 from __future__ import annotations
@@ -44,11 +48,12 @@ from scipy.integrate import solve_ivp
 from torch import Tensor
 
 from implicit_reg.core.modified_equations import adam_step, adam_velocity, heavy_ball_velocity
-from implicit_reg.report.report import Claim, Report, attempt, mean_std, select_scale
+from implicit_reg.report.report import Claim, Report, attempt, mean_std
 from implicit_reg.stats import equivalence_test
 from implicit_reg.workloads.models import build_model, count_params
 
 from ._flows import flatten, product_toy, teacher_mlp, unflatten
+from ._spec import Spec, run_spec
 from ._sweeps import tidy_log_axes
 
 NAME = "modified-equations-order"
@@ -277,8 +282,9 @@ class Candidate:
     used: bool
 
 
-def measure(cfg: Config) -> tuple[list[LocalError], list[Candidate]]:
-    """Local errors at ``initial_points`` admitted initial points per model."""
+def measure(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Local errors (one :class:`LocalError` per row) at ``initial_points`` admitted initial
+    points per model, and every candidate drawn (one :class:`Candidate` per row)."""
     hs = np.geomspace(cfg.h_min, cfg.h_max, cfg.num_h)
     errors: list[LocalError] = []
     candidates: list[Candidate] = []
@@ -303,19 +309,13 @@ def measure(cfg: Config) -> tuple[list[LocalError], list[Candidate]]:
                     for h in hs:
                         e = one_step_error(opt, loss_fn, theta0, float(h), order, cfg)
                         errors.append(LocalError(model, opt.name, order, seed, float(h), e))
-    return errors, candidates
+    return (
+        pd.DataFrame([dataclasses.asdict(e) for e in errors]),
+        pd.DataFrame([dataclasses.asdict(c) for c in candidates]),
+    )
 
 
 # ---------------------------------------------------------------- analysis (pure)
-
-
-@dataclasses.dataclass(frozen=True)
-class SlopeFit:
-    model: str
-    optimizer: str
-    order: int
-    seed: int
-    slope: float
 
 
 def fit_slope(h: Sequence[float], err: Sequence[float]) -> float:
@@ -323,31 +323,53 @@ def fit_slope(h: Sequence[float], err: Sequence[float]) -> float:
     return float(np.polyfit(np.log(np.asarray(h)), np.log(np.asarray(err)), 1)[0])
 
 
-def analyze(errors: Sequence[LocalError]) -> list[SlopeFit]:
-    """One fitted slope per (model, optimizer, order, initial point)."""
-    groups: dict[tuple, list[LocalError]] = {}
-    for e in errors:
-        groups.setdefault((e.model, e.optimizer, e.order, e.seed), []).append(e)
-    fits = []
-    for (model, opt, order, seed), rows in groups.items():
-        rows = sorted(rows, key=lambda r: r.h)
-        fits.append(
-            SlopeFit(
-                model, opt, order, seed, fit_slope([r.h for r in rows], [r.error for r in rows])
-            )
-        )
-    return fits
+KEY = ["model", "optimizer", "order"]
 
 
-def claims(fits: Sequence[SlopeFit], margin: float) -> list[Claim]:
+@dataclasses.dataclass(frozen=True)
+class Analysis:
+    """The local errors (columns of :class:`LocalError`), one fitted slope per (model,
+    optimizer, order, initial point) (``fits``: those columns and ``slope``), the
+    candidate initial points (columns of :class:`Candidate`) and the (model, optimizer,
+    order) keys in the order measured."""
+
+    errors: pd.DataFrame
+    fits: pd.DataFrame
+    candidates: pd.DataFrame
+    keys: tuple[tuple[str, str, int], ...]
+
+    def slopes_of(self, model: str, opt: str, order: int) -> np.ndarray:
+        f = self.fits
+        return f[(f.model == model) & (f.optimizer == opt) & (f.order == order)].slope.to_numpy()
+
+    def errors_of(self, model: str, opt: str, order: int) -> pd.DataFrame:
+        e = self.errors
+        return e[(e.model == model) & (e.optimizer == opt) & (e.order == order)]
+
+
+def analyze(
+    tables: tuple[pd.DataFrame, pd.DataFrame] | pd.DataFrame, cfg: Config | None = None
+) -> Analysis:
+    """One fitted slope per (model, optimizer, order, initial point); ``tables`` is what
+    :func:`measure` returns (or the local errors alone, with no candidates)."""
+    errors, candidates = tables if isinstance(tables, tuple) else (tables, pd.DataFrame())
+    fits = pd.DataFrame(
+        [
+            dict(model=model, optimizer=opt, order=order, seed=seed,
+                 slope=fit_slope(g.sort_values("h").h, g.sort_values("h").error))
+            for (model, opt, order, seed), g in errors.groupby([*KEY, "seed"], sort=False)
+        ]
+    )  # fmt: skip
+    keys = tuple(dict.fromkeys((m, o, int(k)) for m, o, k in zip(*(errors[c] for c in KEY))))
+    return Analysis(errors, fits, candidates, keys)
+
+
+def claims(a: Analysis, cfg: Config) -> list[Claim]:
     """Per (model, optimizer, order): "the slope is EXPECTED[order] within ±margin",
     a TOST over initial points (implicit_reg.stats.equivalence_test)."""
-    keys = list(dict.fromkeys((f.model, f.optimizer, f.order) for f in fits))
     out = []
-    for model, opt, order in keys:
-        s = np.array(
-            [f.slope for f in fits if (f.model, f.optimizer, f.order) == (model, opt, order)]
-        )
+    for model, opt, order in a.keys:
+        s = a.slopes_of(model, opt, order)
         expected = EXPECTED[order]
         cite = (
             "Ghosh et al. 2023, heavy ball's modified loss"
@@ -357,11 +379,11 @@ def claims(fits: Sequence[SlopeFit], margin: float) -> list[Claim]:
         out.append(
             Claim(
                 f"{model}, {opt}: one step vs the {FLOW_NAMES[order]}: the local error's slope "
-                f"in h is {expected:g} (within ±{margin:g})",
+                f"in h is {expected:g} (within ±{cfg.margin:g})",
                 f"{cite}: local error O(h^{expected:g})",
-                (attempt(equivalence_test, s, np.full_like(s, expected), margin=margin),),
+                (attempt(equivalence_test, s, np.full_like(s, expected), margin=cfg.margin),),
                 context=f"fitted slopes {mean_std(s)} over {len(s)} initial point(s); slope − {expected:g}",
-                headline=(model, opt, order) == (keys[-1][0], OPTIMIZERS[2].name, 2),
+                headline=(model, opt, order) == (a.keys[-1][0], OPTIMIZERS[2].name, 2),
             )
         )
     return out
@@ -403,30 +425,43 @@ def order_figure(errors: pd.DataFrame, cfg: Config) -> Figure:
     return fig
 
 
-def run(scale: str, out: Path) -> Report:
-    """Run modified-equations-order at ``scale`` and write its report into ``out``."""
-    cfg = select_scale(CONFIGS, scale)
-    report = Report(NAME, TITLE, scale, out, cfg, PAPER)
-    errors, candidates = measure(cfg)
-    fits = analyze(errors)
-    for c in claims(fits, cfg.margin):
-        report.claims.append(c)
-    err_df = pd.DataFrame([dataclasses.asdict(e) for e in errors])
-    fit_df = pd.DataFrame([dataclasses.asdict(f) for f in fits])
-    report.add_figure(
-        order_figure(err_df, cfg),
-        "modified_equations_order.png",
-        "One-step error of heavy ball, RMSProp and Adam (torch.optim; Adam ε-inside by the "
-        "package's adam_step) against the leading-order flow (blue) and the modified flow "
-        "(green), one line per initial point; dotted lines have slopes 2 and 3.",
+def figures(a: Analysis, cfg: Config) -> list[tuple[Figure, str, str]]:
+    return [
+        (
+            order_figure(a.errors, cfg),
+            "modified_equations_order.png",
+            "One-step error of heavy ball, RMSProp and Adam (torch.optim; Adam ε-inside by the "
+            "package's adam_step) against the leading-order flow (blue) and the modified flow "
+            "(green), one line per initial point; dotted lines have slopes 2 and 3.",
+        )
+    ]
+
+
+def admission_text(candidates: pd.DataFrame, cfg: Config) -> str:
+    """The admission rule and the initial points it used and skipped."""
+    c = candidates
+    used = "; ".join(
+        f"{m}: seeds {', '.join(str(s) for s in c[(c.model == m) & c.used.astype(bool)].seed)}"
+        for m in dict.fromkeys(c.model)
     )
+    skipped = ", ".join(
+        f"{r.model} seed {r.seed} (min |∂_iL| {r.min_abs_grad:.2g})"
+        for r in c[~c.used.astype(bool)].itertuples()
+    )
+    return (
+        f"Admission rule (fixed before measuring): every |∂_iL| ≥ {cfg.g_min:g} on the longest "
+        f"history window. Used: {used}. Skipped: {skipped or 'none'}."
+    )
+
+
+def extras(report: Report, a: Analysis, cfg: Config) -> None:
     table = []
-    for (model, opt, order), g in fit_df.groupby(["model", "optimizer", "order"], sort=False):
-        e = err_df[(err_df.model == model) & (err_df.optimizer == opt) & (err_df.order == order)]
+    for model, opt, order in a.keys:
+        s, e = a.slopes_of(model, opt, order), a.errors_of(model, opt, order)
         table.append({
             "model": model, "optimizer": opt, "flow": FLOW_NAMES[order],
-            "expected slope": EXPECTED[order], "fitted slope": mean_std(g.slope.values),
-            "min slope": f"{g.slope.min():.3f}", "max slope": f"{g.slope.max():.3f}",
+            "expected slope": EXPECTED[order], "fitted slope": mean_std(s),
+            "min slope": f"{s.min():.3f}", "max slope": f"{s.max():.3f}",
             f"error at h = {cfg.h_min:g}": mean_std(e[e.h == e.h.min()].error.values, 2),
             f"error at h = {cfg.h_max:g}": mean_std(e[e.h == e.h.max()].error.values, 2),
         })  # fmt: skip
@@ -449,23 +484,16 @@ def run(scale: str, out: Path) -> Report:
         "moving by up to h per step).",
         heading="Step sizes",
     )
-    skipped = [c for c in candidates if not c.used]
-    report.add_text(
-        f"Admission rule (fixed before measuring): every |∂_iL| ≥ {cfg.g_min:g} on the longest "
-        f"history window. Used: "
-        + "; ".join(
-            f"{m}: seeds {', '.join(str(c.seed) for c in candidates if c.model == m and c.used)}"
-            for m in dict.fromkeys(c.model for c in candidates)
-        )
-        + ". Skipped: "
-        + (
-            ", ".join(f"{c.model} seed {c.seed} (min |∂_iL| {c.min_abs_grad:.2g})" for c in skipped)
-            or "none"
-        )
-        + ".",
-        heading="Initial points",
-    )
-    report.add_data(err_df, "local_errors.csv")
-    report.add_data(fit_df, "slopes.csv")
-    report.add_data(pd.DataFrame([dataclasses.asdict(c) for c in candidates]), "initial_points.csv")
-    return report.write()
+    report.add_text(admission_text(a.candidates, cfg), heading="Initial points")
+    report.add_data(a.fits, "slopes.csv")
+
+
+SPEC = Spec(
+    NAME, TITLE, PAPER, CONFIGS, None, analyze, claims, figures, extras,
+    measure=measure, measured=("local_errors.csv", "initial_points.csv"),
+)  # fmt: skip
+
+
+def run(scale: str, out: Path) -> Report:
+    """Run modified-equations-order at ``scale`` and write its report into ``out``."""
+    return run_spec(SPEC, scale, out)
