@@ -77,7 +77,7 @@ def test_one_step_error_of_heavy_ball_scales_as_h2_and_h3(one_thread):
 
 
 def _probes(late_level: float, seeds=5, noise=0.03, lr=1e-3, seed=0):
-    """λ_max(P⁻¹H) rising from 0.1·threshold to late_level·threshold, with noise."""
+    """A probe table: λ_max(P⁻¹H) rising from 0.1·threshold to late_level·threshold, with noise."""
     rng = np.random.default_rng(seed)
     thr = 38 / lr
     rows = []
@@ -86,21 +86,24 @@ def _probes(late_level: float, seeds=5, noise=0.03, lr=1e-3, seed=0):
             level = 0.1 + (late_level - 0.1) * min(1.0, step / 500)
             r = level * math.exp(noise * rng.standard_normal())
             rows.append(ae.Probe(lr, s, step, 0.1, r * thr, 0.0, thr, 2.0 / lr, 0.0))
-    return rows
+    return pd.DataFrame([dataclasses.asdict(r) for r in rows])
+
+
+AE = ae.Config(late=0.3, margin=1.2, beta1=0.9)
 
 
 def test_adaptive_eos_claims_reproduced_at_the_threshold():
-    claims = ae.claims(ae.summarize(_probes(1.0), late=0.3), margin=1.2, beta1=0.9)
+    claims = ae.claims(ae.analyze(_probes(1.0), AE), AE)
     assert [c.verdict for c in claims] == ["reproduced", "reproduced"], [c.ours for c in claims]
 
 
 def test_adaptive_eos_hover_not_reproduced_at_half_the_threshold():
-    claims = ae.claims(ae.summarize(_probes(0.5), late=0.3), margin=1.2, beta1=0.9)
+    claims = ae.claims(ae.analyze(_probes(0.5), AE), AE)
     assert claims[0].verdict == "not reproduced", claims[0].ours
 
 
 def test_adaptive_eos_rise_not_reproduced_without_a_rise():
-    claims = ae.claims(ae.summarize(_probes(0.1), late=0.3), margin=1.2, beta1=0.9)
+    claims = ae.claims(ae.analyze(_probes(0.1), AE), AE)
     assert claims[1].verdict in ("inconclusive", "not reproduced"), claims[1].ours
 
 

@@ -25,6 +25,10 @@ steps) of λ_max(P⁻¹H)/threshold agrees with 1 within a factor ×/÷``margin`
 a TOST on the log ratio over seeds (:func:`implicit_reg.stats.equivalence_test`),
 and the rise to it is a paired test of the late log ratio over its value at
 the first probe. λ_max(H)·η/2 is given beside it as context.
+
+The experiment is a :class:`~implicit_reg.experiments._spec.Spec` that ``measure``s its
+probe table with its own Adam loop (no engine runs): a store-only report re-judges
+``probes.csv``.
 """
 
 from __future__ import annotations
@@ -41,12 +45,13 @@ from matplotlib.figure import Figure
 from implicit_reg.probes import HessianOperator, adaptive_eos_threshold, lanczos
 from implicit_reg.probes.preconditioned import preconditioned_sharpness
 from implicit_reg.probes.registry import warm_start_vector
-from implicit_reg.report.report import Claim, Report, attempt, mean_std, plot_band, select_scale
+from implicit_reg.report.report import Claim, Report, attempt, mean_std, plot_band
 from implicit_reg.stats import equivalence_test, paired_test
 from implicit_reg.workloads.data import load_dataset
 from implicit_reg.workloads.losses import make_loss
 from implicit_reg.workloads.models import build_model, count_params
 
+from ._spec import Spec, run_spec
 from ._sweeps import tidy_log_axes
 
 NAME = "adaptive-eos"
@@ -144,12 +149,13 @@ def train_run(lr: float, seed: int, cfg: Config) -> list[Probe]:
     return rows
 
 
-def measure(cfg: Config) -> list[Probe]:
+def measure(cfg: Config) -> pd.DataFrame:
+    """Every probe of every run (η, seed), one :class:`Probe` per row."""
     rows: list[Probe] = []
     for lr in cfg.lrs:
         for seed in range(cfg.seeds):
             rows += train_run(lr, seed, cfg)
-    return rows
+    return pd.DataFrame([dataclasses.asdict(p) for p in rows])
 
 
 # ---------------------------------------------------------------- analysis (pure)
@@ -171,41 +177,59 @@ class RunSummary:
     probes: int
 
 
-def summarize(probes: list[Probe], late: float) -> list[RunSummary]:
-    """Per (lr, seed): the numbers the claims read (``late``: the fraction of steps)."""
-    runs: dict[tuple[float, int], list[Probe]] = {}
-    for p in probes:
-        runs.setdefault((p.lr, p.seed), []).append(p)
+def summarize(probes: pd.DataFrame, late: float) -> list[RunSummary]:
+    """Per (lr, seed) of the probe table (columns of :class:`Probe`): the numbers the
+    claims read (``late``: the fraction of steps)."""
     out = []
-    for (lr, seed), rows in sorted(runs.items()):
-        rows = sorted(rows, key=lambda r: r.step)
-        ratio = np.array([r.precond_sharpness / r.threshold for r in rows])
-        lam = np.array([r.sharpness for r in rows])
-        steps = np.array([r.step for r in rows])
+    for (lr, seed), rows in probes.groupby(["lr", "seed"]):
+        rows = rows.sort_values("step")
+        ratio = (rows.precond_sharpness / rows.threshold).to_numpy()
+        lam = rows.sharpness.to_numpy()
+        steps = rows.step.to_numpy()
         is_late = steps >= (1 - late) * steps.max()
         out.append(
             RunSummary(
-                lr=lr, seed=seed, ratio_start=float(ratio[0]),
+                lr=float(lr), seed=int(seed), ratio_start=float(ratio[0]),
                 ratio_late=float(np.median(ratio[is_late])),
                 ratio_late_cv=float(ratio[is_late].std() / ratio[is_late].mean()),
                 gd_ratio_late=float(np.median(lam[is_late]) * lr / 2),
                 sharpness_late_cv=float(lam[is_late].std() / lam[is_late].mean()),
-                loss_end=rows[-1].loss, probes=len(rows),
+                loss_end=float(rows.loss.iloc[-1]), probes=len(rows),
             )
         )  # fmt: skip
     return out
 
 
-def claims(summaries: list[RunSummary], margin: float, beta1: float) -> list[Claim]:
+@dataclasses.dataclass(frozen=True)
+class Analysis:
+    """The probes (columns of :class:`Probe`) and one :class:`RunSummary` per run."""
+
+    probes: pd.DataFrame
+    runs: tuple[RunSummary, ...]
+
+    def runs_at(self, lr: float) -> list[RunSummary]:
+        return [s for s in self.runs if s.lr == lr]
+
+
+def analyze(probes: pd.DataFrame, cfg: Config) -> Analysis:
+    """The per-run summaries of the probe table."""
+    return Analysis(probes, tuple(summarize(probes, cfg.late)))
+
+
+def threshold(lr: float, beta1: float) -> float:
+    """Adam's edge of stability (2 + 2β₁)/((1 − β₁)η) (Cohen et al. 2022)."""
+    return (2 + 2 * beta1) / ((1 - beta1) * lr)
+
+
+def claims(a: Analysis, cfg: Config) -> list[Claim]:
     """Per η: the late λ_max(P⁻¹H)/threshold equals 1 within ×/÷margin (TOST on the log
     ratio over seeds), and it rose there from its first probe (paired t on logs)."""
     out = []
-    lrs = sorted({s.lr for s in summaries})
+    lrs = sorted({s.lr for s in a.runs})
     for lr in lrs:
-        g = [s for s in summaries if s.lr == lr]
+        g = a.runs_at(lr)
         late = np.array([s.ratio_late for s in g])
         start = np.array([s.ratio_start for s in g])
-        thr = (2 + 2 * beta1) / ((1 - beta1) * lr)
         ctx = (
             f"λ_max(P⁻¹H)/threshold at the first probe {mean_std(start)}, late median "
             f"{mean_std(late)} (per seed {', '.join(f'{v:.3f}' for v in late)}); λ_max(H)·η/2 "
@@ -213,15 +237,16 @@ def claims(summaries: list[RunSummary], margin: float, beta1: float) -> list[Cla
         )
         out.append(
             Claim(
-                f"Adam, η = {lr:g}: λ_max(P⁻¹H) hovers at (2 + 2β₁)/((1 − β₁)η) = {thr:.4g}: "
-                f"the late median ratio is 1 within ×/÷{margin:g}",
+                f"Adam, η = {lr:g}: λ_max(P⁻¹H) hovers at (2 + 2β₁)/((1 − β₁)η) = "
+                f"{threshold(lr, cfg.beta1):.4g}: the late median ratio is 1 within "
+                f"×/÷{cfg.margin:g}",
                 "Cohen et al. 2022, Fig. 1–2 (adaptive edge of stability)",
                 (
                     attempt(
                         equivalence_test,
                         late,
                         np.ones_like(late),
-                        margin=math.log(margin),
+                        margin=math.log(cfg.margin),
                         log=True,
                     ),
                 ),
@@ -282,40 +307,39 @@ def eos_figure(df: pd.DataFrame, cfg: Config, n_params: int) -> Figure:
     return fig
 
 
-def run(scale: str, out: Path) -> Report:
-    """Run adaptive-eos at ``scale`` and write its report into ``out``."""
-    cfg = select_scale(CONFIGS, scale)
-    report = Report(NAME, TITLE, scale, out, cfg, PAPER)
-    probes = measure(cfg)
-    summaries = summarize(probes, cfg.late)
-    report.claims.extend(claims(summaries, cfg.margin, cfg.beta1))
-    df = pd.DataFrame([dataclasses.asdict(p) for p in probes])
+def figures(a: Analysis, cfg: Config) -> list[tuple[Figure, str, str]]:
     n_params = count_params(
         build_model("mlp", input_dim=40, output_dim=10, width=cfg.width, depth=cfg.depth,
                     activation=cfg.activation, seed=0)
     )  # fmt: skip
-    report.add_figure(
-        eos_figure(df, cfg, n_params),
-        "adaptive_eos.png",
-        "Left: λ_max(P⁻¹H) of full-batch Adam, P = √v̂ + ε read from the optimizer's state, "
-        "dashed at (2 + 2β₁)/((1 − β₁)η). Middle: λ_max(H) of the same runs, dotted at GD's 2/η "
-        "for scale. Right: the training loss.",
-    )
-    sm = pd.DataFrame([dataclasses.asdict(s) for s in summaries])
+    return [
+        (
+            eos_figure(a.probes, cfg, n_params),
+            "adaptive_eos.png",
+            "Left: λ_max(P⁻¹H) of full-batch Adam, P = √v̂ + ε read from the optimizer's state, "
+            "dashed at (2 + 2β₁)/((1 − β₁)η). Middle: λ_max(H) of the same runs, dotted at GD's "
+            "2/η for scale. Right: the training loss.",
+        )
+    ]
+
+
+def extras(report: Report, a: Analysis, cfg: Config) -> None:
+    df = a.probes
     report.add_table(
         [
             {
                 "η": lr,
-                "threshold 38/η": f"{(2 + 2 * cfg.beta1) / ((1 - cfg.beta1) * lr):.4g}",
+                "threshold 38/η": f"{threshold(lr, cfg.beta1):.4g}",
                 "seeds": len(g),
-                "ratio at first probe": mean_std(g.ratio_start.values),
-                "late median ratio": mean_std(g.ratio_late.values),
-                "late CV of λ_max(P⁻¹H)": mean_std(g.ratio_late_cv.values, 2),
-                "late λ_max(H)·η/2": mean_std(g.gd_ratio_late.values),
-                "late CV of λ_max(H)": mean_std(g.sharpness_late_cv.values, 2),
-                "final train loss": mean_std(g.loss_end.values),
+                "ratio at first probe": mean_std([s.ratio_start for s in g]),
+                "late median ratio": mean_std([s.ratio_late for s in g]),
+                "late CV of λ_max(P⁻¹H)": mean_std([s.ratio_late_cv for s in g], 2),
+                "late λ_max(H)·η/2": mean_std([s.gd_ratio_late for s in g]),
+                "late CV of λ_max(H)": mean_std([s.sharpness_late_cv for s in g], 2),
+                "final train loss": mean_std([s.loss_end for s in g]),
             }
-            for lr, g in sm.groupby("lr")
+            for lr in sorted({s.lr for s in a.runs})
+            for g in [a.runs_at(lr)]
         ],
         heading="Preconditioned sharpness against the threshold",
         caption=(
@@ -327,6 +351,15 @@ def run(scale: str, out: Path) -> Report:
             f"{(df.sharpness_residual / df.sharpness).max():.2g} (H)."
         ),
     )
-    report.add_data(df, "probes.csv")
-    report.add_data(sm, "runs.csv")
-    return report.write()
+    report.add_data(pd.DataFrame([dataclasses.asdict(s) for s in a.runs]), "runs.csv")
+
+
+SPEC = Spec(
+    NAME, TITLE, PAPER, CONFIGS, None, analyze, claims, figures, extras,
+    measure=measure, measured="probes.csv",
+)  # fmt: skip
+
+
+def run(scale: str, out: Path) -> Report:
+    """Run adaptive-eos at ``scale`` and write its report into ``out``."""
+    return run_spec(SPEC, scale, out)
