@@ -122,7 +122,7 @@ def test_adaptive_eos_train_run_probes_are_finite_and_at_the_right_threshold(one
 
 
 def _points(cf_factor: float, gf_factor: float, seeds=4, noise=0.02, lr=2.0, seed=0):
-    """GD reaches 2/η at t = 100; CF's prediction = GD average × cf_factor, GF's loss =
+    """A trajectories table (Point rows): GD reaches 2/η at t = 100; CF's prediction = GD average × cf_factor, GF's loss =
     GD average × gf_factor (likewise the sharpness; distances 0.02 + 0.3·|log factor|),
     with noise."""
     rng = np.random.default_rng(seed)
@@ -141,27 +141,32 @@ def _points(cf_factor: float, gf_factor: float, seeds=4, noise=0.02, lr=2.0, see
                     dist_cf=(0.02 + 0.3 * abs(math.log(cf_factor))) * n(), dist_gf=(0.02 + 0.3 * abs(math.log(gf_factor))) * n(), gd_travel=1.0,
                 )
             )  # fmt: skip
-    return rows
+    return pd.DataFrame([dataclasses.asdict(r) for r in rows])
+
+
+def _cf(points, lr: float) -> tuple[cf.Analysis, cf.Config]:
+    """The analysis of a trajectories table (no costs) at step ``lr``."""
+    cfg = cf.Config(lr=lr, margin=1.2)
+    return cf.analyze((points, pd.DataFrame()), cfg), cfg
 
 
 def test_central_flow_claims_reproduced_when_it_tracks_and_gradient_flow_does_not():
-    errs = cf.seed_errors(_points(cf_factor=1.0, gf_factor=0.5), lr=2.0)
-    assert all(e.edge_start == 96 for e in errs), errs  # first t with S ≥ 0.95·2/η
-    claims = cf.claims(errs, lr=2.0, margin=1.2)
+    a, cfg = _cf(_points(cf_factor=1.0, gf_factor=0.5), lr=2.0)
+    assert all(e.edge_start == 96 for e in a.errs), a.errs  # first t with S ≥ 0.95·2/η
+    claims = cf.claims(a, cfg)
     assert [c.verdict for c in claims] == ["reproduced"] * 4, [c.ours for c in claims]
 
 
 def test_central_flow_claims_not_reproduced_when_it_is_no_better_than_gradient_flow():
-    errs = cf.seed_errors(_points(cf_factor=0.5, gf_factor=0.5), lr=2.0)
-    claims = cf.claims(errs, lr=2.0, margin=1.2)
+    claims = cf.claims(*_cf(_points(cf_factor=0.5, gf_factor=0.5), lr=2.0))
     assert claims[0].verdict == "not reproduced", claims[0].ours
     assert all(c.verdict != "reproduced" for c in claims[1:]), [c.ours for c in claims]
 
 
 def test_central_flow_claims_untested_when_gd_never_reaches_the_edge():
-    errs = cf.seed_errors(_points(1.0, 0.5), lr=0.5)  # 2/η = 4 never reached
-    assert all(e.edge_points == 0 for e in errs)
-    assert all(c.verdict == "not tested" for c in cf.claims(errs, lr=0.5, margin=1.2))
+    a, cfg = _cf(_points(1.0, 0.5), lr=0.5)  # 2/η = 4 never reached
+    assert all(e.edge_points == 0 for e in a.errs)
+    assert all(c.verdict == "not tested" for c in cf.claims(a, cfg))
 
 
 @pytest.mark.parametrize("name", ["modified-equations-order", "adaptive-eos", "central-flow"])
@@ -182,26 +187,27 @@ def test_central_flow_squared_loss_equals_the_package_mse():
     assert float(cf.squared_loss(out, y)) == pytest.approx(float(ref), rel=1e-14)
 
 
-def test_central_flow_reanalyses_its_stored_tables(tmp_path, monkeypatch):
-    import dataclasses
-
-    pts = [
-        dataclasses.replace(
-            p, mf_loss=p.gf_loss, dist_mf=p.dist_gf, dist_cf_raw=p.dist_cf,
-            dist_gf_raw=p.dist_gf, dist_mf_raw=p.dist_gf,
-        )
-        for p in _points(1.0, 0.5, seeds=3)
-    ]  # fmt: skip
-    costs = [cf.Cost(s, 0.01, 0.5, 20.0, 4.0, 1.001) for s in range(3)]
-    monkeypatch.setattr(cf, "measure", lambda cfg: (pts, costs))
+def test_central_flow_store_only_reanalyses_its_stored_tables(tmp_path, monkeypatch):
+    """A store-only report re-judges the trajectories.csv and cost.csv a first report wrote
+    (the runner's read-back), measures nothing and reaches the same claims."""
+    pts = _points(1.0, 0.5, seeds=3)
+    pts = pts.assign(mf_loss=pts.gf_loss, dist_mf=pts.dist_gf, dist_cf_raw=pts.dist_cf,
+                     dist_gf_raw=pts.dist_gf, dist_mf_raw=pts.dist_gf)  # fmt: skip
+    costs = pd.DataFrame(
+        [dataclasses.asdict(cf.Cost(s, 0.01, 0.5, 20.0, 4.0, 1.001)) for s in range(3)]
+    )
+    monkeypatch.setattr(cf, "SPEC", dataclasses.replace(cf.SPEC, measure=lambda cfg: (pts, costs)))
     first = cf.run("smoke", tmp_path)
 
     def fail(cfg):
         raise AssertionError("measured again although the tables are stored")
 
-    monkeypatch.setattr(cf, "measure", fail)
+    monkeypatch.setattr(cf, "SPEC", dataclasses.replace(cf.SPEC, measure=fail))
+    monkeypatch.setenv("IMPLICIT_REG_STORE_ONLY", "1")
     second = cf.run("smoke", tmp_path)
+    assert [c.verdict for c in first.claims] == ["reproduced"] * 4, [c.ours for c in first.claims]
     assert [c.verdict for c in second.claims] == [c.verdict for c in first.claims]
     assert [c.ours for c in second.claims] == [c.ours for c in first.claims]
-    assert second.wall_time_s >= first.wall_time_s
-    assert "second eigenvalue reaches the edge" in second.path.read_text()
+    text = second.path.read_text()
+    assert "Re-judged from `trajectories.csv`, `cost.csv`" in text
+    assert "second eigenvalue reaches the edge" in text

@@ -34,12 +34,14 @@ its predicted loss agrees with GD's time-averaged loss within ×/÷``margin``
 over the edge phase (TOST on the log ratio). The cost: Lanczos HVPs and ∇S
 evaluations per unit of flow time (one GD step), with the wall time per unit
 against a GD step's.
+
+The experiment is a :class:`~implicit_reg.experiments._spec.Spec` that ``measure``s its
+tables (no engine runs): a store-only report re-judges ``trajectories.csv`` and ``cost.csv``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from pathlib import Path
@@ -54,12 +56,13 @@ from implicit_reg.core.central_flow import ParamsHessian, central_flow
 from implicit_reg.core.objective import chunk_loss_fns, trainable_named_params
 from implicit_reg.probes.eigen import lanczos
 from implicit_reg.probes.registry import warm_start_vector
-from implicit_reg.report.report import Claim, Report, attempt, mean_std, select_scale
+from implicit_reg.report.report import Claim, Report, attempt, mean_std
 from implicit_reg.stats import equivalence_test, paired_test
 from implicit_reg.workloads.data import load_dataset
 from implicit_reg.workloads.models import build_model
 
 from ._flows import gd_iterates, gradient_flow, unflatten
+from ._spec import Spec, run_spec
 from ._sweeps import tidy_log_axes
 
 NAME = "central-flow"
@@ -241,13 +244,18 @@ def run_seed(seed: int, cfg: Config) -> tuple[list[Point], Cost]:
     return points, cost
 
 
-def measure(cfg: Config) -> tuple[list[Point], list[Cost]]:
+def measure(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The comparison points of every seed (one :class:`Point` per row) and the cost of
+    each seed's central flow (one :class:`Cost` per row)."""
     points, costs = [], []
     for seed in range(cfg.seeds):
         p, c = run_seed(seed, cfg)
         points += p
         costs.append(c)
-    return points, costs
+    return (
+        pd.DataFrame([dataclasses.asdict(p) for p in points]),
+        pd.DataFrame([dataclasses.asdict(c) for c in costs]),
+    )
 
 
 # ---------------------------------------------------------------- analysis (pure)
@@ -296,11 +304,31 @@ def seed_errors(points: list[Point], lr: float, reach: float = 0.95) -> list[See
     return out
 
 
-def claims(errs: list[SeedErrors], lr: float, margin: float) -> list[Claim]:
+@dataclasses.dataclass(frozen=True)
+class Analysis:
+    """The comparison points (``trajectories``: the columns of :class:`Point`), the cost
+    of each seed's central flow, and each seed's errors over the edge phase."""
+
+    trajectories: pd.DataFrame
+    costs: tuple[Cost, ...]
+    errs: tuple[SeedErrors, ...]
+
+
+def analyze(tables: tuple[pd.DataFrame, pd.DataFrame], cfg: Config) -> Analysis:
+    """Each seed's errors over the edge phase (:func:`seed_errors`) from the tables
+    :func:`measure` returns (the trajectories, the costs)."""
+    trajectories, cost = tables
+    points = [Point(**r) for r in trajectories.to_dict("records")]
+    costs = tuple(Cost(**r) for r in cost.to_dict("records"))
+    return Analysis(trajectories, costs, tuple(seed_errors(points, cfg.lr)))
+
+
+def claims(a: Analysis, cfg: Config) -> list[Claim]:
     """The central flow beats gradient flow (loss, sharpness, weights: paired t on the
     log of the error ratio GF/CF) and its predicted loss equals GD's time average
     within ×/÷margin (TOST on the mean log ratio over the edge phase)."""
-    ok = [e for e in errs if e.edge_points > 0]
+    lr, margin = cfg.lr, cfg.margin
+    ok = [e for e in a.errs if e.edge_points > 0]
     cite = "Cohen et al. 2025, Fig. 1–3"
     statements = [
         f"η = {lr:g}: the central flow's predicted loss L + ½σ²S is GD's time-averaged loss "
@@ -432,31 +460,12 @@ def regimes_figure(df: pd.DataFrame, cfg: Config) -> Figure:
     return fig
 
 
-def stored_measurement(
-    out: Path, cfg: Config
-) -> tuple[list[Point], list[Cost], float, float] | None:
-    """The points, costs, wall and CPU time of an earlier run of the same config in ``out``
-    (its ``config.json``, ``summary.json``, ``trajectories.csv`` and ``cost.csv``), or None."""
-    files = [out / f for f in ("config.json", "summary.json", "trajectories.csv", "cost.csv")]
-    if not all(f.exists() for f in files):
-        return None
-    stored = json.loads(files[0].read_text(encoding="utf-8")).get("config")
-    if stored != json.loads(json.dumps(dataclasses.asdict(cfg))):
-        return None
-    summary = json.loads(files[1].read_text(encoding="utf-8"))
-    wall = float(summary.get("wall_time_s") or 0.0)
-    cpu = float(summary.get("cpu_time_s") or 0.0)
-    points = [Point(**r) for r in pd.read_csv(files[2]).to_dict("records")]
-    costs = [Cost(**r) for r in pd.read_csv(files[3]).to_dict("records")]
-    return points, costs, wall, cpu
-
-
-def caveats(points: list[Point], costs: list[Cost], cfg: Config) -> list[str]:
+def caveats(a: Analysis, cfg: Config) -> list[str]:
     """What limits the comparison, from the numbers: a second eigenvalue at the edge, GD's
     sharpness overshoot, and the flows' distances below the edge."""
-    df = pd.DataFrame([dataclasses.asdict(p) for p in points])
+    df = a.trajectories
     out = []
-    lam2 = [c.cf_lambda2_end for c in costs]
+    lam2 = [c.cf_lambda2_end for c in a.costs]
     if any(v >= 0.95 for v in lam2):
         out.append(
             "λ₂·η/2 at the end of the central flow is " + ", ".join(f"{v:.3f}" for v in lam2)
@@ -488,60 +497,31 @@ def caveats(points: list[Point], costs: list[Cost], cfg: Config) -> list[str]:
     return out
 
 
-def run(scale: str, out: Path) -> Report:
-    """Run central-flow at ``scale`` and write its report into ``out``.
-
-    If ``out`` holds the tables of an earlier run of the same config, they are re-analysed
-    instead of measured again (the report says so and gives that run's wall time)."""
-    cfg = select_scale(CONFIGS, scale)
-    stored = stored_measurement(Path(out), cfg)
-    report = Report(NAME, TITLE, scale, out, cfg, PAPER)
-    if stored is None:
-        points, costs = measure(cfg)
-        note = ""
-    else:
-        points, costs, wall, cpu = stored
-        # the report's times count the earlier measurement too (the index quotes them as cost)
-        report._t0 -= wall  # noqa: SLF001
-        report._cpu0 -= cpu  # noqa: SLF001
-        note = (
-            f"The measurement was made by an earlier run of this config ({wall:.0f} s wall "
-            f"time, {cpu:.0f} s CPU, both included in the times below); this report "
-            "re-analyses its stored trajectories.csv and cost.csv."
-        )
-    df = pd.DataFrame([dataclasses.asdict(p) for p in points])
-    report.add_data(df, "trajectories.csv")  # first: the measurement survives a later failure
-    report.add_data(pd.DataFrame([dataclasses.asdict(c) for c in costs]), "cost.csv")
-    errs = seed_errors(points, cfg.lr)
-    report.claims.extend(claims(errs, cfg.lr, cfg.margin))
-    report.add_figure(
-        flow_figure(df, cfg),
-        "central_flow.png",
-        "Left: GD's loss (grey: raw; black: its time average) against the central flow's "
-        "predicted time-averaged loss L + ½σ²S (red dashed) and gradient flow (blue dotted). "
-        "Middle: sharpness. Right: distance of GD's window-averaged iterate from each flow. "
-        "One line per seed.",
-    )
-    report.add_figure(
-        regimes_figure(df, cfg),
-        "regimes.png",
-        "Issue 21 part 5, the three pictures on one axis: relative distance of GD's iterate "
-        "(left: raw; right: window-averaged) from gradient flow (blue), Barrett & Dherin's "
-        "modified flow (green) and the central flow (red), against GD's η·λ_max; lines are "
-        "medians over seeds at each time.",
-    )
-    report.add_table(
-        [dataclasses.asdict(e) for e in errs],
-        heading="Errors over the edge phase, per seed",
-        caption=(
-            "edge_start: first comparison time (GD steps) with GD's window-averaged sharpness "
-            "≥ 0.95·2/η; errors are means over the comparison times from then on: |log ratio| "
-            "of loss and sharpness, and the distance relative to how far GD has travelled."
+def figures(a: Analysis, cfg: Config) -> list[tuple[Figure, str, str]]:
+    return [
+        (
+            flow_figure(a.trajectories, cfg),
+            "central_flow.png",
+            "Left: GD's loss (grey: raw; black: its time average) against the central flow's "
+            "predicted time-averaged loss L + ½σ²S (red dashed) and gradient flow (blue dotted). "
+            "Middle: sharpness. Right: distance of GD's window-averaged iterate from each flow. "
+            "One line per seed.",
         ),
-    )
-    # errors over time, as numbers: quartiles of the edge phase
-    rows = []
-    for e in errs:
+        (
+            regimes_figure(a.trajectories, cfg),
+            "regimes.png",
+            "Issue 21 part 5, the three pictures on one axis: relative distance of GD's iterate "
+            "(left: raw; right: window-averaged) from gradient flow (blue), Barrett & Dherin's "
+            "modified flow (green) and the central flow (red), against GD's η·λ_max; lines are "
+            "medians over seeds at each time.",
+        ),
+    ]
+
+
+def quarter_errors(a: Analysis) -> list[dict]:
+    """The |log ratio| errors to GD's time average by quarter of each seed's edge phase."""
+    df, rows = a.trajectories, []
+    for e in a.errs:
         g = df[(df.seed == e.seed) & (df.t >= e.edge_start)] if e.edge_points else df.iloc[:0]
         g = g.sort_values("t")
         quarters = np.array_split(np.arange(len(g)), 4) if len(g) >= 4 else []
@@ -555,14 +535,27 @@ def run(scale: str, out: Path) -> Report:
                 "sharp err CF": f"{np.mean(np.abs(np.log(part.gd_sharpness / part.cf_sharpness))):.3g}",
                 "sharp err GF": f"{np.mean(np.abs(np.log(part.gd_sharpness / part.gf_sharpness))):.3g}",
             })  # fmt: skip
-    if rows:
+    return rows
+
+
+def extras(report: Report, a: Analysis, cfg: Config) -> None:
+    report.add_table(
+        [dataclasses.asdict(e) for e in a.errs],
+        heading="Errors over the edge phase, per seed",
+        caption=(
+            "edge_start: first comparison time (GD steps) with GD's window-averaged sharpness "
+            "≥ 0.95·2/η; errors are means over the comparison times from then on: |log ratio| "
+            "of loss and sharpness, and the distance relative to how far GD has travelled."
+        ),
+    )
+    if rows := quarter_errors(a):
         report.add_table(
             rows,
             heading="Errors over time",
             caption="|log ratio| to GD's time average, by quarter of the edge phase.",
         )
     report.add_table(
-        [dataclasses.asdict(c) for c in costs],
+        [dataclasses.asdict(c) for c in a.costs],
         heading="Cost of the central flow",
         caption=(
             f"Per unit of flow time (one GD step): Lanczos HVPs (warm-started, ≤ "
@@ -572,8 +565,18 @@ def run(scale: str, out: Path) -> Report:
             "end, × η/2 (the one-eigenvalue central flow holds while it stays below 1)."
         ),
     )
-    report.add_data(pd.DataFrame([dataclasses.asdict(e) for e in errs]), "seed_errors.csv")
-    report.add_text("\n".join(f"- {c}" for c in caveats(points, costs, cfg)), heading="Limits")
-    if note:
-        report.add_text(note, heading="Compute")
-    return report.write()
+    report.add_data(pd.DataFrame([dataclasses.asdict(e) for e in a.errs]), "seed_errors.csv")
+    report.add_text("\n".join(f"- {c}" for c in caveats(a, cfg)), heading="Limits")
+
+
+SPEC = Spec(
+    NAME, TITLE, PAPER, CONFIGS, None, analyze, claims, figures, extras,
+    measure=measure, measured=("trajectories.csv", "cost.csv"),
+)  # fmt: skip
+
+
+def run(scale: str, out: Path) -> Report:
+    """Run central-flow at ``scale`` and write its report into ``out``; a store-only report
+    (``IMPLICIT_REG_STORE_ONLY=1``) re-analyses the ``trajectories.csv`` and ``cost.csv`` an
+    earlier report wrote there instead of measuring again."""
+    return run_spec(SPEC, scale, out)
