@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH)
-	$(PIP) install -q -e ".[dev,mnist,parquet,ray,hf]"
+	$(PIP) install -q -e ".[dev,mnist,parquet,ray,hf]" "$(TORCH)"
 	touch $(STAMP)
 
 venv: $(STAMP)
