@@ -277,13 +277,10 @@ def train_phases(
 MAX_MEMBERS = 64
 
 
-def _by_group(configs, store=None):
-    """A sweep backend: the runs that may share an ensemble
-    (:func:`~implicit_reg.engine.plan.group_key`) sorted by width and cut into jobs of at
-    most :data:`MAX_MEMBERS`, each trained by
-    :func:`~implicit_reg.engine.train.train_runs` (every width of a job padded to its
-    widest, exactly inert). On 2 loaded cores one 18-member job of all six widths took
-    22.5-25 ms per step, six 3-member jobs 29.6 ms (n = 4,000, load 11)."""
+def _train_groups(configs, store, cut):
+    """Train ``configs`` as a sweep backend: the runs that may share an ensemble
+    (:func:`~implicit_reg.engine.plan.group_key`), sorted by width, cut into jobs by
+    ``cut(group)``; a job of one run, and runs that share no ensemble, train alone."""
     from implicit_reg.engine.plan import group_key
     from implicit_reg.engine.sweep import serial_backend
     from implicit_reg.engine.train import train_runs
@@ -292,14 +289,29 @@ def _by_group(configs, store=None):
     for c in configs:
         groups.setdefault(group_key(c), []).append(c)
     for key, group in groups.items():
-        if key is None or len(group) == 1:
+        if key is None:
             yield from serial_backend(group, store)
             continue
         group = sorted(group, key=lambda c: (c.width, c.seed, c.label_noise))
-        parts = math.ceil(len(group) / MAX_MEMBERS)
-        size = math.ceil(len(group) / parts)
-        for i in range(0, len(group), size):
-            yield from train_runs(group[i : i + size], store=store)
+        for job in cut(group):
+            if len(job) == 1:
+                yield from serial_backend(job, store)
+            else:
+                yield from train_runs(job, store=store)
+
+
+def _split(runs: list[RunConfig]) -> list[list[RunConfig]]:
+    """``runs`` in equal consecutive jobs of at most :data:`MAX_MEMBERS`."""
+    size = math.ceil(len(runs) / math.ceil(len(runs) / MAX_MEMBERS))
+    return [runs[i : i + size] for i in range(0, len(runs), size)]
+
+
+def _by_group(configs, store=None):
+    """A sweep backend: each ensemble group cut into jobs of at most :data:`MAX_MEMBERS`,
+    each trained by :func:`~implicit_reg.engine.train.train_runs` (every width of a job
+    padded to its widest, exactly inert). On 2 loaded cores one 18-member job of all six
+    widths took 22.5-25 ms per step, six 3-member jobs 29.6 ms (n = 4,000, load 11)."""
+    yield from _train_groups(configs, store, _split)
 
 
 #: the per-step cost model of a packed job measured here (n = 4,000, batch 100, 2 loaded
@@ -313,28 +325,14 @@ def _packed(configs, store=None):
     """A sweep backend: each ensemble group cut into width packs by
     :func:`~implicit_reg.engine.plan.pack_widths` with :data:`PACK_COST` (at most
     :data:`MAX_MEMBERS` each), trained narrowest first."""
-    from implicit_reg.engine.plan import group_key, pack_widths, step_flops
-    from implicit_reg.engine.sweep import serial_backend
-    from implicit_reg.engine.train import train_runs
+    from implicit_reg.engine.plan import pack_widths, step_flops
 
-    groups: dict[str | None, list[RunConfig]] = {}
-    for c in configs:
-        groups.setdefault(group_key(c), []).append(c)
-    for key, group in groups.items():
-        if key is None or len(group) == 1:
-            yield from serial_backend(group, store)
-            continue
-        group = sorted(group, key=lambda c: (c.width, c.seed, c.label_noise))
+    def cut(group):
         flops = {c.width: step_flops(c) for c in group}
         for pack in pack_widths(group, flops, cost=PACK_COST):
-            parts = math.ceil(len(pack) / MAX_MEMBERS)
-            size = math.ceil(len(pack) / parts)
-            for i in range(0, len(pack), size):
-                part = pack[i : i + size]
-                if len(part) == 1:
-                    yield from serial_backend(part, store)
-                else:
-                    yield from train_runs(part, store=store)
+            yield from _split(pack)
+
+    yield from _train_groups(configs, store, cut)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -50,6 +50,7 @@ from implicit_reg.stats import (
 )
 
 from ._emc_plan import DOSE_PLANS, DosePlan, dose_config, dose_phases
+from .emc_across_n import HOLDOUT_FROM, below_fit_peak
 
 NAME = "label-noise-dose"
 TITLE = (
@@ -60,11 +61,10 @@ PAPER = "Nakkiran et al., *Deep Double Descent*, arXiv 1912.02292, Sec. 5, Fig. 
 EPSILON = 0.01  # a training error at most this fits the (noisy) training set
 #: the location claims' equivalence margin: argmax within ×/÷1.5 of w_fit
 LOCATION_MARGIN = math.log(1.5)
-#: seeds from this one test a second location rule, declared after seeds 0-2 of 0%, 15%
-#: and 30% had shown the highest test error one width below the first fitting width (47
-#: against 62) and before any of these seeds was trained: the peak sits at the widest
-#: width that does *not* fit. Seeds 0-2 never enter that test.
-HOLDOUT_FROM = 3
+# HOLDOUT_FROM (emc-across-n's, one rule for both): seeds from it test a second location
+# rule, declared after seeds 0-2 of 0%, 15% and 30% had shown the highest test error one
+# width below the first fitting width (47 against 62) and before any of these seeds was
+# trained: the peak sits at the widest width that does *not* fit. Seeds 0-2 never enter it.
 #: the committed per-run table of double-descent-width (0% and 15% noise)
 DDW_RUNS = Path(__file__).resolve().parents[2] / "docs/results/double-descent-width/runs.csv"
 DDW_SETTINGS = {0.0: "MNIST-1D, cross-entropy, clean labels", 0.15: "MNIST-1D, cross-entropy"}
@@ -143,22 +143,8 @@ def noise_level(noise: float, rows: pd.DataFrame) -> NoiseLevel:
             None if (j := first_fit(row)) is None else widths[j] for row in train.to_numpy()
         ),
         source=str(rows["source"].iloc[0]) if "source" in rows else "",
-        peak_below=_below_fit_peak(test, len(widths) if i is None else i, f"{noise:.0%} noise"),
+        peak_below=below_fit_peak(test, len(widths) if i is None else i, f"{noise:.0%} noise"),
     )  # fmt: skip
-
-
-def _below_fit_peak(test: pd.DataFrame, i: int, where: str) -> Result:
-    """``stats.peak_test`` at index ``i − 1`` (the widest width that does not fit), rise
-    from the narrowest, fall to the widest, on the seeds >= :data:`HOLDOUT_FROM` only."""
-    held = test[test.index >= HOLDOUT_FROM]
-    if len(held) < 2:
-        return Untested(
-            f"{where}: {len(held)} held-out seed(s) (seeds >= {HOLDOUT_FROM}) finished; the "
-            "test needs 2"
-        )
-    if not 1 <= i - 1 <= test.shape[1] - 2:
-        return Untested(f"{where}: the widest width that does not fit is an end of the window")
-    return attempt(peak_test, held.to_numpy(), at=i - 1, left=0)
 
 
 def per_seed_slopes(noises: Sequence[float], heights: np.ndarray) -> np.ndarray:
