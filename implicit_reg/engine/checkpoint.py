@@ -8,7 +8,8 @@ A checkpoint is a ``torch.save`` dict. Every checkpoint has
 - ``step``, ``status``.
 
 The end-of-run file ``checkpoint.pt`` (``checkpoint=True``) adds the
-``optimizer`` state; mid-run checkpoints (``checkpoint_every``) add
+``optimizer`` state; ``params.pt`` (``save_params=True``) adds ``init_state``;
+mid-run checkpoints (``checkpoint_every``) add
 everything a resumed run needs to continue bit for bit (see
 :mod:`implicit_reg.engine.loop`).
 
@@ -87,7 +88,8 @@ def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict, dict, str,
 
     The model is rebuilt with ``implicit_reg.workloads.models.build_model(**model_spec)``
     in the dtype of the saved weights; the initial state is the same build
-    before loading (``build_model`` is deterministic in its seed).
+    before loading (``build_model`` is deterministic in its seed), or the file's own
+    ``init_state`` where it has one (``params.pt`` of ``save_params``).
     """
     from ..workloads.models import build_model
 
@@ -96,6 +98,8 @@ def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict, dict, str,
     dtype = next((t.dtype for t in state.values() if t.is_floating_point()), torch.float32)
     model = build_model(**ckpt["model_spec"]).to(dtype)
     init = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if "init_state" in ckpt:
+        init = {k: v.detach().clone() for k, v in ckpt["init_state"].items()}
     model.load_state_dict(state)
     return model, dict(ckpt["model_spec"]), dict(ckpt["dataset_spec"]), ckpt["loss"], init
 

@@ -50,7 +50,7 @@ OPTIMIZERS = ("gd", "sgd", "egr", *SHARPNESS_OPTIMIZERS)
 DTYPES = ("float32", "float64")
 #: fields that change how a run is executed, never its numbers: not part of the hash,
 #: so a sweep that adds checkpoints finds its finished runs where they were
-RUNTIME_FIELDS = ("checkpoint_every", "keep_checkpoints")
+RUNTIME_FIELDS = ("checkpoint_every", "keep_checkpoints", "save_params")
 # Logged at every evaluation step, whatever the probe schedule.
 BASE_METRICS = (
     "train_loss",
@@ -129,6 +129,9 @@ class RunConfig:
     dtype: str = "float32"
     chunk_size: int | None = None  # rows per forward pass for full-data losses; None: all
     checkpoint: bool = False  # save model + optimizer state at the end
+    # write the final and the initial model state to params.pt (engine.store.PARAMS_FILE)
+    # at the end of a complete run, for measures computed afterwards; serial and ensemble
+    save_params: bool = False
     # save the whole training state every K steps (atomically) so that a killed run
     # resumes from there and ends bit-identical to an uninterrupted one; None: never
     checkpoint_every: int | None = None

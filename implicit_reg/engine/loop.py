@@ -48,7 +48,7 @@ from typing import Any
 
 import torch
 
-from .checkpoint import Checkpoints
+from .checkpoint import Checkpoints, to_bytes
 from .config import BASE_METRICS, RunConfig
 from .record import RunResult, build_summary, failed_result
 
@@ -378,7 +378,28 @@ def results_of(
             per_epoch=per_epoch, diverged_at=track.diverged_at, diverged_loss=track.diverged_loss,
             history=track.history, n_params=stepper.n_params(i), data=data[i],
         )  # fmt: skip
-        results.append(
-            RunResult(config=config, summary=summary, history=track.history, meta=meta[i])
-        )
+        result = RunResult(config=config, summary=summary, history=track.history, meta=meta[i])
+        if config.save_params and track.status == "complete":
+            result.params = final_params(stepper, i, config, data[i], track.step)
+        results.append(result)
     return results
+
+
+def final_params(stepper, member: int, config: RunConfig, data, step: int) -> bytes:
+    """``params.pt`` of member ``member`` (``save_params``): a checkpoint dict
+    (:func:`~implicit_reg.engine.checkpoint.read_checkpoint` reads it) with the final
+    ``state_dict`` and the initial one (``init_state``: θ₀), no optimizer state. The
+    same for a serial run and an ensemble member (its unpadded model)."""
+    model, _, init_state = stepper.probe_target(member)
+    return to_bytes(
+        {
+            "model_spec": config.model_spec(data.input_dim, data.output_dim),
+            "dataset_spec": config.dataset_spec(),
+            "loss": config.loss,
+            "config": config.to_dict(),
+            "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
+            "init_state": {k: v.detach().clone() for k, v in init_state.items()},
+            "step": step,
+            "status": "complete",
+        }
+    )

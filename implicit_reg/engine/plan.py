@@ -87,7 +87,7 @@ SUPPORTED_FIELDS = frozenset(
     """model width depth activation model_options init_from dataset n_train n_test label_noise task data_seed
     loss optimizer lr momentum nesterov weight_decay egr_coeff egr_method batch_size
     steps epochs target_train_loss max_loss eval_every probes probe_every probe_options
-    seed device dtype chunk_size checkpoint checkpoint_every keep_checkpoints""".split()
+    seed device dtype chunk_size checkpoint checkpoint_every keep_checkpoints save_params""".split()
 )
 
 

@@ -2,7 +2,7 @@
 
 - :class:`RunResult`: the wide ``summary``, the long ``history`` rows
   ``{"step", "metric", "value"}``, the run metadata and an optional
-  end-of-run checkpoint (bytes).
+  end-of-run checkpoint and final parameters (bytes).
 - :func:`build_summary`: the summary of a run that ended (complete or diverged).
 - :func:`failed_result`: the record of a run that raised, or whose worker was
   lost (``lost=True``: reported, not stored, so a resumed sweep retries it).
@@ -51,6 +51,7 @@ class RunResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
     checkpoint: bytes | None = None
+    params: bytes | None = None  # save_params: final and initial model state (params.pt)
 
     @property
     def status(self) -> str:

@@ -7,6 +7,7 @@ Layout of a store root::
                                       how it was trained (alone or in an ensemble)
                        history.csv    long form: step, metric, value
                        checkpoint.pt  optional: model + optimizer state
+                       params.pt      optional (save_params): final and initial model state
                        checkpoints/   optional: mid-run checkpoints (checkpoint_every)
                        summary.json   the wide final summary, written LAST
     ROOT/.ensembles/<id>/             mid-run checkpoints of a vectorized ensemble
@@ -50,6 +51,7 @@ __all__ = [
     "HISTORY_FILE",
     "SUMMARY_FILE",
     "CHECKPOINT_FILE",
+    "PARAMS_FILE",
     "CHECKPOINTS_DIR",
     "RUNS_DIR",
     "MANIFEST_FILE",
@@ -68,6 +70,7 @@ META_FILE = "meta.json"
 HISTORY_FILE = "history.csv"
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_FILE = "checkpoint.pt"
+PARAMS_FILE = "params.pt"
 CHECKPOINTS_DIR = "checkpoints"
 ENSEMBLES_DIR = ".ensembles"
 RUNS_DIR = "runs"
@@ -210,7 +213,7 @@ class ResultStore:
         return d
 
     def write(self, result: RunResult) -> Path:
-        """Write one run: config, versions, history, checkpoint, then the summary.
+        """Write one run: config, versions, history, checkpoint, parameters, then the summary.
 
         The summary goes last, so the run is complete only when everything
         else is on disk.
@@ -221,6 +224,8 @@ class ResultStore:
         atomic_write_text(d / HISTORY_FILE, history_csv(result.history))
         if result.checkpoint is not None:
             atomic_write_bytes(d / CHECKPOINT_FILE, result.checkpoint)
+        if result.params is not None:
+            atomic_write_bytes(d / PARAMS_FILE, result.params)
         atomic_write_json(d / SUMMARY_FILE, result.summary)
         return d
 
