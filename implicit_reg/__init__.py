@@ -2,7 +2,7 @@
 
 Public API (re-exported; the math lives in the submodules):
 
-- :mod:`implicit_reg.core.optim`: ``GD``, ``SGD``, ``EGR`` (torch.optim optimizers)
+- :mod:`implicit_reg.core.optim`: ``GD``, ``SGD``, ``EGR``, ``Adam`` (torch.optim optimizers)
 - :mod:`implicit_reg.core.sam`: ``SAM``, ``ASAM``, ``GradNormPenalty`` (the SAM-family baselines)
 - :mod:`implicit_reg.core.regularizers`: explicit forms of the implicit regularizers
 - :mod:`implicit_reg.core.hvp`: the one Hessian-vector product
@@ -19,7 +19,7 @@ except PackageNotFoundError:  # running from a source tree without install
 
 from .core.hvp import grad_and_hvp
 from .core.modified_gradient import coeff_from_paper_rate, igr_coeff, paper_rate_from_coeff
-from .core.optim import EGR, GD, SGD
+from .core.optim import EGR, GD, SGD, Adam
 from .core.regularizers import (
     gradient_norm_penalty,
     momentum_implicit_factor,
@@ -33,6 +33,7 @@ __all__ = [
     "SGD",
     "EGR",
     "SAM",
+    "Adam",
     "ASAM",
     "GradNormPenalty",
     "grad_and_hvp",

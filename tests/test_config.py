@@ -53,8 +53,8 @@ def test_hash_identifies_the_run_not_the_spelling():
         ({"width": 0}, "width must be an integer >= 1"),
         ({"width": 2.5}, "width must be an integer"),
         (
-            {"optimizer": "adam"},
-            "unknown optimizer 'adam'; choose one of asam, egr, gd, penalty, sam, sgd",
+            {"optimizer": "lamb"},
+            "unknown optimizer 'lamb'; choose one of adam, asam, egr, gd, penalty, sam, sgd",
         ),
         ({"optimizer": "sgd"}, "optimizer 'sgd' needs batch_size"),
         ({"batch_size": 32}, "optimizer 'gd' is full batch"),

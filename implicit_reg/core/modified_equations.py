@@ -96,6 +96,7 @@ from torch import Tensor
 from .hvp import DEFAULT_METHOD, Params, grad_and_hvp
 from .modified_gradient import modified_gradient_exact
 from .regularizers import momentum_implicit_factor
+from .updates import adam_update
 
 __all__ = [
     "EPS_PLACEMENTS",
@@ -413,7 +414,8 @@ def adam_step(
     index) when ``bias_correction``, else m̂' = m', v̂' = v'. ψ(v) = √(v + ε)
     ("inside": Cattaneo et al.'s Adam, absent from ``torch.optim``) or
     √v + ε ("outside": equal to ``torch.optim.Adam``, tested). β₁ = 0
-    without bias correction is ``torch.optim.RMSprop`` (α = β₂).
+    without bias correction is ``torch.optim.RMSprop`` (α = β₂). The arithmetic
+    is :func:`~.updates.adam_update`'s (the optimizers' one Adam step) on copies.
     """
     lr = _check_lr(lr)
     b1, b2 = _check_beta("beta1", betas[0]), _check_beta("beta2", betas[1])
@@ -421,13 +423,11 @@ def adam_step(
     _check_placement(eps_placement)
     if isinstance(step, bool) or not isinstance(step, int) or step < 1:
         raise ValueError(f"step must be an int >= 1, got {step!r}")
-    bc1 = 1 - b1**step if bias_correction else 1.0
-    bc2 = 1 - b2**step if bias_correction else 1.0
-    new_p, new_m, new_v = [], [], []
-    for p, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs):
-        m = b1 * m + (1 - b1) * g
-        v = b2 * v + (1 - b2) * g * g
-        new_p.append(p - lr * (m / bc1) / _psi(v / bc2, eps, eps_placement))
-        new_m.append(m)
-        new_v.append(v)
+    new_p, new_m, new_v = (
+        [t.detach().clone() for t in ts] for ts in (params, exp_avgs, exp_avg_sqs)
+    )
+    adam_update(
+        new_p, list(grads), new_m, new_v, step=step, lr=lr, beta1=b1, beta2=b2, eps=eps,
+        bias_correction=bias_correction, eps_placement=eps_placement,
+    )  # fmt: skip
     return tuple(new_p), tuple(new_m), tuple(new_v)

@@ -5,6 +5,8 @@
   identical step for step to ``torch.optim.SGD``.
 - :class:`EGR`: GD on the explicitly regularized loss L + μ‖∇L‖²
   (Barrett & Dherin, ICLR 2021), with μ = h/4 by default.
+- :class:`Adam`: ``torch.optim.Adam``'s step, with bias correction optional and
+  ε inside or outside the root (Cattaneo, Klusowski & Shigida, ICML 2024).
 
 The classes only gather tensors and hyperparameters; the math lives in
 :mod:`implicit_reg.core.modified_gradient` and :mod:`implicit_reg.core.hvp`.
@@ -31,9 +33,16 @@ from .modified_gradient import (
     igr_coeff,
 )
 from .objective import summed_loss_and_grad
-from .updates import egr_update, gd_update, sgd_update, sgd_update_fused
+from .updates import (
+    EPS_PLACEMENTS,
+    adam_update,
+    egr_update,
+    gd_update,
+    sgd_update,
+    sgd_update_fused,
+)
 
-__all__ = ["GD", "SGD", "EGR", "gd_update", "sgd_update"]
+__all__ = ["GD", "SGD", "EGR", "Adam", "gd_update", "sgd_update"]
 
 
 _LABELS = {
@@ -280,6 +289,119 @@ def _check_nesterov(defaults: dict) -> None:
             f"momentum > 0 and dampening = 0, got momentum={defaults['momentum']!r}, "
             f"dampening={defaults['dampening']!r}"
         )
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba, ICLR 2015), full batch or minibatch; ``torch.optim.Adam``'s step.
+
+    Update (:func:`implicit_reg.core.updates.adam_update`), t the update's index:
+
+        d = ±g + λθ,   m ← β₁m + (1−β₁)d,   v ← β₂v + (1−β₂)d²,
+        θ ← θ − h·(m/b₁)/ψ(v/b₂),   b_i = 1 − β_i^t (``bias_correction``) or 1,
+
+    ψ(v) = √v + ε (``eps_placement="outside"``, torch's) or √(v + ε)
+    ("inside", the Adam whose modified equation Cattaneo, Klusowski &
+    Shigida (ICML 2024) derive: :mod:`implicit_reg.core.modified_equations`).
+    With the defaults the step is ``torch.optim.Adam``'s (CPU, no amsgrad) bit
+    for bit, and ``state[p]`` holds torch's ``step``, ``exp_avg`` and
+    ``exp_avg_sq``, so :class:`~implicit_reg.probes.preconditioned` reads
+    P = ψ(v̂) from it. β₁ = 0 without bias correction is ``torch.optim.RMSprop``
+    (α = β₂). Every setting is read from the param groups at each step, so
+    ``load_state_dict`` restores them.
+
+    Args:
+        params: parameters or param groups.
+        lr: step size h ≥ 0.
+        betas: (β₁, β₂), each in [0, 1).
+        eps: ε ≥ 0.
+        weight_decay: λ ≥ 0, torch's L2 term (added to the gradient).
+        bias_correction: divide the moments by 1 − β_i^t (torch always does).
+        eps_placement: "outside" (torch) or "inside".
+        maximize: ascend instead of descend.
+    """
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        *,
+        bias_correction: bool = True,
+        eps_placement: str = "outside",
+        maximize: bool = False,
+    ) -> None:
+        defaults = {
+            "lr": lr,
+            "betas": betas,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "bias_correction": bias_correction,
+            "eps_placement": eps_placement,
+            "maximize": maximize,
+        }
+        _check_adam_group(defaults)
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict) -> None:
+        _add_checked_group(self, param_group, _check_adam_group)
+
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
+        """One step. ``closure`` (optional) follows torch's contract: it may call
+        ``backward()`` and returns the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        with torch.no_grad():
+            for group in self.param_groups:
+                _check_adam_group(group)
+                params = [p for p in group["params"] if p.grad is not None]
+                for p in params:
+                    if p.grad.is_sparse:
+                        raise RuntimeError("Adam does not support sparse gradients")
+                    state = self.state[p]
+                    if not state:  # torch's layout: step is a 0-dim float32 tensor on the CPU
+                        state["step"] = torch.tensor(0.0, dtype=torch.float32)
+                        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                        state["exp_avg_sq"] = torch.zeros_like(
+                            p, memory_format=torch.preserve_format
+                        )
+                # params of one group may have taken different numbers of steps (a
+                # parameter without .grad skips one), so each gets its own t
+                for p in params:
+                    state = self.state[p]
+                    state["step"] += 1
+                    beta1, beta2 = group["betas"]
+                    adam_update(
+                        [p], [p.grad], [state["exp_avg"]], [state["exp_avg_sq"]],
+                        step=state["step"].item(), lr=group["lr"], beta1=beta1, beta2=beta2,
+                        eps=group["eps"], weight_decay=group["weight_decay"],
+                        bias_correction=group["bias_correction"],
+                        eps_placement=group["eps_placement"], maximize=group["maximize"],
+                    )  # fmt: skip
+        return loss
+
+
+def _check_adam_group(group: dict) -> None:
+    """lr, betas, eps, weight decay and the ε placement of one group (``ValueError``)."""
+    _check_lr(group["lr"])
+    betas = group["betas"]
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+    for i, b in enumerate(betas):
+        if isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 <= b < 1:
+            raise ValueError(f"Invalid beta parameter at index {i}: {b!r} (must be in [0, 1))")
+    _check_nonneg("eps", group["eps"])
+    _check_nonneg("weight_decay", group["weight_decay"])
+    if group["eps_placement"] not in EPS_PLACEMENTS:
+        raise ValueError(
+            f"unknown eps_placement {group['eps_placement']!r}; choose one of "
+            f"{', '.join(EPS_PLACEMENTS)}"
+        )
+    if not isinstance(group["bias_correction"], bool):
+        raise ValueError(f"bias_correction must be True or False, got {group['bias_correction']!r}")
 
 
 _WAYS = (

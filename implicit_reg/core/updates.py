@@ -25,7 +25,17 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["gd_update", "sgd_update", "sgd_update_fused", "egr_update", "apply_step"]
+__all__ = [
+    "gd_update",
+    "sgd_update",
+    "sgd_update_fused",
+    "egr_update",
+    "adam_update",
+    "apply_step",
+]
+
+#: where ε enters Adam's denominator: √v̂ + ε (torch) or √(v̂ + ε) (Cattaneo et al. 2024)
+EPS_PLACEMENTS = ("outside", "inside")
 
 Lr = float | Tensor
 
@@ -172,3 +182,50 @@ def egr_update(
     """
     for p, g, h in zip(params, grads, hvps):
         apply_step(p, g + 2.0 * h, lr)
+
+
+def adam_update(
+    params: list[Tensor],
+    grads: Sequence[Tensor],
+    exp_avgs: Sequence[Tensor],
+    exp_avg_sqs: Sequence[Tensor],
+    *,
+    step: int,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float = 0.0,
+    bias_correction: bool = True,
+    eps_placement: str = "outside",
+    maximize: bool = False,
+) -> None:
+    """Adam (Kingma & Ba, ICLR 2015), in place, in ``torch.optim.Adam``'s arithmetic.
+
+        d = ±g + λθ                               (L2 weight decay λ, torch's Adam)
+        m ← β₁m + (1−β₁)d,   v ← β₂v + (1−β₂)d²   (``lerp_`` and ``addcmul_``, as torch)
+        θ ← θ − h·(m/b₁)/ψ(v/b₂),   b_i = 1 − β_i^t (bias correction) or 1
+
+    with t = ``step`` (1-based: the index of this update) and ψ(v) = √v + ε
+    ("outside", ``torch.optim.Adam``: bit for bit its CPU step, tested) or
+    √(v + ε) ("inside": the Adam of Cattaneo, Klusowski & Shigida, ICML 2024).
+    β₁ = 0 without bias correction is RMSProp (α = β₂).
+    """
+    if eps_placement not in EPS_PLACEMENTS:
+        raise ValueError(
+            f"unknown eps_placement {eps_placement!r}; choose one of {', '.join(EPS_PLACEMENTS)}"
+        )
+    bc1 = 1 - beta1**step if bias_correction else 1.0
+    bc2 = 1 - beta2**step if bias_correction else 1.0
+    step_size = lr / bc1
+    for p, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs):
+        d = -g if maximize else g
+        if weight_decay != 0:
+            d = d.add(p, alpha=weight_decay)
+        m.lerp_(d, 1 - beta1)
+        v.mul_(beta2).addcmul_(d, d, value=1 - beta2)
+        if eps_placement == "outside":
+            denom = (v.sqrt() / bc2**0.5).add_(eps)
+        else:
+            denom = (v / bc2).add_(eps).sqrt_()
+        p.addcdiv_(m, denom, value=-step_size)

@@ -33,6 +33,7 @@ __all__ = [
     "LOSSES",
     "OPTIMIZERS",
     "SHARPNESS_OPTIMIZERS",
+    "ADAM_FIELDS",
     "DTYPES",
     "TASKS",
     "EGR_METHODS",
@@ -46,7 +47,9 @@ __all__ = [
 #: the sharpness-aware optimizers (two gradients per step; config field ``rho`` required)
 SHARPNESS_OPTIMIZERS = ("sam", "asam", "penalty")
 #: the optimizer names a config may use (built by engine.optimizers.build_optimizer)
-OPTIMIZERS = ("gd", "sgd", "egr", *SHARPNESS_OPTIMIZERS)
+OPTIMIZERS = ("gd", "sgd", "egr", *SHARPNESS_OPTIMIZERS, "adam")
+#: Adam's settings (config fields); a non-default one needs optimizer "adam"
+ADAM_FIELDS = ("adam_beta1", "adam_beta2", "adam_eps", "adam_bias_correction", "adam_eps_placement")
 DTYPES = ("float32", "float64")
 #: fields that change how a run is executed, never its numbers: not part of the hash,
 #: so a sweep that adds checkpoints finds its finished runs where they were
@@ -113,6 +116,14 @@ class RunConfig:
     rho: float | None = None
     sam_alpha: float | None = None  # penalty only: alpha = lambda/r; None: 0.8
     asam_eta: float | None = None  # asam only: eta of T = |theta| + eta; None: 0.01
+    # adam only (core.optim.Adam; torch.optim.Adam's defaults): full batch, or minibatches
+    # with batch_size; weight_decay is torch's L2 term; trained serially (no ensemble step)
+    adam_beta1: float = 0.9  # beta1, the first-moment EMA (Adam's momentum)
+    adam_beta2: float = 0.999  # beta2, the second-moment EMA
+    adam_eps: float = 1e-8  # epsilon of the denominator
+    adam_bias_correction: bool = True  # divide the moments by 1 - beta_i^t
+    # "outside": sqrt(v) + eps (torch); "inside": sqrt(v + eps) (Cattaneo et al. 2024)
+    adam_eps_placement: str = "outside"
     # --- stopping rule: the first of these budgets that is reached ends the run ---
     steps: int | None = 1000  # optimizer steps
     epochs: int | None = None  # passes over the training set (1 epoch = 1 step at full batch)
@@ -249,6 +260,7 @@ class RunConfig:
                 _finite(name, value, lower=0.0)
         if self.nesterov and self.momentum == 0:
             raise ValueError("nesterov=True needs momentum > 0")
+        self._validate_adam()
         if self.loss == "cross_entropy" and self.task == "regression":
             raise ValueError("task 'regression' needs loss 'mse'")
         if self.device.split(":")[0] not in ("cpu", "cuda", "mps", "xpu"):
@@ -265,6 +277,28 @@ class RunConfig:
                 _choice("probe option", key, DEFAULT_OPTIONS)
         if len(set(self.probes)) != len(self.probes):
             raise ValueError(f"probes are listed twice: {list(self.probes)}")
+
+    def _validate_adam(self) -> None:
+        """Adam's settings: in range, and set only for optimizer 'adam'."""
+        from ..core.updates import EPS_PLACEMENTS
+
+        if self.optimizer != "adam":
+            changed = [k for k in ADAM_FIELDS if getattr(self, k) != _DEFAULTS[k]]
+            if changed:
+                raise ValueError(
+                    f"{', '.join(changed)} need optimizer 'adam', got {self.optimizer!r}"
+                )
+            return
+        for name in ("adam_beta1", "adam_beta2"):
+            _finite(name, getattr(self, name), lower=0.0)
+            if getattr(self, name) >= 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        _finite("adam_eps", self.adam_eps, lower=0.0)
+        _choice("adam_eps_placement", self.adam_eps_placement, EPS_PLACEMENTS)
+        if self.momentum or self.nesterov:
+            raise ValueError(
+                "optimizer 'adam' takes no momentum or nesterov: its momentum is adam_beta1"
+            )
 
     # ----------------------------------------------------------- serialisation
     def to_dict(self) -> dict[str, Any]:

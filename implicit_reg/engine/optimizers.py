@@ -12,6 +12,11 @@
   :class:`~implicit_reg.core.sam.ASAM`, :class:`~implicit_reg.core.sam.GradNormPenalty`
   with radius ``rho`` (``asam_eta``, ``sam_alpha``) around GD, or around SGD when
   momentum or weight decay is set; trained serially (the ensemble has no such step).
+- ``"adam"``: :class:`~implicit_reg.core.optim.Adam` with β₁ = ``adam_beta1``,
+  β₂ = ``adam_beta2``, ε = ``adam_eps`` (``adam_eps_placement``: outside the root as
+  torch, or inside), ``adam_bias_correction`` and ``weight_decay`` (L2); full batch,
+  or minibatches with ``batch_size``. With the defaults it is ``torch.optim.Adam``'s
+  step; trained serially (the ensemble has no Adam step).
 
 :func:`update_rule` names the same choice for the vectorized ensemble, which
 applies the update functions of :mod:`implicit_reg.core.updates` to stacked tensors.
@@ -21,7 +26,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..core.optim import EGR, GD, SGD
+from ..core.optim import EGR, GD, SGD, Adam
 from ..core.sam import ASAM, SAM, GradNormPenalty
 from .config import OPTIMIZERS, SHARPNESS_OPTIMIZERS, RunConfig
 
@@ -30,8 +35,8 @@ __all__ = ["OPTIMIZERS", "SHARPNESS_OPTIMIZERS", "build_optimizer", "update_rule
 
 def update_rule(config: RunConfig) -> str:
     """``"gd"``, ``"sgd"`` or ``"egr"``: the update :func:`build_optimizer` applies
-    (a sharpness-aware optimizer's own name, which no ensemble step implements)."""
-    if config.optimizer in ("egr", *SHARPNESS_OPTIMIZERS):
+    (a sharpness-aware optimizer's own name or ``"adam"``, which no ensemble step implements)."""
+    if config.optimizer in ("egr", "adam", *SHARPNESS_OPTIMIZERS):
         return config.optimizer
     if config.optimizer == "gd" and config.momentum == 0 and config.weight_decay == 0:
         return "gd"
@@ -48,6 +53,13 @@ def build_optimizer(config: RunConfig, params: list[Tensor], model: nn.Module | 
         return EGR(
             params, lr=config.lr, coeff=config.egr_coeff, method=config.egr_method, module=model
         )
+    if rule == "adam":
+        return Adam(
+            params, lr=config.lr, betas=(config.adam_beta1, config.adam_beta2),
+            eps=config.adam_eps, weight_decay=config.weight_decay,
+            bias_correction=config.adam_bias_correction,
+            eps_placement=config.adam_eps_placement,
+        )  # fmt: skip
     if rule == "gd":
         return GD(params, lr=config.lr)
     return SGD(

@@ -20,7 +20,7 @@ per-step overhead of one more job, by the cost model of :data:`STEP_COST`
 Not vectorized (trained serially with no user action): runs with
 ``checkpoint=True`` (the optimizer state is per run), runs that set a field
 outside :data:`SUPPORTED_FIELDS` (``egr_micro_batch``, ``lr_decay_every``),
-models with running statistics or dropout
+runs of optimizer ``"adam"`` (no ensemble step), models with running statistics or dropout
 (:func:`~implicit_reg.ensemble.vectorized.check_vectorizable`), groups of one, and,
 on CPU, ``vmap`` groups whose forward pass costs more than :data:`CPU_MAX_STEP_FLOPS`
 per member and step, where one run at a time is faster (the fast ensemble has
@@ -133,7 +133,7 @@ def group_key(config: RunConfig) -> str | None:
         k for k, v in values.items()
         if k not in SUPPORTED_FIELDS and v != _default(defaults[k])
     ]  # fmt: skip
-    if config.checkpoint or unsupported:
+    if config.checkpoint or unsupported or update_rule(config) == "adam":  # no ensemble Adam
         return None
     free = MEMBER_FIELDS + (FAST_MEMBER_FIELDS if is_fast(config) else ())
     shared = {k: v for k, v in values.items() if k not in free}
