@@ -54,6 +54,7 @@ from .state import DEFAULT_MODE
 
 __all__ = ["GGNOperator", "FisherOperator", "FISHER_KINDS", "LIKELIHOODS", "infer_likelihood"]
 
+#: the ``kind`` of :class:`FisherOperator`: the exact expectation, Monte Carlo, or empirical
 FISHER_KINDS = ("exact", "mc", "empirical")
 LIKELIHOODS = ("categorical", "gaussian")
 
@@ -107,11 +108,12 @@ class GGNOperator(_OutputSpaceOperator):
         block_size: int | None = None,
         block_memory: int | None = None,
         batch_loss: BatchLoss | None = None,
+        process_group=None,
     ):
         super().__init__(
             model, loss_fn, data, params=params, chunk_size=chunk_size, block_size=block_size,
             block_memory=block_memory,
-            mode=mode, seed=seed, batch_loss=batch_loss,
+            mode=mode, seed=seed, batch_loss=batch_loss, process_group=process_group,
         )  # fmt: skip
 
     def _output_block(self, term, out):
@@ -173,6 +175,7 @@ class FisherOperator(_OutputSpaceOperator):
         block_size: int | None = None,
         block_memory: int | None = None,
         batch_loss: BatchLoss | None = None,
+        process_group=None,
     ):
         if kind not in FISHER_KINDS:
             raise ValueError(f"kind must be one of {', '.join(FISHER_KINDS)}, got {kind!r}")
@@ -188,7 +191,7 @@ class FisherOperator(_OutputSpaceOperator):
         super().__init__(
             model, loss_fn, data, params=params, chunk_size=chunk_size, block_size=block_size,
             block_memory=block_memory,
-            mode=mode, seed=seed, batch_loss=batch_loss,
+            mode=mode, seed=seed, batch_loss=batch_loss, process_group=process_group,
         )  # fmt: skip
 
     def _output_block(self, term, out):

@@ -50,12 +50,18 @@ an explicit symmetric matrix.
 
 The operator never changes the model: every pass over the data runs inside
 :func:`implicit_reg.probes.state.preserved` in the chosen ``mode``.
+
+Data sharded across processes: with ``process_group`` each rank sums over its
+own shard and the ranks' sums are all-reduced before dividing by the global N,
+so every rank gets the single-process full-data product
+(:mod:`implicit_reg.probes.distributed`). A DDP-wrapped model is measured
+through the module inside.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 
 import numpy as np
 import torch
@@ -64,6 +70,7 @@ from torch.func import vmap
 
 from ..core.hvp import DEFAULT_METHOD, check_method, check_scalar_loss, grad_and_hvp, hvp_of_graph
 from .batches import BatchLoss, Term, check_data, loss_terms
+from .distributed import shard_ranks, unwrap
 from .selection import Selection, select_params
 from .state import DEFAULT_MODE, check_mode, preserved, seeded_rng
 
@@ -149,12 +156,18 @@ class CurvatureOperator:
             targets of the Fisher).
         batch_loss: ``(model, batch) -> (mean loss, batch size)`` for batches
             that are not ``(inputs, targets)``.
+        process_group: None (default: one process); a ``torch.distributed``
+            ``ProcessGroup`` whose ranks each hold a shard of the data and the
+            same model: products, losses and gradients are summed over the
+            ranks (:mod:`implicit_reg.probes.distributed`); ``"auto"``: the
+            default group when ``torch.distributed`` is initialized.
 
     Attributes:
         dim: number of measured scalars; names: their parameter names.
         dtype, device: those of the parameters.
         n_hvp: products computed so far, counted per vector.
         n_grad, n_loss: full-data gradients and losses computed so far.
+        n_samples: N over all ranks; shard_sizes: N_r per rank (``[N]`` alone).
     """
 
     def __init__(
@@ -170,7 +183,28 @@ class CurvatureOperator:
         mode: str = DEFAULT_MODE,
         seed: int = 0,
         batch_loss: BatchLoss | None = None,
+        process_group=None,
     ):
+        ranks = shard_ranks(process_group)
+        self._ranks = None  # no collective while this rank sizes its shard
+        with ranks.guard("building the curvature operator") if ranks else nullcontext():
+            self._build(
+                unwrap(model), loss_fn, data, params=params, chunk_size=chunk_size,
+                block_size=block_size, block_memory=block_memory, mode=mode, seed=seed,
+                batch_loss=batch_loss,
+            )  # fmt: skip
+        self.shard_sizes = [self.n_samples]
+        if ranks is not None:  # every rank checks the others built the same operator
+            self.shard_sizes = ranks.agree(
+                self.names, self.shapes, self.dtype, self.n_samples, self.theta()
+            )
+            self.n_samples, self._ranks = sum(self.shard_sizes), ranks
+
+    def _build(
+        self, model, loss_fn, data, *, params, chunk_size, block_size, block_memory, mode, seed,
+        batch_loss,
+    ):  # fmt: skip
+        """This rank's part of the constructor: checks, parameters, data and its sizes."""
         check_mode(mode)
         _check_positive_int("chunk_size", chunk_size)
         _check_positive_int("block_size", block_size)
@@ -250,6 +284,8 @@ class CurvatureOperator:
     def _passes(self):
         """Context for one pass over the data: model preserved, mode set, RNG seeded."""
         stack = ExitStack()
+        if self._ranks is not None:  # a failing rank tells the others before raising
+            stack.enter_context(self._ranks.guard())
         stack.enter_context(preserved(self.model, self.mode))
         if self.mode == "train":
             stack.enter_context(seeded_rng(self.seed))
@@ -264,6 +300,14 @@ class CurvatureOperator:
 
     def _leaves(self, params: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         return tuple(p.detach() for p in params)
+
+    def _sum_ranks(self, local: Tensor, vectors: Tensor | None = None) -> Tensor:
+        """This rank's sum over its shard, summed over the process group's ranks (itself
+        without a group); ``vectors`` (the point or vectors applied) are checked equal on
+        every rank."""
+        if self._ranks is None:
+            return local
+        return self._ranks.sum(local, vectors, self.theta())
 
     def _block_product(self, term: Term, params: tuple[Tensor, ...], vs: tuple[Tensor, ...]):
         """Σ over the chunk: the (unnormalized) product with a block ``vs`` of ``(b, *shape)``."""
@@ -293,9 +337,8 @@ class CurvatureOperator:
                 for term in self._terms():
                     for a, h in zip(acc, self._block_product(term, params, vs)):
                         a.add_(h)
-            out.append(
-                torch.cat([a.reshape(a.shape[0], -1) for a in acc], dim=1).T / self.n_samples
-            )
+            local = torch.cat([a.reshape(a.shape[0], -1) for a in acc], dim=1)
+            out.append(self._sum_ranks(local, block).T / self.n_samples)
             self.n_hvp += block.shape[1]
         if not out:
             return mat.clone()
@@ -322,7 +365,12 @@ class CurvatureOperator:
                     if g is not None:
                         a.add_(g)
         self.n_grad += 1
-        return total / self.n_samples, self.flatten(acc) / self.n_samples
+        grad = self.flatten(acc)
+        if self._ranks is not None:  # loss and gradient in one all-reduce
+            both = torch.cat([grad.new_tensor([total], dtype=torch.float64), grad.double()])
+            both = self._sum_ranks(both, theta)
+            total, grad = float(both[0]), both[1:].to(self.dtype)
+        return total / self.n_samples, grad / self.n_samples
 
     def gradient(self, theta: Tensor | None = None) -> Tensor:
         """∇L at θ_S (default: the model's θ_S) as a flat vector."""
@@ -334,6 +382,9 @@ class CurvatureOperator:
         with self._passes(), torch.no_grad():
             total = sum(float(t.loss(params)) for t in self._terms())
         self.n_loss += 1
+        if self._ranks is not None:
+            local = torch.tensor([total], dtype=torch.float64, device=self.device)
+            total = float(self._sum_ranks(local, theta)[0])
         return total / self.n_samples
 
 
@@ -365,6 +416,7 @@ class HessianOperator(CurvatureOperator):
         block_memory: int | None = None,
         product: str = "loop",
         batch_loss: BatchLoss | None = None,
+        process_group=None,
     ):
         check_method(method)
         if product not in PRODUCTS:
@@ -373,6 +425,7 @@ class HessianOperator(CurvatureOperator):
         super().__init__(
             model, loss_fn, data, params=params, chunk_size=chunk_size, block_size=block_size,
             block_memory=block_memory, mode=mode, seed=seed, batch_loss=batch_loss,
+            process_group=process_group,
         )  # fmt: skip
 
     def _leaves(self, params: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
@@ -391,7 +444,7 @@ class HessianOperator(CurvatureOperator):
                 for a, h in zip(acc, hv):
                     a.add_(h)
         self.n_hvp += 1
-        return self.flatten(acc) / self.n_samples
+        return self._sum_ranks(self.flatten(acc), vec) / self.n_samples
 
     def _block_product(self, term: Term, params, vs):
         if self.product == "loop":
