@@ -13,6 +13,11 @@ parameters are constants. Losses are full-data means, in chunks.
   (the "expected sharpness" of Neyshabur et al., NeurIPS 2017).
 - :func:`geometric_complexity`: (1/N)·Σ_i ‖∂f_θ(x_i)/∂x‖²_F
   (Dherin, Munn, Rosca & Barrett, NeurIPS 2022).
+
+The three that pass over the data through the operator (:func:`grad_norm_sq`,
+:func:`eps_sharpness`, :func:`gaussian_sharpness`) take ``process_group``: each
+rank holds a shard of the data, and the losses and gradients are summed over the
+ranks (:mod:`implicit_reg.probes.distributed`); the same ``seed`` on every rank.
 """
 
 from __future__ import annotations
@@ -56,9 +61,12 @@ def grad_norm_sq(
     *,
     chunk_size: int | None = None,
     mode: str = DEFAULT_MODE,
+    process_group=None,
 ) -> float:
     """‖∇L(θ)‖² of the full-data mean loss over the trainable parameters."""
-    op = HessianOperator(model, loss_fn, data, chunk_size=chunk_size, mode=mode)
+    op = HessianOperator(
+        model, loss_fn, data, chunk_size=chunk_size, mode=mode, process_group=process_group
+    )
     g = op.gradient()
     return float(g.double() @ g.double())
 
@@ -120,6 +128,7 @@ def eps_sharpness(
     step_size: float | None = None,
     chunk_size: int | None = None,
     mode: str = DEFAULT_MODE,
+    process_group=None,
 ) -> float:
     """ε-sharpness of Keskar, Mudigere, Nocedal, Smelyanskiy & Tang (ICLR 2017), eq. (3):
 
@@ -142,7 +151,9 @@ def eps_sharpness(
     eps = check_positive("eps", eps)
     steps = check_count("steps", steps)
     eta = 2.5 / steps if step_size is None else check_positive("step_size", step_size)
-    op = HessianOperator(model, loss_fn, data, chunk_size=chunk_size, mode=mode)
+    op = HessianOperator(
+        model, loss_fn, data, chunk_size=chunk_size, mode=mode, process_group=process_group
+    )
     theta = op.theta()
     w = eps * (theta.abs() + 1)
     delta = torch.zeros_like(theta)
@@ -168,6 +179,7 @@ def gaussian_sharpness(
     seed: int = 0,
     chunk_size: int | None = None,
     mode: str = DEFAULT_MODE,
+    process_group=None,
 ) -> Estimate:
     """Average loss increase under Gaussian weight noise,
 
@@ -181,7 +193,9 @@ def gaussian_sharpness(
     """
     sigma = check_positive("sigma", sigma)
     n_samples = check_count("n_samples", n_samples, 2)
-    op = HessianOperator(model, loss_fn, data, chunk_size=chunk_size, mode=mode)
+    op = HessianOperator(
+        model, loss_fn, data, chunk_size=chunk_size, mode=mode, process_group=process_group
+    )
     theta = op.theta()
     gen = torch.Generator(device=op.device).manual_seed(int(seed))
     loss0 = op.loss(theta)
