@@ -88,12 +88,25 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+#: the MLP's initializations (``MLP(init=...)``)
+MLP_INITS = ("default", "glorot")
+
+
+def _glorot_(layer: nn.Linear) -> None:
+    """Glorot-uniform weights, U(−√(6/(fan_in + fan_out)), +√(…)), and a zero bias."""
+    nn.init.xavier_uniform_(layer.weight)
+    nn.init.zeros_(layer.bias)
+
+
 class MLP(nn.Module):
     """Fully connected net ``d → h → … → h → k`` with ``depth`` hidden layers.
 
     Trainable parameters (d inputs, h = width, k outputs, D = depth ≥ 1):
     ``(d+1)h + (D−1)(h+1)h + (h+1)k``; for D = 0 the net is linear, ``(d+1)k``.
-    Default PyTorch (Kaiming-uniform) initialization, changed by two options:
+    Initialization (``init``): ``"default"``, PyTorch's ``nn.Linear`` draw (weights and
+    biases U(−1/√fan_in, 1/√fan_in), Kaiming-uniform with a = √5); ``"glorot"``, Glorot &
+    Bengio 2010's uniform draw, weights U(−b, b) with b = √(6/(fan_in + fan_out)) and zero
+    biases, the initialization of Belkin et al. 2019's networks. Two options change it:
 
     - ``zero_readout``: the last layer (weights and bias) starts at 0, so the
       network starts as f ≡ 0. Gradient descent still moves it: the readout's
@@ -115,8 +128,11 @@ class MLP(nn.Module):
         *,
         zero_readout: bool = False,
         hidden_bias: float | None = None,
+        init: str = "default",
     ):
         super().__init__()
+        if init not in MLP_INITS:
+            raise ValueError(f"unknown init {init!r}; valid: {list(MLP_INITS)}")
         if not isinstance(zero_readout, bool):
             raise ValueError(f"zero_readout must be true or false, got {zero_readout!r}")
         if hidden_bias is not None and (
@@ -130,9 +146,13 @@ class MLP(nn.Module):
         for _ in range(depth):
             layers += [nn.Linear(fan_in, width), _activation(activation)]
             fan_in = width
+            if init == "glorot":
+                _glorot_(layers[-2])
             if hidden_bias is not None:
                 nn.init.constant_(layers[-2].bias, float(hidden_bias))
         layers.append(nn.Linear(fan_in, output_dim))
+        if init == "glorot":
+            _glorot_(layers[-1])
         if zero_readout:
             nn.init.zeros_(layers[-1].weight)
             nn.init.zeros_(layers[-1].bias)
@@ -248,7 +268,7 @@ class RandomFeatures(nn.Module):
         return self.readout(self.features(x))
 
 
-MLP_OPTIONS = ("zero_readout", "hidden_bias")
+MLP_OPTIONS = ("zero_readout", "hidden_bias", "init")
 
 
 def _build_mlp(*, input_dim, output_dim, width, depth, activation, seed, **kwargs) -> nn.Module:
@@ -308,7 +328,7 @@ def build_model(
     number of random features N (rf_relu, rf_fourier); ``depth`` is the
     number of hidden layers (mlp) or convolutions (cnn1d) and is ignored by
     the rf models, as is ``activation``. Extra keyword arguments go to the
-    model (mlp: ``zero_readout``, ``hidden_bias``; rf models: ``bandwidth``,
+    model (mlp: ``zero_readout``, ``hidden_bias``, ``init``; rf models: ``bandwidth``,
     ``bias``, ``zero_readout``).
 
     The global torch RNG is left as it was (the model is built under
