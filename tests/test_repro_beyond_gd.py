@@ -107,6 +107,23 @@ def test_adaptive_eos_rise_not_reproduced_without_a_rise():
     assert claims[1].verdict in ("inconclusive", "not reproduced"), claims[1].ours
 
 
+def test_adaptive_eos_rise_is_not_decided_by_one_low_first_probe():
+    """Flat at the threshold from the start, but the first probe alone reads 0.05: the
+    rise is measured from the early median (5 of 100 probes), so it is not reproduced,
+    where the late median over the first probe alone would call it a ×20 rise."""
+    probes = _probes(1.0)
+    probes["precond_sharpness"] = probes.threshold * np.exp(
+        0.03 * np.random.default_rng(1).standard_normal(len(probes))
+    )
+    first = probes.step == probes.step.min()
+    probes.loc[first, "precond_sharpness"] *= 0.05
+    a = ae.analyze(probes, AE)
+    assert all(s.early_probes == 5 for s in a.runs)
+    assert all(s.ratio_late / s.ratio_start > 10 for s in a.runs)  # the old test's effect
+    rise = ae.claims(a, AE)[1]
+    assert rise.verdict in ("inconclusive", "not reproduced"), rise.ours
+
+
 def test_adaptive_eos_train_run_probes_are_finite_and_at_the_right_threshold(one_thread):
     cfg = ae.Config(lrs=(1e-2,), seeds=1, n_train=32, width=4, steps=10, probe_every=5,
                     lanczos_max_iter=10)  # fmt: skip
