@@ -13,6 +13,7 @@ Public API (re-exported; the math lives in the submodules):
 from importlib.metadata import PackageNotFoundError, version
 
 try:
+    #: the installed distribution's version ("0+unknown" in a source tree that is not installed)
     __version__ = version("implicit-reg")
 except PackageNotFoundError:  # running from a source tree without install
     __version__ = "0+unknown"

@@ -77,9 +77,10 @@ __all__ = [
     "welch_test",
 ]
 
+#: the verdict of a claim: its test passed, could not decide, or decided against it
 Verdict = Literal["reproduced", "inconclusive", "not reproduced"]
-ALPHA = 0.05  # one-sided level of every claim
-POWER = 0.8  # the power at which `detectable` is quoted
+ALPHA = 0.05  #: one-sided level of every claim
+POWER = 0.8  #: the power at which `detectable` is quoted
 
 
 # ---------------------------------------------------------------------------

@@ -109,6 +109,7 @@ MEASURES = (
 )
 #: warm-start key of the preconditioned sharpness (the others are in ``WARM_KEYS``)
 PRECONDITIONED_KEY = "preconditioned_lambda_max.vec"
+#: probe at most once per this many optimizer steps
 DEFAULT_EVERY = 10
 #: at most 10% of the training time is spent probing
 DEFAULT_BUDGET = 0.1

@@ -193,9 +193,10 @@ class PreconditionedOperator:
             finite and positive.
 
     Attributes:
-        base: the wrapped operator; p: P as a float64 flat vector;
-        dim, dtype, device: those of ``op``; n_hvp: ``op.n_hvp`` (one product
-        with A costs one product with H).
+        base: the wrapped operator.
+        p: P as a float64 flat vector.
+        dim, dtype, device: those of ``op``.
+        n_hvp: ``op.n_hvp`` (one product with A costs one product with H).
 
     Use :meth:`from_optimizer` to read P from an Adam/RMSprop state.
     """

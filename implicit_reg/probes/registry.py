@@ -208,6 +208,7 @@ def _gaussian(ctx: _Context) -> float:
     ).value
 
 
+#: the named probes of :func:`run_probes`: probe name -> the function that measures it
 PROBES: dict[str, Callable[[_Context], float]] = {
     "loss": lambda ctx: float(_loss_grad(ctx)[0]),
     "lambda_max": lambda ctx: _eig(ctx, "LA"),

@@ -33,7 +33,9 @@ from torch import nn
 
 __all__ = ["MODES", "DEFAULT_MODE", "check_mode", "preserved", "seeded_rng"]
 
+#: the modes a probe measures the model in (see the module docstring)
 MODES = ("eval", "train")
+#: the mode of every probe unless told: dropout off, BatchNorm's running statistics
 DEFAULT_MODE = "eval"
 
 

@@ -55,6 +55,7 @@ __all__ = [
     "attempt",
 ]
 
+#: the scales every experiment runs at: a seconds-long check, two CPU cores, the paper's setting
 SCALES = ("smoke", "small", "full")
 #: the optional reduced scale of ``make demo``: only experiments that define it accept it
 DEMO_SCALE = "demo"
