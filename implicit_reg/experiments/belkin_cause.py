@@ -297,7 +297,9 @@ def run_outputs(rows: pd.DataFrame) -> tuple[dict[str, np.ndarray], pd.DataFrame
             continue
         config = RunConfig.from_file(Path(r.run_dir) / "config.json")
         data = load_run_data(config)
-        model = build_model(**config.model_spec(data.input_dim, data.output_dim))
+        model = build_model(**config.model_spec(data.input_dim, data.output_dim)).to(
+            data.x_test.dtype
+        )
         model.load_state_dict(state)
         hidden = model.net[1](model.net[0](data.x_train.flatten(1)))  # (n, H), after ReLU
         f = model(data.x_test)
@@ -500,6 +502,16 @@ def rise_split(a: Analysis, arm: str):
     return attempt(paired_test, s_rise, e_rise), ratio
 
 
+def fieller(r) -> str:
+    """A paired_ratio's 90% Fieller set in words (an interval, two rays, or every ratio)."""
+    lo, hi = r.ci
+    if r.ci_kind == "interval":
+        return f"90% Fieller interval {lo:.2f} to {hi:.2f}"
+    if r.ci_kind == "exclusive":
+        return f"90% Fieller set: below {lo:.2f} or above {hi:.2f} (the single rise is not sure)"
+    return "90% Fieller set: every ratio (the single rise is not sure)"
+
+
 def claims(a: Analysis, cfg: Config) -> list[Claim]:
     out: list[Claim] = []
     at = cfg.nk_width
@@ -536,10 +548,9 @@ def claims(a: Analysis, cfg: Config) -> list[Claim]:
             f"averaging the seeds lowers the test-loss rise into n·k (the initialization-"
             f"variance part of the rise is > 0; {arm})",
             "Geiger et al. 2020; d'Ascoli et al. 2020", (_test(test),),
-            context=(f"ensemble rise / single-network rise = {r.ratio:.2f} (90% Fieller "
-                     f"{r.ci_kind} {r.ci[0]:.2f} to {r.ci[1]:.2f}; per seed "
-                     + ", ".join(f"{v:.2f}" for v in r.per_seed) + "): near 0, averaging "
-                     "removes the rise; near 1, it keeps it")
+            context=(f"ensemble rise / single-network rise = {r.ratio:.2f} ({fieller(r)}; per "
+                     "seed " + ", ".join(f"{v:.2f}" for v in r.per_seed) + "): near 0, "
+                     "averaging removes the rise; near 1, it keeps it")
             if hasattr(r, "ratio") else "",
         ))  # fmt: skip
     for s in cfg.switches:
@@ -581,7 +592,7 @@ def reading(a: Analysis, cfg: Config) -> str:
         if (arm, "ens_loss_jk") in pk:
             test, r = rise_split(a, arm)
             ratio = (f"; the ensemble keeps {r.ratio:.2f} of the single networks' rise "
-                     f"({r.ci[0]:.2f} to {r.ci[1]:.2f})") if hasattr(r, "ratio") else ""  # fmt: skip
+                     f"({fieller(r)})") if hasattr(r, "ratio") else ""  # fmt: skip
             lines.append(
                 f"- **Initialization variance ({arm}).** The averaged predictor's peak at n·k is "
                 f"**{v((arm, 'ens_loss_jk'))}**, the variance term's **{v((arm, 'var_term'))}**; "
