@@ -6,13 +6,13 @@ STAMP   := .venv/.installed
 TORCH   := torch==2.13.0
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: venv demo test lint bench bench-peers clean
+.PHONY: venv demo test lint docs bench bench-peers clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH)
-	$(PIP) install -q -e ".[dev,mnist,parquet,ray,hf]" "$(TORCH)"
+	$(PIP) install -q -e ".[dev,mnist,parquet,ray,hf,docs]" "$(TORCH)"
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -33,6 +33,11 @@ lint: $(STAMP)
 # Tests use tiny problems, for which one BLAS thread is fastest.
 test: lint
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests
+
+# The documentation site (mkdocs.yml: guides, results, gallery, API reference) into site/.
+# The suite builds it too, with --strict (tests/test_docs_site.py).
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --site-dir site
 
 bench: $(STAMP)
 	for f in benchmarks/bench_*.py; do $(PY) $$f || exit 1; done
