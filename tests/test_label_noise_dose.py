@@ -112,7 +112,7 @@ def test_plan_matches_double_descent_width_where_it_ran_no_probes(tmp_path: Path
          "test_loss": 2.0, "n_params": 1}
         for p in (0.0, 0.15) for w in plan.widths for s in range(3)
     ]).to_csv(ddw, index=False)  # fmt: skip
-    rows = lnd.plan_rows(plan, tmp_path / "sweep", ddw)
+    rows = lnd.run_table(pd.DataFrame({"config_hash": []}), plan, ddw)
     assert sorted(rows.label_noise.unique()) == [0.0, 0.15]
     assert set(rows.source) == {"double-descent-width runs.csv"}
     assert len(rows) == 2 * len(plan.widths) * 3

@@ -55,6 +55,15 @@ class Plan:
     #: further runs from other stores (an experiment that borrows several); their rows
     #: follow, each with ``borrowed`` = its owner (the experiment whose store holds them)
     also: tuple[Plan, ...] = ()
+    #: how the runs are trained when not by one engine sweep of them all (the default,
+    #: None): ``train(store) -> runs trained`` trains them into their store itself, in
+    #: phases with its own job cut (:mod:`._emc_plan`), and the rows are read from there;
+    #: never called in a store-only report
+    train: Callable[[Path], int] | None = None
+    #: passed to :func:`~implicit_reg.experiments._sweeps.run_configs` (explicitly to the
+    #: engine's sweep): True trains the runs that may share an ensemble as one, False one at
+    #: a time (float32 runs trained both ways differ by rounding, which long runs amplify)
+    vectorize: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +114,11 @@ def plan_rows(spec: Spec, cfg: Any, scale: str, out: Path) -> pd.DataFrame:
     for part in (plan, *plan.also):
         owner = part.borrows or spec.name
         rows = run_configs(
-            list(part.runs), sweep_dir(Path(out), owner, spec.name), workers=workers_for(scale)
+            list(part.runs),
+            sweep_dir(Path(out), owner, spec.name),
+            workers=workers_for(scale),
+            vectorize=part.vectorize,
+            train=part.train,
         )
         if plan.also:
             store = sweep_dir(Path(out), owner, spec.name)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +111,14 @@ def store_only() -> bool:
     return value == "1"
 
 
-def run_configs(configs: Sequence[RunConfig], directory: Path, *, workers: int = 1) -> pd.DataFrame:
+def run_configs(
+    configs: Sequence[RunConfig],
+    directory: Path,
+    *,
+    workers: int = 1,
+    vectorize: bool = True,
+    train: Callable[[Path], int] | None = None,
+) -> pd.DataFrame:
     """Train the configs that ``directory`` does not hold yet; return their summaries.
 
     One row per config, in the order given (columns as
@@ -119,22 +126,39 @@ def run_configs(configs: Sequence[RunConfig], directory: Path, *, workers: int =
     status "failed" (an exception, not a divergence) raises ``RuntimeError``
     with its traceback: it is a bug, not a result.
 
+    ``vectorize`` is passed to :func:`~implicit_reg.engine.sweep.run_sweep` explicitly
+    (True: the engine's planner trains the runs that may share an ensemble as one; False:
+    one at a time), so that a change of the library's default cannot silently move the
+    numbers of a committed report: a float32 run trained in an ensemble and alone differ
+    by rounding from the first step, which long runs amplify. ``train``: an experiment
+    that trains its runs itself (in phases, with its own job cut: :mod:`._emc_plan`)
+    gives ``train(directory) -> runs trained``, called instead of one sweep of them all;
+    the configs are then read from the store.
+
     With ``IMPLICIT_REG_STORE_ONLY=1`` (:func:`store_only`) nothing is trained: the
     rows are those of the configs already in the store, and ``attrs["missing"]``
     counts the others (the compute note says so).
     """
+    if not isinstance(vectorize, bool):
+        raise ValueError(f"vectorize must be True or False, got {vectorize!r}")
     configs = list({c.config_hash(): c for c in configs}.values())
     if store_only():
         return _stored_rows(configs, Path(directory))
     ordered = sorted(configs, key=_cost, reverse=True)  # longest first: the workers finish together
     workers = max(1, min(workers, len(ordered)))
-    if workers > 1:
-        sweep = run_sweep(ordered, directory, workers=workers, progress=False)
+    if train is not None:
+        workers, trained = 1, train(Path(directory))
+    elif workers > 1:
+        trained = run_sweep(
+            ordered, directory, workers=workers, progress=False, vectorize=vectorize
+        ).done
     else:  # in this process, on one torch thread: these models are too small for two
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            sweep = run_sweep(ordered, directory, workers=1, progress=False)
+            trained = run_sweep(
+                ordered, directory, workers=1, progress=False, vectorize=vectorize
+            ).done
         finally:
             torch.set_num_threads(threads)
     table = load_summaries(directory, all_runs=True).set_index("config_hash")
@@ -143,7 +167,7 @@ def run_configs(configs: Sequence[RunConfig], directory: Path, *, workers: int =
     if missing:
         raise RuntimeError(f"runs {missing} were not written to {directory}")
     rows = table.loc[hashes].reset_index()
-    rows.attrs.update(trained_now=sweep.done, directory=str(directory), workers=workers)
+    rows.attrs.update(trained_now=trained, directory=str(directory), workers=workers)
     rows.attrs["note"] = compute_note(rows)
     bad = rows[rows["status"] == "failed"]
     if len(bad):

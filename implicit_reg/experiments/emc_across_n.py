@@ -25,13 +25,18 @@ Nakkiran et al.):
   (``stats.paired_test``, paired over seeds: same initialization and minibatch seed,
   nested data), at the widths whose model-wise peak is large (47 and 62, chosen by the
   issue from ``double-descent-width``, not from these runs).
+
+The experiment is a :class:`~implicit_reg.experiments._spec.Spec` run by ``run_spec``:
+``plan`` (every run, trained phase by phase by :func:`._emc_plan.train_phases`), a typed
+``analyze`` (:class:`EmcAnalysis`, from the store's summaries or a stored ``runs.csv``),
+``claims``, ``figures`` and ``extras``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -39,10 +44,11 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from implicit_reg.report.report import Report, Untested, attempt, markdown_table, select_scale
+from implicit_reg.report.report import Claim, Report, Untested, attempt, markdown_table
 from implicit_reg.stats import PeakResult, TestResult, paired_test, peak_test, trend_test
 
-from ._emc_plan import EMC_PLANS, EmcPlan, emc_config, emc_phases
+from ._emc_plan import EMC_PLANS, EmcPlan, emc_config, emc_phases, train_phases
+from ._spec import Plan, Spec, run_spec
 
 NAME = "emc-across-n"
 TITLE = (
@@ -112,6 +118,8 @@ class ArmAnalysis:
 @dataclasses.dataclass(frozen=True)
 class EmcAnalysis:
     arms: tuple[ArmAnalysis, ...]
+    #: the run table analysed: one row per (arm, width, n, seed) (:func:`run_table`)
+    runs: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame, compare=False, repr=False)
 
     def arm(self, name: str) -> ArmAnalysis:
         for a in self.arms:
@@ -227,13 +235,22 @@ def threshold_trend(rows: pd.DataFrame) -> Result:
 
 
 def analyze(
-    rows: pd.DataFrame, *, sample_widths: Sequence[int] = SAMPLE_WISE_WIDTHS
+    rows: pd.DataFrame,
+    cfg: EmcPlan | None = None,
+    *,
+    sample_widths: Sequence[int] = SAMPLE_WISE_WIDTHS,
 ) -> EmcAnalysis:
     """The typed analysis of a run table with columns ``arm``, ``width``, ``n_train``,
-    ``seed``, ``train_error``, ``test_error`` and ``status`` (only "complete" rows count).
+    ``seed``, ``train_error``, ``test_error`` and ``status`` (only "complete" rows count):
+    a stored ``runs.csv``, or the engine summaries of ``cfg``'s runs, made into that table
+    by :func:`run_table`.
 
     Pure: every location is read from the training error of these rows (see the module
     docstring); every verdict comes from :mod:`implicit_reg.stats`."""
+    if "arm" not in rows and "config_hash" in rows:
+        if cfg is None:
+            raise ValueError("engine summaries need the plan (cfg) to be put into arms")
+        rows = run_table(rows, cfg)
     need = {"arm", "width", "n_train", "seed", "train_error", "test_error", "status"}
     missing = sorted(need - set(rows.columns))
     if missing:
@@ -254,12 +271,19 @@ def analyze(
         arms.append(ArmAnalysis(arm, mw, sw, emc, threshold_trend(r)))
     if not arms:
         raise ValueError("no complete run in the table")
-    return EmcAnalysis(tuple(arms))
+    return EmcAnalysis(tuple(arms), rows)
 
 
 # --------------------------------------------------------------------------- claims
-def add_claims(report: Report, a: EmcAnalysis) -> None:
+def claim(statement: str, paper: str, *tests: Result, **kw) -> Claim:
+    """A :class:`~implicit_reg.report.report.Claim` decided by ``tests`` (none: ``untested``
+    says why)."""
+    return Claim(statement, paper, tuple(tests), **kw)
+
+
+def claims(a: EmcAnalysis, cfg: EmcPlan | None = None) -> list[Claim]:
     """The claims of the analysis, each decided by its :mod:`implicit_reg.stats` results."""
+    out: list[Claim] = []
     for arm in a.arms:
         label = ARM_LABEL[arm.arm]
         headline = arm.arm == "epochs"
@@ -273,18 +297,20 @@ def add_claims(report: Report, a: EmcAnalysis) -> None:
             + f", highest mean test error at w = {m.widths[int(np.argmax(m.test_error))]}"
             for m in arm.model_wise
         )
-        report.add_claim(
-            f"{label}: at every n whose threshold lies inside the width window, the test error "
-            "peaks at the first width that fits n samples (EMC ≈ n)",
-            "Nakkiran et al. 2019, Sec. 2 (the EMC hypothesis)",
-            *[m.peak for m in tested],
-            untested="" if tested else "no n has its fitting threshold inside the window",
-            context=context,
-            headline=headline,
-            effect=f"emc-peak-{arm.arm}",
+        out.append(
+            claim(
+                f"{label}: at every n whose threshold lies inside the width window, the test error "
+                "peaks at the first width that fits n samples (EMC ≈ n)",
+                "Nakkiran et al. 2019, Sec. 2 (the EMC hypothesis)",
+                *[m.peak for m in tested],
+                untested="" if tested else "no n has its fitting threshold inside the window",
+                context=context,
+                headline=headline,
+                effect=f"emc-peak-{arm.arm}",
+            )
         )
         below = [m.peak_below for m in arm.model_wise if not isinstance(m.peak_below, Untested)]
-        report.add_claim(
+        out.append(claim(
             f"{label}, held-out seeds (>= {HOLDOUT_FROM}): at every n the test error peaks at "
             "the widest width that does not fit n samples (EMC just below n; a rule declared "
             "after seeds 0–2, tested on seeds never used to choose it)",
@@ -294,22 +320,24 @@ def add_claims(report: Report, a: EmcAnalysis) -> None:
                 sorted({m.peak_below.reason.split(": ", 1)[-1] for m in arm.model_wise})
             ),
             effect=f"emc-peak-below-{arm.arm}",
-        )  # fmt: skip
+        ))  # fmt: skip
         for m in arm.model_wise:
-            report.add_claim(
-                f"{label}, n = {m.n:,}: the test error peaks at the first width fitting n",
-                "Nakkiran et al. 2019, Sec. 2",
-                *([m.peak] if not isinstance(m.peak, Untested) else []),
-                untested=m.peak.reason if isinstance(m.peak, Untested) else "",
-                context=(
-                    f"placed at w = {m.fit_width}, rise from w = {m.widths[0]}, fall to "
-                    f"w = {m.widths[-1]}; {m.seeds} seeds"
-                    if m.fit_width
-                    else ""
-                ),
-                effect=f"emc-peak-{arm.arm}-{m.n}",
+            out.append(
+                claim(
+                    f"{label}, n = {m.n:,}: the test error peaks at the first width fitting n",
+                    "Nakkiran et al. 2019, Sec. 2",
+                    *([m.peak] if not isinstance(m.peak, Untested) else []),
+                    untested=m.peak.reason if isinstance(m.peak, Untested) else "",
+                    context=(
+                        f"placed at w = {m.fit_width}, rise from w = {m.widths[0]}, fall to "
+                        f"w = {m.widths[-1]}; {m.seeds} seeds"
+                        if m.fit_width
+                        else ""
+                    ),
+                    effect=f"emc-peak-{arm.arm}-{m.n}",
+                )
             )
-        report.add_claim(
+        out.append(claim(
             f"{label}: the interpolation threshold moves to wider models as n grows",
             "Nakkiran et al. 2019, Def. 1",
             *([arm.threshold_trend] if not isinstance(arm.threshold_trend, Untested) else []),
@@ -318,34 +346,45 @@ def add_claims(report: Report, a: EmcAnalysis) -> None:
                 f"{w}: {'< ' + str(min(m.n for m in arm.model_wise)) if e is None else f'{e:,}'}"
                 for w, e in arm.emc.items()
             ),
-        )  # fmt: skip
+        ))  # fmt: skip
         for s in arm.sample_wise:
-            report.add_claim(
-                f"{label}, w = {s.width}: more data hurts: the test error rises from n = EMC(w) "
-                "to the next n",
-                "Nakkiran et al. 2019, Sec. 7, Fig. 11–12",
-                *([s.rise] if not isinstance(s.rise, Untested) else []),
-                untested=s.rise.reason if isinstance(s.rise, Untested) else "",
-                context=(
-                    f"EMC({s.width}) = {s.emc:,}, next n = {s.n_next:,}; mean test error "
-                    + ", ".join(f"{n:,}: {100 * e:.1f}%" for n, e in zip(s.ns, s.test_error))
-                    if s.emc and s.n_next
-                    else ""
-                ),
-                headline=False,
-                effect=f"more-data-hurts-{arm.arm}-{s.width}",
+            out.append(
+                claim(
+                    f"{label}, w = {s.width}: more data hurts: the test error rises from n = EMC(w) "
+                    "to the next n",
+                    "Nakkiran et al. 2019, Sec. 7, Fig. 11–12",
+                    *([s.rise] if not isinstance(s.rise, Untested) else []),
+                    untested=s.rise.reason if isinstance(s.rise, Untested) else "",
+                    context=(
+                        f"EMC({s.width}) = {s.emc:,}, next n = {s.n_next:,}; mean test error "
+                        + ", ".join(f"{n:,}: {100 * e:.1f}%" for n, e in zip(s.ns, s.test_error))
+                        if s.emc and s.n_next
+                        else ""
+                    ),
+                    headline=False,
+                    effect=f"more-data-hurts-{arm.arm}-{s.width}",
+                )
             )
+    return out
 
 
 # --------------------------------------------------------------------------- runs
-def plan_rows(plan: EmcPlan, directory: Path) -> pd.DataFrame:
-    """The run table of the plan's runs that the store in ``directory`` holds: one row
-    per (arm, width, n, seed); a run shared by both arms appears in both."""
-    from implicit_reg.report.results import load_summaries
+def plan(cfg: EmcPlan) -> Plan:
+    """Every run of the plan, in its own store, trained phase by phase (:func:`emc_phases`:
+    the epoch arm first, the held-out seeds after the first ones) by ``_emc_plan``'s
+    one-job-per-group backend (:func:`~._emc_plan.train_phases`)."""
+    phases = emc_phases(cfg)
+    return Plan(
+        runs=tuple(c for _, cs in phases for c in cs),
+        train=functools.partial(train_phases, phases, pack=False),
+    )
 
-    runs = directory / "runs"
-    table = load_summaries(directory, all_runs=True) if runs.is_dir() else pd.DataFrame()
-    by_hash = table.set_index("config_hash") if len(table) else table
+
+def run_table(summaries: pd.DataFrame, plan: EmcPlan) -> pd.DataFrame:
+    """The run table of the plan's runs among the engine ``summaries`` (one row per run,
+    ``config_hash``): one row per (arm, width, n, seed); a run shared by both arms appears
+    in both."""
+    by_hash = summaries.set_index("config_hash") if len(summaries) else summaries
     rows = []
     arms = ARMS if plan.steps is not None else ARMS[:1]
     for arm in arms:
@@ -363,14 +402,16 @@ def plan_rows(plan: EmcPlan, directory: Path) -> pd.DataFrame:
                             "train_loss": r["train_loss"], "test_loss": r["test_loss"],
                             "wall_time_s": r.get("wall_time_s", math.nan), "config_hash": h,
                         })  # fmt: skip
+    if not rows:
+        raise ValueError(f"no finished run of {NAME} among the {len(summaries)} summaries")
     return pd.DataFrame(rows)
 
 
-def figure(rows: pd.DataFrame, a: EmcAnalysis) -> Figure:
+def figure(a: EmcAnalysis) -> Figure:
     arms = [x.arm for x in a.arms]
     fig = Figure(figsize=(12, 4.2 * len(arms)), layout="constrained")
     axes = fig.subplots(len(arms), 2, squeeze=False)
-    ok = rows[rows.status == "complete"]
+    ok = a.runs[a.runs.status == "complete"]
     for row, arm in zip(axes, a.arms):
         r = ok[ok.arm == arm.arm]
         ns = sorted(r.n_train.unique())
@@ -416,50 +457,41 @@ def grid_table(rows: pd.DataFrame, arm: str, metric: str) -> str:
     return markdown_table(out)
 
 
-def run(scale: str, out: Path) -> Report:
-    """Train what the store lacks (unless ``IMPLICIT_REG_STORE_ONLY=1``), then report."""
-    plan = select_scale(EMC_PLANS, scale)
-    report = Report(NAME, TITLE, scale, out, plan, PAPER)
-    directory = Path(out) / "sweep"
-    if os.environ.get("IMPLICIT_REG_STORE_ONLY", "") != "1":
-        from ._emc_plan import train_phases
-
-        train_phases(emc_phases(plan), directory)
-    rows = plan_rows(plan, directory)
-    if not len(rows):
-        raise ValueError(f"no finished run of {NAME} in {directory}")
-    analysis = analyze(rows)
-    add_claims(report, analysis)
-    report.add_figure(
-        figure(rows, analysis), "emc_across_n.png",
+def figures(a: EmcAnalysis, cfg: EmcPlan) -> list[tuple[Figure, str, str]]:
+    return [(
+        figure(a), "emc_across_n.png",
         "Left: test error over width at each n (★: the first width whose training error is ≤ 1%, "
         "where EMC = n). Right: test error over n at each width (★: EMC(w)). Seed means.",
-    )  # fmt: skip
-    for arm in analysis.arms:
+    )]  # fmt: skip
+
+
+def extras(report: Report, a: EmcAnalysis, cfg: EmcPlan) -> None:
+    """The width × n tables of each arm, the design, ``runs.csv``."""
+    for arm in a.arms:
         report.add_text(
-            "Mean training error (noisy labels):\n\n" + grid_table(rows, arm.arm, "train_error")
-            + "\n\nMean test error:\n\n" + grid_table(rows, arm.arm, "test_error"),
+            "Mean training error (noisy labels):\n\n" + grid_table(a.runs, arm.arm, "train_error")
+            + "\n\nMean test error:\n\n" + grid_table(a.runs, arm.arm, "test_error"),
             heading=f"{ARM_LABEL[arm.arm]}: width × n",
         )  # fmt: skip
     report.add_text(
-        f"Widths {list(plan.widths)} × n {[f'{n:,}' for n in plan.n_trains]} × {plan.seeds} "
-        f"seeds (then {plan.extra_seeds} more), {plan.label_noise:.0%} label noise (a fixed "
-        f"draw per n), `{plan.dataset}`: nested subsets of an 8,000-sample MNIST-1D pool, one "
+        f"Widths {list(cfg.widths)} × n {[f'{n:,}' for n in cfg.n_trains]} × {cfg.seeds} "
+        f"seeds (then {cfg.extra_seeds} more), {cfg.label_noise:.0%} label noise (a fixed "
+        f"draw per n), `{cfg.dataset}`: nested subsets of an 8,000-sample MNIST-1D pool, one "
         "set of 12,000 test samples for every n. Budgets: "
-        f"{plan.epochs} epochs at every n (steps = {plan.epochs}·n/{plan.batch_size}), and "
-        f"{plan.steps:,} steps at every n (the same run as the epoch arm at n = "
-        f"{plan.steps * plan.batch_size // plan.epochs:,}). {plan.evals} evaluations per run, no "
+        f"{cfg.epochs} epochs at every n (steps = {cfg.epochs}·n/{cfg.batch_size}), and "
+        f"{cfg.steps:,} steps at every n (the same run as the epoch arm at n = "
+        f"{cfg.steps * cfg.batch_size // cfg.epochs:,}). {cfg.evals} evaluations per run, no "
         "probes. The runs of one n train as one ensemble (`implicit_reg.engine.train.train_runs`,"
         " widths padded to the widest), checkpointed every "
-        f"{plan.checkpoint_every} steps.",
+        f"{cfg.checkpoint_every} steps.",
         heading="Design",
     )
-    total = len(rows.drop_duplicates("config_hash"))
-    planned = len({c.config_hash() for _, cs in emc_phases(plan) for c in cs})
-    report.add_text(
-        f"{total} of {planned} planned runs finished; training time as the runs recorded it "
-        f"(an ensemble member's share of its ensemble): {rows.drop_duplicates('config_hash').wall_time_s.sum():,.0f} s.",
-        heading="Compute",
-    )
-    report.add_data(rows, "runs.csv")
-    return report.write()
+    report.add_data(a.runs, "runs.csv")
+
+
+SPEC = Spec(NAME, TITLE, PAPER, EMC_PLANS, plan, analyze, claims, figures, extras)
+
+
+def run(scale: str, out: Path) -> Report:
+    """Train what the store lacks (unless ``IMPLICIT_REG_STORE_ONLY=1``), then report."""
+    return run_spec(SPEC, scale, out)

@@ -25,13 +25,18 @@ Every location is fixed from training error before a test (ε = 1%):
 The location of each seed's highest test error (its argmax over widths, measured, not
 tested at) is compared with w_fit: ``stats.trend_test`` over the noisy levels and a TOST
 of the mean log ratio argmax/w_fit within ×/÷1.5 (about one and a half grid steps).
+
+The experiment is a :class:`~implicit_reg.experiments._spec.Spec` run by ``run_spec``:
+``plan`` (every run, trained phase by phase by :func:`._emc_plan.train_phases`), a typed
+``analyze`` (:class:`DoseAnalysis`, from the store's summaries or a stored ``runs.csv``),
+``claims``, ``figures`` and ``extras``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -39,7 +44,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from implicit_reg.report.report import Report, Untested, attempt, markdown_table, select_scale
+from implicit_reg.report.report import Claim, Report, Untested, attempt, markdown_table
 from implicit_reg.stats import (
     PeakResult,
     TestResult,
@@ -49,8 +54,9 @@ from implicit_reg.stats import (
     trend_test,
 )
 
-from ._emc_plan import DOSE_PLANS, DosePlan, dose_config, dose_phases
-from .emc_across_n import HOLDOUT_FROM, below_fit_peak
+from ._emc_plan import DOSE_PLANS, DosePlan, dose_config, dose_phases, train_phases
+from ._spec import Plan, Spec, run_spec
+from .emc_across_n import HOLDOUT_FROM, below_fit_peak, claim
 
 NAME = "label-noise-dose"
 TITLE = (
@@ -102,6 +108,8 @@ class DoseAnalysis:
     partial: tuple[float, ...] = ()  # noise levels left out: not every width finished
     # the slope over the noisy levels only (p > 0): added after 15% and 30% were seen
     noisy_slope: Result = Untested("not computed")
+    #: the run table analysed (:func:`run_table`): one row per (noise, width, seed)
+    runs: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame, compare=False, repr=False)
 
 
 def _table(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -154,9 +162,16 @@ def per_seed_slopes(noises: Sequence[float], heights: np.ndarray) -> np.ndarray:
     return (heights - heights.mean(axis=1, keepdims=True)) @ xc / float(xc @ xc)
 
 
-def analyze(rows: pd.DataFrame) -> DoseAnalysis:
+def analyze(rows: pd.DataFrame, cfg: DosePlan | None = None) -> DoseAnalysis:
     """The typed analysis of a run table with columns ``label_noise``, ``width``,
-    ``seed``, ``train_error``, ``test_error``, ``status`` (only "complete" rows count)."""
+    ``seed``, ``train_error``, ``test_error``, ``status`` (only "complete" rows count):
+    a stored ``runs.csv``, or the engine summaries of ``cfg``'s runs (with
+    ``config_hash``), made into that table by :func:`run_table`."""
+    if "config_hash" in rows and "source" not in rows:
+        if cfg is None:
+            raise ValueError("engine summaries need the plan (cfg) to be read by config hash")
+        rows = run_table(rows, cfg)
+    table = rows
     need = {"label_noise", "width", "seed", "train_error", "test_error", "status"}
     missing = sorted(need - set(rows.columns))
     if missing:
@@ -217,7 +232,7 @@ def analyze(rows: pd.DataFrame) -> DoseAnalysis:
     return DoseAnalysis(
         levels=levels, slope=slope, slopes=tuple(float(v) for v in slopes),
         height_trend=height_trend, fit_trend=fit_trend, peak_trend=peak_trend,
-        location=location, partial=partial, noisy_slope=noisy_slope,
+        location=location, partial=partial, noisy_slope=noisy_slope, runs=table,
     )  # fmt: skip
 
 
@@ -235,14 +250,14 @@ def _fit_trend(ps: list[float], noisy: list[NoiseLevel], seeds: list[int]) -> Re
 
 
 # --------------------------------------------------------------------------- claims
-def _claim(report: Report, statement: str, paper: str, r: Result, **kw) -> None:
+def _claim(statement: str, paper: str, r: Result, **kw) -> Claim:
+    """A claim decided by the one result ``r``, or not tested with its reason."""
     if isinstance(r, Untested):
-        report.add_claim(statement, paper, untested=r.reason, **kw)
-    else:
-        report.add_claim(statement, paper, r, **kw)
+        return claim(statement, paper, untested=r.reason, **kw)
+    return claim(statement, paper, r, **kw)
 
 
-def add_claims(report: Report, a: DoseAnalysis) -> None:
+def claims(a: DoseAnalysis, cfg: DosePlan | None = None) -> list[Claim]:
     """The claims of the analysis, each decided by its :mod:`implicit_reg.stats` results."""
     paper = "Nakkiran et al. 2019, Sec. 5, Fig. 4 and 7"
     heights = "; ".join(
@@ -257,33 +272,37 @@ def add_claims(report: Report, a: DoseAnalysis) -> None:
         heights += "; left out, not every width finished: " + ", ".join(
             f"{p:.0%}" for p in a.partial
         )
-    _claim(
-        report,
-        "the peak grows with the label noise: the per-seed slope of the peak height h over "
-        "the noise p is positive (h in test-error fraction per unit p; ×10: points per 10% noise)",
-        paper,
-        a.slope,
-        context=f"per-seed slopes ×10 (points of height per 10 points of noise): {slopes}; "
-        f"heights in points per seed: {heights}"
-        if a.slopes
-        else heights,
-        headline=True,
-        effect="dose-slope",
-    )
-    _claim(
-        report,
-        "the peak keeps growing among the noisy levels (p > 0): the per-seed slope of h over "
-        "p is positive without the clean level (a claim added after the 15% and 30% heights "
-        "were seen to agree; the slope above may come from the clean→noisy step alone)",
-        paper,
-        a.noisy_slope,
-        effect="dose-slope-noisy",
-    )
-    _claim(report, "the peak height increases monotonically with the noise (Kendall τ per seed)",
-           paper, a.height_trend, effect="dose-trend")  # fmt: skip
-    for lv in a.levels:
+    out = [
         _claim(
-            report,
+            "the peak grows with the label noise: the per-seed slope of the peak height h over "
+            "the noise p is positive (h in test-error fraction per unit p; ×10: points per 10% "
+            "noise)",
+            paper,
+            a.slope,
+            context=f"per-seed slopes ×10 (points of height per 10 points of noise): {slopes}; "
+            f"heights in points per seed: {heights}"
+            if a.slopes
+            else heights,
+            headline=True,
+            effect="dose-slope",
+        ),
+        _claim(
+            "the peak keeps growing among the noisy levels (p > 0): the per-seed slope of h over "
+            "p is positive without the clean level (a claim added after the 15% and 30% heights "
+            "were seen to agree; the slope above may come from the clean→noisy step alone)",
+            paper,
+            a.noisy_slope,
+            effect="dose-slope-noisy",
+        ),
+        _claim(
+            "the peak height increases monotonically with the noise (Kendall τ per seed)",
+            paper,
+            a.height_trend,
+            effect="dose-trend",
+        ),
+    ]
+    for lv in a.levels:
+        out.append(_claim(
             f"{lv.noise:.0%} noise: the test error peaks at the first width that fits the "
             "training set",
             paper,
@@ -295,9 +314,9 @@ def add_claims(report: Report, a: DoseAnalysis) -> None:
                      + f"; runs: {lv.source}")
             if lv.fit_width else f"runs: {lv.source}",
             effect=f"peak-{lv.noise:g}",
-        )  # fmt: skip
+        ))  # fmt: skip
     below = [lv.peak_below for lv in a.levels if not isinstance(lv.peak_below, Untested)]
-    report.add_claim(
+    out.append(claim(
         f"held-out seeds (>= {HOLDOUT_FROM}): at every noise level the test error peaks at the "
         "widest width that does not fit the training set (a rule declared after seeds 0–2, "
         "tested on seeds never used to choose it)",
@@ -307,25 +326,35 @@ def add_claims(report: Report, a: DoseAnalysis) -> None:
             sorted({lv.peak_below.reason.split(": ", 1)[-1] for lv in a.levels})
         ),
         effect="peak-below",
-    )  # fmt: skip
+    ))  # fmt: skip
     noisy = [lv for lv in a.levels if lv.noise > 0]
     where = "; ".join(
         f"{lv.noise:.0%}: w_fit = {lv.fit_width}, per-seed fits "
         f"{[w for w in lv.seed_fit_width]}, argmax {list(lv.argmax_width)}"
         for lv in noisy
     )
-    _claim(report, "the fitting threshold moves to wider models as the noise grows (each seed's "
-           "first width with train error ≤ 1%, noisy levels)", paper, a.fit_trend,
-           context=where)  # fmt: skip
-    _claim(report, "the test-error peak (each seed's argmax over widths) moves to wider models "
-           "as the noise grows", paper, a.peak_trend)  # fmt: skip
-    _claim(
-        report,
-        "the peak's location tracks the fitting threshold: mean log(argmax / w_fit) over the "
-        "noisy levels within ±log 1.5 (TOST)",
-        paper,
-        a.location,
-    )
+    out += [
+        _claim(
+            "the fitting threshold moves to wider models as the noise grows (each seed's "
+            "first width with train error ≤ 1%, noisy levels)",
+            paper,
+            a.fit_trend,
+            context=where,
+        ),
+        _claim(
+            "the test-error peak (each seed's argmax over widths) moves to wider models "
+            "as the noise grows",
+            paper,
+            a.peak_trend,
+        ),
+        _claim(
+            "the peak's location tracks the fitting threshold: mean log(argmax / w_fit) over the "
+            "noisy levels within ±log 1.5 (TOST)",
+            paper,
+            a.location,
+        ),
+    ]
+    return out
 
 
 # --------------------------------------------------------------------------- runs
@@ -333,18 +362,26 @@ _COLUMNS = ["label_noise", "width", "seed", "status", "train_error", "test_error
             "train_loss", "test_loss", "n_params", "source"]  # fmt: skip
 
 
-def plan_rows(plan: DosePlan, directory: Path, ddw_runs: Path | None = DDW_RUNS) -> pd.DataFrame:
-    """The run table: this sweep's runs from the store in ``directory``; at the noise levels
-    of ``plan.reused_noises`` where the store lacks a complete width × seed grid, the rows
-    of ``double-descent-width``'s committed ``runs.csv`` (same recipe; its probes and
-    dense evaluations leave the training unchanged) at the plan's widths and seeds."""
-    from implicit_reg.report.results import load_summaries
-
-    table = (
-        load_summaries(directory, all_runs=True).set_index("config_hash")
-        if (directory / "runs").is_dir()
-        else pd.DataFrame()
+def plan(cfg: DosePlan) -> Plan:
+    """Every run of the plan, in its own store, trained phase by phase (:func:`dose_phases`:
+    the new noise levels first, 0% and 15% last) in ``_emc_plan``'s width packs
+    (:func:`~._emc_plan.train_phases` with ``pack=True``)."""
+    phases = dose_phases(cfg)
+    return Plan(
+        runs=tuple(c for _, cs in phases for c in cs),
+        train=functools.partial(train_phases, phases, pack=True),
     )
+
+
+def run_table(
+    summaries: pd.DataFrame, plan: DosePlan, ddw_runs: Path | None = DDW_RUNS
+) -> pd.DataFrame:
+    """The run table: this sweep's runs among the engine ``summaries`` (by config hash);
+    at the noise levels of ``plan.reused_noises`` where they lack a complete width × seed
+    grid, the rows of ``double-descent-width``'s committed ``runs.csv`` (same recipe; its
+    probes and dense evaluations leave the training unchanged) at the plan's widths and
+    seeds."""
+    table = summaries.set_index("config_hash") if len(summaries) else pd.DataFrame()
     seeds = range(plan.seeds + plan.extra_seeds)
     rows = []
     for p in plan.noises:
@@ -360,8 +397,8 @@ def plan_rows(plan: DosePlan, directory: Path, ddw_runs: Path | None = DDW_RUNS)
                                  "wall_time_s": r.get("wall_time_s", math.nan),
                                  "source": "this sweep"})  # fmt: skip
     out = pd.DataFrame(rows, columns=[*_COLUMNS, "wall_time_s"])
-    if ddw_runs is None or not Path(ddw_runs).is_file():
-        return out
+    if not plan.reused_noises or ddw_runs is None or not Path(ddw_runs).is_file():
+        return _nonempty(out)
     ddw = pd.read_csv(ddw_runs)
     for p in plan.reused_noises:
         own = out[(out.label_noise == p) & (out.status == "complete")]
@@ -371,7 +408,13 @@ def plan_rows(plan: DosePlan, directory: Path, ddw_runs: Path | None = DDW_RUNS)
                 & ddw.width.isin(plan.widths) & ddw.seed.isin(list(seeds))].copy()  # fmt: skip
         r["source"] = "double-descent-width runs.csv"
         out = pd.concat([out[out.label_noise != p], r.reindex(columns=out.columns)])
-    return out.reset_index(drop=True)
+    return _nonempty(out.reset_index(drop=True))
+
+
+def _nonempty(table: pd.DataFrame) -> pd.DataFrame:
+    if not len(table):
+        raise ValueError(f"no finished run of {NAME} in the store")
+    return table
 
 
 def figure(a: DoseAnalysis) -> Figure:
@@ -399,27 +442,19 @@ def figure(a: DoseAnalysis) -> Figure:
     return fig
 
 
-def run(scale: str, out: Path) -> Report:
-    """Train what the store lacks (unless ``IMPLICIT_REG_STORE_ONLY=1``), then report."""
-    plan = select_scale(DOSE_PLANS, scale)
-    report = Report(NAME, TITLE, scale, out, plan, PAPER)
-    directory = Path(out) / "sweep"
-    if os.environ.get("IMPLICIT_REG_STORE_ONLY", "") != "1":
-        from ._emc_plan import train_phases
-
-        train_phases(dose_phases(plan), directory, pack=True)
-    rows = plan_rows(plan, directory, DDW_RUNS if scale != "smoke" else None)
-    if not len(rows):
-        raise ValueError(f"no finished run of {NAME} in {directory}")
-    analysis = analyze(rows)
-    add_claims(report, analysis)
-    report.add_figure(
-        figure(analysis), "label_noise_dose.png",
+def figures(a: DoseAnalysis, cfg: DosePlan) -> list[tuple[Figure, str, str]]:
+    return [(
+        figure(a), "label_noise_dose.png",
         "Left: test error (solid) and train error on the noisy labels (dotted) over width at "
         "each noise level, seed means; ★ the first width with train error ≤ 1%. Right: the "
         "peak height h of each seed (the smaller of the rise from the narrowest and the fall "
         "to the widest width, at w_fit) against the noise.",
-    )  # fmt: skip
+    )]  # fmt: skip
+
+
+def extras(report: Report, a: DoseAnalysis, cfg: DosePlan) -> None:
+    """The width × noise table, the design and where each level's runs come from, ``runs.csv``."""
+    rows = a.runs
     t = rows[rows.status == "complete"].pivot_table(
         index="width", columns="label_noise", values="test_error", aggfunc="mean"
     )
@@ -434,27 +469,30 @@ def run(scale: str, out: Path) -> Report:
         ]),
         heading="Test error (train error) per width and noise, seed means",
     )  # fmt: skip
+    own = rows[rows.source == "this sweep"]
+    planned = len({c.config_hash() for _, cs in dose_phases(cfg) for c in cs})
     report.add_text(
-        f"Widths {list(plan.widths)} × label noise {[f'{p:.0%}' for p in plan.noises]} × "
-        f"{plan.seeds} seeds (then {plan.extra_seeds} more), `{plan.dataset}` n = "
-        f"{plan.n_train:,}, {plan.epochs} epochs, evaluated every {plan.eval_every} steps, no "
+        f"Widths {list(cfg.widths)} × label noise {[f'{p:.0%}' for p in cfg.noises]} × "
+        f"{cfg.seeds} seeds (then {cfg.extra_seeds} more), `{cfg.dataset}` n = "
+        f"{cfg.n_train:,}, {cfg.epochs} epochs, evaluated every {cfg.eval_every} steps, no "
         "probes. At widths 16, 21, 36, 80 and 104 these configs are double-descent-width's "
         "`small` configs hash for hash; at 13, 28, 62 and 136 that experiment also ran the "
         "Hessian probes at the end and at 47 evaluated every 40 steps, neither of which "
         "changes the training. Its run store is not on this machine, so its 0% and 15% runs "
         "are read from its committed `runs.csv` (final metrics, seeds 0–2) until this sweep "
         "trains those levels itself (the last phases of the plan); the `source` column of "
-        "`runs.csv` says which rows came from where.",
-        heading="Design and reuse",
-    )
-    own = rows[rows.source == "this sweep"]
-    planned = len({c.config_hash() for _, cs in dose_phases(plan) for c in cs})
-    report.add_text(
+        "`runs.csv` says which rows came from where. "
         f"{len(own)} of {planned} planned runs of this sweep finished; "
         f"{int((rows.source != 'this sweep').sum())} rows read from double-descent-width's "
-        f"runs.csv. Training time as the runs recorded it (an ensemble member's share): "
-        f"{own.wall_time_s.sum():,.0f} s.",
-        heading="Compute",
+        "runs.csv.",
+        heading="Design and reuse",
     )
     report.add_data(rows, "runs.csv")
-    return report.write()
+
+
+SPEC = Spec(NAME, TITLE, PAPER, DOSE_PLANS, plan, analyze, claims, figures, extras)
+
+
+def run(scale: str, out: Path) -> Report:
+    """Train what the store lacks (unless ``IMPLICIT_REG_STORE_ONLY=1``), then report."""
+    return run_spec(SPEC, scale, out)
