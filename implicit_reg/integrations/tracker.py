@@ -55,6 +55,21 @@ a process (torch.func imports, seconds) is paid in the constructor, before
 training (``setup_seconds``). ``budget=None`` probes exactly every ``every``
 steps (deterministic steps; the cost is still recorded).
 
+Under DDP (``torch.distributed``). Give the tracker the DDP-wrapped model (or
+the module inside) and ``process_group`` (a ``ProcessGroup``, or ``"auto"``
+for the default group): every rank measures its own shard of the probe set
+(``shard=True`` cuts it from a probe set every rank holds in full,
+:func:`implicit_reg.probes.distributed.shard_rows`) and the products are
+summed over the ranks, so every rank logs the full-probe-set numbers of a
+single process (:mod:`implicit_reg.probes.distributed`). The probes measure
+the module inside the wrapper on detached copies of its parameters, so no DDP
+hook or DDP collective runs during a probe; the model, ``.grad`` and RNG are
+left as found on every rank. Whether a probe is due under the budget reads a
+clock, so rank 0 decides and tells the others (one all-reduce per due step);
+every rank must call :meth:`step` at every step. A probe that fails on one rank
+fails on all, and all go on training. Without ``process_group`` each rank
+measures its own probe data on its own, with no communication.
+
 Example::
 
     tracker = CurvatureTracker(model, nn.CrossEntropyLoss(), (X_probe, y_probe), every=10)
@@ -87,6 +102,7 @@ from ..probes import (
     weight_norms,
 )
 from ..probes.batches import BatchLoss
+from ..probes.distributed import shard_ranks, shard_rows, unwrap
 from ..probes.registry import WARM_KEYS, warm_start_vector
 from ..probes.selection import Selection
 from ..probes.state import DEFAULT_MODE, check_mode
@@ -169,6 +185,13 @@ class CurvatureTracker:
         params: the parameters the curvature measures see
             (:mod:`implicit_reg.probes.selection`); None: all trainable ones.
         clock: the timer (seconds); tests inject a fake one.
+        process_group: None (one process, or each rank on its own); a
+            ``torch.distributed`` ``ProcessGroup`` or ``"auto"`` (the default
+            group when initialized): each rank holds a shard of the probe set and
+            the measures are of the whole of it (see "Under DDP" above).
+        shard: ``probe_data`` is the whole probe set, the same on every rank:
+            keep only this rank's part (contiguous rows of a pair, every W-th
+            batch of a list). Needs ``process_group``.
 
     Attributes:
         rows: one dict per probe: ``step``, the measures, their certificates
@@ -205,9 +228,17 @@ class CurvatureTracker:
         lanczos_max_iter: int | None = None,
         params: Selection = None,
         clock: Callable[[], float] = time.perf_counter,
+        process_group=None,
+        shard: bool = False,
     ):
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
+        model = unwrap(model)  # DDP: the module inside, so no DDP hook fires in a probe
+        self._ranks = shard_ranks(process_group)
+        if shard:
+            if self._ranks is None:
+                raise ValueError("shard=True needs process_group (a ProcessGroup or 'auto')")
+            probe_data = shard_rows(probe_data, self._ranks.group)
         adaptive = _is_adaptive(optimizer)
         if measures is None:
             measures = [
@@ -324,7 +355,11 @@ class CurvatureTracker:
             self._end = None
         if self._start is None:
             self._start = now
-        if not self.due(step, now):
+        due = self.due(step, now)
+        scheduled = self._last_step is None or step - self._last_step >= self.every
+        if self._ranks is not None and self.budget is not None and scheduled:
+            due = self._ranks.first_decides(due)  # a clock decides: rank 0's, on every rank
+        if not due:
             return None
         return self._probe(step, now)
 
@@ -367,6 +402,7 @@ class CurvatureTracker:
     def _operator(self, curvature: str):
         kw = dict(
             chunk_size=self.chunk_size, mode=self.mode, seed=self.seed, params=self.params,
+            process_group=None if self._ranks is None else self._ranks.group,
         )  # fmt: skip
         if curvature == "ggn":
             return GGNOperator(self.model, self.loss_fn, self.probe_data, **kw)
