@@ -182,10 +182,31 @@ def reproductions_gallery() -> str:
 # --- mkdocs events ------------------------------------------------------------------------
 
 
+def _pages(nav) -> set[str]:
+    """The page paths a navigation (nested lists and dicts) names."""
+    if isinstance(nav, str):
+        return {nav}
+    items = nav.values() if isinstance(nav, dict) else nav
+    return set().union(*(_pages(item) for item in items)) if items else set()
+
+
 def on_config(config):
-    """Every committed report goes under Results > Reports in the navigation."""
+    """Every committed report goes under Results > Reports in the navigation, and a page
+    of docs/ or docs/results/ that mkdocs.yml does not list goes under Guides or Results, so a
+    new guide is on the site without an edit of mkdocs.yml (its place there is still better)."""
+    listed = _pages(config["nav"] or [])
+    docs = ROOT / "docs"
     for section in config["nav"] or ():
-        if isinstance(section, dict) and "Results" in section:
+        if not isinstance(section, dict):
+            continue
+        if "Guides" in section:
+            section["Guides"] += [p.name for p in sorted(docs.glob("*.md")) if p.name not in listed]
+        if "Results" in section:
+            section["Results"] += [
+                f"results/{p.name}"
+                for p in sorted(RESULTS.glob("*.md"))
+                if f"results/{p.name}" not in listed
+            ]
             section["Results"].append({"Reports": [{n: p} for n, p in reports()]})
     return config
 
