@@ -109,7 +109,7 @@ def dense(op):
 # ------------------------------------------------------------------ matmat
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("method", ["double_backward", "vjp", "jvp"])
-@pytest.mark.parametrize("product", ["loop", "vmap"])
+@pytest.mark.parametrize("product", ["loop", "vmap", "auto"])
 def test_matmat_equals_stacked_matvec_and_explicit_hessian(kind, method, product):
     model, loss_fn, X, y = build(kind)
     if method == "jvp" and isinstance(loss_fn, nn.MSELoss):
@@ -127,7 +127,37 @@ def test_matmat_equals_stacked_matvec_and_explicit_hessian(kind, method, product
     torch.testing.assert_close(M, H @ V, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("curv", ["hessian", "ggn", "fisher_mc"])
+@pytest.mark.parametrize("slow", ["loop", "vmap"])
+def test_auto_product_measures_and_keeps_the_cheaper_one(slow, monkeypatch):
+    """``"auto"`` times half a block each way on its first chunk and keeps the product
+    with the smaller cost per column for that width class; made artificially slow, a
+    product loses. Every block, measured or not, equals the explicit float64 Hessian."""
+    import time
+
+    model, loss_fn, X, y = build("tanh_ce")
+    H = explicit(model, loss_fn, X, y)[0]
+    op = HessianOperator(model, loss_fn, (X, y), chunk_size=15)  # default "auto"
+    assert op.product == "auto"
+    name = {"loop": "_looped_product", "vmap": "_vmapped_product"}[slow]
+    real = getattr(HessianOperator, name)
+
+    def slowed(self, *args, **kw):
+        time.sleep(0.02)
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(HessianOperator, name, slowed)
+    g = torch.Generator().manual_seed(3)
+    for b in (9, 12, 1, 3):  # 9 and 12 share width class 4; 1 is never measured
+        V = torch.randn(op.dim, b, generator=g, dtype=F64)
+        torch.testing.assert_close(op.matmat(V), H @ V, rtol=1e-10, atol=1e-12)
+    assert set(op.product_choice) == {2, 4}
+    other = {"loop": "vmap", "vmap": "loop"}[slow]
+    for key, costs in op.product_costs.items():
+        assert op.product_choice[key] == other, costs
+        assert costs[slow] > costs[other] > 0 or costs[other] == 0.0
+
+
+@pytest.mark.parametrize("curv", ["hessian", "hessian_loop", "hessian_vmap", "ggn", "fisher_mc"])
 def test_train_mode_matmat_equals_matvec_with_dropout_and_bn(curv):
     torch.manual_seed(0)
     model = nn.Sequential(
@@ -137,6 +167,12 @@ def test_train_mode_matmat_equals_matvec_with_dropout_and_bn(curv):
     kw = dict(chunk_size=16, mode="train", seed=3)
     op = {
         "hessian": lambda: HessianOperator(model, loss_fn, (X, y), block_size=3, **kw),
+        "hessian_loop": lambda: HessianOperator(
+            model, loss_fn, (X, y), block_size=3, product="loop", **kw
+        ),
+        "hessian_vmap": lambda: HessianOperator(
+            model, loss_fn, (X, y), block_size=3, product="vmap", **kw
+        ),
         "ggn": lambda: GGNOperator(model, loss_fn, (X, y), block_size=3, **kw),
         "fisher_mc": lambda: FisherOperator(model, loss_fn, (X, y), kind="mc", block_size=3, **kw),
     }[curv]()

@@ -29,19 +29,35 @@ size, never by N. ``n_hvp`` counts products per vector (a block of b costs b).
 
 How :class:`HessianOperator` computes a block on a chunk (``product``):
 
-- ``"loop"`` (default): one forward pass and one first backward with its
-  graph kept, then one second backward per column,
-  H v_j = ∇_θ(g·v_j) (:func:`implicit_reg.core.hvp.hvp_of_graph` with
-  ``retain_graph``). A block of b costs 1 forward + 1 backward + b second
-  backwards instead of b of each, so a column of ``matmat`` is never dearer
-  than a ``matvec`` (for b = 1 they are the same computation).
+- ``"loop"``: one forward pass and one first backward with its graph kept,
+  then one second backward per column, H v_j = ∇_θ(g·v_j)
+  (:func:`implicit_reg.core.hvp.hvp_of_graph` with ``retain_graph``). A block
+  of b costs 1 forward + 1 backward + b second backwards instead of b of
+  each, so a column of ``matmat`` is never dearer than a ``matvec`` (for
+  b = 1 they are the same computation).
 - ``"vmap"``: :func:`torch.func.vmap` over the one HVP (its ``"vjp"`` form;
-  ``"jvp"`` when that is the operator's method). Also runs the forward and
-  first backward once, but batches the second backward through vmap's
-  batching rules. ``benchmarks/bench_probes_batched.py`` measures both: on CPU
-  the loop was as fast or faster on every model measured (the MLPs and the
-  BatchNorm CNN of issue 19, where vmap over convolution backward costs
-  several times a loop), so it is the default and vmap is opt-in.
+  ``"jvp"`` when that is the operator's method). The forward and first
+  backward act on unbatched tensors, so they also run once; the second
+  backward runs once for the whole block through vmap's batching rules.
+- ``"auto"`` (default): measured, not guessed. The first block of each
+  width class (b rounded down to a power of two, b ≥ 2) is split on its
+  first chunk: half its columns go through the loop, half through vmap, both
+  timed (wall clock), and the product with the smaller cost per column
+  (the loop's shared forward and first backward taken out of both) computes
+  every later block of that class. Nothing is computed twice: each half is
+  part of the block's result. The choice and the measured costs are kept in
+  ``product_choice`` and ``product_costs``.
+
+Which wins depends on the model and the block (``benchmarks/bench_probes_batched.py``,
+one thread, float64): on a 10→32→32→4 MLP with 512 samples vmap's batched second
+backward costs about 0.75–0.85× the loop per column (small matrices, per-op
+overhead amortized over the block); on a 40→256→256→10 MLP with 2,000 samples the
+loop is 0.65× vmap (large matrix products, where vmap's batching rules add
+copies); on issue 19's BatchNorm CNN vmap over convolution backward costs several
+times the loop. Neither wins everywhere, hence ``"auto"``. (Also measured and
+dropped: one batched second backward through ``torch.autograd.grad(...,
+is_grads_batched=True)``, 1.06× the loop on the small MLP and 1.8× on the
+large one; vmap over forward-over-reverse, curvlinops' product, 1.3× and 1.7×.)
 
 Lanczos, Hutchinson and the density see only the flat-vector interface
 (``matvec``, ``matmat``, ``dim``, ``dtype``, ``device``, ``n_hvp``); they
@@ -60,6 +76,7 @@ through the module inside.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from contextlib import ExitStack, nullcontext
 
@@ -98,7 +115,7 @@ DEFAULT_BLOCK_MEMORY = 512 * 2**20
 COPIES_PER_COLUMN = 5
 
 #: how :class:`HessianOperator` computes a block (see the module docstring).
-PRODUCTS = ("loop", "vmap")
+PRODUCTS = ("auto", "loop", "vmap")
 
 
 def block_size_for(dim: int, dtype: torch.dtype, block_memory: int | None = None) -> int:
@@ -394,11 +411,17 @@ class HessianOperator(CurvatureOperator):
     Takes the arguments of :class:`CurvatureOperator`, ``method``, the HVP
     form (one of :data:`implicit_reg.core.hvp.HVP_METHODS`) used by
     :meth:`matvec`, and ``product``, how :meth:`matmat` computes a block (one
-    of :data:`PRODUCTS`; default ``"loop"``: one forward and first backward
-    per chunk, one second backward per column; ``"vmap"``: the HVP under
-    ``vmap``). With ``method="jvp"`` the loop is one forward-over-reverse HVP
-    per column. Both equal stacked ``matvec`` to rounding
-    (``tests/test_probes_batched.py``).
+    of :data:`PRODUCTS`; default ``"auto"``: measured per width class of
+    block; ``"loop"``: one forward and first backward per chunk, one second
+    backward per column; ``"vmap"``: the HVP under ``vmap``). With
+    ``method="jvp"`` the loop is one forward-over-reverse HVP per column. All
+    equal stacked ``matvec`` to rounding (``tests/test_probes_batched.py``).
+
+    Attributes (besides :class:`CurvatureOperator`'s):
+        product_choice: width class (``b.bit_length()`` of a block of b
+            columns) → the product ``"auto"`` measured as cheaper for it.
+        product_costs: width class → measured seconds per column of each
+            product (the loop's shared forward and first backward taken out).
     """
 
     def __init__(
@@ -414,7 +437,7 @@ class HessianOperator(CurvatureOperator):
         params: Selection = None,
         block_size: int | None = None,
         block_memory: int | None = None,
-        product: str = "loop",
+        product: str = "auto",
         batch_loss: BatchLoss | None = None,
         process_group=None,
     ):
@@ -422,6 +445,8 @@ class HessianOperator(CurvatureOperator):
         if product not in PRODUCTS:
             raise ValueError(f"unknown product {product!r}; choose one of {', '.join(PRODUCTS)}")
         self.method, self.product = method, product
+        self.product_choice: dict[int, str] = {}
+        self.product_costs: dict[int, dict[str, float]] = {}
         super().__init__(
             model, loss_fn, data, params=params, chunk_size=chunk_size, block_size=block_size,
             block_memory=block_memory, mode=mode, seed=seed, batch_loss=batch_loss,
@@ -429,7 +454,7 @@ class HessianOperator(CurvatureOperator):
         )  # fmt: skip
 
     def _leaves(self, params: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-        if self.method == "double_backward" or (self.product == "loop" and self.method == "vjp"):
+        if self.method == "double_backward" or (self.product != "vmap" and self.method == "vjp"):
             return tuple(p.detach().requires_grad_(True) for p in params)
         return tuple(p.detach() for p in params)
 
@@ -447,8 +472,46 @@ class HessianOperator(CurvatureOperator):
         return self._sum_ranks(self.flatten(acc), vec) / self.n_samples
 
     def _block_product(self, term: Term, params, vs):
-        if self.product == "loop":
+        product, b = self.product, vs[0].shape[0]
+        if product == "auto":
+            if b < 2:  # one column: the loop is exactly one matvec's computation
+                product = "loop"
+            else:
+                product = self.product_choice.get(b.bit_length())
+                if product is None:
+                    return self._measured_product(term, params, vs)
+        if product == "loop":
             return self._looped_product(term, params, vs)
+        return self._vmapped_product(term, params, vs)
+
+    def _measured_product(self, term: Term, params, vs):
+        """The block on this chunk, its first ⌊b/2⌋ columns looped and the rest vmapped,
+        both timed; records the cheaper product per column for the block's width class.
+
+        The loop's cost per column leaves out its forward and first backward
+        (``first``), which the block pays once whichever product runs; the
+        vmapped half's one call includes its own, so ``first`` is taken out of
+        it as well (both are one forward and one backward with a graph kept).
+        """
+        b = vs[0].shape[0]
+        k = b // 2
+        clock: dict[str, float] = {}
+        devices = [self.device] if self.device.type == "cuda" else []
+        t0 = time.perf_counter()
+        with torch.random.fork_rng(devices=devices):  # both halves see the same dropout masks
+            head = self._looped_product(term, params, tuple(v[:k] for v in vs), clock=clock)
+        t1 = time.perf_counter()
+        tail = self._vmapped_product(term, params, tuple(v[k:] for v in vs))
+        t2 = time.perf_counter()
+        first = clock.get("first", 0.0)
+        costs = {"loop": (t1 - t0 - first) / k, "vmap": max(t2 - t1 - first, 0.0) / (b - k)}
+        key = b.bit_length()
+        self.product_costs[key] = costs
+        self.product_choice[key] = min(costs, key=costs.get)
+        return tuple(torch.cat([h, t]) for h, t in zip(head, tail))
+
+    def _vmapped_product(self, term: Term, params, vs):
+        """H v_j for each row j of the block through ``vmap`` over the one HVP."""
         method = "jvp" if self.method == "jvp" else "vjp"
         primals = tuple(p.detach() for p in params)
 
@@ -457,19 +520,23 @@ class HessianOperator(CurvatureOperator):
 
         return vmap(one, randomness="same")(*vs)
 
-    def _looped_product(self, term: Term, params, vs):
+    def _looped_product(self, term: Term, params, vs, clock: dict | None = None):
         """H v_j for each row j of the block: the chunk's forward and first backward once,
-        then one second backward per column through the kept graph."""
+        then one second backward per column through the kept graph. ``clock["first"]``,
+        when given, receives the seconds of the shared forward and first backward."""
         b = vs[0].shape[0]
         if self.method == "jvp":  # forward-over-reverse has no graph to share
             rows = [grad_and_hvp(term.loss, params, [v[j] for v in vs], method="jvp")[1]
                     for j in range(b)]  # fmt: skip
             return tuple(torch.stack(r) for r in zip(*rows))
         out = tuple(torch.empty_like(v) for v in vs)
+        t0 = time.perf_counter()
         with torch.enable_grad():
             loss = check_scalar_loss(term.loss(params))
             grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
             grads = tuple(torch.zeros_like(p) if g is None else g for g, p in zip(grads, params))
+            if clock is not None:
+                clock["first"] = time.perf_counter() - t0
             for j in range(b):
                 hv = hvp_of_graph(grads, params, [v[j] for v in vs], retain_graph=j + 1 < b)
                 for o, h in zip(out, hv):
