@@ -27,6 +27,13 @@ from torch import Tensor, nn
 
 from ..core.hvp import DEFAULT_METHOD
 from ..core.objective import Data
+from .bounds import (
+    classification_margins,
+    margin_quantile,
+    pacbayes_measures,
+    path_norm,
+    spectral_complexity,
+)
 from .curvature import FisherOperator, GGNOperator
 from .eigen import lanczos
 from .flatness import (
@@ -74,6 +81,9 @@ DEFAULT_OPTIONS: dict[str, object] = {
     "batch_loss": None,  # (model, batch) -> (mean loss, batch size) for batches not (x, y)
     "fisher_kind": "exact",  # "exact", "mc" or "empirical" for the fisher_* probes
     "fisher_mc_samples": 1,  # targets drawn per sample when fisher_kind="mc"
+    "margin_percentile": 10.0,  # γ of the "/margin" measures: this percentile of the margins
+    "pacbayes_max_increase": 0.1,  # σ search: largest σ raising the train error by at most this
+    "pacbayes_samples": 10,  # σ search: Monte Carlo weight draws per σ tried
 }
 
 
@@ -195,6 +205,48 @@ def _dist(ctx: _Context) -> float:
     return dist_from_init(ctx.model, ctx.init_state)
 
 
+def _margin(ctx: _Context) -> float:
+    """γ, the ``margin_percentile`` of the training margins (Jiang et al. 2020, eq. 22),
+    computed once per call and shared by every "/margin" measure."""
+
+    def run():
+        m = classification_margins(ctx.model, ctx.data, seed=ctx.seed, **ctx.kw())
+        return margin_quantile(m, ctx.options["margin_percentile"])
+
+    return ctx.once("margin", run)
+
+
+def _spectral(ctx: _Context, form: str, init: bool) -> float:
+    if init and ctx.init_state is None:
+        raise ValueError("the spec_*_init probes need init_state (the initial state_dict)")
+    return spectral_complexity(
+        ctx.model, None, init_state=ctx.init_state if init else None, form=form,
+        margin=_margin(ctx),
+    ).value  # fmt: skip
+
+
+def _pacbayes(ctx: _Context, key: str) -> float:
+    """One σ search per call, shared by the ``pacbayes_*`` probes (Jiang et al. 2020,
+    eqs. 48, 49, 53); ``pacbayes_init`` needs init_state."""
+    if key == "pacbayes_init" and ctx.init_state is None:
+        raise ValueError("probe 'pacbayes_init' needs init_state (the initial state_dict)")
+    o = ctx.options
+    out = ctx.once(
+        "pacbayes",
+        lambda: pacbayes_measures(
+            ctx.model, ctx.data, init_state=ctx.init_state,
+            max_increase=o["pacbayes_max_increase"], n_samples=o["pacbayes_samples"],
+            seed=ctx.seed, **ctx.kw(),
+        ),
+    )  # fmt: skip
+    return out[key]
+
+
+def _over_margin_sq(value: float, gamma: float) -> float:
+    """value/γ², inf when γ ≤ 0 (the margin bound is vacuous)."""
+    return value / gamma**2 if gamma > 0 else float("inf")
+
+
 def _gaussian(ctx: _Context) -> float:
     o = ctx.options
     return gaussian_sharpness(
@@ -235,6 +287,18 @@ PROBES: dict[str, Callable[[_Context], float]] = {
     "geometric_complexity": lambda ctx: geometric_complexity(
         ctx.model, ctx.data, seed=ctx.seed, **ctx.kw()
     ),
+    # probes.bounds (Jiang et al. 2020, App. C; Bartlett et al. 2017; Dziugaite & Roy 2017)
+    "margin": _margin,
+    "path_norm": lambda ctx: path_norm(ctx.model),
+    "path_norm_margin": lambda ctx: _over_margin_sq(path_norm(ctx.model), _margin(ctx)),
+    "spec_orig": lambda ctx: _spectral(ctx, "fro", init=False),
+    "spec_init": lambda ctx: _spectral(ctx, "fro", init=True),
+    "spec_bartlett": lambda ctx: _spectral(ctx, "bartlett", init=False),
+    "spec_bartlett_init": lambda ctx: _spectral(ctx, "bartlett", init=True),
+    "pacbayes_sigma": lambda ctx: _pacbayes(ctx, "pacbayes_sigma"),
+    "pacbayes_flatness": lambda ctx: _pacbayes(ctx, "pacbayes_flatness"),
+    "pacbayes_orig": lambda ctx: _pacbayes(ctx, "pacbayes_orig"),
+    "pacbayes_init": lambda ctx: _pacbayes(ctx, "pacbayes_init"),
 }
 
 
@@ -255,9 +319,16 @@ def run_probes(
     Names (see :data:`PROBES`): ``loss``, ``lambda_max``, ``lambda_min``,
     ``trace``, ``trace_stderr``, ``grad_norm_sq``, ``weight_norm``,
     ``dist_from_init`` (needs ``init_state``), ``eps_sharpness``,
-    ``gaussian_sharpness``, ``geometric_complexity``. Probes that share work
+    ``gaussian_sharpness``, ``geometric_complexity``; the bounds of
+    :mod:`implicit_reg.probes.bounds`: ``margin`` (γ, eq. 22), ``path_norm`` (eq. 44),
+    ``path_norm_margin`` (eq. 43), ``spec_orig``/``spec_init`` (eqs. 30/29),
+    ``spec_bartlett``/``spec_bartlett_init`` (Bartlett et al. 2017 with M_i = 0 or
+    W_i⁰), every "/margin" measure ``inf`` when γ ≤ 0, and ``pacbayes_sigma``,
+    ``pacbayes_flatness``, ``pacbayes_orig``, ``pacbayes_init`` (eqs. 53/49/48; NaN
+    when the σ search is not bracketed). Probes that share work
     share it (one operator; one trace run for ``trace`` and ``trace_stderr``;
-    one gradient for ``loss`` and ``grad_norm_sq``). ``lambda_max_hvps`` is
+    one gradient for ``loss`` and ``grad_norm_sq``; one margins pass for every
+    "/margin" measure; one σ search for the ``pacbayes_*``). ``lambda_max_hvps`` is
     the number of HVPs the ``lambda_max`` probe spent (its cost, for tracking
     what warm starts save). ``ggn_lambda_max``, ``ggn_trace``,
     ``fisher_lambda_max`` and ``fisher_trace`` measure the Gauss–Newton
