@@ -201,3 +201,22 @@ def test_registered_bound_probes_equal_the_functions():
     y_bad = (y + 1) % 3  # every sample wrong: γ < 0
     bad = run_probes(["margin", "spec_bartlett", "path_norm_margin"], model, loss, (x, y_bad))
     assert bad["margin"] < 0 and bad["spec_bartlett"] == bad["path_norm_margin"] == np.inf
+
+
+def test_the_runs_are_label_noise_doses_runs():
+    """The first phases are label-noise-dose's 0% and 15% runs, hash for hash (its test
+    errors), then further seeds; every config saves its parameters."""
+    from implicit_reg.experiments._emc_plan import DOSE_PLANS, dose_config
+
+    plan = DOSE_PLANS["small"]
+    phases = mvd.phases(mvd.CONFIGS["small"])
+    dose = {
+        dose_config(plan, w, p, s).config_hash()
+        for w in plan.widths
+        for p in (0.0, 0.15)
+        for s in range(5)
+    }
+    assert {c.config_hash() for _, cfgs in phases[:4] for c in cfgs} == dose
+    more = [c for _, cfgs in phases[4:] for c in cfgs]
+    assert {c.seed for c in more} == set(range(5, 10)) and len(more) == 100
+    assert all(c.save_params for _, cfgs in phases for c in cfgs)

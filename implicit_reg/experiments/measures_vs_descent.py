@@ -68,7 +68,7 @@ from implicit_reg.engine.config import RunConfig
 from implicit_reg.report.report import Claim, Report, Untested, attempt, markdown_table
 from implicit_reg.stats import PeakResult, TestResult, all_of, paired_test, peak_test
 
-from ._emc_plan import DOSE_PLANS, DosePlan, dose_phases
+from ._emc_plan import DOSE_PLANS, DosePlan, dose_config, dose_phases
 from ._spec import Plan, Spec, run_spec
 
 NAME = "measures-vs-descent"
@@ -126,6 +126,13 @@ REFERENCE = "test_error"  # judged by the same rule: it must "explain" itself
 class Config:
     plan: DosePlan
     noisy: float = 0.15
+    # seeds beyond label-noise-dose's (trained last, one phase per noise level): the clean
+    # leg's "no peak" needs power
+    more_seeds: int = 0
+
+    @property
+    def n_seeds(self) -> int:
+        return self.plan.seeds + self.plan.extra_seeds + self.more_seeds
 
 
 CONFIGS = {
@@ -137,17 +144,24 @@ CONFIGS = {
         ),
     ),
     # label-noise-dose's small plan at 0% and 15% (its phases: 3 seeds, then 2 more)
-    "small": Config(dataclasses.replace(DOSE_PLANS["small"], noises=(0.0, 0.15))),
-    "full": Config(dataclasses.replace(DOSE_PLANS["small"], noises=(0.0, 0.15))),
+    "small": Config(dataclasses.replace(DOSE_PLANS["small"], noises=(0.0, 0.15)), more_seeds=5),
+    "full": Config(dataclasses.replace(DOSE_PLANS["small"], noises=(0.0, 0.15)), more_seeds=5),
 }  # fmt: skip
 
 
 def phases(cfg: Config) -> list[tuple[str, list[RunConfig]]]:
-    """label-noise-dose's phases of the 0% and 15% levels, each config with
+    """label-noise-dose's phases of the 0% and 15% levels (the same job cut, so the same
+    arithmetic), then ``more_seeds`` further seeds per level; each config with
     ``save_params`` (same hashes)."""
-    return [
-        (tag, [c.replace(save_params=True) for c in cfgs]) for tag, cfgs in dose_phases(cfg.plan)
+    p = cfg.plan
+    more = range(p.seeds + p.extra_seeds, cfg.n_seeds)
+    out = list(dose_phases(p))
+    out += [
+        (f"{q:.0%} noise, more seeds", [dose_config(p, w, q, s) for w in p.widths for s in more])
+        for q in p.noises
+        if len(more)
     ]
+    return [(tag, [c.replace(save_params=True) for c in cfgs]) for tag, cfgs in out]
 
 
 def run_configs_of(cfg: Config) -> list[RunConfig]:
@@ -351,9 +365,8 @@ def analyze(rows: pd.DataFrame, cfg: Config) -> Analysis:
             full.append(int(s))
     rows = rows[rows.seed.isin(full) & rows.width.isin(widths)].reset_index(drop=True)
     partial = (
-        f"partial: {len(full)} of {cfg.plan.seeds + cfg.plan.extra_seeds} seeds complete at "
-        "every width of both settings"
-        if len(full) < cfg.plan.seeds + cfg.plan.extra_seeds
+        f"partial: {len(full)} of {cfg.n_seeds} seeds complete at every width of both settings"
+        if len(full) < cfg.n_seeds
         else ""
     )
     if len(full) < 2:
