@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.hvp import DEFAULT_METHOD
+from ..core.modified_equations import perturbed_one_norm
 from ..core.objective import Data
 from .bounds import (
     classification_margins,
@@ -84,6 +85,7 @@ DEFAULT_OPTIONS: dict[str, object] = {
     "margin_percentile": 10.0,  # γ of the "/margin" measures: this percentile of the margins
     "pacbayes_max_increase": 0.1,  # σ search: largest σ raising the train error by at most this
     "pacbayes_samples": 10,  # σ search: Monte Carlo weight draws per σ tried
+    "one_norm_eps": 1e-8,  # ε of grad_one_norm's Σ√(g² + ε) (Adam's ε, inside the root)
 }
 
 
@@ -199,6 +201,13 @@ def _grad_norm_sq(ctx: _Context) -> float:
     return float(g @ g)
 
 
+def _one_norm(ctx: _Context) -> float:
+    """N = Σ_i √((∂_iL)² + ε), the perturbed one-norm that Adam's modified equation
+    penalizes or anti-penalizes (Cattaneo, Klusowski & Shigida, ICML 2024), in float64."""
+    g = _loss_grad(ctx)[1].double()
+    return float(perturbed_one_norm([g], ctx.options["one_norm_eps"]))
+
+
 def _dist(ctx: _Context) -> float:
     if ctx.init_state is None:
         raise ValueError("probe 'dist_from_init' needs init_state (the initial state_dict)")
@@ -273,6 +282,7 @@ PROBES: dict[str, Callable[[_Context], float]] = {
     "trace": lambda ctx: float(_trace(ctx).estimate),
     "trace_stderr": lambda ctx: float(_trace(ctx).stderr),
     "grad_norm_sq": _grad_norm_sq,
+    "grad_one_norm": _one_norm,
     "weight_norm": lambda ctx: weight_norms(ctx.model)["total"],
     "dist_from_init": _dist,
     "eps_sharpness": lambda ctx: eps_sharpness(
