@@ -85,7 +85,8 @@ def _toy_package(root: Path) -> None:
 
 
             def documented():
-                """Has one."""
+                """Has one; see :func:`bare`, :func:`~toypkg.sub.mod.helper`, :mod:`.sub.mod` and
+                :func:`os.path.join`."""
 
 
             def bare():
@@ -125,6 +126,19 @@ def test_comment_docstrings_are_read(hooks, tmp_path):
     root = hooks.load("toypkg", tmp_path)
     assert root["LIMIT"].docstring.value == "the largest value: a comment docstring"
     assert root["BARE_LIMIT"].docstring is None
+
+
+def test_sphinx_roles_become_links_where_they_resolve(hooks, tmp_path):
+    griffe = _require("griffe")
+    _toy_package(tmp_path)
+    extensions = griffe.load_extensions(hooks.SphinxRoles)
+    root = griffe.load("toypkg", search_paths=[str(tmp_path)], extensions=extensions)
+    doc = root["documented"].docstring.value
+    assert '<autoref identifier="toypkg.bare" optional><code>bare</code></autoref>' in doc, doc
+    # through the re-export to where it is defined, shown short because of the ~
+    assert 'identifier="toypkg.sub.mod.helper" optional><code>helper</code>' in doc, doc
+    assert 'identifier="toypkg.sub.mod" optional><code>mod</code>' in doc, doc
+    assert "`os.path.join`" in doc and ":func:" not in doc, doc
 
 
 def test_strict_build_fails_on_a_broken_link(tmp_path):

@@ -7,7 +7,8 @@
   block per public module of PACKAGE (names not starting with ``_``), so a new module
   is in the API reference without an edit here.
 - Sphinx roles in docstrings (``:class:`~implicit_reg.core.optim.EGR```), which
-  mkdocstrings leaves as text, become code, linked where the name is fully qualified.
+  mkdocstrings leaves as text, become links (:class:`SphinxRoles`, a griffe extension) or,
+  where a page shows them as rendered text, code.
 - :class:`CommentDocstrings`, a griffe extension (mkdocs.yml, mkdocstrings'
   ``extensions``), reads the package's ``#:`` comments above a module attribute as its
   docstring, as Sphinx autodoc does.
@@ -58,6 +59,59 @@ class CommentDocstrings(griffe.Extension):
             attr.docstring = griffe.Docstring(
                 "\n".join(doc), lineno=i + 2, endlineno=attr.lineno - 1, parent=attr
             )
+
+
+_DOC_ROLE = re.compile(r":(?:class|func|meth|mod|data|attr|exc|obj):`(~?)([\w.]+?)(\(\))?`")
+
+
+class SphinxRoles(griffe.Extension):
+    """Sphinx roles in the package's docstrings (``:func:`preserved```, ``:mod:`.results```)
+    become links to the object's entry in the API reference: each name is resolved as Sphinx
+    would (the object's class, its module, the package, then the name as written; a leading
+    ``.`` is relative to the package), through re-exports to where it is defined. A name
+    that resolves to nothing, or to an entry the reference does not show, stays code."""
+
+    def on_package(self, *, pkg, loader, **kwargs) -> None:
+        for obj in _objects(pkg):
+            if obj.docstring is not None and ":" in obj.docstring.value:
+                obj.docstring.value = _DOC_ROLE.sub(
+                    lambda m, obj=obj: _link(pkg, obj, m), obj.docstring.value
+                )
+
+
+def _objects(obj):
+    yield obj
+    for member in obj.members.values():
+        if not member.is_alias and member.parent is obj:
+            yield from _objects(member)
+
+
+def _lookup(root, path: str):
+    if path != root.path and not path.startswith(root.path + "."):
+        return None
+    try:
+        found = root if path == root.path else root[path[len(root.path) + 1 :]]
+        return found.final_target if found.is_alias else found
+    except (KeyError, ValueError, griffe.AliasResolutionError, griffe.CyclicAliasError):
+        return None
+
+
+def _link(root, obj, match: re.Match) -> str:
+    short, name, call = match.group(1), match.group(2), match.group(3) or ""
+    module = obj if obj.is_module else obj.module
+    if name.startswith("."):
+        base = module.path if module.is_init_module else module.parent.path
+        candidates = [base + name]
+    else:
+        scopes = [o.path for o in (obj, obj.parent) if o is not None and o.is_class]
+        scopes += [module.path, module.parent.path if module.parent else None]
+        candidates = [f"{scope}.{name}" for scope in scopes if scope] + [name]
+    text = (name.lstrip(".").rsplit(".", 1)[-1] if short or name.startswith(".") else name) + call
+    for path in candidates:
+        target = _lookup(root, path)
+        if target is not None:
+            return f'<autoref identifier="{target.path}" optional><code>{text}</code></autoref>'
+    return f"`{text}`"
 
 
 def _is_public(path: str) -> bool:
@@ -239,6 +293,8 @@ def _role(match: re.Match) -> str:
 
 def on_page_content(html: str, page, config, files) -> str:
     html = _ROLE.sub(_role, html)
+    if page.file.src_uri.startswith("api/"):  # reST's "text::" before a code block
+        html = html.replace("::</p>", ":</p>")
     if page.file.src_uri.startswith("api/"):
         _anchors.update(_ANCHOR.findall(html))
     return html
