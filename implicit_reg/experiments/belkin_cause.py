@@ -434,7 +434,8 @@ class Analysis:
     """``data``: one row per (condition, width, seed) with the per-run diagnostics and the
     ensemble columns (:func:`add_outputs`) where the final parameters were read;
     ``peaks[condition, what]``: Peak or Untested, ``what`` in "test_loss", "test_error",
-    "ens_loss_jk", "ens_error_jk", "var_term" (placed at the width nearest n·k),
+    "ens_loss_jk", "ens_error_jk", "var_term" (placed at the width nearest n·k), "located"
+    (the test loss, the peak located on a held-out seed),
     "proper" (test loss at n·k on the seeds that trained properly at every width) and,
     for the switch arms, "switch" (the test loss placed at the last reused width)."""
 
@@ -454,6 +455,9 @@ def analyze(rows: pd.DataFrame, cfg: Config) -> Analysis:
             if what in data and data.loc[data.condition == arm, what].notna().any():
                 peaks[arm, what] = placed_peak(per_seed(data, arm, what), at)
         table = per_seed(data, arm, "test_loss")
+        if arm in FRESH_ARMS and table.dropna(axis=1, how="all").shape[1] >= 3:
+            # where the curve peaks, located on a held-out seed (not placed at n·k)
+            peaks[arm, "located"] = attempt(peak_of, table.dropna(axis=1, how="all"))
         stuck = per_seed(data, arm, "stuck") if "stuck" in data else None
         if stuck is not None and stuck.notna().any().any():
             proper = stuck.reindex_like(table).fillna(1).max(axis=1) == 0
@@ -527,6 +531,11 @@ def claims(a: Analysis, cfg: Config) -> list[Claim]:
                 "Belkin et al. 2019, Fig. 3", a.peaks[arm, what],
                 context=peak_context(a.peaks[arm, what], cfg, name),
                 headline=(arm, what) == ("fresh, Glorot", "test_loss"))  # fmt: skip
+        if (arm, "located") in a.peaks:
+            p = a.peaks[arm, "located"]
+            add(f"the single networks' test loss has a peak somewhere (located on a held-out "
+                f"seed, tested on the others; {arm})", "Belkin et al. 2019, Fig. 3", p,
+                context=peak_context(p, cfg, "test loss").replace("placed at", "located at"))  # fmt: skip
         if (arm, "proper") in a.peaks:
             add(f"the test loss peaks at n·k on the seeds that trained properly at every width ({arm})",
                 "Belkin et al. 2019, Fig. 3 (optimization failure left out)", a.peaks[arm, "proper"],
@@ -605,6 +614,7 @@ def reading(a: Analysis, cfg: Config) -> str:
                 f"- **Reuse, switched at {s:g}·n·k** (last reused H = {cfg.last_reused(s)}): "
                 f"peak at the switch **{v((arm, 'switch'))}**, at n·k **{v((arm, 'test_loss'))}**."
             )
+    lines += ["", conclusion(a, cfg)]
     lines.append(
         "\nReading rule, fixed before the runs: reuse makes the peak if it follows the switch "
         "(reproduced at the switch for 0.6 and 1.3·n·k, not at n·k there); initialization "
@@ -613,6 +623,67 @@ def reading(a: Analysis, cfg: Config) -> str:
         "predictor of fresh networks still peaks at n·k."
     )
     return "\n".join(lines)
+
+
+def _rise(p) -> str:
+    """A placed peak's rise and fall with their 90% intervals."""
+    if not isinstance(p, Peak):
+        return "not testable"
+    r, f = p.test.rise, p.test.fall
+    return (f"rise {r.effect:+.3g} [{r.ci[0]:.3g}, {r.ci[1]:.3g}], fall {f.effect:+.3g} "
+            f"[{f.ci[0]:.3g}, {f.ci[1]:.3g}]")  # fmt: skip
+
+
+def conclusion(a: Analysis, cfg: Config) -> str:
+    """The answer, one sentence per cause, each from the verdicts of the rule below."""
+    pk = a.peaks
+    verdict = {k: getattr(p, "verdict", "not tested") for k, p in pk.items()}
+    out = ["**Answer** (Glorot, Belkin et al.'s initialization, where both arms ran):"]
+    ends = [s for s in cfg.switches if s != 1.0]
+    sw = [verdict.get((switch_arm(s), "switch"), "not run") for s in ends]
+    nk = [verdict.get((switch_arm(s), "test_loss"), "not run") for s in ends]
+    if "not run" in sw:
+        out.append("- reuse: the switched chains have not all finished; not decided.")
+    else:
+        follows = all(v == "reproduced" for v in sw) and all(v != "reproduced" for v in nk)
+        never = all(v == "not reproduced" for v in sw)
+        what = ("the peak follows the switch: reuse makes it" if follows else
+                "no peak at the switch: reuse does not make one" if never else
+                "the switch tests are mixed or inconclusive: not decided")  # fmt: skip
+        out.append(
+            f"- reuse: {what} (" + "; ".join(
+                f"switch at {s:g}·n·k: at the switch {v} ({_rise(pk[switch_arm(s), 'switch'])}), "
+                f"at n·k {w}" for s, v, w in zip(ends, sw, nk)) + ")."
+        )  # fmt: skip
+    arm = "fresh, Glorot"
+    single = pk.get((arm, "test_loss"))
+    ens = pk.get((arm, "ens_loss_jk"))
+    if single is None or ens is None:
+        out.append("- initialization variance and interpolation: the fresh Glorot networks have "
+                   "not all finished; not decided.")  # fmt: skip
+        return "\n".join(out)
+    test, r = rise_split(a, arm)
+    out.append(
+        f"- single fresh networks at n·k: {verdict[arm, 'test_loss']} ({_rise(single)}); "
+        f"the averaged predictor at n·k: {verdict[arm, 'ens_loss_jk']} ({_rise(ens)})."
+    )
+    if verdict[arm, "test_loss"] == "not reproduced":
+        out.append("- with no single-network peak at n·k there is nothing for averaging to "
+                   "remove: neither initialization variance nor interpolation makes a peak at "
+                   "n·k here.")  # fmt: skip
+    elif verdict[arm, "test_loss"] != "reproduced":
+        out.append("- the single-network peak at n·k is not established, so neither "
+                   "initialization variance nor interpolation can be named as its cause.")  # fmt: skip
+    else:
+        share = f" (the ensemble keeps {r.ratio:.2f}: {fieller(r)})" if hasattr(r, "ratio") else ""
+        out.append(
+            f"- initialization variance: averaging lowers the rise {test.verdict}{share}; "
+            + ("interpolation alone makes a peak (the averaged predictor still peaks)."
+               if verdict[arm, "ens_loss_jk"] == "reproduced" else
+               "the averaged predictor's peak is not established, so the peak is "
+               "initialization variance at the threshold, not the mean predictor's.")
+        )  # fmt: skip
+    return "\n".join(out)
 
 
 def failure_rows(data: pd.DataFrame, cfg: Config) -> list[dict]:
