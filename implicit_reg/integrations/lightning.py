@@ -16,6 +16,15 @@ without a logger. The logger is called directly rather than through
 ``LightningModule.log``, which would hold step metrics back until the next
 ``log_every_n_steps`` boundary and drop the others.
 
+Under DDP (``strategy="ddp"``) every rank runs the callback on the
+``LightningModule`` itself (the module inside Lightning's DDP wrapper, so no DDP
+hook fires in a probe). With ``process_group="auto"`` (a tracker option) each
+rank probes a shard of the probe set and the products are summed over the ranks,
+so every rank measures the whole probe set; ``shard=True`` cuts the shards from
+a probe set every rank holds in full (the group exists only once ``fit``
+starts, so the monitor is built before it). See :class:`CurvatureTracker` and
+``examples/distributed_lightning.py``.
+
 Example::
 
     monitor = CurvatureMonitor((X_probe, y_probe), nn.CrossEntropyLoss(), every=20)
