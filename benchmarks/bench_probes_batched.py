@@ -19,9 +19,12 @@ SLQ (10 start vectors × 50 steps) and the top-5 eigenvalues, for
 - "one-vector": every product a separate ``matvec`` (the operator is wrapped
   so that the estimators cannot see ``matmat``): the plain loop;
 - "batched": the default ``matmat`` (block size from the memory budget, so an
-  estimator's columns go in one pass; looped product: one forward and first
-  backward per chunk, one second backward per column); "batched vmap": the
-  same blocks through ``product="vmap"``; for top-5, block Lanczos p = 2, 5;
+  estimator's columns go in one pass; ``product="auto"``: per width class of
+  block, the looped or the vmapped product, whichever its first block measured
+  cheaper; the operator is kept across rounds, so the one measuring block falls in
+  round 1); "batched loop" and "batched vmap": the same blocks through
+  ``product="loop"`` (one forward and first backward per chunk, one second
+  backward per column) and ``product="vmap"``; for top-5, block Lanczos p = 2, 5;
 - "curvlinops": ``HessianLinearOperator`` with its own ``hutchinson_trace``,
   ``hutchpp_trace``, ``lanczos_approximate_spectrum`` (given the spectrum's
   boundaries, so it spends no products on estimating them) and SciPy ``eigsh``
@@ -136,9 +139,10 @@ def timed(fn, clock=time.perf_counter):
     return clock() - t, out
 
 
-def estimator_table(name, model, X, y, repeats, exact_trace):
+def estimator_table(name, model, X, y, repeats, exact_trace, estimators=None, one_vector=True):
     loss_fn = nn.CrossEntropyLoss()
-    op = HessianOperator(model, loss_fn, (X, y))  # block size from the memory budget, looped
+    op = HessianOperator(model, loss_fn, (X, y))  # block size from the memory budget, auto
+    opl = HessianOperator(model, loss_fn, (X, y), product="loop")
     opv = HessianOperator(model, loss_fn, (X, y), product="vmap")
     one = OneAtATime(HessianOperator(model, loss_fn, (X, y)))
     ref = arpack_eigsh(HessianOperator(model, loss_fn, (X, y)), 5, tol=0.0).eigenvalues
@@ -151,14 +155,19 @@ def estimator_table(name, model, X, y, repeats, exact_trace):
         ("Hutchinson 99", "batched"): lambda: (
             hutchinson(op, min_samples=99, max_samples=99).estimate
         ),
+        ("Hutchinson 99", "batched loop"): lambda: (
+            hutchinson(opl, min_samples=99, max_samples=99).estimate
+        ),
         ("Hutchinson 99", "batched vmap"): lambda: (
             hutchinson(opv, min_samples=99, max_samples=99).estimate
         ),
         ("Hutch++ 99", "one-vector"): lambda: hutchpp(one, n_hvp=99).estimate,
         ("Hutch++ 99", "batched"): lambda: hutchpp(op, n_hvp=99).estimate,
+        ("Hutch++ 99", "batched loop"): lambda: hutchpp(opl, n_hvp=99).estimate,
         ("Hutch++ 99", "batched vmap"): lambda: hutchpp(opv, n_hvp=99).estimate,
         ("SLQ 10x50", "one-vector"): lambda: slq_density(one, n_steps=50, n_runs=10),
         ("SLQ 10x50", "batched"): lambda: slq_density(op, n_steps=50, n_runs=10),
+        ("SLQ 10x50", "batched loop"): lambda: slq_density(opl, n_steps=50, n_runs=10),
         ("SLQ 10x50", "batched vmap"): lambda: slq_density(opv, n_steps=50, n_runs=10),
         ("top-5", "one-vector"): lambda: lanczos(one, 5, block_size=1),
         ("top-5", "batched p=2"): lambda: lanczos(op, 5, block_size=2),
@@ -179,6 +188,10 @@ def estimator_table(name, model, X, y, repeats, exact_trace):
         cells[("top-5", "curvlinops")] = lambda: eigsh(A.to_scipy(), k=5, which="LA", tol=1e-8)[0]
     else:
         print(f"  [skip] curvlinops columns: not importable ({CURVLINOPS_ERR})")
+    if estimators:
+        cells = {k: f for k, f in cells.items() if k[0].split()[0] in estimators}
+    if not one_vector:  # the baseline column of the ratios becomes the loop's
+        cells = {k: f for k, f in cells.items() if k[1] != "one-vector"}
     times = {k: [] for k in cells}
     outs = {}
     for r in range(repeats):
@@ -190,11 +203,14 @@ def estimator_table(name, model, X, y, repeats, exact_trace):
         f"\n{name}: CPU seconds (one thread), min–max of {repeats} interleaved rounds "
         f"(block size {op.block_size}; load {_load()})"
     )
+    choice = {1 << (k - 1): p for k, p in sorted(op.product_choice.items())}
+    print(f"auto's choice per block width class (≥ width: product): {choice}")
+    base_name = "one-vector" if one_vector else "batched loop"
     print(
-        f"{'estimator':<15}{'method':<14}{'seconds':>16}{'÷ one-vector':>14}{'÷ curvlinops':>14}  accuracy"
+        f"{'estimator':<15}{'method':<14}{'seconds':>16}{'÷ ' + base_name:>16}{'÷ curvlinops':>14}  accuracy"
     )
     for (est, meth), ts in times.items():
-        base = min(times[(est, "one-vector")])
+        base = min(times[(est, base_name)])
         cl = times.get((est, "curvlinops"))
         out = outs[(est, meth)]
         if est.startswith("Hutch"):
@@ -218,7 +234,7 @@ def estimator_table(name, model, X, y, repeats, exact_trace):
         rng = f"{min(ts):.3f}–{max(ts):.3f}"
         r1 = f"{min(ts) / base:.2f}"
         r2 = f"{min(ts) / min(cl):.2f}" if cl else "-"
-        print(f"{est:<15}{meth:<14}{rng:>16}{r1:>14}{r2:>14}  {acc}")
+        print(f"{est:<15}{meth:<14}{rng:>16}{r1:>16}{r2:>14}  {acc}")
     if exact_trace is not None:
         print(f"exact trace {exact_trace:.6g}")
 
@@ -429,6 +445,18 @@ def main() -> None:
     ap.add_argument(
         "--skip", nargs="*", default=[], choices=["small", "mnist1d", "cnn", "eos", "memory"]
     )
+    ap.add_argument(
+        "--estimators",
+        nargs="*",
+        default=None,
+        choices=["Hutchinson", "Hutch++", "SLQ", "top-5"],
+        help="only these rows of table 1 (default: all)",
+    )
+    ap.add_argument(
+        "--no-one-vector",
+        action="store_true",
+        help="drop the one-vector rows (ratios then against the batched loop)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
     print(
@@ -439,10 +467,14 @@ def main() -> None:
         name, model, X, y = small_problem()
         op = HessianOperator(model, nn.CrossEntropyLoss(), (X, y))
         exact = float(op.matmat(torch.eye(op.dim, dtype=torch.float64)).diagonal().sum())
-        estimator_table(name, model, X, y, args.repeats, exact)
+        estimator_table(
+            name, model, X, y, args.repeats, exact, args.estimators, not args.no_one_vector
+        )
     if "mnist1d" not in args.skip:
         name, model, X, y = mnist1d_problem()
-        estimator_table(name, model, X, y, args.repeats_mnist1d, None)
+        estimator_table(
+            name, model, X, y, args.repeats_mnist1d, None, args.estimators, not args.no_one_vector
+        )
     if "cnn" not in args.skip:
         cnn_table(args.repeats_cnn)
     if "eos" not in args.skip:

@@ -42,11 +42,12 @@ How :class:`HessianOperator` computes a block on a chunk (``product``):
 - ``"auto"`` (default): measured, not guessed. The first block of each
   width class (b rounded down to a power of two, b ≥ 2) is split on its
   first chunk: half its columns go through the loop, half through vmap, both
-  timed (wall clock), and the product with the smaller cost per column
-  (the loop's shared forward and first backward taken out of both) computes
-  every later block of that class. Nothing is computed twice: each half is
-  part of the block's result. The choice and the measured costs are kept in
-  ``product_choice`` and ``product_costs``.
+  timed (CPU time on a CPU, synchronized wall time on an accelerator), and
+  the product with the smaller cost per column (the loop's shared forward and
+  first backward taken out of both) computes every later block of that
+  class. Nothing is computed twice: each half is part of the block's result.
+  The choice and the measured costs are kept in ``product_choice`` and
+  ``product_costs``.
 
 Which wins depends on the model and the block (``benchmarks/bench_probes_batched.py``,
 one thread, float64): on a 10→32→32→4 MLP with 512 samples vmap's batched second
@@ -124,6 +125,21 @@ def block_size_for(dim: int, dtype: torch.dtype, block_memory: int | None = None
     budget = DEFAULT_BLOCK_MEMORY if block_memory is None else block_memory
     per_column = COPIES_PER_COLUMN * dim * torch.empty((), dtype=dtype).element_size()
     return max(1, budget // per_column)
+
+
+def _clock(device: torch.device) -> Callable[[], float]:
+    """The clock ``"auto"`` times products with: on CPU the process's CPU seconds (on a
+    shared machine they track the work, where wall time tracks the neighbours); on an
+    accelerator wall seconds after a synchronize (its kernels run asynchronously)."""
+    if device.type == "cpu":
+        return time.process_time
+    sync = getattr(torch, device.type).synchronize
+
+    def tick() -> float:
+        sync()
+        return time.perf_counter()
+
+    return tick
 
 
 def _check_positive_int(name: str, value, allow_none: bool = True):
@@ -497,12 +513,13 @@ class HessianOperator(CurvatureOperator):
         k = b // 2
         clock: dict[str, float] = {}
         devices = [self.device] if self.device.type == "cuda" else []
-        t0 = time.perf_counter()
+        tick = _clock(self.device)
+        t0 = tick()
         with torch.random.fork_rng(devices=devices):  # both halves see the same dropout masks
             head = self._looped_product(term, params, tuple(v[:k] for v in vs), clock=clock)
-        t1 = time.perf_counter()
+        t1 = tick()
         tail = self._vmapped_product(term, params, tuple(v[k:] for v in vs))
-        t2 = time.perf_counter()
+        t2 = tick()
         first = clock.get("first", 0.0)
         costs = {"loop": (t1 - t0 - first) / k, "vmap": max(t2 - t1 - first, 0.0) / (b - k)}
         key = b.bit_length()
@@ -530,13 +547,14 @@ class HessianOperator(CurvatureOperator):
                     for j in range(b)]  # fmt: skip
             return tuple(torch.stack(r) for r in zip(*rows))
         out = tuple(torch.empty_like(v) for v in vs)
-        t0 = time.perf_counter()
+        tick = _clock(self.device)
+        t0 = tick() if clock is not None else 0.0
         with torch.enable_grad():
             loss = check_scalar_loss(term.loss(params))
             grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
             grads = tuple(torch.zeros_like(p) if g is None else g for g, p in zip(grads, params))
             if clock is not None:
-                clock["first"] = time.perf_counter() - t0
+                clock["first"] = tick() - t0
             for j in range(b):
                 hv = hvp_of_graph(grads, params, [v[j] for v in vs], retain_graph=j + 1 < b)
                 for o, h in zip(out, hv):
