@@ -105,8 +105,8 @@ def plan(cfg: Config) -> Plan:
             steps=int(round(cfg.step_budget / lr)), eval_every=1000, probes=("grad_one_norm",),
             probe_options={"one_norm_eps": cfg.eps},
         )  # fmt: skip
-        for b1, b2 in cfg.grid:
-            for seed in range(cfg.seeds):
+        for seed in range(cfg.seeds):  # seed-major: a partial sweep has whole curves
+            for b1, b2 in cfg.grid:
                 runs.append(base.replace(adam_beta1=b1, adam_beta2=b2, seed=seed))
     return Plan(tuple(runs))
 
