@@ -150,7 +150,7 @@ def test_the_clean_leg_is_the_conjunction_over_interior_widths():
     rng = np.random.default_rng(3)
     for _ in range(30):
         table = np.exp(rng.normal(0, 0.05, (5, 6)) + rng.normal(0, 0.08, 6))
-        res = mvd.clean_no_peak(table)
+        res = mvd.clean_no_peak(table, list(range(6))).result
         h = mvd.clean_heights(np.log(table))
         each = [paired_test(np.full(5, mvd.LOG_MARGIN), h[:, j]) for j in range(h.shape[1])]
         assert res.verdict == all_of(*each)
