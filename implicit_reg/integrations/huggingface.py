@@ -72,15 +72,6 @@ def _batches(probe_data) -> list[Mapping]:
     )
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The model inside DataParallel/DDP wrappers (``.module``)."""
-    while isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) and isinstance(
-        getattr(model, "module", None), nn.Module
-    ):
-        model = model.module
-    return model
-
-
 class CurvatureCallback(TrainerCallback):
     """Logs curvature of the model a ``transformers.Trainer`` trains.
 
@@ -151,8 +142,8 @@ class CurvatureCallback(TrainerCallback):
         while isinstance(getattr(optimizer, "optimizer", None), torch.optim.Optimizer):
             optimizer = optimizer.optimizer  # accelerate's AcceleratedOptimizer wraps it
         options.setdefault("optimizer", optimizer)
-        self.tracker = CurvatureTracker(
-            _unwrap(model), None, self.probe_data, batch_loss=self.batch_loss, **options
+        self.tracker = CurvatureTracker(  # unwraps DataParallel/DDP (probes.distributed.unwrap)
+            model, None, self.probe_data, batch_loss=self.batch_loss, **options
         )
         self._log(state, self.tracker.step(state.global_step))
 
