@@ -9,7 +9,7 @@ from test_emc_across_n import table as emc_table
 from test_label_noise_dose import table as dose_table
 
 from implicit_reg.engine.sweep import run_sweep
-from implicit_reg.experiments import _sweeps
+from implicit_reg.experiments import _spec, _sweeps
 from implicit_reg.experiments import emc_across_n as emc
 from implicit_reg.experiments import label_noise_dose as lnd
 from implicit_reg.experiments._emc_plan import EMC_PLANS, emc_config, emc_phases
@@ -100,3 +100,30 @@ def test_store_only_report_rejudges_the_written_runs_csv(module, tmp_path, monke
     assert [(c.statement, c.verdict) for c in again.claims] == verdicts
     assert len(pd.read_csv(tmp_path / "runs.csv")) == len(runs)
     assert "Re-judged from the per-run table" in again.path.read_text()
+
+
+def test_store_only_report_keeps_the_cost_of_the_report_that_trained(tmp_path, monkeypatch):
+    import json
+
+    emc.run("smoke", tmp_path)
+    trained = json.loads((tmp_path / "summary.json").read_text())
+    assert "regenerated_store_only" not in trained
+    monkeypatch.setenv("IMPLICIT_REG_STORE_ONLY", "1")
+    for _ in range(2):  # a second regeneration carries the same cost on
+        report = emc.run("smoke", tmp_path)
+        s = json.loads((tmp_path / "summary.json").read_text())
+        assert (s["wall_time_s"], s["cpu_time_s"]) == (
+            trained["wall_time_s"],
+            trained["cpu_time_s"],
+        )
+        regen = s["regenerated_store_only"]
+        assert regen["on"] and regen["wall_time_s"] == report.wall_time_s
+        assert f"regenerated store-only on {regen['on']}" in report.path.read_text()
+        assert f"Wall time: {trained['wall_time_s']:.1f} s" in report.path.read_text()
+    # another experiment's summary, or another scale's, is not taken for this one's cost
+    assert _spec.computed_cost(tmp_path, "emc-across-n", "small") is None
+    assert _spec.computed_cost(tmp_path, "label-noise-dose", "smoke") is None
+    # a plain run measures its own cost again
+    monkeypatch.setenv("IMPLICIT_REG_STORE_ONLY", "0")
+    emc.run("smoke", tmp_path)
+    assert "regenerated_store_only" not in json.loads((tmp_path / "summary.json").read_text())

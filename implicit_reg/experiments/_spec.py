@@ -28,6 +28,7 @@ The experiment module keeps its ``run(scale, out)`` entry point as
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -40,7 +41,7 @@ from implicit_reg.report.report import Claim, Report, select_scale
 
 from ._sweeps import run_configs, store_only, stored_table, sweep_dir, workers_for
 
-__all__ = ["Plan", "Spec", "run_spec", "plan_rows", "measured_rows"]
+__all__ = ["Plan", "Spec", "run_spec", "plan_rows", "measured_rows", "computed_cost"]
 
 A = TypeVar("A")
 
@@ -155,10 +156,30 @@ def measured_rows(spec: Spec, cfg: Any, out: Path) -> pd.DataFrame | tuple[pd.Da
     return tables[0] if isinstance(spec.measured, str) else tables
 
 
+def computed_cost(out: Path, name: str, scale: str) -> dict[str, float] | None:
+    """The wall and CPU time that ``out/summary.json`` records for experiment ``name`` at
+    ``scale``: the cost of the report that computed (trained or measured) its results,
+    which a store-only report keeps (a summary written by a store-only report carries
+    it on, its own time under ``regenerated_store_only``). None when there is none."""
+    path = Path(out) / "summary.json"
+    if not path.is_file():
+        return None
+    try:
+        s = json.loads(path.read_text())
+    except ValueError:
+        return None
+    if s.get("name") != name or s.get("scale") != scale or s.get("wall_time_s") is None:
+        return None
+    return {"wall_time_s": float(s["wall_time_s"]), "cpu_time_s": float(s["cpu_time_s"])}
+
+
 def run_spec(spec: Spec, scale: str, out: Path) -> Report:
     """Run ``spec`` at ``scale`` into ``out``: plan and runs (or the measured table, written
-    first), analysis, claims, figures, the compute note, and the written report."""
+    first), analysis, claims, figures, the compute note, and the written report. A
+    store-only report that computed nothing keeps the cost the earlier report recorded
+    (:func:`computed_cost`) and adds its own as a regeneration."""
     cfg = select_scale(spec.configs, scale)
+    cost = computed_cost(out, spec.name, scale) if store_only() else None
     report = Report(spec.name, spec.title, scale, out, cfg, spec.paper)
     if spec.measure is not None:
         rows = measured_rows(spec, cfg, out)
@@ -184,4 +205,6 @@ def run_spec(spec: Spec, scale: str, out: Path) -> Report:
     first = rows[0] if isinstance(rows, tuple) else rows
     if note := first.attrs.get("note", ""):
         report.add_text(note, heading="Compute")
+    if spec.measure is None or first.attrs.get("stored"):  # nothing computed by this report
+        report.computed_cost = cost
     return report.write()

@@ -423,6 +423,13 @@ def tally_text(counts: Mapping[str, int]) -> str:
     return f"{counts['reproduced']}/{counts['effects']}" + (f" ({', '.join(rest)})" if rest else "")
 
 
+def _today() -> str:
+    """Today's date (UTC), for a store-only report's note."""
+    import datetime
+
+    return datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+
+
 class Report:
     """A reproduction report under construction: ``report.md`` plus its files.
 
@@ -464,6 +471,10 @@ class Report:
         self.command = reproduce_command(name, scale, out)
         self.wall_time_s: float | None = None
         self.cpu_time_s: float | None = None
+        #: a store-only report (re-judged, nothing computed): the cost of the report that
+        #: computed the results, ``{"wall_time_s", "cpu_time_s"}``, which ``summary.json``
+        #: keeps; this report's own time is stored beside it as ``regenerated_store_only``
+        self.computed_cost: dict[str, float] | None = None
         self._t0 = time.perf_counter()
         self._cpu0 = time.process_time()
         self.out.mkdir(parents=True, exist_ok=True)
@@ -542,6 +553,16 @@ class Report:
         wall = time.perf_counter() - self._t0 if self.wall_time_s is None else self.wall_time_s
         cpu = time.process_time() - self._cpu0 if self.cpu_time_s is None else self.cpu_time_s
         load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
+        timing = (
+            f"- Wall time: {wall:.1f} s (CPU time of this process, all threads: {cpu:.1f} s{load})"
+        )
+        if self.computed_cost is not None:
+            c = self.computed_cost
+            timing = (
+                f"- Wall time: {c['wall_time_s']:.1f} s (CPU time of that process, all threads: "
+                f"{c['cpu_time_s']:.1f} s), as the report that computed the results measured "
+                f"it; regenerated store-only on {_today()} in {wall:.1f} s (CPU {cpu:.1f} s{load})"
+            )
         parts = [
             f"# {self.title}\n",
             f"Experiment `{self.name}` at scale `{self.scale}`. Reproduces: {self.paper}.\n",
@@ -558,7 +579,7 @@ class Report:
             "## Run\n",
             f"- Command: `{self.command}`",
             f"- Package version: implicit-reg {__version__}",
-            f"- Wall time: {wall:.1f} s (CPU time of this process, all threads: {cpu:.1f} s{load})",
+            timing,
             f"- Environment: Python {platform.python_version()}, torch {torch.__version__}, "
             f"numpy {np.__version__}, {platform.system()} {platform.machine()}, "
             f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}",
@@ -583,7 +604,18 @@ class Report:
             "cpu_time_s": self.cpu_time_s,
             "claims": [c.record() for c in self.claims],
             "figures": [p.name for p in self.files if p.suffix == ".png"],
-        }
+        } | (
+            {}
+            if self.computed_cost is None
+            else {
+                **self.computed_cost,
+                "regenerated_store_only": {
+                    "on": _today(),
+                    "wall_time_s": self.wall_time_s,
+                    "cpu_time_s": self.cpu_time_s,
+                },
+            }
+        )
 
     def write(self) -> Report:
         """Stop the clock, write ``config.json``, ``summary.json`` and ``report.md``; return self."""
