@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -139,6 +140,18 @@ def test_sphinx_roles_become_links_where_they_resolve(hooks, tmp_path):
     assert 'identifier="toypkg.sub.mod.helper" optional><code>helper</code>' in doc, doc
     assert 'identifier="toypkg.sub.mod" optional><code>mod</code>' in doc, doc
     assert "`os.path.join`" in doc and ":func:" not in doc, doc
+
+
+def test_raw_html_links_are_checked(hooks, caplog):
+    """The thumbnails of the results page are raw HTML, which mkdocs does not validate."""
+    page = SimpleNamespace(file=SimpleNamespace(src_uri="results/README.md"))
+    files = SimpleNamespace(get_file_from_path=lambda p: p if p == "results/a/fig.png" else None)
+    markdown = '<img src="a/fig.png" width="200"> <img src="b/gone.png"> <a href="#top">x</a>'
+    with caplog.at_level("WARNING", logger=hooks.log.name):
+        hooks._check_raw_links(markdown, page, files)
+    assert [r.getMessage() for r in caplog.records] == [
+        "results/README.md: raw HTML links to b/gone.png, which is not in docs/"
+    ]
 
 
 def test_strict_build_fails_on_a_broken_link(tmp_path):

@@ -12,6 +12,8 @@
 - :class:`CommentDocstrings`, a griffe extension (mkdocs.yml, mkdocstrings'
   ``extensions``), reads the package's ``#:`` comments above a module attribute as its
   docstring, as Sphinx autodoc does.
+- A relative ``src`` or ``href`` of raw HTML in a page (mkdocs checks only Markdown links)
+  must name a file of the site.
 - After the build, every name in the ``__all__`` of ``implicit_reg`` and of each public
   subpackage or module directly under it (``implicit_reg.stats``) must have a docstring
   and an anchor in the API reference, and every public module must have one; each
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import ast
 import logging
+import posixpath
 import re
 from pathlib import Path
 
@@ -272,7 +275,21 @@ def on_pre_build(config) -> None:
     _anchors.clear()
 
 
+_RAW_LINK = re.compile(r'<(?:img|a)\s[^>]*?(?:src|href)="([^":#?]+)[^"]*"')
+
+
+def _check_raw_links(markdown: str, page, files) -> None:
+    """mkdocs validates Markdown links only: a relative ``src``/``href`` of raw HTML (the
+    thumbnails of the results page) must name a file of the site too."""
+    folder = posixpath.dirname(page.file.src_uri)
+    for target in _RAW_LINK.findall(markdown):
+        path = posixpath.normpath(posixpath.join(folder, target))
+        if files.get_file_from_path(path) is None:
+            log.warning(f"{page.file.src_uri}: raw HTML links to {target}, which is not in docs/")
+
+
 def on_page_markdown(markdown: str, page, config, files) -> str:
+    _check_raw_links(markdown, page, files)
     if page.file.src_uri == "gallery.md":
         return markdown.replace("<!-- reproductions -->", reproductions_gallery())
     if not page.file.src_uri.startswith("api/"):
