@@ -8,6 +8,13 @@ Public API (re-exported; the math lives in the submodules):
 - :mod:`implicit_reg.core.hvp`: the one Hessian-vector product
 - :mod:`implicit_reg.core.modified_gradient`: the IGR/EGR gradient, exact and finite-difference
 - :mod:`implicit_reg.core.objective`: full-data losses in chunks
+- :mod:`implicit_reg.core.modified_equations`: heavy ball's and Adam's implicit terms
+  (``heavy_ball_coeff``, ``one_norm_coeff``, ``perturbed_one_norm``)
+- :mod:`implicit_reg.core.central_flow`: GD's ``central_flow`` at the edge of stability
+  (its eigensolver: ``implicit_reg.probes.lanczos_eig_solver``)
+
+The probes (``preconditioned_sharpness`` of an adaptive optimizer included) are the
+public API of :mod:`implicit_reg.probes`, a layer above these.
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -18,7 +25,9 @@ try:
 except PackageNotFoundError:  # running from a source tree without install
     __version__ = "0+unknown"
 
+from .core.central_flow import CentralFlowResult, central_flow
 from .core.hvp import grad_and_hvp
+from .core.modified_equations import heavy_ball_coeff, one_norm_coeff, perturbed_one_norm
 from .core.modified_gradient import coeff_from_paper_rate, igr_coeff, paper_rate_from_coeff
 from .core.optim import EGR, GD, SGD, Adam
 from .core.regularizers import (
@@ -33,8 +42,8 @@ __all__ = [
     "GD",
     "SGD",
     "EGR",
-    "SAM",
     "Adam",
+    "SAM",
     "ASAM",
     "GradNormPenalty",
     "grad_and_hvp",
@@ -44,4 +53,9 @@ __all__ = [
     "gradient_norm_penalty",
     "sgd_implicit_regularizer",
     "momentum_implicit_factor",
+    "heavy_ball_coeff",
+    "one_norm_coeff",
+    "perturbed_one_norm",
+    "central_flow",
+    "CentralFlowResult",
 ]

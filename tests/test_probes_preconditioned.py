@@ -129,6 +129,42 @@ def test_adam_preconditioner_is_the_denominator_of_torchs_update(amsgrad):
         torch.testing.assert_close(p.detach() - p0, -1e-2 / (1 - b1**t) * m / pc, rtol=1e-9, atol=0)
 
 
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"bias_correction": True, "eps_placement": "outside"},
+        {"bias_correction": False, "eps_placement": "outside"},
+        {"bias_correction": True, "eps_placement": "inside"},
+        {"bias_correction": False, "eps_placement": "inside"},
+    ],
+)
+def test_implicit_reg_adam_preconditioner_is_the_denominator_of_its_update(kw):
+    """implicit_reg.Adam: θ_t − θ_{t−1} = −lr/b₁ · m_t / P_t, b₁ = 1 − β₁^t or 1, with
+    P_t = ψ(v_t/b₂) read from its state (ε inside or outside the root); with torch's
+    settings P is torch.optim.Adam's, and the threshold is the same."""
+    from implicit_reg import Adam
+
+    model, loss_fn, X, y = build(seed=2)
+    b1, eps = 0.8, 1e-3
+    opt = Adam(model.parameters(), lr=1e-2, betas=(b1, 0.99), eps=eps, **kw)
+    train(model, loss_fn, X, y, opt, steps=4)
+    before = [p.detach().clone() for p in model.parameters()]
+    train(model, loss_fn, X, y, opt, steps=1)
+    P = adaptive_preconditioner(opt, list(model.parameters()))
+    for p, p0, pc in zip(model.parameters(), before, P):
+        t = float(opt.state[p]["step"])
+        c1 = 1 - b1**t if kw["bias_correction"] else 1.0
+        step = -1e-2 / c1 * opt.state[p]["exp_avg"] / pc
+        torch.testing.assert_close(p.detach() - p0, step, rtol=1e-9, atol=0)
+    assert adaptive_eos_threshold(opt) == pytest.approx((2 + 2 * b1) / ((1 - b1) * 1e-2))
+    if kw == {"bias_correction": True, "eps_placement": "outside"}:
+        twin, *_ = build(seed=2)
+        ref = torch.optim.Adam(twin.parameters(), lr=1e-2, betas=(b1, 0.99), eps=eps)
+        train(twin, loss_fn, X, y, ref, steps=5)
+        for a, b in zip(P, adaptive_preconditioner(ref, list(twin.parameters()))):
+            assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("block_size", [1, 3])
 def test_preconditioned_sharpness_from_adam_matches_explicit_matrix(block_size):
     model, loss_fn, X, y = build()

@@ -94,8 +94,7 @@ import torch
 from torch import Tensor
 
 from .hvp import DEFAULT_METHOD, Params, grad_and_hvp
-from .modified_gradient import modified_gradient_exact
-from .regularizers import momentum_implicit_factor
+from .modified_gradient import heavy_ball_coeff, modified_gradient_exact
 from .updates import adam_update
 
 __all__ = [
@@ -174,18 +173,6 @@ def _leaves(params: Sequence[Tensor]) -> Params:
 def heavy_ball_effective_lr(lr: float, beta: float) -> float:
     """h/(1−β): the step of GD that heavy ball with step h and momentum β moves like."""
     return _check_lr(lr) / (1 - _check_beta("momentum beta", beta))
-
-
-def heavy_ball_coeff(lr: float, beta: float) -> float:
-    """μ = h(1+β)/(4(1−β)²), the coefficient of ‖∇L‖² in heavy ball's modified loss.
-
-    Ghosh et al., ICLR 2023: L̃ = L + μ‖∇L‖², followed at the effective step
-    h/(1−β); μ = (1+β)/(1−β) · h_eff/4 with
-    :func:`~.regularizers.momentum_implicit_factor` the first factor. The
-    explicit term is ``gradient_norm_penalty(loss, params, coeff=μ)``.
-    """
-    h_eff = heavy_ball_effective_lr(lr, beta)
-    return momentum_implicit_factor(beta) * h_eff / 4.0
 
 
 def heavy_ball_velocity(

@@ -32,6 +32,7 @@ from .hvp import DEFAULT_METHOD, Params, grad_and_hvp
 
 __all__ = [
     "igr_coeff",
+    "heavy_ball_coeff",
     "coeff_from_paper_rate",
     "paper_rate_from_coeff",
     "default_fd_radius",
@@ -52,6 +53,23 @@ EGR_PENALTIES = ("full", "per_chunk")
 def igr_coeff(lr: float) -> float:
     """μ = h/4: the coefficient of ‖∇L‖² in GD's implicit modified loss."""
     return lr / 4.0
+
+
+def heavy_ball_coeff(lr: float, beta: float) -> float:
+    """μ = h(1+β)/(4(1−β)²): the coefficient of ‖∇L‖² in heavy ball's modified loss.
+
+    Ghosh, Lyu, Zhang & Wang, ICLR 2023 (arXiv 2302.00849): GD with heavy-ball
+    momentum β and step h follows L̃ = L + μ‖∇L‖² at the effective step h/(1−β);
+    μ = (1+β)/(1−β) · (h/(1−β))/4, i.e. GD's :func:`igr_coeff` at the effective step
+    times :func:`~.regularizers.momentum_implicit_factor`; h/4 at β = 0. Derived in
+    :mod:`.modified_equations`; the explicit term is
+    ``gradient_norm_penalty(loss, params, coeff=μ)``.
+    """
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta < 1:
+        raise ValueError(f"momentum beta must be a number in [0, 1), got {beta!r}")
+    return lr * (1 + beta) / (4.0 * (1 - beta) ** 2)
 
 
 def coeff_from_paper_rate(rate: float, num_params: int) -> float:

@@ -4,7 +4,9 @@
 - :class:`SGD`: SGD with heavy-ball/Nesterov momentum and weight decay,
   identical step for step to ``torch.optim.SGD``.
 - :class:`EGR`: GD on the explicitly regularized loss L + μ‖∇L‖²
-  (Barrett & Dherin, ICLR 2021), with μ = h/4 by default.
+  (Barrett & Dherin, ICLR 2021), with μ = h/4 by default; with heavy-ball
+  ``momentum`` β, GD+momentum on it with μ = h(1+β)/(4(1−β)²), heavy ball's own
+  implicit coefficient (Ghosh et al., ICLR 2023).
 - :class:`Adam`: ``torch.optim.Adam``'s step, with bias correction optional and
   ε inside or outside the root (Cattaneo, Klusowski & Shigida, ICML 2024).
 
@@ -30,7 +32,7 @@ from .modified_gradient import (
     egr_direction_chunked,
     egr_direction_exact,
     finite_difference_hvp,
-    igr_coeff,
+    heavy_ball_coeff,
 )
 from .objective import summed_loss_and_grad
 from .updates import (
@@ -415,12 +417,24 @@ _WAYS = (
 
 
 class EGR(Optimizer):
-    r"""Explicit gradient regularization: GD on L̃ = L + μ‖∇L‖².
+    r"""Explicit gradient regularization: GD (or heavy ball) on L̃ = L + μ‖∇L‖².
 
     Update (Barrett & Dherin, "Implicit Gradient Regularization", ICLR 2021,
     arXiv 2009.11162):
 
         θ ← θ − h·(∇L + 2μ·H∇L),       μ = h/4 when ``coeff=None``,
+
+    and with heavy-ball ``momentum`` β > 0 (``torch.optim.SGD``'s form, through
+    :func:`implicit_reg.core.updates.sgd_update`; Ghosh, Lyu, Zhang & Wang, ICLR 2023,
+    arXiv 2302.00849):
+
+        d = ∇L + 2μ·H∇L,   b ← β·b + d (b = d at the first step),   θ ← θ − h·b,
+        μ = h(1+β)/(4(1−β)²) when ``coeff=None``
+        (:func:`implicit_reg.core.modified_equations.heavy_ball_coeff`),
+
+    the coefficient of heavy ball's own implicit modified loss: GD+momentum follows
+    the flow of L + μ‖∇L‖² at the effective step h/(1−β), so this default makes that
+    implicit term explicit once more, as μ = h/4 does for GD (β = 0 gives h/4).
 
     so with the default the step is GD on the IGR modified loss
     L + (h/4)‖∇L‖², whose gradient is ∇L + (h/2)·H∇L. With several param
@@ -481,26 +495,31 @@ class EGR(Optimizer):
     restored after the second call, so one step updates them once, as one
     torch step would. Without ``module`` such buffers are updated twice.
 
-    Every setting (``lr``, ``coeff``, ``method``, ``fd_radius``) is read from
-    the param groups at each step, so ``load_state_dict`` restores them;
-    ``method`` and ``fd_radius`` must agree across groups.
+    Every setting (``lr``, ``coeff``, ``momentum``, ``method``, ``fd_radius``) is
+    read from the param groups at each step, so ``load_state_dict`` restores them
+    (and ``state[p]["momentum_buffer"]``, with β > 0); ``method`` and ``fd_radius``
+    must agree across groups.
 
     Args:
         params: parameters or param groups; a group may set its own ``lr``
             and ``coeff``.
         lr: step size h ≥ 0.
-        coeff: μ ≥ 0, or None for μ = h/4 (the IGR coefficient).
+        coeff: μ ≥ 0, or None for μ = h(1+β)/(4(1−β)²): h/4 (the IGR
+            coefficient) without momentum.
         method: ``"exact"`` or ``"finite_difference"`` (shared by all groups).
         fd_radius: perturbation length r > 0 for finite differences, or None
             for the dtype's default (shared by all groups).
         module: the model the closure evaluates; its buffers are protected
             during the second finite-difference evaluation.
+        momentum: heavy-ball β in [0, 1) (per group).
 
     Example::
 
         opt = EGR(model.parameters(), lr=0.1)            # μ = h/4
         for _ in range(steps):
             opt.step(lambda: loss_fn(model(x), y))       # no backward()
+
+        hb = EGR(model.parameters(), lr=0.1, momentum=0.9)   # μ = 0.1·1.9/(4·0.01)
     """
 
     def __init__(
@@ -511,14 +530,22 @@ class EGR(Optimizer):
         method: str = "exact",
         fd_radius: float | None = None,
         module: nn.Module | None = None,
+        momentum: float = 0.0,
     ) -> None:
         if coeff is not None:
             _check_nonneg("coeff", coeff)
+        _check_momentum(momentum)
         _check_egr_method(method)
         _check_fd_radius(fd_radius)
         if module is not None and not isinstance(module, nn.Module):
             raise ValueError(f"module must be an nn.Module or None, got {type(module).__name__}")
-        defaults = {"lr": _check_lr(lr), "coeff": coeff, "method": method, "fd_radius": fd_radius}
+        defaults = {
+            "lr": _check_lr(lr),
+            "coeff": coeff,
+            "method": method,
+            "fd_radius": fd_radius,
+            "momentum": float(momentum),
+        }
         super().__init__(params, defaults)
         self._module = module
 
@@ -531,6 +558,7 @@ class EGR(Optimizer):
             _check_nonneg("coeff", group["coeff"])
         _check_egr_method(group["method"])
         _check_fd_radius(group["fd_radius"])
+        _check_momentum(group["momentum"])
         first = self.param_groups[0]
         for key in ("method", "fd_radius"):
             if group[key] != first[key]:
@@ -548,7 +576,11 @@ class EGR(Optimizer):
 
     @staticmethod
     def _coeff(group: dict) -> float:
-        return igr_coeff(group["lr"]) if group["coeff"] is None else group["coeff"]
+        """μ of a group: its ``coeff``, or h(1+β)/(4(1−β)²) at its current lr (h/4 at β = 0)."""
+        if group["coeff"] is not None:
+            return group["coeff"]
+        lr = group["lr"]
+        return heavy_ball_coeff(lr, group.get("momentum", 0.0)) if lr > 0 else 0.0
 
     def _gather(self) -> tuple[list[Tensor], list[float]]:
         params, coeffs = [], []
@@ -614,12 +646,29 @@ class EGR(Optimizer):
             index = {id(p): i for i, p in enumerate(params)}
             for group in self.param_groups:
                 ids = [index[id(p)] for p in group["params"] if id(p) in index]
-                egr_update(
-                    [params[i] for i in ids],
-                    [g[i] for i in ids],
-                    [hv[i] for i in ids],
+                beta = group.get("momentum", 0.0)  # absent in states saved before it existed
+                if beta == 0:
+                    egr_update(
+                        [params[i] for i in ids],
+                        [g[i] for i in ids],
+                        [hv[i] for i in ids],
+                        lr=group["lr"],
+                    )
+                    continue
+                ps = [params[i] for i in ids]
+                bufs = [self.state[p].get("momentum_buffer") for p in ps]
+                sgd_update(
+                    ps,
+                    [g[i] + 2.0 * hv[i] for i in ids],
+                    bufs,
                     lr=group["lr"],
-                )
+                    momentum=beta,
+                    dampening=0.0,
+                    nesterov=False,
+                    weight_decay=0.0,
+                )  # heavy ball on the EGR direction, in torch's SGD form
+                for p, b in zip(ps, bufs):
+                    self.state[p]["momentum_buffer"] = b
             for p, gi in zip(params, g):
                 p.grad = gi  # the plain gradient, detached: releases any create_graph graph
         return None if loss is None else loss.detach()
@@ -692,6 +741,15 @@ def _chunks_grad(chunks, params) -> tuple[Tensor, tuple[Tensor, ...]]:
     """(Σ_c w_c L_c, Σ_c w_c ∇L_c) from (weight, closure) chunks returning mean losses."""
     check_chunks(chunks)
     return summed_loss_and_grad(((lambda w=w, fn=fn: w * fn()) for w, fn in chunks), params)
+
+
+def _check_momentum(momentum) -> None:
+    if (
+        isinstance(momentum, bool)
+        or not isinstance(momentum, (int, float))
+        or not 0 <= momentum < 1
+    ):
+        raise ValueError(f"momentum must be a number in [0, 1), got {momentum!r}")
 
 
 def _check_egr_method(method: str) -> None:

@@ -55,7 +55,7 @@ from matplotlib.figure import Figure
 from implicit_reg.core.central_flow import ParamsHessian, central_flow
 from implicit_reg.core.objective import chunk_loss_fns, trainable_named_params
 from implicit_reg.probes.eigen import lanczos
-from implicit_reg.probes.registry import warm_start_vector
+from implicit_reg.probes.registry import lanczos_eig_solver
 from implicit_reg.report.report import Claim, Report, attempt, mean_std
 from implicit_reg.stats import equivalence_test, paired_test
 from implicit_reg.workloads.data import load_dataset
@@ -129,18 +129,9 @@ def problem(seed: int, cfg: Config):
     return loss_fn, theta0
 
 
-def _solver(max_iter: int):
-    def solve(op, v0):
-        start = warm_start_vector(v0, op.dim, seed=0, device=op.device)
-        res = lanczos(op, 1, v0=start, max_iter=max_iter)
-        return float(res.eigenvalues[0]), res.eigenvectors[:, 0]
-
-    return solve
-
-
 def _sharpness(loss_fn, theta0, z: np.ndarray, v0, max_iter: int) -> tuple[float, torch.Tensor]:
     op = ParamsHessian(loss_fn, unflatten(z, theta0))
-    return _solver(max_iter)(op, v0)
+    return lanczos_eig_solver(max_iter, seed=0)(op, v0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,7 +177,7 @@ def run_seed(seed: int, cfg: Config) -> tuple[list[Point], Cost]:
     t0 = time.perf_counter()
     cf = central_flow(
         loss_fn, theta0, lr=cfg.lr, t_end=float(cfg.steps), dt=cfg.dt,
-        eig_solver=_solver(cfg.lanczos_max_iter),
+        eig_solver=lanczos_eig_solver(cfg.lanczos_max_iter, seed=0),
     )  # fmt: skip
     cf_sec = (time.perf_counter() - t0) / cfg.steps
     half = cfg.window // 2

@@ -68,7 +68,7 @@ from .preconditioned import (
     adaptive_preconditioner,
     preconditioned_sharpness,
 )
-from .registry import DEFAULT_OPTIONS, PROBES, WARM_KEYS, run_probes
+from .registry import DEFAULT_OPTIONS, PROBES, WARM_KEYS, lanczos_eig_solver, run_probes
 from .selection import module_groups, select_params
 from .slices import (
     Slice1D,
@@ -105,6 +105,7 @@ __all__ = [
     "preconditioned_sharpness",
     "adaptive_preconditioner",
     "adaptive_eos_threshold",
+    "lanczos_eig_solver",
     "default_tol",
     "TraceResult",
     "hutchinson",

@@ -32,6 +32,8 @@ optimizer's own update divides by it (torch 2.x ``adam.py``/``rmsprop.py``):
                   ``max_exp_avg_sq`` instead of v_t when ``amsgrad``)
     RMSprop:      P = √v_t + ε                     (v_t = ``square_avg``; no bias correction)
     centered:     P = √(v_t − g̅_t²) + ε             (g̅_t = ``grad_avg``)
+    implicit_reg.Adam: P = ψ(v_t/b₂), b₂ = 1 − β₂^t with ``bias_correction`` (else 1),
+                  ψ(v) = √v + ε (``eps_placement="outside"``) or √(v + ε) ("inside")
 
 This is the P of the step just taken (the one stored in the state), as in
 Cohen et al.'s measurements. ε is added *outside* the square root and after
@@ -55,6 +57,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ..core.optim import Adam
 from .eigen import EigResult, lanczos
 
 __all__ = [
@@ -64,7 +67,9 @@ __all__ = [
     "preconditioned_sharpness",
 ]
 
-_SUPPORTED = "torch.optim.Adam, AdamW (amsgrad or not) and RMSprop (centered or not)"
+_SUPPORTED = (
+    "torch.optim.Adam, AdamW (amsgrad or not), RMSprop (centered or not) and implicit_reg.Adam"
+)
 
 
 def _scalar(x) -> float:
@@ -72,7 +77,7 @@ def _scalar(x) -> float:
 
 
 def _check_optimizer(optimizer) -> str:
-    if isinstance(optimizer, torch.optim.Adam):  # AdamW subclasses Adam
+    if isinstance(optimizer, (torch.optim.Adam, Adam)):  # AdamW subclasses torch's Adam
         return "adam"
     if isinstance(optimizer, torch.optim.RMSprop):
         return "rmsprop"
@@ -93,8 +98,11 @@ def _param_preconditioner(kind: str, group: dict, state: dict) -> Tensor:
         beta2 = _scalar(group["betas"][1])
         t = _scalar(state["step"])
         v = state["max_exp_avg_sq"] if group.get("amsgrad", False) else state["exp_avg_sq"]
+        bc2 = 1.0 - beta2**t if group.get("bias_correction", True) else 1.0
+        if group.get("eps_placement", "outside") == "inside":  # implicit_reg.Adam's option
+            return (v / bc2 + eps).sqrt()
         # torch: denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
-        return v.sqrt() / math.sqrt(1.0 - beta2**t) + eps
+        return v.sqrt() / math.sqrt(bc2) + eps
     v = state["square_avg"]
     if group.get("centered", False):
         # torch: avg = square_avg.addcmul(grad_avg, grad_avg, value=-1).sqrt_()

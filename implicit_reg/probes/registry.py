@@ -48,7 +48,14 @@ from .operator import CurvatureOperator, HessianOperator
 from .state import DEFAULT_MODE, check_mode
 from .trace import hutchinson, hutchpp
 
-__all__ = ["PROBES", "DEFAULT_OPTIONS", "WARM_KEYS", "run_probes", "warm_start_vector"]
+__all__ = [
+    "PROBES",
+    "DEFAULT_OPTIONS",
+    "WARM_KEYS",
+    "run_probes",
+    "warm_start_vector",
+    "lanczos_eig_solver",
+]
 
 #: keys of the ``state`` dict of :func:`run_probes`: probe name -> the entry it keeps
 WARM_KEYS = {
@@ -149,6 +156,19 @@ def warm_start_vector(prev: Tensor | None, dim: int, *, seed: int, device, mix: 
     gen = torch.Generator(device=device).manual_seed(int(seed) + 7919)
     r = torch.randn(dim, generator=gen, device=device, dtype=torch.float64)
     return v / norm + mix * r / r.norm()
+
+
+def lanczos_eig_solver(max_iter: int = 40, *, seed: int = 0):
+    """``solve(op, v0) -> (λ_max, u)``: Lanczos (k = 1, at most ``max_iter`` iterations)
+    warm-started from the previous vector ``v0`` by :func:`warm_start_vector` (cold when
+    None): the eigensolver :func:`implicit_reg.core.central_flow.central_flow` takes."""
+
+    def solve(op, v0):
+        start = warm_start_vector(v0, op.dim, seed=seed, device=op.device)
+        res = lanczos(op, 1, v0=start, max_iter=max_iter)
+        return float(res.eigenvalues[0]), res.eigenvectors[:, 0]
+
+    return solve
 
 
 def _eig_result(ctx: _Context, which: str, name: str, curvature: str = "hessian"):
