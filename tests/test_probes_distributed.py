@@ -30,6 +30,7 @@ from implicit_reg.probes import (
     HessianOperator,
     eps_sharpness,
     gaussian_sharpness,
+    geometric_complexity,
     grad_norm_sq,
     hutchpp,
     lanczos,
@@ -89,6 +90,7 @@ def _measure(model, data, chunk_size=None, group=None) -> dict:
         "grad_norm_sq": grad_norm_sq(model, loss, data, **flat),
         "eps_sharpness": eps_sharpness(model, loss, data, eps=1e-2, steps=4, **flat),
         "gaussian_sharpness": gaussian_sharpness(model, loss, data, seed=2, **flat).value,
+        "geometric_complexity": geometric_complexity(model, data, **flat),
         "ggn_lambda_max": float(lanczos(ggn, 1).eigenvalues[0]),
     }
 
@@ -199,6 +201,7 @@ def _tracker_under_ddp(rank, group) -> dict:
 
 
 def _worker(rank, port, out_dir):
+    cpu_imports = time.process_time()  # the child's CPU time so far: its imports
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=timedelta(seconds=60))
@@ -213,6 +216,7 @@ def _worker(rank, port, out_dir):
         results["shard_sizes"] = HessianOperator(
             _mlp(), nn.MSELoss(), data, chunk_size=chunk, process_group=group
         ).shard_sizes
+        results["cpu_seconds"] = (cpu_imports, time.process_time() - cpu_imports)
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -266,6 +270,7 @@ def _close(a, b, rtol=RTOL, atol=1e-13):
         "grad_norm_sq",
         "eps_sharpness",
         "gaussian_sharpness",
+        "geometric_complexity",
         "ggn_lambda_max",
     ],
 )

@@ -14,16 +14,17 @@ parameters are constants. Losses are full-data means, in chunks.
 - :func:`geometric_complexity`: (1/N)·Σ_i ‖∂f_θ(x_i)/∂x‖²_F
   (Dherin, Munn, Rosca & Barrett, NeurIPS 2022).
 
-The three that pass over the data through the operator (:func:`grad_norm_sq`,
-:func:`eps_sharpness`, :func:`gaussian_sharpness`) take ``process_group``: each
-rank holds a shard of the data, and the losses and gradients are summed over the
-ranks (:mod:`implicit_reg.probes.distributed`); the same ``seed`` on every rank.
+The four that pass over the data (:func:`grad_norm_sq`, :func:`eps_sharpness`,
+:func:`gaussian_sharpness`, :func:`geometric_complexity`) take ``process_group``:
+each rank holds a shard of the data, and the sums are summed over the ranks
+(:mod:`implicit_reg.probes.distributed`); the same ``seed`` on every rank.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +32,7 @@ from torch import Tensor, nn
 
 from ..core.objective import Data, iter_chunks, num_samples, trainable_named_params
 from .arguments import check_count, check_positive
+from .distributed import shard_ranks, unwrap
 from .operator import HessianOperator
 from .state import DEFAULT_MODE, check_mode, preserved, seeded_rng
 
@@ -214,6 +216,7 @@ def geometric_complexity(
     chunk_size: int | None = None,
     mode: str = DEFAULT_MODE,
     seed: int = 0,
+    process_group=None,
 ) -> float:
     """Geometric complexity (Dherin, Munn, Rosca & Barrett, NeurIPS 2022, eq. 2):
 
@@ -225,9 +228,23 @@ def geometric_complexity(
     when samples do not interact (eval mode; in train mode BatchNorm couples
     the samples of a chunk and the result is the chunk-level derivative).
     For a linear model f(x) = Wx + b, GC = ‖W‖²_F. Targets in ``data`` are
-    ignored. ``seed`` fixes dropout masks in ``mode="train"``.
+    ignored. ``seed`` fixes dropout masks in ``mode="train"``. With
+    ``process_group`` each rank holds a shard of the data and N and the sum are
+    summed over the ranks (:mod:`implicit_reg.probes.distributed`).
     """
     check_mode(mode)
+    ranks = shard_ranks(process_group)
+    with ranks.guard("geometric complexity") if ranks else nullcontext():
+        total, n = _jacobian_sq_sum(unwrap(model), data, chunk_size, mode, seed)
+    if ranks is not None:  # Σ and N over every rank's shard
+        theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+        both = torch.tensor([total, float(n)], dtype=torch.float64)
+        total, n = ranks.sum(both, None, theta).tolist()
+    return total / n
+
+
+def _jacobian_sq_sum(model: nn.Module, data: Data, chunk_size, mode: str, seed: int):
+    """(Σ_i ‖∂f_θ(x_i)/∂x‖²_F, N) over ``data`` (this rank's shard)."""
     n = num_samples(data)
     device = next(iter(model.parameters()), torch.empty(0)).device
     total = 0.0
@@ -241,4 +258,4 @@ def geometric_complexity(
                         out[:, j].sum(), x, retain_graph=j + 1 < out.shape[1]
                     )
                     total += float(gx.double().pow(2).sum())
-    return total / n
+    return total, n
