@@ -220,3 +220,19 @@ def test_the_runs_are_label_noise_doses_runs():
     more = [c for _, cfgs in phases[4:] for c in cfgs]
     assert {c.seed for c in more} == set(range(5, 10)) and len(more) == 100
     assert all(c.save_params for _, cfgs in phases for c in cfgs)
+
+
+def test_store_twins_counts_identical_final_metrics(tmp_path):
+    from implicit_reg.engine.store import atomic_write_json
+
+    root = tmp_path / "label-noise-dose" / "sweep" / "runs"
+    atomic_write_json(root / "aaa" / "summary.json", {"test_error": 0.5, "train_loss": 0.1})
+    atomic_write_json(root / "bbb" / "summary.json", {"test_error": 0.4, "train_loss": 0.2})
+    rows = pd.DataFrame(
+        {"config_hash": ["aaa", "bbb", "ccc"], "test_error": [0.5, 0.41, 0.3],
+         "train_loss": [0.1, 0.2, 0.3]}
+    )  # fmt: skip
+    text = mvd.store_twins(rows, tmp_path / "measures-vs-descent")
+    assert "holds 2 of these configs: 1 identical" in text and "1 differ" in text
+    assert "changes nothing" in mvd.store_twins(rows[:1], tmp_path / "measures-vs-descent")
+    assert mvd.store_twins(rows, tmp_path / "elsewhere" / "x") is None

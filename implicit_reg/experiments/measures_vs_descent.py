@@ -585,8 +585,11 @@ def extras(report: Report, a: Analysis, cfg: Config) -> None:
     report.add_data(a.rows[[c for c in keep if c in a.rows]], "runs.csv")
     report.add_text(RULE, heading="The rule")
     report.add_text(markdown_table(verdict_table(a)), heading="Verdicts per measure")
-    if (compare := committed_comparison(a.rows)) is not None:
-        report.add_text(compare, heading="Test errors against the committed runs")
+    compare = [committed_comparison(a.rows), store_twins(a.rows, Path(report.out))]
+    if any(compare):
+        report.add_text(
+            "\n\n".join(c for c in compare if c), heading="Test errors against the twin runs"
+        )
     cpu = a.rows.get("measure_cpu_s")
     train = a.rows.get("wall_time_s")
     lines = [
@@ -637,6 +640,39 @@ def committed_comparison(rows: pd.DataFrame, path: Path = DOSE_RUNS) -> str | No
             )
             for p in sorted(both.label_noise.unique())
         )
+    )
+
+
+def store_twins(rows: pd.DataFrame, out: Path) -> str | None:
+    """The runs here against the same configs in label-noise-dose's run store (beside
+    ``out``: ``out/../label-noise-dose/sweep``), trained without ``save_params`` in the
+    same job cut: the final metrics must be identical."""
+    if "config_hash" not in rows:
+        return None
+    root = Path(out).parent / "label-noise-dose" / "sweep" / "runs"
+    if not root.is_dir():
+        return None
+    from implicit_reg.engine.store import SUMMARY_FILE, read_json
+
+    same = differ = 0
+    for h, te, tr in zip(rows.config_hash, rows.test_error, rows.train_loss):
+        path = root / str(h) / SUMMARY_FILE
+        if path.is_file():
+            twin = read_json(path)
+            if twin.get("test_error") == te and twin.get("train_loss") == tr:
+                same += 1
+            else:
+                differ += 1
+    if not same + differ:
+        return None
+    return (
+        f"label-noise-dose's own run store holds {same + differ} of these configs (trained "
+        f"there without `save_params`, in the same phases): {same} have the identical final "
+        f"test error and training loss, {differ} differ. Saving the parameters changes "
+        "nothing in training."
+        if not differ
+        else f"label-noise-dose's own run store holds {same + differ} of these configs: "
+        f"{same} identical final test error and training loss, {differ} differ."
     )
 
 
