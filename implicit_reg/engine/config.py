@@ -131,6 +131,9 @@ class RunConfig:
     max_loss: float = 1e6  # divergence bound: a loss above it (or NaN/inf) ends the run
     # --- logging and probes ---
     eval_every: int = 50  # steps between evaluations of BASE_METRICS (also at 0 and at the end)
+    # steps between light evaluations in between: the losses and error rates alone (forward
+    # passes; no gradient, norms or distance), for curves that need only those (None: none)
+    error_every: int | None = None
     probes: tuple[str, ...] = ("lambda_max", "trace")  # implicit_reg.probes names
     probe_every: int = 0  # steps between probe evaluations; 0: only at the end
     probe_options: dict[str, Any] | None = None  # run_probes options, e.g. {"trace_hvps": 60}
@@ -215,6 +218,12 @@ class RunConfig:
             raise ValueError(f"keep_checkpoints must be >= 0, got {self.keep_checkpoints}")
         if self.eval_every < 1:
             raise ValueError(f"eval_every must be >= 1, got {self.eval_every}")
+        if self.error_every is not None and (
+            isinstance(self.error_every, bool)
+            or not isinstance(self.error_every, int)
+            or self.error_every < 1
+        ):
+            raise ValueError(f"error_every must be an int >= 1 or None, got {self.error_every!r}")
         if self.probe_every < 0:
             raise ValueError(
                 f"probe_every must be >= 0 (0: only at the end), got {self.probe_every}"
@@ -305,6 +314,7 @@ class RunConfig:
         """All fields as JSON-ready values (tuples become lists)."""
         out = dataclasses.asdict(self)
         out["probes"] = list(self.probes)
+        out["eval_at"] = list(self.eval_at)
         return out
 
     @classmethod

@@ -4,7 +4,8 @@
 the schedule its runs share:
 
 - evaluation of :data:`~implicit_reg.engine.config.BASE_METRICS` at step 0, every
-  ``eval_every`` steps and at the end;
+  ``eval_every`` steps and at the end, and of the losses and error rates alone
+  every ``error_every`` steps in between (light evaluations, forward passes only);
 - the probes of ``probes`` (:func:`implicit_reg.probes.run_probes`) every
   ``probe_every`` steps (0: never during training) and always at the end, on
   each member's own model, with one warm-start ``state`` dict per member when
@@ -246,10 +247,17 @@ class _Schedule:
         reached = self.sync()
         step = self.step
         due = step % self.cfg.eval_every == 0 or step == self.budget
-        to_eval = [i for i in self.stepper.live if due or i in reached]
+        light = bool(self.cfg.error_every) and step % self.cfg.error_every == 0
+        to_eval = [i for i in self.stepper.live if due or light or i in reached]
         if to_eval:
             stopped = []
-            for i, values in self.stepper.evaluate(to_eval).items():
+            full = due or any(i in reached for i in to_eval)  # a member that stops: all metrics
+            evaluated = (
+                self.stepper.evaluate(to_eval)
+                if full
+                else self.stepper.evaluate(to_eval, light=True)
+            )
+            for i, values in evaluated.items():
                 self.tracks[i].log(step, values)
                 if self.check(i, step, values["train_loss"], reached):
                     stopped.append(i)
@@ -264,7 +272,12 @@ class _Schedule:
         """The next step at which the losses are read: after ``sync_every`` steps, and
         at every evaluation, probe and checkpoint step and at the end of the budget."""
         step, due = self.step, [self.budget, self.step + self.sync_every]
-        for every in (self.cfg.eval_every, self.cfg.probe_every, self.checkpoint_every):
+        for every in (
+            self.cfg.eval_every,
+            self.cfg.error_every,
+            self.cfg.probe_every,
+            self.checkpoint_every,
+        ):
             if every:
                 due.append((step // every + 1) * every)
         return min(due)

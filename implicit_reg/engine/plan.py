@@ -86,7 +86,7 @@ CPU_MAX_STEP_FLOPS = 4_000_000
 SUPPORTED_FIELDS = frozenset(
     """model width depth activation model_options init_from dataset n_train n_test label_noise task data_seed
     loss optimizer lr momentum nesterov weight_decay egr_coeff egr_method batch_size
-    steps epochs target_train_loss max_loss eval_every probes probe_every probe_options
+    steps epochs target_train_loss max_loss eval_every error_every probes probe_every probe_options
     seed device dtype chunk_size checkpoint checkpoint_every keep_checkpoints save_params""".split()
 )
 
@@ -224,6 +224,8 @@ def run_step_flops(config: RunConfig) -> float:
     data = load_run_data(config)
     rows = data.n_train if config.batch_size is None else min(config.batch_size, data.n_train)
     eval_rows = (4 * data.n_train + len(data.x_test)) / config.eval_every
+    if config.error_every:  # the light ones: the two forward passes, no gradient
+        eval_rows += (data.n_train + len(data.x_test)) / config.error_every
     return step_flops(config) * (1 + eval_rows / (3 * rows))
 
 

@@ -120,10 +120,10 @@ class SerialStepper:
                 group["lr"] *= self.config.lr_decay_factor
         return {0: loss}
 
-    def evaluate(self, members: Sequence[int]) -> dict[int, dict[str, float]]:
+    def evaluate(self, members: Sequence[int], light: bool = False) -> dict[int, dict[str, float]]:
         metrics = evaluate(
             self.model, self.loss_fn, self.data, chunk_size=self.config.chunk_size,
-            init_params=self.init_params,
+            init_params=self.init_params, light=light,
         )  # fmt: skip
         return {0: metrics} if 0 in members else {}
 
@@ -255,13 +255,14 @@ def _loss_and_error(model, loss_fn, x, y, chunk_size, classes: bool) -> tuple[fl
     return total / n, wrong / n
 
 
-def evaluate(model, loss_fn, data, *, chunk_size, init_params) -> dict[str, float]:
+def evaluate(model, loss_fn, data, *, chunk_size, init_params, light=False) -> dict[str, float]:
     """The base metrics at the current parameters (model left as found).
 
     Losses and errors in eval mode; ‖∇L‖² in the mode the model is in
     (train, for the training objective), via
     :func:`implicit_reg.core.objective.full_gradient`, which leaves ``.grad`` and
-    the buffers untouched.
+    the buffers untouched. ``light``: the losses and error rates alone (the
+    config's ``error_every`` evaluations; forward passes only).
     """
     classes = data.num_classes is not None
     was_training = model.training
@@ -276,11 +277,15 @@ def evaluate(model, loss_fn, data, *, chunk_size, init_params) -> dict[str, floa
             )
     finally:
         model.train(was_training)
-    _, g = full_gradient(model, loss_fn, data.train, chunk_size)
-    params = list(trainable_named_params(model).values())
     out = {"train_loss": tr_loss, "test_loss": te_loss}
     if classes:
         out.update(train_error=tr_err, test_error=te_err)
+    if light:
+        if clean is not None:
+            out["train_error_clean"] = clean
+        return out
+    _, g = full_gradient(model, loss_fn, data.train, chunk_size)
+    params = list(trainable_named_params(model).values())
     out.update(
         grad_norm_sq=float(flat_norm(g)) ** 2,
         weight_norm=float(flat_norm(params)),
@@ -365,8 +370,8 @@ class EnsembleStepper:
             return self.ens.step()
         return {m: row["loss"] for m, row in self.ens.step().items()}
 
-    def evaluate(self, members: Sequence[int]) -> dict[int, dict[str, float]]:
-        metrics = self._eval(self.ens, self.init)
+    def evaluate(self, members: Sequence[int], light: bool = False) -> dict[int, dict[str, float]]:
+        metrics = self._eval(self.ens, self.init, light=light)
         return {m: metrics[m] for m in members}
 
     def retire(self, members) -> None:
@@ -455,7 +460,7 @@ class _Evaluator:
         errors = [[int(v) / n for v in w.tolist()] if self.classes else None for w in wrong]
         return (total / n).tolist(), errors
 
-    def __call__(self, ens, init: tuple[Tensor, ...]) -> dict[int, dict]:
+    def __call__(self, ens, init: tuple[Tensor, ...], light: bool = False) -> dict[int, dict]:
         rows = torch.tensor(ens.live, dtype=torch.long, device=self.y_train.device)
         noisy = any(self.noisy[m] for m in ens.live)
         ys = [self.y_train, self.y_clean] if noisy else [self.y_train]
@@ -463,6 +468,16 @@ class _Evaluator:
         te_loss, (te_err,) = self._loss_and_error(
             ens, rows, self.x_test, self.xb_test, [self.y_test]
         )
+        if light:  # the losses and error rates alone (error_every)
+            out = {}
+            for j, m in enumerate(ens.live):
+                values = {"train_loss": tr_loss[j], "test_loss": te_loss[j]}
+                if self.classes:
+                    values.update(train_error=tr_err[0][j], test_error=te_err[j])
+                if noisy and self.noisy[m]:
+                    values["train_error_clean"] = tr_err[1][j]
+                out[m] = values
+            return out
         x = self.x_train[rows] if self.xb_train else self.x_train
         n = self.y_train.shape[1]
         _, g = ens.gradient(

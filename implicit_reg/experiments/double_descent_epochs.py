@@ -95,19 +95,15 @@ def check_widths(cfg: Config) -> None:
 
 def run_list(cfg: Config, control: bool = False) -> list:
     """The engine configs: each width × ``cfg.seeds`` seeds on the noisy labels, or
-    (``control``) the widest width × ``cfg.control_seeds`` on the clean labels; all
-    evaluated every ``cfg.eval_every`` steps."""
+    (``control``) the widest width × ``cfg.control_seeds`` on the clean labels:
+    double-descent-width's runs, whose test and train errors are evaluated every
+    ``cfg.eval_every`` steps at these widths (:func:`check_widths`)."""
     wc = cfg.width_config
     if control:
         w = cfg.widths[-1]
-        return [
-            wc.mnist1d.run_config(w, s, 0.0, eval_every=cfg.eval_every)
-            for s in range(cfg.control_seeds)
-        ]
+        return [wc.mnist1d.run_config(w, s, 0.0) for s in range(cfg.control_seeds)]
     return [
-        wc.mnist1d.run_config(w, s, wc.label_noise, eval_every=cfg.eval_every)
-        for w in cfg.widths
-        for s in range(cfg.seeds)
+        wc.mnist1d.run_config(w, s, wc.label_noise) for w in cfg.widths for s in range(cfg.seeds)
     ]
 
 

@@ -115,9 +115,11 @@ class Setting:
     # widths whose runs end with the Hessian probes (MEASURE_PROBES); None: every width.
     # The probes cost more than the training at the large widths of a long sweep.
     probe_widths: tuple[int, ...] | None = None
-    # widths evaluated every dense_eval_every steps instead: double-descent-epochs' widths,
-    # so that its runs (seeds 0, 1, ...) are these runs. The evaluations leave the training
-    # itself unchanged (the minibatch order has its own generator).
+    # widths whose losses and error rates are also evaluated every dense_eval_every steps
+    # (light evaluations: forward passes only; the full metrics stay at eval_every):
+    # double-descent-epochs' widths, so that its runs (seeds 0, 1, ...) are these runs. The
+    # evaluations leave the training itself unchanged (the minibatch order has its own
+    # generator).
     dense_widths: tuple[int, ...] = ()
     dense_eval_every: int | None = None
 
@@ -125,10 +127,17 @@ class Setting:
         return MEASURE_PROBES if self.probe_widths is None or width in self.probe_widths else ()
 
     def eval_every_at(self, width: int) -> int:
-        """Steps between evaluations of a run at ``width``."""
+        """Steps between evaluations of the test and train error of a run at ``width``."""
         if width in self.dense_widths and self.dense_eval_every is not None:
             return self.dense_eval_every
         return self.eval_every
+
+    def error_every_at(self, width: int) -> int | None:
+        """The run's ``error_every`` (light evaluations) at ``width``: None except at the
+        dense widths, where the errors are read every ``dense_eval_every`` steps and the
+        gradient norm, weight norm and distance only every ``eval_every``."""
+        every = self.eval_every_at(width)
+        return every if every != self.eval_every else None
 
     def run_config(self, width: int, seed: int, label_noise: float, **changes) -> RunConfig:
         """The engine config of one run (``changes`` override fields, e.g. n_train)."""
@@ -137,8 +146,8 @@ class Setting:
             dataset=self.dataset, n_train=self.n_train, n_test=self.n_test,
             label_noise=label_noise, loss=self.loss, optimizer="sgd", lr=self.lr,
             momentum=self.momentum, batch_size=self.batch_size, steps=None,
-            epochs=self.epochs, eval_every=self.eval_every_at(width), probes=self.probes(width),
-            seed=seed,
+            epochs=self.epochs, eval_every=self.eval_every, error_every=self.error_every_at(width),
+            probes=self.probes(width), seed=seed,
         )  # fmt: skip
         return cfg.replace(**changes) if changes else cfg
 
