@@ -441,9 +441,11 @@ class Analysis:
 
     data: pd.DataFrame
     peaks: dict
+    missing: int = 0  # planned runs not in the store yet (a store-only report mid-sweep)
 
 
 def analyze(rows: pd.DataFrame, cfg: Config) -> Analysis:
+    missing = int(rows.attrs.get("missing", 0))
     if "condition" in rows:  # a stored runs.csv
         data = rows
     else:
@@ -468,7 +470,7 @@ def analyze(rows: pd.DataFrame, cfg: Config) -> Analysis:
         for s in cfg.switches:
             if arm == switch_arm(s):
                 peaks[arm, "switch"] = placed_peak(table, cfg.last_reused(s))
-    return Analysis(data=data, peaks=peaks)
+    return Analysis(data=data, peaks=peaks, missing=missing)
 
 
 def _test(p):
@@ -783,6 +785,15 @@ DATA_COLUMNS = (
 
 
 def extras(report: Report, a: Analysis, cfg: Config) -> None:
+    if a.missing:
+        report.add_text(
+            f"**Partial.** {a.missing} planned runs are not in the store yet; the claims and "
+            "tables use the runs that finished, and an arm that has not started is left out. "
+            "The sweep resumes where it stopped (runs by config hash, an ensemble in flight "
+            f"from its last checkpoint, every {cfg.checkpoint_epochs} epochs): "
+            "`python experiments/belkin_cause.py --scale small --out out/belkin-cause`.",
+            heading="Status",
+        )
     report.add_text(reading(a, cfg), heading="What makes the peak")
     report.add_table(
         failure_rows(a.data, cfg),
