@@ -200,6 +200,31 @@ def _tracker_under_ddp(rank, group) -> dict:
     )
 
 
+def _tracker_with_a_failure_on_rank_1(rank, group) -> dict:
+    """The probe loss is NaN on rank 1 at step 2 only: both ranks must record the same
+    failure, skip that probe and go on (no rank left waiting in a collective)."""
+    switch = {"nan": False}
+
+    def loss_fn(out, y):
+        bad = rank == 1 and switch["nan"]
+        return nn.functional.mse_loss(out, y) * (float("nan") if bad else 1.0)
+
+    model, (X, y) = _mlp(), _data()
+    net = nn.parallel.DistributedDataParallel(model)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    tracker = CurvatureTracker(
+        net, loss_fn, (X, y), every=EVERY, budget=None, process_group=group, shard=True,
+        measures=["loss", "lambda_max"],
+    )  # fmt: skip
+    for t in range(TRAIN_STEPS):
+        switch["nan"] = t == 2
+        tracker.step(t)
+        opt.zero_grad()
+        nn.MSELoss()(net(X), y).backward()
+        opt.step()
+    return {"steps": [r["step"] for r in tracker.rows], "failures": tracker.failures}
+
+
 def _worker(rank, port, out_dir):
     cpu_imports = time.process_time()  # the child's CPU time so far: its imports
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -213,6 +238,7 @@ def _worker(rank, port, out_dir):
         results["probe_seconds"] = time.perf_counter() - t0
         results["bad"] = _bad_input(rank, group)
         results["ddp"] = _tracker_under_ddp(rank, group)
+        results["ddp_failure"] = _tracker_with_a_failure_on_rank_1(rank, group)
         results["shard_sizes"] = HessianOperator(
             _mlp(), nn.MSELoss(), data, chunk_size=chunk, process_group=group
         ).shard_sizes
@@ -331,6 +357,14 @@ def test_tracker_under_ddp_equals_single_process_and_leaves_everything_as_found(
         assert {k: v for k, v in row0.items() if "seconds" not in k and k != "overhead"} == {
             k: v for k, v in row1.items() if "seconds" not in k and k != "overhead"
         }
+
+
+def test_a_probe_failing_on_one_rank_fails_on_both_and_training_goes_on(ranks):
+    f0, f1 = ranks[0]["ddp_failure"], ranks[1]["ddp_failure"]
+    assert f0["steps"] == f1["steps"] == [0, 4]
+    assert [f["step"] for f in f0["failures"]] == [f["step"] for f in f1["failures"]] == [2]
+    assert f0["failures"][0]["error"] == f1["failures"][0]["error"]
+    assert "rank 1" in f0["failures"][0]["error"] and "not finite" in f0["failures"][0]["error"]
 
 
 def test_without_a_process_group_nothing_changes():

@@ -241,7 +241,7 @@ class Ranks:
         that no rank failed and that every rank applied the same ``vectors`` at the same
         ``theta`` (checksums against rank 0's)."""
         h = self._header(False, local.numel(), vectors, theta)
-        self._raise_failures(h, None, "the product")
+        self._raise_failures(h, None, "the probe")
         h0 = h[0]
         for r in range(1, self.size):
             hr = h[r]

@@ -234,7 +234,7 @@ def geometric_complexity(
     """
     check_mode(mode)
     ranks = shard_ranks(process_group)
-    with ranks.guard("geometric complexity") if ranks else nullcontext():
+    with ranks.guard() if ranks else nullcontext():
         total, n = _jacobian_sq_sum(unwrap(model), data, chunk_size, mode, seed)
     if ranks is not None:  # Σ and N over every rank's shard
         theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
