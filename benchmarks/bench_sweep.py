@@ -22,10 +22,16 @@ rounds; the minimum over rounds is kept (the machine is shared: the load
 average is printed). Ratios are to ``hand`` from the same run.
 
 The projected wall time of the whole sweep (19 widths × 3 seeds × noisy and
-clean × 500 epochs = 20,000 steps per run, with its evaluations every 200
-steps, every 40 at the dense widths) adds measured evaluation costs and
-schedules the jobs longest first on 2 workers of one thread each; the final
-probes at every third width are not included.
+clean × 500 epochs = 20,000 steps per run, with its full evaluations every 200
+steps and, at the three dense widths, light evaluations of the losses and errors
+every 40 steps, ``error_every``) adds measured evaluation costs and schedules
+the jobs longest first on 2 workers of one thread each; the final probes at
+every third width are not included. It is also projected under the schedule
+before light evaluations (full evaluations every 40 steps at the dense widths),
+from the same measurements. Every time is CPU seconds of this one-thread process
+(``time.process_time``): on a machine shared with other work, wall time measures
+the neighbours; a projection in CPU seconds is the wall time of an idle machine
+with one thread per worker.
 
     .venv/bin/python benchmarks/bench_sweep.py            # all widths (a few minutes)
     .venv/bin/python benchmarks/bench_sweep.py --quick    # 3 widths, few steps (smoke)
@@ -34,6 +40,7 @@ probes at every third width are not included.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import time
 
@@ -60,13 +67,13 @@ def sweep_configs(cfg: Config, widths) -> list:
 
 
 def timed(fn, steps: int, warmup: int = 5) -> float:
-    """Seconds per call of ``fn`` over ``steps`` calls after ``warmup``."""
+    """CPU seconds per call of ``fn`` over ``steps`` calls after ``warmup``."""
     for _ in range(warmup):
         fn()
-    start = time.perf_counter()
+    start = time.process_time()
     for _ in range(steps):
         fn()
-    return (time.perf_counter() - start) / steps
+    return (time.process_time() - start) / steps
 
 
 def engine_step(config):
@@ -242,49 +249,77 @@ def main() -> None:
         f"w={sorted({c.width for c in p})} x{len(p)}: {1e3 * best[('pack', i)]:.2f} ms/step"
         for i, p in enumerate(packs)))  # fmt: skip
 
-    # evaluation costs, once per width: serial evaluate() and the ensemble's evaluator
+    # evaluation costs (CPU seconds, min of --reps), once per width: serial evaluate() and
+    # the ensemble's evaluator, full and light (the losses and errors alone)
     ev_serial, ev_fast = {}, {}
-    for w in widths:
-        c = by_width[w][0]
-        data = load_run_data(c)
-        model = build_run_model(c, data)
-        init = [p.detach().clone() for p in model.parameters()]
-        loss = run_loss(c, data)
-        start = time.perf_counter()
-        evaluate(model, loss, data, chunk_size=c.chunk_size, init_params=init)
-        ev_serial[w] = time.perf_counter() - start
-    for i, pack in enumerate(packs):
-        if len(pack) > 1:
-            _, stepper = fast_step(pack)
-            start = time.perf_counter()
-            stepper.evaluate(stepper.live)
-            ev_fast[i] = time.perf_counter() - start
+    for _ in range(reps):
+        for w in widths:
+            c = by_width[w][0]
+            data = load_run_data(c)
+            model = build_run_model(c, data)
+            init = [p.detach().clone() for p in model.parameters()]
+            loss = run_loss(c, data)
+            for light in (False, True):
+                start = time.process_time()
+                evaluate(model, loss, data, chunk_size=c.chunk_size, init_params=init, light=light)
+                t = time.process_time() - start
+                ev_serial[w, light] = min(ev_serial.get((w, light), float("inf")), t)
+        for i, pack in enumerate(packs):
+            if len(pack) > 1:
+                _, stepper = fast_step(pack)
+                for light in (False, True):
+                    start = time.process_time()
+                    stepper.evaluate(stepper.live, light=light)
+                    t = time.process_time() - start
+                    ev_fast[i, light] = min(ev_fast.get((i, light), float("inf")), t)
 
     # the projected sweep: every run of the sweep at these widths
-    def run_cost(c, per_step: float, per_eval: float) -> float:
+    def run_cost(c, per_step: float, per_eval: float, per_light: float, old: bool = False) -> float:
+        """One run's (or job's) seconds: steps, full evaluations, light ones; ``old``: the
+        schedule before light evaluations (full ones every ``error_every`` steps)."""
         steps_run, _ = step_budget(c, 4000)
-        return steps_run * per_step + (steps_run // c.eval_every + 1) * per_eval
+        every = c.error_every if old and c.error_every else c.eval_every
+        full = steps_run // every + 1
+        light = 0
+        if c.error_every and not old:
+            light = steps_run // c.error_every - steps_run // math.lcm(c.eval_every, c.error_every)
+        return steps_run * per_step + full * per_eval + light * per_light
 
-    serial_jobs = [run_cost(c, best[("engine", c.width)], ev_serial[c.width]) for c in configs]
-    serial_train = [run_cost(c, best[("engine", c.width)], 0.0) for c in configs]
-    packed_jobs, packed_train = [], []
-    for i, pack in enumerate(packs):
-        if len(pack) == 1:
-            packed_jobs.append(serial_jobs[configs.index(pack[0])])
-            packed_train.append(serial_train[configs.index(pack[0])])
-        else:
-            packed_jobs.append(run_cost(pack[0], best[("pack", i)], ev_fast[i]))
-            packed_train.append(run_cost(pack[0], best[("pack", i)], 0.0))
-    print("evaluation, ms per member: " + ", ".join(
-        f"w={w}: {1e3 * ev_serial[w]:.0f}" for w in widths) + " (serial); packs: " + ", ".join(
-        f"{1e3 * ev_fast[i] / len(p):.0f}" for i, p in enumerate(packs) if i in ev_fast))  # fmt: skip
-    print(f"\nprojected wall time of the MNIST-1D small sweep ({len(configs)} runs at "
-          f"{len(widths)} widths; 2 workers x 1 thread, probes excluded):")  # fmt: skip
-    print(f"  engine, one run at a time: {makespan(serial_jobs, 2) / 60:7.1f} min "
-          f"(CPU {sum(serial_jobs) / 60:.1f} min, of it training {sum(serial_train) / 60:.1f})")  # fmt: skip
-    print(f"  planned jobs (ensembles, packs): {makespan(packed_jobs, 2) / 60:7.1f} min "
-          f"(CPU {sum(packed_jobs) / 60:.1f} min, of it training {sum(packed_train) / 60:.1f}; "
-          f"{len(packs)} jobs)")  # fmt: skip
+    def projection(old: bool) -> tuple[list, list, list, list]:
+        serial_jobs = [
+            run_cost(c, best[("engine", c.width)], ev_serial[c.width, False],
+                     ev_serial[c.width, True], old)
+            for c in configs
+        ]  # fmt: skip
+        serial_train = [run_cost(c, best[("engine", c.width)], 0.0, 0.0) for c in configs]
+        packed_jobs, packed_train = [], []
+        for i, pack in enumerate(packs):
+            if len(pack) == 1:
+                packed_jobs.append(serial_jobs[configs.index(pack[0])])
+                packed_train.append(serial_train[configs.index(pack[0])])
+            else:
+                packed_jobs.append(
+                    run_cost(pack[0], best[("pack", i)], ev_fast[i, False], ev_fast[i, True], old)
+                )
+                packed_train.append(run_cost(pack[0], best[("pack", i)], 0.0, 0.0))
+        return serial_jobs, serial_train, packed_jobs, packed_train
+
+    print("evaluation, ms per member, full/light: " + ", ".join(
+        f"w={w}: {1e3 * ev_serial[w, False]:.0f}/{1e3 * ev_serial[w, True]:.0f}" for w in widths)
+        + " (serial); packs: " + ", ".join(
+        f"{1e3 * ev_fast[i, False] / len(p):.0f}/{1e3 * ev_fast[i, True] / len(p):.0f}"
+        for i, p in enumerate(packs) if (i, False) in ev_fast))  # fmt: skip
+    for old in (False, True):
+        serial_jobs, serial_train, packed_jobs, packed_train = projection(old)
+        what = "full evaluations every 40 steps at the dense widths (before)" if old else (
+            "light evaluations at the dense widths (error_every)")  # fmt: skip
+        print(f"\nprojected wall time of the MNIST-1D small sweep ({len(configs)} runs at "
+              f"{len(widths)} widths; 2 workers x 1 thread, probes excluded; {what}):")  # fmt: skip
+        print(f"  engine, one run at a time: {makespan(serial_jobs, 2) / 60:7.1f} min "
+              f"(CPU {sum(serial_jobs) / 60:.1f} min, of it training {sum(serial_train) / 60:.1f})")  # fmt: skip
+        print(f"  planned jobs (ensembles, packs): {makespan(packed_jobs, 2) / 60:7.1f} min "
+              f"(CPU {sum(packed_jobs) / 60:.1f} min, of it training {sum(packed_train) / 60:.1f}; "
+              f"{len(packs)} jobs)")  # fmt: skip
     for w in args.crossover:
         group = sweep_configs(cfg, [w])
         t_eng = min(timed(engine_step(group[0]), max(10, steps // 5)) for _ in range(reps))
