@@ -237,6 +237,6 @@ def test_every_fast_model_name_has_a_stacked_form():
     from implicit_reg.engine.plan import FAST_MODELS
 
     for name in FAST_MODELS:
-        model = build_model(name, input_dim=5, output_dim=3, width=4)
+        model = build_model(name, input_dim=16 if name == "cnn" else 5, output_dim=3, width=4)
         assert stacked_model([model, model]) is not None, name
     assert stacked_model([build_model("cnn1d", input_dim=8, output_dim=3, width=4)]) is None

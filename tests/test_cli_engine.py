@@ -123,7 +123,7 @@ def test_train_writes_a_run_and_a_checkpoint(tmp_path):
     [
         (
             ["train", "--model", "transformer"],
-            "unknown model 'transformer'; choose one of cnn1d, mlp, rf_fourier, rf_relu",
+            "unknown model 'transformer'; choose one of cnn, cnn1d, mlp, rf_fourier, rf_relu",
         ),
         (["train", "--lr", "-0.1"], "lr must be a finite number > 0, got -0.1"),
         (["train", "--set", "colour=red"], "unknown config field 'colour'; valid fields:"),

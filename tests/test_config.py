@@ -45,7 +45,7 @@ def test_hash_identifies_the_run_not_the_spelling():
     [
         (
             {"model": "resnet"},
-            "unknown model 'resnet'; choose one of cnn1d, mlp, rf_fourier, rf_relu",
+            "unknown model 'resnet'; choose one of cnn, cnn1d, mlp, rf_fourier, rf_relu",
         ),
         ({"dataset": "cifar"}, "unknown dataset 'cifar'"),
         ({"lr": -1.0}, "lr must be a finite number > 0"),

@@ -131,6 +131,7 @@ class RunConfig:
     max_loss: float = 1e6  # divergence bound: a loss above it (or NaN/inf) ends the run
     # --- logging and probes ---
     eval_every: int = 50  # steps between evaluations of BASE_METRICS (also at 0 and at the end)
+    eval_at: tuple[int, ...] = ()  # further steps to evaluate at (e.g. log-spaced epochs)
     # steps between light evaluations in between: the losses and error rates alone (forward
     # passes; no gradient, norms or distance), for curves that need only those (None: none)
     error_every: int | None = None
@@ -218,6 +219,8 @@ class RunConfig:
             raise ValueError(f"keep_checkpoints must be >= 0, got {self.keep_checkpoints}")
         if self.eval_every < 1:
             raise ValueError(f"eval_every must be >= 1, got {self.eval_every}")
+        if any(s < 1 for s in self.eval_at) or list(self.eval_at) != sorted(set(self.eval_at)):
+            raise ValueError(f"eval_at must be increasing steps >= 1, got {list(self.eval_at)}")
         if self.error_every is not None and (
             isinstance(self.error_every, bool)
             or not isinstance(self.error_every, int)
@@ -479,6 +482,13 @@ def _coerce(name: str, typ: str, value: Any) -> Any:
                 f"{name} must hold JSON values (numbers, strings), got {value!r}"
             ) from None
         return dict(sorted(value.items())) or None
+    if base == "tuple[int, ...]":
+        if isinstance(value, str):
+            value = [v for v in (s.strip() for s in value.split(",")) if v]
+        try:
+            return tuple(_coerce(name, "int", int(v) if isinstance(v, str) else v) for v in value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be a list of integers, got {value!r}") from None
     if base == "tuple[str, ...]":
         if isinstance(value, str):
             value = [v for v in (s.strip() for s in value.split(",")) if v]
@@ -519,6 +529,8 @@ def parse_field_value(name: str, text: str) -> Any:
         raise ValueError(f"{name} must be true or false, got {text!r}")
     if base == "tuple[str, ...]":
         return tuple(v for v in (s.strip() for s in t.split(",")) if v)
+    if base == "tuple[int, ...]":
+        return _coerce(name, base, t)
     if base == "dict[str, Any]":
         try:
             return json.loads(t)

@@ -246,7 +246,7 @@ class _Schedule:
             return
         reached = self.sync()
         step = self.step
-        due = step % self.cfg.eval_every == 0 or step == self.budget
+        due = step % self.cfg.eval_every == 0 or step == self.budget or step in self.cfg.eval_at
         light = bool(self.cfg.error_every) and step % self.cfg.error_every == 0
         to_eval = [i for i in self.stepper.live if due or light or i in reached]
         if to_eval:
@@ -280,6 +280,7 @@ class _Schedule:
         ):
             if every:
                 due.append((step // every + 1) * every)
+        due += [s for s in self.cfg.eval_at if s > step][:1]
         return min(due)
 
     def sync(self) -> set[int]:

@@ -20,7 +20,7 @@ per-step overhead of one more job, by the cost model of :data:`STEP_COST`
 Not vectorized (trained serially with no user action): runs with
 ``checkpoint=True`` (the optimizer state is per run), runs that set a field
 outside :data:`SUPPORTED_FIELDS` (``egr_micro_batch``, ``lr_decay_every``),
-runs of optimizer ``"adam"`` (no ensemble step), models with running statistics or dropout
+runs of optimizer ``"adam"`` outside the fast ensemble, models with running statistics or dropout
 (:func:`~implicit_reg.ensemble.vectorized.check_vectorizable`), groups of one, and,
 on CPU, ``vmap`` groups whose forward pass costs more than :data:`CPU_MAX_STEP_FLOPS`
 per member and step, where one run at a time is faster (the fast ensemble has
@@ -86,15 +86,25 @@ CPU_MAX_STEP_FLOPS = 4_000_000
 SUPPORTED_FIELDS = frozenset(
     """model width depth activation model_options init_from dataset n_train n_test label_noise task data_seed
     loss optimizer lr momentum nesterov weight_decay egr_coeff egr_method batch_size
-    steps epochs target_train_loss max_loss eval_every error_every probes probe_every probe_options
+    steps epochs target_train_loss max_loss eval_every eval_at error_every probes probe_every probe_options
+    adam_beta1 adam_beta2 adam_eps
     seed device dtype chunk_size checkpoint checkpoint_every keep_checkpoints save_params""".split()
 )
 
 
 #: the config models whose ensembles train stacked (:mod:`implicit_reg.ensemble.stacked`)
-FAST_MODELS = ("mlp", "rf_relu", "rf_fourier")
+FAST_MODELS = ("mlp", "rf_relu", "rf_fourier", "cnn")
 #: fields that may differ, besides :data:`MEMBER_FIELDS`, between members of a fast ensemble
+#: (``width`` only where widths are packed: not the CNN, whose packs are of one width)
 FAST_MEMBER_FIELDS = ("momentum", "weight_decay", "width")
+#: the fast models whose members of different widths are packed (zero-padded) together
+PACKED_MODELS = ("mlp", "rf_relu", "rf_fourier")
+#: per fast model, the forward FLOPs per member and step above which its runs train one at a
+#: time on CPU (default :data:`FAST_MAX_STEP_FLOPS`). The CNN (``benchmarks/bench_cnn.py``,
+#: 6 members, batch 128, Adam, one thread, load 7): the grouped-convolution ensemble per
+#: member against one run at a time 0.58x at k = 1, 0.83x at k = 2, 0.91x at k = 4,
+#: 1.17x at k = 8: the crossover sits between k = 4 and 8 (1.8e8 and 7.1e8 FLOPs).
+FAST_MODEL_MAX_STEP_FLOPS = {"cnn": 3e8}
 #: On CPU, fast (stacked) groups above this many forward FLOPs per member and step train one
 #: run at a time. ``benchmarks/bench_sweep.py`` (one thread, load 11 on 2 cores) measured the
 #: fast ensemble per member against the serial engine at 0.25-0.89x over the MNIST-1D sweep's
@@ -133,9 +143,12 @@ def group_key(config: RunConfig) -> str | None:
         k for k, v in values.items()
         if k not in SUPPORTED_FIELDS and v != _default(defaults[k])
     ]  # fmt: skip
-    if config.checkpoint or unsupported or update_rule(config) == "adam":  # no ensemble Adam
-        return None
-    free = MEMBER_FIELDS + (FAST_MEMBER_FIELDS if is_fast(config) else ())
+    fast = is_fast(config)
+    if config.checkpoint or unsupported or (update_rule(config) == "adam" and not fast):
+        return None  # Adam: only the fast ensemble has its step
+    free = MEMBER_FIELDS + (FAST_MEMBER_FIELDS if fast else ())
+    if fast and config.model not in PACKED_MODELS:
+        free = tuple(f for f in free if f != "width")
     shared = {k: v for k, v in values.items() if k not in free}
     shared["update_rule"] = update_rule(config)
     return json.dumps(shared, sort_keys=True)
@@ -271,6 +284,8 @@ def plan_sweep(
                 except Exception:  # noqa: BLE001 - a model that cannot be built: its runs
                     flops[w] = math.inf  # train alone and fail there, with their traceback
             limit = math.inf if max_fast_step_flops is None else max_fast_step_flops
+            if max_fast_step_flops == FAST_MAX_STEP_FLOPS:
+                limit = FAST_MODEL_MAX_STEP_FLOPS.get(group[0].model, limit)
             heavy = [
                 c for c in group if flops[c.width] == math.inf or (cpu and flops[c.width] > limit)
             ]

@@ -89,8 +89,13 @@ class SerialStepper:
         self.steps_done = 0
         # the direct step (one forward, one backward on the model itself) is the chunked
         # full_gradient's arithmetic whenever the batch is one chunk and the model has no
-        # buffers (full_gradient runs on copies of them, so BatchNorm statistics never move)
-        self._direct = config.optimizer in ("gd", "sgd") and not any(True for _ in model.buffers())
+        # buffers (full_gradient runs on copies of them, so BatchNorm statistics never move);
+        # a model with BatchNorm takes it too: its training step must move the running
+        # statistics, as a plain torch loop does (the chunked path leaves them)
+        bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        self._direct = config.optimizer in ("gd", "sgd", "adam") and (
+            bn or not any(True for _ in model.buffers())
+        )
         self._x, self._y = data.x_train, data.y_train
 
     size = 1
@@ -335,10 +340,17 @@ class EnsembleStepper:
             chunk_size=cfg.chunk_size, nesterov=cfg.nesterov,
         )  # fmt: skip
         if self.fast:
+            adam = {}
+            if rule == "adam":
+                adam = dict(betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
+                if not cfg.adam_bias_correction or cfg.adam_eps_placement != "outside":
+                    raise ValueError(
+                        "the fast ensemble's Adam is torch's (bias-corrected, ε outside)"
+                    )
             self.ens = BatchedEnsemble(
                 self.models, loss_fn, self._eval.x_train, self._eval.y_train, optimizer=rule,
                 momentum=[c.momentum for c in configs],
-                weight_decay=[c.weight_decay for c in configs], **common,
+                weight_decay=[c.weight_decay for c in configs], **common, **adam,
             )  # fmt: skip
         else:
             shared = {(c.momentum, c.weight_decay) for c in configs}

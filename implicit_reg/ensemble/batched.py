@@ -19,7 +19,13 @@ One step for all live members (issue 19, part 1):
        d = d + β·b (Nesterov) or b;   θ ← θ − h·d,
 
    with h, β, λ per member (scalars when the members share them) and no copy
-   of the parameters; GD is the case β = λ = 0.
+   of the parameters; GD is the case β = λ = 0. Or ``torch.optim.Adam``'s rule
+   (Kingma & Ba 2015, torch's form with ε outside the root), at step t ≥ 1:
+
+       d = g + λθ;   m ← β₁m + (1 − β₁)d;   v ← β₂v + (1 − β₂)d²;
+       θ ← θ − h·(m / (1 − β₁ᵗ)) / (√v / √(1 − β₂ᵗ) + ε),
+
+   with h and λ per member and β₁, β₂, ε shared.
 
 The per-member losses stay on the device; :meth:`BatchedEnsemble.step`
 returns them as a tensor and the caller decides when to read them (the
@@ -49,7 +55,7 @@ __all__ = ["FAST_RULES", "StackedOrder", "stacked_loss", "BatchedEnsemble"]
 
 #: the update rules the fast ensemble applies (EGR and the sharpness optimizers use
 #: the generic :class:`~implicit_reg.ensemble.vectorized.VectorizedEnsemble`)
-FAST_RULES = ("gd", "sgd")
+FAST_RULES = ("gd", "sgd", "adam")
 
 
 class StackedOrder:
@@ -190,6 +196,8 @@ class BatchedEnsemble:
         x_per_member: bool = False,
         y_per_member: bool = False,
         chunk_size: int | None = None,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
     ) -> None:
         if optimizer not in FAST_RULES:
             raise ValueError(
@@ -217,6 +225,14 @@ class BatchedEnsemble:
         wds = _per_member("weight_decay", weight_decay, size)
         if optimizer == "gd" and (any(moms) or any(wds)):
             raise ValueError("gd has no momentum or weight decay; use optimizer='sgd'")
+        if optimizer == "adam":
+            if any(moms) or nesterov or dampening:
+                raise ValueError(
+                    "adam takes no momentum, nesterov or dampening (its β₁ is betas[0])"
+                )
+            b1, b2 = (float(b) for b in betas)
+            if not (0 <= b1 < 1 and 0 <= b2 < 1) or not (math.isfinite(eps) and eps >= 0):
+                raise ValueError(f"adam needs betas in [0, 1) and eps >= 0, got {betas}, {eps}")
         if nesterov and (min(moms) <= 0 or dampening != 0):
             raise ValueError("nesterov=True needs momentum > 0 for every member and dampening = 0")
         if dampening != 0 and any(m == 0 for m in moms) and any(moms):
@@ -244,7 +260,8 @@ class BatchedEnsemble:
         self.lr = _Hyper(lrs, self.params)
         self.momentum = _Hyper(moms, self.params)
         self.weight_decay = _Hyper(wds, self.params)
-        self.bufs: list[Tensor] | None = None
+        self.optimizer, self.betas, self.eps = optimizer, tuple(float(b) for b in betas), float(eps)
+        self.bufs: list[Tensor] | None = None  # SGD's momentum buffers, or Adam's (m, v)
         self.order = None
         if batch_size is not None:
             if seeds is None or len(seeds) != size:
@@ -252,6 +269,7 @@ class BatchedEnsemble:
             self.order = StackedOrder(n, batch_size, seeds, device=x.device)
         self.live = list(range(size))
         self.final: list[dict[str, Tensor] | None] = [None] * size
+        self._final_buffers: dict[int, dict[str, Tensor]] = {}
         self.steps_done = 0
         self._rows = torch.arange(size, device=x.device)[:, None]
 
@@ -270,18 +288,36 @@ class BatchedEnsemble:
         return xb, yb, True
 
     def gradient(
-        self, x: Tensor, y: Tensor, *, x_batched: bool, chunk_size: int | None = None
+        self,
+        x: Tensor,
+        y: Tensor,
+        *,
+        x_batched: bool,
+        chunk_size: int | None = None,
+        stats: str = "batch",
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
         """Per-member mean losses ``[M]`` and gradients ∇L_m over (x, y), accumulated over
-        chunks of ``chunk_size`` rows weighted n_c/N (independent of the chunk size)."""
+        chunks of ``chunk_size`` rows weighted n_c/N (independent of the chunk size).
+
+        With BatchNorm (``stacked.batch_coupled``) the batch is chunked by the
+        ensemble's own ``chunk_size``, as its serial runs chunk it (the result then
+        depends on the chunking, as theirs does), and ``stats`` says what happens to
+        the running statistics: ``"update"`` moves them, as the serial run's training
+        step does, only when the batch is one chunk (the serial chunked path runs on
+        copies); ``"batch"`` leaves them (an evaluation's ‖∇L‖²)."""
         n = x.shape[1] if x_batched else x.shape[0]
+        if self.stacked.batch_coupled:
+            chunk_size = self.chunk_size
         step = n if chunk_size is None else chunk_size
+        if step < n and stats == "update":
+            stats = "batch"
         losses, grads = None, None
         for i in range(0, n, step):
             xc = x[:, i : i + step] if x_batched else x[i : i + step]
             yc = y[:, i : i + step]
             with torch.enable_grad():
-                lc = self._loss(self.stacked.forward(self.params, xc, x_batched=x_batched), yc)
+                out = self.stacked.forward(self.params, xc, x_batched=x_batched, stats=stats)
+                lc = self._loss(out, yc)
                 if step < n:
                     lc = lc * (xc.shape[1 if x_batched else 0] / n)
                 gs = torch.autograd.grad(lc.sum(), self.params)
@@ -295,9 +331,14 @@ class BatchedEnsemble:
         if not self.live:
             raise ValueError("no member is training any more")
         x, y, xb = self._batch()
-        losses, grads = self.gradient(x, y, x_batched=xb, chunk_size=self.chunk_size)
+        losses, grads = self.gradient(
+            x, y, x_batched=xb, chunk_size=self.chunk_size, stats="update"
+        )
         with torch.no_grad():
-            self._update(list(grads))
+            if self.optimizer == "adam":
+                self._adam(list(grads))
+            else:
+                self._update(list(grads))
         self.steps_done += 1
         return losses
 
@@ -333,11 +374,39 @@ class BatchedEnsemble:
             for p, g, v in zip(params, d, lr.views):
                 p.addcmul_(g, v, value=-1)
 
+    def _adam(self, d: list[Tensor]) -> None:
+        """torch.optim.Adam's update (foreach form, ε outside the root), in place; the step
+        count t is shared: members train in lockstep (see the module docstring)."""
+        params = list(self.params)
+        wd, lr = self.weight_decay, self.lr
+        b1, b2 = self.betas
+        if not wd.zero:
+            if wd.shared:
+                d = torch._foreach_add(d, params, alpha=wd.scalar)
+            else:
+                d = [torch.addcmul(g, p, v) for g, p, v in zip(d, params, wd.views)]
+        if self.bufs is None:
+            self.bufs = [torch.zeros_like(p) for p in params + params]
+        m, v = self.bufs[: len(params)], self.bufs[len(params) :]
+        t = self.steps_done + 1
+        torch._foreach_lerp_(m, d, 1 - b1)
+        torch._foreach_mul_(v, b2)
+        torch._foreach_addcmul_(v, d, d, 1 - b2)
+        denom = torch._foreach_sqrt(v)
+        torch._foreach_div_(denom, math.sqrt(1 - b2**t))
+        torch._foreach_add_(denom, self.eps)
+        if lr.shared:
+            torch._foreach_addcdiv_(params, m, denom, -lr.scalar / (1 - b1**t))
+        else:
+            for p, mi, di, h in zip(params, m, denom, lr.views):
+                p.addcdiv_(mi * (h / (1 - b1**t)), di, value=-1)
+
     # ------------------------------------------------------ members in and out
     def outputs(self, x: Tensor, *, x_batched: bool) -> Tensor:
-        """Every live member's outputs ``[M, n, k]``, without autograd."""
+        """Every live member's outputs ``[M, n, k]``, without autograd (BatchNorm in eval
+        mode: running statistics)."""
         with torch.no_grad():
-            return self.stacked.forward(self.params, x, x_batched=x_batched)
+            return self.stacked.forward(self.params, x, x_batched=x_batched, stats="running")
 
     def retire(self, members: Iterable[int]) -> None:
         """Stop training ``members`` (they keep their current parameters)."""
@@ -349,6 +418,7 @@ class BatchedEnsemble:
             return
         for m in members:
             self.final[m] = self.stacked.member_state(self.params, self.live.index(m))
+            self._final_buffers[m] = self.stacked.member_buffers(self.live.index(m))
         keep_pos = [i for i, m in enumerate(self.live) if m not in members]
         self._select(keep_pos)
         self.live = [self.live[i] for i in keep_pos]
@@ -377,9 +447,26 @@ class BatchedEnsemble:
             return dict(self.final[m])
         return self.stacked.member_state(self.params, self.live.index(m))
 
+    def member_buffers(self, m: int) -> dict[str, Tensor]:
+        """Member ``m``'s trained buffers (BatchNorm running statistics) by name; empty
+        for models without."""
+        if isinstance(m, bool) or not isinstance(m, int) or not 0 <= m < self.size:
+            raise ValueError(f"no member {m!r}; members are 0..{self.size - 1}")
+        if self.final[m] is not None:
+            return dict(self._final_buffers.get(m, {}))
+        return self.stacked.member_buffers(self.live.index(m))
+
     def load_member(self, m: int, model: nn.Module) -> nn.Module:
-        """Copy member ``m``'s parameters into ``model`` (its architecture); returns it."""
-        return load_trainable_params(model, self.member_params(m))
+        """Copy member ``m``'s parameters (and trained buffers) into ``model`` (its
+        architecture); returns it."""
+        model = load_trainable_params(model, self.member_params(m))
+        bufs = self.member_buffers(m)
+        if bufs:
+            own = dict(model.named_buffers())
+            with torch.no_grad():
+                for name, t in bufs.items():
+                    own[name].copy_(t)
+        return model
 
     def state_dict(self) -> dict[str, Any]:
         """The live members' stacked parameters and momentum buffers, their data order, the
@@ -390,6 +477,8 @@ class BatchedEnsemble:
             "bufs": None if self.bufs is None else [b.clone() for b in self.bufs],
             "order": None if self.order is None else self.order.state_dict(),
             "final": [None if f is None else dict(f) for f in self.final],
+            "final_buffers": {m: dict(b) for m, b in self._final_buffers.items()},
+            "buffers": {k: v.clone() for k, v in self.stacked.buffers().items()},
             "steps_done": self.steps_done,
         }
 
@@ -408,4 +497,7 @@ class BatchedEnsemble:
         if self.order is not None:
             self.order.load_state_dict(state["order"])
         self.final = [None if f is None else dict(f) for f in state["final"]]
+        self._final_buffers = {int(m): dict(b) for m, b in state.get("final_buffers", {}).items()}
+        if state.get("buffers"):
+            self.stacked.load_buffers(state["buffers"])
         self.steps_done = int(state["steps_done"])

@@ -25,11 +25,29 @@ are added), so packed runs equal their serial runs to rounding, not bit for bit.
 The mask is skipped when the activation maps 0 to 0 (ReLU, tanh, GELU, …):
 there zero padding alone keeps the padded units at exactly zero.
 
+**Convolutions as one grouped convolution.** :class:`StackedCNN` puts member
+m's feature maps in channels ``[m·c, (m+1)·c)`` of one tensor ``[n, M·c, H, W]``
+and runs each layer ``Conv2d(c_in, c_out)`` of all members as one
+``conv2d(groups=M)`` with weight ``[M·c_out, c_in, 3, 3]`` (a view of the stacked
+``[M, c_out, c_in, 3, 3]``): group m sees only member m's input channels. BatchNorm,
+ReLU and max-pooling act per channel, so on this layout they are already per
+member: ``F.batch_norm`` over ``[n, M·c, H, W]`` normalizes each member's channel by
+its own batch statistics, and updates each member's own running statistics.
+
+**Batch statistics.** A model with BatchNorm couples the rows of a batch, so its
+forward pass takes a ``stats`` mode, the three ways the serial engine runs it:
+``"update"`` (train mode; running statistics updated: a training step, as a
+plain torch loop), ``"batch"`` (train mode on copies of the running statistics,
+which do not move: :func:`implicit_reg.core.objective.full_gradient`'s
+‖∇L‖² at an evaluation) and ``"running"`` (eval mode: losses and errors).
+Models without BatchNorm ignore it.
+
 Supported: :class:`~implicit_reg.workloads.models.MLP` (any depth and
-activation) and :class:`~implicit_reg.workloads.models.RandomFeatures`.
-A new family (a CNN: ``conv1d`` with ``groups=M`` over stacked channels) is a
-new :class:`StackedModel` subclass registered in :data:`STACKERS`;
-:func:`stacked_model` returns None for other modules, which stay on the generic path.
+activation), :class:`~implicit_reg.workloads.models.RandomFeatures` and
+:class:`~implicit_reg.workloads.models.CNN` (Nakkiran et al.'s family, one width
+per pack: no padding of channels). A new family is a new :class:`StackedModel`
+subclass registered in :data:`STACKERS`; :func:`stacked_model` returns None for
+other modules, which stay on the generic path.
 """
 
 from __future__ import annotations
@@ -39,10 +57,22 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from ..core.objective import trainable_named_params
 
-__all__ = ["StackedModel", "StackedMLP", "StackedRandomFeatures", "STACKERS", "stacked_model"]
+__all__ = [
+    "StackedModel",
+    "StackedMLP",
+    "StackedRandomFeatures",
+    "StackedCNN",
+    "STATS_MODES",
+    "STACKERS",
+    "stacked_model",
+]
+
+#: how a forward pass treats BatchNorm (see the module docstring)
+STATS_MODES = ("update", "batch", "running")
 
 
 def _check_members(models: Sequence[nn.Module]) -> None:
@@ -74,14 +104,34 @@ class StackedModel:
     """
 
     names: tuple[str, ...]
+    #: whether the rows of a batch are coupled (BatchNorm): then a batch must be chunked
+    #: exactly as its serial run chunks it, and ``stats`` matters
+    batch_coupled: bool = False
 
     def stack(self) -> tuple[Tensor, ...]:
         """The stacked (padded) parameters, fresh tensors."""
         raise NotImplementedError
 
-    def forward(self, params: Sequence[Tensor], x: Tensor, *, x_batched: bool) -> Tensor:
-        """Outputs ``[M, n, out]`` for inputs ``[n, …]`` shared or ``[M, n, …]`` per member."""
+    def forward(
+        self, params: Sequence[Tensor], x: Tensor, *, x_batched: bool, stats: str = "update"
+    ) -> Tensor:
+        """Outputs ``[M, n, out]`` for inputs ``[n, …]`` shared or ``[M, n, …]`` per member;
+        ``stats``: BatchNorm's mode (:data:`STATS_MODES`), ignored without BatchNorm."""
         raise NotImplementedError
+
+    def buffers(self) -> dict[str, Tensor]:
+        """The stacked buffers that training changes (BatchNorm running statistics) by
+        member-module name, ``[M, …]``; empty for models without."""
+        return {}
+
+    def load_buffers(self, buffers: dict[str, Tensor]) -> None:
+        """Replace :meth:`buffers` (a checkpoint's)."""
+        if buffers:
+            raise ValueError(f"{type(self).__name__} has no buffers to load")
+
+    def member_buffers(self, i: int) -> dict[str, Tensor]:
+        """Stack position i's buffers by name, in its module's own shapes."""
+        return {}
 
     def member_state(self, params: Sequence[Tensor], i: int) -> dict[str, Tensor]:
         """Stack position i's parameters by name, in its module's own shapes (padding cut)."""
@@ -150,7 +200,9 @@ class StackedMLP(StackedModel):
                 )
         return tuple(out)
 
-    def forward(self, params: Sequence[Tensor], x: Tensor, *, x_batched: bool) -> Tensor:
+    def forward(
+        self, params: Sequence[Tensor], x: Tensor, *, x_batched: bool, stats: str = "update"
+    ) -> Tensor:
         h = _inputs(x, self.size, x_batched)
         k = 0
         for j in range(self.depth + 1):
@@ -232,7 +284,9 @@ class StackedRandomFeatures(StackedModel):
             out.append(torch.stack([m.readout.bias.detach()[None].clone() for m in self.models]))
         return tuple(out)
 
-    def forward(self, params: Sequence[Tensor], x: Tensor, *, x_batched: bool) -> Tensor:
+    def forward(
+        self, params: Sequence[Tensor], x: Tensor, *, x_batched: bool, stats: str = "update"
+    ) -> Tensor:
         z = torch.baddbmm(self.feature_bias, _inputs(x, self.size, x_batched), self.feature_weight)
         phi = (torch.relu(z) if self.kind == "relu" else torch.cos(z)) * self.scale
         if len(params) == 2:
@@ -257,11 +311,150 @@ class StackedRandomFeatures(StackedModel):
         return new
 
 
+class StackedCNN(StackedModel):
+    """:class:`~implicit_reg.workloads.models.CNN` members of one width, as grouped
+    convolutions over member-stacked channels (see the module docstring).
+
+    Walks the member's ``features`` (``Conv2d``, ``BatchNorm2d``, the activation,
+    ``MaxPool2d``, ``AdaptiveMaxPool2d``), then its linear ``readout`` as one
+    ``baddbmm``. Stacked shapes: a conv weight ``[M, c_out, c_in, 3, 3]``, every
+    per-channel vector (conv bias if any, BatchNorm weight and bias, running mean and
+    variance) ``[M, c]``, the readout ``[M, 8k, classes]`` and ``[M, 1, classes]``.
+    """
+
+    batch_coupled = True
+
+    def __init__(self, models: Sequence[nn.Module]) -> None:
+        _check_members(models)
+        self.models = list(models)
+        first = models[0]
+        if len({(m.side, m.readout.in_features) for m in models}) != 1:
+            raise ValueError("stacked CNN members must share one width and input size")
+        kinds = {tuple(type(layer) for layer in m.features) for m in models}
+        if len(kinds) != 1:
+            raise ValueError("stacked CNN members must share one layer sequence")
+        for layer in first.features:
+            if isinstance(layer, nn.Conv2d) and (
+                layer.groups != 1 or layer.stride != (1, 1) or layer.dilation != (1, 1)
+            ):
+                raise ValueError("stacked CNN convolutions must be plain (stride 1, one group)")
+            if isinstance(layer, nn.BatchNorm2d) and (
+                not layer.track_running_stats or not layer.affine or layer.momentum is None
+            ):
+                raise ValueError("stacked CNN BatchNorm needs affine, running statistics, momentum")
+        self.size = len(models)
+        self.side = first.side
+        self.names = tuple(trainable_named_params(first))
+        if len(self.names) != len(list(first.parameters())):
+            raise ValueError("every parameter of a stacked CNN must be trainable")
+        ref = first.readout.weight
+        self.layers = list(first.features)  # the module objects: shapes and hyperparameters
+        self._bufs: dict[str, Tensor] = {}
+        self._counts: dict[str, Tensor] = {}
+        for j, layer in enumerate(self.layers):
+            if isinstance(layer, nn.BatchNorm2d):
+                for b in ("running_mean", "running_var"):
+                    self._bufs[f"features.{j}.{b}"] = torch.stack(
+                        [getattr(m.features[j], b).detach().clone() for m in models]
+                    )
+                self._counts[f"features.{j}.num_batches_tracked"] = torch.stack(
+                    [m.features[j].num_batches_tracked.detach().clone() for m in models]
+                ).to(ref.device)
+
+    def stack(self) -> tuple[Tensor, ...]:
+        named = [dict(m.named_parameters()) for m in self.models]
+        out = []
+        for name in self.names:
+            t = torch.stack([p[name].detach() for p in named])
+            if name == "readout.weight":
+                t = t.transpose(1, 2).contiguous()  # [M, 8k, classes]
+            elif name == "readout.bias":
+                t = t[:, None]  # [M, 1, classes]
+            out.append(t.contiguous())
+        return tuple(out)
+
+    def forward(
+        self, params: Sequence[Tensor], x: Tensor, *, x_batched: bool, stats: str = "update"
+    ) -> Tensor:
+        if stats not in STATS_MODES:
+            raise ValueError(f"stats must be one of {STATS_MODES}, got {stats!r}")
+        s, m = self.side, self.size
+        if x_batched:
+            h = x.reshape(m, x.shape[1], s, s).transpose(0, 1)  # [n, M, s, s]
+        else:
+            h = x.reshape(len(x), 1, s, s).expand(len(x), m, s, s)
+        h = h.contiguous()
+        k = 0
+        for j, layer in enumerate(self.layers):
+            if isinstance(layer, nn.Conv2d):
+                w, b = params[k], None
+                if layer.bias is not None:
+                    b = params[k + 1].reshape(-1)
+                k += 1 if b is None else 2
+                h = F.conv2d(h, w.reshape(-1, *w.shape[2:]), b, padding=layer.padding, groups=m)
+            elif isinstance(layer, nn.BatchNorm2d):
+                w, b = params[k], params[k + 1]
+                k += 2
+                mean = self._bufs[f"features.{j}.running_mean"]
+                var = self._bufs[f"features.{j}.running_var"]
+                if stats == "update":
+                    self._counts[f"features.{j}.num_batches_tracked"].add_(1)
+                use = stats != "batch"  # "batch": torch's train mode on copies, which never move
+                h = F.batch_norm(
+                    h, mean.view(-1) if use else None, var.view(-1) if use else None,
+                    w.reshape(-1), b.reshape(-1), training=stats != "running",
+                    momentum=layer.momentum, eps=layer.eps,
+                )  # fmt: skip
+            else:  # activation, max-pool, global max-pool: per channel, hence per member
+                h = layer(h)
+        h = h.reshape(len(h), m, -1).transpose(0, 1)  # [M, n, 8k]
+        return torch.baddbmm(params[k + 1], h, params[k])
+
+    def buffers(self) -> dict[str, Tensor]:
+        return {**self._bufs, **self._counts}
+
+    def load_buffers(self, buffers: dict[str, Tensor]) -> None:
+        mine = self.buffers()
+        if set(buffers) != set(mine):
+            raise ValueError(f"buffers {sorted(buffers)} do not match {sorted(mine)}")
+        for name, t in buffers.items():
+            if t.shape != mine[name].shape:
+                raise ValueError(
+                    f"buffer {name} has shape {tuple(t.shape)}, not {mine[name].shape}"
+                )
+            mine[name].copy_(t)
+
+    def member_state(self, params: Sequence[Tensor], i: int) -> dict[str, Tensor]:
+        out = {}
+        for name, p in zip(self.names, params):
+            t = p[i].detach()
+            if name == "readout.weight":
+                t = t.T
+            elif name == "readout.bias":
+                t = t[0]
+            out[name] = t.clone()
+        return out
+
+    def member_buffers(self, i: int) -> dict[str, Tensor]:
+        return {name: t[i].clone() for name, t in self.buffers().items()}
+
+    def select(self, keep: Tensor) -> StackedCNN:
+        new = object.__new__(StackedCNN)
+        new.__dict__.update(self.__dict__)
+        idx = keep.tolist()
+        new.models = [self.models[i] for i in idx]
+        new.size = len(idx)
+        new._bufs = {k: v[keep.to(v.device)] for k, v in self._bufs.items()}
+        new._counts = {k: v[keep.to(v.device)] for k, v in self._counts.items()}
+        return new
+
+
 #: qualified model class name -> its stacked form. Keyed by name, not by class: the
 #: models live in :mod:`implicit_reg.workloads`, a layer above this one.
 STACKERS: dict[str, type[StackedModel]] = {
     "implicit_reg.workloads.models.MLP": StackedMLP,
     "implicit_reg.workloads.models.RandomFeatures": StackedRandomFeatures,
+    "implicit_reg.workloads.models.CNN": StackedCNN,
 }
 
 

@@ -12,6 +12,10 @@ name in :data:`MODELS`:
   (kernel 5 first, then 3), flattened into a linear readout. With
   ``L_j = ⌈L_{j−1}/2⌉`` (``L_0 = input_dim``) it has
   ``6c + (depth−1)(3c² + c) + (c·L_depth + 1)k`` trainable parameters.
+- ``"cnn"``: Nakkiran et al.'s (2019, App. B) 5-layer CNN family on square
+  images: four 3×3 convolutions with ``k, 2k, 4k, 8k`` channels (``k = width``),
+  each followed by BatchNorm and ReLU, max-pools after layers 2 and 3 and a
+  global max-pool after layer 4, then a linear readout. See :class:`CNN`.
 - ``"rf_relu"``, ``"rf_fourier"``: random-features models (Belkin, Hsu, Ma,
   Mandal, PNAS 2019; Rahimi & Recht 2007). A fixed random first layer,
   ``φ(x) = √(2/N)·relu(Wx + b)`` or ``φ(x) = √(2/N)·cos(Wx + b)``, stored as
@@ -45,6 +49,7 @@ __all__ = [
     "MODELS",
     "MLP",
     "CNN1d",
+    "CNN",
     "RandomFeatures",
     "build_model",
     "count_params",
@@ -198,6 +203,51 @@ class CNN1d(nn.Module):
         return self.readout(h.flatten(1))
 
 
+class CNN(nn.Module):
+    """Nakkiran et al.'s (Deep Double Descent, 2019, App. B) CNN family, width ``k``.
+
+    The flat input ``(B, s²)`` is viewed as one ``s × s`` channel. Four layers, each
+
+        Conv2d(c_in, c, 3, stride 1, padding 1, no bias) → BatchNorm2d(c) → ReLU [→ MaxPool],
+
+    with ``c = k, 2k, 4k, 8k``; max-pools of size 2 after layers 2 and 3 and a
+    *global* max-pool after layer 4, then ``Linear(8k, classes)``. On CIFAR's
+    32 × 32 this is the paper's pooling [1, 2, 2, 8] (32 → 16 → 8 → 1); on
+    MNIST's 28 × 28 it is [1, 2, 2, 7] (28 → 14 → 7 → 1), our adaptation.
+    BatchNorm has torch's defaults (ε = 1e-5, running-statistics momentum 0.1):
+    batch statistics in train mode, running statistics in eval mode. The
+    convolutions have no bias (the paper's code has one): before BatchNorm a bias
+    cancels in train mode, so its gradient is zero in exact arithmetic, and Adam
+    would turn the rounding noise of that zero into steps of size ≈ lr; without it
+    the function class is the same. Trainable parameters, with ``c_0 = 1`` input
+    channel and ``c_j = 2^{j−1}k``: ``Σ_{j=1..4} (9c_{j−1} + 2)c_j + (8k + 1)·classes``.
+    """
+
+    def __init__(self, input_dim: int, output_dim: int, width: int, activation: str = "relu"):
+        super().__init__()
+        side = math.isqrt(input_dim)
+        if side * side != input_dim or side < 4:
+            raise ValueError(
+                f"cnn needs square images of side >= 4 (input_dim = side²), got {input_dim}"
+            )
+        self.side = side
+        layers: list[nn.Module] = []
+        c_in = 1
+        for j, c in enumerate((width, 2 * width, 4 * width, 8 * width)):
+            layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)]
+            layers.append(_activation(activation))
+            if j in (1, 2):
+                layers.append(nn.MaxPool2d(2))
+            c_in = c
+        layers.append(nn.AdaptiveMaxPool2d(1))  # the global max-pool after layer 4
+        self.features = nn.Sequential(*layers)
+        self.readout = nn.Linear(8 * width, output_dim)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, s²) -> (B, 1, s, s) -> (B, 8k) -> (B, classes)
+        h = self.features(x.reshape(len(x), 1, self.side, self.side))
+        return self.readout(h.flatten(1))
+
+
 RF_KINDS = ("relu", "fourier")
 
 
@@ -286,6 +336,13 @@ def _build_cnn1d(*, input_dim, output_dim, width, depth, activation, seed, **kwa
     return CNN1d(input_dim, output_dim, width, depth, activation)
 
 
+def _build_cnn(*, input_dim, output_dim, width, depth, activation, seed, **kwargs) -> nn.Module:
+    # depth does not apply: the family has four convolutions
+    if kwargs:
+        raise ValueError(f"cnn takes no extra arguments, got {sorted(kwargs)}")
+    return CNN(input_dim, output_dim, width, activation)
+
+
 def _rf_builder(kind: str) -> Callable[..., nn.Module]:
     def build(*, input_dim, output_dim, width, depth, activation, seed, **kwargs) -> nn.Module:
         # depth and activation do not apply: the features are fixed by `kind`.
@@ -306,6 +363,7 @@ def _rf_builder(kind: str) -> Callable[..., nn.Module]:
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": _build_mlp,
     "cnn1d": _build_cnn1d,
+    "cnn": _build_cnn,
     "rf_relu": _rf_builder("relu"),
     "rf_fourier": _rf_builder("fourier"),
 }
@@ -327,7 +385,8 @@ def build_model(
     ``width`` is the hidden width (mlp), the channel count (cnn1d) or the
     number of random features N (rf_relu, rf_fourier); ``depth`` is the
     number of hidden layers (mlp) or convolutions (cnn1d) and is ignored by
-    the rf models, as is ``activation``. Extra keyword arguments go to the
+    cnn (four convolutions, ``width`` = k) and the rf models, as is ``activation``
+    by the rf models. Extra keyword arguments go to the
     model (mlp: ``zero_readout``, ``hidden_bias``, ``init``; rf models: ``bandwidth``,
     ``bias``, ``zero_readout``).
 
