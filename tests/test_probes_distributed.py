@@ -35,6 +35,7 @@ from implicit_reg.probes import (
     hutchpp,
     lanczos,
     power_iteration,
+    run_probes,
     slq_density,
 )
 from implicit_reg.probes.distributed import resolve_group, shard_rows, unwrap
@@ -93,6 +94,17 @@ def _measure(model, data, chunk_size=None, group=None) -> dict:
         "geometric_complexity": geometric_complexity(model, data, **flat),
         "ggn_lambda_max": float(lanczos(ggn, 1).eigenvalues[0]),
     }
+
+
+#: run_probes names compared between 1 and 2 processes
+REGISTRY = ("loss", "lambda_max", "lambda_min", "trace", "grad_norm_sq", "grad_one_norm",
+            "ggn_lambda_max", "fisher_trace", "eps_sharpness", "gaussian_sharpness",
+            "geometric_complexity", "weight_norm")  # fmt: skip
+
+
+def _registry(model, data, chunk_size=None, group=None) -> dict:
+    return run_probes(REGISTRY, model, nn.MSELoss(), data, chunk_size=chunk_size,
+                      process_group=group)  # fmt: skip
 
 
 def _error(fn) -> str | None:
@@ -236,6 +248,10 @@ def _worker(rank, port, out_dir):
         t0 = time.perf_counter()
         results = {"probes": _measure(_mlp(), data, chunk, group)}
         results["probe_seconds"] = time.perf_counter() - t0
+        results["registry"] = _registry(_mlp(), data, chunk, group)
+        results["registry_refused"] = _error(
+            lambda: run_probes(["margin"], _mlp(), nn.MSELoss(), data, process_group=group)
+        )
         results["bad"] = _bad_input(rank, group)
         results["ddp"] = _tracker_under_ddp(rank, group)
         results["ddp_failure"] = _tracker_with_a_failure_on_rank_1(rank, group)
@@ -305,6 +321,16 @@ def test_two_shards_give_the_single_process_numbers(ranks, single, name):
         ok, err = _close(res["probes"][name], single[name])
         assert ok, f"{name} on rank {r}: max |2 proc - 1 proc| = {err:.3g}"
     assert ranks[0]["probes"][name] == ranks[1]["probes"][name], "the ranks differ"
+
+
+def test_run_probes_over_two_shards_gives_the_single_process_numbers(ranks):
+    want = _registry(_mlp(), _data())
+    for r, res in enumerate(ranks):
+        for name in REGISTRY:
+            ok, err = _close(res["registry"][name], want[name])
+            assert ok, f"run_probes {name} on rank {r}: max |2 proc - 1 proc| = {err:.3g}"
+    assert ranks[0]["registry"] == ranks[1]["registry"]
+    assert "['margin'] are not summed over ranks" in ranks[0]["registry_refused"]
 
 
 def test_shard_sizes_are_uneven_and_sum_to_n(ranks):

@@ -93,6 +93,7 @@ DEFAULT_OPTIONS: dict[str, object] = {
     "pacbayes_max_increase": 0.1,  # σ search: largest σ raising the train error by at most this
     "pacbayes_samples": 10,  # σ search: Monte Carlo weight draws per σ tried
     "one_norm_eps": 1e-8,  # ε of grad_one_norm's Σ√(g² + ε) (Adam's ε, inside the root)
+    "process_group": None,  # a torch.distributed group or "auto": each rank holds a data shard
 }
 
 
@@ -113,6 +114,7 @@ class _Context:
             kw = dict(
                 chunk_size=self.chunk_size, mode=o["mode"], seed=self.seed, params=o["params"],
                 block_size=o["block_size"], batch_loss=o["batch_loss"],
+                process_group=o["process_group"],
             )  # fmt: skip
             if curvature == "hessian":
                 op = HessianOperator(self.model, self.loss_fn, self.data, method=o["method"], **kw)
@@ -137,6 +139,10 @@ class _Context:
 
     def kw(self) -> dict:
         return {"chunk_size": self.chunk_size, "mode": self.options["mode"]}
+
+    def shard_kw(self) -> dict:
+        """:meth:`kw` and the process group, for the measures that sum over ranks."""
+        return {**self.kw(), "process_group": self.options["process_group"]}
 
 
 def warm_start_vector(prev: Tensor | None, dim: int, *, seed: int, device, mix: float = WARM_MIX):
@@ -285,7 +291,7 @@ def _gaussian(ctx: _Context) -> float:
         sigma=o["sigma"],
         n_samples=o["gaussian_samples"],
         seed=ctx.seed,
-        **ctx.kw(),
+        **ctx.shard_kw(),
     ).value
 
 
@@ -311,11 +317,11 @@ PROBES: dict[str, Callable[[_Context], float]] = {
         ctx.data,
         eps=ctx.options["eps"],
         steps=ctx.options["eps_steps"],
-        **ctx.kw(),
+        **ctx.shard_kw(),
     ),
     "gaussian_sharpness": _gaussian,
     "geometric_complexity": lambda ctx: geometric_complexity(
-        ctx.model, ctx.data, seed=ctx.seed, **ctx.kw()
+        ctx.model, ctx.data, seed=ctx.seed, **ctx.shard_kw()
     ),
     # probes.bounds (Jiang et al. 2020, App. C; Bartlett et al. 2017; Dziugaite & Roy 2017)
     "margin": _margin,
@@ -330,6 +336,15 @@ PROBES: dict[str, Callable[[_Context], float]] = {
     "pacbayes_orig": lambda ctx: _pacbayes(ctx, "pacbayes_orig"),
     "pacbayes_init": lambda ctx: _pacbayes(ctx, "pacbayes_init"),
 }
+
+
+#: probes that pass over the data without the operator's sum over ranks (the margins and
+#: the PAC-Bayes σ search): refused with ``process_group``
+NOT_DISTRIBUTED = (
+    "margin", "path_norm_margin", "spec_orig", "spec_init", "spec_bartlett",
+    "spec_bartlett_init", "pacbayes_sigma", "pacbayes_flatness", "pacbayes_orig",
+    "pacbayes_init",
+)  # fmt: skip
 
 
 def run_probes(
@@ -387,6 +402,9 @@ def run_probes(
             :data:`WARM_KEYS`, CPU tensors in the parameters' dtype). An
             entry of the wrong length is ignored (cold start).
         **options: overrides of :data:`DEFAULT_OPTIONS` (unknown keys raise).
+            ``process_group``: each rank holds a shard of ``data`` and the
+            probes measure all of it (:mod:`implicit_reg.probes.distributed`);
+            those in :data:`NOT_DISTRIBUTED` are refused.
     """
     if isinstance(names, str):
         names = [names]
@@ -398,6 +416,12 @@ def run_probes(
         raise ValueError(f"unknown probe option(s) {bad}; valid: {', '.join(DEFAULT_OPTIONS)}")
     opts = {**DEFAULT_OPTIONS, **options}
     check_mode(opts["mode"])
+    local = [n for n in names if n in NOT_DISTRIBUTED]
+    if opts["process_group"] is not None and local:
+        raise ValueError(
+            f"probe(s) {local} are not summed over ranks (process_group): run them on the "
+            "whole data in one process"
+        )
     if state is not None and not isinstance(state, dict):
         raise ValueError(
             f"state must be a dict (kept by the caller between calls) or None, got {type(state).__name__}"
