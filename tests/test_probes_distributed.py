@@ -107,6 +107,21 @@ def _registry(model, data, chunk_size=None, group=None) -> dict:
                       process_group=group)  # fmt: skip
 
 
+def _float32_data(data):
+    if isinstance(data, list):
+        return [(x.float(), y.float()) for x, y in data]
+    return data[0].float(), data[1].float()
+
+
+def _float32(data, chunk_size=None, group=None) -> dict:
+    """λ_max, loss and gradient of a float32 model (the sums travel in its dtype)."""
+    op = HessianOperator(_mlp().float(), nn.MSELoss(), data, chunk_size=chunk_size,
+                         process_group=group)  # fmt: skip
+    loss, grad = op.loss_and_gradient()
+    return {"lambda_max": float(lanczos(op, 1).eigenvalues[0]), "loss": loss,
+            "grad": grad.double().tolist()}  # fmt: skip
+
+
 def _error(fn) -> str | None:
     try:
         fn()
@@ -249,6 +264,7 @@ def _worker(rank, port, out_dir):
         results = {"probes": _measure(_mlp(), data, chunk, group)}
         results["probe_seconds"] = time.perf_counter() - t0
         results["registry"] = _registry(_mlp(), data, chunk, group)
+        results["float32"] = _float32(_float32_data(data), chunk, group)
         results["registry_refused"] = _error(
             lambda: run_probes(["margin"], _mlp(), nn.MSELoss(), data, process_group=group)
         )
@@ -331,6 +347,14 @@ def test_run_probes_over_two_shards_gives_the_single_process_numbers(ranks):
             assert ok, f"run_probes {name} on rank {r}: max |2 proc - 1 proc| = {err:.3g}"
     assert ranks[0]["registry"] == ranks[1]["registry"]
     assert "['margin'] are not summed over ranks" in ranks[0]["registry_refused"]
+
+
+def test_a_float32_model_matches_to_float32_rounding(ranks):
+    want = _float32(_float32_data(_data()))
+    for res in ranks:
+        for k in want:
+            ok, err = _close(res["float32"][k], want[k], rtol=1e-5, atol=1e-7)
+            assert ok, f"float32 {k}: max |2 proc - 1 proc| = {err:.3g}"
 
 
 def test_shard_sizes_are_uneven_and_sum_to_n(ranks):
