@@ -10,7 +10,8 @@ Public API (re-exported; the math lives in the submodules):
 - :mod:`implicit_reg.core.objective`: full-data losses in chunks
 - :mod:`implicit_reg.core.modified_equations`: heavy ball's and Adam's implicit terms
   (``heavy_ball_coeff``, ``one_norm_coeff``, ``perturbed_one_norm``)
-- :mod:`implicit_reg.core.central_flow`: GD's ``central_flow`` at the edge of stability
+- :mod:`implicit_reg.core.central_flow`: GD's ``central_flow`` and ``rmsprop_central_flow``
+  at the edge of stability
   (its eigensolver: ``implicit_reg.probes.lanczos_eig_solver``)
 
 The probes (``preconditioned_sharpness`` of an adaptive optimizer included) are the
@@ -25,7 +26,7 @@ try:
 except PackageNotFoundError:  # running from a source tree without install
     __version__ = "0+unknown"
 
-from .core.central_flow import CentralFlowResult, central_flow
+from .core.central_flow import CentralFlowResult, central_flow, rmsprop_central_flow
 from .core.hvp import grad_and_hvp
 from .core.modified_equations import heavy_ball_coeff, one_norm_coeff, perturbed_one_norm
 from .core.modified_gradient import coeff_from_paper_rate, igr_coeff, paper_rate_from_coeff
@@ -57,5 +58,6 @@ __all__ = [
     "one_norm_coeff",
     "perturbed_one_norm",
     "central_flow",
+    "rmsprop_central_flow",
     "CentralFlowResult",
 ]

@@ -22,6 +22,8 @@ from implicit_reg.core.central_flow import (
     central_flow,
     central_flow_sigma2,
     central_flow_velocity,
+    rmsprop_central_flow,
+    rmsprop_sharpness_gradients,
     sharpness_gradient,
 )
 from implicit_reg.probes.eigen import lanczos
@@ -259,3 +261,91 @@ def test_bad_input_raises_value_error():
         central_flow(loss, theta, **{**kw, "eig_solver": None})
     with pytest.raises(ValueError, match="vec must have one tensor per parameter"):
         sharpness_gradient(loss, theta, theta[:2])
+
+
+# ---------------------------------------------------------------- RMSProp
+
+
+def _rmsprop_start(eps=1e-3):
+    loss, theta = _mlp()
+    g = _flat(_grad(loss, theta))
+    return loss, theta, g * g + 1e-4, eps
+
+
+def test_rmsprop_sharpness_gradients_against_explicit_derivatives():
+    """S_P = λ_max(D H D), D = (√ν + ε)^{-1/2}: ∇_θS_P against jacfwd(hessian) contracted
+    with v = D w, ∂S_P/∂ν against autograd through eigvalsh, Hv against H @ v."""
+    loss, theta, nu, eps = _rmsprop_start()
+    nu = nu * torch.linspace(0.5, 2.0, nu.numel(), dtype=F64)  # uneven, positive
+    z = _flat(theta)
+    H = hessian(_flat_loss(loss, theta))(z)
+    T = jacfwd(hessian(_flat_loss(loss, theta)))(z)
+
+    def top(nu_):
+        d = (nu_.sqrt() + eps).rsqrt()
+        return torch.linalg.eigh(d[:, None] * H * d[None, :])
+
+    evals, evecs = top(nu)
+    w = evecs[:, -1]
+    S, dS, dS_dnu, hv = rmsprop_sharpness_gradients(loss, theta, nu, w, eps=eps)
+    v = w * (nu.sqrt() + eps).rsqrt()
+    assert S == pytest.approx(float(evals[-1]), rel=1e-12)
+    torch.testing.assert_close(dS, torch.einsum("ijk,i,j->k", T, v, v), rtol=1e-10, atol=1e-12)
+    nu_leaf = nu.clone().requires_grad_(True)
+    (oracle,) = torch.autograd.grad(top(nu_leaf)[0][-1], nu_leaf)
+    torch.testing.assert_close(dS_dnu, oracle, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(hv, H @ v, rtol=1e-10, atol=1e-12)
+
+
+def test_rmsprop_below_the_edge_it_is_preconditioned_gradient_flow():
+    """2/η far above λ_max(P⁻¹H): σ² = 0, each step is exactly an Euler step of
+    θ̇ = −η∇L/(√ν + ε), ν̇ = (1−β₂)(∇L² − ν), converging to SciPy's solution at first order."""
+    loss, theta, nu0, eps = _rmsprop_start()
+    lr, beta2, t_end = 1e-4, 0.9, 8.0
+    n = _flat(theta).numel()
+
+    def rhs(_t, y):
+        z, nu = torch.as_tensor(y[:n]), torch.as_tensor(y[n:])
+        g = _flat(_grad(loss, _unflat(z, theta)))
+        return torch.cat([-lr * g / (nu.sqrt() + eps), (1 - beta2) * (g * g - nu)]).numpy()
+
+    y0 = torch.cat([_flat(theta), nu0]).numpy()
+    exact = solve_ivp(rhs, (0, t_end), y0, method="DOP853", rtol=1e-11, atol=1e-13).y[:, -1]
+    errors = []
+    for dt in (0.5, 0.25):
+        res = rmsprop_central_flow(
+            loss, theta, nu0, lr=lr, beta2=beta2, eps=eps, t_end=t_end, dt=dt,
+            eig_solver=_lanczos_solver,
+        )  # fmt: skip
+        assert not res.diverged and np.all(res.sigma2 == 0.0)
+        assert np.all(res.sharpness * lr / 2 < 0.01)
+        y = torch.as_tensor(y0)
+        for _ in range(round(t_end / dt)):  # Euler, written out
+            y = y + dt * torch.as_tensor(rhs(0, y.numpy()))
+        np.testing.assert_allclose(res.theta[-1], y[:n].numpy(), rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(res.nu[-1], y[n:].numpy(), rtol=1e-12, atol=1e-15)
+        got = np.concatenate([res.theta[-1], res.nu[-1]])
+        errors.append(float(np.linalg.norm(got - exact)))
+    assert errors[0] / errors[1] == pytest.approx(2.0, rel=0.05), errors
+
+
+def test_rmsprop_at_the_edge_holds_preconditioned_sharpness_at_2_over_lr():
+    """From λ_max(P⁻¹H) = 0.12·2/η the flow sharpens to the edge and stays there with
+    σ² > 0; the overshoot of the linearized constraint is first order in dt."""
+    loss, theta, nu0, eps = _rmsprop_start()
+    lr = 1e-2
+    excess = []
+    for dt in (0.5, 0.25):
+        res = rmsprop_central_flow(
+            loss, theta, nu0, lr=lr, beta2=0.9, eps=eps, t_end=100.0, dt=dt,
+            eig_solver=_lanczos_solver,
+        )  # fmt: skip
+        ratio = res.sharpness * lr / 2
+        assert not res.diverged and ratio[0] < 0.2
+        hit = int(np.argmax(ratio >= 1.0))
+        assert 0 < hit < 0.8 * len(ratio)
+        assert np.all(res.sigma2[: hit - 1] == 0.0) and np.all(res.sigma2[hit + 1 :] > 0)
+        assert np.all(np.abs(ratio[hit:] - 1) < 0.02), ratio[hit:]
+        assert np.all(np.diff(res.loss) < 0)
+        excess.append(float(np.max(ratio[hit:]) - 1))
+    assert 1.5 < excess[0] / excess[1] < 2.5, excess

@@ -44,6 +44,25 @@ eigensolver, warm-started from the previous step's vector (core imports
 nothing above it; pass e.g. the probes' Lanczos). This module handles one
 eigenvalue at the edge (the paper's k = 1); when a second one reaches 2/η the
 paper solves a semidefinite complementarity problem instead, not done here.
+
+**RMSProp** (:func:`rmsprop_central_flow`; Cohen et al., ICLR 2025, §RMSProp):
+ν ← β₂ν + (1−β₂)∇L², θ ← θ − η∇L/P, P = √ν + ε (``torch.optim.RMSprop``, α = β₂).
+Its edge is on the preconditioned sharpness S_P = λ_max(P⁻¹H) = λ_max(A),
+A = P^{-1/2}HP^{-1/2}, at 2/η. With w the unit top eigenvector of A, the iterates
+oscillate along v = P^{-1/2}w (P⁻¹H's eigenvector) with variance σ², and the
+time-averaged state (θ, ν) follows
+
+    dθ/dt = −η P⁻¹ [∇L + ½σ²∇_θS_P],   ∇_θS_P = ∇³L[v, v] (``sharpness_gradient``),
+    dν/dt = (1−β₂)[∇L² + σ²(Hv)² − ν],  (Hv)² the mean excess of g² along the oscillation,
+
+with σ² from the same complementarity, now through both variables:
+dS_P/dt = ⟨∇_θS_P, θ̇⟩ + ⟨∇_νS_P, ν̇⟩, where ∂S_P/∂ν_i = −S_P·w_i²/(2P_i√ν_i)
+(first-order perturbation of A's eigenvalue). θ̇ and ν̇ are affine in σ²,
+so dS_P/dt = r₀ + σ²r₁ with r₁ < 0 and, per Euler step (as for GD),
+σ² = max(0, (S_P − 2/η + dt·r₀)/(−dt·r₁)). Below the edge σ² = 0 and the flow is
+RMSProp's preconditioned gradient flow (tested). Derived here from the paper's
+construction for GD; the paper's own RMSProp equations could not be read from any
+stored copy, so their notation is not quoted.
 """
 
 from __future__ import annotations
@@ -65,6 +84,9 @@ __all__ = [
     "central_flow_velocity",
     "CentralFlowResult",
     "central_flow",
+    "ScaledHessian",
+    "rmsprop_sharpness_gradients",
+    "rmsprop_central_flow",
 ]
 
 EigSolver = Callable[[object, Tensor | None], tuple[float, Tensor]]
@@ -151,10 +173,18 @@ def central_flow_sigma2(
     ``grad_dot`` = ⟨∇S, ∇L⟩, ``grad_s_sq`` = ‖∇S‖². Zero when ‖∇S‖ = 0 (no
     direction can lower S).
     """
-    excess = sharpness - 2.0 / lr - dt * lr * grad_dot
-    if excess <= 0 or grad_s_sq == 0:
+    return _complementarity_sigma2(
+        sharpness, 2.0 / lr, -lr * grad_dot, -0.5 * lr * grad_s_sq, dt=dt
+    )
+
+
+def _complementarity_sigma2(sharpness: float, edge: float, r0: float, r1: float, *, dt: float):
+    """The least σ² ≥ 0 with S + dt·(r₀ + σ²r₁) ≤ ``edge``, where dS/dt = r₀ + σ²r₁
+    (r₁ ≤ 0: the oscillation lowers S); 0 when r₁ = 0."""
+    excess = sharpness - edge + dt * r0
+    if excess <= 0 or r1 >= 0:
         return 0.0
-    return 2.0 * excess / (dt * lr * grad_s_sq)
+    return excess / (-dt * r1)
 
 
 def central_flow_velocity(
@@ -211,6 +241,9 @@ class CentralFlowResult:
     loss_predicted: np.ndarray
     n_hvp: int
     diverged: bool
+    #: RMSProp's flow only: ν (flat, one row per row of ``theta``); ``sharpness`` is then
+    #: λ_max(P⁻¹H)
+    nu: np.ndarray | None = None
 
 
 def central_flow(
@@ -278,3 +311,138 @@ def _check_positive(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return float(value)
+
+
+# ---------------------------------------------------------------- RMSProp
+
+
+class ScaledHessian(ParamsHessian):
+    """A = D H D for a flat positive ``scale`` D (D = P^{-1/2}: A has the eigenvalues
+    of P⁻¹H), one HVP per product, for the probes' eigensolvers."""
+
+    def __init__(self, loss_fn, params, scale: Tensor):
+        super().__init__(loss_fn, params)
+        if scale.shape != (self.dim,) or not bool((scale > 0).all()):
+            raise ValueError(f"scale must be a positive flat vector of shape ({self.dim},)")
+        self.scale = scale.to(self.dtype)
+
+    def matvec(self, vec: Tensor) -> Tensor:
+        return self.scale * super().matvec(self.scale * vec.to(self.dtype))
+
+
+def _rmsprop_p(nu: Tensor, eps: float) -> Tensor:
+    return nu.sqrt() + eps
+
+
+def rmsprop_sharpness_gradients(
+    loss_fn: Callable[[Params], Tensor],
+    params: Sequence[Tensor],
+    nu: Tensor,
+    w: Tensor,
+    *,
+    eps: float,
+) -> tuple[float, Tensor, Tensor, Tensor]:
+    """(S_P, ∇_θS_P, ∇_νS_P, Hv) for the unit top eigenvector ``w`` (flat) of
+    A = P^{-1/2}HP^{-1/2}, P = √ν + ε, all flat: S_P = vᵀHv with v = P^{-1/2}w,
+    ∇_θS_P = ∇³L[v, v] (:func:`sharpness_gradient`), ∂S_P/∂ν_i = −S_P w_i²/(2P_i√ν_i),
+    and Hv = S_P·P^{1/2}w."""
+    like = tuple(p.detach() for p in params)
+    P = _rmsprop_p(nu, eps)
+    w = w / w.norm()
+    v = w / P.sqrt()
+    S, dS = sharpness_gradient(loss_fn, like, _unflat(v, like))
+    dS_dnu = -S * w * w / (2 * P * nu.sqrt())
+    return S, _flat(dS), dS_dnu, S * P.sqrt() * w
+
+
+def rmsprop_central_flow(
+    loss_fn: Callable[[Params], Tensor],
+    params: Sequence[Tensor],
+    nu0: Tensor | Sequence[Tensor],
+    *,
+    lr: float,
+    beta2: float = 0.99,
+    eps: float = 1e-8,
+    t_end: float,
+    eig_solver: EigSolver,
+    dt: float = 0.25,
+) -> CentralFlowResult:
+    """Integrate RMSProp's central flow (module docstring) from (θ, ν) over ``t_end`` steps.
+
+    Args:
+        loss_fn: pure function of a tuple of tensors (full-batch mean loss).
+        params: θ(0) (not modified).
+        nu0: ν(0) > 0, flat or one tensor per parameter (e.g. an RMSprop's
+            ``square_avg``, or ∇L(θ₀)² for a long history).
+        lr: η; the edge is λ_max(P⁻¹H) = 2/η.
+        beta2: torch's ``alpha``, in [0, 1).
+        eps: ε ≥ 0 of P = √ν + ε (outside the root, as torch).
+        eig_solver: ``eig_solver(op, v0) -> (λ_max, w)`` on :class:`ScaledHessian`
+            (e.g. ``implicit_reg.probes.lanczos_eig_solver(40)``), warm-started.
+        dt: Euler step in optimizer steps, 0 < dt ≤ 1.
+
+    Returns:
+        :class:`CentralFlowResult` with ``sharpness`` = λ_max(P⁻¹H), ``nu`` the ν rows.
+    """
+    lr, dt, t_end = (_check_positive(k, v) for k, v in (("lr", lr), ("dt", dt), ("t_end", t_end)))
+    if dt > 1:
+        raise ValueError(f"dt must be <= 1 optimizer step, got {dt}")
+    if isinstance(beta2, bool) or not isinstance(beta2, (int, float)) or not 0 <= beta2 < 1:
+        raise ValueError(f"beta2 must be a number in [0, 1), got {beta2!r}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps < math.inf:
+        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+    if not callable(eig_solver):
+        raise ValueError("eig_solver must be callable: eig_solver(op, v0) -> (lambda_max, w)")
+    like = tuple(p.detach() for p in params)
+    theta = _flat(like).clone()
+    nu = (nu0 if isinstance(nu0, Tensor) else _flat(nu0)).detach().reshape(-1).to(theta)
+    if nu.shape != theta.shape or not bool((nu > 0).all()) or not bool(nu.isfinite().all()):
+        raise ValueError(
+            f"nu0 must be finite and > 0 with one entry per parameter ({theta.numel()})"
+        )
+    thetas, nus, rows = [theta.clone()], [nu.clone()], []
+    w, n_hvp, diverged = None, 0, False
+    for _ in range(max(1, round(t_end / dt))):
+        ps = _unflat(theta, like)
+        P = _rmsprop_p(nu, eps)
+        op = ScaledHessian(loss_fn, ps, P.rsqrt())
+        _, w = eig_solver(op, w)
+        n_hvp += op.n_hvp
+        w = w.detach().to(theta.dtype).reshape(-1)
+        w = w / w.norm()
+        qs = tuple(p.clone().requires_grad_(True) for p in ps)
+        with torch.enable_grad():
+            loss = check_scalar_loss(loss_fn(qs))
+            g = _flat(torch.autograd.grad(loss, qs))
+        loss = loss.detach()
+        if not math.isfinite(float(loss)):
+            diverged = True
+            break
+        S, dS, dS_dnu, hv = rmsprop_sharpness_gradients(loss_fn, ps, nu, w, eps=eps)
+        # θ̇ = a + σ²b, ν̇ = c + σ²d; dS/dt = r₀ + σ²r₁
+        a, b = -lr * g / P, -0.5 * lr * dS / P
+        c, d = (1 - beta2) * (g * g - nu), (1 - beta2) * hv * hv
+        r0 = float(dS @ a + dS_dnu @ c)
+        r1 = float(dS @ b + dS_dnu @ d)
+        sigma2 = _complementarity_sigma2(S, 2.0 / lr, r0, r1, dt=dt)
+        rows.append(
+            dict(
+                loss=float(loss),
+                sharpness=S,
+                sigma2=sigma2,
+                loss_predicted=float(loss) + 0.5 * sigma2 * S,
+            )
+        )
+        theta = theta + dt * (a + sigma2 * b)
+        nu = nu + dt * (c + sigma2 * d)
+        thetas.append(theta.clone())
+        nus.append(nu.clone())
+    col = {k: np.array([r[k] for r in rows], dtype=np.float64) for k in ("loss", "sharpness", "sigma2", "loss_predicted")}  # fmt: skip
+    return CentralFlowResult(
+        t=dt * np.arange(len(thetas), dtype=np.float64),
+        theta=torch.stack(thetas).cpu().double().numpy(),
+        n_hvp=n_hvp,
+        diverged=diverged,
+        nu=torch.stack(nus).cpu().double().numpy(),
+        **col,
+    )
