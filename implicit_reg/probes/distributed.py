@@ -179,8 +179,8 @@ class Ranks:
 
     Attributes:
         group: the ``ProcessGroup``; rank, size: this rank and the group's size.
-        device: where the header lives (the current CUDA device for ``nccl``,
-            else the CPU).
+        device: where the header lives (the current CUDA device for a pure
+            ``nccl`` group, else the CPU).
     """
 
     def __init__(self, group):
@@ -188,8 +188,8 @@ class Ranks:
         self.group = group
         self.rank = dist.get_rank(group)
         self.size = dist.get_world_size(group)
-        backend = str(dist.get_backend(group)).lower()
-        self.nccl = "nccl" in backend
+        # NCCL alone takes only CUDA tensors; a mixed "cpu:gloo,cuda:nccl" group takes both
+        self.nccl = str(dist.get_backend(group)).lower().strip() == "nccl"
         self.device = (
             torch.device("cuda", torch.cuda.current_device()) if self.nccl else torch.device("cpu")
         )
