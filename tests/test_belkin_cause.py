@@ -163,6 +163,8 @@ def test_arm_rows_builds_the_switch_arms(tmp_path):
     arm = data[data.condition == bc.switch_arm(0.6)]
     assert set(arm[arm.reused | arm.checkpoint].width) == {2, 4, 6}
     assert not arm[arm.width > 6].checkpoint.any()
+    # the chain and the fresh runs after its switch share one initialization
+    assert all(o == {"init": CFG.chain_init} for o in arm.model_options)
 
 
 def _table(curve, *, ens=None, switch_curve=None, seeds=5, noise=0.02, seed=1):
