@@ -15,6 +15,12 @@ a ``configs`` parameter is called without it.
   in this process (:func:`~implicit_reg.engine.train.train_runs`), the other runs
   through a fallback backend.
 - :mod:`implicit_reg.engine.ray_backend`: Ray tasks, here or on a cluster.
+
+A backend may also offer ``backend.stream(feed, store)``: the jobs of a
+:class:`JobFeed`, taken one at a time as a worker frees, on one pool for the whole
+sweep (:func:`run_on_processes`). Sweeps that share a directory claim their jobs
+that way (:func:`implicit_reg.engine.claims.claimed_results`), one job per free
+worker, instead of a batch of jobs per pool.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from .store import ResultStore
 
 __all__ = [
     "Backend",
+    "JobFeed",
     "call_backend",
     "serial_backend",
     "process_pool_backend",
@@ -43,6 +50,25 @@ __all__ = [
 ]
 
 Backend = Callable[..., Iterator[RunResult]]
+
+
+class JobFeed:
+    """Jobs handed out one at a time: :meth:`take` gives the next job, or None when none
+    can be given now (another sweep holds the rest: look again after ``poll_s``
+    seconds); :attr:`done` is true once no job is left. This base class hands out a
+    fixed list."""
+
+    poll_s = 1.0
+
+    def __init__(self, jobs: Sequence[list[RunConfig]] = ()) -> None:
+        self._jobs = list(jobs)
+
+    @property
+    def done(self) -> bool:
+        return not self._jobs
+
+    def take(self) -> list[RunConfig] | None:
+        return self._jobs.pop(0) if self._jobs else None
 
 
 def call_backend(
@@ -106,36 +132,56 @@ def _run_in_worker(configs: list[RunConfig], store: ResultStore | None) -> list[
 
 def run_on_processes(
     task: Callable[[list[RunConfig], ResultStore | None], list[RunResult]],
-    jobs: Sequence[list[RunConfig]],
+    jobs: Sequence[list[RunConfig]] | JobFeed,
     store: ResultStore | None,
     *,
     workers: int,
     threads: int,
 ) -> Iterator[RunResult]:
-    """``task(job, store)`` for each job on at most ``workers`` spawned processes, each
-    with ``threads`` torch threads; yields the results as the jobs finish. A worker that
+    """``task(job, store)`` for each job on one pool of at most ``workers`` spawned
+    processes, each with ``threads`` torch threads; yields the results as the jobs finish.
+    ``jobs`` is a list, or a :class:`JobFeed` whose next job is taken whenever a worker is
+    free (so a sweep keeps one pool, and no worker waits for another's job). A worker that
     dies (a crash, the OOM killer) makes its job's runs "failed" and lost with the reason;
     the other jobs go on. ``task`` must be a module-level function (it is pickled)."""
+    feed = jobs if isinstance(jobs, JobFeed) else JobFeed(jobs)
+    if feed.done:
+        return
+    size = workers if isinstance(jobs, JobFeed) else min(workers, len(jobs))
     with ProcessPoolExecutor(
-        max_workers=min(workers, len(jobs)),
+        max_workers=size,
         mp_context=get_context("spawn"),
         initializer=_init_worker,
         initargs=(threads,),
     ) as pool:
-        futures = {pool.submit(task, job, store): job for job in jobs}
+        running: dict = {}
         try:
-            pending = set(futures)
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            while True:
+                starved = False  # a job is left that cannot be taken now
+                while len(running) < size and not feed.done:
+                    job = feed.take()
+                    if job is None:
+                        starved = True
+                        break
+                    running[pool.submit(task, job, store)] = job
+                if not running:
+                    if feed.done:
+                        return
+                    time.sleep(feed.poll_s)
+                    continue
+                done, _ = wait(
+                    running, timeout=feed.poll_s if starved else None, return_when=FIRST_COMPLETED
+                )
                 for fut in done:
+                    job = running.pop(fut)
                     try:
                         yield from fut.result()
                     except Exception:  # the worker process itself died
                         error = traceback.format_exc()
-                        for c in futures[fut]:
+                        for c in job:
                             yield failed_result(c, error, lost=True)
         finally:
-            for fut in futures:
+            for fut in running:
                 fut.cancel()
 
 
@@ -159,6 +205,12 @@ def process_pool_backend(workers: int) -> Backend:
             threads=worker_threads(workers),
         )
 
+    def stream(feed: JobFeed, store: ResultStore | None = None) -> Iterator[RunResult]:
+        yield from run_on_processes(
+            _run_in_worker, feed, store, workers=workers, threads=worker_threads(workers)
+        )
+
+    backend.stream = stream
     return backend
 
 

@@ -46,6 +46,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .backends import JobFeed
 from .config import RunConfig
 from .store import SUMMARY_FILE, ResultStore
 
@@ -332,6 +333,32 @@ def _jobs(configs: Sequence[RunConfig], grouped: bool, workers: int) -> list[lis
     return plan_jobs(configs, workers)
 
 
+class _ClaimFeed(JobFeed):
+    """The jobs of one sweep handed to a backend's ``stream`` one at a time, each claimed
+    (all its runs or none) when it is taken; a job whose runs another sweep holds is
+    skipped until that sweep stores them (then dropped) or dies (then taken over)."""
+
+    def __init__(self, jobs, claims: Claims, needed, tried: set[str], poll_s: float) -> None:
+        self.jobs, self.claims, self.needed, self.tried = list(jobs), claims, needed, tried
+        self.poll_s = poll_s
+
+    @property
+    def done(self) -> bool:
+        self.jobs = [j for j in self.jobs if any(self.needed(c) for c in j)]
+        return not self.jobs
+
+    def take(self) -> list[RunConfig] | None:
+        for job in list(self.jobs):
+            got = self.claims.acquire(job, self.needed)
+            if got is None:  # held by another sweep: look again later
+                continue
+            self.jobs.remove(job)
+            if got:
+                self.tried.update(c.config_hash() for c in got)
+                return got
+        return None
+
+
 def claimed_results(
     backend: Backend,
     pending: Sequence[RunConfig],
@@ -348,10 +375,12 @@ def claimed_results(
 
     The runs are cut into jobs (``grouped``: the ensembles and single runs of
     :func:`~implicit_reg.engine.vectorized_sweep.plan_jobs` for ``at_once`` workers, longest
-    first); up to ``at_once`` jobs (None: all) are claimed, all members or none, handed to
-    ``backend`` together (which plans their runs again), and each
-    run's claim is released once the caller has stored its result (when the generator is
-    resumed). Runs held by other live sweeps are left to them; when nothing else is left,
+    first). A backend with ``stream`` (:class:`~implicit_reg.engine.backends.JobFeed`;
+    the default backends) gets the jobs one at a time on one pool, each claimed, all
+    members or none, when a worker frees (at most ``at_once`` in flight); another backend
+    gets up to ``at_once`` claimed jobs (None: all) together (and plans their runs
+    again). Each run's claim is released once the caller has stored its result (when the
+    generator is resumed). Runs held by other live sweeps are left to them; when nothing else is left,
     this waits (looking every ``poll_s`` seconds) until they are stored or their owner
     dies, then takes over what is left. Each run is handed to the backend at most once per
     call (a run lost with its worker is not retried here). Close the generator (``with
@@ -378,7 +407,14 @@ def claimed_results(
     )
     poll_s = POLL_S if poll_s is None else poll_s
     jobs = _jobs(pending, grouped, at_once or 1)
+    stream = getattr(backend, "stream", None)
     try:
+        if stream is not None and at_once is not None:
+            feed = _ClaimFeed(jobs, claims, needed, tried, poll_s)
+            for result in stream(feed, store):
+                yield result  # the caller stores it before asking for the next
+                claims.release([result.config])
+            return
         while jobs:
             taken: list[list[RunConfig]] = []
             waiting: list[list[RunConfig]] = []

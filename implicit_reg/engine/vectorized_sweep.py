@@ -21,12 +21,14 @@ and :func:`~implicit_reg.engine.backends.vectorized_backend`.
 from __future__ import annotations
 
 import heapq
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 
 from . import plan as _plan
 from .backends import (
     Backend,
+    JobFeed,
     run_on_processes,
     serial_backend,
     vectorized_backend,
@@ -144,4 +146,20 @@ def planned_backend(
             _train_job, jobs, store, workers=workers, threads=worker_threads(workers)
         )
 
+    def stream(feed: JobFeed, store: ResultStore | None = None) -> Iterator[RunResult]:
+        """The feed's jobs (planned by the caller) as they are taken: here one after
+        another, or on one pool of ``workers`` processes for the whole feed."""
+        if workers == 1:
+            while not feed.done:
+                job = feed.take()
+                if job is None:
+                    time.sleep(feed.poll_s)
+                else:
+                    yield from _train_job(job, store)
+            return
+        yield from run_on_processes(
+            _train_job, feed, store, workers=workers, threads=worker_threads(workers)
+        )
+
+    backend.stream = stream
     return backend
