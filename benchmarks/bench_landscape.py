@@ -8,8 +8,8 @@ process, interleaved within each round:
   data chunks each (the order of Li et al.'s ``plot_surface.py``);
 - "batched b": the grid in vmap blocks of b points (b = 4, 16, and the
   memory-budget default), data visited once;
-- "slices": the package's older per-point path
-  (:func:`implicit_reg.probes.loss_slice_2d`, one ``HessianOperator.loss`` per point).
+- "slices": :func:`implicit_reg.probes.loss_slice_2d` (once one ``HessianOperator.loss``
+  per point; now the same ``evaluate_points``, so it times the same path plus its setup).
 
 The values are checked equal (max relative difference printed) before any
 timing counts. Cells are the minimum over ``--repeats`` rounds; ratios are

@@ -12,7 +12,9 @@ the first axis of a weight tensor (a row of a Linear weight, an output
 channel of a conv kernel). Following Li et al.'s default, directions are
 zero on 1-D tensors (biases, BatchNorm affine parameters).
 
-Only trainable parameters move. The results are NumPy arrays ready for
+Only trainable parameters move. The losses are evaluated by the package's one
+grid evaluator, :func:`implicit_reg.probes.landscape.evaluate_points` (the points
+in ``vmap`` blocks under a memory budget). The results are NumPy arrays ready for
 ``plt.plot(s.alphas, s.losses)`` and ``plt.contour(s.alphas, s.betas, s.losses)``.
 """
 
@@ -129,11 +131,15 @@ def loss_slice_1d(
     (unit top eigenvector by Lanczos) or a flat tensor over the trainable
     parameters.
     """
+    from .landscape import evaluate_points  # landscape imports this module
+
     alphas = _grid(np.linspace(-1, 1, 21) if alphas is None else alphas, "alphas")
     op = HessianOperator(model, loss_fn, data, chunk_size=chunk_size, mode=mode, method=method)
     d = _direction(op, model, direction, seed)
-    theta = op.theta()
-    losses = np.array([op.loss(theta + float(a) * d) for a in alphas])
+    losses, _ = evaluate_points(
+        model, loss_fn, op.data, [d], alphas[:, None], chunk_size=chunk_size, mode=mode,
+        seed=seed,
+    )  # fmt: skip
     return Slice1D(alphas, losses, d)
 
 
@@ -173,8 +179,10 @@ def loss_slice_2d(
         if len(directions) != 2:
             raise ValueError("directions must be a pair of flat tensors")
         d1, d2 = (_direction(op, model, d, seed) for d in directions)
-    theta = op.theta()
-    losses = np.array(
-        [[op.loss(theta + float(a) * d1 + float(b) * d2) for a in alphas] for b in betas]
+    from .landscape import evaluate_points  # landscape imports this module
+
+    coords = np.stack(np.meshgrid(alphas, betas), axis=-1).reshape(-1, 2)  # row j: β_j
+    losses, _ = evaluate_points(
+        model, loss_fn, op.data, [d1, d2], coords, chunk_size=chunk_size, mode=mode, seed=seed
     )
-    return Slice2D(alphas, betas, losses, (d1, d2))
+    return Slice2D(alphas, betas, losses.reshape(len(betas), len(alphas)), (d1, d2))
