@@ -35,7 +35,7 @@ def probe(
     checkpoint: str | None = typer.Argument(
         None, help="A training checkpoint (checkpoint.pt); omit to build a model instead."
     ),
-    model: str = typer.Option("mlp", help="mlp, cnn1d, rf_relu or rf_fourier (no checkpoint)."),
+    model: str = typer.Option("mlp", help="mlp, cnn1d, cnn, rf_relu, rf_fourier (no checkpoint)."),
     width: int = typer.Option(32, help="Hidden units / channels / random features."),
     depth: int = typer.Option(2, help="Hidden layers."),
     activation: str = typer.Option("relu", help="Activation of the built model."),

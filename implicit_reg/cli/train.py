@@ -65,7 +65,7 @@ def train(
     config: str | None = typer.Option(
         None, "--config", "-c", help="Run config file (.toml or .json), e.g. a run's config.json."
     ),
-    model: str | None = typer.Option(None, help="mlp, cnn1d, rf_relu or rf_fourier."),
+    model: str | None = typer.Option(None, help="mlp, cnn1d, cnn, rf_relu or rf_fourier."),
     width: int | None = typer.Option(None, help="Hidden units / channels / random features."),
     depth: int | None = typer.Option(None, help="Hidden layers."),
     dataset: str | None = typer.Option(None, help="mnist1d, teacher or mnist."),
