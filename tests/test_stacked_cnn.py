@@ -107,6 +107,18 @@ def test_stacked_cnn_equals_serial_float64(optimizer):
         assert torch.allclose(loaded(x), ref, rtol=1e-10, atol=1e-10 * float(ref.abs().max()))
 
 
+def test_fast_adam_rejects_what_it_does_not_apply():
+    x, y = torch.rand(N, SIDE * SIDE, dtype=torch.float64), torch.randint(0, 10, (N,))
+    models = [cnn(1, 0), cnn(1, 1)]
+    loss = nn.CrossEntropyLoss()
+    with pytest.raises(ValueError, match="adam takes no momentum"):
+        BatchedEnsemble(models, loss, x, y, optimizer="adam", lr=1e-3, momentum=0.9)
+    with pytest.raises(ValueError, match="betas in"):
+        BatchedEnsemble(models, loss, x, y, optimizer="adam", lr=1e-3, betas=(1.0, 0.9))
+    with pytest.raises(ValueError, match="applies gd, sgd, adam"):
+        BatchedEnsemble(models, loss, x, y, optimizer="egr", lr=1e-3)
+
+
 def test_stacked_cnn_batch_stats_modes_do_not_move_running_statistics():
     x = torch.rand(N, SIDE * SIDE, dtype=torch.float64)
     st = stacked_model([cnn(1, 0), cnn(1, 1)])

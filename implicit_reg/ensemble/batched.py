@@ -8,8 +8,8 @@ One step for all live members (issue 19, part 1):
    per epoch cut into consecutive batches
    (:class:`~implicit_reg.ensemble.vectorized.MinibatchOrder`);
 2. the inputs ``x[idx]`` and targets, one gather;
-3. the forward pass, one ``baddbmm`` per layer (:mod:`implicit_reg.ensemble.stacked`),
-   and one loss over the stacked outputs, giving (L_m(θ_m))_m of shape ``[M]``;
+3. the forward pass, one ``baddbmm`` (or, for the CNN, one grouped convolution) per
+   layer (:mod:`implicit_reg.ensemble.stacked`), and one loss over the stacked outputs, giving (L_m(θ_m))_m of shape ``[M]``;
 4. one backward pass of 𝓛 = Σ_m L_m, which gives every member its own ∇L_m
    (members share no parameters);
 5. the update, in place over the stacked tensors with ``torch._foreach_*``:
@@ -33,8 +33,9 @@ engine's loop reads them every step for its divergence rule: one copy of M
 numbers, negligible on CPU).
 
 Members of different widths of one family are packed (zero padding and masks,
-see :mod:`implicit_reg.ensemble.stacked`); each member's numbers equal its
-serial run's to rounding (``tests/test_batched.py``: float64, 1e-10 relative).
+see :mod:`implicit_reg.ensemble.stacked`; not the CNN); each member's numbers equal its
+serial run's to rounding (``tests/test_batched.py``, ``tests/test_stacked_cnn.py``:
+float64, 1e-10 relative).
 """
 
 from __future__ import annotations
