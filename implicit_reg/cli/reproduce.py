@@ -69,7 +69,7 @@ MEASURED: dict[str, dict[str, Cost]] = {
         "igr-order": _w("igr-order", 41.1, "Wall time: 41.1 s"),
         "igr-toy": _w("igr-toy", 86.6, "Wall time: 86.6 s"),
         "label-noise-dose": _t(6507, "6507 s in total", "label-noise-dose/report.md"),
-        "lr-sweep": _t(447, "447 s in total", "lr-sweep/report.md"),
+        "lr-sweep": _t(1776, "1776 s in total", "lr-sweep/report.md"),
         "modified-equations-order": _w("modified-equations-order", 65.7, "Wall time: 65.7 s"),
         "sample-wise": _t(469, "| 27 | 469 s |"),
         "sample-wise-linear": _w("sample-wise-linear", 33.3, "Wall time: 33.3 s"),
