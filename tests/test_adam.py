@@ -189,7 +189,7 @@ def test_engine_adam_full_batch_matches_torch_adam():
         **TINY, optimizer="adam", lr=0.05, adam_beta1=0.8, adam_beta2=0.99, adam_eps=1e-6,
         weight_decay=1e-3, steps=6, dtype="float64", chunk_size=7, checkpoint=True,
     )  # fmt: skip
-    assert update_rule(cfg) == "adam" and group_key(cfg) is None  # serial: no ensemble Adam
+    assert update_rule(cfg) == "adam" and group_key(cfg) is None  # serial: checkpoint=True
     model, data = initial_model_and_data(cfg)
     opt = torch.optim.Adam(
         model.parameters(), lr=0.05, betas=(0.8, 0.99), eps=1e-6, weight_decay=1e-3
