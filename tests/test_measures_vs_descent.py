@@ -233,6 +233,10 @@ def test_store_twins_counts_identical_final_metrics(tmp_path):
          "train_loss": [0.1, 0.2, 0.3]}
     )  # fmt: skip
     text = mvd.store_twins(rows, tmp_path / "measures-vs-descent")
-    assert "holds 2 of these configs: 1 identical" in text and "1 differ" in text
-    assert "changes nothing" in mvd.store_twins(rows[:1], tmp_path / "measures-vs-descent")
+    assert (
+        "holds 2 of these configs" in text
+        and "1 have the identical final test error, 1 differ" in text
+    )
+    one = mvd.store_twins(rows[:1], tmp_path / "measures-vs-descent")
+    assert "differ" not in one and "1 also the identical final training loss" in one
     assert mvd.store_twins(rows, tmp_path / "elsewhere" / "x") is None

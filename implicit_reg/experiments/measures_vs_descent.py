@@ -71,6 +71,7 @@ from implicit_reg.stats import PeakResult, TestResult, all_of, paired_test, peak
 
 from ._emc_plan import DOSE_PLANS, DosePlan, dose_config, dose_phases
 from ._spec import Plan, Spec, run_spec
+from ._sweeps import tidy_log_axes
 
 NAME = "measures-vs-descent"
 TITLE = (
@@ -575,6 +576,7 @@ def figures(a: Analysis, cfg: Config) -> list[tuple[Figure, str, str]]:
         "fitting the training set (red: noisy, blue: clean); gaps: γ ≤ 0 (vacuous bound)",
         fontsize=9,
     )
+    tidy_log_axes(fig)
     return [(fig, "measures_vs_width.png", "Every measure against width, both settings")]
 
 
@@ -583,6 +585,7 @@ def extras(report: Report, a: Analysis, cfg: Config) -> None:
             "train_loss", "test_loss", "n_params", *PROBE_NAMES, "measure_cpu_s",
             "config_hash"]  # fmt: skip
     report.add_data(a.rows[[c for c in keep if c in a.rows]], "runs.csv")
+    report.add_text(answer_text(a), heading="Answer")
     report.add_text(RULE, heading="The rule")
     report.add_text(markdown_table(verdict_table(a)), heading="Verdicts per measure")
     compare = [committed_comparison(a.rows), store_twins(a.rows, Path(report.out))]
@@ -611,6 +614,31 @@ def extras(report: Report, a: Analysis, cfg: Config) -> None:
     report.add_text("\n".join(lines), heading="Runs and cost")
 
 
+def answer_text(a: Analysis) -> str:
+    """Which measures explain the second descent, by verdict (generated)."""
+    by: dict[str, list[str]] = {}
+    for v in a.verdicts:
+        if v.name != REFERENCE:
+            by.setdefault(v.verdict, []).append(v.label)
+    ref = next((v for v in a.verdicts if v.name == REFERENCE), None)
+    lines = [f"**{a.partial}.**" if a.partial else ""]
+    if ref is not None:
+        lines.append(
+            f"The rule applied to the test error itself (a check of the design): {ref.verdict}."
+        )
+    for verdict, what in (
+        ("reproduced", "Explains the second descent"),
+        ("inconclusive", "Inconclusive (the design could not decide; see the claims)"),
+        ("not reproduced", "Does not explain it"),
+        ("not tested", "Not tested"),
+    ):
+        if by.get(verdict):
+            lines.append(f"- {what}: " + "; ".join(by[verdict]) + ".")
+    if not by.get("reproduced"):
+        lines.append("- No measure explains it by this rule.")
+    return "\n".join(line for line in lines if line)
+
+
 def committed_comparison(rows: pd.DataFrame, path: Path = DOSE_RUNS) -> str | None:
     """How the test errors here compare with label-noise-dose's committed rows (the same
     configs; those were trained by double-descent-width, one run at a time)."""
@@ -624,14 +652,13 @@ def committed_comparison(rows: pd.DataFrame, path: Path = DOSE_RUNS) -> str | No
     if both.empty:
         return None
     d = both.test_error - both.test_error_committed
-    exact = int((d == 0).sum())
+    exact = int((d.abs() < 5e-7).sum())  # runs.csv keeps 8 significant digits
     means = both.groupby(["label_noise", "width"])[["test_error", "test_error_committed"]].mean()
     return (
-        f"{len(both)} runs here have a committed twin (same config hash): {exact} identical "
-        f"test errors; mean difference {100 * d.mean():+.2f} points, largest "
-        f"|{100 * d.abs().max():.2f}| points (float32 runs trained in a packed ensemble "
-        "round differently from runs trained alone). Seed means (here / committed), "
-        "per noise level: "
+        f"{len(both)} runs here have a committed twin in label-noise-dose's `runs.csv` (same "
+        f"config hash; double-descent-width's runs): {exact} have the same test error to "
+        f"the table's 8 digits; mean difference {100 * d.mean():+.3f} points, largest "
+        f"{100 * d.abs().max():.3f} points. Seed means (here / committed), per noise level: "
         + "; ".join(
             f"{p:.0%}: "
             + ", ".join(
@@ -654,25 +681,27 @@ def store_twins(rows: pd.DataFrame, out: Path) -> str | None:
         return None
     from implicit_reg.engine.store import SUMMARY_FILE, read_json
 
-    same = differ = 0
+    same = differ = bitwise = 0
+    loss_gap = 0.0
     for h, te, tr in zip(rows.config_hash, rows.test_error, rows.train_loss):
         path = root / str(h) / SUMMARY_FILE
         if path.is_file():
             twin = read_json(path)
-            if twin.get("test_error") == te and twin.get("train_loss") == tr:
+            if twin.get("test_error") == te:
                 same += 1
             else:
                 differ += 1
+            bitwise += twin.get("train_loss") == tr
+            loss_gap = max(loss_gap, abs(float(twin.get("train_loss", math.nan)) - tr) / abs(tr))
     if not same + differ:
         return None
     return (
         f"label-noise-dose's own run store holds {same + differ} of these configs (trained "
-        f"there without `save_params`, in the same phases): {same} have the identical final "
-        f"test error and training loss, {differ} differ. Saving the parameters changes "
-        "nothing in training."
-        if not differ
-        else f"label-noise-dose's own run store holds {same + differ} of these configs: "
-        f"{same} identical final test error and training loss, {differ} differ."
+        f"there without `save_params`): {same} have the identical final test error"
+        + (f", {differ} differ" if differ else "")
+        + f"; {bitwise} also the identical final training loss (the others within "
+        f"{loss_gap:.1e} relative: twins trained with an earlier version of the evaluation "
+        "code). Saving the parameters changes nothing in training."
     )
 
 
