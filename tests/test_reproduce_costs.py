@@ -54,7 +54,7 @@ def test_eta_adds_wall_times_and_shares_training_time_over_the_workers():
     assert "ETA 13:31 UTC" in line and "1.5 h" in line
     assert "no ETA" in eta_line(["igr-order"], "full", 2)  # not measured at full
     assert "ETA" in eta_line(["double-descent-width"], "full", 2, now=now)
-    assert small["lr-sweep"].wall(4) == pytest.approx(447 / 4)
+    assert small["lr-sweep"].wall(4) == pytest.approx(1776 / 4)
 
 
 def test_a_run_prints_its_estimate_before_it_starts(tmp_path, monkeypatch):
