@@ -83,7 +83,8 @@ def test_a_seed_that_missed_the_target_is_dropped_and_named():
     cv = a.curves[0]
     assert cv.dropped == (3,) and cv.seeds == (0, 1, 2, 4) and cv.one_norm.shape == (4, 10)
     claim = ab.claims(a, CFG)[0]
-    assert "[3]" in claim.context and claim.verdict == "reproduced"
+    assert "left out" in claim.context and "[3]" in claim.context
+    assert claim.verdict == "reproduced"
 
 
 def test_grad_one_norm_probe_is_the_perturbed_one_norm_of_the_full_gradient():
