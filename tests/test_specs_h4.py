@@ -123,6 +123,15 @@ def test_store_only_report_keeps_the_cost_of_the_report_that_trained(tmp_path, m
     # another experiment's summary, or another scale's, is not taken for this one's cost
     assert _spec.computed_cost(tmp_path, "emc-across-n", "small") is None
     assert _spec.computed_cost(tmp_path, "label-noise-dose", "smoke") is None
+    # with no earlier summary (runs trained outside a report) the cost is unknown, not its own
+    (tmp_path / "summary.json").unlink()
+    report = emc.run("smoke", tmp_path)
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["wall_time_s"] is None and s["cpu_time_s"] is None
+    assert s["regenerated_store_only"]["wall_time_s"] == report.wall_time_s
+    assert "Wall time: not measured by a report" in report.path.read_text()
+    emc.run("smoke", tmp_path)  # and it stays unknown
+    assert json.loads((tmp_path / "summary.json").read_text())["wall_time_s"] is None
     # a plain run measures its own cost again
     monkeypatch.setenv("IMPLICIT_REG_STORE_ONLY", "0")
     emc.run("smoke", tmp_path)

@@ -177,7 +177,7 @@ def run_spec(spec: Spec, scale: str, out: Path) -> Report:
     """Run ``spec`` at ``scale`` into ``out``: plan and runs (or the measured table, written
     first), analysis, claims, figures, the compute note, and the written report. A
     store-only report that computed nothing keeps the cost the earlier report recorded
-    (:func:`computed_cost`) and adds its own as a regeneration."""
+    (:func:`computed_cost`; none when there is none) and adds its own as a regeneration."""
     cfg = select_scale(spec.configs, scale)
     cost = computed_cost(out, spec.name, scale) if store_only() else None
     report = Report(spec.name, spec.title, scale, out, cfg, spec.paper)
@@ -205,6 +205,7 @@ def run_spec(spec: Spec, scale: str, out: Path) -> Report:
     first = rows[0] if isinstance(rows, tuple) else rows
     if note := first.attrs.get("note", ""):
         report.add_text(note, heading="Compute")
-    if spec.measure is None or first.attrs.get("stored"):  # nothing computed by this report
-        report.computed_cost = cost
+    if store_only() and (spec.measure is None or first.attrs.get("stored")):
+        # nothing computed by this report: the cost is the earlier report's, or unknown
+        report.computed_cost = cost or {"wall_time_s": None, "cpu_time_s": None}
     return report.write()

@@ -472,9 +472,10 @@ class Report:
         self.wall_time_s: float | None = None
         self.cpu_time_s: float | None = None
         #: a store-only report (re-judged, nothing computed): the cost of the report that
-        #: computed the results, ``{"wall_time_s", "cpu_time_s"}``, which ``summary.json``
-        #: keeps; this report's own time is stored beside it as ``regenerated_store_only``
-        self.computed_cost: dict[str, float] | None = None
+        #: computed the results, ``{"wall_time_s", "cpu_time_s"}`` (None each when no report
+        #: measured it: runs trained outside one), which ``summary.json`` keeps; this
+        #: report's own time is stored beside it as ``regenerated_store_only``
+        self.computed_cost: dict[str, float | None] | None = None
         self._t0 = time.perf_counter()
         self._cpu0 = time.process_time()
         self.out.mkdir(parents=True, exist_ok=True)
@@ -558,10 +559,16 @@ class Report:
         )
         if self.computed_cost is not None:
             c = self.computed_cost
+            regenerated = (
+                f"regenerated store-only on {_today()} in {wall:.1f} s (CPU {cpu:.1f} s{load})"
+            )
             timing = (
                 f"- Wall time: {c['wall_time_s']:.1f} s (CPU time of that process, all threads: "
                 f"{c['cpu_time_s']:.1f} s), as the report that computed the results measured "
-                f"it; regenerated store-only on {_today()} in {wall:.1f} s (CPU {cpu:.1f} s{load})"
+                f"it; {regenerated}"
+                if c["wall_time_s"] is not None
+                else "- Wall time: not measured by a report (the results were computed outside "
+                f"one; the compute note gives what the runs recorded); {regenerated}"
             )
         parts = [
             f"# {self.title}\n",
