@@ -122,6 +122,28 @@ def test_adam_state_dict_round_trips_into_torch_adam_and_back():
         assert torch.equal(p, q) and torch.equal(p, r)
 
 
+def test_a_torch_adam_state_dict_loads_and_continues_bit_for_bit():
+    a, b = _model(), _model()
+    theirs = torch.optim.Adam(a.parameters(), lr=0.02, betas=(0.8, 0.9))
+    _train(a, theirs, 4)
+    b.load_state_dict(a.state_dict())
+    ours = Adam(b.parameters())
+    ours.load_state_dict(copy.deepcopy(theirs.state_dict()))
+    _train(a, theirs, 4)
+    _train(b, ours, 4)
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p, q)
+    for other, message in (
+        (torch.optim.Adam(_model().parameters(), amsgrad=True), "amsgrad"),
+        (torch.optim.AdamW(_model().parameters()), "decoupled"),
+    ):  # what implicit_reg.Adam does not do is refused at the step, not ignored
+        net = _model()
+        opt = Adam(net.parameters())
+        opt.load_state_dict(other.state_dict())
+        with pytest.raises(ValueError, match=message):
+            _train(net, opt, 1)
+
+
 def test_rmsprop_is_adam_with_beta1_zero_and_no_bias_correction():
     a, b = _model(torch.float64), _model(torch.float64)
     ours = Adam(a.parameters(), lr=0.01, betas=(0.0, 0.9), eps=1e-4, bias_correction=False)

@@ -349,6 +349,13 @@ class Adam(Optimizer):
     def add_param_group(self, param_group: dict) -> None:
         _add_checked_group(self, param_group, _check_adam_group)
 
+    def __setstate__(self, state: dict) -> None:  # a torch.optim.Adam state dict loads too
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("bias_correction", True)
+            group.setdefault("eps_placement", "outside")
+            group.setdefault("maximize", False)
+
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
         """One step. ``closure`` (optional) follows torch's contract: it may call
         ``backward()`` and returns the loss."""
@@ -404,6 +411,12 @@ def _check_adam_group(group: dict) -> None:
         )
     if not isinstance(group["bias_correction"], bool):
         raise ValueError(f"bias_correction must be True or False, got {group['bias_correction']!r}")
+    for flag, what in (
+        ("amsgrad", "amsgrad"),
+        ("decoupled_weight_decay", "AdamW's decoupled decay"),
+    ):
+        if group.get(flag, False):  # keys of a loaded torch.optim.Adam/AdamW state
+            raise ValueError(f"implicit_reg.Adam has no {what}; use torch.optim's optimizer")
 
 
 _WAYS = (
