@@ -471,6 +471,16 @@ def extras(report: Report, a: DoseAnalysis, cfg: DosePlan) -> None:
     )  # fmt: skip
     own = rows[rows.source == "this sweep"]
     planned = len({c.config_hash() for _, cs in dose_phases(cfg) for c in cs})
+    borrowed = int((rows.source != "this sweep").sum())
+    reuse = (
+        "Its run store is not on this machine, so its 0% and 15% runs are read from its "
+        "committed `runs.csv` (final metrics, seeds 0–2) until this sweep trains those levels "
+        "itself (the last phases of the plan); the `source` column of `runs.csv` says which "
+        "rows came from where. "
+        if borrowed
+        else "This sweep trained every level itself, 0% and 15% included (the last phases of "
+        "the plan), so no row is read from that experiment's `runs.csv`. "
+    )
     report.add_text(
         f"Widths {list(cfg.widths)} × label noise {[f'{p:.0%}' for p in cfg.noises]} × "
         f"{cfg.seeds} seeds (then {cfg.extra_seeds} more), `{cfg.dataset}` n = "
@@ -478,13 +488,8 @@ def extras(report: Report, a: DoseAnalysis, cfg: DosePlan) -> None:
         "probes. At widths 16, 21, 36, 80 and 104 these configs are double-descent-width's "
         "`small` configs hash for hash; at 13, 28, 62 and 136 that experiment also ran the "
         "Hessian probes at the end and at 47 evaluated every 40 steps, neither of which "
-        "changes the training. Its run store is not on this machine, so its 0% and 15% runs "
-        "are read from its committed `runs.csv` (final metrics, seeds 0–2) until this sweep "
-        "trains those levels itself (the last phases of the plan); the `source` column of "
-        "`runs.csv` says which rows came from where. "
-        f"{len(own)} of {planned} planned runs of this sweep finished; "
-        f"{int((rows.source != 'this sweep').sum())} rows read from double-descent-width's "
-        "runs.csv.",
+        f"changes the training. {reuse}{len(own)} of {planned} planned runs of this sweep "
+        f"finished; {borrowed} rows read from double-descent-width's runs.csv.",
         heading="Design and reuse",
     )
     report.add_data(rows, "runs.csv")
