@@ -381,11 +381,12 @@ def arm_rows(rows: pd.DataFrame, cfg: Config) -> pd.DataFrame:
 def add_outputs(data: pd.DataFrame, cfg: Config) -> pd.DataFrame:
     """Per run: dead units and the one-class share (:func:`run_outputs`), and per fresh arm
     and width the ensemble of its seeds: the 5-member ensemble's test loss and error, each
-    seed's jackknife pseudo-values (``ens_loss_jk``, ``ens_error_jk``) and its variance term
+    seed's jackknife pseudo-values of the squared loss (``ens_loss_jk``; not of the 0-1 error,
+    which is no U-statistic, so its ensemble error is the 5-member one) and its variance term
     ``var_term`` = mean_i ‖f_s(x_i) − f̄(x_i)‖²·S/(S − 1)."""
     outputs, diag, y = run_outputs(data)
     data = data.merge(diag, on="config_hash", how="left")
-    cols = ("ens_loss", "ens_error", "ens_loss_jk", "ens_error_jk", "var_term", "ens_members")
+    cols = ("ens_loss", "ens_error", "ens_loss_jk", "var_term", "ens_members")
     for c in cols:
         data[c] = np.nan
     for _, g in data[data.condition.isin(FRESH_ARMS)].groupby(["condition", "width"]):
@@ -394,11 +395,11 @@ def add_outputs(data: pd.DataFrame, cfg: Config) -> pd.DataFrame:
             continue
         outs = [outputs[h] for h in g.config_hash]
         loss, loss_jk = jackknife(outs, y, sq_loss)
-        err, err_jk = jackknife(outs, y, zero_one)
+        err = zero_one(np.mean(outs, axis=0), y)
         mean = np.mean(outs, axis=0)
         var = [float(((o - mean) ** 2).sum(1).mean()) * len(outs) / (len(outs) - 1) for o in outs]
         data.loc[g.index, "ens_loss"], data.loc[g.index, "ens_error"] = loss, err
-        data.loc[g.index, "ens_loss_jk"], data.loc[g.index, "ens_error_jk"] = loss_jk, err_jk
+        data.loc[g.index, "ens_loss_jk"] = loss_jk
         data.loc[g.index, "var_term"], data.loc[g.index, "ens_members"] = var, len(outs)
     return data
 
@@ -442,7 +443,7 @@ class Analysis:
     """``data``: one row per (condition, width, seed) with the per-run diagnostics and the
     ensemble columns (:func:`add_outputs`) where the final parameters were read;
     ``peaks[condition, what]``: Peak or Untested, ``what`` in "test_loss", "test_error",
-    "ens_loss_jk", "ens_error_jk", "var_term" (placed at the width nearest n·k), "located"
+    "ens_loss_jk", "var_term" (placed at the width nearest n·k), "located"
     (the test loss, the peak located on a held-out seed),
     "proper" (test loss at n·k on the seeds that trained properly at every width) and,
     for the switch arms, "switch" (the test loss placed at the last reused width)."""
@@ -461,7 +462,7 @@ def analyze(rows: pd.DataFrame, cfg: Config) -> Analysis:
     peaks = {}
     at = cfg.nk_width
     for arm in sorted(set(data.condition)):
-        for what in ("test_loss", "test_error", "ens_loss_jk", "ens_error_jk", "var_term"):
+        for what in ("test_loss", "test_error", "ens_loss_jk", "var_term"):
             if what in data and data.loc[data.condition == arm, what].notna().any():
                 peaks[arm, what] = placed_peak(per_seed(data, arm, what), at)
         table = per_seed(data, arm, "test_loss")
@@ -551,7 +552,7 @@ def claims(a: Analysis, cfg: Config) -> list[Claim]:
                 "Belkin et al. 2019, Fig. 3 (optimization failure left out)", a.peaks[arm, "proper"],
                 context=peak_context(a.peaks[arm, "proper"], cfg, "test loss"))  # fmt: skip
     for arm in arms:
-        for what, name in (("ens_loss_jk", "test loss"), ("ens_error_jk", "test error")):
+        for what, name in (("ens_loss_jk", "test loss"),):
             if (arm, what) in a.peaks:
                 add(f"the ensemble-averaged predictor's {name} still peaks at n·k ({arm}; "
                     "jackknife over seeds)",
@@ -795,7 +796,7 @@ DATA_COLUMNS = (
     "condition", "width", "N", "seed", "reused", "optimizer", "status", "config_hash",
     "train_loss", "train_error", "test_loss", "test_error", "weight_norm", "dist_from_init",
     "dead_units", "top_class_share", "best_train_loss", "stuck", "ens_members", "ens_loss",
-    "ens_error", "ens_loss_jk", "ens_error_jk", "var_term", "wall_time_s",
+    "ens_error", "ens_loss_jk", "var_term", "wall_time_s",
 )  # fmt: skip
 
 
