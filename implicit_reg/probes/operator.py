@@ -43,22 +43,27 @@ How :class:`HessianOperator` computes a block on a chunk (``product``):
   width class (b rounded down to a power of two, b ≥ 2) is split on its
   first chunk: half its columns go through the loop, half through vmap, both
   timed (CPU time on a CPU, synchronized wall time on an accelerator), and
-  the product with the smaller cost per column (the loop's shared forward and
-  first backward taken out of both) computes every later block of that
-  class. Nothing is computed twice: each half is part of the block's result.
-  The choice and the measured costs are kept in ``product_choice`` and
-  ``product_costs``.
+  the loop computes every later block of that class unless vmap measured
+  below :data:`VMAP_MARGIN` of its cost per column (the loop's shared forward
+  and first backward taken out of both). Nothing is computed twice: each half
+  is part of the block's result. The choice and the measured costs are kept
+  in ``product_choice`` and ``product_costs``. The choice depends on timing,
+  so two runs can choose differently and then differ by rounding (about
+  1e-16 relative); ``product="loop"`` repeats bit for bit.
 
 Which wins depends on the model and the block (``benchmarks/bench_probes_batched.py``,
-one thread, float64): on a 10→32→32→4 MLP with 512 samples vmap's batched second
-backward costs about 0.75–0.85× the loop per column (small matrices, per-op
-overhead amortized over the block); on a 40→256→256→10 MLP with 2,000 samples the
-loop is 0.65× vmap (large matrix products, where vmap's batching rules add
-copies); on issue 19's BatchNorm CNN vmap over convolution backward costs several
-times the loop. Neither wins everywhere, hence ``"auto"``. (Also measured and
-dropped: one batched second backward through ``torch.autograd.grad(...,
-is_grads_batched=True)``, 1.06× the loop on the small MLP and 1.8× on the
-large one; vmap over forward-over-reverse, curvlinops' product, 1.3× and 1.7×.)
+one thread, float64, CPU time, load 7-13 on 2 shared cores): on a 10→32→32→4 MLP with
+512 samples vmap's second backward of 33 columns costs 0.77-0.9× the loop's, and the
+estimators tie within the noise (Hutch++ 99: vmap 0.85-0.88×, loop 0.99-1.13×
+curvlinops'); on a 40→256→256→10 MLP with 2,000 samples the loop is 0.6× vmap (large
+matrix products, where vmap's batching rules add copies and bmm); on issue 19's
+BatchNorm CNN vmap over convolution backward costs several times the loop. (Also
+measured and dropped: one batched second backward through
+``torch.autograd.grad(..., is_grads_batched=True)``, 1.06× the loop on the small MLP and
+1.8× on the large one; vmap over forward-over-reverse, curvlinops' own product, 1.07-1.3×
+and 1.7×; vmap over the column axis stored last, 0.89×.) Both products compute the
+same 14 matrix products per column on the small MLP, and MKL's [512, 32] × [32, 32]
+product (58 µs, about 0.8 ms of the 1.05 ms per column) bounds them.
 
 Lanczos, Hutchinson and the density see only the flat-vector interface
 (``matvec``, ``matmat``, ``dim``, ``dtype``, ``device``, ``n_hvp``); they
@@ -117,6 +122,11 @@ COPIES_PER_COLUMN = 5
 
 #: how :class:`HessianOperator` computes a block (see the module docstring).
 PRODUCTS = ("auto", "loop", "vmap")
+
+#: ``"auto"`` takes vmap only when it measured below this fraction of the loop's cost per
+#: column: where the two tie within the timing noise (the small MLPs), the loop, whose
+#: numbers repeat bit for bit, stays.
+VMAP_MARGIN = 0.8
 
 
 def block_size_for(dim: int, dtype: torch.dtype, block_memory: int | None = None) -> int:
@@ -524,7 +534,7 @@ class HessianOperator(CurvatureOperator):
         costs = {"loop": (t1 - t0 - first) / k, "vmap": max(t2 - t1 - first, 0.0) / (b - k)}
         key = b.bit_length()
         self.product_costs[key] = costs
-        self.product_choice[key] = min(costs, key=costs.get)
+        self.product_choice[key] = "vmap" if costs["vmap"] < VMAP_MARGIN * costs["loop"] else "loop"
         return tuple(torch.cat([h, t]) for h, t in zip(head, tail))
 
     def _vmapped_product(self, term: Term, params, vs):
