@@ -120,3 +120,23 @@ def test_a_sweep_on_the_default_backend_trains_every_run_once(tmp_path, workers)
     assert report.done == 6 and report.failed == 0
     again = run_sweep(spec, tmp_path / "sweep", workers=workers, progress=False)
     assert (again.done, again.skipped) == (0, 6)
+
+
+def _die_on_seed_1(job, store):
+    """A task whose worker dies (as under the OOM killer) on the run of seed 1."""
+    import os
+
+    if any(c.seed == 1 for c in job):
+        os._exit(1)
+    return backends._run_in_worker(job, store)
+
+
+def test_a_dead_worker_loses_its_job_and_the_pool_is_renewed_for_the_rest():
+    runs = configs(5)
+    feed = JobFeed([[c] for c in runs])
+    out = {r.config.seed: r for r in run_on_processes(_die_on_seed_1, feed, None, workers=2,
+                                                      threads=1)}  # fmt: skip
+    assert sorted(out) == [0, 1, 2, 3, 4]
+    assert out[1].summary.get("lost") and out[1].status == "failed"
+    # the job beside it may die with the pool; the jobs taken after it run on a new one
+    assert out[4].status == "complete" and out[3].status == "complete"

@@ -32,6 +32,7 @@ import traceback
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 
 from .config import RunConfig
@@ -148,41 +149,51 @@ def run_on_processes(
     if feed.done:
         return
     size = workers if isinstance(jobs, JobFeed) else min(workers, len(jobs))
-    with ProcessPoolExecutor(
-        max_workers=size,
-        mp_context=get_context("spawn"),
-        initializer=_init_worker,
-        initargs=(threads,),
-    ) as pool:
-        running: dict = {}
-        try:
-            while True:
-                starved = False  # a job is left that cannot be taken now
-                while len(running) < size and not feed.done:
-                    job = feed.take()
-                    if job is None:
-                        starved = True
-                        break
+
+    def new_pool() -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=size,
+            mp_context=get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(threads,),
+        )
+
+    pool = new_pool()
+    running: dict = {}
+    try:
+        while True:
+            starved = False  # a job is left that cannot be taken now
+            while len(running) < size and not feed.done:
+                job = feed.take()
+                if job is None:
+                    starved = True
+                    break
+                try:
                     running[pool.submit(task, job, store)] = job
-                if not running:
-                    if feed.done:
-                        return
-                    time.sleep(feed.poll_s)
-                    continue
-                done, _ = wait(
-                    running, timeout=feed.poll_s if starved else None, return_when=FIRST_COMPLETED
-                )
-                for fut in done:
-                    job = running.pop(fut)
-                    try:
-                        yield from fut.result()
-                    except Exception:  # the worker process itself died
-                        error = traceback.format_exc()
-                        for c in job:
-                            yield failed_result(c, error, lost=True)
-        finally:
-            for fut in running:
-                fut.cancel()
+                except BrokenProcessPool:  # a worker died: its jobs fail below; go on anew
+                    pool.shutdown(wait=False)
+                    pool = new_pool()
+                    running[pool.submit(task, job, store)] = job
+            if not running:
+                if feed.done:
+                    return
+                time.sleep(feed.poll_s)
+                continue
+            done, _ = wait(
+                running, timeout=feed.poll_s if starved else None, return_when=FIRST_COMPLETED
+            )
+            for fut in done:
+                job = running.pop(fut)
+                try:
+                    yield from fut.result()
+                except Exception:  # the worker process itself died
+                    error = traceback.format_exc()
+                    for c in job:
+                        yield failed_result(c, error, lost=True)
+    finally:
+        for fut in running:
+            fut.cancel()
+        pool.shutdown(wait=True)
 
 
 def process_pool_backend(workers: int) -> Backend:
