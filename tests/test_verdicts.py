@@ -88,3 +88,26 @@ def test_report_writes_verdicts_tally_and_headline_rows(tmp_path):
     index = write_index(tmp_path).read_text()
     assert index.startswith("# What the reproductions show")
     assert "| reproduced | rises: 2 [" in index and "1/2 (1 not tested)" in index
+
+
+def test_why_section_reads_each_answer_from_the_reports(tmp_path):
+    out = tmp_path / "x"
+    report = Report("x", "X: a thing", "smoke", out, {"a": 1}, "paper")
+    report.add_claim("rises", "paper", paired_test([3.0, 5.0, 4.0], [1.0, 2.0, 3.0]), headline=True)
+    report.add_claim("falls", "paper", paired_test([1.0, 2.0, 3.0], [3.0, 5.0, 4.0]))
+    report.write()
+    (tmp_path / "WHY.toml").write_text(
+        '[[question]]\nask = "Does it rise?"\n'
+        'claims = [{experiment = "x", claim = "rises"}, {experiment = "x", claim = "falls"}]\n'
+    )
+    index = write_index(tmp_path).read_text()
+    why = index.index("## What explains double descent here")
+    assert index.startswith("# What the reproductions show") and why < index.index("| phenomenon")
+    assert "**Does it rise?**" in index
+    assert "- [x](x/report.md), reproduced: rises: 2 [" in index
+    assert "- [x](x/report.md), **not reproduced**: falls: -2 [" in index
+    (tmp_path / "WHY.toml").write_text(
+        '[[question]]\nask = "?"\nclaims = [{experiment = "x", claim = "renamed"}]\n'
+    )
+    with pytest.raises(ValueError, match="makes no claim 'renamed'"):
+        write_index(tmp_path)

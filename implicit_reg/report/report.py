@@ -40,6 +40,7 @@ __all__ = [
     "check_scale",
     "select_scale",
     "reproduce_command",
+    "why_section",
     "write_index",
     "headline_rows",
     "mean_std",
@@ -102,6 +103,8 @@ def reproduce_command(name: str, scale: str, out: Path | str) -> str:
 INDEX_FILE = "README.md"
 SUMMARY_FILE = "SUMMARY.md"
 NOTES_FILE = "NOTES.md"
+#: Declares the questions the index answers first (see :func:`why_section`).
+WHY_FILE = "WHY.toml"
 
 
 def _summary_tally(s: Mapping[str, Any]) -> str:
@@ -135,13 +138,55 @@ def headline_rows(root: Path) -> list[dict[str, str]]:
     return rows
 
 
+def why_section(root: Path) -> str:
+    """The "What explains double descent here" section, generated from the reports' claims.
+
+    ``root/WHY.toml`` declares, per question, which experiments' claims answer
+    it (``[[question]]`` tables with ``ask`` and ``claims = [{experiment,
+    claim}]``; ``claim`` is the claim's exact text). Each answer line is that
+    claim's verdict and its ``short`` sentence (the effect and its 90%
+    interval) read from the experiment's ``summary.json``, with a link to the
+    report, so no sentence of the section is written by hand and a rerun that
+    changes a verdict changes the page. A declared claim that no report makes
+    is a ValueError naming it (a renamed claim must not vanish silently).
+    Returns "" when there is no ``WHY.toml``.
+    """
+    import tomllib
+
+    root = Path(root)
+    path = root / WHY_FILE
+    if not path.exists():
+        return ""
+    spec = tomllib.loads(path.read_text(encoding="utf-8"))
+    lines = ["## " + spec.get("title", "What explains double descent here"), ""]
+    if spec.get("intro"):
+        lines += [spec["intro"].strip(), ""]
+    for q in spec.get("question", []):
+        lines += [f"**{q['ask']}**", ""]
+        for ref in q["claims"]:
+            name, text = ref["experiment"], ref["claim"]
+            summary = root / name / "summary.json"
+            if not summary.exists():
+                raise ValueError(f"{path}: experiment {name!r} has no {summary}")
+            claims = json.loads(summary.read_text(encoding="utf-8"))["claims"]
+            found = [c for c in claims if c["claim"] == text]
+            if not found:
+                raise ValueError(f"{path}: {name} makes no claim {text!r}")
+            c = found[0]
+            verdict = {"not reproduced": "**not reproduced**"}.get(c["verdict"], c["verdict"])
+            lines.append(f"- [{name}]({name}/{REPORT_FILE}), {verdict}: {c.get('short') or text}")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
 def write_index(root: Path) -> Path:
     """Write ``root/README.md``: the headline claims, then a table of every report.
 
     Reads each ``summary.json`` (written by :meth:`Report.write`). The page
     opens with one row per experiment that marks a headline claim
     (:func:`headline_rows`: figure, verdict, one sentence with the effect and
-    its interval), generated from the claims. A hand-written
+    its interval), generated from the claims, after the section that
+    ``root/WHY.toml`` declares (:func:`why_section`). A hand-written
     ``root/SUMMARY.md`` (what the reports show, in prose), if there is one,
     follows; then one row per experiment with its title, scale, how many
     distinct effects reproduced (:func:`tally`), the wall time and the CPU
@@ -169,6 +214,10 @@ def write_index(root: Path) -> Path:
         else ""
     )
     head = summary.read_text(encoding="utf-8").rstrip() + "\n\n" if summary.exists() else ""
+    why = why_section(root)
+    if why:
+        glance = (glance.split("\n\n", 1)[0] + "\n\n" + why + "\n" + glance.split("\n\n", 1)[1]
+                  if glance else why + "\n")  # fmt: skip
     tail = "\n" + notes.read_text(encoding="utf-8").strip() + "\n" if notes.exists() else ""
     text = (
         glance
