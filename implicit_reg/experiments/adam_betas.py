@@ -223,33 +223,32 @@ def claims(a: Analysis, cfg: Config) -> list[Claim]:
 
 
 def betas_figure(a: Analysis, cfg: Config) -> Figure:
-    """N and the test error against c, one line per (η, β₁) through its β₂ values."""
-    fig = Figure(figsize=(11, 4.4), layout="constrained")
-    ax_n, ax_e = fig.subplots(1, 2)
-    k = 0
-    for cv in a.curves:
-        if not len(cv.seeds):
-            continue
-        for b1 in sorted({b1 for b1, _ in cv.betas}):
+    """N and the test error against c, one row of panels per η, one line per β₁ through
+    its β₂ values."""
+    curves = [cv for cv in a.curves if len(cv.seeds)] or list(a.curves[:1])
+    fig = Figure(figsize=(11, 0.6 + 3.8 * len(curves)), layout="constrained")
+    axes = fig.subplots(len(curves), 2, squeeze=False)
+    for (ax_n, ax_e), cv in zip(axes, curves):
+        for k, b1 in enumerate(sorted({b1 for b1, _ in cv.betas})):
             cols = [j for j, (x, _) in enumerate(cv.betas) if x == b1]
-            label = f"β₁ = {b1:g}" + (f", η = {cv.lr:g}" if len(a.curves) > 1 else "")
             for ax, vals in ((ax_n, cv.one_norm), (ax_e, cv.test_error)):
+                if not len(vals):
+                    continue
                 ax.errorbar(
                     cv.c[cols], vals[:, cols].mean(0), yerr=vals[:, cols].std(0), fmt="o-",
-                    color=f"C{k}", ms=4, capsize=2, label=label,
+                    color=f"C{k}", ms=4, capsize=2, label=f"β₁ = {b1:g}",
                 )  # fmt: skip
-            k += 1
-    for ax, label in ((ax_n, "N = Σ√(g² + ε) at the target"), (ax_e, "test error at the target")):
-        ax.set_xscale("symlog", linthresh=10)
-        ax.set(xlabel="c = β₁/(1−β₁) − β₂/(1−β₂)  (> 0 penalizes N, < 0 anti-penalizes)")
-        ax.set_ylabel(label)
-        ax.axvline(0, ls=":", color="gray", lw=1)
-        ax.legend(fontsize=8, title="β₂ = 0.999, 0.99, 0.9 left to right", title_fontsize=7)
-    seeds = sorted({len(cv.seeds) for cv in a.curves})
+        for ax, label in ((ax_n, "N = Σ√(g² + ε) at the target"), (ax_e, "test error")):
+            ax.set_xscale("symlog", linthresh=10)
+            ax.set(xlabel="c = β₁/(1−β₁) − β₂/(1−β₂)  (> 0 penalizes N, < 0 anti-penalizes)")
+            ax.set_ylabel(label)
+            ax.set_title(f"η = {cv.lr:g} ({len(cv.seeds)} seeds)", fontsize=9)
+            ax.axvline(0, ls=":", color="gray", lw=1)
+            ax.legend(fontsize=7, title="β₂ = 0.999, 0.99, 0.9 left to right", title_fontsize=7)
     fig.suptitle(
         f"Full-batch Adam (ε = {cfg.eps:g} inside the root) on MNIST-1D (n = {cfg.n_train}), "
         f"MLP 40→{cfg.width}→{cfg.width}→10 tanh, stopped at training loss {cfg.target:g}; "
-        f"mean ± std over {'/'.join(map(str, seeds))} seeds"
+        "mean ± std over seeds"
     )
     return fig
 
