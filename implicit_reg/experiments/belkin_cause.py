@@ -653,8 +653,9 @@ def conclusion(a: Analysis, cfg: Config) -> str:
     ends = [s for s in cfg.switches if s != 1.0]
     sw = [verdict.get((switch_arm(s), "switch"), "not run") for s in ends]
     nk = [verdict.get((switch_arm(s), "test_loss"), "not run") for s in ends]
-    if "not run" in sw:
-        out.append("- reuse: the switched chains have not all finished; not decided.")
+    if "not run" in sw or "not tested" in sw + nk:
+        out.append("- reuse: the switched chains have not all finished (or cannot be tested); "
+                   "not decided.")  # fmt: skip
     else:
         follows = all(v == "reproduced" for v in sw) and all(v != "reproduced" for v in nk)
         never = all(v == "not reproduced" for v in sw)
