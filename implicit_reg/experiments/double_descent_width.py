@@ -211,8 +211,8 @@ CONFIGS = {
     # (16,000 forward passes and the full gradient) costs 2.3 epochs of training, a light one
     # (the errors alone) about 1.4: only double-descent-epochs' widths (10, 47, 300) read
     # their errors every epoch, and the gradient and weight norms, which the analysis reads
-    # at the end, are evaluated every 50 epochs (benchmarks/bench_sweep.py: 21.6 -> 19.8
-    # projected CPU-min for the MNIST-1D sweep, 23.6 with full evaluations every time).
+    # at the end, are evaluated every 50 epochs (benchmarks/bench_sweep.py, one run, load 7:
+    # 17.4 projected CPU-min for the MNIST-1D sweep against 21.2 with full evaluations).
     "small": Config(
         mnist1d=Setting(
             "MNIST-1D, cross-entropy", "mnist1d_large", 2, "cross_entropy",
