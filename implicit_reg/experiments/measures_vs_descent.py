@@ -143,8 +143,8 @@ SOURCES = {
     "pacbayes_flatness": f"{_JIANG}, eq. 53",
 }
 REFERENCE = "test_error"  # judged by the same rule: it must "explain" itself
-#: label-noise-dose's committed per-run table (its 0% and 15% rows: double-descent-width's
-#: runs, seeds 0-2), against which the test errors here are compared
+#: label-noise-dose's committed per-run table, against whose 0% and 15% rows the test errors
+#: here are compared
 DOSE_RUNS = Path(__file__).resolve().parents[2] / "docs/results/label-noise-dose/runs.csv"
 RULE = """A measure M **explains the second descent** when both legs hold (declared before any
 measure was computed; every test one-sided at α = 0.05, paired over seeds):
@@ -545,18 +545,17 @@ def figures(a: Analysis, cfg: Config) -> list[tuple[Figure, str, str]]:
     n = len(cols)
     ncol = 4
     nrow = -(-n // ncol)
-    fig = Figure(figsize=(4 * ncol, 3 * nrow), layout="constrained")
+    fig = Figure(figsize=(3.4 * ncol, 2.6 * nrow), layout="constrained")
     axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
     for ax, v in zip(axes, cols):
         for noise, colour, label in ((cfg.noisy, "C3", f"{cfg.noisy:.0%} noise"),
                                      (0.0, "C0", "clean")):  # fmt: skip
             t = setting_table(a.rows, noise, v.name).to_numpy(dtype=float)
             t = np.where(np.isfinite(t), t, np.nan)
-            for row in t:
-                ax.plot(a.widths, row, color=colour, alpha=0.25, lw=0.8)
             with warnings.catch_warnings():  # a width where every seed is inf: a gap
                 warnings.simplefilter("ignore", RuntimeWarning)
-                mean = np.nanmean(t, 0)
+                mean, lo, hi = np.nanmean(t, 0), np.nanmin(t, 0), np.nanmax(t, 0)
+            ax.fill_between(a.widths, lo, hi, color=colour, alpha=0.2, lw=0)
             ax.plot(a.widths, mean, color=colour, lw=2, label=label)
         if a.fit_width is not None:
             ax.axvline(a.fit_width, color="C3", ls=":", lw=1)
@@ -572,7 +571,7 @@ def figures(a: Analysis, cfg: Config) -> list[tuple[Figure, str, str]]:
     for ax in axes[n:]:
         ax.set_visible(False)
     fig.suptitle(
-        "Measures against width, per seed (thin) and seed mean (thick); dotted: first width "
+        "Measures against width: seed mean (line) and the range over seeds (band); dotted: first width "
         "fitting the training set (red: noisy, blue: clean); gaps: γ ≤ 0 (vacuous bound)",
         fontsize=9,
     )
@@ -609,7 +608,8 @@ def extras(report: Report, a: Analysis, cfg: Config) -> None:
     if train is not None and train.notna().any():
         lines.append(
             f"Training: {train.sum() / 60:.1f} minutes of ensemble wall time shared among "
-            f"{train.notna().sum()} runs (each run's share, one thread, nice 15, loaded host)."
+            f"{train.notna().sum()} runs (each run's share; one thread at nice 15 on a shared "
+            "2-core host, so wall time, not CPU time)."
         )
     report.add_text("\n".join(lines), heading="Runs and cost")
 
@@ -641,7 +641,7 @@ def answer_text(a: Analysis) -> str:
 
 def committed_comparison(rows: pd.DataFrame, path: Path = DOSE_RUNS) -> str | None:
     """How the test errors here compare with label-noise-dose's committed rows (the same
-    configs; those were trained by double-descent-width, one run at a time)."""
+    configs)."""
     if not Path(path).is_file():
         return None
     ref = pd.read_csv(path)
@@ -656,7 +656,7 @@ def committed_comparison(rows: pd.DataFrame, path: Path = DOSE_RUNS) -> str | No
     means = both.groupby(["label_noise", "width"])[["test_error", "test_error_committed"]].mean()
     return (
         f"{len(both)} runs here have a committed twin in label-noise-dose's `runs.csv` (same "
-        f"config hash; double-descent-width's runs): {exact} have the same test error to "
+        f"config hash): {exact} have the same test error to "
         f"the table's 8 digits; mean difference {100 * d.mean():+.3f} points, largest "
         f"{100 * d.abs().max():.3f} points. Seed means (here / committed), per noise level: "
         + "; ".join(
