@@ -54,6 +54,7 @@ from .flatness import (
     grad_norm_sq,
     weight_norms,
 )
+from .landscape import filter_normalized_direction
 from .layers import format_table, layer_table
 from .operator import (
     DEFAULT_BLOCK_MEMORY,
@@ -73,7 +74,6 @@ from .selection import module_groups, select_params
 from .slices import (
     Slice1D,
     Slice2D,
-    filter_normalized_direction,
     loss_slice_1d,
     loss_slice_2d,
     top_eigenvector_directions,

@@ -14,7 +14,7 @@ optionally, the accuracy at each grid point. Three kinds of directions
   rescaled to ‖d_f‖ = ‖θ_f‖. With ``ignore="biasbn"`` (their code's default)
   the direction is zero on 1-D tensors (biases, BatchNorm scale and shift);
   with ``ignore=None`` it equals θ there (their alternative). The draw is
-  :func:`implicit_reg.probes.slices.filter_normalized_direction` with seeds
+  :func:`filter_normalized_direction` with seeds
   ``seed, seed + 1``.
 - ``"hessian"``: the top eigenvectors of H = ∇²L(θ) by
   :func:`implicit_reg.probes.lanczos` (unit vectors: α is a distance in
@@ -54,7 +54,6 @@ from .batches import Term, _call, check_data, loss_terms
 from .eigen import lanczos
 from .operator import HessianOperator
 from .selection import select_params
-from .slices import filter_normalized_direction
 from .state import DEFAULT_MODE, check_mode, preserved, seeded_rng
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -67,6 +66,7 @@ __all__ = [
     "ACTIVATION_FACTOR",
     "Landscape",
     "PCAPlane",
+    "filter_normalized_direction",
     "random_directions",
     "hessian_directions",
     "pca_directions",
@@ -144,6 +144,34 @@ class Landscape:
 
 
 # ------------------------------------------------------------------ directions
+def filter_normalized_direction(
+    model: nn.Module, *, seed: int = 0, ignore_1d: bool = True
+) -> Tensor:
+    """A random filter-normalized direction over the trainable parameters (flat).
+
+    Gaussian entries from a private generator seeded with ``seed``; each
+    filter d_f of a tensor with ≥ 2 dims is scaled to ‖d_f‖ = ‖θ_f‖. Tensors
+    with ≤ 1 dim get zeros (``ignore_1d=True``, Li et al.'s default) or a copy
+    of θ (``ignore_1d=False``, Li et al.'s alternative).
+    """
+    params = [p.detach() for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters (requires_grad=True)")
+    gen = torch.Generator(device=params[0].device).manual_seed(int(seed))
+    parts = []
+    for p in params:
+        d = torch.randn(p.shape, generator=gen, device=p.device, dtype=p.dtype)
+        if p.dim() <= 1:
+            d = torch.zeros_like(p) if ignore_1d else p.clone()
+        else:
+            dn = d.reshape(len(d), -1).norm(dim=1)
+            pn = p.reshape(len(p), -1).norm(dim=1)
+            scale = torch.where(dn > 0, pn / dn, torch.zeros_like(dn))
+            d = d * scale.view(-1, *([1] * (p.dim() - 1)))
+        parts.append(d.reshape(-1))
+    return torch.cat(parts)
+
+
 def _check_ignore(ignore):
     if ignore not in IGNORE:
         raise ValueError(f"ignore must be 'biasbn' or None, got {ignore!r}")

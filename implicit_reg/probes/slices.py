@@ -24,19 +24,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from torch import Tensor, nn
 
 from ..core.hvp import DEFAULT_METHOD
 from ..core.objective import Data
 from .eigen import lanczos
+from .landscape import evaluate_points, filter_normalized_direction
 from .operator import HessianOperator
 from .state import DEFAULT_MODE
 
 __all__ = [
     "Slice1D",
     "Slice2D",
-    "filter_normalized_direction",
     "top_eigenvector_directions",
     "loss_slice_1d",
     "loss_slice_2d",
@@ -60,34 +59,6 @@ class Slice2D:
     betas: np.ndarray
     losses: np.ndarray
     directions: tuple[Tensor, Tensor]
-
-
-def filter_normalized_direction(
-    model: nn.Module, *, seed: int = 0, ignore_1d: bool = True
-) -> Tensor:
-    """A random filter-normalized direction over the trainable parameters (flat).
-
-    Gaussian entries from a private generator seeded with ``seed``; each
-    filter d_f of a tensor with ≥ 2 dims is scaled to ‖d_f‖ = ‖θ_f‖. Tensors
-    with ≤ 1 dim get zeros (``ignore_1d=True``, Li et al.'s default) or a copy
-    of θ (``ignore_1d=False``, Li et al.'s alternative).
-    """
-    params = [p.detach() for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("the model has no trainable parameters (requires_grad=True)")
-    gen = torch.Generator(device=params[0].device).manual_seed(int(seed))
-    parts = []
-    for p in params:
-        d = torch.randn(p.shape, generator=gen, device=p.device, dtype=p.dtype)
-        if p.dim() <= 1:
-            d = torch.zeros_like(p) if ignore_1d else p.clone()
-        else:
-            dn = d.reshape(len(d), -1).norm(dim=1)
-            pn = p.reshape(len(p), -1).norm(dim=1)
-            scale = torch.where(dn > 0, pn / dn, torch.zeros_like(dn))
-            d = d * scale.view(-1, *([1] * (p.dim() - 1)))
-        parts.append(d.reshape(-1))
-    return torch.cat(parts)
 
 
 def top_eigenvector_directions(op: HessianOperator, k: int = 1, **lanczos_options) -> list[Tensor]:
@@ -131,7 +102,6 @@ def loss_slice_1d(
     (unit top eigenvector by Lanczos) or a flat tensor over the trainable
     parameters.
     """
-    from .landscape import evaluate_points  # landscape imports this module
 
     alphas = _grid(np.linspace(-1, 1, 21) if alphas is None else alphas, "alphas")
     op = HessianOperator(model, loss_fn, data, chunk_size=chunk_size, mode=mode, method=method)
@@ -179,7 +149,6 @@ def loss_slice_2d(
         if len(directions) != 2:
             raise ValueError("directions must be a pair of flat tensors")
         d1, d2 = (_direction(op, model, d, seed) for d in directions)
-    from .landscape import evaluate_points  # landscape imports this module
 
     coords = np.stack(np.meshgrid(alphas, betas), axis=-1).reshape(-1, 2)  # row j: β_j
     losses, _ = evaluate_points(
