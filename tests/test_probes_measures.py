@@ -96,8 +96,18 @@ def test_every_probe_leaves_batchnorm_dropout_model_untouched(mode):
     kw = {"chunk_size": 25, "mode": mode}
     # a pending autograd graph through the parameters must survive the probes
     pending = model[4](torch.ones(2, 16, dtype=F64)).sum()
+    # path norm needs a ReLU MLP and the spectral measures an all-Linear one: on this
+    # BatchNorm/Tanh model they must refuse, not return a number
+    mlp_only = {
+        "path_norm": "positively homogeneous", "path_norm_margin": "positively homogeneous",
+        "spec_orig": "only parametrized layers", "spec_init": "only parametrized layers",
+        "spec_bartlett": "only parametrized layers", "spec_bartlett_init": "only parametrized layers",
+    }  # fmt: skip
+    for name, why in mlp_only.items():
+        with pytest.raises(ValueError, match=why):
+            run_probes([name], model, loss_fn, (X, y), init_state=init, **kw)
     results = run_probes(
-        list(PROBES),
+        [name for name in PROBES if name not in mlp_only],
         model,
         loss_fn,
         (X, y),
@@ -108,7 +118,10 @@ def test_every_probe_leaves_batchnorm_dropout_model_untouched(mode):
         lanczos_max_iter=30,
         **kw,
     )
-    assert all(math.isfinite(v) for v in results.values())
+    # an untrained 3-class model: no σ ≤ σ_max raises its error by 0.1, so the PAC-Bayes
+    # σ search is unbracketed and its measures are NaN by definition
+    assert all(math.isfinite(v) for k, v in results.items() if not k.startswith("pacbayes"))
+    assert math.isnan(results["pacbayes_sigma"])
     assert_same(model, snap, "run_probes")
     op = HessianOperator(model, loss_fn, (X, y), **kw)
     probes = {
