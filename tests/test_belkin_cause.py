@@ -235,3 +235,8 @@ def test_a_peak_that_follows_the_switch_is_placed_at_the_switch():
     verdicts, _ = _verdicts(_table(_falling(), switch_curve=switch))
     assert _one(verdicts, "where reuse switches off", "1.3·n·k") == "reproduced"
     assert _one(verdicts, "peaks at n·k", "reuse, fresh from 1.3") != "reproduced"
+    # the peak is the last reused network, so the first fresh one (H = 20) steps down
+    assert _one(verdicts, "first fresh network", "1.3·n·k") == "not reproduced"
+    up = {w: v + (0.5 if w >= 20 else 0.0) for w, v in _falling().items()}
+    verdicts, _ = _verdicts(_table(_falling(), switch_curve=up))
+    assert _one(verdicts, "first fresh network", "1.3·n·k") == "reproduced"

@@ -75,7 +75,7 @@ from implicit_reg.report.report import (
     mean_std,
     select_scale,
 )
-from implicit_reg.stats import paired_ratio, paired_test
+from implicit_reg.stats import paired_ratio, paired_test, welch_test
 
 from ._spec import Plan, Spec, run_spec
 from ._sweeps import (
@@ -517,6 +517,17 @@ def rise_split(a: Analysis, arm: str):
     return attempt(paired_test, s_rise, e_rise), ratio
 
 
+def switch_step(a: Analysis, cfg: Config, fraction: float):
+    """Welch test of the first fresh width's test loss over the last reused width's, in the
+    arm switched at ``fraction``·n·k (different networks, so unpaired); None if not run."""
+    t = per_seed(a.data, switch_arm(fraction), "test_loss")
+    w = cfg.last_reused(fraction)
+    first = next((x for x in cfg.widths if not cfg.reused(x, fraction)), None)
+    if w is None or first is None or w not in t or first not in t:
+        return None
+    return attempt(welch_test, t[first].dropna(), t[w].dropna())
+
+
 def fieller(r) -> str:
     """A paired_ratio's 90% Fieller set in words (an interval, two rays, or every ratio)."""
     lo, hi = r.ci
@@ -581,6 +592,14 @@ def claims(a: Analysis, cfg: Config) -> list[Claim]:
         add(f"the test loss peaks where reuse switches off (last reused H = {w}; {arm})",
             "the reuse artifact: a peak that follows the switch", a.peaks[arm, "switch"],
             context=peak_context(a.peaks[arm, "switch"], cfg, "test loss"))  # fmt: skip
+        step = switch_step(a, cfg, s)
+        if step is not None:
+            first = next(x for x in cfg.widths if not cfg.reused(x, s))
+            out.append(Claim(
+                f"the first fresh network after the switch (H = {first}) has a higher test loss "
+                f"than the last reused one (H = {w}; {arm}; added after seeing the chains)",
+                "the reuse artifact: a step up where reuse switches off", (step,),
+            ))  # fmt: skip
         add(f"the test loss peaks at n·k ({where}; {arm})", "Belkin et al. 2019, Fig. 3",
             a.peaks[arm, "test_loss"], context=peak_context(a.peaks[arm, "test_loss"], cfg,
                                                             "test loss"))  # fmt: skip
@@ -666,6 +685,15 @@ def conclusion(a: Analysis, cfg: Config) -> str:
             f"- reuse: {what} (" + "; ".join(
                 f"switch at {s:g}·n·k: at the switch {v} ({_rise(pk[switch_arm(s), 'switch'])}), "
                 f"at n·k {w}" for s, v, w in zip(ends, sw, nk)) + ")."
+        )  # fmt: skip
+    steps = [(f, switch_step(a, cfg, f)) for f in cfg.switches]
+    steps = [(f, t) for f, t in steps if t is not None and hasattr(t, "effect")]
+    if steps:
+        out.append(
+            "- the step up from the last reused to the first fresh network (added after seeing "
+            "the chains; Welch): " + "; ".join(
+                f"at {f:g}·n·k {t.verdict} ({t.effect:+.3g} [{t.ci[0]:.3g}, {t.ci[1]:.3g}])"
+                for f, t in steps) + "."
         )  # fmt: skip
     for arm in ("fresh, Glorot", f"fresh, {cfg.chain_init}"):
         out += _variance_lines(a, arm, verdict)
