@@ -59,6 +59,17 @@ def test_peak_placed_at_first_fitting_k_and_noise_effect():
     assert verdicts == ["reproduced", "reproduced", "not tested"]
 
 
+def test_a_partial_grid_leaves_the_model_wise_claims_untested():
+    rows = _rows(
+        test_noisy=[0.30, 0.20, 0.35, 0.15, 0.10], train_noisy=[0.4, 0.25, 0.005, 0.0, 0.0],
+        test_clean=[0.20, 0.10, 0.08, 0.06, 0.05], train_clean=[0.2, 0.05, 0.0, 0.0, 0.0],
+    )  # fmt: skip
+    rows = rows[~((rows.width == 2) & (rows.label_noise == 0))]
+    a = cd.analyze(rows, CFG)
+    assert isinstance(a.peak, Untested) and "k = 2 not finished" in a.peak.reason
+    assert isinstance(a.noise_effect, Untested)
+
+
 def test_no_peak_where_the_curve_falls_and_untested_without_a_fit():
     falling = _rows(
         test_noisy=[0.30, 0.25, 0.20, 0.15, 0.10], train_noisy=[0.4, 0.3, 0.0, 0.0, 0.0],

@@ -255,6 +255,11 @@ def analyze(rows: pd.DataFrame, cfg: Config) -> Analysis:
     curves = {s: model_wise(rows[(rows.label_noise > 0) == (s == "noisy")], s) for s, _ in SETTINGS}
     peak = threshold_peak(curves["noisy"])
     effect = noise_effect(curves["noisy"], curves["clean"])
+    done = set(curves["noisy"].widths) & set(curves["clean"].widths)
+    missing = sorted(set(cfg.widths) - done)
+    if missing:  # a partial grid: the first fitting k is not determined yet
+        why = f"partial: k = {', '.join(map(str, missing))} not finished on every label setting"
+        peak = effect = Untested(why + " (the first fitting k is not determined yet)")
     history = rows.attrs.get("history")
     if history is None:
         history = _history(rows, cfg)
