@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -63,17 +63,10 @@ from implicit_reg.ensemble.batched import BatchedEnsemble
 from implicit_reg.ensemble.vectorized import MinibatchOrder
 from implicit_reg.workloads.models import build_model
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_sweep import timed  # noqa: E402
+
 N, SIDE, BATCH, LR = 4000, 28, 128, 1e-4
-
-
-def timed(fn, steps: int, warmup: int = 3) -> float:
-    """CPU seconds per call of ``fn`` over ``steps`` calls after ``warmup``."""
-    for _ in range(warmup):
-        fn()
-    start = time.process_time()
-    for _ in range(steps):
-        fn()
-    return (time.process_time() - start) / steps
 
 
 def members(k: int, m: int) -> list[nn.Module]:
@@ -269,7 +262,7 @@ def main() -> None:
         best = {name: float("inf") for name in METHODS}
         for _ in range(args.reps):
             for name, fn in steps.items():
-                best[name] = min(best[name], timed(fn, args.steps) / m)
+                best[name] = min(best[name], timed(fn, args.steps, warmup=3) / m)
         ms = {name: 1e3 * t for name, t in best.items()}
         print(
             f"{k:>3} " + " ".join(f"{ms[n]:8.2f}" for n in METHODS)

@@ -297,13 +297,20 @@ def central_flow(
         rows.append(info)
         theta = theta + dt * _flat(vel)
         thetas.append(theta.clone())
+    return _result(rows, thetas, dt, n_hvp, diverged)
+
+
+def _result(rows, thetas, dt, n_hvp, diverged, nu=None) -> CentralFlowResult:
+    """A flow's per-step rows and iterates as a :class:`CentralFlowResult` (both flows)."""
     col = {k: np.array([r[k] for r in rows], dtype=np.float64) for k in ("loss", "sharpness", "sigma2", "loss_predicted")}  # fmt: skip
+    extra = {} if nu is None else {"nu": torch.stack(nu).cpu().double().numpy()}
     return CentralFlowResult(
         t=dt * np.arange(len(thetas), dtype=np.float64),
         theta=torch.stack(thetas).cpu().double().numpy(),
         n_hvp=n_hvp,
         diverged=diverged,
         **col,
+        **extra,
     )
 
 
@@ -437,12 +444,4 @@ def rmsprop_central_flow(
         nu = nu + dt * (c + sigma2 * d)
         thetas.append(theta.clone())
         nus.append(nu.clone())
-    col = {k: np.array([r[k] for r in rows], dtype=np.float64) for k in ("loss", "sharpness", "sigma2", "loss_predicted")}  # fmt: skip
-    return CentralFlowResult(
-        t=dt * np.arange(len(thetas), dtype=np.float64),
-        theta=torch.stack(thetas).cpu().double().numpy(),
-        n_hvp=n_hvp,
-        diverged=diverged,
-        nu=torch.stack(nus).cpu().double().numpy(),
-        **col,
-    )
+    return _result(rows, thetas, dt, n_hvp, diverged, nu=nus)
