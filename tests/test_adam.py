@@ -44,12 +44,7 @@ def assert_states_close(a, b, tol):
         torch.testing.assert_close(a[k], b[k], rtol=tol, atol=tol)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest's: one torch thread
 
 
 def _model(dtype=torch.float32, seed=0):

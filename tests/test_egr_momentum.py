@@ -20,12 +20,7 @@ from implicit_reg.core.modified_equations import heavy_ball_coeff
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest's: one torch thread
 
 
 def _model(seed=0):

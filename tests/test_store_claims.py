@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from implicit_reg.engine import claims as claims_mod
 from implicit_reg.engine.claims import Claims, owner_alive
@@ -67,12 +66,7 @@ SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest's: one torch thread
 
 
 def start(tmp_path: Path, name: str, spec: SweepSpec, *, sleep: str, vectorize: bool, go: Path):

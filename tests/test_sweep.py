@@ -9,7 +9,6 @@ import textwrap
 import time
 
 import pytest
-import torch
 
 from implicit_reg.engine.config import RunConfig
 from implicit_reg.engine.plan import plan_sweep
@@ -36,12 +35,7 @@ BASE = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest's: one torch thread
 
 
 def summaries(root) -> dict[str, dict]:

@@ -19,13 +19,7 @@ from implicit_reg.workloads.models import build_model
 TINY = dict(dataset="teacher", n_train=30, n_test=20, width=3, probes=(), eval_every=1)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """2-thread BLAS on a shared 2-core machine is up to 10x slower for these tiny sizes."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest's: one torch thread
 
 
 def final_state(result) -> dict[str, torch.Tensor]:

@@ -56,14 +56,7 @@ TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 FD_RADIUS = {torch.float64: 1e-5, torch.float32: 1e-2}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matrices: a second BLAS thread only adds synchronisation (tens of ms
-    per matmul on a busy 2-core machine). Results do not depend on it."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest's: one torch thread
 
 
 def mlp(seed: int, dtype: torch.dtype, act=nn.Tanh, d_in: int = 5, width: int = 8, d_out: int = 3):

@@ -16,7 +16,6 @@ import sys
 import textwrap
 
 import pytest
-import torch
 
 from implicit_reg.engine.config import RunConfig
 from implicit_reg.engine.store import ResultStore, read_json
@@ -34,12 +33,7 @@ TOL = 1e-10  # float64
 BASE = dict(dataset="teacher", n_train=30, n_test=20, width=8, dtype="float64", probes=[])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest's: one torch thread
 
 
 def assert_same_run(vec, ser, tol=TOL):
