@@ -40,15 +40,18 @@ with one thread per worker.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from implicit_reg.engine.loop import step_budget
 from implicit_reg.engine.steppers import EnsembleStepper, SerialStepper, evaluate
+from implicit_reg.engine.sweep import run_sweep
 from implicit_reg.engine.vectorized_sweep import makespan, plan_jobs
 from implicit_reg.engine.workload import build_run_model, load_run_data, run_loss
 from implicit_reg.ensemble.vectorized import VectorizedEnsemble
@@ -172,6 +175,23 @@ def hand_step(configs):
     return step
 
 
+def end_to_end(configs: list, out: Path) -> None:
+    """Train ``configs`` as ``implicit-reg reproduce`` does (``run_sweep``, 2 workers of one
+    thread, the planner's jobs, evaluations and probes) into the new directory ``out``;
+    print the wall time, the load average around it and the training time the runs recorded."""
+    if out.exists() and any(out.iterdir()):
+        raise SystemExit(f"--end-to-end needs a new directory; {out} is not empty")
+    load0, start = os.getloadavg(), time.perf_counter()
+    report = run_sweep(configs, out, workers=2, progress=False)
+    wall = time.perf_counter() - start
+    recorded = sum(
+        json.loads(p.read_text()).get("wall_time_s") or 0.0 for p in out.glob("runs/*/summary.json")
+    )
+    print(f"end to end: {report.line()} in {wall / 60:.1f} min wall on 2 workers; "
+          f"runs recorded {recorded / 60:.1f} min of training; loadavg before {load0}, "
+          f"after {os.getloadavg()}")  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="3 widths, 20 steps, 1 round (smoke)")
@@ -180,10 +200,16 @@ def main() -> None:
     ap.add_argument("--generic", action="store_true", help="time the vmap ensemble too (slow)")
     ap.add_argument("--crossover", type=int, nargs="*", default=[600, 1200],
                     help="extra widths where fast and engine are compared")  # fmt: skip
+    ap.add_argument("--end-to-end", type=Path, metavar="DIR", default=None,
+                    help="instead: train the whole sweep with run_sweep(workers=2) into DIR "
+                    "(a new directory), probes included, and print its wall time")  # fmt: skip
     args = ap.parse_args()
     torch.set_num_threads(1)
     cfg = CONFIGS["small"]
     widths = list(cfg.mnist1d.widths)
+    if args.end_to_end is not None:
+        end_to_end(sweep_configs(cfg, widths), args.end_to_end)
+        return
     steps, reps = args.steps, args.reps
     if args.quick:
         widths, steps, reps, args.crossover = (
