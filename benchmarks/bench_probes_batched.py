@@ -144,6 +144,7 @@ def estimator_table(name, model, X, y, repeats, exact_trace, estimators=None, on
     op = HessianOperator(model, loss_fn, (X, y))  # block size from the memory budget, auto
     opl = HessianOperator(model, loss_fn, (X, y), product="loop")
     opv = HessianOperator(model, loss_fn, (X, y), product="vmap")
+    opr = HessianOperator(model, loss_fn, (X, y), product="rop")
     one = OneAtATime(HessianOperator(model, loss_fn, (X, y)))
     ref = bounds = None
     if not estimators or {"SLQ", "top-5"} & set(estimators):  # ARPACK: slow at 78k parameters
@@ -163,17 +164,23 @@ def estimator_table(name, model, X, y, repeats, exact_trace, estimators=None, on
         ("Hutchinson 99", "batched vmap"): lambda: (
             hutchinson(opv, min_samples=99, max_samples=99).estimate
         ),
+        ("Hutchinson 99", "batched rop"): lambda: (
+            hutchinson(opr, min_samples=99, max_samples=99).estimate
+        ),
         ("Hutch++ 99", "one-vector"): lambda: hutchpp(one, n_hvp=99).estimate,
         ("Hutch++ 99", "batched"): lambda: hutchpp(op, n_hvp=99).estimate,
         ("Hutch++ 99", "batched loop"): lambda: hutchpp(opl, n_hvp=99).estimate,
         ("Hutch++ 99", "batched vmap"): lambda: hutchpp(opv, n_hvp=99).estimate,
+        ("Hutch++ 99", "batched rop"): lambda: hutchpp(opr, n_hvp=99).estimate,
         ("SLQ 10x50", "one-vector"): lambda: slq_density(one, n_steps=50, n_runs=10),
         ("SLQ 10x50", "batched"): lambda: slq_density(op, n_steps=50, n_runs=10),
         ("SLQ 10x50", "batched loop"): lambda: slq_density(opl, n_steps=50, n_runs=10),
         ("SLQ 10x50", "batched vmap"): lambda: slq_density(opv, n_steps=50, n_runs=10),
+        ("SLQ 10x50", "batched rop"): lambda: slq_density(opr, n_steps=50, n_runs=10),
         ("top-5", "one-vector"): lambda: lanczos(one, 5, block_size=1),
         ("top-5", "batched p=2"): lambda: lanczos(op, 5, block_size=2),
         ("top-5", "batched p=5"): lambda: lanczos(op, 5, block_size=5),
+        ("top-5", "rop p=5"): lambda: lanczos(opr, 5, block_size=5),
     }
     if curvlinops is not None:
         from curvlinops.papyan2020traces.spectrum import lanczos_approximate_spectrum

@@ -127,36 +127,43 @@ def test_matmat_equals_stacked_matvec_and_explicit_hessian(kind, method, product
     torch.testing.assert_close(M, H @ V, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("slow", ["loop", "vmap"])
+@pytest.mark.parametrize("slow", ["loop", "vmap", "rop"])
 def test_auto_product_measures_and_keeps_the_cheaper_one(slow, monkeypatch):
-    """``"auto"`` times half a block each way on its first chunk and keeps the product
-    with the smaller cost per column for that width class; made artificially slow, a
-    product loses. Every block, measured or not, equals the explicit float64 Hessian."""
+    """``"auto"`` times a part of a block each way (loop, vmap and, on this MLP, the
+    R-operator) on its first chunk and keeps the product with the smallest cost per
+    column for that width class; made artificially slow, a product loses. Every block,
+    measured or not, equals the explicit float64 Hessian."""
     import time
+
+    import implicit_reg.probes.operator as operator
 
     model, loss_fn, X, y = build("tanh_ce")
     H = explicit(model, loss_fn, X, y)[0]
     op = HessianOperator(model, loss_fn, (X, y), chunk_size=15)  # default "auto"
     assert op.product == "auto"
-    name = {"loop": "_looped_product", "vmap": "_vmapped_product"}[slow]
-    real = getattr(HessianOperator, name)
+    owner, name = {
+        "loop": (HessianOperator, "_looped_product"),
+        "vmap": (HessianOperator, "_vmapped_product"),
+        "rop": (operator, "rop_block_product"),
+    }[slow]
+    real = getattr(owner, name)
 
-    def slowed(self, *args, **kw):  # 20 ms of CPU work: "auto" times CPU seconds on a CPU
+    def slowed(*args, **kw):  # 20 ms of CPU work: "auto" times CPU seconds on a CPU
         t = time.process_time()
         while time.process_time() - t < 0.02:
             pass
-        return real(self, *args, **kw)
+        return real(*args, **kw)
 
-    monkeypatch.setattr(HessianOperator, name, slowed)
+    monkeypatch.setattr(owner, name, slowed)
     g = torch.Generator().manual_seed(3)
     for b in (9, 12, 1, 3):  # 9 and 12 share width class 4; 1 is never measured
         V = torch.randn(op.dim, b, generator=g, dtype=F64)
         torch.testing.assert_close(op.matmat(V), H @ V, rtol=1e-10, atol=1e-12)
     assert set(op.product_choice) == {2, 4}
-    other = {"loop": "vmap", "vmap": "loop"}[slow]
     for key, costs in op.product_costs.items():
-        assert op.product_choice[key] == other, costs
-        assert costs[slow] > costs[other] > 0 or costs[other] == 0.0
+        assert set(costs) == {"loop", "vmap", "rop"}
+        assert op.product_choice[key] != slow, costs
+        assert costs[slow] > max(c for n, c in costs.items() if n != slow), costs
 
 
 @pytest.mark.parametrize("curv", ["hessian", "hessian_loop", "hessian_vmap", "ggn", "fisher_mc"])

@@ -39,17 +39,26 @@ How :class:`HessianOperator` computes a block on a chunk (``product``):
   ``"jvp"`` when that is the operator's method). The forward and first
   backward act on unbatched tensors, so they also run once; the second
   backward runs once for the whole block through vmap's batching rules.
+- ``"rop"``: on an MLP, the product in closed form by the R-operator
+  (:mod:`implicit_reg.probes.rop`): every step one matrix product over the
+  whole block, no autograd graph. Other models raise a ``ValueError``.
 - ``"auto"`` (default): measured, not guessed. The first block of each
   width class (b rounded down to a power of two, b ≥ 2) is split on its
-  first chunk: half its columns go through the loop, half through vmap, both
-  timed (CPU time on a CPU, synchronized wall time on an accelerator), and
-  the loop computes every later block of that class unless vmap measured
+  first chunk into near-equal parts, one per candidate (loop, vmap and, on an
+  MLP, the R-operator; loop and R-operator when b = 2), each timed (CPU time
+  on a CPU, synchronized wall time on an accelerator), and the loop computes
+  every later block of that class unless the cheapest other product measured
   below :data:`VMAP_MARGIN` of its cost per column (the loop's shared forward
-  and first backward taken out of both). Nothing is computed twice: each half
+  and first backward taken out of all). Nothing is computed twice: each part
   is part of the block's result. The choice and the measured costs are kept
   in ``product_choice`` and ``product_costs``. The choice depends on timing,
   so two runs can choose differently and then differ by rounding (about
   1e-16 relative); ``product="loop"`` repeats bit for bit.
+
+:meth:`CurvatureOperator.quadratic_forms` gives diag(VᵀMV), what Hutchinson
+and Hutch++ need for most of their probes; :class:`HessianOperator` computes it
+on an MLP (``"auto"``, ``"rop"``) by the R-operator's second-order pass, half
+the matrix products of H V.
 
 Which wins depends on the model and the block (``benchmarks/bench_probes_batched.py``,
 one thread, float64, CPU time, load 7-13 on 2 shared cores): on a 10→32→32→4 MLP with
@@ -63,7 +72,10 @@ measured and dropped: one batched second backward through
 1.8× on the large one; vmap over forward-over-reverse, curvlinops' own product, 1.07-1.3×
 and 1.7×; vmap over the column axis stored last, 0.89×.) Both products compute the
 same 14 matrix products per column on the small MLP, and MKL's [512, 32] × [32, 32]
-product (58 µs, about 0.8 ms of the 1.05 ms per column) bounds them.
+product (58 µs, about 0.8 ms of the 1.05 ms per column) bounds them. The R-operator
+computes the same products with the block stacked, [n·b, 32] × [32, 32], in row parts
+that stay in cache, and the quadratic forms need half of them: Hutch++ 99 at 0.39×
+curvlinops' on the small MLP (load 2.9, the same run).
 
 Lanczos, Hutchinson and the density see only the flat-vector interface
 (``matvec``, ``matmat``, ``dim``, ``dtype``, ``device``, ``n_hvp``); they
@@ -94,6 +106,7 @@ from torch.func import vmap
 from ..core.hvp import DEFAULT_METHOD, check_method, check_scalar_loss, grad_and_hvp, hvp_of_graph
 from .batches import BatchLoss, Term, check_data, loss_terms
 from .distributed import shard_ranks, unwrap
+from .rop import MLPPlan, mlp_plan, rop_block_product, rop_quadratic_forms
 from .selection import Selection, select_params
 from .state import DEFAULT_MODE, check_mode, preserved, seeded_rng
 
@@ -103,6 +116,7 @@ __all__ = [
     "MatrixOperator",
     "as_linear_operator",
     "apply_block",
+    "apply_quadratic",
     "block_size_for",
     "DEFAULT_BLOCK_MEMORY",
     "COPIES_PER_COLUMN",
@@ -121,10 +135,10 @@ DEFAULT_BLOCK_MEMORY = 512 * 2**20
 COPIES_PER_COLUMN = 5
 
 #: how :class:`HessianOperator` computes a block (see the module docstring).
-PRODUCTS = ("auto", "loop", "vmap")
+PRODUCTS = ("auto", "loop", "vmap", "rop")
 
-#: ``"auto"`` takes vmap only when it measured below this fraction of the loop's cost per
-#: column: where the two tie within the timing noise (the small MLPs), the loop, whose
+#: ``"auto"`` takes vmap (or the R-operator) only when it measured below this fraction of
+#: the loop's cost per column: where they tie within the timing noise, the loop, whose
 #: numbers repeat bit for bit, stays.
 VMAP_MARGIN = 0.8
 
@@ -170,6 +184,18 @@ def apply_block(op, V: Tensor) -> Tensor:
     if hasattr(op, "matmat"):
         return op.matmat(V.to(op.dtype)).to(torch.float64)
     return torch.stack([op.matvec(c.to(op.dtype)).to(torch.float64) for c in V.T], dim=1)
+
+
+def apply_quadratic(op, V: Tensor) -> Tensor:
+    """diag(Vᵀ H V), the quadratic forms v_jᵀ H v_j of a ``(dim, b)`` float64 block, in
+    float64: ``op.quadratic_forms`` when the operator has one (the R-operator's
+    second-order pass on an MLP, about half a product's cost), else the columns of
+    V ⊙ H V summed."""
+    if V.shape[1] == 0:
+        return V.new_zeros(0)
+    if hasattr(op, "quadratic_forms"):
+        return op.quadratic_forms(V.to(op.dtype)).to(torch.float64)
+    return (V * apply_block(op, V)).sum(0)
 
 
 class CurvatureOperator:
@@ -317,6 +343,12 @@ class CurvatureOperator:
         rows = mat.T.contiguous().split(self.numels, dim=1)
         return tuple(r.reshape(-1, *s) for r, s in zip(rows, self.shapes))
 
+    def _check_block(self, mat: Tensor) -> Tensor:
+        if not isinstance(mat, Tensor) or mat.dim() != 2 or mat.shape[0] != self.dim:
+            shape = tuple(mat.shape) if hasattr(mat, "shape") else type(mat).__name__
+            raise ValueError(f"expected a matrix of shape ({self.dim}, b), got {shape}")
+        return mat.to(device=self.device, dtype=self.dtype)
+
     def _check_vec(self, vec: Tensor) -> Tensor:
         if not isinstance(vec, Tensor) or vec.shape != (self.dim,):
             shape = tuple(vec.shape) if hasattr(vec, "shape") else type(vec).__name__
@@ -362,10 +394,7 @@ class CurvatureOperator:
         Each block costs one pass over the data; the result is in the
         parameters' dtype and counts b products in ``n_hvp``.
         """
-        if not isinstance(mat, Tensor) or mat.dim() != 2 or mat.shape[0] != self.dim:
-            shape = tuple(mat.shape) if hasattr(mat, "shape") else type(mat).__name__
-            raise ValueError(f"expected a matrix of shape ({self.dim}, b), got {shape}")
-        mat = mat.to(device=self.device, dtype=self.dtype)
+        mat = self._check_block(mat)
         out = []
         b = mat.shape[1]
         n_blocks = -(
@@ -390,6 +419,13 @@ class CurvatureOperator:
     def matvec(self, vec: Tensor) -> Tensor:
         """M v for a flat ``v``; returns a flat vector in the parameters' dtype."""
         return self.matmat(self._check_vec(vec)[:, None])[:, 0]
+
+    def quadratic_forms(self, mat: Tensor) -> Tensor:
+        """diag(Vᵀ M V) for a ``(dim, b)`` matrix: v_jᵀ M v_j per column, in the
+        parameters' dtype, counted as b products in ``n_hvp``. Here from :meth:`matmat`;
+        a curvature with a cheaper second-order pass overrides it."""
+        mat = self._check_block(mat)
+        return (mat * self.matmat(mat)).sum(0)
 
     # ------------------------------------------------------- loss and gradient
     def loss_and_gradient(self, theta: Tensor | None = None) -> tuple[float, Tensor]:
@@ -478,6 +514,48 @@ class HessianOperator(CurvatureOperator):
             block_memory=block_memory, mode=mode, seed=seed, batch_loss=batch_loss,
             process_group=process_group,
         )  # fmt: skip
+        self._plan = "a batch_loss hides the model's outputs" if batch_loss is not None else (
+            mlp_plan(self.model, mode)
+        )  # fmt: skip
+        if product == "rop" and not isinstance(self._plan, MLPPlan):
+            raise ValueError(f"product='rop' needs an MLP: {self._plan}")
+
+    def _rop_plan(self, term: Term) -> MLPPlan | None:
+        """The MLP plan when the R-operator can take this chunk (tensor inputs), else None;
+        with ``product="rop"`` a chunk it cannot take is a ``ValueError``."""
+        if isinstance(self._plan, MLPPlan) and isinstance(term.inputs, Tensor):
+            return self._plan
+        if self.product == "rop":
+            raise ValueError(f"product='rop' needs tensor inputs; {term.where} has "
+                             f"{type(term.inputs).__name__} inputs")  # fmt: skip
+        return None
+
+    def quadratic_forms(self, mat: Tensor) -> Tensor:
+        """diag(Vᵀ H V) for a ``(dim, b)`` matrix, counted as b products in ``n_hvp``.
+
+        On an MLP (``product`` ``"auto"`` or ``"rop"``) by the R-operator's second-order
+        pass (:func:`implicit_reg.probes.rop.rop_quadratic_forms`: three matrix products
+        per hidden layer against an HVP's six, in blocks of ``block_size``); otherwise,
+        and for ``"loop"`` and ``"vmap"`` (bit-for-bit repeatable), the columns of
+        V ⊙ H V summed."""
+        mat = self._check_block(mat)
+        if self.product not in ("auto", "rop") or not isinstance(self._plan, MLPPlan):
+            return super().quadratic_forms(mat)
+        out = []
+        b = mat.shape[1]
+        for start in range(0, b, self.block_size):
+            block = mat[:, start : start + self.block_size]
+            vs = self._unflatten_block(block)
+            with self._passes():
+                params = self._leaves(self.params())
+                total = torch.zeros(block.shape[1], dtype=self.dtype, device=self.device)
+                for term in self._terms():
+                    if self._rop_plan(term) is None:  # a chunk it cannot take: the products
+                        return super().quadratic_forms(mat)
+                    total += rop_quadratic_forms(self._plan, term, params, vs)
+            out.append(self._sum_ranks(total, block) / self.n_samples)
+            self.n_hvp += block.shape[1]
+        return torch.cat(out) if out else mat.new_zeros(0)
 
     def _leaves(self, params: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         if self.method == "double_backward" or (self.product != "vmap" and self.method == "vjp"):
@@ -508,34 +586,51 @@ class HessianOperator(CurvatureOperator):
                     return self._measured_product(term, params, vs)
         if product == "loop":
             return self._looped_product(term, params, vs)
+        if product == "rop":
+            return rop_block_product(self._rop_plan(term) or self._plan, term, params, vs)
         return self._vmapped_product(term, params, vs)
 
     def _measured_product(self, term: Term, params, vs):
-        """The block on this chunk, its first ⌊b/2⌋ columns looped and the rest vmapped,
-        both timed; records the cheaper product per column for the block's width class.
+        """The block on this chunk in near-equal parts, one per candidate product (loop,
+        vmap and, on an MLP, the R-operator; the loop and the R-operator when b = 2), each
+        timed; records the cheapest product per column for the block's width class.
 
         The loop's cost per column leaves out its forward and first backward
         (``first``), which the block pays once whichever product runs; the
-        vmapped half's one call includes its own, so ``first`` is taken out of
-        it as well (both are one forward and one backward with a graph kept).
+        other parts' calls include their own forward pass, so ``first`` is taken out
+        of them as well.
         """
         b = vs[0].shape[0]
-        k = b // 2
+        names = ["loop", "vmap"]
+        if self._rop_plan(term) is not None:
+            names = ["loop", "rop"] if b == 2 else ["loop", "vmap", "rop"]
+        bounds = [round(i * b / len(names)) for i in range(len(names) + 1)]
         clock: dict[str, float] = {}
         devices = [self.device] if self.device.type == "cuda" else []
         tick = _clock(self.device)
-        t0 = tick()
-        with torch.random.fork_rng(devices=devices):  # both halves see the same dropout masks
-            head = self._looped_product(term, params, tuple(v[:k] for v in vs), clock=clock)
-        t1 = tick()
-        tail = self._vmapped_product(term, params, tuple(v[k:] for v in vs))
-        t2 = tick()
+        parts, costs = [], {}
+        for i, (name, lo, hi) in enumerate(zip(names, bounds, bounds[1:])):
+            part = tuple(v[lo:hi] for v in vs)
+            t0 = tick()
+            # every part sees the same dropout masks; the last one advances the RNG as one
+            # product of the whole block would
+            last = i + 1 == len(names)
+            with nullcontext() if last else torch.random.fork_rng(devices=devices):
+                if name == "loop":
+                    parts.append(self._looped_product(term, params, part, clock=clock))
+                elif name == "vmap":
+                    parts.append(self._vmapped_product(term, params, part))
+                else:
+                    parts.append(rop_block_product(self._plan, term, params, part))
+            costs[name] = tick() - t0
         first = clock.get("first", 0.0)
-        costs = {"loop": (t1 - t0 - first) / k, "vmap": max(t2 - t1 - first, 0.0) / (b - k)}
+        costs = {n: max(costs[n] - first, 0.0) / (hi - lo)
+                 for n, lo, hi in zip(names, bounds, bounds[1:])}  # fmt: skip
         key = b.bit_length()
         self.product_costs[key] = costs
-        self.product_choice[key] = "vmap" if costs["vmap"] < VMAP_MARGIN * costs["loop"] else "loop"
-        return tuple(torch.cat([h, t]) for h, t in zip(head, tail))
+        best = min((n for n in names if n != "loop"), key=costs.__getitem__)
+        self.product_choice[key] = best if costs[best] < VMAP_MARGIN * costs["loop"] else "loop"
+        return tuple(torch.cat(cols) for cols in zip(*parts))
 
     def _vmapped_product(self, term: Term, params, vs):
         """H v_j for each row j of the block through ``vmap`` over the one HVP."""

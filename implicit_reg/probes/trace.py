@@ -10,7 +10,11 @@ Both take an operator with the flat-vector interface (``matvec``, ``dim``,
   positive one) after at least ``min_samples``, or at ``max_samples``.
 - Both apply their products in blocks (``op.matmat``; one pass over the data
   per block): Hutchinson ``block_size`` probes at a time, Hutch++ three
-  blocks (sketch, its range, the remainder probes).
+  blocks (sketch, its range, the remainder probes). Where only the quadratic
+  forms zᵀHz are needed (Hutchinson's probes, tr(QᵀHQ), the remainder) they come
+  from ``op.quadratic_forms`` when the operator has one
+  (:func:`~implicit_reg.probes.operator.apply_quadratic`; on an MLP the
+  R-operator's second-order pass, about half an HVP), counted as one product each.
 - :func:`hutchpp` (Meyer, Musco, Musco, Woodruff, SOSA 2021): spend a third
   of the budget on a sketch Q = orth(H S), take tr(QᵀHQ) exactly and apply
   Hutchinson only to the deflated remainder (I − QQᵀ)H(I − QQᵀ). Unbiased;
@@ -27,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .operator import apply_block
+from .operator import apply_block, apply_quadratic
 
 __all__ = ["TraceResult", "hutchinson", "hutchinson_samples", "hutchpp", "rademacher"]
 
@@ -151,7 +155,7 @@ def hutchinson(
 
     def quad(b: int) -> Tensor:
         Z = rademacher((b, op.dim), gen, op.device).T  # rows drawn in order: z_1, z_2, …
-        return (Z * apply_block(op, Z)).sum(0)[None]
+        return apply_quadratic(op, Z)[None]
 
     s = hutchinson_samples(
         quad, rtol=rtol, atol=atol, min_samples=min_samples, max_samples=max_samples,
@@ -188,14 +192,14 @@ def hutchpp(op, *, n_hvp: int = 99, seed: int = 0) -> TraceResult:
     # drop directions that H S does not reach (rank-deficient sketch)
     diag = R.diagonal().abs()
     Q = Q[:, diag > 1e-12 * max(float(diag.max()), 1e-300)] if s > 0 else Q
-    top = float((Q * apply_block(op, Q)).sum())
+    top = float(apply_quadratic(op, Q).sum())
     if Q.shape[1] == op.dim:
         return TraceResult(top, 0.0, 0, op.n_hvp - start)
     Z = rademacher((g, op.dim), gen, op.device).T  # probes drawn in order, as columns
     Z = Z - Q @ (Q.T @ Z)
     # Hutchinson on the deflated remainder, all g probes in one block
     rest = hutchinson_samples(
-        lambda b: (Z * apply_block(op, Z)).sum(0)[None], rtol=0.0, min_samples=g,
+        lambda b: apply_quadratic(op, Z)[None], rtol=0.0, min_samples=g,
         max_samples=g, block_size=g,
     )[0]  # fmt: skip
     return TraceResult(top + float(rest.mean()), _stderr(rest), g, op.n_hvp - start)

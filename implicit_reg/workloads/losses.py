@@ -21,6 +21,10 @@ class OneHotMSELoss(nn.Module):
     squared loss on one-hot targets). Float targets are used as they are.
     """
 
+    #: ∇²_f of n·L is (2/k)·I: the probes' R-operator takes it in closed form
+    #: (:func:`implicit_reg.probes.rop.output_hessian_form`)
+    rop_output_hessian = ("scaled_mean", 2.0)
+
     def __init__(self, num_classes: int) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -42,6 +46,9 @@ class OneHotSumMSELoss(nn.Module):
     Float targets (one-hot or real) are used as they are.
     """
 
+    #: ∇²_f of n·L is 2·I (see :func:`implicit_reg.probes.rop.output_hessian_form`)
+    rop_output_hessian = ("scaled", 2.0)
+
     def __init__(self, num_classes: int | None) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -57,6 +64,9 @@ class OneHotSumMSELoss(nn.Module):
 
 class RegressionMSELoss(nn.Module):
     """``F.mse_loss`` with the target reshaped to the output's shape."""
+
+    #: ∇²_f of n·L is (2/k)·I (see :func:`implicit_reg.probes.rop.output_hessian_form`)
+    rop_output_hessian = ("scaled_mean", 2.0)
 
     def forward(self, out: Tensor, y: Tensor) -> Tensor:
         return F.mse_loss(out, y.reshape(out.shape))

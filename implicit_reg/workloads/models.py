@@ -163,6 +163,10 @@ class MLP(nn.Module):
             nn.init.zeros_(layers[-1].bias)
         self.net = nn.Sequential(*layers)
 
+    #: forward(x) is ``self.net(x.flatten(1))``: the probes' R-operator may run the body
+    #: itself (:func:`implicit_reg.probes.rop.mlp_plan`)
+    rop_sequential = "net"
+
     def forward(self, x: Tensor) -> Tensor:  # (B, d) -> (B, k)
         return self.net(x.flatten(1))
 
