@@ -252,14 +252,20 @@ def _forward(plan: MLPPlan, term, state, dirs):
     return a, ra, tape
 
 
+def _back(tape):
+    """The tape from the output back to the first linear layer (nothing before it has
+    parameters), each step with a flag that is True at that layer."""
+    first = next(i for i, t in enumerate(tape) if t[0][0] == "linear")
+    for i in range(len(tape) - 1, first - 1, -1):
+        yield i == first, tape[i]
+
+
 def _backward_product(term, f, rf, tape, dirs, form):
     """(name, Σ over the rows of (H v_j)_name) for each measured parameter: the backward
     pass and its R-backward."""
     b = rf.shape[1]
     g, rg = _output_grad_and_hvp(term, f, rf, form)
-    first_linear = next(i for i, t in enumerate(tape) if t[0][0] == "linear")
-    for i in range(len(tape) - 1, -1, -1):
-        entry = tape[i]
+    for first, entry in _back(tape):
         kind = entry[0][0]
         if kind == "act":
             _, d1, d2, rz = entry
@@ -281,7 +287,7 @@ def _backward_product(term, f, rf, tape, dirs, form):
                 yield wname, hw
             if bname is not None and bname in dirs:
                 yield bname, rg.sum(0)
-            if i == first_linear:
+            if first:
                 break
             rg = (rg.reshape(n * b, out) @ weight).view(n, b, -1)
             if vw is not None:  # + g V_l for all b directions: [n, out] × [out, b·in]
@@ -293,9 +299,7 @@ def _backward_quadratic(term, f, rf, tape, dirs, form) -> Tensor:
     """Σ over the rows of v_jᵀ∇²v_j for each direction (see :func:`rop_quadratic_forms`)."""
     b = rf.shape[1]
     g, q = _output_grad_and_quadratic(term, f, rf, form)
-    first_linear = next(i for i, t in enumerate(tape) if t[0][0] == "linear")
-    for i in range(len(tape) - 1, -1, -1):
-        entry = tape[i]
+    for first, entry in _back(tape):
         kind = entry[0][0]
         if kind == "act":  # g_a ⊙ σ'' against (R z)²
             _, d1, d2, rz = entry
@@ -310,7 +314,7 @@ def _backward_quadratic(term, f, rf, tape, dirs, form) -> Tensor:
             if vw is not None and ra_in is not None:  # 2·⟨V_l, g_zᵀ R a_{l-1}⟩ per direction
                 m = (g.T @ ra_in.reshape(n, -1)).view(out, b, -1)  # [out, b, in]
                 q += 2 * (m * vw.transpose(0, 1)).sum((0, 2))
-            if i == first_linear:
+            if first:
                 break
             g = g @ weight
     return q
