@@ -56,8 +56,10 @@ MEASURED: dict[str, dict[str, Cost]] = {
     "small": {
         "adam-betas": _t(2529, "2529 s in total", "adam-betas/report.md"),
         "adaptive-eos": _w("adaptive-eos", 255.5, "Wall time: 255.5 s"),
+        "belkin-cause": _t(5703, "5703 s in total", "belkin-cause/report.md"),
         "belkin-network": _t(6171, "| 87 | 6,171 s |"),
         "central-flow": _w("central-flow", 888.1, "Wall time: 888.1 s"),
+        "cnn-digits": _t(6828, "6828 s in total", "cnn-digits/report.md"),
         "double-descent-epochs": _t(2506, "| 17 | 2,506 s |"),
         "double-descent-rf": _w("double-descent-rf", 998.8, "Wall time: 998.8 s"),
         "double-descent-width": _t(11020, "| 150 | 11,020 s |"),
@@ -71,6 +73,7 @@ MEASURED: dict[str, dict[str, Cost]] = {
         "igr-toy": _w("igr-toy", 86.6, "Wall time: 86.6 s"),
         "label-noise-dose": _t(6507, "6507 s in total", "label-noise-dose/report.md"),
         "lr-sweep": _t(1776, "1776 s in total", "lr-sweep/report.md"),
+        "measures-vs-descent": _t(3726, "3726 s in total", "measures-vs-descent/report.md"),
         "modified-equations-order": _w("modified-equations-order", 65.7, "Wall time: 65.7 s"),
         "sample-wise": _t(469, "| 27 | 469 s |"),
         "sample-wise-linear": _w("sample-wise-linear", 33.3, "Wall time: 33.3 s"),
