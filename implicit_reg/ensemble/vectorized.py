@@ -728,7 +728,11 @@ class VectorizedEnsemble:
         gsq = member_sq_norms(g)
         lossd = losses.detach().double().cpu()
         ok = torch.isfinite(lossd) & (lossd <= self.max_loss)
-        new = [p.detach().clone() for p in self.params]
+        bad = (~ok).nonzero().flatten().tolist()
+        # a member whose loss at θ_t is bad is frozen at θ_t: only then is θ_t copied (the
+        # update below is in place)
+        before = tuple(p.detach().clone() for p in self.params) if bad else None
+        new = [p.detach() for p in self.params]
         # the serial optimizers' own update functions, with one step h_m per member
         if self.optimizer == "sgd":
             sgd_update(
@@ -744,10 +748,9 @@ class VectorizedEnsemble:
             for m, loss, sq in zip(self.live, lossd.tolist(), gsq.tolist())
         }
         self.steps_done += 1
-        bad = (~ok).nonzero().flatten().tolist()
         for i in bad:
             self.diverged_at[self.live[i]] = t
-        before, self.params = self.params, tuple(new)
+        self.params = tuple(new)
         if bad:  # frozen at θ_t, the iterate whose loss was bad, not at the update just made
             self._drop(bad, frozen_from=before)
         return out
@@ -818,8 +821,11 @@ class VectorizedEnsemble:
         if self.live != list(state["live"]):
             raise ValueError("the saved live members do not match this ensemble")
         like = self.params[0]
-        self.params = tuple(p.to(device=like.device) for p in state["params"])
-        self.bufs = [None if b is None else b.to(device=like.device) for b in state["bufs"]]
+        # copies: the steps update both in place, never the caller's saved state
+        self.params = tuple(p.to(device=like.device, copy=True) for p in state["params"])
+        self.bufs = [
+            None if b is None else b.to(device=like.device, copy=True) for b in state["bufs"]
+        ]
         for order, saved in zip(self._orders, state["orders"]):
             order.load_state_dict(saved)
         self.final = [None if f is None else dict(f) for f in state["final"]]
