@@ -35,7 +35,8 @@ def test_help_states_measured_costs_not_a_blanket_promise():
     out = CliRunner().invoke(app, ["reproduce", "--help"]).output
     assert "10 min on 2 cores" not in out
     flat = re.sub(r"-\s+", "-", " ".join(out.split()))  # rich wraps lines after a hyphen
-    assert "double-descent-width: 3.1 h of one thread" in flat
+    assert "double-descent-width: 10 min wall" in flat
+    assert "label-noise-dose: 1.8 h of one thread" in flat
     assert "igr-order: 41 s wall" in flat
     for name in available_experiments():
         assert f"{name}: {describe_cost(name, 'small')}" in flat
@@ -43,18 +44,19 @@ def test_help_states_measured_costs_not_a_blanket_promise():
 
 def test_eta_adds_wall_times_and_shares_training_time_over_the_workers():
     small = MEASURED["small"]
-    names = ["igr-order", "double-descent-width"]
-    assert estimate(names, "small", 2) == pytest.approx(41.1 + 11020 / 2)
-    assert estimate(names, "small", 1) == pytest.approx(41.1 + 11020)
+    names = ["igr-order", "label-noise-dose"]
+    assert estimate(names, "small", 2) == pytest.approx(41.1 + 6507 / 2)
+    assert estimate(names, "small", 1) == pytest.approx(41.1 + 6507)
     assert estimate(["igr-order", "no-such-cost"], "small", 2) is None
     now = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
     line = eta_line(["igr-order"], "small", 2, now=now)
     assert "ETA 12:00 UTC" in line and "41 s" in line  # 41.1 s later: still 12:00
-    line = eta_line(["double-descent-width"], "small", 2, now=now)
-    assert "ETA 13:31 UTC" in line and "1.5 h" in line
+    line = eta_line(["label-noise-dose"], "small", 2, now=now)
+    assert "ETA 12:54 UTC" in line and "54 min" in line
     assert "no ETA" in eta_line(["igr-order"], "full", 2)  # not measured at full
     assert "ETA" in eta_line(["double-descent-width"], "full", 2, now=now)
-    assert small["lr-sweep"].wall(4) == pytest.approx(1776 / 4)
+    assert small["emc-across-n"].wall(4) == pytest.approx(4709 / 4)
+    assert small["double-descent-width"].wall(4) == pytest.approx(630)  # measured end to end
 
 
 def test_a_run_prints_its_estimate_before_it_starts(tmp_path, monkeypatch):

@@ -25,8 +25,9 @@ class Cost:
     """What one experiment cost at one scale when its committed results were computed.
 
     ``seconds`` are either ``"wall"``: the wall time of the reproducing process (its
-    workers included), measured at load average 10–14 on a shared 2-core machine, so
-    an upper bound; or ``"train"``: the training time its runs recorded, summed (one
+    workers included; 2 of them), measured at load average 10–14 on a shared 2-core
+    machine, so an upper bound, or end to end on an otherwise idle one (the network
+    experiments, docs/results/NOTES.md); or ``"train"``: the training time its runs recorded, summed (one
     torch thread each), which ``workers`` processes share. ``source`` is the committed
     file that states it (relative to ``docs/results``) and ``cite`` the text there.
     """
@@ -49,6 +50,12 @@ def _t(seconds: float, cite: str, source: str = "NOTES.md") -> Cost:
     return Cost(seconds, "train", source, cite)
 
 
+def _e(seconds: float, cite: str) -> Cost:
+    """The wall time of an end-to-end run on an otherwise idle machine (2 workers),
+    NOTES.md's third pass of issue 19."""
+    return Cost(seconds, "wall", "NOTES.md", cite)
+
+
 #: measured cost per scale and experiment (what the committed reports and
 #: docs/results/NOTES.md say; ``tests/test_reproduce_costs.py`` checks each number
 #: against its source). An experiment that is not listed has not been measured.
@@ -57,25 +64,28 @@ MEASURED: dict[str, dict[str, Cost]] = {
         "adam-betas": _t(2529, "2529 s in total", "adam-betas/report.md"),
         "adaptive-eos": _w("adaptive-eos", 255.5, "Wall time: 255.5 s"),
         "belkin-cause": _t(5703, "5703 s in total", "belkin-cause/report.md"),
-        "belkin-network": _t(6171, "| 87 | 6,171 s |"),
+        "belkin-network": _e(909, "| belkin-network | 87 | 909 s |"),
         "central-flow": _w("central-flow", 888.1, "Wall time: 888.1 s"),
         "cnn-digits": _t(6828, "6828 s in total", "cnn-digits/report.md"),
-        "double-descent-epochs": _t(2506, "| 17 | 2,506 s |"),
+        "double-descent-epochs": _e(141, "| double-descent-epochs | 17 | 141 s |"),
         "double-descent-rf": _w("double-descent-rf", 998.8, "Wall time: 998.8 s"),
-        "double-descent-width": _t(11020, "| 150 | 11,020 s |"),
+        "double-descent-width": _e(630, "| double-descent-width in all | 150 | 630 s |"),
         "edge-of-stability": _w("edge-of-stability", 311.1, "Wall time: 311.1 s"),
         "emc-across-n": _t(4709, "4709 s in total", "emc-across-n/report.md"),
         "epoch-wise-linear": _w("epoch-wise-linear", 842.7, "Wall time: 842.7 s"),
-        "epoch-wise-network": _w("epoch-wise-network", 629.0, "Wall time: 629.0 s"),
+        "epoch-wise-network": _e(
+            460,
+            "| epoch-wise-network (trains in the reporting process, not on the engine) | — | 460 s |",
+        ),
         "flat-optimizers": _w("flat-optimizers", 396.8, "Wall time: 396.8 s"),
         "generalization-measures": _t(803, "803 s in total", "generalization-measures/report.md"),
         "igr-order": _w("igr-order", 41.1, "Wall time: 41.1 s"),
         "igr-toy": _w("igr-toy", 86.6, "Wall time: 86.6 s"),
         "label-noise-dose": _t(6507, "6507 s in total", "label-noise-dose/report.md"),
-        "lr-sweep": _t(1776, "1776 s in total", "lr-sweep/report.md"),
+        "lr-sweep": _e(261, "| lr-sweep (generalization-measures borrows its runs) | 27 | 261 s |"),
         "measures-vs-descent": _t(3726, "3726 s in total", "measures-vs-descent/report.md"),
         "modified-equations-order": _w("modified-equations-order", 65.7, "Wall time: 65.7 s"),
-        "sample-wise": _t(469, "| 27 | 469 s |"),
+        "sample-wise": _e(53, "| sample-wise | 27 | 53 s |"),
         "sample-wise-linear": _w("sample-wise-linear", 33.3, "Wall time: 33.3 s"),
         "sgd-batch": _w("sgd-batch", 305.5, "Wall time: 305.5 s"),
     },
