@@ -271,3 +271,23 @@ def test_plan_jobs_halves_an_ensemble_only_where_that_shortens_the_sweep():
     assert sorted(len(j) for j in two) == [4, 4]
     assert makespan([job_cost(j) for j in two], 2) < job_cost(one)
     assert sorted(c.config_hash() for j in two for c in j) == sorted(c.config_hash() for c in one)
+
+
+@pytest.mark.parametrize(
+    ("depth", "width", "act"), [(1, 3, "relu"), (2, 7, "tanh"), (3, 5, "relu")]
+)
+def test_mlp_step_flops_equal_the_flop_counter(depth, width, act):
+    """The planner counts an MLP's FLOPs from its layers; torch's counter agrees."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from implicit_reg.engine.workload import load_run_data
+    from implicit_reg.workloads.models import build_model
+
+    config = RunConfig(dataset="teacher", n_train=30, model="mlp", depth=depth, width=width,
+                       activation=act, optimizer="sgd", batch_size=8, steps=1)  # fmt: skip
+    data = load_run_data(config)
+    model = build_model(**config.model_spec(data.input_dim, data.output_dim)).to("meta")
+    with FlopCounterMode(display=False) as counter:
+        model(torch.empty(1, data.input_dim, device="meta"))
+    assert step_flops(config) == 8 * counter.get_total_flops() > 0

@@ -211,18 +211,27 @@ class SweepPlan:
 
 def step_flops(config: RunConfig) -> int:
     """FLOPs of one member's forward pass in one step: rows per step (``batch_size``
-    or the training-set size) x the model's FLOPs per sample, counted by
-    ``torch.utils.flop_counter`` on the meta device (no computation)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
+    or the training-set size) x the model's FLOPs per sample: for an MLP
+    (:func:`implicit_reg.probes.rop.mlp_plan`) 2·in·out per linear layer, what
+    ``torch.utils.flop_counter`` counts for it; for other models counted by
+    ``torch.utils.flop_counter`` on the meta device (no computation; its first use in a
+    process imports ``torch._dynamo``, about a second, which the MLPs of a sweep's
+    planning skip)."""
+    from ..probes.rop import MLPPlan, mlp_plan
     from ..workloads.models import build_model
 
     data = load_run_data(config)
     model = build_model(**config.model_spec(data.input_dim, data.output_dim)).to("meta")
+    rows = data.n_train if config.batch_size is None else min(config.batch_size, data.n_train)
+    plan = mlp_plan(model, "eval")
+    if isinstance(plan, MLPPlan):
+        shapes = {k: p.shape for k, p in model.named_parameters()}
+        return rows * sum(2 * shapes[s[1]].numel() for s in plan.steps if s[0] == "linear")
+    from torch.utils.flop_counter import FlopCounterMode
+
     sample = torch.empty(1, *data.x_train.shape[1:], device="meta")
     with FlopCounterMode(display=False) as counter:
         model(sample)
-    rows = data.n_train if config.batch_size is None else min(config.batch_size, data.n_train)
     return rows * int(counter.get_total_flops())
 
 

@@ -196,27 +196,50 @@ MNIST1D_LARGE = {"num_samples": 16000, "train_split": 0.25}
 MNIST1D_XL = {"num_samples": 20000, "train_split": 0.4}
 
 
-def _mnist1d_pool(cache: Path, **overrides) -> tuple[np.ndarray, ...]:
-    from mnist1d.data import get_dataset_args, make_dataset
+def _mnist1d_defaults(cache: Path) -> dict:
+    """mnist1d's default dataset arguments, kept once per installed mnist1d version in a
+    small JSON file beside the cached data: importing ``mnist1d.data`` imports matplotlib
+    (about 0.8 s per process, paid again by every sweep worker), and a cached data set
+    needs only its key."""
+    from importlib.metadata import version
 
-    unknown = set(overrides) - set(get_dataset_args(as_dict=True))
+    path = cache / f"mnist1d-defaults-{version('mnist1d')}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        from mnist1d.data import get_dataset_args
+
+        args = get_dataset_args(as_dict=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(args, f, sort_keys=True)
+        os.replace(tmp, path)
+        return args
+
+
+def _mnist1d_pool(cache: Path, **overrides) -> tuple[np.ndarray, ...]:
+    defaults = _mnist1d_defaults(cache)
+    unknown = set(overrides) - set(defaults)
     if unknown or "url" in overrides:
         raise ValueError(
             f"unknown mnist1d arguments {sorted(unknown | ({'url'} & set(overrides)))}; "
-            f"valid: {sorted(set(get_dataset_args(as_dict=True)) - {'url'})}"
+            f"valid: {sorted(set(defaults) - {'url'})}"
         )
-    args = get_dataset_args(as_dict=True)
-    args.update(overrides)
+    args = {**defaults, **overrides}
     args.pop("url")
     key = hashlib.sha1(json.dumps(args, sort_keys=True).encode()).hexdigest()[:12]
 
     def make() -> dict[str, np.ndarray]:
+        from mnist1d.data import get_dataset_args, make_dataset
+
         # make_dataset reseeds the global numpy and `random` RNGs: restore them.
         np_state, py_state = np.random.get_state(), random.getstate()
         try:
             view = get_dataset_args()
-            for k, v in args.items():
-                setattr(view, k, v)
+            for k, v in {**get_dataset_args(as_dict=True), **overrides}.items():
+                if k != "url":
+                    setattr(view, k, v)
             d = make_dataset(view)
         finally:
             np.random.set_state(np_state)
