@@ -87,20 +87,28 @@ def plan_jobs(
 ) -> list[list[RunConfig]]:
     """The jobs :func:`planned_backend` trains, longest first (:func:`job_cost`): the
     ensembles and packs of :func:`~implicit_reg.engine.plan.plan_sweep` and the single
-    runs. With several workers the costliest ensemble is halved as long as that
-    shortens the :func:`makespan`, so that one large ensemble does not leave the
-    other workers idle."""
+    runs. With several workers an ensemble is halved as long as that shortens the
+    :func:`makespan`, the costliest first, so that one large ensemble does not leave
+    the other workers idle; when halving the costliest no longer helps, a smaller one
+    may (issue 19's slice: after w = 300 is split in two, halving the pack of w = 13
+    and 47 lets both workers end together)."""
     plan = plan_sweep(configs, max_members=max_members, max_step_flops=max_step_flops)
     jobs = [list(g) for g in plan.groups] + [[c] for c in plan.singles]
     jobs.sort(key=job_cost, reverse=True)
-    while workers > 1 and len(jobs[0]) > 1:
-        half = len(jobs[0]) // 2
-        trial = sorted([jobs[0][:half], jobs[0][half:], *jobs[1:]], key=job_cost, reverse=True)
-        if makespan([job_cost(j) for j in trial], workers) >= makespan(
-            [job_cost(j) for j in jobs], workers
-        ):
+    span = makespan([job_cost(j) for j in jobs], workers)
+    while workers > 1:
+        for i, job in enumerate(jobs):
+            if len(job) < 2:
+                continue
+            half = len(job) // 2
+            trial = sorted([job[:half], job[half:], *jobs[:i], *jobs[i + 1 :]], key=job_cost,
+                           reverse=True)  # fmt: skip
+            trial_span = makespan([job_cost(j) for j in trial], workers)
+            if trial_span < span:
+                jobs, span = trial, trial_span
+                break
+        else:
             break
-        jobs = trial
     return jobs
 
 
