@@ -30,7 +30,7 @@ def problem(act="tanh", loss="ce", n=37, seed=0):
     torch.manual_seed(seed)
     acts = {
         "tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid, "gelu": nn.GELU,
-        "softplus": nn.Softplus, "silu": nn.SiLU,
+        "softplus": nn.Softplus, "silu": nn.SiLU, "elu_": lambda: nn.ELU(inplace=True),
     }  # fmt: skip
     model = nn.Sequential(
         nn.Flatten(), nn.Linear(6, 5), acts[act](),
@@ -69,7 +69,7 @@ def directions(op, b, seed=5):
     return torch.randn(op.dim, b, generator=torch.Generator().manual_seed(seed), dtype=F64)
 
 
-@pytest.mark.parametrize("act", ["tanh", "relu", "sigmoid", "gelu", "softplus", "silu"])
+@pytest.mark.parametrize("act", ["tanh", "relu", "sigmoid", "gelu", "softplus", "silu", "elu_"])
 def test_rop_products_and_quadratic_forms_equal_the_explicit_hessian(act):
     model, loss_fn, X, y = problem(act)
     H = oracle(model, loss_fn, X, y, chunk=16)
@@ -180,6 +180,13 @@ def test_what_does_not_qualify_says_why():
         HessianOperator(
             nn.Sequential(shared, nn.Tanh(), shared), loss_fn, (X[:, 0], y), product="rop"
         )
+
+    class Doubled(nn.Sequential):  # a subclass may change what the body computes
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    with pytest.raises(ValueError, match="product='rop' needs an MLP: Doubled"):
+        HessianOperator(Doubled(nn.Linear(3, 3)).double(), loss_fn, (X[:, 0], y), product="rop")
 
     def batch_loss(m, batch):
         return loss_fn(m(batch[0]), batch[1]), len(batch[1])

@@ -7,8 +7,8 @@ activations) with
     z_l = a_{l-1} W_lᵀ + b_l,   a_l = σ_l(z_l),   a_0 = x,   f = z_L,   loss ℓ(f, y),
 
 the product H v of the chunk loss with a direction v = (V_l, c_l) is
-Pearlmutter's (1994) R-operator R{·} = d/dr (·)(θ + r·v) at r = 0 applied to the
-forward and backward passes (Schraudolph 2002, eqs. 11-13):
+Pearlmutter's (1994, "Fast exact multiplication by the Hessian") R-operator
+R{·} = d/dr (·)(θ + r·v) at r = 0 applied to the forward and backward passes:
 
     forward:   R z_l = R a_{l-1} W_lᵀ + a_{l-1} V_lᵀ + c_l,   R a_l = σ'(z_l) ⊙ R z_l,   R a_0 = 0
     output:    g_L = ∇_f ℓ,   R g_L = ∇²_f ℓ · R f
@@ -41,9 +41,10 @@ Which models qualify (:func:`mlp_plan`): an ``nn.Sequential``, or a module whose
 class names its sequential body in ``rop_sequential`` (the attribute's value) and
 whose forward is ``body(x.flatten(1))`` (as :class:`implicit_reg.workloads.models.MLP`),
 made of ``nn.Linear``, the activations in :data:`ELEMENTWISE`, ``nn.Identity``,
-``nn.Flatten`` (default dimensions) and, in ``mode="eval"``, ``nn.Dropout``. Any
-other module, a module used twice, tuple/dict inputs or a ``batch_loss`` do not
-qualify; the operator's other products take them.
+``nn.Flatten`` (default dimensions) and, in ``mode="eval"``, ``nn.Dropout``, each of
+exactly that class (a subclass may override ``forward``). Any other module, a module
+used twice, tuple/dict inputs or a ``batch_loss`` do not qualify; the operator's other
+products take them.
 """
 
 from __future__ import annotations
@@ -87,9 +88,9 @@ class MLPPlan:
 def mlp_plan(model: nn.Module, mode: str) -> MLPPlan | str:
     """The model as an :class:`MLPPlan`, or a sentence saying why it does not qualify."""
     attr = getattr(type(model), "rop_sequential", None)
-    if isinstance(model, nn.Sequential):
+    if type(model) is nn.Sequential:
         body, prefix, flatten_input = model, "", False
-    elif isinstance(attr, str) and isinstance(getattr(model, attr, None), nn.Sequential):
+    elif isinstance(attr, str) and type(getattr(model, attr, None)) is nn.Sequential:
         body, prefix, flatten_input = getattr(model, attr), attr + ".", True
     else:
         return f"{type(model).__name__} is not an nn.Sequential (nor names one in rop_sequential)"
@@ -98,14 +99,14 @@ def mlp_plan(model: nn.Module, mode: str) -> MLPPlan | str:
         if id(m) in seen:
             return f"module {name} is used twice"
         seen.add(id(m))
-        if isinstance(m, nn.Linear):
+        if type(m) is nn.Linear:
             bias = f"{name}.bias" if m.bias is not None else None
             steps.append(("linear", f"{name}.weight", bias, m.in_features))
-        elif isinstance(m, ELEMENTWISE):
+        elif type(m) in ELEMENTWISE:
             steps.append(("act", m))
-        elif isinstance(m, nn.Identity) or (isinstance(m, nn.Dropout) and mode == "eval"):
+        elif type(m) is nn.Identity or (type(m) is nn.Dropout and mode == "eval"):
             continue
-        elif isinstance(m, nn.Flatten) and (m.start_dim, m.end_dim) == (1, -1):
+        elif type(m) is nn.Flatten and (m.start_dim, m.end_dim) == (1, -1):
             steps.append(("flatten",))
         else:
             return f"module {name} ({type(m).__name__}) is not a linear layer or an elementwise activation"
@@ -118,7 +119,7 @@ def _leaves(body: nn.Sequential, prefix: str):
     """(qualified name, module) of the body's modules in call order, nested Sequentials
     flattened."""
     for name, m in body._modules.items():  # named_children() would skip a repeated module
-        if isinstance(m, nn.Sequential):
+        if type(m) is nn.Sequential:
             yield from _leaves(m, f"{prefix}{name}.")
         else:
             yield f"{prefix}{name}", m
@@ -142,7 +143,7 @@ def _derivatives(act: nn.Module, z: Tensor) -> tuple[Tensor, Tensor, Tensor | No
         return z * d1, d1, None
     with torch.enable_grad():  # elementwise: the gradient of Σσ(z) is σ'(z), twice over
         leaf = z.detach().requires_grad_(True)
-        a = act(leaf)
+        a = act(leaf.clone())  # a clone: an in-place activation must not write into the leaf
         (d1,) = torch.autograd.grad(a.sum(), leaf, create_graph=True)
         (d2,) = (
             torch.autograd.grad(d1.sum(), leaf, allow_unused=True) if d1.requires_grad else (None,)
