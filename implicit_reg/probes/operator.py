@@ -74,8 +74,8 @@ and 1.7×; vmap over the column axis stored last, 0.89×.) Both products compute
 same 14 matrix products per column on the small MLP, and MKL's [512, 32] × [32, 32]
 product (58 µs, about 0.8 ms of the 1.05 ms per column) bounds them. The R-operator
 computes the same products with the block stacked, [n·b, 32] × [32, 32], in row parts
-that stay in cache, and the quadratic forms need half of them: Hutch++ 99 at 0.39×
-curvlinops' on the small MLP (load 2.9, the same run).
+that stay in cache, and the quadratic forms need half of them: Hutch++ 99 at 0.44×
+curvlinops' on the small MLP and 0.48× on the 256-wide one (docs/probes.md, third pass).
 
 Lanczos, Hutchinson and the density see only the flat-vector interface
 (``matvec``, ``matmat``, ``dim``, ``dtype``, ``device``, ``n_hvp``); they
