@@ -1,4 +1,6 @@
-"""Suite-wide guards: no test may leak global torch state into another."""
+"""Suite-wide guards: no test may leak global torch state, or a SIGINT handler, into another."""
+
+import signal
 
 import pytest
 import torch
@@ -6,17 +8,21 @@ import torch
 
 @pytest.fixture(autouse=True)
 def _restore_torch_globals():
-    """Restore the default dtype and the thread count after every test.
+    """Restore the default dtype, the thread count and the SIGINT handler after every test.
 
     A test that sets ``torch.set_default_dtype(torch.float64)`` and fails
     before resetting it would otherwise turn every later float32 test into a
-    float64 one.
+    float64 one; a library that installs its own SIGINT handler (or ignores the
+    signal) would keep a later Ctrl-C test from seeing ``KeyboardInterrupt``.
     """
     dtype = torch.get_default_dtype()
     threads = torch.get_num_threads()
+    sigint = signal.getsignal(signal.SIGINT)
     yield
     torch.set_default_dtype(dtype)
     torch.set_num_threads(threads)
+    if sigint is not None:
+        signal.signal(signal.SIGINT, sigint)
 
 
 @pytest.fixture

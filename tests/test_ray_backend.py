@@ -272,6 +272,10 @@ def test_ctrl_c_cancels_outstanding_tasks_and_keeps_complete_results(cluster, tm
             time.sleep(0.02)
         _thread.interrupt_main()  # what Ctrl-C does to the driver
 
+    # Ctrl-C as a terminal delivers it to a driver with Python's own handler (interrupt_main
+    # does nothing while SIGINT is ignored or left to the OS, which an earlier library may
+    # have set in a long test session: this test then ran its 120 s tasks out, twice)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     threading.Thread(target=interrupt_after_first_result, daemon=True).start()
     with pytest.raises(KeyboardInterrupt):
         run_sweep(s, out, backend=ray_backend(task=slow_unless_seed_0, poll_s=0.1), progress=False)
