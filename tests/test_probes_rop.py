@@ -193,6 +193,11 @@ def test_what_does_not_qualify_says_why():
 
     with pytest.raises(ValueError, match="batch_loss"):
         HessianOperator(model, None, [(X, y)], batch_loss=batch_loss, product="rop")
+    with pytest.raises(ValueError, match="inputs are not all tensors"):
+        HessianOperator(model, loss_fn, [((X,), y)], product="rop")  # model(*inputs)
+    tupled = HessianOperator(model, loss_fn, [((X,), y)])  # "auto": loop and vmap only
+    tupled.matmat(directions(tupled, 4))
+    assert set(tupled.product_costs[3]) == {"loop", "vmap"}
     with pytest.raises(ValueError, match="unknown product"):
         HessianOperator(model, loss_fn, (X, y), product="rops")
     # "auto" on a model that does not qualify measures loop and vmap only

@@ -237,6 +237,8 @@ class CurvatureOperator:
         n_hvp: products computed so far, counted per vector.
         n_grad, n_loss: full-data gradients and losses computed so far.
         n_samples: N over all ranks; shard_sizes: N_r per rank (``[N]`` alone).
+        tensor_inputs: every chunk's inputs are one tensor (not a tuple, a dict or a
+            ``batch_loss`` batch), as the R-operator product needs.
     """
 
     def __init__(
@@ -305,8 +307,12 @@ class CurvatureOperator:
         self.n_grad = 0
         self.n_loss = 0
         self.sizes = None
+        sizes, self.tensor_inputs = [], True
         with self._passes():
-            self.sizes = [t.size for t in self._terms()]
+            for t in self._terms():
+                sizes.append(t.size)
+                self.tensor_inputs &= isinstance(t.inputs, Tensor)
+        self.sizes = sizes
         self.n_samples = sum(self.sizes)
         if self.n_samples == 0:
             raise ValueError("the data set is empty")
@@ -395,26 +401,32 @@ class CurvatureOperator:
         parameters' dtype and counts b products in ``n_hvp``.
         """
         mat = self._check_block(mat)
+        if mat.shape[1] == 0:
+            return mat.clone()
+        return self._by_blocks(mat, self._block_product).T.contiguous()
+
+    def _by_blocks(self, mat: Tensor, per_chunk) -> Tensor:
+        """Σ over the data of ``per_chunk(term, params, vs)`` (tensors with a leading axis of
+        the block's b columns) for the columns of ``mat`` in ⌈b/block_size⌉ blocks of
+        (nearly) equal width (33 columns at 32 are 17 + 16, not 32 + 1), one pass over the
+        data each, summed over the ranks and divided by N: a ``(b, k)`` tensor, row j for
+        column j. Counts b products in ``n_hvp``."""
         out = []
         b = mat.shape[1]
-        n_blocks = -(
-            -b // self.block_size
-        )  # equal blocks: 33 columns at 32 are 17 + 16, not 32 + 1
-        for start in range(0, b, -(-b // max(n_blocks, 1)) if b else 1):
-            block = mat[:, start : start + -(-b // n_blocks)]
+        width = -(-b // -(-b // self.block_size))
+        for start in range(0, b, width):
+            block = mat[:, start : start + width]
             vs = self._unflatten_block(block)
             with self._passes():
                 params = self._leaves(self.params())
-                acc = [torch.zeros_like(v) for v in vs]
+                acc = None
                 for term in self._terms():
-                    for a, h in zip(acc, self._block_product(term, params, vs)):
-                        a.add_(h)
+                    parts = per_chunk(term, params, vs)
+                    acc = list(parts) if acc is None else [a.add_(h) for a, h in zip(acc, parts)]
             local = torch.cat([a.reshape(a.shape[0], -1) for a in acc], dim=1)
-            out.append(self._sum_ranks(local, block).T / self.n_samples)
+            out.append(self._sum_ranks(local, block) / self.n_samples)
             self.n_hvp += block.shape[1]
-        if not out:
-            return mat.clone()
-        return torch.cat(out, dim=1)
+        return torch.cat(out)
 
     def matvec(self, vec: Tensor) -> Tensor:
         """M v for a flat ``v``; returns a flat vector in the parameters' dtype."""
@@ -514,21 +526,15 @@ class HessianOperator(CurvatureOperator):
             block_memory=block_memory, mode=mode, seed=seed, batch_loss=batch_loss,
             process_group=process_group,
         )  # fmt: skip
-        self._plan = "a batch_loss hides the model's outputs" if batch_loss is not None else (
-            mlp_plan(self.model, mode)
+        # the MLP the R-operator can run, or why not (it feeds the body one tensor)
+        self._plan = (
+            "a batch_loss hides the model's outputs" if batch_loss is not None
+            else "the data's inputs are not all tensors" if not self.tensor_inputs
+            else mlp_plan(self.model, mode)
         )  # fmt: skip
-        if product == "rop" and not isinstance(self._plan, MLPPlan):
+        self._rop = isinstance(self._plan, MLPPlan)
+        if product == "rop" and not self._rop:
             raise ValueError(f"product='rop' needs an MLP: {self._plan}")
-
-    def _rop_plan(self, term: Term) -> MLPPlan | None:
-        """The MLP plan when the R-operator can take this chunk (tensor inputs), else None;
-        with ``product="rop"`` a chunk it cannot take is a ``ValueError``."""
-        if isinstance(self._plan, MLPPlan) and isinstance(term.inputs, Tensor):
-            return self._plan
-        if self.product == "rop":
-            raise ValueError(f"product='rop' needs tensor inputs; {term.where} has "
-                             f"{type(term.inputs).__name__} inputs")  # fmt: skip
-        return None
 
     def quadratic_forms(self, mat: Tensor) -> Tensor:
         """diag(Vᵀ H V) for a ``(dim, b)`` matrix, counted as b products in ``n_hvp``.
@@ -539,23 +545,15 @@ class HessianOperator(CurvatureOperator):
         and for ``"loop"`` and ``"vmap"`` (bit-for-bit repeatable), the columns of
         V ⊙ H V summed."""
         mat = self._check_block(mat)
-        if self.product not in ("auto", "rop") or not isinstance(self._plan, MLPPlan):
+        if self.product not in ("auto", "rop") or not self._rop:
             return super().quadratic_forms(mat)
-        out = []
-        b = mat.shape[1]
-        for start in range(0, b, self.block_size):
-            block = mat[:, start : start + self.block_size]
-            vs = self._unflatten_block(block)
-            with self._passes():
-                params = self._leaves(self.params())
-                total = torch.zeros(block.shape[1], dtype=self.dtype, device=self.device)
-                for term in self._terms():
-                    if self._rop_plan(term) is None:  # a chunk it cannot take: the products
-                        return super().quadratic_forms(mat)
-                    total += rop_quadratic_forms(self._plan, term, params, vs)
-            out.append(self._sum_ranks(total, block) / self.n_samples)
-            self.n_hvp += block.shape[1]
-        return torch.cat(out) if out else mat.new_zeros(0)
+        if mat.shape[1] == 0:
+            return mat.new_zeros(0)
+
+        def forms(term, params, vs):
+            return (rop_quadratic_forms(self._plan, term, params, vs),)
+
+        return self._by_blocks(mat, forms)[:, 0]
 
     def _leaves(self, params: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         if self.method == "double_backward" or (self.product != "vmap" and self.method == "vjp"):
@@ -587,7 +585,7 @@ class HessianOperator(CurvatureOperator):
         if product == "loop":
             return self._looped_product(term, params, vs)
         if product == "rop":
-            return rop_block_product(self._rop_plan(term) or self._plan, term, params, vs)
+            return rop_block_product(self._plan, term, params, vs)
         return self._vmapped_product(term, params, vs)
 
     def _measured_product(self, term: Term, params, vs):
@@ -602,7 +600,7 @@ class HessianOperator(CurvatureOperator):
         """
         b = vs[0].shape[0]
         names = ["loop", "vmap"]
-        if self._rop_plan(term) is not None:
+        if self._rop:
             names = ["loop", "rop"] if b == 2 else ["loop", "vmap", "rop"]
         bounds = [round(i * b / len(names)) for i in range(len(names) + 1)]
         clock: dict[str, float] = {}

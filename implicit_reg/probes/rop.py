@@ -77,9 +77,9 @@ ELEMENTWISE = (
 
 @dataclass(frozen=True)
 class MLPPlan:
-    """An MLP as a flat list of steps: ``("linear", weight name, bias name or None,
-    in_features)``, ``("act", module)`` or ``("flatten",)``; ``flatten_input``: the
-    model flattens its input before the body."""
+    """An MLP as a flat list of steps: ``("linear", weight name, bias name or None)``,
+    ``("act", module)`` or ``("flatten",)``; ``flatten_input``: the model flattens its
+    input before the body."""
 
     steps: tuple
     flatten_input: bool
@@ -101,7 +101,7 @@ def mlp_plan(model: nn.Module, mode: str) -> MLPPlan | str:
         seen.add(id(m))
         if type(m) is nn.Linear:
             bias = f"{name}.bias" if m.bias is not None else None
-            steps.append(("linear", f"{name}.weight", bias, m.in_features))
+            steps.append(("linear", f"{name}.weight", bias))
         elif type(m) in ELEMENTWISE:
             steps.append(("act", m))
         elif type(m) is nn.Identity or (type(m) is nn.Dropout and mode == "eval"):
@@ -202,9 +202,8 @@ def _parts(plan: MLPPlan, term, params, vs, rows):
     x, y = term.inputs, term.targets
     form = _checked_form(term.loss_fn, y, len(x))
     if rows is None:
-        widths = [s[3] for s in plan.steps if s[0] == "linear"]
-        widths += [state[s[1]].shape[0] for s in plan.steps if s[0] == "linear"]
-        rows = max(CACHE_BYTES // (b * max(widths) * vs[0].element_size()), 2 * max(widths))
+        widest = max(max(state[s[1]].shape) for s in plan.steps if s[0] == "linear")
+        rows = max(CACHE_BYTES // (b * widest * vs[0].element_size()), 2 * widest)
     if form is None or not isinstance(y, Tensor) or len(y) != len(x):
         rows = len(x)  # an unknown loss may couple the rows: the chunk in one piece
     with torch.no_grad():
@@ -227,7 +226,7 @@ def _forward(plan: MLPPlan, term, state, dirs):
     tape = []
     for step in plan.steps:
         if step[0] == "linear":
-            _, wname, bname, _ = step
+            _, wname, bname = step
             weight = state[wname]
             bias = state[bname] if bname is not None else None
             vw, vb = dirs.get(wname), dirs.get(bname)
@@ -282,7 +281,7 @@ def _backward_product(term, f, rf, tape, dirs, form):
             shape = entry[1]
             g, rg = g.view(shape), rg.view(shape[0], b, *shape[1:])
         else:
-            (_, wname, bname, _), a_in, ra_in, weight, vw = entry
+            (_, wname, bname), a_in, ra_in, weight, vw = entry
             n, out = g.shape
             if wname in dirs:  # R gᵀ a + gᵀ R a, summed over the rows
                 hw = (rg.view(n, b * out).T @ a_in).view(b, out, -1)
@@ -314,7 +313,7 @@ def _backward_quadratic(term, f, rf, tape, dirs, form) -> Tensor:
         elif kind == "flatten":
             g = g.view(entry[1])
         else:
-            (_, wname, _, _), _, ra_in, weight, vw = entry
+            _, _, ra_in, weight, vw = entry
             n, out = g.shape
             if vw is not None and ra_in is not None:  # 2·⟨V_l, g_zᵀ R a_{l-1}⟩ per direction
                 m = (g.T @ ra_in.reshape(n, -1)).view(out, b, -1)  # [out, b, in]
@@ -329,7 +328,8 @@ def output_hessian_form(loss_fn) -> tuple[str, float] | None:
     """How ∇²_f of the weighted chunk loss n_c·ℓ(f, y) acts, when ``loss_fn`` is known to
     be a mean over samples of a per-sample loss with a closed-form output Hessian:
     ``("softmax", 1)`` for cross-entropy (per row diag(p) − p pᵀ, p = softmax(f), whatever
-    the targets' rows if they sum to 1), ``("scaled", κ)`` for a squared loss (κ·I), or
+    the targets' rows if they sum to 1), ``("scaled_mean", κ)`` for a squared loss averaged
+    over the C outputs too ((κ/C)·I), ``("scaled", κ)`` for one summed over them (κ·I), or
     None: unknown, differentiated column by column over the whole chunk.
 
     Recognized: ``F.cross_entropy``, ``F.mse_loss``, ``nn.CrossEntropyLoss`` and
