@@ -158,14 +158,15 @@ def resolve_cache_dir(override: str | Path | None = None) -> Path:
     return Path(base) / "implicit-reg"
 
 
-def _save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write ``arrays`` to ``path`` via a temporary file and ``os.replace``, so a
-    concurrent reader sees either no file or a complete one."""
+def _write_atomic(path: Path, write: Callable) -> None:
+    """``write(file)`` into a temporary binary file moved onto ``path`` with ``os.replace``,
+    so a concurrent reader sees either no file or a complete one. (The engine's
+    ``store.atomic_write_bytes`` is a layer above the data sets.)"""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            write(f)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -181,7 +182,7 @@ def _cached(path: Path, make: Callable[[], dict[str, np.ndarray]]) -> dict[str, 
         except (OSError, ValueError, EOFError):
             pass  # a corrupt cache file is regenerated
     arrays = make()
-    _save_npz_atomic(path, arrays)
+    _write_atomic(path, lambda f: np.savez(f, **arrays))
     return arrays
 
 
@@ -210,11 +211,7 @@ def _mnist1d_defaults(cache: Path) -> dict:
         from mnist1d.data import get_dataset_args
 
         args = get_dataset_args(as_dict=True)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(args, f, sort_keys=True)
-        os.replace(tmp, path)
+        _write_atomic(path, lambda f: f.write(json.dumps(args, sort_keys=True).encode()))
         return args
 
 
@@ -236,10 +233,9 @@ def _mnist1d_pool(cache: Path, **overrides) -> tuple[np.ndarray, ...]:
         # make_dataset reseeds the global numpy and `random` RNGs: restore them.
         np_state, py_state = np.random.get_state(), random.getstate()
         try:
-            view = get_dataset_args()
-            for k, v in {**get_dataset_args(as_dict=True), **overrides}.items():
-                if k != "url":
-                    setattr(view, k, v)
+            view = get_dataset_args()  # the defaults; the overrides on top
+            for k, v in overrides.items():
+                setattr(view, k, v)
             d = make_dataset(view)
         finally:
             np.random.set_state(np_state)
